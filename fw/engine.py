@@ -1,0 +1,418 @@
+"""The SPI engine: packet bytes, the time and the session table in; a Decision out.
+
+How it works, per packet: parse (a broken packet is dropped as `malformed`); a non-first fragment
+is tied to the session of its first fragment or dropped as `fragment`; the canonical flow key finds
+the session in one lookup. A packet of a known session is checked by its protocol's tracker (TCP:
+fw.conntrack.tcp's table and window checks) and accepted as `established`, or dropped as invalid
+without touching the session. A packet with no session may open one: an FTP expectation admits it as
+`related:ftp`; otherwise the policy's first matching rule (or the default) decides. ICMP errors are
+`related:icmp` only when the header they quote belongs to a session.
+
+The engine performs no I/O and reads no clock: resets, ICMP unreachables and log events are
+returned as effects for the driver to carry out. `expire(now)` is called by the driver.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fw.alg import ALGS, Expectation, Refusal
+from fw.conntrack import tcp as tcpmod
+from fw.conntrack.table import (
+    ASSURED,
+    RELATED,
+    REPLIED,
+    SEEN_REPLY,
+    UNREPLIED,
+    Session,
+    SessionTable,
+    flow_key,
+)
+from fw.decision import ACCEPT, DROP, NO_EFFECTS, Decision, LogEvent, SendPacket
+from fw.events import session_event, verdict_event
+from fw.packet import MalformedPacket, parse
+from fw.packet import build as pktbuild
+
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+ICMP_ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}  # request, reply
+ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
+GENERIC_TIMEOUT = 600  # nf_conntrack_generic's default, for protocols without a tracker
+FRAGMENT_MEMORY = 30.0  # seconds a first fragment's id stays tied to its session
+
+ESTABLISHED = "established"
+
+
+class EngineConfig:
+    """What the driver tells the engine (not policy): whether events are wanted."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: bool = True):
+        self.events = events
+
+
+class Engine:
+    """Stateful packet inspection over a policy. One Engine per queue worker."""
+
+    def __init__(self, policy, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.table = SessionTable()
+        self.expectations: dict[tuple, Expectation] = {}
+        self.fragments: dict[tuple, tuple[Session, float]] = {}
+        self.counters: Counter = Counter()  # inserts, expiries, ... (not packets)
+        self.accepted: Counter = Counter()  # packets accepted, by reason
+        self.dropped: Counter = Counter()  # packets dropped, by reason
+        self.policy = None
+        self.swap_policy(policy)
+
+    # -- policy -------------------------------------------------------------------------------
+
+    def swap_policy(self, policy) -> None:
+        """Use `policy` for new sessions from the next packet on; every session stays."""
+        self.policy = policy
+        options = policy.options
+        self.tcp_loose = bool(options.get("tcp_loose", False))
+        self.max_sessions = int(options.get("max_sessions", 262144))
+        self.counters["policy_swaps"] += 1
+
+    @property
+    def sessions(self) -> SessionTable:
+        return self.table
+
+    # -- the packet path ----------------------------------------------------------------------
+
+    def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None) -> Decision:
+        try:
+            pkt = parse(data)
+        except MalformedPacket:
+            return self._verdict(DROP, "malformed")
+        if pkt.is_fragment and pkt.frag_offset:
+            return self._fragment(pkt, now)
+        proto = pkt.proto
+        if proto == TCP:
+            decision = self._tcp(pkt, now, iif, oif)
+        elif proto == UDP:
+            decision = self._datagram(pkt, pkt.sport, pkt.dport, now, iif, oif)
+        elif proto == ICMP or proto == ICMPV6:
+            decision = self._icmp(pkt, now, iif, oif)
+        else:
+            decision = self._datagram(pkt, 0, 0, now, iif, oif)
+        if pkt.more_fragments and decision.session is not None and decision.verdict == ACCEPT:
+            self._remember_fragment(pkt, decision.session, now)
+        return decision
+
+    def _verdict(self, verdict, reason, pkt=None, session=None, effects=NO_EFFECTS) -> Decision:
+        if verdict == ACCEPT:
+            self.accepted[reason] += 1
+        else:
+            self.dropped[reason] += 1
+        return Decision(verdict, reason, pkt, session, effects)
+
+    def _established(self, pkt, session: Session, original: bool, now: float) -> Decision:
+        length = pkt.ip_len
+        if original:
+            session.orig_packets += 1
+            session.orig_bytes += length
+        else:
+            session.reply_packets += 1
+            session.reply_bytes += length
+        session.last_seen = now
+        self.accepted[ESTABLISHED] += 1
+        return Decision(ACCEPT, ESTABLISHED, pkt, session)
+
+    def _tcp(self, pkt, now, iif, oif) -> Decision:
+        src, sport = pkt.src, pkt.sport
+        key = flow_key(TCP, src, pkt.dst, sport, pkt.dport)
+        session = self.table.sessions.get(key)
+        if session is not None:
+            original = src == session.src and sport == session.sport
+            track = session.tcp
+            old_state = track.state
+            problem = tcpmod.tcp_update(track, pkt, original)
+            if problem is None:
+                state = track.state
+                if state is not old_state:
+                    session.state = state
+                    self._on_tcp_state(session, state, original)
+                self._refresh(session, now, tcpmod.timeout_key(track))
+                decision = self._established(pkt, session, original, now)
+                if session.alg is not None and pkt.payload_len:
+                    decision.effects = self._feed_alg(session, pkt, original, now)
+                return decision
+            if problem is not tcpmod.REOPEN:
+                return self._verdict(DROP, problem, pkt, session)
+            self._close(session, now, "reopen")
+        opened = tcpmod.tcp_new(pkt, liberal=self.tcp_loose)
+        if isinstance(opened, str):
+            return self._verdict(DROP, opened, pkt)
+        return self._open(pkt, key, opened.state, now, iif, oif, sport, pkt.dport, opened)
+
+    def _on_tcp_state(self, session: Session, state, original: bool) -> None:
+        if state == tcpmod.TcpState.ESTABLISHED:
+            session.flags |= ASSURED | SEEN_REPLY
+        elif not original:
+            session.flags |= SEEN_REPLY
+
+    def _datagram(self, pkt, sport, dport, now, iif, oif) -> Decision:
+        """UDP and protocols without a tracker of their own: UNREPLIED until a reply is seen."""
+        proto = pkt.proto
+        key = flow_key(proto, pkt.src, pkt.dst, sport, dport)
+        session = self.table.sessions.get(key)
+        if session is None:
+            return self._open(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
+        original = pkt.src == session.src and sport == session.sport
+        if not original and session.state is UNREPLIED:
+            session.state = REPLIED
+            session.flags |= SEEN_REPLY | ASSURED
+        if proto == UDP:
+            self._refresh(session, now, "udp_stream" if session.state is REPLIED else "udp")
+        else:
+            self._refresh(session, now, None)
+        return self._established(pkt, session, original, now)
+
+    def _icmp(self, pkt, now, iif, oif) -> Decision:
+        proto = pkt.proto
+        icmp_type = pkt.icmp_type
+        if icmp_type in ICMP_ERRORS[proto]:
+            return self._icmp_error(pkt, now)
+        request, reply = ICMP_ECHO[proto]
+        if icmp_type != request and icmp_type != reply:
+            # Informational ICMP other than echo is not tracked (as nf_conntrack): the rules decide.
+            return self._by_policy(pkt, now, iif, oif)
+        ident = pkt.icmp_id
+        key = flow_key(proto, pkt.src, pkt.dst, ident, ident)
+        session = self.table.sessions.get(key)
+        if session is None:
+            if icmp_type == reply:
+                return self._verdict(DROP, "invalid:no-session", pkt)
+            return self._open(pkt, key, UNREPLIED, now, iif, oif, ident, ident)
+        original = pkt.src == session.src
+        if original != (icmp_type == request):
+            return self._verdict(DROP, "invalid:state", pkt, session)
+        if not original and session.state is UNREPLIED:
+            session.state = REPLIED
+            session.flags |= SEEN_REPLY | ASSURED
+        self._refresh(session, now, "icmp")
+        return self._established(pkt, session, original, now)
+
+    def _icmp_error(self, pkt, now) -> Decision:
+        inner = pkt.inner
+        if inner is None:
+            return self._verdict(DROP, "invalid:no-session", pkt)
+        proto = inner.proto
+        if proto == ICMP or proto == ICMPV6:
+            sport = dport = inner.icmp_id
+        else:
+            sport, dport = inner.sport, inner.dport
+        session = self.table.sessions.get(flow_key(proto, inner.src, inner.dst, sport, dport))
+        if session is None:
+            return self._verdict(DROP, "invalid:no-session", pkt)
+        # The error travels against the packet it quotes.
+        if not (inner.src == session.src and sport == session.sport):
+            session.orig_packets += 1
+            session.orig_bytes += pkt.ip_len
+        else:
+            session.reply_packets += 1
+            session.reply_bytes += pkt.ip_len
+        return self._verdict(ACCEPT, "related:icmp", pkt, session)
+
+    def _fragment(self, pkt, now) -> Decision:
+        entry = self.fragments.get((pkt.proto, pkt.src, pkt.dst, pkt.frag_id))
+        if entry is None or entry[1] < now or entry[0].slot == -1:
+            return self._verdict(DROP, "fragment", pkt)
+        session = entry[0]
+        return self._established(pkt, session, pkt.src == session.src, now)
+
+    def _remember_fragment(self, pkt, session: Session, now: float) -> None:
+        if len(self.fragments) > 4096:
+            self.fragments = {k: v for k, v in self.fragments.items() if v[1] >= now}
+        self.fragments[(pkt.proto, pkt.src, pkt.dst, pkt.frag_id)] = (session, now + FRAGMENT_MEMORY)
+
+    # -- opening sessions ---------------------------------------------------------------------
+
+    def _open(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
+        expectation = self._take_expectation(pkt, now) if pkt.proto == TCP else None
+        if expectation is not None:
+            rule, reason, verdict = None, "related:ftp", ACCEPT
+        else:
+            rule = self.policy.match(pkt, iif, oif)
+            if rule is None:
+                action, reason, log = self.policy.default_action, "default", self.policy.default_log
+            else:
+                action, reason, log = rule.action, "rule:" + rule.name, rule.log
+            if action != "accept":
+                return self._refuse(pkt, action, reason, log, now)
+            verdict = ACCEPT
+        if len(self.table) >= self.max_sessions:
+            return self._verdict(DROP, "table-full", pkt)
+        session = Session(key, pkt.proto, pkt.family, pkt.src, pkt.dst, sport, dport, state, now)
+        session.tcp = track
+        session.policy_rev = self.policy.revision
+        if expectation is not None:
+            parent = expectation.parent
+            session.parent = parent
+            session.rule = parent.rule
+            session.flags |= RELATED
+            session.timeouts = parent.timeouts
+            session.rst_on_timeout = parent.rst_on_timeout
+        else:
+            session.rule = rule.name if rule is not None else None
+            session.timeouts, session.rst_on_timeout = self._timeouts_for(rule, pkt)
+            if rule is not None and rule.alg:
+                session.alg = ALGS[rule.alg](pkt.family, pkt.src, pkt.dst)
+        session.deadline = now + self._timeout(session, self._timeout_key(session))
+        session.orig_packets = 1
+        session.orig_bytes = pkt.ip_len
+        self.table.add(session)
+        self.counters["inserts"] += 1
+        effects = NO_EFFECTS
+        if self.config.events and (expectation is not None or log):
+            effects = (LogEvent(session_event("new", session, now, reason)),)
+        if session.alg is not None and pkt.payload_len:
+            effects = effects + self._feed_alg(session, pkt, True, now)
+        return self._verdict(verdict, reason, pkt, session, effects)
+
+    def _by_policy(self, pkt, now, iif, oif) -> Decision:
+        """A packet that is judged alone, without a session (untracked ICMP)."""
+        rule = self.policy.match(pkt, iif, oif)
+        if rule is None:
+            action, reason, log = self.policy.default_action, "default", self.policy.default_log
+        else:
+            action, reason, log = rule.action, "rule:" + rule.name, rule.log
+        if action != "accept":
+            return self._refuse(pkt, action, reason, log, now)
+        return self._verdict(ACCEPT, reason, pkt)
+
+    def _refuse(self, pkt, action, reason, log, now) -> Decision:
+        effects = ()
+        if action == "reject":
+            effects = (self._reject_effect(pkt),)
+        if log and self.config.events:
+            effects = effects + (LogEvent(verdict_event(pkt, DROP, reason, now)),)
+        return self._verdict(DROP, reason, pkt, None, effects or NO_EFFECTS)
+
+    def _reject_effect(self, pkt) -> SendPacket:
+        if pkt.proto == TCP:
+            return SendPacket(pkt.family, pktbuild.tcp_reset_for(pkt))
+        return SendPacket(pkt.family, pktbuild.icmp_unreachable_for(pkt))
+
+    # -- timeouts -----------------------------------------------------------------------------
+
+    def _timeouts_for(self, rule, pkt):
+        """(timeout table, rst_on_timeout) for a new session, resolved in SPEC's order."""
+        return self.policy.timeouts_for(rule, pkt, tcpmod.DEFAULT_TIMEOUTS)
+
+    def _timeout_key(self, session: Session):
+        if session.proto == TCP:
+            return tcpmod.timeout_key(session.tcp)
+        if session.proto == UDP:
+            return "udp"
+        if session.proto == ICMP or session.proto == ICMPV6:
+            return "icmp"
+        return None
+
+    @staticmethod
+    def _timeout(session: Session, timeout_key) -> float:
+        if timeout_key is None:
+            return GENERIC_TIMEOUT
+        return session.timeouts[timeout_key]
+
+    def _refresh(self, session: Session, now: float, timeout_key) -> None:
+        deadline = now + (session.timeouts[timeout_key] if timeout_key is not None else GENERIC_TIMEOUT)
+        session.deadline = deadline
+        if deadline < session.slot - 1:
+            self.table.reschedule(session)
+
+    # -- ALGs and expectations ----------------------------------------------------------------
+
+    def _feed_alg(self, session: Session, pkt, original: bool, now: float) -> tuple:
+        effects = []
+        for result in session.alg.feed(original, pkt.seq, pkt.payload):
+            if isinstance(result, Refusal):
+                self.counters["alg_refused"] += 1
+                self.counters["alg_refused:" + result.reason] += 1
+                if self.config.events:
+                    effects.append(LogEvent(alg_refusal_event(session, result, now)))
+            else:
+                self._expect(session, result, now)
+        return tuple(effects)
+
+    def _expect(self, parent: Session, expectation: Expectation, now: float) -> None:
+        key = (expectation.proto, expectation.src, expectation.dst, expectation.dport)
+        lifetime = parent.timeouts.get("ftp_expectation", 300)
+        entry = PendingExpectation(expectation, parent, now + lifetime)
+        old = self.expectations.get(key)
+        if old is not None and old.parent.expectations:
+            old.parent.expectations.discard(key)
+        self.expectations[key] = entry
+        if parent.expectations is None:
+            parent.expectations = set()
+        parent.expectations.add(key)
+        self.counters["expectations"] += 1
+
+    def _take_expectation(self, pkt, now):
+        if not self.expectations:
+            return None
+        key = (pkt.proto, pkt.src, pkt.dst, pkt.dport)
+        entry = self.expectations.get(key)
+        if entry is None:
+            return None
+        del self.expectations[key]
+        parent = entry.parent
+        if parent.expectations:
+            parent.expectations.discard(key)
+        if entry.deadline < now or parent.slot == -1:
+            return None
+        return entry
+
+    # -- expiry and removal -------------------------------------------------------------------
+
+    def expire(self, now: float) -> tuple:
+        """Remove what has timed out; returns the effects (events, resets) for the driver."""
+        effects = []
+        for session in self.table.pop_expired(now):
+            self.counters["expiries"] += 1
+            self._forget(session)
+            if self.config.events:
+                effects.append(LogEvent(session_event("end", session, now, "timeout")))
+        if self.expectations:
+            stale = [k for k, e in self.expectations.items() if e.deadline < now]
+            for key in stale:
+                entry = self.expectations.pop(key)
+                if entry.parent.expectations:
+                    entry.parent.expectations.discard(key)
+        return tuple(effects)
+
+    def _close(self, session: Session, now: float, why: str) -> None:
+        self.table.remove(session)
+        self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        """Drop what dies with a session: its expectations."""
+        if session.expectations:
+            for key in session.expectations:
+                self.expectations.pop(key, None)
+            session.expectations = None
+
+    def kill(self, session: Session, now: float) -> None:
+        """Remove one session at an operator's request."""
+        self._close(session, now, "killed")
+        self.counters["killed"] += 1
+
+
+class PendingExpectation:
+    """An expectation waiting for its data session, with the control session that announced it."""
+
+    __slots__ = ("expectation", "parent", "deadline")
+
+    def __init__(self, expectation: Expectation, parent: Session, deadline: float):
+        self.expectation = expectation
+        self.parent = parent
+        self.deadline = deadline
+
+
+def alg_refusal_event(session: Session, refusal: Refusal, now: float) -> dict:
+    event = session_event("alg", session, now, "refused")
+    event["event_type"] = "ftp"
+    event["ftp"] = {"refused": refusal.reason, "command": refusal.command, "detail": refusal.detail}
+    return event

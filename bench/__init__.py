@@ -1,0 +1,1 @@
+"""Benchmarks for `make bench`: figures and ratios, printed and written to bench/results.json."""

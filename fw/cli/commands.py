@@ -1,3 +1,5 @@
 """The list of the `fw` group's commands, one import per area."""
 
-ALL: list = []
+from fw.cli.lab import lab_group
+
+ALL: list = [lab_group]

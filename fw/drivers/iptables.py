@@ -1,0 +1,352 @@
+"""The daemon's iptables rules: install them, remove them, clean up what a crashed run left.
+
+How it works: the daemon owns the filter-table chains FW-FORWARD, FW-INPUT and FW-OUTPUT (IPv4 and
+IPv6) and one jump rule into each from its built-in chain, inserted first. Every rule it writes
+carries the comment `fw-daemon` (the tag). Each change is one `iptables-restore -w --noflush`
+transaction per family, built from what `iptables-save` shows at that moment: a restore that
+deletes a missing rule fails whole, so only rules that are there are deleted, verbatim as saved.
+
+Ownership: a rule is ours if it carries the tag and jumps to one of our chains (or sits in one); a
+chain is ours if it has one of our names, is not empty and every rule in it carries the tag. A chain
+with one of our names that is not ours is foreign: it is never touched, and the install refuses.
+
+Backends: install uses the host's `iptables` (nft or legacy, as `iptables -V` says) unless told;
+cleanup looks at both. iptables-nft creates the `filter` table and base chains on first use; what
+we caused to be created is written to a state file under /run/fw/<netns inode>/ and deleted again
+once empty, so that the ruleset is exactly as it was before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TAG = "fw-daemon"
+HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+CHAIN_OF_HOOK = {hook: f"FW-{hook}" for hook in HOOKS}
+OUR_CHAINS = frozenset(CHAIN_OF_HOOK.values())
+BACKENDS = ("nft", "legacy")
+FAMILIES = (4, 6)
+DEFAULT_MARK = 0x6677  # "fw": SO_MARK of the daemon's own packets, exempt from the queue
+ND_TYPES = (133, 134, 135, 136, 137)  # RFC 4861: router/neighbour solicitation/advert, redirect
+NFT_FAMILY = {4: "ip", 6: "ip6"}
+RUN_DIR = Path("/run/fw")
+
+
+class IptablesError(Exception):
+    """An iptables command failed, or the ruleset holds something we must not touch."""
+
+
+@dataclass(frozen=True)
+class Hooking:
+    """What to install: which hooks, which queue(s), fail-open or closed, the exempt mark."""
+
+    queues: tuple[int, int] = (0, 0)  # first, last (a range balances flows over the queues)
+    hooks: tuple[str, ...] = ("FORWARD",)
+    fail_open: bool = False
+    mark: int = DEFAULT_MARK
+    families: tuple[int, ...] = FAMILIES
+
+
+def host_backend() -> str:
+    """The backend the host's `iptables` uses: 'nft' or 'legacy'."""
+    try:
+        out = subprocess.run(["iptables", "-V"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise IptablesError(f"cannot run iptables -V: {exc}") from exc
+    return "legacy" if "legacy" in out else "nft"
+
+
+def netns_inode() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+# -- the rules ---------------------------------------------------------------------------------
+
+
+def _queue_target(hooking: Hooking) -> str:
+    first, last = hooking.queues
+    target = f"--queue-num {first}" if first == last else f"--queue-balance {first}:{last}"
+    target = "-j NFQUEUE " + target
+    return target + (" --queue-bypass" if hooking.fail_open else "")
+
+
+def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
+    """The rules of our chain for `hook`, as restore lines."""
+    chain, tag, mark = CHAIN_OF_HOOK[hook], f"-m comment --comment {TAG}", f"0x{hooking.mark:x}"
+    rules = []
+    if hook == "INPUT":
+        rules.append(f"-A {chain} -i lo {tag} -j RETURN")
+        rules.append(f"-A {chain} -m connmark --mark {mark} {tag} -j RETURN")
+    if hook == "OUTPUT":
+        rules.append(f"-A {chain} -o lo {tag} -j RETURN")
+        rules.append(f"-A {chain} -m mark --mark {mark} {tag} -j CONNMARK --set-mark {mark}")
+        rules.append(f"-A {chain} -m mark --mark {mark} {tag} -j RETURN")
+    if family == 6:
+        rules += [f"-A {chain} -p ipv6-icmp -m icmp6 --icmpv6-type {t} {tag} -j RETURN" for t in ND_TYPES]
+    rules.append(f"-A {chain} {tag} {_queue_target(hooking)}")
+    return rules
+
+
+def install_script(hooking: Hooking, family: int) -> str:
+    lines = ["*filter"]
+    lines += [f":{CHAIN_OF_HOOK[hook]} - [0:0]" for hook in hooking.hooks]
+    for hook in hooking.hooks:
+        lines += chain_rules(hooking, hook, family)
+    lines += [f"-I {hook} 1 -m comment --comment {TAG} -j {CHAIN_OF_HOOK[hook]}" for hook in hooking.hooks]
+    return "\n".join(lines + ["COMMIT", ""])
+
+
+# -- reading what is there ---------------------------------------------------------------------
+
+
+@dataclass
+class FilterTable:
+    """The filter table as iptables-save prints it: chains and their rules (restore lines)."""
+
+    present: bool = False
+    policies: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> FilterTable:
+        table, current = cls(), None
+        for line in text.splitlines():
+            if line.startswith("*"):
+                current = line[1:].strip()
+                table.present = table.present or current == "filter"
+            elif current != "filter" or not line or line.startswith("#"):
+                continue
+            elif line.startswith(":"):
+                name, policy = line[1:].split()[:2]
+                table.policies[name] = policy
+                table.rules.setdefault(name, [])
+            elif line.startswith("-A "):
+                table.rules.setdefault(line.split()[1], []).append(line)
+        return table
+
+    def ours(self) -> list[str]:
+        """Our chains present here (their name is ours and every rule is tagged)."""
+        return [c for c in OUR_CHAINS if self.rules.get(c) and all(_tagged(r) for r in self.rules[c])]
+
+    def foreign_with_our_name(self) -> list[str]:
+        ours = self.ours()
+        return sorted(c for c in OUR_CHAINS if c in self.rules and c not in ours)
+
+    def our_jumps(self) -> list[str]:
+        ours = set(self.ours())
+        return [
+            rule
+            for chain, rules in self.rules.items()
+            if chain not in ours
+            for rule in rules
+            if _tagged(rule) and _jump_target(rule) in ours
+        ]
+
+    def is_empty(self) -> bool:
+        """Only built-in chains, all without rules and with policy ACCEPT."""
+        return all(c in HOOKS and not self.rules[c] and self.policies[c] == "ACCEPT" for c in self.rules)
+
+
+def _tagged(rule: str) -> bool:
+    words = shlex.split(rule)
+    return any(a == "--comment" and b == TAG for a, b in zip(words, words[1:], strict=False))
+
+
+def _jump_target(rule: str) -> str | None:
+    words = shlex.split(rule)
+    for a, b in zip(words, words[1:], strict=False):
+        if a in ("-j", "-g"):
+            return b
+    return None
+
+
+def removal_script(table: FilterTable) -> str | None:
+    """Delete our jumps, then flush and delete our chains; None when there is nothing of ours."""
+    jumps, chains = table.our_jumps(), sorted(table.ours())
+    if not jumps and not chains:
+        return None
+    lines = ["*filter"] + ["-D" + rule[2:] for rule in jumps]
+    lines += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains]
+    return "\n".join(lines + ["COMMIT", ""])
+
+
+# -- running the tools -------------------------------------------------------------------------
+
+
+class Tool:
+    """iptables or ip6tables of one backend."""
+
+    def __init__(self, backend: str, family: int):
+        self.backend, self.family = backend, family
+        self.base = ("iptables" if family == 4 else "ip6tables") + "-" + backend
+
+    def __str__(self) -> str:
+        return self.base
+
+    def available(self) -> bool:
+        return shutil.which(self.base + "-save") is not None and (
+            self.family == 4 or os.path.exists("/proc/sys/net/ipv6")
+        )
+
+    def save(self) -> FilterTable:
+        # Not `-t filter`: iptables-legacy-save would instantiate a missing table and
+        # iptables-nft-save would print one that is not there.
+        return FilterTable.parse(self._run([self.base + "-save"]))
+
+    def restore(self, script: str) -> None:
+        self._run([self.base + "-restore", "-w", "5", "--noflush"], script)
+
+    def delete_base_chain(self, chain: str) -> None:
+        self._run([self.base, "-w", "5", "-t", "filter", "-X", chain])
+
+    def nft_base_chains(self) -> set[str] | None:
+        """Base chains of the nft filter table that exist (None: no table, or no `nft` to ask)."""
+        if self.backend != "nft" or not shutil.which("nft"):
+            return None
+        proc = subprocess.run(["nft", "list", "table", NFT_FAMILY[self.family], "filter"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None
+        return {hook for hook in HOOKS if f"chain {hook} {{" in proc.stdout}
+
+    def delete_nft_table(self) -> None:
+        self._run(["nft", "delete", "table", NFT_FAMILY[self.family], "filter"])
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> str:
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise IptablesError(f"{argv[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            message = " ".join(line for line in proc.stderr.splitlines() if not line.startswith("#"))
+            raise IptablesError(f"{argv[0]} failed: {message.strip() or f'exit {proc.returncode}'}")
+        return proc.stdout
+
+
+# -- install, remove, clean up -----------------------------------------------------------------
+
+
+def state_path() -> Path:
+    return RUN_DIR / str(netns_inode()) / "iptables.json"
+
+
+def _read_state() -> dict:
+    try:
+        return json.loads(state_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(state: dict) -> None:
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def _forget_state() -> None:
+    state_path().unlink(missing_ok=True)
+
+
+class Installation:
+    """Our rules for one run: `install()` them for every family, `remove()` exactly them."""
+
+    def __init__(self, hooking: Hooking, backend: str | None = None):
+        self.hooking = hooking
+        self.backend = backend or host_backend()
+        self.tools = [Tool(self.backend, f) for f in hooking.families]
+        self.tools = [t for t in self.tools if t.family == 4 or t.available()]
+        self.created: dict[str, dict] = {}  # family -> what iptables-nft created for us
+        self.installed: list[Tool] = []
+
+    def install(self) -> None:
+        try:
+            for tool in self.tools:
+                self._install_family(tool)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _install_family(self, tool: Tool) -> None:
+        table = tool.save()
+        foreign = table.foreign_with_our_name()
+        if foreign:
+            raise IptablesError(f"{tool}: chain {', '.join(foreign)} exists and was not created by fw; "
+                                "rename or delete it")
+        if table.ours() or table.our_jumps():
+            raise IptablesError(f"{tool}: rules of another fw run are installed (run `fw cleanup`)")
+        if self.backend == "nft":
+            base = tool.nft_base_chains() if table.present else set()
+            created = {"table": not table.present,
+                       "chains": sorted(set(self.hooking.hooks) - base) if base is not None else []}
+            self.created[str(tool.family)] = created
+            _write_state({"backend": self.backend, "created": self.created})
+        self.installed.append(tool)  # before the restore: a half-done install is still removed
+        tool.restore(install_script(self.hooking, tool.family))
+
+    def remove(self) -> list[str]:
+        """Remove our rules (and what nft created for them); returns what was removed."""
+        removed, errors = [], []
+        for tool in reversed(self.installed):
+            try:
+                removed += remove_ours(tool, self.created.get(str(tool.family)))
+            except IptablesError as exc:
+                errors.append(str(exc))
+        self.installed = []
+        if errors:
+            raise IptablesError("; ".join(errors))
+        _forget_state()
+        return removed
+
+
+def remove_ours(tool: Tool, created: dict | None = None) -> list[str]:
+    """Remove every rule and chain of ours that `tool` shows; tidy up what nft made for them."""
+    table = tool.save()
+    removed = [f"{tool}: rule {r}" for r in table.our_jumps()] + [f"{tool}: chain {c}" for c in table.ours()]
+    script = removal_script(table)
+    if script:
+        tool.restore(script)
+    if created and tool.backend == "nft":
+        removed += _tidy_nft(tool, created)
+    return removed
+
+
+def _tidy_nft(tool: Tool, created: dict) -> list[str]:
+    removed = []
+    table = tool.save()
+    existing = tool.nft_base_chains() or set()
+    for chain in created.get("chains", ()):
+        if chain in existing and not table.rules.get(chain) and table.policies.get(chain) == "ACCEPT":
+            tool.delete_base_chain(chain)
+            removed.append(f"{tool}: empty base chain {chain} it had created")
+    if created.get("table") and tool.nft_base_chains() is not None and tool.save().is_empty():
+        tool.delete_nft_table()
+        removed.append(f"{tool}: empty table {NFT_FAMILY[tool.family]} filter it had created")
+    return removed
+
+
+def cleanup() -> list[str]:
+    """Remove every rule a crashed daemon left in this network namespace, on both backends."""
+    state = _read_state()
+    removed, errors = [], []
+    for backend in BACKENDS:
+        for family in FAMILIES:
+            tool = Tool(backend, family)
+            if not tool.available():
+                continue
+            created = state.get("created", {}).get(str(family)) if state.get("backend") == backend else None
+            try:
+                removed += remove_ours(tool, created)
+            except IptablesError as exc:
+                errors.append(str(exc))
+    if errors:
+        raise IptablesError("; ".join(errors))
+    _forget_state()
+    return removed

@@ -1,0 +1,320 @@
+"""The NFQUEUE side of the daemon: bind a queue, read packets in batches, give every one a verdict.
+
+How it works. netfilterqueue (1.1) binds the queue and parses each message; we drive it and cover
+its limits:
+- Reading: `run_socket(reader)` calls `reader.recv()` for each message. Our reader receives on the
+  queue's netlink socket itself (a dup of `get_fd()`), so it sees ENOBUFS (netfilterqueue's `run()`
+  swallows it) and counts it, ends a batch after `budget` messages (by raising EAGAIN, which
+  run_socket treats as "no more for now") so the daemon's loop keeps control, and uses a 128 KiB
+  buffer instead of netfilterqueue's 4 KiB. Netlink errors and acks are consumed by the reader,
+  never handed to libnetfilter_queue.
+- Configuration: after bind() we send NFQNL_MSG_CONFIG ourselves on the same socket (the kernel
+  accepts it only from the queue's owner) and check the ack: NFQA_CFG_PARAMS with the copy range
+  netfilterqueue caps at 4016 bytes, NFQA_CFG_FLAGS with FAIL_OPEN (--fail-open: accept when the
+  queue is full) and GSO (large GRO/GSO packets arrive whole instead of being segmented by the
+  kernel; their checksums may be partial, which the engine does not check).
+- Copy range 0xffff: with GSO a packet may be 64 KiB; the whole of it costs one memcpy, much less
+  than the Python per-packet cost the GSO flag saves, and the ALG always sees complete payloads.
+- The callback never raises: an exception while handling a packet gives that packet the
+  fail-open/fail-closed verdict, is counted and reported with a summary of the packet.
+- Kernel counters (queue_dropped: queue full; user_dropped: socket buffer full) come from
+  /proc/net/netfilter/nfnetlink_queue.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+import time
+import warnings
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fw.decision import ACCEPT, DROP
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_CONFIG = 2
+NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 2, 3, 4, 5
+NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 0x1, 0x4
+NFQNL_COPY_PACKET = 2
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLMSG_ERROR = 2
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
+RECV_BUFFER = 128 * 1024
+QUEUE_COLUMNS = ("queue", "peer_portid", "queue_total", "copy_mode", "copy_range",
+                 "queue_dropped", "user_dropped", "id_sequence")  # fmt: skip
+
+
+class QueueError(Exception):
+    """The queue could not be bound or configured."""
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    fail_open: bool = False
+    gso: bool = True
+    copy_range: int = 0xFFFF
+    maxlen: int = 4096  # packets the kernel holds for us before the queue counts as full
+    rcvbuf: int = 32 << 20  # bytes of socket buffer (SO_RCVBUFFORCE)
+    budget: int = 256  # messages per batch before the loop looks at its other work
+
+
+# -- netlink messages ----------------------------------------------------------------------------
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    length = 4 + len(data)
+    return struct.pack("=HH", length, kind) + data + b"\0" * (-length % 4)
+
+
+def config_message(queue: int, seq: int, *, flags: int, copy_range: int, maxlen: int) -> bytes:
+    """NFQNL_MSG_CONFIG for `queue`: copy mode and range, queue length, flags (mask = all we set)."""
+    mask = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO
+    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)  # nfgenmsg: family, version, res_id
+    body += _attr(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET))
+    body += _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen))
+    body += _attr(NFQA_CFG_FLAGS, struct.pack("!I", flags))
+    body += _attr(NFQA_CFG_MASK, struct.pack("!I", mask))
+    kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def netlink_error(message: bytes) -> tuple[int, int] | None:
+    """(errno, seq of the request) if `message` is an NLMSG_ERROR (errno 0: an ack), else None."""
+    if len(message) < 20 or struct.unpack_from("=H", message, 4)[0] != NLMSG_ERROR:
+        return None
+    (error,) = struct.unpack_from("=i", message, 16)
+    seq = struct.unpack_from("=I", message, 28)[0] if len(message) >= 36 else 0
+    return -error, seq
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """What run_socket() reads from: one netlink message per recv(), at most `budget` per batch."""
+
+    def __init__(self, sock: socket.socket, budget: int):
+        self.sock = sock
+        self.budget = budget
+        self.left = 0
+        self.buffer = bytearray(RECV_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.enobufs = 0  # times the kernel told us it could not deliver (socket buffer full)
+        self.netlink_errors: Counter = Counter()
+        self.handled = 0
+        self.pending: deque[bytes] = deque()  # packets read while waiting for an ack
+
+    def recv(self, _size: int) -> bytes:
+        if self.left <= 0:
+            raise BlockingIOError(errno.EAGAIN, "batch done")
+        if self.pending:
+            self.left -= 1
+            self.handled += 1
+            return self.pending.popleft()
+        while True:
+            try:
+                size = self.sock.recv_into(self.buffer, RECV_BUFFER, socket.MSG_DONTWAIT)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.enobufs += 1
+                    continue
+                raise
+            message = self.view[:size].tobytes()
+            failure = netlink_error(message)
+            if failure is None:
+                self.left -= 1
+                self.handled += 1
+                return message
+            if failure[0]:
+                self.netlink_errors[errno.errorcode.get(failure[0], str(failure[0]))] += 1
+
+
+class Queue:
+    """One bound NFQUEUE queue whose packets go to `callback(packet)` (a netfilterqueue Packet)."""
+
+    def __init__(self, number: int, callback: Callable, options: QueueOptions = QueueOptions()):
+        from netfilterqueue import COPY_PACKET, NetfilterQueue
+
+        self.number = number
+        self.options = options
+        self._nfq = NetfilterQueue()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # we set the buffer size below
+                self._nfq.bind(number, callback, max_len=options.maxlen, mode=COPY_PACKET,
+                               range=min(options.copy_range, 4016), sock_len=options.rcvbuf // 2)
+        except OSError as exc:
+            raise QueueError(f"cannot bind NFQUEUE {number} (another process bound to it?): {exc}") from None
+        self._sock = socket.fromfd(self._nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, options.rcvbuf)
+        self._reader = _Reader(self._sock, options.budget)
+        self._seq = int(time.time()) & 0xFFFFFF
+        self.configure()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def flags(self) -> int:
+        return (NFQA_CFG_F_FAIL_OPEN if self.options.fail_open else 0) | (
+            NFQA_CFG_F_GSO if self.options.gso else 0)
+
+    def configure(self) -> None:
+        """Send our NFQNL_MSG_CONFIG and wait for its ack; QueueError if the kernel refuses."""
+        self._seq += 1
+        message = config_message(self.number, self._seq, flags=self.flags,
+                                 copy_range=self.options.copy_range, maxlen=self.options.maxlen)
+        self._sock.sendto(message, (0, 0))
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            self._sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                reply = self._sock.recv(RECV_BUFFER)
+            except TimeoutError:
+                break
+            finally:
+                self._sock.setblocking(True)
+            failure = netlink_error(reply)
+            if failure is None:
+                self._reader.pending.append(reply)
+            elif failure[1] == self._seq:
+                if failure[0]:
+                    raise QueueError(f"queue {self.number}: the kernel refused the queue configuration: "
+                                     f"{errno.errorcode.get(failure[0], failure[0])}")
+                return
+        raise QueueError(f"queue {self.number}: no answer to the queue configuration")
+
+    def drain(self, budget: int | None = None) -> int:
+        """Handle the packets waiting (at most `budget`); returns how many were handled."""
+        reader = self._reader
+        reader.left = budget or self.options.budget
+        before = reader.handled
+        self._nfq.run_socket(reader)
+        return reader.handled - before
+
+    @property
+    def enobufs(self) -> int:
+        return self._reader.enobufs
+
+    @property
+    def netlink_errors(self) -> Counter:
+        return self._reader.netlink_errors
+
+    def kernel_counters(self) -> dict[str, int]:
+        return read_queue_counters().get(self.number, {})
+
+    def close(self) -> None:
+        self._nfq.unbind()
+        self._sock.close()
+
+
+def read_queue_counters(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
+    """The kernel's per-queue counters of this network namespace, by queue number."""
+    try:
+        with open(path) as proc:
+            rows = [line.split() for line in proc]
+    except OSError:
+        return {}
+    return {int(row[0]): dict(zip(QUEUE_COLUMNS, map(int, row), strict=False)) for row in rows if row}
+
+
+# -- the verdict for each packet --------------------------------------------------------------------
+
+
+class PacketHandler:
+    """The queue callback: packet bytes, the time and the interfaces into the engine, a verdict out.
+
+    Whatever happens, the packet gets a verdict: an exception in the engine gives it the
+    fail-open/fail-closed verdict (reason `error`), counted and reported through `on_error`.
+    The decision's effects go to `on_effects` after the verdict, so they never delay the packet.
+    """
+
+    def __init__(self, engine, fail_open: bool, on_effects: Callable, on_error: Callable,
+                 clock: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.fail_verdict = ACCEPT if fail_open else DROP
+        self.on_effects = on_effects
+        self.on_error = on_error
+        self.clock = clock
+        self.errors: Counter = Counter()  # "engine", "effects", "verdict": failures by where
+        self.error_verdicts: Counter = Counter()  # accept/drop given because of an error
+        self._ifnames: dict[int, str | None] = {0: None}
+
+    def __call__(self, packet) -> None:
+        data = b""
+        try:
+            data = packet.get_payload()
+            decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
+                                           self.ifname(packet.outdev))
+            verdict = decision.verdict
+        except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
+            self._fail(packet, data, "engine", exc)
+            return
+        try:
+            packet.accept() if verdict == ACCEPT else packet.drop()
+        except Exception as exc:  # noqa: BLE001
+            self.errors["verdict"] += 1
+            self.on_error("verdict", exc, data)
+        if decision.effects:
+            try:
+                self.on_effects(decision.effects)
+            except Exception as exc:  # noqa: BLE001
+                self.errors["effects"] += 1
+                self.on_error("effects", exc, data)
+
+    def _fail(self, packet, data: bytes, where: str, exc: BaseException) -> None:
+        self.errors[where] += 1
+        self.error_verdicts[self.fail_verdict] += 1
+        try:
+            packet.accept() if self.fail_verdict == ACCEPT else packet.drop()
+        except Exception:  # noqa: BLE001  (a verdict already given, or the queue is gone)
+            self.errors["verdict"] += 1
+        self.on_error(where, exc, data)
+
+    def ifname(self, index: int) -> str | None:
+        """The interface name of an ifindex, cached (forget_interfaces() clears the cache)."""
+        try:
+            return self._ifnames[index]
+        except KeyError:
+            pass
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            name = None
+        self._ifnames[index] = name
+        return name
+
+    def forget_interfaces(self) -> None:
+        """Interfaces come and go and ifindexes are reused: the daemon calls this every second."""
+        if len(self._ifnames) > 1:
+            self._ifnames = {0: None}
+
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+def summarize(data: bytes) -> str:
+    """One line about a packet for an error report; never raises, whatever the bytes."""
+    try:
+        version = data[0] >> 4
+        if version == 4:
+            start, proto, src, dst = (data[0] & 0x0F) * 4, data[9], data[12:16], data[16:20]
+        elif version == 6:
+            start, proto, src, dst = 40, data[6], data[8:24], data[24:40]
+        else:
+            raise ValueError
+        src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        name = PROTO_NAMES.get(proto, f"proto {proto}")
+        if proto in (6, 17) and len(data) >= start + 4:
+            sport, dport = struct.unpack_from("!HH", data, start)
+            host = "[{}]:{}" if version == 6 else "{}:{}"
+            return f"{name} {host.format(src, sport)} -> {host.format(dst, dport)} ({len(data)} bytes)"
+        return f"{name} {src} -> {dst} ({len(data)} bytes)"
+    except (IndexError, ValueError):
+        return f"{len(data)} bytes: {data[:24].hex()}"

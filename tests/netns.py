@@ -169,8 +169,11 @@ def udp_echo(lab, port: int, name: str = "server", count: int = 100, lifetime: f
 # -- clients (in the client namespace unless told) -----------------------------------------------
 
 
-def curl(lab, address_url: str, name: str = "client", max_time: float = 5.0, *extra: str):
-    """curl -sS --max-time; the CompletedProcess (body in .stdout), not checked."""
+def curl(lab, address_url: str, name: str = "client", max_time: float = 5.0, extra: tuple = ()):
+    """curl -sS --max-time (then `extra` options); the CompletedProcess (body in .stdout), not checked.
+
+    Exit 28 is curl's "timed out" (a dropped SYN), 7 "could not connect" (a reset or unreachable).
+    """
     return lab.run(name, ["curl", "-sS", "--globoff", "--max-time", f"{max_time:g}", *extra, address_url],
                    check=False, timeout=max_time + 10)
 

@@ -248,6 +248,8 @@ class Lab:
             raise LabError(f"bad host name {host.name!r} (a-z then a-z0-9, at most 11, not the firewall)")
         if host.segment not in self.segments:
             raise LabError(f"host {host.name!r}: no segment {host.segment!r}")
+        if len(self.port_name(host)) > IFNAMSIZ:
+            raise LabError(f"host {host.name!r}: interface name {self.port_name(host)!r} is too long")
         self.hosts[host.name] = host
 
     def _ensure_namespace(self, name: str, existing: set[str], sysctls: tuple[str, ...]) -> str:

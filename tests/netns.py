@@ -70,10 +70,11 @@ def remove_stale_namespaces() -> list[str]:
 class Background:
     """A process in a lab namespace that `timeout` ends after `lifetime` seconds at the latest."""
 
-    def __init__(self, lab, name: str, argv: list[str], lifetime: float) -> None:
+    def __init__(self, lab, name: str, argv: list[str], lifetime: float, capture: bool = True) -> None:
+        """capture=False: output discarded (a chatty server could fill a pipe nobody reads)."""
         command = ["timeout", "--kill-after=2", f"{lifetime:g}", *map(str, argv)]
-        self.process = lab.popen(name, command, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        output = subprocess.PIPE if capture else subprocess.DEVNULL
+        self.process = lab.popen(name, command, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
         self.stdout = b""
         self.stderr = b""
 
@@ -85,7 +86,7 @@ class Background:
 
     def wait(self, timeout: float = 30.0) -> int:
         """Wait for the process to end by itself; its output is kept in .stdout and .stderr."""
-        self.stdout, self.stderr = self.process.communicate(timeout=timeout)
+        self.stdout, self.stderr = (output or b"" for output in self.process.communicate(timeout=timeout))
         return self.process.returncode
 
     def json(self, timeout: float = 30.0):
@@ -137,7 +138,7 @@ def http_server(lab, directory: Path, port: int = 8080, name: str = "server",
                 lifetime: float = 60.0) -> Background:
     """Python's http.server on [::]:PORT (IPv4 too) serving `directory`; returns once it listens."""
     server = Background(lab, name, [sys.executable, "-m", "http.server", "--bind", "::",
-                                    "--directory", directory, port], lifetime)
+                                    "--directory", directory, port], lifetime, capture=False)
     wait_for_port(lab, name, port)
     return server
 

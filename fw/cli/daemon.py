@@ -1,0 +1,249 @@
+"""`fw run`, `fw sessions`, `fw stats`, `fw reload`, `fw cleanup`: the daemon and its operator commands.
+
+`fw run` builds the engine and hands it to fw.daemon.Daemon; the other commands are clients of the
+control socket of the daemon in their network namespace (fw.drivers.control), except `fw cleanup`,
+which removes the iptables rules a crashed daemon left (fw.drivers.iptables).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from fw.drivers.control import ControlError, call, daemon_running, parse_filter
+
+HOOK_NAMES = ("forward", "input", "output")
+
+
+class Failure(click.ClickException):
+    """One line on stderr and SPEC's exit status (1 runtime failure, 2 bad usage)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _ask(request: dict) -> dict:
+    try:
+        return call(request)
+    except ControlError as error:
+        raise Failure(str(error), error.exit_code) from None
+
+
+def _queues(queue: int | None, queues: str | None) -> tuple[int, int]:
+    if queue is not None and queues is not None:
+        raise click.UsageError("give --queue or --queues, not both")
+    if queues is None:
+        return (queue or 0, queue or 0)
+    first, sep, last = queues.partition("-")
+    if not (first.isdigit() and last.isdigit() and sep) or not int(first) <= int(last) <= 65535:
+        raise click.BadParameter(f"{queues!r} is not a range A-B of queue numbers", param_hint="--queues")
+    return (int(first), int(last))
+
+
+def _hooks(text: str) -> tuple[str, ...]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    bad = [name for name in names if name not in HOOK_NAMES]
+    if bad or not names:
+        raise click.BadParameter(f"expected a comma-separated list of {', '.join(HOOK_NAMES)}",
+                                 param_hint="--hooks")
+    return tuple(name.upper() for name in HOOK_NAMES if name in names)
+
+
+@click.command("run")
+@click.option("--policy", "policy_path", required=True, type=click.Path(), help="Policy file or folder.")
+@click.option("--queue", type=click.IntRange(0, 65535), help="NFQUEUE number (default 0).")
+@click.option("--queues", metavar="A-B", help="Balance flows over queues A to B (one loop serves them).")
+@click.option("--fail-open", is_flag=True, help="Pass traffic when no daemon listens or the queue is full.")
+@click.option("--log", "log_path", metavar="PATH", help="Events as EVE JSON lines to PATH (- for stdout).")
+@click.option("--hooks", default="forward", show_default=True,
+              help="Built-in chains to hook: forward,input,output.")
+@click.option("--iptables", "backend", type=click.Choice(["auto", "nft", "legacy"]), default="auto",
+              show_default=True, help="iptables backend (auto: the one `iptables` uses).")
+def run_command(policy_path, queue, queues, fail_open, log_path, hooks, backend) -> None:
+    """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
+
+    It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
+    IPv6, and removes them on SIGTERM/SIGINT. SIGHUP reloads the policy and reopens the log.
+    Fail-closed unless --fail-open. One daemon per network namespace.
+
+    Example: fw run --policy policies/lab.yaml --log /var/log/fw/eve.json
+    """
+    from fw.cli.common import load_policy_or_exit
+    from fw.daemon import Daemon, DaemonConfig, DaemonError
+    from fw.engine import Engine, EngineConfig
+    from fw.policy import load_policy
+
+    config = DaemonConfig(policy_path=os.path.abspath(policy_path), queues=_queues(queue, queues),
+                          fail_open=fail_open, log_path=log_path, hooks=_hooks(hooks),
+                          backend=None if backend == "auto" else backend)
+    if os.geteuid() != 0:
+        raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
+    engine = Engine(load_policy_or_exit(policy_path), EngineConfig(events=log_path is not None))
+    daemon = Daemon(config, engine, load_policy)
+    try:
+        daemon.start()
+    except DaemonError as error:
+        raise Failure(str(error), error.exit_code) from None
+    click.echo(daemon.describe(), err=True)
+    try:
+        daemon.run()
+    finally:
+        daemon.close()
+        click.echo("fw stopped; its rules are removed", err=True)
+
+
+@click.group("sessions", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="The sessions as one JSON object.")
+@click.pass_context
+def sessions_group(ctx, as_json: bool) -> None:
+    """List the daemon's sessions, as `conntrack -L` does.
+
+    Example: fw sessions --json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    answer = _ask({"command": "sessions"})
+    if as_json:
+        answer.pop("ok", None)
+        click.echo(json.dumps(answer, indent=1))
+        return
+    for session in answer["sessions"]:
+        click.echo(session_line(session))
+    click.echo(f"fw sessions: {answer['count']} sessions have been shown.", err=True)
+
+
+def _tuple_text(direction: dict) -> str:
+    words = [f"src={direction['src']}", f"dst={direction['dst']}"]
+    words += [f"{key}={direction[key]}" for key in ("sport", "dport", "id") if key in direction]
+    words += [f"packets={direction['packets']}", f"bytes={direction['bytes']}"]
+    return " ".join(words)
+
+
+def session_line(session: dict) -> str:
+    """`tcp 6 7439 ESTABLISHED src=.. dst=.. sport=.. dport=.. packets=.. bytes=.. src=.. [ASSURED]`."""
+    number = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}.get(session["proto"], session["proto"])
+    words = [f"{session['proto']:<8} {number:<3} {session['timeout']} {session['state']}",
+             _tuple_text(session["original"]), _tuple_text(session["reply"])]
+    if "ASSURED" in session["flags"]:
+        words.append("[ASSURED]")
+    words += [f"[{flag}]" for flag in session["flags"] if flag not in ("ASSURED", "SEEN_REPLY")]
+    words.append(f"rule={session['rule'] or '-'}")
+    if session.get("alg"):
+        words.append(f"alg={session['alg']}")
+    return " ".join(words)
+
+
+@sessions_group.command("kill")
+@click.argument("terms", nargs=-1, metavar="FILTER...")
+def kill_command(terms) -> None:
+    """Remove the sessions that match FILTER (KEY=VALUE words, all must match; `all` for every one).
+
+    Keys: proto, src, dst (the original direction's addresses, or CIDRs), addr (either end), sport,
+    dport, port (either end), rule (the rule that opened it).
+
+    Example: fw sessions kill src=198.51.100.0/24 dport=80
+    """
+    try:
+        spec = parse_filter(terms)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    answer = _ask({"command": "kill", "filter": spec})
+    click.echo(f"{answer['killed']} sessions killed")
+
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="The counters as one JSON object.")
+@click.option("--zero", is_flag=True, help="Zero the counters after reading them.")
+def stats_command(as_json: bool, zero: bool) -> None:
+    """Show the daemon's counters: packets by verdict and reason, sessions, queue overflows.
+
+    Example: fw stats --json
+    """
+    stats = _ask({"command": "stats", "zero": zero})["stats"]
+    if as_json:
+        click.echo(json.dumps(stats, indent=1))
+        return
+    packets, sessions = stats["packets"], stats["sessions"]
+    lines = [
+        f"fw pid {stats['pid']}, up {stats['uptime']:.0f} s, {stats['mode']}, "
+        f"policy {stats['policy']['path']} ({stats['policy']['summary']})",
+        f"packets: {packets['total']} (accepted {packets['accept']}, dropped {packets['drop']})",
+    ]
+    for verdict in ("accept", "drop"):
+        reasons = sorted(packets["by_verdict"][verdict].items(), key=lambda item: -item[1])
+        lines.append(f"  {verdict}: " + (", ".join(f"{r} {n}" for r, n in reasons) or "none"))
+    lines.append(f"sessions: {sessions['active']} active, {sessions['inserts']} inserted, "
+                 f"{sessions['expiries']} expired, {sessions['killed']} killed")
+    for number, queue in stats["queues"].items():
+        lines.append(f"queue {number}: {queue['overflows']} overflows (queue full {queue['queue_dropped']}, "
+                     f"socket full {queue['user_dropped']}, ENOBUFS {queue['enobufs']}), "
+                     f"{queue['waiting']} waiting")
+    errors = {k: v for k, v in stats["errors"].items() if v}
+    lines.append("errors: " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
+    click.echo("\n".join(lines))
+
+
+@click.command("reload")
+@click.argument("path", required=False, type=click.Path())
+def reload_command(path: str | None) -> None:
+    """Re-read the policy (from where `fw run` got it, or PATH) and swap it in, keeping every session.
+
+    On any error the running policy stays, and the errors are printed (exit status 2).
+
+    Example: fw reload policies/lab.yaml
+    """
+    try:
+        answer = call({"command": "reload", "path": os.path.abspath(path) if path else None})
+    except ControlError as error:
+        for line in error.answer.get("diagnostics", ()):
+            click.echo(line, err=True)
+        raise Failure(str(error), error.exit_code) from None
+    for warning in answer.get("warnings", ()):
+        click.echo(warning, err=True)
+    click.echo(f"policy {answer['policy']} loaded ({answer['summary']})")
+
+
+@click.command("cleanup")
+def cleanup_command() -> None:
+    """Remove every iptables rule and chain a crashed daemon left in this network namespace.
+
+    For systemd's ExecStopPost. Refuses while a daemon runs here; touches nothing that is not ours.
+
+    Example: fw cleanup
+    """
+    from fw.drivers.iptables import IptablesError, cleanup
+
+    if os.geteuid() != 0:
+        raise Failure("fw cleanup must run as root")
+    if daemon_running():
+        raise Failure("a fw daemon is running in this network namespace: stop it instead")
+    try:
+        removed = cleanup()
+    except IptablesError as error:
+        raise Failure(str(error)) from None
+    for item in removed:
+        click.echo(f"removed {item}")
+    if not removed:
+        click.echo("nothing to clean up")
+
+
+COMMANDS = [run_command, sessions_group, stats_command, reload_command, cleanup_command]
+
+
+@click.group()
+def daemon_cli() -> None:
+    """These commands alone (`python -m fw.cli.daemon`), for tests before they are in `fw`."""
+
+
+for _command in COMMANDS:
+    daemon_cli.add_command(_command)
+
+if __name__ == "__main__":
+    daemon_cli()

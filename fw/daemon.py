@@ -1,0 +1,413 @@
+"""The daemon (`fw run`): one loop that owns the queue, the control socket, signals and the clock.
+
+How it works. Start-up, in this order, undone in reverse on any failure: bind the control name
+(the per-namespace lock), remove rules a crashed run left, bind the queue(s) and configure them,
+open the raw sockets and the event log, install our iptables rules, listen on the control socket.
+Then one poll loop: queue readiness -> a batch of packets through the engine (PacketHandler);
+control clients -> answers; a signal (SIGTERM/SIGINT: stop, SIGHUP: reload and reopen the log)
+arrives as a byte on a wake-up socket and is handled between two batches, so a policy swap falls
+between two packets; once a second `engine.expire(now)` and the kernel's queue counters.
+Stopping removes our rules first (traffic falls back to the host's own ruleset), gives a verdict to
+the packets still queued, then closes the rest.
+
+Later options slot in as more things the loop watches (`Loop.watch`) or ticks (`Daemon.services`):
+a metrics server, a sync socket; `--queues A-B` binds several queues into the same loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fw.drivers import iptables
+from fw.drivers.control import ControlError, ControlServer, SessionFilter, chunked, error_answer, session_view
+from fw.drivers.effects import Effects, RawSender
+from fw.drivers.eve import EveLog
+from fw.drivers.nfqueue import PacketHandler, Queue, QueueOptions, read_queue_counters, summarize
+
+log = logging.getLogger("fw.daemon")
+
+TICK_SECONDS = 1.0
+REPORTS_PER_MINUTE = 20  # error reports of one kind written before the rest are only counted
+
+
+@dataclass
+class DaemonConfig:
+    """What `fw run` was told. Later issues add fields here (metrics, offload, sync, node_id)."""
+
+    policy_path: str
+    queues: tuple[int, int] = (0, 0)
+    fail_open: bool = False
+    log_path: str | None = None
+    hooks: tuple[str, ...] = ("FORWARD",)
+    families: tuple[int, ...] = (4, 6)
+    backend: str | None = None  # nft | legacy | None: the host's iptables
+    mark: int = iptables.DEFAULT_MARK
+    queue_options: QueueOptions = field(default_factory=QueueOptions)
+
+    @property
+    def mode(self) -> str:
+        return "fail-open" if self.fail_open else "fail-closed"
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; `exit_code` per SPEC (1 runtime, 2 usage or invalid policy)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Loop:
+    """A small poll loop: file descriptors and what to call when they are ready."""
+
+    def __init__(self):
+        self.poller = select.poll()
+        self.handlers: dict[int, object] = {}
+
+    def watch(self, fd: int, mask: int, callback) -> None:
+        self.poller.register(fd, mask)
+        self.handlers[fd] = callback
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.poller.modify(fd, mask)
+
+    def unwatch(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    def run_once(self, timeout: float) -> None:
+        for fd, events in self.poller.poll(max(0, int(timeout * 1000))):
+            callback = self.handlers.get(fd)
+            if callback is not None:
+                callback(events)
+
+
+class Throttle:
+    """At most `limit` reports per kind per minute; the rest are counted and summed up later."""
+
+    def __init__(self, limit: int = REPORTS_PER_MINUTE):
+        self.limit = limit
+        self.window = 0.0
+        self.sent: Counter = Counter()
+        self.suppressed: Counter = Counter()
+
+    def allow(self, kind: str, now: float) -> bool:
+        if now - self.window >= 60:
+            for k, n in self.suppressed.items():
+                log.warning("%d more %s reports suppressed in the last minute", n, k)
+            self.window, self.sent, self.suppressed = now, Counter(), Counter()
+        if self.sent[kind] < self.limit:
+            self.sent[kind] += 1
+            return True
+        self.suppressed[kind] += 1
+        return False
+
+
+class Daemon:
+    """One daemon in this network namespace. `start()`, `run()` until a signal, `close()`."""
+
+    def __init__(self, config: DaemonConfig, engine, load_policy):
+        self.config = config
+        self.engine = engine
+        self.load_policy = load_policy  # path -> Policy, raising fw.policy.PolicyError
+        self.policy_path = config.policy_path
+        self.loop = Loop()
+        self.throttle = Throttle()
+        self.started = time.monotonic()
+        self.counters: Counter = Counter()  # reloads, reload_failures, loop_errors
+        self.services: list = []  # things with tick(now) and close(): control, later metrics/sync
+        self.queues: list[Queue] = []
+        self.control: ControlServer | None = None
+        self.rules: iptables.Installation | None = None
+        self.effects: Effects | None = None
+        self.handler: PacketHandler | None = None
+        self._baseline: dict[int, Counter] = {}  # kernel queue counters at start or at --zero
+        self._stop = False
+        self._reload = False
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- start and stop -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        config = self.config
+        try:
+            self.control = ControlServer(self.handle)
+            stale = iptables.cleanup()
+            if stale:
+                log.warning("removed %d rules and chains left by an earlier run", len(stale))
+            eve = EveLog(config.log_path) if config.log_path else None
+            self.effects = Effects(RawSender(config.mark), eve)
+            self.handler = PacketHandler(self.engine, config.fail_open, self.effects, self._packet_error)
+            options = QueueOptions(**{**config.queue_options.__dict__, "fail_open": config.fail_open})
+            first, last = config.queues
+            for number in range(first, last + 1):
+                self.queues.append(Queue(number, self.handler, options))
+                self.loop.watch(self.queues[-1].fileno(), select.POLLIN,
+                                lambda events, q=self.queues[-1]: self._drain(q))
+            counters = read_queue_counters()
+            self._baseline = {q.number: Counter(counters.get(q.number, {})) for q in self.queues}
+            self.rules = iptables.Installation(iptables.Hooking(
+                queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
+                families=config.families), config.backend)
+            self.rules.install()
+            self._install_signals()
+            self.control.listen(self.loop)
+            self.services.append(self.control)
+        except (ControlError, iptables.IptablesError, OSError) as exc:
+            self.close()
+            raise DaemonError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        """The start-up line: what is in force."""
+        config, first, last = self.config, *self.config.queues
+        queues = f"queue {first}" if first == last else f"queues {first}-{last}"
+        mode = ("fail-open: traffic passes when no daemon listens or the queue is full" if config.fail_open
+                else "fail-closed: traffic is dropped when no daemon listens or the queue is full")
+        families = "+".join(f"IPv{f}" for f in config.families)
+        return (f"fw running ({mode}); {queues}, hooks {','.join(config.hooks)}, {families}, "
+                f"iptables-{self.rules.backend}; policy {self.policy_path} "
+                f"({self.engine.policy.summary()}); control {self.control.name}")
+
+    def _install_signals(self) -> None:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        self.loop.watch(self._wake_r.fileno(), select.POLLIN, self._drain_wakeups)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def _drain_wakeups(self, _events) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        """Remove our rules, give the packets still queued a verdict, close everything."""
+        if self.rules is not None:
+            try:
+                self.rules.remove()
+            except iptables.IptablesError as exc:
+                log.error("removing our iptables rules failed: %s (run `fw cleanup`)", exc)
+            self.rules = None
+        for queue in self.queues:
+            self._drain(queue, budget=100_000)
+            queue.close()
+        self.queues = []
+        for service in reversed(self.services):
+            service.close()
+        self.services = []
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.effects is not None:
+            self.effects.close()
+            self.effects = None
+        signal.set_wakeup_fd(-1)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        next_tick = time.monotonic() + TICK_SECONDS
+        while not self._stop:
+            self.loop.run_once(next_tick - time.monotonic())
+            if self._reload:
+                self._reload = False
+                self.reload()
+                if self.effects.log is not None:
+                    self.effects.log.reopen()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_SECONDS
+                self.tick(now)
+            if self.effects.log is not None:
+                self.effects.log.flush()
+
+    def _drain(self, queue: Queue, budget: int | None = None) -> None:
+        try:
+            queue.drain(budget)
+        except Exception as exc:  # noqa: BLE001  (the loop survives everything)
+            self.counters["loop_errors"] += 1
+            if self.throttle.allow("queue", time.monotonic()):
+                log.error("queue %d: reading failed: %r", queue.number, exc)
+
+    def tick(self, now: float) -> None:
+        try:
+            effects = self.engine.expire(now)
+            if effects:
+                self.effects(effects)
+        except Exception as exc:  # noqa: BLE001
+            self.counters["expire_errors"] += 1
+            if self.throttle.allow("expire", now):
+                log.error("expiring sessions failed: %r", exc)
+        self.handler.forget_interfaces()
+        self._check_overflows(now)
+        for service in self.services:
+            service.tick(now)
+
+    def _check_overflows(self, now: float) -> None:
+        counters = read_queue_counters()
+        for queue in self.queues:
+            seen = counters.get(queue.number, {})
+            lost = seen.get("queue_dropped", 0) + seen.get("user_dropped", 0) + queue.enobufs
+            reported = self.counters[f"reported_overflows:{queue.number}"]
+            if lost > reported:
+                self.counters[f"reported_overflows:{queue.number}"] = lost
+                if self.throttle.allow("overflow", now):
+                    log.warning("queue %d overflowed: %d packets dropped by the kernel (queue full: %d, "
+                                "socket buffer full: %d, ENOBUFS seen: %d)", queue.number, lost - reported,
+                                seen.get("queue_dropped", 0), seen.get("user_dropped", 0), queue.enobufs)
+                self._event("anomaly", {"type": "queue", "event": "overflow", "queue": queue.number,
+                                        "lost": lost - reported})
+
+    def _packet_error(self, where: str, exc: BaseException, data: bytes) -> None:
+        if not self.throttle.allow(where, time.monotonic()):
+            return
+        verdict = "accepted" if self.config.fail_open else "dropped"
+        summary = summarize(data)
+        log.error("%s failed on a packet (%s, %s): %r", where, summary, verdict, exc)
+        self._event("anomaly", {"type": "packet", "event": f"{where}_error", "message": repr(exc),
+                                "packet": summary, "verdict": verdict})
+
+    def _event(self, event_type: str, body: dict) -> None:
+        if self.effects is not None and self.effects.log is not None:
+            self.effects.log.write({"event_type": event_type, event_type: body})
+
+    # -- what the control socket asks for -------------------------------------------------------
+
+    def handle(self, request: dict):
+        """Answer one control request (see docs/daemon.md for the shapes)."""
+        command = request.get("command")
+        if command == "stats":
+            return {"ok": True, "stats": self.stats(zero=bool(request.get("zero")))}
+        if command == "sessions":
+            return self.sessions()
+        if command == "kill":
+            try:
+                selected = SessionFilter(request.get("filter") or {})
+            except ValueError as exc:
+                return error_answer(f"bad filter: {exc}", 2)
+            return {"ok": True, "killed": self.kill(selected)}
+        if command == "reload":
+            return self.reload(request.get("path"))
+        return error_answer(f"unknown command {command!r}", 2)
+
+    def sessions(self):
+        """The session table as a JSON document, built a few hundred sessions per loop turn."""
+        from fw.events import flow_id  # noqa: PLC0415
+
+        now, snapshot = time.monotonic(), list(self.engine.sessions)
+        head = {"ok": True, "version": 1, "count": len(snapshot)}
+        yield json.dumps(head)[:-1] + ', "sessions": ['
+        yield from chunked(snapshot, lambda s: session_view(s, now, flow_id))
+        yield "]}\n"
+
+    def kill(self, selected: SessionFilter) -> int:
+        now, killed = time.monotonic(), 0
+        for session in list(self.engine.sessions):
+            if selected.all or selected(session):
+                self.engine.kill(session, now)
+                killed += 1
+        if killed:
+            log.info("killed %d sessions on request", killed)
+        return killed
+
+    def stats(self, zero: bool = False) -> dict:
+        engine, handler = self.engine, self.handler
+        by_verdict = {"accept": dict(engine.accepted), "drop": dict(engine.dropped)}
+        for verdict, n in handler.error_verdicts.items():
+            by_verdict[verdict]["error"] = by_verdict[verdict].get("error", 0) + n
+        accepted, dropped = sum(by_verdict["accept"].values()), sum(by_verdict["drop"].values())
+        counters = engine.counters
+        result = {
+            "version": 1,
+            **self.pid_info(),
+            "mode": self.config.mode,
+            "policy": {"path": self.policy_path, "summary": engine.policy.summary(),
+                       "reloads": self.counters["reloads"],
+                       "reload_failures": self.counters["reload_failures"]},
+            "packets": {"total": accepted + dropped, "accept": accepted, "drop": dropped,
+                        "by_verdict": by_verdict},
+            "drops": dict(by_verdict["drop"]),
+            "sessions": {"active": len(engine.sessions), "inserts": counters["inserts"],
+                         "expiries": counters["expiries"], "killed": counters["killed"]},
+            "queues": self.queue_stats(zero),
+            "errors": {**dict(handler.errors), "loop": self.counters["loop_errors"],
+                       "expire": self.counters["expire_errors"]},
+            "effects": dict(self.effects.counters),
+            "engine": dict(counters),
+        }
+        if zero:
+            for counter in (engine.accepted, engine.dropped, counters, handler.errors, handler.error_verdicts,
+                            self.effects.counters):
+                counter.clear()
+            for key in ("loop_errors", "expire_errors", "reloads", "reload_failures"):
+                self.counters[key] = 0
+        return result
+
+    def reload(self, path: str | None = None) -> dict:
+        """Load the policy (from `path`, else where it came from); swap it in, or keep the old one."""
+        from fw.policy import PolicyError  # noqa: PLC0415
+
+        path = path or self.policy_path
+        try:
+            policy = self.load_policy(path)
+        except PolicyError as exc:
+            self.counters["reload_failures"] += 1
+            lines = [d.format() for d in exc.diagnostics]
+            log.error("reload of %s failed, the running policy stays:\n%s", path, "\n".join(lines))
+            return error_answer(f"{path}: invalid policy, the running policy stays", 2, diagnostics=lines)
+        except Exception as exc:  # noqa: BLE001
+            self.counters["reload_failures"] += 1
+            log.error("reload of %s failed, the running policy stays: %r", path, exc)
+            return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
+        self.engine.swap_policy(policy)
+        self.policy_path = path
+        self.counters["reloads"] += 1
+        warnings = [w.format() for w in getattr(policy, "warnings", ())]
+        log.info("policy %s loaded (%s)", path, policy.summary())
+        self._event("engine", {"message": f"policy {path} loaded ({policy.summary()})", "module": "reload"})
+        return {"ok": True, "policy": path, "summary": policy.summary(), "warnings": warnings}
+
+    def queue_stats(self, zero: bool = False) -> dict:
+        counters = read_queue_counters()
+        result = {}
+        for queue in self.queues:
+            now = Counter(counters.get(queue.number, {}))
+            now["enobufs"] = queue.enobufs
+            base = self._baseline.setdefault(queue.number, Counter())
+            row = {key: now[key] - base[key] for key in ("queue_dropped", "user_dropped", "enobufs")}
+            row["overflows"] = sum(row.values())
+            row["waiting"] = now["queue_total"]
+            row["netlink_errors"] = dict(queue.netlink_errors)
+            result[str(queue.number)] = row
+            if zero:
+                self._baseline[queue.number] = now
+        return result
+
+    def pid_info(self) -> dict:
+        return {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started, 3)}

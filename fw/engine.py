@@ -34,6 +34,7 @@ from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+SYN = 2
 ICMP_ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}  # request, reply
 ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
 GENERIC_TIMEOUT = 600  # nf_conntrack_generic's default, for protocols without a tracker
@@ -63,6 +64,7 @@ class Engine:
         self.accepted: Counter = Counter()  # packets accepted, by reason
         self.dropped: Counter = Counter()  # packets dropped, by reason
         self.policy = None
+        self._data = b""
         self.swap_policy(policy)
 
     # -- policy -------------------------------------------------------------------------------
@@ -82,6 +84,7 @@ class Engine:
     # -- the packet path ----------------------------------------------------------------------
 
     def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None) -> Decision:
+        self._data = data  # the raw bytes, for an ICMP unreachable that quotes them
         try:
             pkt = parse(data)
         except MalformedPacket:
@@ -286,15 +289,15 @@ class Engine:
     def _refuse(self, pkt, action, reason, log, now) -> Decision:
         effects = ()
         if action == "reject":
-            effects = (self._reject_effect(pkt),)
+            if pkt.proto == TCP:
+                answer = pktbuild.tcp_reset_for(pkt)
+            else:
+                answer = pktbuild.icmp_unreachable_for(self._data, pkt)
+            if answer is not None:
+                effects = (SendPacket(pkt.family, answer),)
         if log and self.config.events:
             effects = effects + (LogEvent(verdict_event(pkt, DROP, reason, now)),)
         return self._verdict(DROP, reason, pkt, None, effects or NO_EFFECTS)
-
-    def _reject_effect(self, pkt) -> SendPacket:
-        if pkt.proto == TCP:
-            return SendPacket(pkt.family, pktbuild.tcp_reset_for(pkt))
-        return SendPacket(pkt.family, pktbuild.icmp_unreachable_for(pkt))
 
     # -- timeouts -----------------------------------------------------------------------------
 
@@ -327,7 +330,8 @@ class Engine:
 
     def _feed_alg(self, session: Session, pkt, original: bool, now: float) -> tuple:
         effects = []
-        for result in session.alg.feed(original, pkt.seq, pkt.payload):
+        seq = pkt.seq + 1 if pkt.flags & SYN else pkt.seq  # data in a SYN starts after it
+        for result in session.alg.feed(original, seq, pkt.payload):
             if isinstance(result, Refusal):
                 self.counters["alg_refused"] += 1
                 self.counters["alg_refused:" + result.reason] += 1

@@ -72,7 +72,7 @@ def test_tcp_handshake_data_and_teardown(engine):
         ],
     )
     (session,) = list(engine.table)
-    assert (session.orig_packets, session.reply_packets) == (4, 3)
+    assert (session.orig_packets, session.reply_packets) == (5, 3)
     assert session.rule == "allow-web"
 
 

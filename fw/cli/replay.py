@@ -33,15 +33,15 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
     engine = Engine(load_policy_or_exit(policy_path), EngineConfig(events=False))
     show_progress = sys.stderr.isatty() and (quiet or as_json or not sys.stdout.isatty())
     show_progress = show_progress and os.path.getsize(pcap) > PROGRESS_BAR_BYTES
-    records = replay(pcap, engine)
+    try:
+        records = replay(pcap, engine)
+    except ReplayError as error:
+        raise click.ClickException(str(error)) from None
     out = sys.stdout
     try:
         if not quiet and not as_json:
             out.write(f"{'#':>6}  {'verdict':7}  {'reason':22}  {'state':12}  flow\n")
-        bar = click.progressbar(length=os.path.getsize(pcap), file=sys.stderr, label="replay")
-        if not show_progress:
-            bar.is_hidden = True
-        with bar:
+        with _progress(pcap, show_progress) as bar:
             for record in records:
                 bar.update(record.size + 16)
                 if quiet:
@@ -57,6 +57,23 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
     click.echo(summary_text(engine), err=True)
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, _count):
+        pass
+
+
+def _progress(pcap: str, show: bool):
+    if not show:
+        return _NoProgress()
+    return click.progressbar(length=os.path.getsize(pcap), file=sys.stderr, label="replay")
 
 
 def summary_text(engine) -> str:

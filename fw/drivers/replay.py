@@ -64,13 +64,20 @@ def _by_ethertype(ethertype: int, payload: bytes) -> bytes | None:
 
 
 def read_frames(path: str) -> Iterator[tuple[float, int, bytes]]:
-    """(timestamp, link type, frame bytes) for every frame of a pcap or pcapng file."""
+    """(timestamp, link type, frame bytes) for every frame of a pcap or pcapng file.
+
+    The file is opened at once, so a file that is no capture raises ReplayError here.
+    """
     try:
         reader = RawPcapReader(path)
     except (OSError, EOFError) as error:
         raise ReplayError(f"{path}: {error}") from None
     except Exception as error:  # scapy raises Scapy_Exception for a file that is no capture
         raise ReplayError(f"{path}: not a pcap or pcapng file ({error})") from None
+    return _frames(reader)
+
+
+def _frames(reader) -> Iterator[tuple[float, int, bytes]]:
     with reader:
         if isinstance(reader, RawPcapNgReader):
             for frame, meta in reader:
@@ -103,9 +110,13 @@ class ReplayRecord:
 
 
 def replay(path: str, engine) -> Iterator[ReplayRecord]:
-    """Each frame of the capture through the engine, in order."""
+    """Each frame of the capture through the engine, in order (ReplayError at once for a bad file)."""
+    return _replay(read_frames(path), engine)
+
+
+def _replay(frames, engine) -> Iterator[ReplayRecord]:
     second = None
-    for index, (stamp, linktype, frame) in enumerate(read_frames(path)):
+    for index, (stamp, linktype, frame) in enumerate(frames):
         if int(stamp) != second:
             second = int(stamp)
             engine.expire(stamp)

@@ -1,0 +1,1 @@
+"""Connection tracking: the session table (table.py) and TCP state tracking (tcp.py)."""

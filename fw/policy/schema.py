@@ -1,0 +1,93 @@
+"""The policy file's vocabulary as data: keys, actions, protocols, timeouts, options.
+
+Everything the loader accepts is listed here, so a later feature adds its keys in one place: an
+option is a row of `OPTIONS` (its kind, its default and one line of help), a timeout a name in
+`TIMEOUT_KEYS`. Validators for option kinds live in `OPTION_KINDS`. Protocol and ICMP names come
+from `fw.packet.constants`, which the packet layer shares.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fw.packet.constants import (
+    ICMP_CODES,
+    ICMP_TYPES,
+    ICMPV6_CODES,
+    ICMPV6_TYPES,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    PROTOCOLS,
+)
+
+VERSIONS = (1,)
+ACTIONS = ("accept", "drop", "reject")
+ANY = "any"
+PORT_PROTOCOLS = frozenset((PROTO_TCP, PROTO_UDP))
+ICMP_PROTOCOLS = frozenset((PROTO_ICMP, PROTO_ICMPV6))
+# The address families a protocol exists in (others: both).
+PROTOCOL_FAMILIES = {PROTO_ICMP: frozenset((4,)), PROTO_ICMPV6: frozenset((6,))}
+ICMP_NAMES = {PROTO_ICMP: (ICMP_TYPES, ICMP_CODES), PROTO_ICMPV6: (ICMPV6_TYPES, ICMPV6_CODES)}
+ALGS = ("ftp",)
+ALG_PROTOCOLS = {"ftp": PROTO_TCP}
+PROTOCOL_NAMES = PROTOCOLS  # name -> number ('any' is handled apart)
+
+# nf_conntrack's timeout names (nf_conntrack_proto_*.c, sysctl net.netfilter.*), in their order.
+TIMEOUT_KEYS = (
+    "tcp_syn_sent", "tcp_syn_recv", "tcp_established", "tcp_fin_wait", "tcp_close_wait",
+    "tcp_last_ack", "tcp_time_wait", "tcp_close", "tcp_unacknowledged", "udp", "udp_stream",
+    "icmp", "ftp_expectation",
+)
+
+# Top-level keys; all but `sets` and `rules` may appear in one file of a folder only.
+TOP_KEYS = ("version", "defaults", "sets", "timeouts", "timeout_overrides", "options", "rules")
+MERGED_KEYS = ("sets", "rules")
+DEFAULTS_KEYS = ("action", "log")
+DEFAULT_ACTION = "drop"
+DEFAULT_LOG = False
+MATCH_KEYS = ("proto", "src", "dst", "sport", "dport")
+OVERRIDE_KEYS = MATCH_KEYS + TIMEOUT_KEYS + ("rst_on_timeout",)
+RULE_KEYS = (
+    "name", "action", "proto", "src", "dst", "sport", "dport", "icmp_type", "icmp_code", "iif",
+    "oif", "log", "alg", "timeouts", "rst_on_timeout",
+)
+
+
+class OptionKind(NamedTuple):
+    """How to check an option's value: `check(value) -> bool` and the words for an error."""
+
+    check: object
+    expected: str
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+OPTION_KINDS = {
+    "bool": OptionKind(lambda v: isinstance(v, bool), "true or false"),
+    "positive_int": OptionKind(lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "non_negative_int": OptionKind(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "positive_number": OptionKind(
+        lambda v: (_is_int(v) or isinstance(v, float)) and v > 0, "a positive number"),
+}
+
+
+class Option(NamedTuple):
+    kind: str
+    default: object
+    help: str
+
+
+# Every option a policy may set. Add later features' options (flood limits, adaptive timeouts) here.
+OPTIONS = {
+    "tcp_loose": Option("bool", False, "pick up mid-stream TCP flows (insecure)"),
+    "rst_on_timeout": Option("bool", False, "on expiry of an established TCP session, RST both ends"),
+    "max_sessions": Option("positive_int", 262144, "the session table's size"),
+}
+
+
+def option_defaults() -> dict:
+    return {name: option.default for name, option in OPTIONS.items()}

@@ -15,7 +15,8 @@ Deviations from the kernel (v6.x), each on purpose:
   ESTABLISHED): exact seq -> CLOSE, in window -> accepted, state kept, out of window -> invalid.
   A RST's ACK and window are not used; liberal mode never admits an out-of-window RST.
 - All four window checks fail as `invalid:out-of-window`, as van Rooij and kernels before 6.1 do
-  (6.1 lets an overly old segment or ACK pass untracked); out-of-window packets touch nothing.
+  (6.1 lets an overly old segment or ACK pass untracked). Out-of-window packets touch nothing,
+  not even the first sight of a direction (the kernel keeps what a failed SYN/ACK showed).
 - The kernel deletes an entry at once when the only reply was a RST; here such a CLOSE session is
   reopened by the next SYN (REOPEN) instead. Timeouts after invalid packets are not shortened.
 - One retransmission threshold: the kernel's separate max_retrans timeout uses `tcp_unacknowledged`.
@@ -182,6 +183,12 @@ class TcpPeer:
 
     def reset(self) -> None:
         self.td_end = self.td_maxend = self.td_maxwin = self.td_maxack = self.td_scale = self.flags = 0
+
+    def save(self) -> tuple:
+        return self.td_end, self.td_maxend, self.td_maxwin, self.td_maxack, self.td_scale, self.flags
+
+    def restore(self, saved: tuple) -> None:
+        self.td_end, self.td_maxend, self.td_maxwin, self.td_maxack, self.td_scale, self.flags = saved
 
 
 class TcpTrack:
@@ -385,8 +392,11 @@ def _in_window(track: TcpTrack, pkt, direction: int, index: int) -> str | None:
             if (sack - right) & SEQ_MASK >= SEQ_HALF:
                 sack = right
 
-    if (sender.td_maxwin == 0 or flags & TH_SYN) and _first_sight(track, pkt, direction, end, sack):
-        return None
+    saved = None
+    if sender.td_maxwin == 0 or flags & TH_SYN:
+        saved = sender.save(), receiver.save()
+        if _first_sight(track, pkt, direction, end, sack):
+            return None
     if not flags & TH_ACK:
         ack = sack = receiver.td_end  # no ACK: pretend it acknowledges what was sent
 
@@ -399,7 +409,12 @@ def _in_window(track: TcpTrack, pkt, direction: int, index: int) -> str | None:
         and (sack - r_end - 1) & SEQ_MASK >= SEQ_HALF  # III
         and (r_end - maxackwin - 1 - sack) & SEQ_MASK >= SEQ_HALF  # IV
     ):
-        return None if track.liberal else OUT_OF_WINDOW
+        if track.liberal:
+            return None
+        if saved is not None:  # unlike the kernel, a failed SYN/ACK leaves no trace (a spoofed
+            sender.restore(saved[0])  # one would otherwise make the real one fail check II)
+            receiver.restore(saved[1])
+        return OUT_OF_WINDOW
 
     if not flags & TH_SYN:
         win <<= sender.td_scale  # RFC 7323 2.2: the window of a SYN is never scaled

@@ -137,7 +137,7 @@ class Engine:
                 if state is not old_state:
                     session.state = state
                     self._on_tcp_state(session, state, original)
-                self._refresh(session, now, tcpmod.timeout_key(track))
+                self._refresh(session, now, tcpmod.timeout_key(track, session.timeouts))
                 decision = self._established(pkt, session, original, now)
                 if session.alg is not None and pkt.payload_len:
                     decision.effects = self._feed_alg(session, pkt, original, now)
@@ -307,7 +307,7 @@ class Engine:
 
     def _timeout_key(self, session: Session):
         if session.proto == TCP:
-            return tcpmod.timeout_key(session.tcp)
+            return tcpmod.timeout_key(session.tcp, session.timeouts)
         if session.proto == UDP:
             return "udp"
         if session.proto == ICMP or session.proto == ICMPV6:

@@ -252,7 +252,12 @@ def _write_state(state: dict) -> None:
 
 
 def _forget_state() -> None:
-    state_path().unlink(missing_ok=True)
+    path = state_path()
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass  # not there, or holds other files
 
 
 class Installation:

@@ -14,12 +14,16 @@ returned as effects for the driver to carry out. `expire(now)` is called by the 
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 
 from fw.alg import ALGS, Expectation, Refusal
 from fw.conntrack import tcp as tcpmod
+from fw.conntrack.limits import FLOOD, SourceLimits
 from fw.conntrack.table import (
     ASSURED,
+    HALF_OPEN,
+    LOOSE,
     RELATED,
     REPLIED,
     SEEN_REPLY,
@@ -34,7 +38,9 @@ from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
-SYN = 2
+SYN, RST, ACK = 2, 4, 16
+EMBRYONIC = frozenset((tcpmod.TcpState.SYN_SENT, tcpmod.TcpState.SYN_RECV, tcpmod.TcpState.SYN_SENT2))
+EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at least one session)
 ICMP_ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}  # request, reply
 ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
 GENERIC_TIMEOUT = 600  # nf_conntrack_generic's default, for protocols without a tracker
@@ -65,6 +71,8 @@ class Engine:
         self.dropped: Counter = Counter()  # packets dropped, by reason
         self.policy = None
         self._data = b""
+        self.limits = SourceLimits({})
+        self.timeout_scale = 1.0
         self.swap_policy(policy)
 
     # -- policy -------------------------------------------------------------------------------
@@ -75,6 +83,12 @@ class Engine:
         options = policy.options
         self.tcp_loose = bool(options.get("tcp_loose", False))
         self.max_sessions = int(options.get("max_sessions", 262144))
+        # pf's adaptive timeouts: from adaptive_start sessions on, timeouts shrink linearly and
+        # reach zero at adaptive_end (defaults 60% and 120% of max_sessions, as pf).
+        self.adaptive_start = int(options.get("adaptive_start") or self.max_sessions * 6 // 10)
+        self.adaptive_end = int(options.get("adaptive_end") or self.max_sessions * 12 // 10)
+        self.limits.configure(options)
+        self._rescale()
         self.counters["policy_swaps"] += 1
 
     @property
@@ -155,6 +169,9 @@ class Engine:
             session.flags |= ASSURED | SEEN_REPLY
         elif not original:
             session.flags |= SEEN_REPLY
+        if session.flags & HALF_OPEN and state not in EMBRYONIC:
+            session.flags &= ~HALF_OPEN
+            self.limits.half_open_ended(session.src)
 
     def _datagram(self, pkt, sport, dport, now, iif, oif) -> Decision:
         """UDP and protocols without a tracker of their own: UNREPLIED until a reply is seen."""
@@ -245,8 +262,12 @@ class Engine:
                 action, reason, log = rule.action, "rule:" + rule.name, rule.log
             if action != "accept":
                 return self._refuse(pkt, action, reason, log, now)
+            if self.limits.active:
+                refused = self.limits.admit(pkt.src, now)
+                if refused is not None:
+                    return self._flood(pkt, refused, now)
             verdict = ACCEPT
-        if len(self.table) >= self.max_sessions:
+        if len(self.table) >= self.max_sessions and not self._make_room(now):
             return self._verdict(DROP, "table-full", pkt)
         session = Session(key, pkt.proto, pkt.family, pkt.src, pkt.dst, sport, dport, state, now)
         session.tcp = track
@@ -263,17 +284,35 @@ class Engine:
             session.timeouts, session.rst_on_timeout = self._timeouts_for(rule, pkt)
             if rule is not None and rule.alg:
                 session.alg = ALGS[rule.alg](pkt.family, pkt.src, pkt.dst)
-        session.deadline = now + self._timeout(session, self._timeout_key(session))
+        if track is not None:
+            if state in EMBRYONIC and self.limits.active:
+                session.flags |= HALF_OPEN
+                self.limits.half_open_started(pkt.src, now)
+            elif track.liberal:
+                session.flags |= LOOSE
+                self.counters["loose_pickups"] += 1
+        session.deadline = now + self._timeout(session, self._timeout_key(session)) * self.timeout_scale
         session.orig_packets = 1
         session.orig_bytes = pkt.ip_len
         self.table.add(session)
         self.counters["inserts"] += 1
+        if len(self.table) > self.adaptive_start:
+            self._rescale()
         effects = NO_EFFECTS
         if self.config.events and (expectation is not None or log):
             effects = (LogEvent(session_event("new", session, now, reason)),)
         if session.alg is not None and pkt.payload_len:
             effects = effects + self._feed_alg(session, pkt, True, now)
         return self._verdict(verdict, reason, pkt, session, effects)
+
+    def _flood(self, pkt, why: str, now: float) -> Decision:
+        self.counters["flood:" + why] += 1
+        effects = NO_EFFECTS
+        if why != "blocked" and self.config.events:  # one event when a source is put on the list
+            event = verdict_event(pkt, DROP, FLOOD, now)
+            event["fw"]["flood"] = {"limit": why, "blocked_for": self.limits.overload_seconds}
+            effects = (LogEvent(event),)
+        return self._verdict(DROP, FLOOD, pkt, None, effects)
 
     def _by_policy(self, pkt, now, iif, oif) -> Decision:
         """A packet that is judged alone, without a session (untracked ICMP)."""
@@ -321,7 +360,8 @@ class Engine:
         return session.timeouts[timeout_key]
 
     def _refresh(self, session: Session, now: float, timeout_key) -> None:
-        deadline = now + (session.timeouts[timeout_key] if timeout_key is not None else GENERIC_TIMEOUT)
+        timeout = session.timeouts[timeout_key] if timeout_key is not None else GENERIC_TIMEOUT
+        deadline = now + timeout * self.timeout_scale
         session.deadline = deadline
         if deadline < session.slot - 1:
             self.table.reschedule(session)
@@ -374,29 +414,85 @@ class Engine:
     def expire(self, now: float) -> tuple:
         """Remove what has timed out; returns the effects (events, resets) for the driver."""
         effects = []
+        events = self.config.events
         for session in self.table.pop_expired(now):
             self.counters["expiries"] += 1
             self._forget(session)
-            if self.config.events:
-                effects.append(LogEvent(session_event("end", session, now, "timeout")))
+            why = "timeout"
+            if session.rst_on_timeout and session.proto == TCP and session.state == tcpmod.TcpState.ESTABLISHED:
+                effects.extend(self._resets_for(session))
+                self.counters["timeout_resets"] += 1
+                why = "timeout-reset"
+            if events:
+                effects.append(LogEvent(session_event("end", session, now, why)))
         if self.expectations:
             stale = [k for k, e in self.expectations.items() if e.deadline < now]
             for key in stale:
                 entry = self.expectations.pop(key)
                 if entry.parent.expectations:
                     entry.parent.expectations.discard(key)
+        self.limits.prune(now)
+        self._rescale()
         return tuple(effects)
+
+    def _resets_for(self, session: Session) -> tuple[SendPacket, SendPacket]:
+        """A RST to each end with exactly the sequence number that end expects next (RFC 5961
+        section 3.2: only an exact RST resets an established connection)."""
+        track = session.tcp
+        to_server = pktbuild.tcp(
+            session.src, session.dst, session.sport, session.dport,
+            tcpmod.next_expected_seq(track, True), 0, RST, window=0,
+        )  # fmt: skip
+        to_client = pktbuild.tcp(
+            session.dst, session.src, session.dport, session.sport,
+            tcpmod.next_expected_seq(track, False), 0, RST, window=0,
+        )  # fmt: skip
+        return SendPacket(session.family, to_server), SendPacket(session.family, to_client)
+
+    def _rescale(self) -> None:
+        """Adaptive timeouts: the factor applied to every timeout for the table's fill."""
+        count, start, end = len(self.table), self.adaptive_start, self.adaptive_end
+        if count <= start or end <= start:
+            self.timeout_scale = 1.0
+        else:
+            self.timeout_scale = max(0.0, (end - count) / (end - start))
+
+    def _make_room(self, now: float) -> bool:
+        """Evict to make room in a full table, fairly: the half-open sessions of the sources
+        holding the most of them first, then other unassured sessions, established ones last.
+        Frees a batch at once so that a flood does not pay a scan per packet. False if nothing
+        could go."""
+        sessions = list(self.table.sessions.values())
+        per_source: dict[bytes, int] = {}
+        for session in sessions:
+            if not session.flags & ASSURED:
+                per_source[session.src] = per_source.get(session.src, 0) + 1
+
+        def eviction_order(session: Session):
+            assured = bool(session.flags & ASSURED)
+            return (assured, -per_source.get(session.src, 0) if not assured else 0, session.deadline)
+
+        batch = max(1, int(len(sessions) * EVICTION_BATCH))
+        victims = heapq.nsmallest(batch, sessions, key=eviction_order)
+        for session in victims:
+            self.table.remove(session)
+            self._forget(session)
+            self.counters["evictions"] += 1
+        return bool(victims)
 
     def _close(self, session: Session, now: float, why: str) -> None:
         self.table.remove(session)
         self._forget(session)
 
     def _forget(self, session: Session) -> None:
-        """Drop what dies with a session: its expectations."""
+        """Drop what dies with a session: its expectations, its place in the half-open count."""
         if session.expectations:
             for key in session.expectations:
                 self.expectations.pop(key, None)
             session.expectations = None
+        if session.flags & HALF_OPEN:
+            session.flags &= ~HALF_OPEN
+            self.limits.half_open_ended(session.src)
 
     def kill(self, session: Session, now: float) -> None:
         """Remove one session at an operator's request."""

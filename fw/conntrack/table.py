@@ -25,6 +25,9 @@ ASSURED = 1  # traffic seen both ways (TCP: established); evicted last
 SEEN_REPLY = 2
 RELATED = 4  # opened through an expectation (an ALG) or a related ICMP error
 LOOSE = 8  # picked up mid-stream (tcp_loose)
+HALF_OPEN = 16  # counted in its source's half-open sessions (flood limits)
+FLAG_NAMES = {ASSURED: "assured", SEEN_REPLY: "seen-reply", RELATED: "related", LOOSE: "loose",
+              HALF_OPEN: "half-open"}
 
 
 def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple:

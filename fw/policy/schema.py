@@ -86,6 +86,15 @@ OPTIONS = {
     "tcp_loose": Option("bool", False, "pick up mid-stream TCP flows (insecure)"),
     "rst_on_timeout": Option("bool", False, "on expiry of an established TCP session, RST both ends"),
     "max_sessions": Option("positive_int", 262144, "the session table's size"),
+    "adaptive_start": Option("non_negative_int", 0,
+                             "sessions from which timeouts shrink (0: 60% of max_sessions)"),
+    "adaptive_end": Option("non_negative_int", 0,
+                           "sessions at which timeouts reach zero (0: 120% of max_sessions)"),
+    "new_session_rate": Option("non_negative_int", 0, "new sessions a second per source (0: no limit)"),
+    "new_session_burst": Option("non_negative_int", 0, "burst of new sessions per source (0: the rate)"),
+    "max_half_open_per_source": Option("non_negative_int", 0,
+                                       "half-open TCP sessions per source (0: no limit)"),
+    "overload_seconds": Option("positive_int", 60, "how long a source over a limit is blocked"),
 }
 
 

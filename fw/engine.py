@@ -15,9 +15,11 @@ returned as effects for the driver to carry out. `expire(now)` is called by the 
 from __future__ import annotations
 
 import heapq
+import ipaddress
 from collections import Counter
 
 from fw.alg import ALGS, Expectation, Refusal
+from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.limits import FLOOD, SourceLimits
 from fw.conntrack.table import (
@@ -493,6 +495,74 @@ class Engine:
         if session.flags & HALF_OPEN:
             session.flags &= ~HALF_OPEN
             self.limits.half_open_ended(session.src)
+
+    # -- snapshots (restarts) and adoption (HA sync) -------------------------------------------
+
+    def snapshot(self, clock_offset: float) -> dict:
+        """The session table and expectations as versioned plain data, times on the wall clock."""
+        return {
+            "format": "fw-sessions",
+            "version": serial.FORMAT_VERSION,
+            "sessions": [serial.session_to_dict(s, clock_offset) for s in self.table.sessions.values()],
+            "expectations": [serial.expectation_to_dict(k, e, clock_offset) for k, e in self.expectations.items()],
+        }
+
+    def restore(self, data: dict, now: float, clock_offset: float) -> int:
+        """Load a snapshot: sessions not yet expired join the table. Returns how many did;
+        a bad record is skipped and counted (SerialError for a file that is no snapshot)."""
+        if not isinstance(data, dict) or data.get("format") != "fw-sessions":
+            raise serial.SerialError("not an fw session snapshot")
+        if data.get("version") != serial.FORMAT_VERSION:
+            raise serial.SerialError(f"snapshot version {data.get('version')!r} is not {serial.FORMAT_VERSION}")
+        restored, parents = 0, []
+        for record in data.get("sessions") or ():
+            try:
+                session = serial.session_from_dict(record, clock_offset)
+                parent = serial.parent_key(record)
+            except serial.SerialError:
+                self.counters["restore_errors"] += 1
+                continue
+            if session.deadline <= now or session.key in self.table.sessions:
+                continue
+            self.adopt(session, now)
+            restored += 1
+            if parent is not None:
+                parents.append((session, parent))
+        for session, key in parents:
+            session.parent = self.table.sessions.get(key)
+        for record in data.get("expectations") or ():
+            self._restore_expectation(record, now, clock_offset)
+        return restored
+
+    def adopt(self, session: Session, now: float) -> None:
+        """Put a session made elsewhere (snapshot, HA peer) into the table, replacing one with its key."""
+        old = self.table.sessions.get(session.key)
+        if old is not None:
+            self._close(old, now, "replaced")
+        session.flags &= ~HALF_OPEN
+        if session.tcp is not None and session.state in EMBRYONIC and self.limits.active:
+            session.flags |= HALF_OPEN
+            self.limits.half_open_started(session.src, now)
+        self.table.add(session)
+
+    def _restore_expectation(self, record: dict, now: float, clock_offset: float) -> None:
+        try:
+            expectation = Expectation(
+                int(record["family"]), ipaddress.ip_address(record["src"]).packed,
+                ipaddress.ip_address(record["dst"]).packed, int(record["dport"]), int(record["proto"]),
+                str(record["command"]),
+            )  # fmt: skip
+            parent = self.table.sessions.get(serial._key_from_list(record["parent"]))
+            deadline = float(record["deadline"]) - clock_offset
+        except (KeyError, TypeError, ValueError):
+            self.counters["restore_errors"] += 1
+            return
+        if parent is not None and deadline > now:
+            key = (expectation.proto, expectation.src, expectation.dst, expectation.dport)
+            self.expectations[key] = PendingExpectation(expectation, parent, deadline)
+            if parent.expectations is None:
+                parent.expectations = set()
+            parent.expectations.add(key)
 
     def kill(self, session: Session, now: float) -> None:
         """Remove one session at an operator's request."""

@@ -223,3 +223,31 @@ def test_logged_default_drop_emits_an_eve_event(engine):
     decision = engine.process(seg(C, "203.0.113.10:8080", "S"), 1.0)
     (event,) = [e.event for e in decision.effects]
     assert event["event_type"] == "drop" and event["dest_port"] == 8080 and event["fw"]["reason"] == "default"
+
+
+def test_snapshot_round_trip_keeps_sessions_working(engine, tmp_path):
+    import json
+
+    play(engine, handshake())
+    engine.process(udp_pkt(C, "203.0.113.10:53"), 100.1)
+    data = json.loads(json.dumps(engine.snapshot(clock_offset=1_700_000_000.0)))
+    assert data["version"] == 1 and len(data["sessions"]) == 2
+    assert data["sessions"][0]["created"] > 1_700_000_000  # wall-clock times leave the process
+    fresh = Engine(engine.policy)
+    # The new process's clock started elsewhere: its offset differs, remaining time is kept.
+    assert fresh.restore(data, now=5.0, clock_offset=1_700_000_000.0 + 95.0) == 2
+    decision = fresh.process(seg(C, S, "PA", seq=101, ack=301, payload=b"again"), 5.5)
+    assert (decision.verdict, decision.reason, decision.state) == ("accept", "established", "ESTABLISHED")
+    assert decision.session.deadline == pytest.approx(5.5 + 300)  # data unacknowledged: tcp_unacknowledged
+    out_of_window = fresh.process(seg(C, S, "PA", seq=101 + 10_000_000, ack=301, payload=b"x"), 5.6)
+    assert out_of_window.reason == "invalid:out-of-window"  # the window data came along
+
+
+def test_restore_skips_bad_records_and_refuses_other_files(engine):
+    from fw.conntrack.serial import SerialError
+
+    with pytest.raises(SerialError):
+        engine.restore({"format": "other"}, 1.0, 0.0)
+    bad = {"format": "fw-sessions", "version": 1, "sessions": [{"src": "not an address"}, 7], "expectations": []}
+    assert engine.restore(bad, 1.0, 0.0) == 0
+    assert engine.counters["restore_errors"] == 2

@@ -36,6 +36,7 @@ log = logging.getLogger("fw.daemon")
 
 TICK_SECONDS = 1.0
 REPORTS_PER_MINUTE = 20  # error reports of one kind written before the rest are only counted
+EFFECT_COUNTERS = ("packets_sent", "send_errors", "events_logged", "events_unlogged")
 
 
 @dataclass
@@ -356,9 +357,10 @@ class Daemon:
             "sessions": {"active": len(engine.sessions), "inserts": counters["inserts"],
                          "expiries": counters["expiries"], "killed": counters["killed"]},
             "queues": self.queue_stats(zero),
-            "errors": {**dict(handler.errors), "loop": self.counters["loop_errors"],
+            "errors": {"engine": handler.errors["engine"], "effects": handler.errors["effects"],
+                       "verdict": handler.errors["verdict"], "loop": self.counters["loop_errors"],
                        "expire": self.counters["expire_errors"]},
-            "effects": dict(self.effects.counters),
+            "effects": {**{key: 0 for key in EFFECT_COUNTERS}, **self.effects.counters},
             "engine": dict(counters),
         }
         if zero:

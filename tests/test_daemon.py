@@ -167,7 +167,7 @@ def test_the_policy_decides_new_flows_and_replies_pass_as_established(lab, firew
     assert stats["drops"]["default"] >= 1
     assert stats["drops"]["rule:reject-8082"] >= 1
     assert stats["effects"]["packets_sent"] >= 1
-    assert stats["errors"] == {"loop": 0, "expire": 0}
+    assert stats["errors"] == {"engine": 0, "effects": 0, "verdict": 0, "loop": 0, "expire": 0}
     sessions = fw.json("sessions")["sessions"]
     assert [(s["proto"], s["rule"], s["original"]["src"], s["original"]["dport"]) for s in sessions] == [
         ("tcp", "allow-web", "198.51.100.10" if "." in server else "2001:db8:1::10", 8080)]

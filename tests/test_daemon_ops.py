@@ -207,3 +207,14 @@ def test_the_cli_says_what_is_wrong_in_one_line_with_spec_exit_statuses(lab, tmp
     assert invalid.stderr.startswith(f"{bad}:4:13: error: unknown action 'alow'")
     assert ruleset(lab) == ""  # nothing was installed
     assert "Traceback" not in none.stderr + usage.stderr + both.stderr + invalid.stderr
+
+
+def test_queues_a_range_balances_flows_over_several_queues_served_by_one_loop(lab, firewall, web):
+    fw = firewall("--queues", "2-3")
+    assert "queues 2-3" in fw.output()
+    for _ in range(6):
+        assert get(lab, "203.0.113.10", 8080).returncode == 0
+    stats = fw.json("stats")
+    assert sorted(stats["queues"]) == ["2", "3"]
+    assert stats["packets"]["by_verdict"]["accept"]["rule:allow-web"] == 6
+    assert "--queue-balance 2:3" in ruleset(lab)

@@ -22,6 +22,8 @@ from fw.alg import ALGS, Expectation, Refusal
 from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.limits import FLOOD, SourceLimits
+from fw.conntrack.tcp import tcp_update
+from fw.conntrack.tcp import timeout_key as tcp_timeout_key
 from fw.conntrack.table import (
     ASSURED,
     HALF_OPEN,
@@ -140,21 +142,38 @@ class Engine:
         return Decision(ACCEPT, ESTABLISHED, pkt, session)
 
     def _tcp(self, pkt, now, iif, oif) -> Decision:
-        src, sport = pkt.src, pkt.sport
-        key = flow_key(TCP, src, pkt.dst, sport, pkt.dport)
+        # The hot path: an established TCP packet. flow_key, _refresh and _established are
+        # written out here on purpose (a Python call costs as much as a window check).
+        src, dst, sport, dport = pkt.src, pkt.dst, pkt.sport, pkt.dport
+        if src < dst or (src == dst and sport <= dport):
+            key = (TCP, src, dst, sport, dport)
+        else:
+            key = (TCP, dst, src, dport, sport)
         session = self.table.sessions.get(key)
         if session is not None:
             original = src == session.src and sport == session.sport
             track = session.tcp
             old_state = track.state
-            problem = tcpmod.tcp_update(track, pkt, original)
+            problem = tcp_update(track, pkt, original)
             if problem is None:
                 state = track.state
                 if state is not old_state:
                     session.state = state
                     self._on_tcp_state(session, state, original)
-                self._refresh(session, now, tcpmod.timeout_key(track, session.timeouts))
-                decision = self._established(pkt, session, original, now)
+                timeouts = session.timeouts
+                deadline = now + timeouts[tcp_timeout_key(track, timeouts)] * self.timeout_scale
+                session.deadline = deadline
+                if deadline < session.slot - 1:
+                    self.table.reschedule(session)
+                if original:
+                    session.orig_packets += 1
+                    session.orig_bytes += pkt.ip_len
+                else:
+                    session.reply_packets += 1
+                    session.reply_bytes += pkt.ip_len
+                session.last_seen = now
+                self.accepted[ESTABLISHED] += 1
+                decision = Decision(ACCEPT, ESTABLISHED, pkt, session)
                 if session.alg is not None and pkt.payload_len:
                     decision.effects = self._feed_alg(session, pkt, original, now)
                 return decision

@@ -22,8 +22,6 @@ from fw.alg import ALGS, Expectation, Refusal
 from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.limits import FLOOD, SourceLimits
-from fw.conntrack.tcp import tcp_update
-from fw.conntrack.tcp import timeout_key as tcp_timeout_key
 from fw.conntrack.table import (
     ASSURED,
     HALF_OPEN,
@@ -36,6 +34,8 @@ from fw.conntrack.table import (
     SessionTable,
     flow_key,
 )
+from fw.conntrack.tcp import tcp_update
+from fw.conntrack.tcp import timeout_key as tcp_timeout_key
 from fw.decision import ACCEPT, DROP, NO_EFFECTS, Decision, LogEvent, SendPacket
 from fw.events import session_event, verdict_event
 from fw.packet import MalformedPacket, parse

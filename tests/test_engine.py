@@ -251,3 +251,34 @@ def test_restore_skips_bad_records_and_refuses_other_files(engine):
     bad = {"format": "fw-sessions", "version": 1, "sessions": [{"src": "not an address"}, 7], "expectations": []}
     assert engine.restore(bad, 1.0, 0.0) == 0
     assert engine.counters["restore_errors"] == 2
+
+
+def test_fragments_follow_their_first_fragment(engine):
+    from fw.packet import build
+
+    udp = build.udp("198.51.100.10", "203.0.113.10", 5000, 53, b"q" * 64)
+    header, body = udp[:20], udp[20:]
+    first = build.ipv4("198.51.100.10", "203.0.113.10", 17, body[:32], ident=77, mf=True)
+    rest = build.ipv4("198.51.100.10", "203.0.113.10", 17, body[32:], ident=77, frag_offset=32)
+    stray = build.ipv4("198.51.100.10", "203.0.113.10", 17, body[32:], ident=78, frag_offset=32)
+    play(
+        engine,
+        [
+            (stray, "drop", "fragment", None),
+            (first, "accept", "rule:allow-dns", "UNREPLIED"),
+            (rest, "accept", "established", "UNREPLIED"),
+        ],
+    )
+    assert header[9] == 17
+
+
+def test_a_capture_shorter_than_the_packet_is_tracked_by_its_lengths(engine):
+    play(engine, handshake())
+    big = seg(C, S, "PA", seq=101, ack=301, payload=b"z" * 1400)
+    cut = big[:60]  # what a small copy range delivers: headers and a little payload
+    play(engine, [(cut, "accept", "established", "ESTABLISHED")])
+    (session,) = list(engine.table)
+    assert session.orig_bytes == 40 + 40 + 1440  # SYN, ACK, and the cut segment by its total length
+    # The window advanced by the full 1400 bytes: the next segment follows on.
+    play(engine, [(seg(C, S, "PA", seq=1501, ack=301, payload=b"next"), "accept", "established", "ESTABLISHED")])
+    play(engine, [(seg(S, C, "A", seq=301, ack=1505), "accept", "established", "ESTABLISHED")])

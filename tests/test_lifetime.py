@@ -160,8 +160,8 @@ def test_half_open_limit_counts_only_embryonic_sessions(tmp_path):
 
 
 def test_corpus_syn_flood_with_a_rate_limit(tmp_path):
-    from tests.test_replay_corpus import CORPUS
     from fw.drivers.replay import replay
+    from tests.test_replay_corpus import CORPUS
 
     capture = CORPUS / "sv-tcp-syn-flood-200.pcap"
     if not capture.exists():

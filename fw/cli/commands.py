@@ -1,7 +1,8 @@
 """The list of the `fw` group's commands, one import per area."""
 
+from fw.cli.daemon import COMMANDS as DAEMON_COMMANDS
 from fw.cli.lab import lab_group
 from fw.cli.policy import policy
 from fw.cli.replay import replay_command
 
-ALL: list = [lab_group, policy, replay_command]
+ALL: list = [lab_group, policy, replay_command, *DAEMON_COMMANDS]

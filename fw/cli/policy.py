@@ -18,7 +18,7 @@ EXIT_INVALID = 2
 
 @click.group("policy")
 def policy() -> None:
-    """Check policies (and, with a store, load and activate revisions).
+    """Policies: validate a policy file, or a folder of them.
 
     Example: fw policy check policies/lab.yaml
     """

@@ -52,9 +52,11 @@ def read_sources(path: str | Path, sink: list[Diagnostic]) -> list[tuple[str, st
     sources = []
     for file in files:
         try:
-            sources.append((str(file), file.read_bytes().decode("utf-8")))
+            data = file.read_bytes()
+            sources.append((str(file), data.decode("utf-8")))
         except UnicodeDecodeError as exc:
-            sink.append(Diagnostic(ERROR, str(file), f"not UTF-8 text (byte {exc.start})"))
+            line = data.count(b"\n", 0, exc.start) + 1
+            sink.append(Diagnostic(ERROR, str(file), f"not UTF-8 text (line {line})"))
         except OSError as exc:
             sink.append(Diagnostic(ERROR, str(file), f"cannot read: {exc.strerror}"))
     return sources

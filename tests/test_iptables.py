@@ -21,10 +21,8 @@ from fw.drivers.iptables import FilterTable, Hooking, chain_rules, install_scrip
 
 
 def fw_command(*args: str) -> list[str]:
-    """`fw ARGS` with this interpreter (`python -m fw.cli.daemon` until the lead registers them)."""
-    from fw.cli import main
-
-    return [sys.executable, "-m", "fw" if "cleanup" in main.commands else "fw.cli.daemon", *args]
+    """`fw ARGS` with this interpreter."""
+    return [sys.executable, "-m", "fw", *args]
 
 
 # -- the scripts -------------------------------------------------------------------------------------

@@ -236,14 +236,3 @@ def cleanup_command() -> None:
 
 COMMANDS = [run_command, sessions_group, stats_command, reload_command, cleanup_command]
 
-
-@click.group()
-def daemon_cli() -> None:
-    """These commands alone (`python -m fw.cli.daemon`), for tests before they are in `fw`."""
-
-
-for _command in COMMANDS:
-    daemon_cli.add_command(_command)
-
-if __name__ == "__main__":
-    daemon_cli()

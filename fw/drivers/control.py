@@ -10,9 +10,10 @@ only once it is ready, so "connection refused" means "no daemon (yet)".
 Protocol: the client sends one JSON object and a newline (`{"command": "stats", ...}`); the server
 answers with one JSON object (`{"ok": true, ...}` or `{"ok": false, "error": "...", "exit": N}`)
 and closes. Only root may talk to it: the server reads the peer's SO_PEERCRED and answers anyone
-else with an error. The server never blocks the packet loop: sockets are non-blocking, polled by the
-daemon's loop, and an answer is an iterator of byte chunks that is pulled only as fast as the client
-reads (a dump of a large session table goes out a few hundred sessions per loop turn).
+else with an error, without looking at the request. The server never blocks the packet loop:
+sockets are non-blocking, polled by the daemon's loop, and an answer is an iterator of byte chunks
+pulled only as fast as the client reads (a large session table goes out a few hundred sessions per
+loop turn).
 """
 
 from __future__ import annotations
@@ -164,10 +165,7 @@ class ControlServer:
             _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             conn = _Connection(sock, uid)
             self.connections[sock.fileno()] = conn
-            if uid != 0:
-                self._respond(conn, error_answer(NOT_ROOT))
-            else:
-                self.loop.watch(sock.fileno(), POLLIN, lambda events, c=conn: self._on_event(c, events))
+            self.loop.watch(sock.fileno(), POLLIN, lambda events, c=conn: self._on_event(c, events))
 
     def _on_event(self, conn: _Connection, events: int) -> None:
         if events & (POLLERR | POLLHUP) and not events & (POLLIN | POLLOUT):
@@ -187,6 +185,9 @@ class ControlServer:
             return
         conn.inbox += data
         if b"\n" not in conn.inbox and data and len(conn.inbox) < MAX_REQUEST:
+            return
+        if conn.peer_uid != 0:  # read first: closing on an unread request would reset the client
+            self._respond(conn, error_answer(NOT_ROOT))
             return
         try:
             request = json.loads(conn.inbox.split(b"\n", 1)[0])

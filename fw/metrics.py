@@ -1,0 +1,178 @@
+"""Prometheus metrics (`fw run --metrics HOST:PORT`) and per-rule counters.
+
+How it works: nothing here reads the engine from another thread. The daemon's loop calls
+`Metrics.tick(now)` once a second (it is one of the daemon's services); that copies the numbers it
+needs from the engine, the rule counters, the daemon's counters and the event writer into a plain
+snapshot and swaps it in whole. prometheus-client's HTTP server thread renders the latest snapshot
+on each scrape through a custom collector on a registry of our own (not the library's global one).
+
+`RuleCounters.count(decision)` is the one per-packet call: it adds the packet to the rule its
+session was opened by (or that refused it): packets, bytes (IP total length), and sessions when
+this packet opened one. `deltas()` gives what was counted since its last call, for the store.
+
+Metric names (all prefixed fw_): sessions, sessions_limit, expectations, packets_total{verdict,
+reason}, rule_packets_total{rule}, rule_bytes_total{rule}, rule_sessions_total{rule},
+expectations_made_total, session_events_total{event} (inserts, expiries, evictions, killed, ...),
+reloads_total{result}, events_written_total, events_lost_total, policy_info{revision}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+SESSION_EVENTS = ("inserts", "expiries", "evictions", "killed", "timeout_resets", "loose_pickups",
+                  "restore_errors", "policy_swaps", "alg_refused")
+
+
+class RuleCounters:
+    """Packets, bytes and sessions per rule name. `count` runs on the packet thread only."""
+
+    __slots__ = ("packets", "bytes", "sessions", "_reported")
+
+    def __init__(self):
+        self.packets: Counter = Counter()
+        self.bytes: Counter = Counter()
+        self.sessions: Counter = Counter()
+        self._reported: dict[str, tuple[int, int, int]] = {}
+
+    def count(self, decision) -> None:
+        session = decision.session
+        reason = decision.reason
+        if session is None:
+            if reason[:5] != "rule:":
+                return
+            rule = reason[5:]
+        else:
+            rule = session.rule
+            if rule is None:
+                return
+            if reason[:5] == "rule:":
+                self.sessions[rule] += 1
+        self.packets[rule] += 1
+        packet = decision.packet
+        if packet is not None:
+            self.bytes[rule] += packet.ip_len
+
+    def totals(self) -> dict[str, tuple[int, int, int]]:
+        """{rule: (packets, bytes, sessions)} since the daemon started."""
+        packets, size, sessions = dict(self.packets), dict(self.bytes), dict(self.sessions)
+        return {rule: (packets[rule], size.get(rule, 0), sessions.get(rule, 0)) for rule in packets}
+
+    def deltas(self) -> dict[str, tuple[int, int, int]]:
+        """What was counted since the last call (call it from the packet thread's loop)."""
+        totals = self.totals()
+        reported, self._reported = self._reported, totals
+        changes = {}
+        for rule, now in totals.items():
+            before = reported.get(rule, (0, 0, 0))
+            if now != before:
+                changes[rule] = tuple(max(0, a - b) for a, b in zip(now, before, strict=True))
+        return changes
+
+    def as_dict(self) -> dict[str, dict]:
+        """For `fw stats --json`: {rule: {"packets", "bytes", "sessions"}}."""
+        return {rule: {"packets": p, "bytes": b, "sessions": s} for rule, (p, b, s) in self.totals().items()}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (all addresses) -> (host, port); ValueError if not."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host and host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address") from None
+    return host or "0.0.0.0", int(port)
+
+
+class Metrics:
+    """The metrics of one daemon. `serve(host, port)`, then `tick(now)` each second, `close()`."""
+
+    def __init__(self, engine, *, rules: RuleCounters | None = None, daemon_counters: Counter | None = None,
+                 writer=None, handler=None):
+        self.engine = engine
+        self.rules = rules
+        self.daemon_counters = daemon_counters if daemon_counters is not None else Counter()
+        self.writer = writer
+        self.handler = handler  # the packet handler: verdicts given because of errors
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self.snapshot: dict = {}
+        self.server = None
+        self._thread = None
+        self.tick(0.0)
+
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Start the HTTP endpoint (OSError if the address is taken); the address it listens on."""
+        self.server, self._thread = start_http_server(port, host, registry=self.registry)
+        return self.server.server_address[:2]
+
+    def tick(self, now: float) -> None:
+        """Copy the numbers (on the daemon's loop thread) into a new snapshot."""
+        self.snapshot = self.read()
+
+    def read(self) -> dict:
+        engine = self.engine
+        packets = {("accept", r): n for r, n in engine.accepted.items()}
+        packets.update({("drop", r): n for r, n in engine.dropped.items()})
+        if self.handler is not None:
+            for verdict, n in self.handler.error_verdicts.items():
+                packets[(verdict, "error")] = packets.get((verdict, "error"), 0) + n
+        writer = self.writer.stats() if self.writer is not None else {}
+        return {
+            "sessions": len(engine.table), "sessions_limit": engine.max_sessions,
+            "expectations": len(engine.expectations), "expectations_total": engine.counters["expectations"],
+            "packets": packets, "rules": self.rules.totals() if self.rules is not None else {},
+            "session_events": {name: engine.counters[name] for name in SESSION_EVENTS},
+            "reloads": {"ok": self.daemon_counters["reloads"], "failed": self.daemon_counters["reload_failures"]},
+            "events_written": writer.get("written", 0), "events_lost": writer.get("lost", 0),
+            "revision": engine.policy.revision,
+        }
+
+    def collect(self):
+        """prometheus-client's collector interface: the families of the latest snapshot."""
+        s = self.snapshot
+        yield GaugeMetricFamily("fw_sessions", "Sessions in the table.", value=s["sessions"])
+        yield GaugeMetricFamily("fw_sessions_limit", "The table's size limit (options.max_sessions).",
+                                value=s["sessions_limit"])
+        yield GaugeMetricFamily("fw_expectations", "ALG expectations waiting.", value=s["expectations"])
+        yield CounterMetricFamily("fw_expectations_made", "ALG expectations made.", value=s["expectations_total"])
+        family = CounterMetricFamily("fw_packets", "Packets by verdict and reason.", labels=("verdict", "reason"))
+        for (verdict, reason), n in sorted(s["packets"].items()):
+            family.add_metric((verdict, reason), n)
+        yield family
+        names = (("packets", "Packets of sessions a rule opened, or that it refused."),
+                 ("bytes", "Bytes (IP total length) of those packets."),
+                 ("sessions", "Sessions the rule opened."))
+        for position, (name, text) in enumerate(names):
+            family = CounterMetricFamily(f"fw_rule_{name}", text, labels=("rule",))
+            for rule, values in sorted(s["rules"].items()):
+                family.add_metric((rule,), values[position])
+            yield family
+        family = CounterMetricFamily("fw_session_events", "Session table events.", labels=("event",))
+        for name, n in s["session_events"].items():
+            family.add_metric((name,), n)
+        yield family
+        family = CounterMetricFamily("fw_reloads", "Policy reloads by result.", labels=("result",))
+        for result, n in s["reloads"].items():
+            family.add_metric((result,), n)
+        yield family
+        yield CounterMetricFamily("fw_events_written", "Events written to the store.", value=s["events_written"])
+        yield CounterMetricFamily("fw_events_lost", "Events the store did not get (queue full, database "
+                                  "failure).", value=s["events_lost"])
+        family = GaugeMetricFamily("fw_policy_info", "The policy revision in force.", labels=("revision",))
+        family.add_metric((s["revision"],), 1)
+        yield family
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

@@ -140,6 +140,7 @@ class Daemon:
     def start(self) -> None:
         config = self.config
         try:
+            self._install_signals()  # first: a SIGTERM during start-up stops us cleanly, not midway
             self.control = ControlServer(self.handle)
             stale = iptables.cleanup()
             if stale:
@@ -159,7 +160,6 @@ class Daemon:
                 queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
                 families=config.families), config.backend)
             self.rules.install()
-            self._install_signals()
             self.control.listen(self.loop)
             self.services.append(self.control)
         except (ControlError, iptables.IptablesError, OSError) as exc:
@@ -235,18 +235,23 @@ class Daemon:
     def run(self) -> None:
         next_tick = time.monotonic() + TICK_SECONDS
         while not self._stop:
-            self.loop.run_once(next_tick - time.monotonic())
-            if self._reload:
-                self._reload = False
-                self.reload()
+            try:
+                self.loop.run_once(next_tick - time.monotonic())
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                    if self.effects.log is not None:
+                        self.effects.log.reopen()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_SECONDS
+                    self.tick(now)
                 if self.effects.log is not None:
-                    self.effects.log.reopen()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + TICK_SECONDS
-                self.tick(now)
-            if self.effects.log is not None:
-                self.effects.log.flush()
+                    self.effects.log.flush()
+            except Exception as exc:  # noqa: BLE001  (the loop survives everything)
+                self.counters["loop_errors"] += 1
+                if self.throttle.allow("loop", time.monotonic()):
+                    log.exception("the loop failed, and goes on: %r", exc)
 
     def _drain(self, queue: Queue, budget: int | None = None) -> None:
         try:

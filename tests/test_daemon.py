@@ -209,6 +209,7 @@ def test_fail_open_passes_traffic_while_no_daemon_listens(lab, firewall, web):
     assert get(lab, "203.0.113.10", 8081, max_time=1.5).returncode == 28  # the policy is in force
     fw.stop(signal.SIGKILL)
     assert get(lab, "203.0.113.10", 8081).stdout == "through the firewall\n"  # --queue-bypass
+    assert fw.fw("cleanup").returncode == 0
 
 
 def test_a_new_daemon_removes_what_a_killed_one_left(lab, firewall, web):

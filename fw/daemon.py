@@ -16,6 +16,7 @@ a metrics server, a sync socket; `--queues A-B` binds several queues into the sa
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -393,6 +394,7 @@ class Daemon:
             log.error("reload of %s failed, the running policy stays: %r", path, exc)
             return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
         self.engine.swap_policy(policy)
+        gc.freeze()  # a large policy's objects out of the collector's way (gc pauses slowed packets)
         self.policy_path = path
         self.counters["reloads"] += 1
         warnings = [w.format() for w in getattr(policy, "warnings", ())]

@@ -7,6 +7,7 @@ which removes the iptables rules a crashed daemon left (fw.drivers.iptables).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -86,6 +87,7 @@ def run_command(policy_path, queue, queues, fail_open, log_path, hooks, backend)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     engine = Engine(load_policy_or_exit(policy_path), EngineConfig(events=log_path is not None))
+    gc.freeze()  # the policy's objects out of the cyclic collector's way
     daemon = Daemon(config, engine, load_policy)
     try:
         daemon.start()

@@ -307,7 +307,7 @@ class Daemon:
     # -- what the control socket asks for -------------------------------------------------------
 
     def handle(self, request: dict):
-        """Answer one control request (see docs/daemon.md for the shapes)."""
+        """Answer one control request (the shapes are in README.md)."""
         command = request.get("command")
         if command == "stats":
             return {"ok": True, "stats": self.stats(zero=bool(request.get("zero")))}

@@ -7,12 +7,8 @@ APT_PACKAGES := iptables conntrack libnetfilter-queue-dev vsftpd lftp iperf3 hpi
 .PHONY: install test lint bench lab lab-down clean
 
 install:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
-	else echo "not root or no apt-get: skipping system packages ($(APT_PACKAGES))"; fi
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	scripts/install-system-packages.sh dev
+	scripts/install-venv.sh $(VENV)
 
 test:
 	$(PY) -m pytest -q
@@ -31,3 +27,19 @@ lab-down:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Deployment (docs/deploy.md): the systemd service, the Vagrant lab VMs, and the checks of both.
+.PHONY: install-service deploy-check lab-vms lab-vms-down
+POLICY ?= policies/lab.yaml
+
+install-service:
+	scripts/install-service.sh --venv $(VENV) --policy $(POLICY)
+
+deploy-check:
+	$(PY) -m pytest -q tests/test_deploy*.py
+
+lab-vms:
+	cd vagrant && vagrant up
+
+lab-vms-down:
+	cd vagrant && vagrant destroy -f

@@ -99,6 +99,11 @@ class Store:
                 self._engine = engine
         return self._engine
 
+    def open(self) -> Store:
+        """Connect and migrate now (StoreError if that fails); the store, for chaining."""
+        _ = self.engine
+        return self
+
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
         """Turn database failures in the block into StoreError (naming this database)."""

@@ -19,6 +19,7 @@ stops the thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -237,6 +238,7 @@ class EventWriter:
         return True
 
     def _row(self, item, offset: float):
+        """The row of an event; values JSON cannot hold become text, as in the EVE log."""
         to_wall = offset.__add__
         if isinstance(item, DropAggregate):
             event = dict(item.sample)
@@ -245,9 +247,9 @@ class EventWriter:
                 fw = record["fw"] = dict(record.get("fw") or {})
                 last = to_wall(item.last) if isinstance(item.last, int | float) else wall
                 fw.update(count=item.count, first=record["timestamp"], last=wall_timestamp(last))
-            return event_row(record, wall, item.count)
+            return event_row(json.loads(json.dumps(record, default=str)), wall, item.count)
         wall, record = eve_record(item, to_wall)
-        return event_row(record, wall)
+        return event_row(json.loads(json.dumps(record, default=str)), wall)
 
     def _failed(self, message: str) -> None:
         if message != self.last_error:

@@ -1,0 +1,172 @@
+"""Metrics: per-rule counters from real engine decisions, and the Prometheus endpoint scraped over HTTP."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import Counter
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fw.engine import Engine
+from fw.metrics import Metrics, RuleCounters, parse_listen
+from fw.policy import load_policy
+from tests.packets import seg, udp_pkt
+
+POLICY = """\
+version: 1
+defaults: {action: drop}
+options: {max_sessions: 1000}
+rules:
+  - {name: allow-web, action: accept, proto: tcp, dport: 80}
+  - {name: block-telnet, action: drop, proto: tcp, dport: 23}
+  - {name: allow-dns, action: accept, proto: udp, dport: 53}
+"""
+CLIENT, SERVER = "198.51.100.10:40000", "203.0.113.10:80"
+
+
+@pytest.fixture
+def engine(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    return Engine(load_policy(path))
+
+
+def run(engine: Engine, counters: RuleCounters, packets) -> None:
+    for packet in packets:
+        counters.count(engine.process(packet, 1.0))
+
+
+def handshake_and_data(client: str = CLIENT) -> list[bytes]:
+    return [seg(client, SERVER, "S", seq=1000), seg(SERVER, client, "SA", seq=5000, ack=1001),
+            seg(client, SERVER, "PA", seq=1001, ack=5001, payload=b"x" * 100)]
+
+
+def test_rule_counters_count_the_packets_of_the_sessions_a_rule_opened(engine):
+    counters = RuleCounters()
+    run(engine, counters, handshake_and_data() + handshake_and_data("198.51.100.11:40000"))
+    run(engine, counters, [seg("198.51.100.10:40001", "203.0.113.10:23", "S")] * 2)  # refused: packets only
+    run(engine, counters, [seg("198.51.100.10:40002", "203.0.113.10:9999", "S")])  # default: no rule
+    run(engine, counters, [udp_pkt("198.51.100.10:5353", "203.0.113.10:53", b"q" * 12)])
+    assert counters.totals() == {
+        "allow-web": (6, 2 * (40 + 40 + 140), 2),  # SYN 40, SYN-ACK 40, data 140 bytes, per session
+        "block-telnet": (2, 80, 0),
+        "allow-dns": (1, 40, 1),
+    }
+    assert counters.as_dict()["allow-dns"] == {"packets": 1, "bytes": 40, "sessions": 1}
+
+
+def test_deltas_are_what_was_counted_since_the_last_call(engine):
+    counters = RuleCounters()
+    run(engine, counters, handshake_and_data())
+    assert counters.deltas() == {"allow-web": (3, 220, 1)}
+    assert counters.deltas() == {}
+    run(engine, counters, [seg(CLIENT, SERVER, "PA", seq=1101, ack=5001, payload=b"y" * 10)])
+    assert counters.deltas() == {"allow-web": (1, 50, 0)}
+
+
+def scrape(address) -> dict:
+    host, port = address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as answer:
+        body = answer.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_the_endpoint_serves_what_the_last_tick_saw(engine):
+    counters, daemon_counters = RuleCounters(), Counter(reloads=2, reload_failures=1)
+    metrics = Metrics(engine, rules=counters, daemon_counters=daemon_counters)
+    address = metrics.serve("127.0.0.1", 0)
+    try:
+        assert scrape(address)[("fw_sessions", ())] == 0
+        run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")])
+        assert scrape(address)[("fw_sessions", ())] == 0  # not yet: the loop's tick copies the numbers
+        metrics.tick(2.0)
+        samples = scrape(address)
+    finally:
+        metrics.close()
+    assert samples[("fw_sessions", ())] == 1
+    assert samples[("fw_sessions_limit", ())] == 1000
+    assert samples[("fw_expectations", ())] == 0
+    assert samples[("fw_packets_total", (("reason", "rule:allow-web"), ("verdict", "accept")))] == 1
+    assert samples[("fw_packets_total", (("reason", "established"), ("verdict", "accept")))] == 2
+    assert samples[("fw_packets_total", (("reason", "rule:block-telnet"), ("verdict", "drop")))] == 1
+    assert samples[("fw_rule_packets_total", (("rule", "allow-web"),))] == 3
+    assert samples[("fw_rule_bytes_total", (("rule", "allow-web"),))] == 220
+    assert samples[("fw_rule_sessions_total", (("rule", "allow-web"),))] == 1
+    assert samples[("fw_rule_packets_total", (("rule", "block-telnet"),))] == 1
+    assert samples[("fw_session_events_total", (("event", "inserts"),))] == 1
+    assert samples[("fw_reloads_total", (("result", "ok"),))] == 2
+    assert samples[("fw_reloads_total", (("result", "failed"),))] == 1
+    assert samples[("fw_policy_info", (("revision", engine.policy.revision),))] == 1
+
+
+class BrokenEngine(Engine):
+    def process(self, data, now, iif=None, oif=None):
+        raise ZeroDivisionError("engine bug")
+
+
+class QueuedPacket:
+    """What the daemon's PacketHandler uses of a netfilterqueue packet."""
+
+    indev = outdev = 0
+
+    def __init__(self, data: bytes):
+        self.data, self.verdicts = data, []
+
+    def get_payload(self) -> bytes:
+        return self.data
+
+    def accept(self) -> None:
+        self.verdicts.append("accept")
+
+    def drop(self) -> None:
+        self.verdicts.append("drop")
+
+
+def test_error_verdicts_and_the_writers_counts_are_in_the_metrics(engine, tmp_path):
+    from fw.drivers.nfqueue import PacketHandler
+    from fw.store import EventWriter, Store
+
+    broken = BrokenEngine(engine.policy)
+    handler = PacketHandler(broken, False, lambda effects: None, lambda where, exc, data: None)
+    for _ in range(3):
+        handler(QueuedPacket(seg(CLIENT, SERVER, "S")))
+    writer = EventWriter(Store(f"sqlite:///{tmp_path / 'fw.db'}"), queue_size=2)
+    for port in range(5):  # not started: 2 queued, 3 lost
+        writer.submit({"event_type": "flow", "src_port": port})
+    writer.start()
+    writer.close()
+    snapshot = Metrics(broken, handler=handler, writer=writer).read()
+    assert snapshot["packets"] == {("drop", "error"): 3}
+    assert (snapshot["events_written"], snapshot["events_lost"]) == (2, 3)
+
+
+def test_a_taken_port_is_an_os_error(engine):
+    first = Metrics(engine)
+    address = first.serve("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError):
+            Metrics(engine).serve(*address)
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize(("text", "address"), [
+    ("127.0.0.1:9100", ("127.0.0.1", 9100)), ("[::1]:9100", ("::1", 9100)), (":9100", ("0.0.0.0", 9100)),
+    ("localhost:9100", ("localhost", 9100)),
+])
+def test_listen_addresses(text, address):
+    assert parse_listen(text) == address
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("9100", "is not HOST:PORT"), ("127.0.0.1:", "is not HOST:PORT"), ("127.0.0.1:70000", "is not HOST:PORT"),
+    ("example.com:9100", "is not an IP address"),
+])
+def test_bad_listen_addresses(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_listen(text)

@@ -33,6 +33,7 @@ def test_forward_only_queues_everything_to_queue_0_and_jumps_first():
     assert script.splitlines() == [
         "*filter",
         ":FW-FORWARD - [0:0]",
+        "-A FW-FORWARD -m conntrack --ctstate INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED -m comment --comment fw-daemon",
         "-A FW-FORWARD -m comment --comment fw-daemon -j NFQUEUE --queue-num 0",
         "-I FORWARD 1 -m comment --comment fw-daemon -j FW-FORWARD",
         "COMMIT",

@@ -69,6 +69,9 @@ def netns_inode() -> int:
 # -- the rules ---------------------------------------------------------------------------------
 
 
+ALL_CTSTATES = "INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED"
+
+
 def _queue_target(hooking: Hooking) -> str:
     first, last = hooking.queues
     target = f"--queue-num {first}" if first == last else f"--queue-balance {first}:{last}"
@@ -89,6 +92,9 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
         rules.append(f"-A {chain} -m mark --mark {mark} {tag} -j RETURN")
     if family == 6:
         rules += [f"-A {chain} -p ipv6-icmp -m icmp6 --icmpv6-type {t} {tag} -j RETURN" for t in ND_TYPES]
+    # A conntrack match (no target: it only counts) makes the kernel track this namespace and so
+    # reassemble fragments (nf_defrag) before they reach our queue: the engine sees whole packets.
+    rules.append(f"-A {chain} -m conntrack --ctstate {ALL_CTSTATES} {tag}")
     rules.append(f"-A {chain} {tag} {_queue_target(hooking)}")
     return rules
 

@@ -9,7 +9,9 @@ Events are built only for logged decisions and session ends, never for every pac
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import struct
 
 PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}
 
@@ -19,8 +21,11 @@ def address_text(raw: bytes) -> str:
 
 
 def flow_id(session) -> int:
-    """A stable 51-bit id of a session (EVE's flow_id is an integer)."""
-    return hash((session.key, session.created)) & ((1 << 51) - 1)
+    """A 51-bit id of a session (EVE's flow_id is an integer), the same in every process that
+    knows the session by the same key and creation time."""
+    proto, low, high, low_port, high_port = session.key
+    material = struct.pack("!BHHd", proto, low_port, high_port, session.created) + low + high
+    return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "big") & ((1 << 51) - 1)
 
 
 def _endpoints(proto, src, dst, sport, dport) -> dict:

@@ -335,9 +335,8 @@ def test_unit_runs_fw_with_the_least_privilege_it_needs() -> None:
     assert unit["AmbientCapabilities"] == [""]
     assert unit["NoNewPrivileges"] == unit["RuntimeDirectoryPreserve"] == ["yes"]
     assert unit["ProtectSystem"] == ["strict"]
-    # What it writes: /run/fw (state, kept so that `fw cleanup` finds it), iptables-legacy's lock, logs.
-    assert (unit["RuntimeDirectory"], unit["ReadWritePaths"], unit["LogsDirectory"]) == (
-        ["fw"], ["-/run/xtables.lock"], ["fw"])
+    # What it writes: /run/fw (state, kept so that `fw cleanup` finds it) and its logs; nothing else.
+    assert (unit["RuntimeDirectory"], unit["LogsDirectory"], unit.get("ReadWritePaths")) == (["fw"], ["fw"], None)
     assert unit["KillMode"] == ["mixed"]  # SIGTERM to the daemon, not to its iptables-restore children
 
 
@@ -355,7 +354,8 @@ def test_unit_commands_are_fws(tmp_path: Path) -> None:
     assert exec_argv(unit["ExecReload"][0], {"MAINPID": "4242"}) == ["/bin/kill", "-HUP", "4242"]
     assert unit["ExecStopPost"] == [f"{INSTALLED_FW} cleanup"]
     [ready] = unit["ExecStartPost"]
-    assert exec_argv(ready, env)[:2] == ["/bin/sh", "-c"] and f"{INSTALLED_FW} stats" in ready
+    assert exec_argv(ready, env)[:4] == ["/usr/bin/timeout", "15", "/bin/sh", "-c"]
+    assert f"until {INSTALLED_FW} stats " in ready
 
 
 def test_tmpfiles_makes_the_xtables_lock(tmp_path: Path) -> None:

@@ -53,6 +53,10 @@ class DaemonConfig:
     backend: str | None = None  # nft | legacy | None: the host's iptables
     mark: int = iptables.DEFAULT_MARK
     queue_options: QueueOptions = field(default_factory=QueueOptions)
+    # A queue worker under fw.workers: its own control address, and the parent owns the rules.
+    control_address: bytes | None = None
+    install_rules: bool = True
+    offload: bool = False  # --offload: established TCP flows accepted by the kernel (fw.drivers.offload)
 
     @property
     def mode(self) -> str:
@@ -142,8 +146,8 @@ class Daemon:
         config = self.config
         try:
             self._install_signals()  # first: a SIGTERM during start-up stops us cleanly, not midway
-            self.control = ControlServer(self.handle)
-            stale = iptables.cleanup()
+            self.control = ControlServer(self.handle, config.control_address)
+            stale = iptables.cleanup() if config.install_rules else None
             if stale:
                 log.warning("removed %d rules and chains left by an earlier run", len(stale))
             eve = EveLog(config.log_path) if config.log_path else None
@@ -157,10 +161,11 @@ class Daemon:
                                 lambda events, q=self.queues[-1]: self._drain(q))
             counters = read_queue_counters()
             self._baseline = {q.number: Counter(counters.get(q.number, {})) for q in self.queues}
-            self.rules = iptables.Installation(iptables.Hooking(
-                queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
-                families=config.families), config.backend)
-            self.rules.install()
+            if config.install_rules:
+                self.rules = iptables.Installation(iptables.Hooking(
+                    queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
+                    families=config.families, offload=config.offload), config.backend)
+                self.rules.install()
             self.control.listen(self.loop)
             self.services.append(self.control)
         except (ControlError, iptables.IptablesError, OSError) as exc:

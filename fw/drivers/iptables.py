@@ -51,6 +51,8 @@ class Hooking:
     fail_open: bool = False
     mark: int = DEFAULT_MARK
     families: tuple[int, ...] = FAMILIES
+    offload: bool = False  # the fast path of fw.drivers.offload before the queue
+    offload_mark: int = 0x40000000  # connmark bit of offloaded connections
 
 
 def host_backend() -> str:
@@ -95,6 +97,15 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     # A conntrack match (no target: it only counts) makes the kernel track this namespace and so
     # reassemble fragments (nf_defrag) before they reach our queue: the engine sees whole packets.
     rules.append(f"-A {chain} -m conntrack --ctstate {ALL_CTSTATES} {tag}")
+    if hooking.offload and hook == "FORWARD":
+        # The fast path (fw.drivers.offload): an offloaded connection's packets, as long as the kernel's
+        # own tracker finds them valid, skip the queue; SYN and FIN still reach the engine, and so do
+        # RSTs the kernel finds out of window (a valid RST ends the flow; the daemon reads that back).
+        off = f"-m connmark --mark 0x{hooking.offload_mark:x}/0x{hooking.offload_mark:x}"
+        rules.append(f"-A {chain} -p tcp {off} -m conntrack --ctstate ESTABLISHED "
+                     f"-m tcp --tcp-flags SYN,FIN,RST NONE {tag} -j ACCEPT")
+        rules.append(f"-A {chain} -p tcp {off} -m conntrack --ctstate ESTABLISHED "
+                     f"-m tcp --tcp-flags SYN,FIN,RST RST {tag} -j ACCEPT")
     rules.append(f"-A {chain} {tag} {_queue_target(hooking)}")
     return rules
 

@@ -245,6 +245,9 @@ class PacketHandler:
         self.errors: Counter = Counter()  # "engine", "effects", "verdict": failures by where
         self.error_verdicts: Counter = Counter()  # accept/drop given because of an error
         self._ifnames: dict[int, str | None] = {0: None}
+        # redirect(packet, decision) -> bool: another verdict for a packet the engine drops (fw.workers
+        # hands an ICMP error whose session it does not hold to the next queue); True if it gave one.
+        self.redirect: Callable | None = None
 
     def __call__(self, packet) -> None:
         data = b""
@@ -257,7 +260,10 @@ class PacketHandler:
             self._fail(packet, data, "engine", exc)
             return
         try:
-            packet.accept() if verdict == ACCEPT else packet.drop()
+            if verdict == ACCEPT:
+                packet.accept()
+            elif self.redirect is None or not self.redirect(packet, decision):
+                packet.drop()
         except Exception as exc:  # noqa: BLE001
             self.errors["verdict"] += 1
             self.on_error("verdict", exc, data)

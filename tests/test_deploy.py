@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -255,8 +256,15 @@ def test_every_listed_package_exists_in_the_apt_sources() -> None:
 @pytest.mark.root
 def test_install_system_packages_skips_without_root() -> None:
     """As `make install` did: not root -> say what is skipped and succeed (the venv comes next)."""
-    done = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                REPO / "scripts" / "install-system-packages.sh", "client"])
+    shared = Path(tempfile.mkdtemp(prefix="fw-deploy-"))  # where nobody may read the script
+    try:
+        shared.chmod(0o755)
+        for name in ("install-system-packages.sh", "apt-packages.txt"):
+            shutil.copy(REPO / "scripts" / name, shared / name)
+        done = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    shared / "install-system-packages.sh", "client"])
+    finally:
+        shutil.rmtree(shared)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"not root or no apt-get: skipping system packages ({' '.join(packages('client'))})\n"
 

@@ -11,7 +11,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 "$repo/scripts/install-system-packages.sh" server
 
 echo "hello from the server, through fw" >/var/www/html/index.html
-install -d -m 0755 /srv/ftp/pub
+# vsftpd refuses an anonymous root its ftp user could write to: root owns it.
+install -d -m 0755 -o root -g root /srv/ftp /srv/ftp/pub
 echo "hello over FTP, through fw" >/srv/ftp/pub/hello.txt
 head -c 1048576 /dev/urandom >/srv/ftp/pub/1M.bin
 install -m 0644 "$repo/vagrant/vsftpd.conf" /etc/vsftpd.conf

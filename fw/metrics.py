@@ -78,6 +78,13 @@ class RuleCounters:
         return {rule: {"packets": p, "bytes": b, "sessions": s} for rule, (p, b, s) in self.totals().items()}
 
 
+def rule_lines(rules: dict) -> list[str]:
+    """`fw stats` text for RuleCounters.as_dict(): one line per rule, busiest first."""
+    ordered = sorted(rules.items(), key=lambda item: (-item[1]["packets"], item[0]))
+    return [f"  {name}: {c['packets']} packets, {c['bytes']} bytes, {c['sessions']} sessions"
+            for name, c in ordered]
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT`, `[V6]:PORT` or `:PORT` (all addresses) -> (host, port); ValueError if not."""
     host, sep, port = text.rpartition(":")

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fw.engine import Engine
-from fw.metrics import Metrics, RuleCounters, parse_listen
+from fw.metrics import Metrics, RuleCounters, parse_listen, rule_lines
 from fw.policy import load_policy
 from tests.packets import seg, udp_pkt
 
@@ -170,3 +170,10 @@ def test_listen_addresses(text, address):
 def test_bad_listen_addresses(text, message):
     with pytest.raises(ValueError, match=message):
         parse_listen(text)
+
+
+def test_rule_lines_for_fw_stats(engine):
+    counters = RuleCounters()
+    run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")])
+    assert rule_lines(counters.as_dict()) == ["  allow-web: 3 packets, 220 bytes, 1 sessions",
+                                              "  block-telnet: 1 packets, 40 bytes, 0 sessions"]

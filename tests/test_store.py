@@ -13,6 +13,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -97,7 +98,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)  # "fast" shutdown: does not wait for clients
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
@@ -427,3 +428,38 @@ def test_the_policy_commands_work_on_this_database(db_url, policy_file, tmp_path
     assert listed.stdout.startswith(f"* {revision}  ")
     shown = runner.invoke(main, ["policy", "show", revision[:6], "--db", db_url])
     assert (shown.exit_code, shown.stdout) == (0, POLICY)
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(db_url):
+    import sys
+
+    code = "import sys; from fw.store import Store; Store(sys.argv[1]).open(); print('ok')"
+    processes = [subprocess.Popen([sys.executable, "-c", code, db_url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [process.communicate(timeout=60) for process in processes]
+    assert [out for out, _err in results] == ["ok\n"] * 6, [err for _out, err in results]
+    opened = Store(db_url)
+    with opened.engine.connect() as connection:
+        assert set(inspect(connection).get_table_names()) == TABLES
+    opened.dispose()
+
+
+def test_threads_sharing_a_new_store_migrate_it_once(db_url):
+    import threading
+
+    shared, failures = Store(db_url), []
+
+    def use() -> None:
+        try:
+            with shared.session() as session:
+                policies.revisions(session)
+        except Exception as error:  # noqa: BLE001
+            failures.append(error)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    shared.dispose()
+    assert failures == []

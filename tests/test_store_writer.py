@@ -162,3 +162,32 @@ def test_values_json_cannot_hold_are_stored_as_text_as_the_eve_log_does(store):
     assert [r.src_port for r in stored] == [40001, 40002]
     assert stored[0].record["extra"] == "b'\\x01'"
     assert writer.lost == 0 and writer.stats()["written"] == 2
+
+
+def test_the_daemons_rule_counters_go_in_on_its_ticks_and_at_close(store, tmp_path):
+    from fw.engine import Engine
+    from fw.metrics import RuleCounters
+    from fw.policy import load_policy
+    from tests.packets import seg
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - {name: allow-web, action: accept, proto: tcp, dport: 80}\n")
+    engine, counters = Engine(load_policy(policy)), RuleCounters()
+    writer = EventWriter(store, rule_counters=counters, counters_every=10.0).start()
+
+    def stored() -> dict:
+        with store.session() as session:
+            return {rule: (c.packets, c.sessions) for rule, c in records.rule_counts(session).items()}
+
+    counters.count(engine.process(seg("198.51.100.10:40000", "203.0.113.10:80", "S"), 1.0))
+    writer.tick(1.0)  # sets the first due time
+    writer.tick(5.0)
+    counters.count(engine.process(seg("198.51.100.10:40001", "203.0.113.10:80", "S"), 6.0))
+    writer.tick(11.0)  # due: both sessions so far
+    deadline = time.monotonic() + 5
+    while not stored() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored() == {"allow-web": (2, 2)}
+    counters.count(engine.process(seg("198.51.100.10:40002", "203.0.113.10:80", "S"), 12.0))
+    writer.close()  # the rest
+    assert stored() == {"allow-web": (3, 3)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,14 +83,17 @@ class Store:
         self.url = resolve_url(url)
         self.label = label(self.url)
         self._engine: Engine | None = None
+        self._opening = threading.Lock()  # the daemon's threads share a Store
 
     def __repr__(self) -> str:
         return f"Store({self.label})"
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
-            with self.errors():
+        if self._engine is not None:
+            return self._engine
+        with self._opening, self.errors():
+            if self._engine is None:
                 engine = self._create_engine()
                 try:
                     migrate(engine)
@@ -165,36 +169,49 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def migrate(engine: Engine) -> str | None:
-    """Bring the schema to Alembic's head; returns the revision it was at (None: empty)."""
+    """Bring the schema to Alembic's head; returns the revision it was at (None: empty).
+
+    Two processes may open a new database at once: SQLite's migration runs under BEGIN IMMEDIATE
+    (the second waits, then finds the schema at head); elsewhere a failed upgrade is forgiven when
+    the schema turns out to be at head after all."""
     from alembic import command  # noqa: PLC0415  (alembic loads slowly; only on first use)
     from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(config).get_current_head()
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+    scripts = ScriptDirectory.from_config(config)
+    head = scripts.get_current_head()
+    current = schema_revision(engine)
     if current == head:
         return current
-    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
-    if current is not None and current not in known:
-        raise StoreError(f"database schema {current} is newer than this fw knows (head {head})")
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            current = _current(connection)
+            if current == head:
+                return current
+            if current is not None and current not in {script.revision for script in scripts.walk_revisions()}:
+                raise StoreError(f"database schema {current} is newer than this fw knows (head {head})")
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+    except StoreError:
+        raise
     except Exception:
         if schema_revision(engine) != head:  # not a second process migrating at the same moment
             raise
     return current
 
 
-def schema_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at."""
+def _current(connection) -> str | None:
     from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
 
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return _current(connection)
 

@@ -6,7 +6,8 @@ Drop events are not queued one by one: they are aggregated by (reason, source, d
 protocol, destination port) per window of `drop_window` seconds, so a flood becomes one row per
 key and window carrying a count. Past `max_drop_keys` keys in a window (a flood from random
 sources), further drops are aggregated by reason and protocol alone. Per-rule counters come in as
-deltas (`submit_counters`) and are added to the stored totals in the same transactions.
+deltas (`submit_counters`, or every `counters_every` seconds from the daemon's `RuleCounters` on
+`tick`) and are added to the stored totals in the same transactions.
 
 The writer thread takes up to `batch` items at a time, converts engine times to wall-clock times
 (`clock_offset()`, wall minus engine clock, sampled per batch), and writes them in one
@@ -92,7 +93,8 @@ class EventWriter:
 
     def __init__(self, store: Store | str | None, *, queue_size: int = 10_000, batch: int = 500,
                  flush_interval: float = 1.0, drop_window: float = 10.0, max_drop_keys: int = 1000,
-                 keep_days: float | None = 30.0, clock_offset: Callable[[], float] = monotonic_offset):
+                 keep_days: float | None = 30.0, clock_offset: Callable[[], float] = monotonic_offset,
+                 rule_counters=None, counters_every: float = 10.0):
         self.store = store if isinstance(store, Store) else Store(store)
         self.queue: queue.Queue = queue.Queue(queue_size)
         self.batch = batch
@@ -101,6 +103,9 @@ class EventWriter:
         self.drops = DropWindow(max_drop_keys)
         self.keep_days = keep_days
         self.clock_offset = clock_offset
+        self.rule_counters = rule_counters  # fw.metrics.RuleCounters: its deltas go in every few seconds
+        self.counters_every = counters_every
+        self._counters_due: float | None = None
         self.counters: Counter = Counter()  # the writer thread's: written, rows, lost, batches, failures
         self.submitted = 0  # the packet thread's own counters (no two threads write one counter)
         self.queue_full = 0
@@ -153,10 +158,20 @@ class EventWriter:
         return self
 
     def tick(self, now: float) -> None:
-        """Nothing to do on the loop's tick: the thread keeps its own time."""
+        """On the daemon's loop (the thread that counts packets): queue the rule counters' deltas
+        every `counters_every` seconds. Events need no tick: the thread keeps its own time."""
+        if self.rule_counters is None:
+            return
+        if self._counters_due is None:
+            self._counters_due = now + self.counters_every
+        elif now >= self._counters_due:
+            self._counters_due = now + self.counters_every
+            self.submit_counters(self.rule_counters.deltas())
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (within `timeout`), stop the thread."""
+        """Queue the last rule counts, write what is queued (within `timeout`), stop the thread."""
+        if self.rule_counters is not None:
+            self.submit_counters(self.rule_counters.deltas())
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -58,14 +58,15 @@ def _hooks(text: str) -> tuple[str, ...]:
 @click.command("run")
 @click.option("--policy", "policy_path", required=True, type=click.Path(), help="Policy file or folder.")
 @click.option("--queue", type=click.IntRange(0, 65535), help="NFQUEUE number (default 0).")
-@click.option("--queues", metavar="A-B", help="Balance flows over queues A to B (one loop serves them).")
+@click.option("--queues", metavar="A-B", help="Balance flows over queues A to B, one worker process each.")
 @click.option("--fail-open", is_flag=True, help="Pass traffic when no daemon listens or the queue is full.")
 @click.option("--log", "log_path", metavar="PATH", help="Events as EVE JSON lines to PATH (- for stdout).")
 @click.option("--hooks", default="forward", show_default=True,
               help="Built-in chains to hook: forward,input,output.")
 @click.option("--iptables", "backend", type=click.Choice(["auto", "nft", "legacy"]), default="auto",
               show_default=True, help="iptables backend (auto: the one `iptables` uses).")
-def run_command(policy_path, queue, queues, fail_open, log_path, hooks, backend) -> None:
+@click.option("--offload", is_flag=True, help="Established TCP flows pass in the kernel (SYN/FIN/RST still judged).")
+def run_command(policy_path, queue, queues, fail_open, log_path, hooks, backend, offload) -> None:
     """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
@@ -76,23 +77,33 @@ def run_command(policy_path, queue, queues, fail_open, log_path, hooks, backend)
     """
     from fw.cli.common import load_policy_or_exit
     from fw.daemon import Daemon, DaemonConfig, DaemonError
-    from fw.engine import Engine, EngineConfig
+    from fw.engine import EngineConfig
     from fw.policy import load_policy
 
     config = DaemonConfig(policy_path=os.path.abspath(policy_path), queues=_queues(queue, queues),
                           fail_open=fail_open, log_path=log_path, hooks=_hooks(hooks),
-                          backend=None if backend == "auto" else backend)
+                          backend=None if backend == "auto" else backend, offload=offload)
     if os.geteuid() != 0:
         raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
-    engine = Engine(load_policy_or_exit(policy_path), EngineConfig(events=log_path is not None))
-    gc.freeze()  # the policy's objects out of the cyclic collector's way
-    daemon = Daemon(config, engine, load_policy)
+    policy = load_policy_or_exit(policy_path)
+    if config.queues[0] != config.queues[1]:  # one worker process per queue (fw.workers)
+        from fw.workers import Supervisor
+
+        daemon = Supervisor(config, load_policy)
+    else:
+        from fw.workers import attach_offload, make_engine
+
+        engine = make_engine(policy, EngineConfig(events=log_path is not None), offload)
+        gc.freeze()  # the policy's objects out of the cyclic collector's way
+        daemon = Daemon(config, engine, load_policy)
     try:
         daemon.start()
     except DaemonError as error:
         raise Failure(str(error), error.exit_code) from None
+    if isinstance(daemon, Daemon):
+        attach_offload(daemon)
     click.echo(daemon.describe(), err=True)
     try:
         daemon.run()

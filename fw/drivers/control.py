@@ -268,7 +268,7 @@ def is_root() -> bool:
 
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
-FLAG_NAMES = ((1, "ASSURED"), (2, "SEEN_REPLY"), (4, "RELATED"), (8, "LOOSE"))
+FLAG_NAMES = ((1, "ASSURED"), (2, "SEEN_REPLY"), (4, "RELATED"), (8, "LOOSE"), (64, "OFFLOADED"))  # 64: --offload
 PORTED = (6, 17)
 
 

@@ -1,0 +1,341 @@
+"""The fast path (`fw run --offload`): established TCP flows pass in the kernel, not through the queue.
+
+How it works. When the engine moves a TCP session to ESTABLISHED (its packets accepted both ways),
+OffloadEngine sets the OFFLOAD bit in the kernel conntrack entry's mark (ctnetlink, one message, no
+wait for the answer). Our FW-FORWARD chain (fw.drivers.iptables, `Hooking.offload`) accepts the
+packets of a connection with that bit before the NFQUEUE rule when the kernel's own tracker finds
+them valid (ctstate ESTABLISHED) and they carry no SYN, FIN or RST; RSTs the kernel finds valid are
+accepted too (the engine's window data is old, see below). Everything else still reaches the
+engine: SYNs, FINs (so the engine sees the close), packets the kernel finds invalid.
+
+Not offloaded: sessions with an ALG (the FTP ALG needs the control session's payload) and sessions
+with `rst_on_timeout`. The engine's TCP window record stays as of the last packet it saw, and a RST
+on expiry must carry exactly the receiver's RCV.NXT (RFC 5961); kernel conntrack does not give the
+sequence numbers back (CTA_PROTOINFO_TCP has flags and window scales only), so exactness would be
+lost. For the same reason an offloaded session's record is made liberal (as the kernel does when a
+flowtable hands a flow back): a FIN after megabytes the engine did not see is out of its old window.
+
+OffloadService, once a tick, keeps the engine and the kernel in step:
+- the marks of offloaded sessions the engine removed (expired, killed, closed, reopened) are
+  cleared, so later packets reach the engine again (which then judges them: no session);
+- the kernel's entries with the bit are read back (a dump filtered by mark; at most SYNC_BATCH a
+  second, larger tables less often). An entry whose remaining timeout did not just run down since
+  the last read saw a packet: the session's `last_seen` moves to now. The engine's deadline is then
+  `last_seen` + the timeout of its state; while that is in the future it is kept at least until the
+  next read (expiry may come up to one read interval late, never early). An entry the kernel closed
+  (a valid RST) ends the engine's session; an entry the kernel no longer has is no longer offloaded.
+`fw sessions` shows the result (flag OFFLOADED, the timeout so kept); the packet and byte counters
+of an offloaded session count only what the engine saw.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+from collections import Counter
+
+from fw.conntrack import tcp as tcpmod
+from fw.conntrack.table import flow_key
+from fw.drivers.iptables import Hooking
+from fw.drivers.nfqueue import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, _attr
+from fw.engine import Engine
+
+OFFLOAD_MARK = Hooking.offload_mark  # the connmark bit of offloaded connections
+OFFLOADED = 64  # Session.flags bit: the kernel passes this session's packets
+SYNC_BATCH = 2000  # offloaded sessions read back per second at most
+TCP = 6
+
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
+NLM_F_DUMP, NLMSG_DONE, NLA_F_NESTED = 0x300, 3, 0x8000
+CTA_TUPLE_ORIG, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_MARK_MASK = 1, 3, 4, 7, 8, 21
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
+KERNEL_TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK",
+                     "TIME_WAIT", "CLOSE", "SYN_SENT2")
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+class ConntrackError(Exception):
+    """A conntrack netlink request failed."""
+
+
+# -- ctnetlink messages ------------------------------------------------------------------------------
+
+
+def _nested(kind: int, body: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, body)
+
+
+def tuple_attrs(family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    """CTA_TUPLE_ORIG's contents for a flow (addresses raw, 4 or 16 bytes)."""
+    v4 = family == 4
+    addresses = _attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, src) + _attr(CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, dst)
+    ports = (_attr(CTA_PROTO_NUM, bytes([proto])) + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
+             + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport)))
+    return _nested(CTA_TUPLE_IP, addresses) + _nested(CTA_TUPLE_PROTO, ports)
+
+
+def message(kind: int, flags: int, seq: int, family: int, body: bytes) -> bytes:
+    payload = struct.pack("!BBH", family, 0, 0) + body
+    return struct.pack("=IHHII", 16 + len(payload), (NFNL_SUBSYS_CTNETLINK << 8) | kind, flags, seq, 0) + payload
+
+
+def mark_message(session, mark: int, mask: int, seq: int, ack: bool = False) -> bytes:
+    """Update the mark bits `mask` of the session's kernel entry to `mark` (new = old & ~mask ^ mark)."""
+    body = _nested(CTA_TUPLE_ORIG, tuple_attrs(session.family, session.proto, session.src, session.dst,
+                                               session.sport, session.dport))
+    body += _attr(CTA_MARK, struct.pack("!I", mark)) + _attr(CTA_MARK_MASK, struct.pack("!I", mask))
+    return message(IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), seq, AF[session.family], body)
+
+
+def attributes(data: bytes, start: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """Netlink attributes in data[start:end] by type (nesting flag dropped)."""
+    end = len(data) if end is None else end
+    found = {}
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, start)
+        if length < 4:
+            break
+        found[kind & 0x3FFF] = data[start + 4:start + length]
+        start += (length + 3) & ~3
+    return found
+
+
+class Entry:
+    """What the kernel says of one connection: its original tuple, TCP state, timeout and mark."""
+
+    __slots__ = ("family", "proto", "src", "dst", "sport", "dport", "state", "timeout", "mark")
+
+    @classmethod
+    def parse(cls, body: bytes) -> Entry | None:
+        top = attributes(body, 4)  # after the nfgenmsg
+        if CTA_TUPLE_ORIG not in top:
+            return None
+        entry = cls()
+        tup = attributes(top[CTA_TUPLE_ORIG])
+        ips, ports = attributes(tup.get(CTA_TUPLE_IP, b"")), attributes(tup.get(CTA_TUPLE_PROTO, b""))
+        entry.family = 4 if CTA_IP_V4_SRC in ips else 6
+        entry.src = ips.get(CTA_IP_V4_SRC) or ips.get(CTA_IP_V6_SRC, b"")
+        entry.dst = ips.get(CTA_IP_V4_DST) or ips.get(CTA_IP_V6_DST, b"")
+        entry.proto = ports.get(CTA_PROTO_NUM, b"\0")[0]
+        entry.sport = struct.unpack("!H", ports.get(CTA_PROTO_SRC_PORT, b"\0\0"))[0]
+        entry.dport = struct.unpack("!H", ports.get(CTA_PROTO_DST_PORT, b"\0\0"))[0]
+        entry.timeout = struct.unpack("!I", top[CTA_TIMEOUT])[0] if CTA_TIMEOUT in top else None
+        entry.mark = struct.unpack("!I", top[CTA_MARK])[0] if CTA_MARK in top else 0
+        info = attributes(attributes(top.get(CTA_PROTOINFO, b"")).get(CTA_PROTOINFO_TCP, b""))
+        state = info.get(CTA_PROTOINFO_TCP_STATE)
+        entry.state = KERNEL_TCP_STATES[state[0]] if state and state[0] < len(KERNEL_TCP_STATES) else None
+        return entry
+
+    @property
+    def key(self) -> tuple:
+        return flow_key(self.proto, self.src, self.dst, self.sport, self.dport)
+
+
+class Conntrack:
+    """A ctnetlink socket of this network namespace: mark updates (no waiting) and filtered dumps."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.bind((0, 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.seq = int(time.time()) & 0xFFFFFF
+        self.errors: Counter = Counter()  # errno names of failed updates (answered later)
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
+
+    def next_seq(self) -> int:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        return self.seq
+
+    def set_mark(self, session, mark: int, mask: int) -> None:
+        """Fire and forget: a failure (the entry is gone: ENOENT) comes back later, see drain()."""
+        self.sock.send(mark_message(session, mark, mask, self.next_seq()))
+
+    def drain(self) -> None:
+        """Read the answers to earlier updates (errors only) without waiting."""
+        while True:
+            try:
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.errors[errno.errorcode.get(exc.errno, str(exc.errno))] += 1
+                return
+            for kind, body in _messages(data):
+                self._count_error(kind, body)
+
+    def _count_error(self, kind: int, body: bytes) -> None:
+        if kind == NLMSG_ERROR and len(body) >= 4:
+            code = -struct.unpack_from("=i", body)[0]
+            if code:
+                self.errors[errno.errorcode.get(code, str(code))] += 1
+
+    def dump(self, mark: int, mask: int, timeout: float = 2.0) -> list[Entry]:
+        """The kernel's entries whose mark & mask == mark (every family)."""
+        seq = self.next_seq()
+        body = _attr(CTA_MARK, struct.pack("!I", mark)) + _attr(CTA_MARK_MASK, struct.pack("!I", mask))
+        self.sock.send(message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, socket.AF_UNSPEC, body))
+        entries: list[Entry] = []
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
+        try:
+            while time.monotonic() < deadline:
+                data = self.sock.recv(1 << 20)
+                for kind, body, their_seq in _messages(data, with_seq=True):
+                    if their_seq != seq:
+                        self._count_error(kind, body)  # an answer to an earlier update
+                    elif kind == NLMSG_DONE:
+                        return entries
+                    elif kind == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", body)[0]
+                        raise ConntrackError(f"conntrack dump failed: {errno.errorcode.get(code, code)}")
+                    elif (entry := Entry.parse(body)) is not None:
+                        entries.append(entry)
+        except TimeoutError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        raise ConntrackError("conntrack dump: no end within the time allowed")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _messages(data: bytes, with_seq: bool = False):
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind, _flags, seq = struct.unpack_from("=IHHI", data, offset)
+        if length < 16:
+            break
+        body = data[offset + 16:offset + length]
+        yield (kind, body, seq) if with_seq else (kind, body)
+        offset += (length + 3) & ~3
+
+
+# -- the engine side -----------------------------------------------------------------------------
+
+
+class OffloadEngine(Engine):
+    """The engine, telling the kernel of each TCP session that becomes established (if it may go)."""
+
+    def __init__(self, policy, config=None, conntrack: Conntrack | None = None):
+        super().__init__(policy, config)
+        self.conntrack = conntrack
+        self.offloaded: dict[tuple, object] = {}  # canonical key -> session
+
+    def _on_tcp_state(self, session, state, original: bool) -> None:
+        super()._on_tcp_state(session, state, original)
+        if state is tcpmod.TcpState.ESTABLISHED and not session.flags & OFFLOADED and self.may_offload(session):
+            self.offload(session)
+
+    @staticmethod
+    def may_offload(session) -> bool:
+        return session.alg is None and not session.rst_on_timeout and session.tcp is not None
+
+    def offload(self, session) -> None:
+        if self.conntrack is None:
+            self.conntrack = Conntrack()
+        try:
+            self.conntrack.set_mark(session, OFFLOAD_MARK, OFFLOAD_MARK)
+        except OSError as exc:
+            self.counters["offload_errors"] += 1
+            self.conntrack.errors[errno.errorcode.get(exc.errno, str(exc.errno))] += 1
+            return
+        track = session.tcp
+        if not track.liberal:  # its window record ages from now on: FINs are judged leniently
+            fresh = tcpmod.TcpTrack(liberal=True, data=track.data)
+            track.data = fresh.data
+        session.flags |= OFFLOADED
+        self.offloaded[session.key] = session
+        self.counters["offloaded"] += 1
+
+
+class OffloadService:
+    """The daemon's once-a-tick work for --offload (a `Daemon.services` member: tick, close)."""
+
+    def __init__(self, engine: OffloadEngine, clock=time.monotonic):
+        self.engine = engine
+        if engine.conntrack is None:
+            engine.conntrack = Conntrack()
+        self.conntrack = engine.conntrack
+        self.clock = clock
+        self.next_sync = 0.0
+        self.remaining: dict[tuple, tuple[int, float]] = {}  # key -> (kernel timeout left, when read)
+
+    def tick(self, now: float) -> None:
+        self.conntrack.drain()
+        self.release_removed()
+        if now >= self.next_sync and self.engine.offloaded:
+            self.sync(now)
+
+    def interval(self) -> float:
+        return max(1.0, len(self.engine.offloaded) / SYNC_BATCH)
+
+    def release_removed(self) -> int:
+        """Clear the kernel mark of offloaded sessions the engine no longer holds."""
+        engine, released = self.engine, 0
+        for key, session in list(engine.offloaded.items()):
+            if session.slot == -1 or engine.table.sessions.get(key) is not session:
+                self._forget(key, session, clear=True)
+                released += 1
+        return released
+
+    def _forget(self, key, session, clear: bool) -> None:
+        engine = self.engine
+        engine.offloaded.pop(key, None)
+        self.remaining.pop(key, None)
+        session.flags &= ~OFFLOADED
+        if clear:
+            try:
+                self.conntrack.set_mark(session, 0, OFFLOAD_MARK)
+                engine.counters["offload_released"] += 1
+            except OSError:
+                engine.counters["offload_errors"] += 1
+
+    def sync(self, now: float) -> None:
+        """Read the kernel's offloaded entries back into the engine's sessions."""
+        engine = self.engine
+        interval = self.interval()
+        self.next_sync = now + interval
+        try:
+            entries = {entry.key: entry for entry in self.conntrack.dump(OFFLOAD_MARK, OFFLOAD_MARK)}
+        except (ConntrackError, OSError):
+            engine.counters["offload_sync_errors"] += 1
+            return
+        engine.counters["offload_syncs"] += 1
+        for key, session in list(engine.offloaded.items()):
+            entry = entries.get(key)
+            if entry is None:  # the kernel forgot it: its packets reach the engine again
+                self._forget(key, session, clear=False)
+                engine.counters["offload_lost"] += 1
+                continue
+            if entry.state == "CLOSE":  # a RST the kernel found valid ended it
+                engine.kill(session, now)
+                self._forget(key, session, clear=False)
+                engine.counters["offload_reset"] += 1
+                continue
+            self._refresh(key, session, entry, now, interval)
+
+    def _refresh(self, key, session, entry: Entry, now: float, interval: float) -> None:
+        last = self.remaining.get(key)
+        if entry.timeout is not None:
+            self.remaining[key] = (entry.timeout, now)
+        if last is None or entry.timeout is None or entry.timeout > last[0] - (now - last[1]) + 1:
+            session.last_seen = now  # a packet since the last read (or the first read)
+        timeouts = session.timeouts
+        timeout = timeouts[tcpmod.timeout_key(session.tcp, timeouts)] * self.engine.timeout_scale
+        true_deadline = session.last_seen + timeout
+        deadline = true_deadline if true_deadline <= now else max(true_deadline, now + interval + 1.5)
+        session.deadline = deadline
+        if deadline < session.slot - 1:
+            self.engine.table.reschedule(session)
+
+    def close(self) -> None:
+        self.conntrack.close()

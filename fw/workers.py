@@ -1,0 +1,488 @@
+"""Multi-queue: `fw run --queues A-B` runs one worker process per queue under a supervisor.
+
+How it works. Python runs one packet loop per core at best, so the queues are spread over
+processes. The supervisor (this process) takes the namespace's control name (the lock), starts a
+worker per queue (`python -m fw.workers SPEC`: a fw.daemon.Daemon bound to its one queue, with its
+own Engine and its own control socket `@fw/<netns inode>/worker/<queue>`, and no iptables rules),
+waits until each answers, then installs the one NFQUEUE rule `--queue-balance A:B`. The kernel hashes
+a packet's address pair and protocol, the same in both directions, so a session, its replies and
+its FTP data sessions (same addresses, TCP) meet the same worker; ports are not hashed, so one
+client spreads over the workers only with many client addresses. `--queue-cpu-fanout` (queue by
+the CPU that received the packet) is not used: the two directions of a flow arrive on different
+NICs and so CPUs, and a reply would meet a worker without its session.
+
+An ICMP error (fragmentation needed from a router, port unreachable) hashes by its own addresses
+and protocol, so it may reach a worker that does not hold the session it quotes. That worker hands
+it on (IcmpForwarder): its verdict is NF_QUEUE to the next queue, and the packet's mark records the
+queue it came to first (FORWARD_MARK | queue); the kernel queues it again at the same hook, and the
+worker that holds the session accepts it (`related:icmp`). When it comes round to its first queue,
+nobody holds the session: it is dropped as `invalid:no-session`. A forwarded packet keeps that mark.
+
+The supervisor answers `fw stats` (every worker's counters summed, per-queue rows side by side, a
+`workers` list), `fw sessions` (the workers' tables one after another, each session with its
+`queue`), `fw sessions kill` and `fw reload` (checked here first, then sent to every worker; SIGHUP
+is passed on to the workers, which also reopen their logs). A worker that dies is started again
+(its sessions are lost; after 1 s, doubling up to 30 s while it keeps dying); workers die with the
+supervisor (PR_SET_PDEATHSIG). Stopping removes the rules first, then stops the workers, which
+give their queued packets a verdict.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from fw.daemon import DaemonConfig, DaemonError, Loop
+from fw.drivers import iptables
+from fw.drivers.control import ControlError, ControlServer, SessionFilter, call, error_answer
+from fw.drivers.nfqueue import NFNL_SUBSYS_QUEUE, NLM_F_REQUEST, _attr
+
+log = logging.getLogger("fw.workers")
+
+FORWARD_MARK, FORWARD_MASK = 0x66770000, 0xFFFF0000  # mark of a forwarded ICMP error: | first queue
+NFQNL_MSG_VERDICT, NFQA_VERDICT_HDR, NFQA_MARK = 1, 2, 3
+NF_QUEUE = 3
+READY_SECONDS = 15.0
+RESTART_DELAYS = (1.0, 30.0)  # first delay, longest
+STOP_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def worker_address(queue: int, inode: int | None = None) -> bytes:
+    """The control address of the worker on `queue` in this network namespace."""
+    return b"\0fw/%d/worker/%d" % (inode if inode is not None else iptables.netns_inode(), queue)
+
+
+# -- ICMP errors for another worker ---------------------------------------------------------------
+
+
+def verdict_message(queue: int, packet_id: int, verdict: int, mark: int | None = None) -> bytes:
+    """NFQNL_MSG_VERDICT for one packet (verdict NF_QUEUE | target << 16 moves it to another queue)."""
+    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)
+    body += _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+    if mark is not None:
+        body += _attr(NFQA_MARK, struct.pack("!I", mark))
+    kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST, 0, 0) + body
+
+
+def next_queue(number: int, first: int, last: int) -> int:
+    return first + (number - first + 1) % (last - first + 1)
+
+
+class IcmpForwarder:
+    """PacketHandler.redirect of a worker: an ICMP error without a session here goes to the next queue.
+
+    `send(bytes)` writes to the queue's netlink socket. Returns True when it gave the verdict."""
+
+    def __init__(self, number: int, first: int, last: int, engine, send):
+        self.number, self.first, self.last = number, first, last
+        self.engine = engine
+        self.send = send
+
+    def target(self, mark: int) -> tuple[int, int] | None:
+        """(next queue, first queue) for a packet with `mark`, or None: it has been round them all."""
+        origin = mark & 0xFFFF if mark & FORWARD_MASK == FORWARD_MARK else self.number
+        if not self.first <= origin <= self.last:
+            origin = self.number
+        target = next_queue(self.number, self.first, self.last)
+        return None if target == origin else (target, origin)
+
+    def __call__(self, packet, decision) -> bool:
+        pkt = decision.packet
+        if decision.reason != "invalid:no-session" or pkt is None or getattr(pkt, "inner", None) is None:
+            return False
+        try:
+            hop = self.target(packet.get_mark())
+            if hop is None:
+                self.engine.counters["icmp_unclaimed"] += 1
+                return False
+            target, origin = hop
+            self.send(verdict_message(self.number, packet.id, NF_QUEUE | target << 16, FORWARD_MARK | origin))
+        except Exception:  # noqa: BLE001  (the packet then gets the plain drop)
+            self.engine.counters["icmp_forward_errors"] += 1
+            return False
+        self.engine.dropped["invalid:no-session"] -= 1  # not a drop: another worker judges it
+        self.engine.counters["icmp_forwarded"] += 1
+        return True
+
+
+# -- a worker -------------------------------------------------------------------------------------
+
+
+def worker_spec(config: DaemonConfig, queue: int, policy_path: str) -> dict:
+    return {"policy": policy_path, "queue": queue, "first": config.queues[0], "last": config.queues[1],
+            "fail_open": config.fail_open, "log": config.log_path, "offload": config.offload,
+            "queue_options": dict(config.queue_options.__dict__)}
+
+
+def worker_main(spec: dict) -> int:
+    """One worker: a Daemon on one queue, without iptables rules, its control socket of its own."""
+    from fw.daemon import Daemon  # noqa: PLC0415
+    from fw.drivers.nfqueue import QueueOptions  # noqa: PLC0415
+    from fw.engine import EngineConfig  # noqa: PLC0415
+    from fw.policy import PolicyError, load_policy  # noqa: PLC0415
+
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s fw[%(process)d] queue {spec['queue']} %(levelname)s: %(message)s")
+    number = spec["queue"]
+    try:
+        policy = load_policy(spec["policy"])
+    except PolicyError as exc:
+        log.error("invalid policy %s: %s", spec["policy"], "; ".join(d.format() for d in exc.diagnostics))
+        return 2
+    engine = make_engine(policy, EngineConfig(events=spec["log"] is not None), spec["offload"])
+    config = DaemonConfig(policy_path=spec["policy"], queues=(number, number), fail_open=spec["fail_open"],
+                          log_path=spec["log"], queue_options=QueueOptions(**spec["queue_options"]),
+                          control_address=worker_address(number), install_rules=False, offload=spec["offload"])
+    daemon = Daemon(config, engine, load_policy)
+    try:
+        daemon.start()
+    except DaemonError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    try:
+        queue = daemon.queues[0]
+        send = queue._sock.send  # noqa: SLF001  (the queue's own netlink socket: verdicts go there)
+        daemon.handler.redirect = IcmpForwarder(number, spec["first"], spec["last"], engine, send)
+        attach_offload(daemon)
+        daemon.run()
+    finally:
+        daemon.close()
+    return 0
+
+
+def make_engine(policy, engine_config, offload: bool):
+    """The engine of a daemon or worker: with --offload, one that tells the kernel of established flows."""
+    if offload:
+        from fw.drivers.offload import OffloadEngine  # noqa: PLC0415
+
+        return OffloadEngine(policy, engine_config)
+    from fw.engine import Engine  # noqa: PLC0415
+
+    return Engine(policy, engine_config)
+
+
+def attach_offload(daemon) -> None:
+    """With --offload: the service that reads kernel conntrack back and clears marks of ended sessions."""
+    if daemon.config.offload:
+        from fw.drivers.offload import OffloadService  # noqa: PLC0415
+
+        daemon.services.append(OffloadService(daemon.engine))
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the supervisor is already gone
+        sys.exit(1)
+
+
+# -- the supervisor -------------------------------------------------------------------------------
+
+
+class Worker:
+    """The supervisor's record of one worker process."""
+
+    def __init__(self, queue: int):
+        self.queue = queue
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self.delay = RESTART_DELAYS[0]
+        self.restart_at: float | None = None
+        self.started = 0.0
+
+    @property
+    def address(self) -> bytes:
+        return worker_address(self.queue)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.poll() is None else None
+
+
+class Supervisor:
+    """`fw run --queues A-B`: start(), run() until a signal, close()."""
+
+    def __init__(self, config: DaemonConfig, load_policy):
+        self.config = config
+        self.load_policy = load_policy
+        self.policy_path = config.policy_path
+        self.loop = Loop()
+        self.started = time.monotonic()
+        self.counters: Counter = Counter()
+        self.workers = [Worker(n) for n in range(config.queues[0], config.queues[1] + 1)]
+        self.control: ControlServer | None = None
+        self.rules: iptables.Installation | None = None
+        self.summary = ""
+        self._stop = False
+        self._reload = False
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        config = self.config
+        try:
+            self._install_signals()
+            self.control = ControlServer(self.handle)
+            stale = iptables.cleanup()
+            if stale:
+                log.warning("removed %d rules and chains left by an earlier run", len(stale))
+            self.summary = self.load_policy(self.policy_path).summary()
+            for worker in self.workers:
+                self._spawn(worker)
+            for worker in self.workers:
+                self._wait_ready(worker)
+            self.rules = iptables.Installation(iptables.Hooking(
+                queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
+                families=config.families, offload=config.offload), config.backend)
+            self.rules.install()
+            self.control.listen(self.loop)
+        except (ControlError, iptables.IptablesError, OSError) as exc:
+            self.close()
+            raise DaemonError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        config = self.config
+        mode = ("fail-open: traffic passes when no daemon listens or the queue is full" if config.fail_open
+                else "fail-closed: traffic is dropped when no daemon listens or the queue is full")
+        pids = ", ".join(f"queue {w.queue}: pid {w.pid}" for w in self.workers)
+        return (f"fw running ({mode}); queues {config.queues[0]}-{config.queues[1]} balanced over "
+                f"{len(self.workers)} workers ({pids}), hooks {','.join(config.hooks)}"
+                f"{', offload' if config.offload else ''}, iptables-{self.rules.backend}; policy "
+                f"{self.policy_path} ({self.summary}); control {self.control.name}")
+
+    def _spawn(self, worker: Worker) -> None:
+        spec = worker_spec(self.config, worker.queue, self.policy_path)
+        worker.process = subprocess.Popen([sys.executable, "-m", "fw.workers", json.dumps(spec)],
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        worker.started = time.monotonic()
+        worker.restart_at = None
+
+    def _wait_ready(self, worker: Worker) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            if worker.process.poll() is not None:
+                raise DaemonError(f"the worker for queue {worker.queue} exited with status "
+                                  f"{worker.process.returncode}", 2 if worker.process.returncode == 2 else 1)
+            try:
+                call({"command": "stats"}, timeout=2.0, address=worker.address)
+                return
+            except ControlError:
+                pass
+            if time.monotonic() > deadline:
+                raise DaemonError(f"the worker for queue {worker.queue} did not answer within {READY_SECONDS:g} s")
+            time.sleep(0.05)
+
+    def _install_signals(self) -> None:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self.loop.watch(self._wake_r.fileno(), select.POLLIN, self._drain_wakeups)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def _drain_wakeups(self, _events) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        """Remove the rules (traffic falls back to the host's ruleset), then stop the workers."""
+        if self.rules is not None:
+            try:
+                self.rules.remove()
+            except iptables.IptablesError as exc:
+                log.error("removing our iptables rules failed: %s (run `fw cleanup`)", exc)
+            self.rules = None
+        running = [w.process for w in self.workers if w.process is not None and w.process.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        signal.set_wakeup_fd(-1)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self._stop:
+            try:
+                self.loop.run_once(0.5)
+                if self._reload:
+                    self._reload = False
+                    for worker in self.workers:
+                        if worker.pid is not None:
+                            os.kill(worker.pid, signal.SIGHUP)
+                self.supervise(time.monotonic())
+                self.control.tick(time.monotonic())
+            except Exception as exc:  # noqa: BLE001  (the supervisor survives everything)
+                self.counters["loop_errors"] += 1
+                log.exception("the supervisor's loop failed, and goes on: %r", exc)
+
+    def supervise(self, now: float) -> None:
+        """Start again the workers that died (after a delay that grows while they keep dying)."""
+        for worker in self.workers:
+            process = worker.process
+            if process is not None and process.poll() is not None:
+                log.error("the worker for queue %d (pid %d) exited with status %s; its sessions are lost; "
+                          "starting it again in %g s", worker.queue, process.pid, process.returncode, worker.delay)
+                worker.process = None
+                worker.restart_at = now + worker.delay
+                lived = now - worker.started
+                worker.delay = RESTART_DELAYS[0] if lived > 60 else min(worker.delay * 2, RESTART_DELAYS[1])
+            if worker.process is None and worker.restart_at is not None and now >= worker.restart_at:
+                self._spawn(worker)
+                worker.restarts += 1
+                self.counters["worker_restarts"] += 1
+
+    # -- the control socket -----------------------------------------------------------------------
+
+    def handle(self, request: dict):
+        command = request.get("command")
+        if command == "stats":
+            return {"ok": True, "stats": self.stats(bool(request.get("zero")))}
+        if command == "sessions":
+            return self.sessions()
+        if command == "kill":
+            try:
+                SessionFilter(request.get("filter") or {})
+            except ValueError as exc:
+                return error_answer(f"bad filter: {exc}", 2)
+            answers = self.ask_all({"command": "kill", "filter": request.get("filter")})
+            return {"ok": True, "killed": sum(a.get("killed", 0) for a in answers.values())}
+        if command == "reload":
+            return self.reload(request.get("path"))
+        return error_answer(f"unknown command {command!r}", 2)
+
+    def ask_all(self, request: dict) -> dict[int, dict]:
+        """Each running worker's answer to `request`, by queue (a worker that fails is left out)."""
+        answers = {}
+        for worker in self.workers:
+            if worker.pid is None:
+                continue
+            try:
+                answers[worker.queue] = call(request, timeout=10.0, address=worker.address)
+            except ControlError as exc:
+                if exc.answer:
+                    answers[worker.queue] = exc.answer
+                else:
+                    log.warning("worker %d did not answer %s: %s", worker.queue, request.get("command"), exc)
+        return answers
+
+    def stats(self, zero: bool = False) -> dict:
+        answers = self.ask_all({"command": "stats", "zero": zero})
+        return merge_stats([a["stats"] for a in answers.values() if a.get("ok")], self.summary_fields(answers))
+
+    def summary_fields(self, answers: dict[int, dict]) -> dict:
+        rows = []
+        for worker in self.workers:
+            stats = answers.get(worker.queue, {}).get("stats", {})
+            rows.append({"queue": worker.queue, "pid": worker.pid, "restarts": worker.restarts,
+                         "packets": stats.get("packets", {}).get("total"),
+                         "sessions": stats.get("sessions", {}).get("active")})
+        return {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started, 3), "mode": self.config.mode,
+                "policy": {"path": self.policy_path, "summary": self.summary,
+                           "reloads": self.counters["reloads"], "reload_failures": self.counters["reload_failures"]},
+                "workers": rows}
+
+    def sessions(self) -> dict:
+        answers = self.ask_all({"command": "sessions"})
+        sessions = []
+        for queue, answer in sorted(answers.items()):
+            for session in answer.get("sessions", ()):
+                session["queue"] = queue
+                sessions.append(session)
+        return {"ok": True, "version": 1, "count": len(sessions), "sessions": sessions}
+
+    def reload(self, path: str | None = None) -> dict:
+        """Check the policy here (errors as `fw policy check` shows them), then reload every worker."""
+        from fw.policy import PolicyError  # noqa: PLC0415
+
+        path = path or self.policy_path
+        try:
+            policy = self.load_policy(path)
+        except PolicyError as exc:
+            self.counters["reload_failures"] += 1
+            return error_answer(f"{path}: invalid policy, the running policy stays", 2,
+                                diagnostics=[d.format() for d in exc.diagnostics])
+        except Exception as exc:  # noqa: BLE001
+            self.counters["reload_failures"] += 1
+            return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
+        answers = self.ask_all({"command": "reload", "path": path})
+        failed = [q for w in self.workers if not answers.get(q := w.queue, {}).get("ok")]
+        if failed:
+            self.counters["reload_failures"] += 1
+            return error_answer(f"{path}: the workers of queues {failed} did not reload", 1)
+        self.policy_path, self.summary = path, policy.summary()
+        self.counters["reloads"] += 1
+        log.info("policy %s loaded by %d workers (%s)", path, len(answers), self.summary)
+        warnings = [w.format() for w in getattr(policy, "warnings", ())]
+        return {"ok": True, "policy": path, "summary": self.summary, "warnings": warnings,
+                "workers": sorted(answers)}
+
+
+def merge_stats(rows: list[dict], fields: dict) -> dict:
+    """The workers' `fw stats` as one: counters summed, per-queue rows side by side."""
+    merged: dict = {"version": 1}
+    for row in rows:
+        for key, value in row.items():
+            if key in ("version", "pid", "uptime", "mode", "policy"):
+                continue
+            if key == "queues":
+                merged.setdefault("queues", {}).update(value)
+            else:
+                merged[key] = _add(merged.get(key), value)
+    merged.setdefault("queues", {})
+    merged.update(fields)
+    return merged
+
+
+def _add(into, value):
+    """Sum numbers, recursively through dicts; other values: the first one seen stays."""
+    if isinstance(value, dict):
+        into = dict(into) if isinstance(into, dict) else {}
+        for key, item in value.items():
+            into[key] = _add(into.get(key), item)
+        return into
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (into or 0) + value
+    return value if into is None else into
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(json.loads(sys.argv[1])))

@@ -336,3 +336,19 @@ def test_every_command_has_help_with_an_example():
         result = runner.invoke(main, ["policy", name, "--help"])
         assert result.exit_code == 0 and "Example: fw policy " + name in result.stdout
     assert "Example: fw log" in runner.invoke(main, ["log", "--help"]).stdout
+
+
+def test_a_stored_revision_that_no_longer_loads_is_not_activated(fw, files, tmp_path):
+    from fw.store.models import PolicyRevision
+
+    fw("policy", "load", files["v1"], "--activate")
+    store = Store(str(tmp_path / "fw.db"))
+    with store.session() as session:  # as if an older fw had accepted what this one refuses
+        session.add(PolicyRevision(revision="0123456789ab", created=time.time(), origin="old.yaml", summary="old",
+                                   rule_count=1, sources=[["old.yaml", INVALID]]))
+    store.dispose()
+    assert_one_line_error(fw("policy", "activate", "0123"), 2,
+                          "Error: revision 0123456789ab no longer loads: old.yaml:4:13: error: unknown action 'alow'")
+    assert_one_line_error(fw("policy", "test", "--rev", "0123", "--proto", "udp", "--src", "198.51.100.1",
+                             "--dst", "203.0.113.1", "--dport", "53"), 2, "no longer loads")
+    assert fw("policy", "show").stdout == POLICY  # still the old active one

@@ -177,3 +177,15 @@ def test_rule_lines_for_fw_stats(engine):
     run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")])
     assert rule_lines(counters.as_dict()) == ["  allow-web: 3 packets, 220 bytes, 1 sessions",
                                               "  block-telnet: 1 packets, 40 bytes, 0 sessions"]
+
+
+def test_an_icmp_error_about_a_session_counts_as_its_packet_not_a_new_session(engine):
+    from tests.packets import icmp_error_pkt
+
+    counters = RuleCounters()
+    run(engine, counters, handshake_and_data())
+    error = icmp_error_pkt("203.0.113.1", "198.51.100.10", 3, 4, seg(CLIENT, SERVER, "PA", seq=1101, ack=5001))
+    decision = engine.process(error, 1.0)
+    assert decision.reason == "related:icmp"
+    counters.count(decision)
+    assert counters.totals()["allow-web"] == (4, 220 + decision.packet.ip_len, 1)

@@ -33,7 +33,7 @@ class Failure(click.ClickException):
 
 
 def db_option(function):
-    return click.option("--db", "db", metavar="URL", envvar=None,
+    return click.option("--db", "db", metavar="URL",
                         help="Database URL or SQLite path (default: $FW_DB, else "
                              "/var/lib/fw/fw-<netns>.db).")(function)
 
@@ -211,7 +211,7 @@ def activate_command(revision: str, no_reload: bool, db: str | None, as_json: bo
     """
     with _Unit(db) as (store, session):
         record = policies.find_revision(session, revision)
-        policies.policy_of(record)  # a stored revision that no longer loads is not activated
+        _loaded(record)  # a stored revision that no longer loads is not activated
         previous = policies.activate(session, record)
     reload = None if no_reload else _reach_daemon(store)
     if as_json:
@@ -303,19 +303,23 @@ def test_command(proto, src, dst, sport, dport, icmp_type, icmp_code, iif, oif, 
 
 
 def _policy_for_test(policy_path: str | None, revision: str | None, db: str | None):
-    from fw.policy import PolicyError  # noqa: PLC0415
-
     if policy_path:
         from fw.cli.common import load_policy_or_exit  # noqa: PLC0415
 
         return load_policy_or_exit(policy_path)
     with _Unit(db) as (_store, session):
-        record = policies.find_revision(session, revision)
-        try:
-            return policies.policy_of(record)
-        except PolicyError as error:
-            raise Failure(f"revision {record.revision} no longer loads: "
-                          f"{error.diagnostics[0].format().splitlines()[0]}", 2) from None
+        return _loaded(policies.find_revision(session, revision))
+
+
+def _loaded(record):
+    """The stored revision as a Policy; exit 2 if it no longer loads (a stricter fw)."""
+    from fw.policy import PolicyError  # noqa: PLC0415
+
+    try:
+        return policies.policy_of(record)
+    except PolicyError as error:
+        first = error.diagnostics[0].format().splitlines()[0] if error.diagnostics else "invalid"
+        raise Failure(f"revision {record.revision} no longer loads: {first}", 2) from None
 
 
 def _criterion_text(criterion) -> str:

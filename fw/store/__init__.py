@@ -10,7 +10,7 @@ What the daemon calls (see docs/store.md):
     store = Store(url)                           # url: --db, else $FW_DB, else the netns default
     policy = active_policy(store)                # `fw run` without --policy (StoreError: exit 1)
     load = policy_loader(store)                  # Daemon(..., load_policy=load): reloads read the store
-    writer = EventWriter(store).start()          # writer.submit(event) for each LogEvent's event
+    writer = EventWriter(store, rule_counters=rules).start()   # writer.submit(event) per LogEvent
     snapshots = SnapshotService(engine, SnapshotStore()); snapshots.restore()
 """
 

@@ -1,4 +1,11 @@
-"""`python -m bench`: run the benchmarks, print a table, write bench/results.json."""
+"""`python -m bench` (`make bench`): run the benchmarks, print a table, write bench/results.json.
+
+Two parts. The offline engine (bench/engine_bench.py: packets already in memory, one core, no
+kernel) always runs. The live lab (bench/live_bench.py: iperf3, UDP and ping through `fw run`, a
+bare NFQUEUE loop, kernel forwarding and kernel conntrack, in namespaces of its own) runs when we
+are root and the lab tools are there; otherwise the reason it was skipped is printed and written.
+`--quick` is the smoke test: small offline runs, no live part.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +13,61 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 from bench import engine_bench
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", default=str(Path(__file__).with_name("results.json")))
-    parser.add_argument("--quick", action="store_true", help="smaller runs (for a smoke test)")
-    args = parser.parse_args(argv)
-    sessions = 10000 if args.quick else 50000
-    results = [
-        engine_bench.bench_established(repeat=1 if args.quick else 3),
-        engine_bench.bench_new_sessions(10, sessions),
-        engine_bench.bench_new_sessions(10000, sessions),
-        engine_bench.bench_memory(10000 if args.quick else 100000),
-    ]
-    if not args.quick:
+def offline(quick: bool) -> tuple[list[dict], dict]:
+    sessions = 10000 if quick else 50000
+    results = [engine_bench.bench_established(repeat=1 if quick else 3)]
+    for rules in (10, 1000, 10000):
+        results.append(engine_bench.bench_new_sessions(rules, sessions, repeat=1 if quick else 3))
+    results.append(engine_bench.bench_memory(10000 if quick else 100000))
+    if not quick:
         results.append(engine_bench.bench_memory(1000000))
-    ratio = results[2]["us_per_packet"] / results[1]["us_per_packet"]
-    summary = {"new_session_cost_10000_vs_10_rules": round(ratio, 2)}
-    print_table(results, summary)
-    Path(args.output).write_text(
-        json.dumps({"python": platform.python_version(), "results": results, "ratios": summary}, indent=2)
-    )
+    by_name = {row["name"]: row for row in results}
+    ten = by_name["new sessions, 10 rules"]["us_per_packet"]
+    ratios = {f"new_session_cost_{n}_vs_10_rules": round(by_name[f"new sessions, {n} rules"]["us_per_packet"] / ten, 2)
+              for n in (1000, 10000)}
+    return results, ratios
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(Path(__file__).with_name("results.json")))
+    parser.add_argument("--quick", action="store_true", help="small offline runs only (a smoke test)")
+    parser.add_argument("--offline", action="store_true", help="skip the live lab part")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each live measurement")
+    parser.add_argument("--runs", type=int, default=3, help="live runs per path (the median is kept)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    results, ratios = offline(args.quick)
+    print_table(results, ratios)
+    document = {"python": platform.python_version(), "machine": platform.machine(),
+                "results": results, "ratios": ratios, "live": None, "live_skipped": None}
+    if args.quick or args.offline:
+        document["live_skipped"] = "--quick" if args.quick else "--offline"
+    else:
+        from bench import live_bench  # noqa: PLC0415
+
+        reason = live_bench.unavailable_reason()
+        if reason:
+            document["live_skipped"] = reason
+            print(f"live part skipped: {reason}")
+        else:
+            live = live_bench.run(seconds=args.seconds, runs=args.runs)
+            live_bench.print_table(live)
+            document["live"] = live
+    document["seconds"] = round(time.monotonic() - started, 1)
+    Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
     print(f"written: {args.output}")
     return 0
 
 
 def print_table(results: list[dict], ratios: dict) -> None:
+    print("offline engine (one core, no kernel)")
     print(f"{'benchmark':44} {'packets/s':>12} {'us/packet':>10} {'bytes/session':>14}")
     for row in results:
         print(

@@ -1,0 +1,271 @@
+"""The live part of `make bench`: throughput, small-packet rate and latency through each path.
+
+How it works. One lab (fw.lab, prefix `fwb<pid>-`, client - fw - server over veth, torn down at the
+end whatever happens), the client given SOURCES extra addresses. For each path in turn the fw
+namespace is set up, measured and reset:
+- `kernel forwarding`: no rules; `kernel conntrack`: ESTABLISHED,RELATED accepted, allow rules, drop;
+- `bare loop` / `bare loop GSO`: an accept-everything NFQUEUE loop (bench/live_tools.py bare-loop)
+  without and with the GSO flag, one process per queue, `--queue-balance` when two;
+- `fw run` (GSO on, as always), `fw run --queues 0-1` (two workers), `fw run --offload`.
+Measures, each the median of RUNS runs of SECONDS: TCP throughput (one iperf3 stream, Gbit/s at
+the receiver), small UDP packets (64-byte datagrams from every client address at once, the rate
+that arrives at the receiver), and ping round trips (median and p99 of PINGS echoes, 10 ms apart).
+Ratios are between paths of the same run. Everything on one 2-core machine: sender, receiver,
+kernel and firewall share the cores, which the figures include.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fw.lab import Lab, LabError, fw_argv, start_daemon, wait_daemon_ready
+
+TOOLS = str(Path(__file__).with_name("live_tools.py"))
+SERVER = "203.0.113.10"
+SOURCES = [f"198.51.100.{n}" for n in range(101, 117)]
+TCP_PORT, UDP_PORT = 5201, 9000
+PINGS = 200
+POLICY = f"""\
+version: 1
+defaults: {{action: drop, log: false}}
+rules:
+  - {{name: bench-tcp, action: accept, proto: tcp, src: 198.51.100.0/24, dport: {TCP_PORT}}}
+  - {{name: bench-udp, action: accept, proto: udp, src: 198.51.100.0/24, dport: {UDP_PORT}}}
+  - {{name: bench-ping, action: accept, proto: icmp, icmp_type: echo-request}}
+"""
+CONNTRACK_RULES = [
+    ["-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-p", "tcp", "-s", "198.51.100.0/24", "--dport", str(TCP_PORT), "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-p", "udp", "-s", "198.51.100.0/24", "--dport", str(UDP_PORT), "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-j", "DROP"],
+]
+PATHS = ("kernel forwarding", "kernel conntrack", "bare loop", "bare loop GSO", "fw run",
+         "bare loop GSO, 2 queues", "fw run --queues 0-1", "fw run --offload")
+
+
+def unavailable_reason() -> str | None:
+    """Why the live part cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "not root (the lab needs network namespaces, iptables and NFQUEUE)"
+    for tool in ("ip", "iptables", "iperf3"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (make install)"
+    try:
+        import netfilterqueue  # noqa: F401, PLC0415
+    except ImportError:
+        return "netfilterqueue is not installed in this Python"
+    return None
+
+
+class Bench:
+    def __init__(self, lab: Lab, seconds: float, runs: int, folder: Path):
+        self.lab, self.seconds, self.runs, self.folder = lab, seconds, runs, folder
+        self.policy = folder / "policy.yaml"
+        self.policy.write_text(POLICY)
+        self.port = TCP_PORT
+
+    def tool(self, name: str, *args) -> list[str]:
+        return self.lab.command(name, [sys.executable, TOOLS, *map(str, args)])
+
+    # -- measurements -------------------------------------------------------------------------
+
+    def tcp(self) -> float:
+        """One iperf3 stream for `seconds`: Gbit/s at the receiver."""
+        server = subprocess.Popen(self.lab.command("server", ["iperf3", "-s", "-1", "-p", TCP_PORT]),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_listening(self.lab, "server", f"-Hltn sport = :{TCP_PORT}")
+            done = self.lab.run("client", ["iperf3", "-c", SERVER, "-p", TCP_PORT, "-t", f"{self.seconds:g}",
+                                           "-J", "--connect-timeout", "3000"],
+                                check=False, timeout=self.seconds + 30)
+            result = json.loads(done.stdout or "{}")
+            return round(result.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 1e9, 3)
+        finally:
+            _end(server)
+
+    def udp(self) -> int:
+        """64-byte datagrams from every client address: packets/s that reach the receiver."""
+        counter = subprocess.Popen(self.tool("server", "udp-count", "--port", UDP_PORT,
+                                             "--seconds", self.seconds + 2), stdout=subprocess.PIPE)
+        try:
+            _wait_listening(self.lab, "server", f"-Hlun sport = :{UDP_PORT}")
+            subprocess.run(self.tool("client", "udp-send", "--address", SERVER, "--port", UDP_PORT,
+                                     "--sources", ",".join(SOURCES), "--seconds", self.seconds),
+                           capture_output=True, timeout=self.seconds + 30)
+            out, _ = counter.communicate(timeout=self.seconds + 10)
+            return json.loads(out)["rate"]
+        finally:
+            _end(counter)
+
+    def ping(self) -> dict:
+        done = subprocess.run(self.tool("client", "ping", "--address", SERVER, "--count", PINGS),
+                              capture_output=True, timeout=PINGS * 1.1 + 30)
+        rtts = sorted(json.loads(done.stdout)["rtts_ms"])
+        if not rtts:
+            return {"median_ms": None, "p99_ms": None, "lost": PINGS}
+        return {"median_ms": round(statistics.median(rtts), 4),
+                "p99_ms": round(rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))], 4), "lost": PINGS - len(rtts)}
+
+    def measure(self, path: str) -> dict:
+        tcp = [self.tcp() for _ in range(self.runs)]
+        udp = [self.udp() for _ in range(self.runs)]
+        row = {"path": path, "tcp_gbit": statistics.median(tcp), "tcp_runs": tcp,
+               "udp_pps": round(statistics.median(udp)), "udp_runs": udp, "ping": self.ping()}
+        print(f"  {path:28} TCP {row['tcp_gbit']:6.2f} Gbit/s  UDP {row['udp_pps']:>8} packets/s  "
+              f"ping median {row['ping']['median_ms']} ms p99 {row['ping']['p99_ms']} ms", flush=True)
+        return row
+
+    # -- the paths ----------------------------------------------------------------------------
+
+    def iptables(self, *rules: list[str]) -> None:
+        for rule in rules:
+            self.lab.run("fw", ["iptables", "-w", "5", *rule])
+
+    def reset(self) -> None:
+        self.lab.run("fw", ["iptables", "-w", "5", "-F", "FORWARD"], check=False)
+        self.lab.run("fw", ["conntrack", "-F"], check=False)
+
+    def path(self, path: str) -> dict:
+        self.reset()
+        try:
+            if path == "kernel forwarding":
+                return self.measure(path)
+            if path == "kernel conntrack":
+                self.iptables(*CONNTRACK_RULES)
+                return self.measure(path)
+            if path.startswith("bare loop"):
+                return self.bare(path, gso="GSO" in path, queues=2 if "2 queues" in path else 1)
+            return self.daemon(path, path.split()[2:])
+        finally:
+            self.reset()
+
+    def bare(self, path: str, gso: bool, queues: int) -> dict:
+        loops = [subprocess.Popen(self.tool("fw", "bare-loop", "--queue", q, "--gso", int(gso)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for q in range(queues)]
+        try:
+            for loop in loops:
+                loop.stdout.readline()  # {"ready": true}
+            target = ["--queue-num", "0"] if queues == 1 else ["--queue-balance", f"0:{queues - 1}"]
+            states = "INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED"  # as the daemon's chain: conntrack on
+            self.iptables(["-A", "FORWARD", "-m", "conntrack", "--ctstate", states],
+                          ["-A", "FORWARD", "-j", "NFQUEUE", *target])
+            return self.measure(path)
+        finally:
+            for loop in loops:
+                _end(loop)
+
+    def daemon(self, path: str, args: list[str]) -> dict:
+        log = self.folder / f"daemon-{len(list(self.folder.glob('daemon-*')))}.log"
+        process = start_daemon(self.lab, self.policy, log, *args)
+        try:
+            wait_daemon_ready(self.lab, process, 20)
+            row = self.measure(path)
+            stats = json.loads(self.lab.run("fw", fw_argv("stats", "--json")).stdout)
+            row["daemon"] = {"packets": stats["packets"]["total"], "drops": stats["drops"],
+                             "overflows": sum(q["overflows"] for q in stats["queues"].values()),
+                             "offloaded": stats["engine"].get("offloaded", 0)}
+            return row
+        except LabError as error:
+            raise LabError(f"{path}: {error}\n{log.read_text(errors='replace')[-2000:]}") from None
+        finally:
+            _end(process, 15)
+
+
+def _wait_listening(lab: Lab, name: str, ss_filter: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not lab.run(name, ["ss", *ss_filter.split()], check=False).stdout.strip():
+        if time.monotonic() > deadline:
+            raise LabError(f"nothing listens in {name} ({ss_filter})")
+        time.sleep(0.02)
+
+
+def _end(process: subprocess.Popen, timeout: float = 5.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def ratios(rows: dict[str, dict]) -> dict:
+    """The issue's targets and the other comparisons, each a ratio of two paths of this run."""
+    def ratio(metric: str, a: str, b: str):
+        x, y = rows.get(a, {}).get(metric), rows.get(b, {}).get(metric)
+        return round(x / y, 3) if x and y else None
+
+    return {
+        "tcp: fw run / bare loop GSO (target >= 0.8)": ratio("tcp_gbit", "fw run", "bare loop GSO"),
+        "udp: fw run / bare loop GSO (target >= 0.75)": ratio("udp_pps", "fw run", "bare loop GSO"),
+        "udp: fw run --queues 0-1 / fw run (target >= 1.4)": ratio("udp_pps", "fw run --queues 0-1", "fw run"),
+        "tcp: fw run --offload / kernel conntrack (target >= 0.9)":
+            ratio("tcp_gbit", "fw run --offload", "kernel conntrack"),
+        "tcp: bare loop GSO / bare loop": ratio("tcp_gbit", "bare loop GSO", "bare loop"),
+        "udp: bare loop 2 queues / 1 queue": ratio("udp_pps", "bare loop GSO, 2 queues", "bare loop GSO"),
+        "tcp: fw run / kernel forwarding": ratio("tcp_gbit", "fw run", "kernel forwarding"),
+        "tcp: kernel conntrack / kernel forwarding": ratio("tcp_gbit", "kernel conntrack", "kernel forwarding"),
+        "udp: fw run / kernel conntrack": ratio("udp_pps", "fw run", "kernel conntrack"),
+        "udp: kernel conntrack / kernel forwarding": ratio("udp_pps", "kernel conntrack", "kernel forwarding"),
+    }
+
+
+def latency_added(rows: dict[str, dict]) -> dict:
+    """Ping median and p99 of each path minus those of kernel forwarding (ms)."""
+    base = rows.get("kernel forwarding", {}).get("ping", {})
+    added = {}
+    for path, row in rows.items():
+        ping = row.get("ping", {})
+        if base.get("median_ms") is None or ping.get("median_ms") is None:
+            continue
+        added[path] = {"median_ms": round(ping["median_ms"] - base["median_ms"], 4),
+                       "p99_ms": round(ping["p99_ms"] - base["p99_ms"], 4)}
+    return added
+
+
+def run(seconds: float = 3.0, runs: int = 3, paths=PATHS) -> dict:
+    """Build the lab, measure every path, tear the lab down; the figures as a dict."""
+    started = time.monotonic()
+    lab = Lab(f"fwb{os.getpid()}-")
+    rows: dict[str, dict] = {}
+    print(f"live lab ({lab.prefix}*): {runs} runs of {seconds:g} s per measurement, median kept", flush=True)
+    try:
+        lab.up()
+        for address in SOURCES:
+            lab.run("client", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+        with tempfile.TemporaryDirectory(prefix="fw-bench-") as folder:
+            for path in paths:
+                try:
+                    rows[path] = Bench(lab, seconds, runs, Path(folder)).path(path)
+                except (LabError, subprocess.SubprocessError, ValueError, KeyError) as error:
+                    print(f"  {path}: failed: {error}", flush=True)
+                    rows[path] = {"path": path, "error": str(error)}
+    finally:
+        lab.down()
+    return {"seconds_per_run": seconds, "runs": runs, "client_addresses": len(SOURCES), "cpus": os.cpu_count(),
+            "paths": rows, "ratios": ratios(rows), "latency_added": latency_added(rows),
+            "wall_seconds": round(time.monotonic() - started, 1)}
+
+
+def print_table(live: dict) -> None:
+    print(f"\nlive lab ({live['cpus']} CPUs; median of {live['runs']} runs of {live['seconds_per_run']:g} s)")
+    print(f"{'path':28} {'TCP Gbit/s':>10} {'UDP 64B pkt/s':>14} {'ping med ms':>12} {'ping p99 ms':>12}")
+    for path, row in live["paths"].items():
+        if "error" in row:
+            print(f"{path:28} failed: {row['error'][:80]}")
+            continue
+        ping = row["ping"]
+        print(f"{path:28} {row['tcp_gbit']:>10} {row['udp_pps']:>14} {ping['median_ms']!s:>12} {ping['p99_ms']!s:>12}")
+    for name, value in live["ratios"].items():
+        print(f"ratio {name}: {value}")
+    for path, added in live["latency_added"].items():
+        print(f"latency added by {path}: median {added['median_ms']} ms, p99 {added['p99_ms']} ms")

@@ -1,0 +1,70 @@
+"""`python -m bench --quick`: the offline part prints its table and writes the JSON; the live part's
+ratios and latency figures are computed from the paths of one run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import live_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_bench_prints_the_table_and_writes_json(tmp_path: Path):
+    output = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--output", str(output)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "benchmark" in lines[1] and "packets/s" in lines[1] and "us/packet" in lines[1]
+    for name in ("established", "new sessions, 10 rules", "new sessions, 1000 rules", "new sessions, 10000 rules",
+                 "memory per session, 10000 sessions"):
+        assert any(line.startswith(name + " ") for line in lines), name
+    assert f"written: {output}" in lines
+    document = json.loads(output.read_text())
+    assert set(document) >= {"python", "results", "ratios", "live", "live_skipped", "seconds"}
+    assert document["live"] is None and document["live_skipped"] == "--quick"
+    rows = {row["name"]: row for row in document["results"]}
+    assert rows["established"]["packets"] == 200000
+    for rules in (10, 1000, 10000):
+        row = rows[f"new sessions, {rules} rules"]
+        assert row["packets"] == 10000 and row["packets_per_second"] > 0 and row["us_per_packet"] > 0
+    assert rows["memory per session, 10000 sessions"]["sessions"] == 10000
+    assert set(document["ratios"]) == {"new_session_cost_1000_vs_10_rules", "new_session_cost_10000_vs_10_rules"}
+
+
+def test_live_ratios_are_taken_between_paths_of_the_run():
+    rows = {
+        "kernel forwarding": {"tcp_gbit": 10.0, "udp_pps": 100000, "ping": {"median_ms": 0.05, "p99_ms": 0.1}},
+        "kernel conntrack": {"tcp_gbit": 8.0, "udp_pps": 90000, "ping": {"median_ms": 0.06, "p99_ms": 0.12}},
+        "bare loop GSO": {"tcp_gbit": 5.0, "udp_pps": 60000, "ping": {"median_ms": 0.1, "p99_ms": 0.3}},
+        "fw run": {"tcp_gbit": 4.5, "udp_pps": 40000, "ping": {"median_ms": 0.15, "p99_ms": 0.5}},
+        "fw run --queues 0-1": {"tcp_gbit": 4.0, "udp_pps": 60000, "ping": {"median_ms": 0.2, "p99_ms": 0.6}},
+        "fw run --offload": {"error": "failed"},
+    }
+    ratios = live_bench.ratios(rows)
+    assert ratios["tcp: fw run / bare loop GSO (target >= 0.8)"] == 0.9
+    assert ratios["udp: fw run / bare loop GSO (target >= 0.75)"] == 0.667
+    assert ratios["udp: fw run --queues 0-1 / fw run (target >= 1.4)"] == 1.5
+    assert ratios["tcp: fw run --offload / kernel conntrack (target >= 0.9)"] is None  # that path failed
+    assert ratios["tcp: kernel conntrack / kernel forwarding"] == 0.8
+    added = live_bench.latency_added(rows)
+    assert added["kernel forwarding"] == {"median_ms": 0.0, "p99_ms": 0.0}
+    assert added["fw run"] == {"median_ms": 0.1, "p99_ms": 0.4}
+    assert "fw run --offload" not in added
+
+
+def test_the_live_part_says_why_it_cannot_run_unprivileged():
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        reason = live_bench.unavailable_reason()
+        assert reason is None or reason.startswith(("not root", "iperf3", "iptables", "ip ", "netfilterqueue"))
+        return
+    done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-c",
+                           "from bench import live_bench; print(live_bench.unavailable_reason())"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "not root (the lab needs network namespaces, iptables and NFQUEUE)", done.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -106,11 +107,15 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class Metrics:
-    """The metrics of one daemon. `serve(host, port)`, then `tick(now)` each second, `close()`."""
+    """The metrics of one daemon. `serve(host, port)`, then `tick(now)` each second, `close()`.
 
-    def __init__(self, engine, *, rules: RuleCounters | None = None, daemon_counters: Counter | None = None,
-                 writer=None, handler=None):
+    From an engine (one process), or `Metrics.from_stats(get_stats)` for a supervisor whose numbers
+    are its workers' `fw stats` summed (fw.workers)."""
+
+    def __init__(self, engine=None, *, rules: RuleCounters | None = None, daemon_counters: Counter | None = None,
+                 writer=None, handler=None, read: Callable[[], dict] | None = None):
         self.engine = engine
+        self.read = read or self.read_engine
         self.rules = rules
         self.daemon_counters = daemon_counters if daemon_counters is not None else Counter()
         self.writer = writer
@@ -127,11 +132,16 @@ class Metrics:
         self.server, self._thread = start_http_server(port, host, registry=self.registry)
         return self.server.server_address[:2]
 
+    @classmethod
+    def from_stats(cls, get_stats: Callable[[], dict]) -> Metrics:
+        """Metrics whose numbers come from a `fw stats --json`-shaped dict (see snapshot_of_stats)."""
+        return cls(read=lambda: snapshot_of_stats(get_stats()))
+
     def tick(self, now: float) -> None:
         """Copy the numbers (on the daemon's loop thread) into a new snapshot."""
         self.snapshot = self.read()
 
-    def read(self) -> dict:
+    def read_engine(self) -> dict:
         engine = self.engine
         packets = {("accept", r): n for r, n in engine.accepted.items()}
         packets.update({("drop", r): n for r, n in engine.dropped.items()})
@@ -153,8 +163,9 @@ class Metrics:
         """prometheus-client's collector interface: the families of the latest snapshot."""
         s = self.snapshot
         yield GaugeMetricFamily("fw_sessions", "Sessions in the table.", value=s["sessions"])
-        yield GaugeMetricFamily("fw_sessions_limit", "The table's size limit (options.max_sessions).",
-                                value=s["sessions_limit"])
+        if s["sessions_limit"] is not None:
+            yield GaugeMetricFamily("fw_sessions_limit", "The table's size limit (options.max_sessions).",
+                                    value=s["sessions_limit"])
         yield GaugeMetricFamily("fw_expectations", "ALG expectations waiting.", value=s["expectations"])
         yield CounterMetricFamily("fw_expectations_made", "ALG expectations made.", value=s["expectations_total"])
         family = CounterMetricFamily("fw_packets", "Packets by verdict and reason.", labels=("verdict", "reason"))
@@ -181,7 +192,7 @@ class Metrics:
         yield CounterMetricFamily("fw_events_lost", "Events the store did not get (queue full, database "
                                   "failure).", value=s["events_lost"])
         family = GaugeMetricFamily("fw_policy_info", "The policy revision in force.", labels=("revision",))
-        family.add_metric((s["revision"],), 1)
+        family.add_metric((s["revision"] or "",), 1)
         yield family
 
     def close(self) -> None:
@@ -189,3 +200,26 @@ class Metrics:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def snapshot_of_stats(stats: dict) -> dict:
+    """The metrics snapshot of a `fw stats --json` answer (fw.daemon.Daemon.stats, or the
+    supervisor's sum of its workers'). Keys read: sessions.active/.limit/.expectations,
+    packets.by_verdict, rules, engine (counters), policy.reloads/.reload_failures/.revision (else
+    the last word of policy.summary), store.written/.lost. Missing ones count as 0 (limit: absent)."""
+    sessions, policy = stats.get("sessions") or {}, stats.get("policy") or {}
+    engine, store = stats.get("engine") or {}, stats.get("store") or {}
+    by_verdict = (stats.get("packets") or {}).get("by_verdict") or {}
+    packets = {(verdict, reason): n for verdict, reasons in by_verdict.items() for reason, n in reasons.items()}
+    rules = {rule: (c.get("packets", 0), c.get("bytes", 0), c.get("sessions", 0))
+             for rule, c in (stats.get("rules") or {}).items()}
+    summary = str(policy.get("summary") or "").split()
+    return {
+        "sessions": sessions.get("active", 0), "sessions_limit": sessions.get("limit"),
+        "expectations": sessions.get("expectations", 0), "expectations_total": engine.get("expectations", 0),
+        "packets": packets, "rules": rules,
+        "session_events": {name: engine.get(name, 0) for name in SESSION_EVENTS},
+        "reloads": {"ok": policy.get("reloads", 0), "failed": policy.get("reload_failures", 0)},
+        "events_written": store.get("written", 0), "events_lost": store.get("lost", 0),
+        "revision": policy.get("revision") or (summary[-1] if summary else ""),
+    }

@@ -189,3 +189,36 @@ def test_an_icmp_error_about_a_session_counts_as_its_packet_not_a_new_session(en
     assert decision.reason == "related:icmp"
     counters.count(decision)
     assert counters.totals()["allow-web"] == (4, 220 + decision.packet.ip_len, 1)
+
+
+def test_a_supervisor_serves_its_workers_summed_stats(engine):
+    from fw.metrics import snapshot_of_stats
+
+    counters = RuleCounters()
+    run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")])
+    one = Metrics(engine, rules=counters, daemon_counters=Counter(reloads=1))
+    stats = {  # the shape of `fw stats --json`, as Daemon.stats gives it, plus what the store adds
+        "sessions": {"active": 1, "limit": 1000, "expectations": 0},
+        "packets": {"by_verdict": {"accept": dict(engine.accepted), "drop": dict(engine.dropped)}},
+        "rules": counters.as_dict(), "engine": dict(engine.counters),
+        "policy": {"summary": engine.policy.summary(), "reloads": 1, "reload_failures": 0},
+        "store": {"written": 0, "lost": 0},
+    }
+    assert snapshot_of_stats(stats) == one.read()
+    supervisor = Metrics.from_stats(lambda: stats)
+    address = supervisor.serve("127.0.0.1", 0)
+    try:
+        samples = scrape(address)
+    finally:
+        supervisor.close()
+    assert samples[("fw_rule_bytes_total", (("rule", "allow-web"),))] == 220
+    assert samples[("fw_policy_info", (("revision", engine.policy.revision),))] == 1
+    assert ("fw_sessions_limit", ()) not in scrape_of(Metrics.from_stats(lambda: {}))
+
+
+def scrape_of(metrics: Metrics) -> dict:
+    address = metrics.serve("127.0.0.1", 0)
+    try:
+        return scrape(address)
+    finally:
+        metrics.close()

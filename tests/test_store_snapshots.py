@@ -86,6 +86,7 @@ def test_the_file_is_versioned_json_lines_readable_by_root_only(policy, tmp_path
 
 def test_the_default_file_is_keyed_by_the_network_namespace():
     assert str(default_snapshot_path()) == f"/var/lib/fw/sessions-{netns_inode()}.jsonl"
+    assert str(default_snapshot_path(queue=3)) == f"/var/lib/fw/sessions-{netns_inode()}-q3.jsonl"
 
 
 def test_no_file_means_nothing_to_restore(policy, tmp_path):

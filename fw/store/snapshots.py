@@ -38,8 +38,12 @@ class SnapshotError(Exception):
     """A snapshot file that cannot be used (unreadable, not ours, damaged)."""
 
 
-def default_snapshot_path() -> Path:
-    return DEFAULT_DIR / f"sessions-{netns_inode()}.jsonl"
+def default_snapshot_path(queue: int | None = None) -> Path:
+    """`/var/lib/fw/sessions-<netns inode>.jsonl`; a queue worker (fw.workers) has its own,
+    `sessions-<netns inode>-q<queue>.jsonl` (the kernel sends a flow to the same queue again as long
+    as the queue range stays the same)."""
+    suffix = "" if queue is None else f"-q{queue}"
+    return DEFAULT_DIR / f"sessions-{netns_inode()}{suffix}.jsonl"
 
 
 def monotonic_offset() -> float:

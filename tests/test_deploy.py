@@ -170,7 +170,7 @@ def lab_network_args(machine: str) -> list[str]:
     """The arguments the Vagrantfile gives scripts/lab-network.sh on `machine`."""
     options = provisioner(vagrant_calls(), machine, "lab-network")
     assert options["run"] == "always"  # re-applied at every `vagrant up`: the addresses are not persistent
-    assert options["inline"] == 'exec /vagrant/scripts/lab-network.sh "$@"'
+    assert options["inline"] == '#!/bin/sh\nexec /vagrant/scripts/lab-network.sh "$@"\n'
     return options["args"]
 
 
@@ -189,7 +189,7 @@ def test_ipv6_addresses_and_routes_through_the_fw() -> None:
 def fw_provision_args() -> list[str]:
     """The arguments the Vagrantfile gives vagrant/provision-fw.sh."""
     options = provisioner(vagrant_calls(), "fw", "fw")
-    assert options["inline"] == 'exec /vagrant/vagrant/provision-fw.sh "$@"'
+    assert options["inline"] == '#!/bin/sh\nexec /vagrant/vagrant/provision-fw.sh "$@"\n'
     return options["args"]
 
 
@@ -197,7 +197,8 @@ def test_each_machine_runs_its_provisioning_script_from_the_synced_repository() 
     log = vagrant_calls()
     assert fw_provision_args() == [word for _, ipv4, ipv6 in SPEC_LAB["fw"] for word in (ipv4, ipv6)]
     for machine in ("client", "server"):
-        assert provisioner(log, machine, machine)["inline"] == f'exec /vagrant/vagrant/provision-{machine}.sh "$@"'
+        inline = provisioner(log, machine, machine)["inline"]
+        assert inline == f'#!/bin/sh\nexec /vagrant/vagrant/provision-{machine}.sh "$@"\n'
         assert (REPO / "vagrant" / f"provision-{machine}.sh").exists()
     [synced] = calls(log, "synced_folder")
     assert synced["args"] == ["..", "/vagrant"] and synced["options"]["type"] == "rsync"

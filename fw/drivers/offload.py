@@ -250,8 +250,9 @@ class OffloadEngine(Engine):
             return
         track = session.tcp
         if not track.liberal:  # its window record ages from now on: FINs are judged leniently
-            fresh = tcpmod.TcpTrack(liberal=True, data=track.data)
-            track.data = fresh.data
+            record = tcpmod.to_dict(track)
+            record["liberal"] = True
+            track.data = tcpmod.from_dict(record).data
         session.flags |= OFFLOADED
         self.offloaded[session.key] = session
         self.counters["offloaded"] += 1

@@ -1,8 +1,7 @@
 # fw: set-up, tests, benchmarks and the lab. See README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iptables conntrack libnetfilter-queue-dev vsftpd lftp iperf3 hping3 redis-server \
-	postgresql shellcheck vagrant curl tcpdump iproute2 netcat-openbsd kmod procps
+# System packages: scripts/apt-packages.txt (shared with the Vagrant provisioning).
 
 .PHONY: install test lint bench lab lab-down clean
 

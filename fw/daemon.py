@@ -130,6 +130,8 @@ class Daemon:
         self.started = time.monotonic()
         self.counters: Counter = Counter()  # reloads, reload_failures, loop_errors
         self.services: list = []  # things with tick(now) and close(): control, later metrics/sync
+        self.reload_hooks: list = []  # hook(policy or None, path, error or None) after each reload
+        self.stats_sections: dict = {}  # name -> () -> dict: more sections of `fw stats` (rules, store)
         self.queues: list[Queue] = []
         self.control: ControlServer | None = None
         self.rules: iptables.Installation | None = None
@@ -366,7 +368,8 @@ class Daemon:
                         "by_verdict": by_verdict},
             "drops": dict(by_verdict["drop"]),
             "sessions": {"active": len(engine.sessions), "inserts": counters["inserts"],
-                         "expiries": counters["expiries"], "killed": counters["killed"]},
+                         "expiries": counters["expiries"], "killed": counters["killed"],
+                         "limit": engine.max_sessions, "expectations": len(engine.expectations)},
             "queues": self.queue_stats(zero),
             "errors": {"engine": handler.errors["engine"], "effects": handler.errors["effects"],
                        "verdict": handler.errors["verdict"], "loop": self.counters["loop_errors"],
@@ -374,6 +377,8 @@ class Daemon:
             "effects": {**{key: 0 for key in EFFECT_COUNTERS}, **self.effects.counters},
             "engine": dict(counters),
         }
+        for name, section in self.stats_sections.items():
+            result[name] = section()
         if zero:
             for counter in (engine.accepted, engine.dropped, counters, handler.errors, handler.error_verdicts,
                             self.effects.counters):
@@ -393,10 +398,12 @@ class Daemon:
             self.counters["reload_failures"] += 1
             lines = [d.format() for d in exc.diagnostics]
             log.error("reload of %s failed, the running policy stays:\n%s", path, "\n".join(lines))
+            self._after_reload(None, path, "invalid policy")
             return error_answer(f"{path}: invalid policy, the running policy stays", 2, diagnostics=lines)
         except Exception as exc:  # noqa: BLE001
             self.counters["reload_failures"] += 1
             log.error("reload of %s failed, the running policy stays: %r", path, exc)
+            self._after_reload(None, path, str(exc))
             return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
         self.engine.swap_policy(policy)
         gc.freeze()  # a large policy's objects out of the collector's way (gc pauses slowed packets)
@@ -405,7 +412,15 @@ class Daemon:
         warnings = [w.format() for w in getattr(policy, "warnings", ())]
         log.info("policy %s loaded (%s)", path, policy.summary())
         self._event("engine", {"message": f"policy {path} loaded ({policy.summary()})", "module": "reload"})
+        self._after_reload(policy, path, None)
         return {"ok": True, "policy": path, "summary": policy.summary(), "warnings": warnings}
+
+    def _after_reload(self, policy, path: str, error: str | None) -> None:
+        for hook in self.reload_hooks:
+            try:
+                hook(policy, path, error)
+            except Exception as exc:  # noqa: BLE001  (a record of the reload must not undo it)
+                log.error("after the reload of %s: %r", path, exc)
 
     def queue_stats(self, zero: bool = False) -> dict:
         counters = read_queue_counters()

@@ -43,6 +43,17 @@ def node_failed(node: pytest.Item) -> bool:
     return any(report.failed for report in node.stash.get(PHASE_REPORTS, {}).values())
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's daemons keep their database and session snapshots in a folder of the test's
+    own ($FW_STATE_DIR): network namespace inodes are reused, so the default per-namespace files
+    under /var/lib/fw could carry one test's sessions into the next."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("FW_STATE_DIR", str(state))
+    monkeypatch.delenv("FW_DB", raising=False)
+    return state
+
+
 @pytest.fixture(scope="session")
 def lab_prefix() -> Iterator[Callable[[], str]]:
     """A maker of fresh namespace prefixes for this run; sweeps this run's namespaces at the end."""

@@ -26,6 +26,8 @@ def _add_commands() -> None:
 
     for command in commands.ALL:
         main.add_command(command)
+    for register in commands.REGISTER:
+        register(main)
 
 
 _add_commands()

@@ -4,5 +4,7 @@ from fw.cli.daemon import COMMANDS as DAEMON_COMMANDS
 from fw.cli.lab import lab_group
 from fw.cli.policy import policy
 from fw.cli.replay import replay_command
+from fw.cli.store import register as register_store_commands
 
 ALL: list = [lab_group, policy, replay_command, *DAEMON_COMMANDS]
+REGISTER = [register_store_commands]  # add subcommands to the groups above (fw policy load, ...)

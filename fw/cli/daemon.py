@@ -56,60 +56,103 @@ def _hooks(text: str) -> tuple[str, ...]:
 
 
 @click.command("run")
-@click.option("--policy", "policy_path", required=True, type=click.Path(), help="Policy file or folder.")
+@click.option("--policy", "policy_path", type=click.Path(),
+              help="Policy file or folder (default: the active revision in the store).")
+@click.option("--db", metavar="URL", help="The store (default: $FW_DB, else this namespace's SQLite file).")
 @click.option("--queue", type=click.IntRange(0, 65535), help="NFQUEUE number (default 0).")
 @click.option("--queues", metavar="A-B", help="Balance flows over queues A to B, one worker process each.")
 @click.option("--fail-open", is_flag=True, help="Pass traffic when no daemon listens or the queue is full.")
 @click.option("--log", "log_path", metavar="PATH", help="Events as EVE JSON lines to PATH (- for stdout).")
+@click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics there.")
 @click.option("--hooks", default="forward", show_default=True,
               help="Built-in chains to hook: forward,input,output.")
 @click.option("--iptables", "backend", type=click.Choice(["auto", "nft", "legacy"]), default="auto",
               show_default=True, help="iptables backend (auto: the one `iptables` uses).")
 @click.option("--offload", is_flag=True, help="Established TCP flows pass in the kernel (SYN/FIN/RST still judged).")
-def run_command(policy_path, queue, queues, fail_open, log_path, hooks, backend, offload) -> None:
+def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_listen, hooks, backend, offload) -> None:
     """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
     IPv6, and removes them on SIGTERM/SIGINT. SIGHUP reloads the policy and reopens the log.
-    Fail-closed unless --fail-open. One daemon per network namespace.
+    Fail-closed unless --fail-open. One daemon per network namespace. Sessions are snapshotted
+    on exit (and every minute) and restored on start; events go to the store.
 
     Example: fw run --policy policies/lab.yaml --log /var/log/fw/eve.json
     """
-    from fw.cli.common import load_policy_or_exit
     from fw.daemon import Daemon, DaemonConfig, DaemonError
     from fw.engine import EngineConfig
-    from fw.policy import load_policy
 
-    config = DaemonConfig(policy_path=os.path.abspath(policy_path), queues=_queues(queue, queues),
-                          fail_open=fail_open, log_path=log_path, hooks=_hooks(hooks),
-                          backend=None if backend == "auto" else backend, offload=offload)
+    listen = _listen(metrics_listen) if metrics_listen else None
+    queue_range, hook_names = _queues(queue, queues), _hooks(hooks)
     if os.geteuid() != 0:
         raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
-    policy = load_policy_or_exit(policy_path)
+    store, policy, source, loader = _policy_source(policy_path, db)
+    config = DaemonConfig(policy_path=source, queues=queue_range,
+                          fail_open=fail_open, log_path=log_path, hooks=hook_names,
+                          backend=None if backend == "auto" else backend, offload=offload)
+    records = None
     if config.queues[0] != config.queues[1]:  # one worker process per queue (fw.workers)
         from fw.workers import Supervisor
 
-        daemon = Supervisor(config, load_policy)
+        daemon = Supervisor(config, loader)
     else:
+        from fw.records import Records
         from fw.workers import attach_offload, make_engine
 
-        engine = make_engine(policy, EngineConfig(events=log_path is not None), offload)
+        engine = make_engine(policy, EngineConfig(events=True), offload)
         gc.freeze()  # the policy's objects out of the cyclic collector's way
-        daemon = Daemon(config, engine, load_policy)
+        records = Records(engine, store, metrics_listen=listen)
+        records.restore()
+        daemon = Daemon(config, engine, loader)
     try:
         daemon.start()
     except DaemonError as error:
         raise Failure(str(error), error.exit_code) from None
-    if isinstance(daemon, Daemon):
-        attach_offload(daemon)
+    try:
+        if isinstance(daemon, Daemon):
+            attach_offload(daemon)
+            records.attach(daemon)
+    except OSError as error:
+        daemon.close()
+        raise Failure(f"--metrics {metrics_listen}: {error.strerror or error}") from None
     click.echo(daemon.describe(), err=True)
     try:
         daemon.run()
     finally:
         daemon.close()
         click.echo("fw stopped; its rules are removed", err=True)
+
+
+def _listen(text: str) -> tuple[str, int]:
+    from fw.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--metrics") from None
+
+
+def _policy_source(policy_path: str | None, db: str | None):
+    """(store, policy, where it came from, how to load it again) for `fw run`."""
+    from fw.cli.common import load_policy_or_exit
+    from fw.policy import PolicyError, load_policy
+    from fw.store import Store, StoreError, active_policy, policy_loader
+
+    store = Store(db)
+    if policy_path is not None:
+        return store, load_policy_or_exit(policy_path), os.path.abspath(policy_path), load_policy
+    try:
+        store.open()
+        policy = active_policy(store)
+    except StoreError as error:
+        raise Failure(str(error)) from None
+    except PolicyError as error:
+        for diagnostic in error.diagnostics:
+            click.echo(diagnostic.format(), err=True)
+        raise Failure(f"the active revision in {store.label} does not load", 2) from None
+    return store, policy, store.label, policy_loader(store)
 
 
 @click.group("sessions", invoke_without_command=True)

@@ -59,11 +59,14 @@ class Effects:
         self.log = log
         self.counters: Counter = Counter()
         self.last_error: str | None = None
+        self.event_sinks: list = []  # more places events go (the store's writer): sink(event)
 
     def __call__(self, effects) -> None:
         for effect in effects:
             kind = type(effect)
             if kind is LogEvent:
+                for sink in self.event_sinks:
+                    sink(effect.event)
                 if self.log is not None:
                     self.log.write(effect.event)
                     self.counters["events_logged"] += 1

@@ -248,6 +248,8 @@ class PacketHandler:
         # redirect(packet, decision) -> bool: another verdict for a packet the engine drops (fw.workers
         # hands an ICMP error whose session it does not hold to the next queue); True if it gave one.
         self.redirect: Callable | None = None
+        # observe(decision): told of every decision (per-rule counters of fw.metrics), if set.
+        self.observe: Callable | None = None
 
     def __call__(self, packet) -> None:
         data = b""
@@ -256,6 +258,8 @@ class PacketHandler:
             decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
                                            self.ifname(packet.outdev))
             verdict = decision.verdict
+            if self.observe is not None:
+                self.observe(decision)
         except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
             self._fail(packet, data, "engine", exc)
             return

@@ -27,6 +27,12 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 DEFAULT_DIR = Path("/var/lib/fw")
+STATE_DIR_VAR = "FW_STATE_DIR"  # another folder for the database and snapshots (tests, packaging)
+
+
+def state_dir() -> Path:
+    """Where the default database and the snapshots live: $FW_STATE_DIR, else /var/lib/fw."""
+    return Path(os.environ.get(STATE_DIR_VAR) or DEFAULT_DIR)
 ENV_VAR = "FW_DB"
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_MS = 5000
@@ -50,7 +56,7 @@ def netns_inode() -> int:
 
 
 def default_url() -> str:
-    return f"sqlite:///{DEFAULT_DIR / f'fw-{netns_inode()}.db'}"
+    return f"sqlite:///{state_dir() / f'fw-{netns_inode()}.db'}"
 
 
 def resolve_url(url: str | None = None) -> str:

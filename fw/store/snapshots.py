@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from fw.store.database import DEFAULT_DIR, netns_inode
+from fw.store.database import netns_inode, state_dir
 
 log = logging.getLogger("fw.store")
 
@@ -43,7 +43,7 @@ def default_snapshot_path(queue: int | None = None) -> Path:
     `sessions-<netns inode>-q<queue>.jsonl` (the kernel sends a flow to the same queue again as long
     as the queue range stays the same)."""
     suffix = "" if queue is None else f"-q{queue}"
-    return DEFAULT_DIR / f"sessions-{netns_inode()}{suffix}.jsonl"
+    return state_dir() / f"sessions-{netns_inode()}{suffix}.jsonl"
 
 
 def monotonic_offset() -> float:
@@ -65,7 +65,7 @@ class SnapshotStore:
         sessions, expectations = list(sessions), list(expectations)
         header = {"format": FORMAT, "version": version, "saved": time.time(),
                   "sessions": len(sessions), "expectations": len(expectations)}
-        if self.path.parent == DEFAULT_DIR:
+        if self.path.parent == state_dir():
             self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:

@@ -7,8 +7,11 @@ pair and the protocol (not the ports), so only many addresses spread flows over 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +199,24 @@ with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock
     assert stats["packets"]["by_verdict"]["drop"] == {"invalid:no-session": 8}
     assert stats["engine"]["icmp_unclaimed"] == 8  # each judged by both workers, dropped by the second
     assert stats["engine"].get("icmp_forwarded", 0) == 8
+
+
+@pytest.mark.netns
+@pytest.mark.root
+def test_a_worker_that_dies_is_started_again(many_clients: Lab, daemon, tmp_path: Path):
+    lab = many_clients
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    fw = daemon(policy, "--queues", "0-1")
+    before = json.loads(fw.fw("stats", "--json").stdout)["workers"]
+    os.kill(before[0]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        workers = json.loads(fw.fw("stats", "--json").stdout)["workers"]
+        if workers[0]["pid"] not in (None, before[0]["pid"]) and workers[0]["sessions"] is not None:
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.2)
+    assert workers[0]["restarts"] == 1 and workers[1] == before[1]
+    with netns.udp_echo(lab, 7777, count=len(SOURCES), lifetime=30):
+        assert exchange(lab, 7777) == {source: "echo" for source in SOURCES}  # both queues served again

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CHILD = """
+CHILD = r"""
 import gc, json, os, sys, tempfile
 from pathlib import Path
 from bench.engine_bench import handshake, client_address, policy_with_rules

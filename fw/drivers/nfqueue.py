@@ -250,6 +250,9 @@ class PacketHandler:
         self.redirect: Callable | None = None
         # observe(decision): told of every decision (per-rule counters of fw.metrics), if set.
         self.observe: Callable | None = None
+        # defer(packet, data, decision) -> bool: True if it keeps the packet and gives its verdict
+        # later itself (fw.sync holds a packet that waits for a peer's session). Must not raise.
+        self.defer: Callable | None = None
 
     def __call__(self, packet) -> None:
         data = b""
@@ -264,7 +267,9 @@ class PacketHandler:
             self._fail(packet, data, "engine", exc)
             return
         try:
-            if verdict == ACCEPT:
+            if self.defer is not None and self.defer(packet, data, decision):
+                pass  # kept: its verdict comes later
+            elif verdict == ACCEPT:
                 packet.accept()
             elif self.redirect is None or not self.redirect(packet, decision):
                 packet.drop()

@@ -221,6 +221,10 @@ class Daemon:
             except iptables.IptablesError as exc:
                 log.error("removing our iptables rules failed: %s (run `fw cleanup`)", exc)
             self.rules = None
+        for service in self.services:  # packets a service keeps (fw.sync's hold): verdicts while the queue is open
+            release = getattr(service, "release_held", None)
+            if release is not None:
+                release()
         for queue in self.queues:
             self._drain(queue, budget=100_000)
             queue.close()

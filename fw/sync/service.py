@@ -1,0 +1,358 @@
+"""HA session sync in the daemon: the packet hook, the hold, and the loop's side of the Redis link.
+
+How it works. `attach_sync(daemon, config)` hooks a `SyncService` into a started daemon through its
+hook points only: `handler.defer` (called for every decision), a wake-up socket in `daemon.loop`,
+`daemon.services` (tick, release, close) and `daemon.stats_sections["sync"]`.
+
+Per packet (`on_decision`): one identity lookup of the decision's session in the tracker; only a
+new session or a changed state/expectations does more (an announcement handed to the writer
+thread). An accepted packet then goes its way. A dropped packet that may be waiting for a peer's
+session is held instead (its NFQUEUE verdict deferred: netfilterqueue 1.1 lets a kept Packet be
+given its verdict after the callback returned): `invalid:no-session`, `invalid:state` and
+`invalid:out-of-window` (our copy of the session may be behind the peer's), and `default` or a
+refusing rule (a reply that a rule would refuse, e.g. UDP, before its session arrived). Held only
+while a peer has been heard from (or the first snapshot is loading), within `--sync-hold-ms`, and
+within the queue's bounds (count, bytes; beyond them the packet is dropped at once, counted).
+When a peer's announcement of the packet's flow arrives, its held packets are judged again by
+the engine, oldest first; at the deadline all the rest are judged a last time. A held packet
+counts once in the engine's counters (the first drop is taken back). With `--sync-defer` the
+first packet of a new session waits (up to the hold time) until Redis accepted the announcement.
+
+Everything from Redis arrives as events (fw.sync.link) in a deque and a byte on the wake-up
+socket; an alarm thread writes a byte at the next deadline (the oldest held packet, the next
+sweep slice), so holds end on time although the daemon's own tick is once a second. Redis away:
+nothing is held (no peer heard), announcements are not taken (counted), the node works alone; when
+it comes back, the reader reloads the snapshot and the tracker announces everything again.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections import Counter, deque
+
+from fw.conntrack.table import flow_key
+from fw.decision import ACCEPT, NO_EFFECTS
+from fw.sync.codec import Codec
+from fw.sync.config import SyncConfig
+from fw.sync.hold import Alarm, Held, HoldQueue, Waits
+from fw.sync.link import RedisLink, redacted
+from fw.sync.tracker import SWEEP_SLICE, Outgoing, SessionSync
+
+log = logging.getLogger("fw.sync")
+
+HOLD_REASONS = frozenset(("invalid:no-session", "invalid:state", "invalid:out-of-window", "default"))
+HELLO_EVERY = 1.0  # seconds between heartbeats
+PEER_TIMEOUT = 3.5  # seconds without a word after which a peer is not waited for
+LOADING_GRACE = 5.0  # seconds after start during which packets wait for the first snapshot
+EVENTS_PER_WAKE = 2000
+ICMP_PROTOS = (1, 58)
+
+
+def held_key(pkt) -> tuple:
+    """The flow key of the session a dropped packet may be waiting for (ICMP errors: the quoted one)."""
+    proto = pkt.proto
+    if proto in ICMP_PROTOS:
+        inner = pkt.inner
+        if inner is not None:
+            if inner.proto in ICMP_PROTOS:
+                return flow_key(inner.proto, inner.src, inner.dst, inner.icmp_id, inner.icmp_id)
+            return flow_key(inner.proto, inner.src, inner.dst, inner.sport, inner.dport)
+        return flow_key(proto, pkt.src, pkt.dst, pkt.icmp_id, pkt.icmp_id)
+    return flow_key(proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+
+
+class SyncService:
+    def __init__(self, engine, handler, config: SyncConfig, mark: int = 0, clock=time.monotonic):
+        self.engine = engine
+        self.handler = handler
+        self.config = config
+        self.clock = clock
+        self.hold_time = config.hold_ms / 1000
+        self.counters: Counter = Counter()
+        self.held = HoldQueue(config.max_held, config.max_held_bytes)
+        self.hold_waits, self.defer_waits = Waits(), Waits()
+        self.peers: dict[str, dict] = {}
+        self.started = clock()
+        self.loaded = False
+        self.closing = False
+        self._offset = time.time() - clock()
+        self._events: deque = deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        codec = Codec(config.key, config.cluster, config.node, first_seq=int(time.time() * 1e6))
+        self.link = RedisLink(config.url, config.cluster, codec, self._deliver, mark, acks=config.defer)
+        self.tracker = SessionSync(engine, config.node, self.link.submit, lambda: self._offset)
+        self.known = self.tracker.known
+        self.alarm = Alarm(self._ring)
+        self._next_hello = self._next_sweep = 0.0
+
+    def start(self) -> None:
+        self.tracker.seed(self.clock())
+        self.link.start()
+        self.alarm.set(self.clock() + SWEEP_SLICE)
+
+    def fileno(self) -> int:
+        return self._wake_r.fileno()
+
+    def describe(self) -> str:
+        config = self.config
+        mode = f"hold {config.hold_ms} ms" + (", defer" if config.defer else "")
+        return f"sync {redacted(config.url)} as node {config.node} of cluster {config.cluster} ({mode})"
+
+    # -- the packet hook ------------------------------------------------------------------------
+
+    def on_decision(self, packet, data: bytes, decision) -> bool:
+        """PacketHandler.defer: True if we keep the packet (its verdict comes later). Never raises."""
+        try:
+            session = decision.session
+            if session is not None:
+                entry = self.known.get(session)
+                if (entry is None or entry.state is not session.state
+                        or (session.expectations is not None and entry.expectations != session.expectations)):
+                    ticket = self.tracker.changed(session, entry, session.last_seen)
+                    if entry is None and ticket and self.config.defer and decision.verdict == ACCEPT:
+                        return self._defer(packet, data, decision, ticket)
+            if decision.verdict == ACCEPT:
+                return False
+            return self._hold(packet, data, decision)
+        except Exception as exc:  # noqa: BLE001  (the packet gets its verdict from the handler)
+            self.counters["errors"] += 1
+            log.error("sync failed on a packet: %r", exc)
+            return False
+
+    def _waiting_for_peers(self, now: float) -> bool:
+        if self.hold_time <= 0 or self.closing:
+            return False
+        if not self.loaded and now - self.started < LOADING_GRACE:
+            return True
+        return any(now - peer["heard"] < PEER_TIMEOUT for peer in self.peers.values())
+
+    def _hold(self, packet, data: bytes, decision) -> bool:
+        reason = decision.reason
+        if decision.packet is None or not (reason in HOLD_REASONS or reason.startswith("rule:")):
+            return False
+        now = self.clock()
+        if not self._waiting_for_peers(now):
+            return False
+        handler = self.handler
+        held = Held(packet, data, handler.ifname(packet.indev), handler.ifname(packet.outdev),
+                    held_key(decision.packet), now, now + self.hold_time)  # fmt: skip
+        if not self.held.add(held):
+            self.counters["hold_full"] += 1
+            return False
+        dropped = self.engine.dropped
+        if dropped[reason] > 0:
+            dropped[reason] -= 1  # counted when it is judged for good
+        decision.effects = NO_EFFECTS  # judged again later, with the effects of that judgement
+        self.counters["held"] += 1
+        self.alarm.set(held.deadline)
+        return True
+
+    def _defer(self, packet, data: bytes, decision, ticket: int) -> bool:
+        now = self.clock()
+        if not self._waiting_for_peers(now):
+            return False
+        held = Held(packet, data, None, None, None, now, now + self.hold_time, ticket, decision.verdict)
+        if not self.held.add(held):
+            self.counters["hold_full"] += 1
+            return False
+        self.counters["deferred"] += 1
+        self.alarm.set(held.deadline)
+        return True
+
+    # -- the loop side --------------------------------------------------------------------------
+
+    def _deliver(self, event: tuple) -> None:
+        """From the link's threads: queue the event and wake the loop."""
+        self._events.append(event)
+        self._ring()
+
+    def _ring(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already waiting (or we are closing)
+
+    def on_wake(self, _events=None) -> None:
+        """The loop's callback for the wake-up socket: events, releases, sweeps, heartbeats."""
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        now = self.clock()
+        self._offset = time.time() - now
+        for _ in range(min(len(self._events), EVENTS_PER_WAKE)):
+            self._event(self._events.popleft(), now)
+        if self._events:
+            self._ring()  # more next turn: packets get their share of the loop in between
+        for held in self.held.due(now):
+            if held.ticket is not None:
+                self._release_deferred(held, now, acked=False)
+            else:
+                self._release(held, now, final=True)
+        if now >= self._next_sweep and (self.loaded or now - self.started > LOADING_GRACE):
+            self._next_sweep = now + SWEEP_SLICE
+            self.tracker.sweep(now, self.link.writer_up)
+        if now >= self._next_hello and self.link.writer_up:
+            self._next_hello = now + HELLO_EVERY
+            self.link.submit(Outgoing("hello", None, {"sessions": len(self.engine.table)}))
+        deadline = self.held.next_deadline()
+        self.alarm.set(min(deadline, now + SWEEP_SLICE) if deadline is not None else now + SWEEP_SLICE)
+
+    def _event(self, event: tuple, now: float) -> None:
+        kind = event[0]
+        if kind == "message":
+            self._apply(event[1], now, snapshot=False)
+        elif kind == "snapshot":
+            for message in event[1]:
+                self._apply(message, now, snapshot=True)
+        elif kind == "acked":
+            for ticket in event[1]:
+                held = self.held.for_ticket(ticket)
+                if held is not None:
+                    self._release_deferred(held, now, acked=True)
+        elif kind == "loaded":
+            self.loaded = True
+            self.counters["snapshot_sessions"] += event[1]
+            log.info("sync: %d sessions in the cluster's snapshot", event[1])
+        elif kind == "up":
+            if event[1] == "writer" and self.counters["writer_downs"]:
+                self.tracker.resync()  # what we announced while Redis was away is lost: all again
+            log.info("sync: the %s is connected to %s", event[1], redacted(self.config.url))
+        elif kind == "down":
+            self.counters[event[1] + "_downs"] += 1
+            log.warning("sync: the %s lost Redis (%s); reconnecting", event[1], event[2])
+
+    def _apply(self, message, now: float, snapshot: bool) -> None:
+        peer = self.peers.setdefault(message.node, {"heard": now, "sessions": 0})
+        if not snapshot:
+            peer["heard"] = now
+        if message.type == "hello":
+            sessions = message.body.get("sessions")
+            peer["sessions"] = sessions if isinstance(sessions, int) else 0
+            return
+        try:
+            key = self.tracker.apply(message.node, message.type, message.body, now)
+        except Exception as exc:  # noqa: BLE001  (an authenticated but unusable body)
+            self.counters["invalid"] += 1
+            log.debug("sync: unusable %s message from %s: %r", message.type, message.node, exc)
+            return
+        if key is not None:
+            for held in self.held.for_key(key):
+                self._release(held, now, final=False)
+
+    def _release_deferred(self, held: Held, now: float, acked: bool) -> None:
+        """A deferred first packet gets the verdict it had: Redis took its announcement, or time is up."""
+        self._verdict(held, held.verdict)
+        if acked:
+            self.defer_waits.add(now - held.since)
+        else:
+            self.counters["defer_timeouts"] += 1
+
+    def _release(self, held: Held, now: float, final: bool) -> None:
+        """Give a held packet the engine's verdict now (unless, taken out early because its flow's
+        session arrived, it still does not pass and has time left: then it waits on)."""
+        handler = self.handler
+        try:
+            decision = self.engine.process(held.data, now, held.iif, held.oif)
+        except Exception as exc:  # noqa: BLE001
+            handler.errors["engine"] += 1
+            handler.error_verdicts[handler.fail_verdict] += 1
+            self._verdict(held, handler.fail_verdict)
+            handler.on_error("engine", exc, held.data)
+            return
+        if decision.session is not None:
+            entry = self.known.get(decision.session)
+            if entry is None or entry.state is not decision.session.state:
+                self.tracker.changed(decision.session, entry, now)
+        verdict = decision.verdict
+        if verdict != ACCEPT and not final and now < held.deadline:
+            self.engine.dropped[decision.reason] -= 1
+            self.held.put_back(held)
+            return
+        self._verdict(held, verdict)
+        if verdict == ACCEPT:
+            self.counters["held_accepted"] += 1
+            self.hold_waits.add(now - held.since)
+        else:
+            self.counters["held_dropped"] += 1
+        if decision.effects:
+            try:
+                handler.on_effects(decision.effects)
+            except Exception as exc:  # noqa: BLE001
+                handler.errors["effects"] += 1
+                handler.on_error("effects", exc, held.data)
+
+    def _verdict(self, held: Held, verdict: str) -> None:
+        try:
+            held.packet.accept() if verdict == ACCEPT else held.packet.drop()
+        except Exception as exc:  # noqa: BLE001  (the queue is gone, or the kernel forgot the id)
+            self.handler.errors["verdict"] += 1
+            self.handler.on_error("verdict", exc, held.data)
+
+    # -- the daemon's service interface ---------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Once a second from the daemon (the real work is driven by the alarm): a wake-up, in case."""
+        self._ring()
+
+    def release_held(self) -> None:
+        """Before the queue closes: no more holding, every held packet judged now."""
+        self.closing = True
+        now = self.clock()
+        for held in self.held.take_all():
+            if held.ticket is not None:
+                self._release_deferred(held, now, acked=False)
+            else:
+                self._release(held, now, final=True)
+
+    def close(self) -> None:
+        self.release_held()
+        self.alarm.close()
+        self.link.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def stats(self) -> dict:
+        now, counters = self.clock(), self.counters
+        return {
+            "node": self.config.node, "cluster": self.config.cluster, "url": redacted(self.config.url),
+            "mode": {"hold_ms": self.config.hold_ms, "defer": self.config.defer}, "loaded": self.loaded,
+            "redis": self.link.stats(),
+            "peers": {name: {"last_heard": round(now - peer["heard"], 3), "sessions": peer["sessions"]}
+                      for name, peer in self.peers.items()},
+            "tracked": len(self.known),
+            "announced": _prefixed(self.tracker.counters, "announced:"),
+            "applied": _prefixed(self.tracker.counters, "applied:"),
+            "unsent": self.tracker.counters["unsent"], "invalid": counters["invalid"],
+            "removals_ignored": self.tracker.counters["removals_ignored"],
+            "snapshot_sessions": counters["snapshot_sessions"],
+            "hold": {"held": counters["held"], "accepted": counters["held_accepted"],
+                     "dropped": counters["held_dropped"], "full": counters["hold_full"], "waiting": len(self.held),
+                     "wait": self.hold_waits.as_dict()},
+            "defer": {"deferred": counters["deferred"], "timeouts": counters["defer_timeouts"],
+                      "wait": self.defer_waits.as_dict()},
+            "errors": counters["errors"],
+        }  # fmt: skip
+
+
+def attach_sync(daemon, config: SyncConfig) -> SyncService:
+    """Hook sync into a started single-queue daemon (see the module's docstring)."""
+    service = SyncService(daemon.engine, daemon.handler, config, mark=daemon.config.mark)
+    daemon.loop.watch(service.fileno(), select.POLLIN, service.on_wake)
+    daemon.services.append(service)
+    daemon.handler.defer = service.on_decision
+    sections = getattr(daemon, "stats_sections", None)
+    if sections is not None:
+        sections["sync"] = service.stats
+    service.start()
+    return service
+
+
+def _prefixed(counters: Counter, prefix: str) -> dict:
+    return {name[len(prefix):]: n for name, n in counters.items() if name.startswith(prefix)}

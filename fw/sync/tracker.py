@@ -1,0 +1,318 @@
+"""What to tell the peers about our sessions, and how their news joins our table.
+
+How it works. `known` maps each session we track (by identity) to an `Entry`: the state and the
+ALG expectations the peers were last told of, the deadline they were told, when and in which epoch.
+The packet path (fw.sync.service) looks the decision's session up there once per packet and calls
+`changed()` only when the session is new to us or its state or expectations differ: that is the
+whole per-packet cost (a dict lookup by identity and two comparisons). Everything slower runs in
+`sweep()`, a slice of the table every few tens of milliseconds, a full pass every SWEEP_PERIOD:
+- a session gone from the table is announced removed (`expired` if its deadline passed, else
+  `removed`: killed, evicted, reset), unless a new session has taken its key (that one was
+  announced as new);
+- a session whose deadline moved on is refreshed when the peers' idea of it has less than half the
+  time left that ours has (refreshes are batched this way: about one per half timeout per session);
+- every session's snapshot entry is rewritten every REPUBLISH seconds (entries older than the
+  codec's SNAPSHOT_MAX_AGE are refused), and after Redis came back, all of them (a new epoch).
+
+A new local session gets our node name as `owner`. TCP sessions are tracked with liberal windows
+(RSTs are still checked exactly): on an asymmetric path each firewall sees one direction only, so
+the other direction's window cannot be checked (as pf's `sloppy` state and conntrackd's advice,
+nf_conntrack_tcp_be_liberal). A peer's session (`apply`) is merged with ours if we have it: the
+larger counters, per direction the window data that went furthest, our ALG parser (it has seen our
+direction's stream), and, for the same incarnation (same creation time), never an older state than
+ours (TCP states and UDP's UNREPLIED/REPLIED are ranked by progress). Then `engine.adopt()`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections import Counter
+from collections.abc import Callable
+
+from fw.conntrack import serial
+from fw.conntrack import tcp as tcpmod
+from fw.conntrack.table import HALF_OPEN, RELATED, REPLIED, UNREPLIED
+
+SWEEP_PERIOD = 2.0  # seconds for a full pass over the sessions we track
+SWEEP_SLICE = 0.1  # seconds between two slices of the pass (the service calls sweep() this often)
+REPUBLISH = 300.0  # seconds between rewrites of a session's snapshot entry
+REFRESH_MIN = 1.0  # seconds: smaller deadline moves are not worth a message
+SAME_INCARNATION = 0.005  # seconds between creation times that still mean the same session
+SEQ_MASK, SEQ_HALF = 0xFFFFFFFF, 0x80000000
+RANK = {tcpmod.TcpState.NONE: 0, tcpmod.TcpState.SYN_SENT: 1, tcpmod.TcpState.SYN_SENT2: 2,
+        tcpmod.TcpState.SYN_RECV: 3, tcpmod.TcpState.ESTABLISHED: 4, tcpmod.TcpState.FIN_WAIT: 5,
+        tcpmod.TcpState.CLOSE_WAIT: 6, tcpmod.TcpState.LAST_ACK: 7, tcpmod.TcpState.TIME_WAIT: 8,
+        tcpmod.TcpState.CLOSE: 9, UNREPLIED: 0, REPLIED: 1}  # fmt: skip
+
+
+class Entry:
+    __slots__ = ("state", "expectations", "deadline", "sent", "epoch")
+
+    def __init__(self, state, expectations, deadline: float, sent: float, epoch: int):
+        self.state = state  # as last announced (or adopted)
+        self.expectations = expectations  # frozenset of expectation keys last announced, or None
+        self.deadline = deadline  # engine time: the deadline the peers know
+        self.sent = sent  # engine time of the last announcement
+        self.epoch = epoch  # -1: never announced (or the announcement was not taken)
+
+
+class Outgoing:
+    """One message for the writer: `kind` session|remove|hello, its hash field and body."""
+
+    __slots__ = ("kind", "field", "body", "publish", "ticket")
+
+    def __init__(self, kind: str, field: str | None, body: dict, publish: bool = True, ticket: int = 0):
+        self.kind = kind
+        self.field = field
+        self.body = body
+        self.publish = publish  # False: only the snapshot entry is rewritten
+        self.ticket = ticket
+
+
+def key_text(key: tuple) -> str:
+    """The canonical flow key as text: the field name of the session in the cluster's hash."""
+    proto, low, high, low_port, high_port = key
+    return json.dumps([proto, str(ipaddress.ip_address(low)), str(ipaddress.ip_address(high)), low_port, high_port],
+                      separators=(",", ":"))  # fmt: skip
+
+
+def key_from_list(raw) -> tuple:
+    """A flow key from its JSON form; ValueError (or TypeError) if it is not one."""
+    proto, low, high, low_port, high_port = raw
+    key = (int(proto), ipaddress.ip_address(low).packed, ipaddress.ip_address(high).packed,
+           int(low_port), int(high_port))  # fmt: skip
+    if len(key[1]) != len(key[2]) or not (0 <= key[0] < 256 and 0 <= key[3] < 65536 and 0 <= key[4] < 65536):
+        raise ValueError(f"not a flow key: {raw!r}")
+    return key
+
+
+def make_liberal(session) -> None:
+    track = session.tcp
+    if track is not None and not track.liberal:
+        data = tcpmod.to_dict(track)
+        data["liberal"] = True
+        session.tcp = tcpmod.from_dict(data)
+
+
+def _seq_after(a: int, b: int) -> bool:
+    return a != b and (a - b) & SEQ_MASK < SEQ_HALF
+
+
+def merged_track(ours, theirs):
+    """Their track, with each direction's window data taken from whichever went further."""
+    mine, result = tcpmod.to_dict(ours), tcpmod.to_dict(theirs)
+    for side in ("original", "reply"):
+        a, b = mine[side], result[side]
+        if a["td_maxwin"] and (not b["td_maxwin"] or _seq_after(a["td_end"], b["td_end"])):
+            result[side] = a
+    result["liberal"] = True
+    return tcpmod.from_dict(result)
+
+
+class SessionSync:
+    """The sessions side of sync for one engine. `emit(Outgoing) -> bool` hands a message to the
+    writer (False: not taken). `offset()` is wall clock minus engine time."""
+
+    def __init__(self, engine, node: str, emit: Callable[[Outgoing], bool], offset: Callable[[], float]):
+        self.engine = engine
+        self.node = node
+        self.emit = emit
+        self.offset = offset
+        self.known: dict = {}
+        self.counters: Counter = Counter()
+        self.epoch = 0
+        self.tickets = 0
+        self._pending: list = []
+
+    def seed(self, now: float) -> None:
+        """Track what is already in the table (restored from a snapshot file): announced by sweeps."""
+        for session in self.engine.table.sessions.values():
+            if session not in self.known:
+                if session.owner is None:
+                    session.owner = self.node
+                make_liberal(session)
+                self.known[session] = Entry(session.state, None, session.deadline, now, -1)
+
+    # -- our changes ----------------------------------------------------------------------------
+
+    def changed(self, session, entry: Entry | None, now: float) -> int:
+        """A session new to us, or whose state or expectations moved: announce it. Returns the
+        ticket of the announcement (0 if the writer did not take it)."""
+        if entry is None:
+            if session.owner is None:
+                session.owner = self.node
+                why = "new"
+            else:
+                why = "seen"
+            make_liberal(session)
+            entry = self.known[session] = Entry(session.state, None, session.deadline, now, -1)
+        else:
+            why = "state" if entry.state is not session.state else "expectations"
+        self.counters["announced:" + why] += 1
+        return self.announce(session, entry, why, now)
+
+    def announce(self, session, entry: Entry, why: str, now: float, publish: bool = True) -> int:
+        offset = self.offset()
+        engine_expectations = self.engine.expectations
+        keys = session.expectations
+        body = {"why": why, "session": serial.session_to_dict(session, offset),
+                "expectations": [serial.expectation_to_dict(k, engine_expectations[k], offset)
+                                 for k in keys or () if k in engine_expectations]}  # fmt: skip
+        entry.state = session.state
+        entry.expectations = frozenset(keys) if keys is not None else None
+        entry.deadline = session.deadline
+        entry.sent = now
+        self.tickets += 1
+        if self.emit(Outgoing("session", key_text(session.key), body, publish, self.tickets)):
+            entry.epoch = self.epoch
+            return self.tickets
+        entry.epoch = -1  # announced again by a sweep once the writer takes messages
+        self.counters["unsent"] += 1
+        return 0
+
+    def sweep(self, now: float, connected: bool) -> None:
+        """One slice of the pass over the sessions we track (see the module's docstring)."""
+        if not self._pending:
+            self._pending = list(self.known)
+        share = max(64, int(len(self.known) * SWEEP_SLICE / SWEEP_PERIOD) + 1)
+        batch = self._pending[-share:]
+        del self._pending[-share:]
+        sessions = self.engine.table.sessions
+        for session in batch:
+            entry = self.known.get(session)
+            if entry is None:
+                continue
+            if session.slot == -1 or sessions.get(session.key) is not session:
+                del self.known[session]
+                if session.key not in sessions:
+                    self._removed(session, now)
+                continue
+            if not connected:
+                continue
+            if entry.epoch != self.epoch:
+                self.counters["announced:resync"] += 1
+                self.announce(session, entry, "resync", now)
+                continue
+            told, ours = entry.deadline - now, session.deadline - now
+            if ours - told > REFRESH_MIN and told < ours / 2:
+                self.counters["announced:refresh"] += 1
+                self.announce(session, entry, "refresh", now)
+            elif now - entry.sent > REPUBLISH:
+                self.counters["announced:republish"] += 1
+                self.announce(session, entry, "republish", now, publish=False)
+
+    def _removed(self, session, now: float) -> None:
+        offset = self.offset()
+        why = "expired" if session.deadline <= now else "removed"
+        body = {"why": why, "key": json.loads(key_text(session.key)), "created": session.created + offset,
+                "last_seen": session.last_seen + offset}  # fmt: skip
+        self.counters["announced:" + why] += 1
+        if not self.emit(Outgoing("remove", key_text(session.key), body)):
+            self.counters["unsent"] += 1
+
+    def resync(self) -> None:
+        """Redis is back after an outage: every session is announced again in the next pass."""
+        self.epoch += 1
+        self._pending = []
+
+    # -- their changes --------------------------------------------------------------------------
+
+    def apply(self, node: str, kind: str, body: dict, now: float):
+        """A peer's (authenticated) message. Returns the flow key it touched, or None. Raises
+        serial.SerialError (or ValueError, TypeError, KeyError) for a body that is not usable."""
+        if kind == "session":
+            return self._apply_session(node, body, now)
+        if kind == "remove":
+            return self._apply_remove(body, now)
+        return None
+
+    def _apply_session(self, node: str, body: dict, now: float):
+        offset = self.offset()
+        record, expectations = body["session"], body.get("expectations") or []
+        if not isinstance(record, dict) or not isinstance(expectations, list):
+            raise serial.SerialError("session and expectations must be an object and a list")
+        theirs = serial.session_from_dict(record, offset)
+        parent = serial.parent_key(record)
+        if theirs.deadline <= now:
+            self.counters["applied:expired"] += 1
+            return None
+        table = self.engine.table
+        ours = table.sessions.get(theirs.key)
+        if ours is not None and abs(ours.created - theirs.created) < SAME_INCARNATION:
+            if RANK.get(theirs.state, 0) < RANK.get(ours.state, 0):  # older news than ours
+                ours.deadline = max(ours.deadline, theirs.deadline)
+                self._take_counters(ours, theirs)
+                self._restore_expectations(expectations, now, offset)
+                self.counters["applied:older"] += 1
+                return theirs.key
+        kept = []
+        if ours is not None:
+            kept = self._merge(ours, theirs, offset)
+            self.known.pop(ours, None)
+        theirs.owner = theirs.owner or node
+        make_liberal(theirs)
+        self.engine.adopt(theirs, now)
+        if parent is not None:
+            theirs.parent = table.sessions.get(parent)
+        if theirs.flags & RELATED:
+            self._used_expectation(theirs)
+        self._restore_expectations(kept + expectations, now, offset)
+        keys = theirs.expectations
+        self.known[theirs] = Entry(theirs.state, frozenset(keys) if keys is not None else None,
+                                   theirs.deadline, now, self.epoch)  # fmt: skip
+        self.counters["applied:session"] += 1
+        return theirs.key
+
+    @staticmethod
+    def _take_counters(ours, theirs) -> None:
+        ours.orig_packets = max(ours.orig_packets, theirs.orig_packets)
+        ours.orig_bytes = max(ours.orig_bytes, theirs.orig_bytes)
+        ours.reply_packets = max(ours.reply_packets, theirs.reply_packets)
+        ours.reply_bytes = max(ours.reply_bytes, theirs.reply_bytes)
+        ours.last_seen = max(ours.last_seen, theirs.last_seen)
+
+    def _merge(self, ours, theirs, offset: float) -> list:
+        """Fold what we know into their record; returns our expectations (plain data) to keep."""
+        self._take_counters(theirs, ours)
+        if ours.state is theirs.state:
+            theirs.deadline = max(theirs.deadline, ours.deadline)
+        if ours.tcp is not None and theirs.tcp is not None:
+            theirs.tcp = merged_track(ours.tcp, theirs.tcp)
+        if ours.alg is not None:
+            theirs.alg = ours.alg
+        theirs.flags |= ours.flags & ~HALF_OPEN
+        expectations = self.engine.expectations
+        return [serial.expectation_to_dict(k, expectations[k], offset)
+                for k in ours.expectations or () if k in expectations]  # fmt: skip
+
+    def _restore_expectations(self, records: list, now: float, offset: float) -> None:
+        if records:
+            snapshot = {"format": "fw-sessions", "version": serial.FORMAT_VERSION, "sessions": [],
+                        "expectations": records}  # fmt: skip
+            self.engine.restore(snapshot, now, offset)
+
+    def _used_expectation(self, session) -> None:
+        """A peer's related session used an expectation we hold too: it is spent here as well."""
+        key = (session.proto, session.src, session.dst, session.dport)
+        entry = self.engine.expectations.pop(key, None)
+        if entry is not None and entry.parent.expectations:
+            entry.parent.expectations.discard(key)
+
+    def _apply_remove(self, body: dict, now: float):
+        key = key_from_list(body["key"])
+        session = self.engine.table.sessions.get(key)
+        if session is None:
+            return None
+        offset = self.offset()
+        if abs(session.created + offset - float(body["created"])) >= SAME_INCARNATION:
+            self.counters["removals_ignored"] += 1  # another incarnation of the flow
+            return None
+        if body.get("why") == "expired" and session.last_seen + offset > float(body["last_seen"]) + REFRESH_MIN:
+            self.counters["removals_ignored"] += 1  # it expired there, but we saw traffic since
+            return None
+        self.known.pop(session, None)
+        self.engine.kill(session, now)
+        self.engine.counters["killed"] -= 1  # not an operator's kill: counted as a sync removal
+        self.counters["applied:remove"] += 1
+        return key

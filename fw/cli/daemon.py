@@ -69,7 +69,14 @@ def _hooks(text: str) -> tuple[str, ...]:
 @click.option("--iptables", "backend", type=click.Choice(["auto", "nft", "legacy"]), default="auto",
               show_default=True, help="iptables backend (auto: the one `iptables` uses).")
 @click.option("--offload", is_flag=True, help="Established TCP flows pass in the kernel (SYN/FIN/RST still judged).")
-def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_listen, hooks, backend, offload) -> None:
+@click.option("--sync", "sync_url", metavar="URL", help="HA session sync through Redis (redis://HOST:PORT/DB, rediss://).")
+@click.option("--node-id", metavar="NAME", help="This firewall's name in the sync cluster (with --sync).")
+@click.option("--cluster", metavar="NAME", help="The sync cluster's name (default fw).")
+@click.option("--sync-key-file", metavar="PATH", help="The cluster's shared HMAC key (with --sync).")
+@click.option("--sync-hold-ms", type=click.IntRange(0, 10000), help="Hold a packet N ms for a peer's session (50).")
+@click.option("--sync-defer", is_flag=True, help="A new session's first packet waits for Redis to take its news.")
+def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_listen, hooks, backend, offload,
+                **sync) -> None:
     """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
@@ -84,6 +91,7 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
 
     listen = _listen(metrics_listen) if metrics_listen else None
     queue_range, hook_names = _queues(queue, queues), _hooks(hooks)
+    sync_config = _sync_config(queue_range, offload, **sync)
     if os.geteuid() != 0:
         raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -117,12 +125,41 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     except OSError as error:
         daemon.close()
         raise Failure(f"--metrics {metrics_listen}: {error.strerror or error}") from None
+    if sync_config is not None:
+        from fw.sync import attach_sync
+
+        try:
+            click.echo(attach_sync(daemon, sync_config).describe(), err=True)
+        except OSError as error:
+            daemon.close()
+            raise Failure(f"--sync: {error}") from None
     click.echo(daemon.describe(), err=True)
     try:
         daemon.run()
     finally:
         daemon.close()
         click.echo("fw stopped; its rules are removed", err=True)
+
+
+def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file, sync_hold_ms, sync_defer):
+    """The checked --sync options (fw.sync.SyncConfig), or None without --sync; bad ones exit 2."""
+    from fw.sync import SyncConfig, read_key_file
+
+    if sync_url is None:
+        if node_id or cluster or sync_key_file or sync_hold_ms is not None or sync_defer:
+            raise click.UsageError("--node-id, --cluster and --sync-* go with --sync URL")
+        return None
+    if not node_id or not sync_key_file:
+        raise click.UsageError("--sync needs --node-id NAME and --sync-key-file PATH (messages are authenticated)")
+    if queue_range[0] != queue_range[1] or offload:
+        raise click.UsageError("--sync works with one queue and without --offload for now")
+    try:
+        config = SyncConfig(sync_url, node_id, read_key_file(sync_key_file), cluster or "fw",
+                            50 if sync_hold_ms is None else sync_hold_ms, sync_defer)
+        config.check()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    return config
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -243,6 +280,10 @@ def stats_command(as_json: bool, zero: bool) -> None:
                      f"{queue['waiting']} waiting")
     errors = {k: v for k, v in stats["errors"].items() if v}
     lines.append("errors: " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
+    if "sync" in stats:
+        from fw.sync import stats_line
+
+        lines.append(stats_line(stats["sync"]))
     click.echo("\n".join(lines))
 
 

@@ -200,7 +200,10 @@ def test_schema_revision_of_a_new_database_is_none(tmp_path):
 
 def test_urls_come_from_the_option_then_fw_db_then_the_namespace(monkeypatch, tmp_path):
     monkeypatch.delenv("FW_DB", raising=False)
+    monkeypatch.delenv("FW_STATE_DIR", raising=False)
     assert default_url() == f"sqlite:////var/lib/fw/fw-{netns_inode()}.db"
+    monkeypatch.setenv("FW_STATE_DIR", str(tmp_path))
+    assert default_url() == f"sqlite:///{tmp_path}/fw-{netns_inode()}.db"
     assert resolve_url(None) == default_url()
     monkeypatch.setenv("FW_DB", "postgresql://fw@db/fw")
     assert resolve_url(None) == "postgresql://fw@db/fw"

@@ -84,9 +84,12 @@ def test_the_file_is_versioned_json_lines_readable_by_root_only(policy, tmp_path
     assert sorted(os.listdir(tmp_path)) == ["policy.yaml", "sessions.jsonl"]  # no temporary file left
 
 
-def test_the_default_file_is_keyed_by_the_network_namespace():
+def test_the_default_file_is_keyed_by_the_network_namespace(monkeypatch, tmp_path):
+    monkeypatch.delenv("FW_STATE_DIR", raising=False)
     assert str(default_snapshot_path()) == f"/var/lib/fw/sessions-{netns_inode()}.jsonl"
     assert str(default_snapshot_path(queue=3)) == f"/var/lib/fw/sessions-{netns_inode()}-q3.jsonl"
+    monkeypatch.setenv("FW_STATE_DIR", str(tmp_path))
+    assert default_snapshot_path() == tmp_path / f"sessions-{netns_inode()}.jsonl"
 
 
 def test_no_file_means_nothing_to_restore(policy, tmp_path):

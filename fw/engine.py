@@ -195,21 +195,37 @@ class Engine:
             self.limits.half_open_ended(session.src)
 
     def _datagram(self, pkt, sport, dport, now, iif, oif) -> Decision:
-        """UDP and protocols without a tracker of their own: UNREPLIED until a reply is seen."""
-        proto = pkt.proto
-        key = flow_key(proto, pkt.src, pkt.dst, sport, dport)
+        """UDP and protocols without a tracker of their own: UNREPLIED until a reply is seen.
+        The common case (a packet of a known flow) is written out, as in _tcp."""
+        proto, src, dst = pkt.proto, pkt.src, pkt.dst
+        if src < dst or (src == dst and sport <= dport):
+            key = (proto, src, dst, sport, dport)
+        else:
+            key = (proto, dst, src, dport, sport)
         session = self.table.sessions.get(key)
         if session is None:
             return self._open(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
-        original = pkt.src == session.src and sport == session.sport
-        if not original and session.state is UNREPLIED:
-            session.state = REPLIED
-            session.flags |= SEEN_REPLY | ASSURED
-        if proto == UDP:
-            self._refresh(session, now, "udp_stream" if session.state is REPLIED else "udp")
+        original = src == session.src and sport == session.sport
+        if original:
+            session.orig_packets += 1
+            session.orig_bytes += pkt.ip_len
         else:
-            self._refresh(session, now, None)
-        return self._established(pkt, session, original, now)
+            session.reply_packets += 1
+            session.reply_bytes += pkt.ip_len
+            if session.state is UNREPLIED:
+                session.state = REPLIED
+                session.flags |= SEEN_REPLY | ASSURED
+        if proto == UDP:
+            timeout = session.timeouts["udp_stream" if session.state is REPLIED else "udp"]
+        else:
+            timeout = GENERIC_TIMEOUT
+        deadline = now + timeout * self.timeout_scale
+        session.deadline = deadline
+        if deadline < session.slot - 1:
+            self.table.reschedule(session)
+        session.last_seen = now
+        self.accepted[ESTABLISHED] += 1
+        return Decision(ACCEPT, ESTABLISHED, pkt, session)
 
     def _icmp(self, pkt, now, iif, oif) -> Decision:
         proto = pkt.proto

@@ -1,18 +1,22 @@
 """The Redis side of sync: two threads, so that the packet loop never waits on Redis.
 
-How it works. Keys, per cluster C: the channel `fw:C:sync` carries every message (pub/sub: the
-lowest latency; a node that was away catches up from the snapshot instead), the hash
+How it works. Keys, per cluster C: the channels `fw:C:sync:NODE` carry every message of node NODE
+(pub/sub: the lowest latency; a node that was away catches up from the snapshot instead; one
+channel per node, so that a node skips its own messages by the channel's name, unparsed), the hash
 `fw:C:sessions` holds one signed session message per flow (field: the flow key as text), the
 snapshot a joining or returning node loads.
 
-- The writer thread owns one connection. It takes `Outgoing` messages from a bounded queue, seals
-  them (fw.sync.codec: sequence, timestamp, MAC) and sends whatever is waiting in one pipeline:
+- `submit` (in the loop's thread) seals a message (fw.sync.codec: sequence, timestamp, MAC) and
+  queues it. The writer thread owns one connection; it sends whatever is waiting in one pipeline:
   PUBLISH, and HSET (a session) or HDEL (a removal) on the hash. After the pipeline succeeded it
   reports the tickets it carried (`--sync-defer` releases their packets). While Redis is away,
   `submit` refuses at once (the loop counts it; a new epoch re-announces everything later).
-- The reader thread owns another. It subscribes, then reads the whole hash (HSCAN) as the
+- The reader thread owns another. It subscribes (PSUBSCRIBE fw:C:sync:*), then reads the hash (HSCAN) as the
   snapshot, then delivers live messages. Every message is authenticated and checked for replay
   here (a refusal is counted by reason); our own live messages are skipped.
+- The threads' Python work holds the GIL, which the packet loop then waits for (up to a switch
+  interval, 5 ms, or two with both threads busy): so they do little of it. Sealing is in the
+  loop's thread (its cost is known and small), and a node's own messages are never parsed.
 - Both reconnect with exponential backoff (BACKOFF_FIRST doubling to BACKOFF_MAX, with jitter)
   and report `up`/`down`. Commands time out after COMMAND_TIMEOUT, so a hung Redis is a down one.
 
@@ -134,7 +138,8 @@ class RedisLink:
                  acks: bool = False, make_client: Callable[[str, int], redis.Redis] = client_for):
         self.url = url
         self.acks = acks  # report the tickets of what was written (--sync-defer)
-        self.channel = f"fw:{cluster}:sync"
+        self.channel = f"fw:{cluster}:sync:{codec.node}"
+        self.pattern = f"fw:{cluster}:sync:*"
         self.hash = f"fw:{cluster}:sessions"
         self.codec = codec
         self.guard = ReplayGuard()
@@ -162,11 +167,12 @@ class RedisLink:
                 thread.join(timeout)
 
     def submit(self, item) -> bool:
-        """Hand a message to the writer without waiting; False if Redis is away or the queue full."""
+        """Seal a message and hand it to the writer without waiting; False if Redis is away or the
+        queue is full."""
         if not self.writer_up:
             return False
         try:
-            self.outbox.put_nowait(item)
+            self.outbox.put_nowait((item, self.codec.seal(item.kind, item.body, time.time())))
             return True
         except queue.Full:
             self._count("queue_full")
@@ -217,8 +223,7 @@ class RedisLink:
                 break
         pipe = client.pipeline(transaction=False)
         tickets = []
-        for item in batch:
-            blob = self.codec.seal(item.kind, item.body, time.time())
+        for item, blob in batch:
             if item.publish:
                 pipe.publish(self.channel, blob)
             if item.kind == "session":
@@ -254,13 +259,13 @@ class RedisLink:
     # -- the reader -----------------------------------------------------------------------------
 
     def _reader(self) -> None:
-        backoff = Backoff()
+        backoff, own = Backoff(), self.channel.encode()
         while not self._stopping.is_set():
             client = pubsub = None
             try:
                 client = self.make_client(self.url, self.mark)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
+                pubsub.psubscribe(self.pattern)
                 self.reader_up = True
                 self._count("connects:reader")
                 self.deliver(("up", "reader", ""))
@@ -268,8 +273,11 @@ class RedisLink:
                 backoff.reset()
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message.get("type") == "message":
-                        self._received(message["data"])
+                    if message is not None and message.get("type") == "pmessage":
+                        if message["channel"] == own:
+                            self._count("own")
+                        else:
+                            self._received(message["data"])
             except (RedisError, OSError, ValueError) as error:
                 self._went_down("reader", error)
             finally:
@@ -307,7 +315,7 @@ class RedisLink:
         try:
             message = self.codec.open(blob)
             if not snapshot and message.node == self.codec.node:
-                self._count("own")
+                self._count("own")  # ours, through another node's channel: not for us
                 return None
             self.guard.check(message, time.time(), snapshot=snapshot)
             return message

@@ -14,7 +14,8 @@ refusing rule (a reply that a rule would refuse, e.g. UDP, before its session ar
 while a peer has been heard from (or the first snapshot is loading), within `--sync-hold-ms`, and
 within the queue's bounds (count, bytes; beyond them the packet is dropped at once, counted).
 When a peer's announcement of the packet's flow arrives, its held packets are judged again by
-the engine, oldest first; at the deadline all the rest are judged a last time. A held packet
+the engine, oldest first; at the deadline all the rest are judged a last time. Holding a packet
+also asks the peers for its session (fw.sync.tracker: `request`), in case no news is coming. A held packet
 counts once in the engine's counters (the first drop is taken back). With `--sync-defer` the
 first packet of a new session waits (up to the hold time) until Redis accepted the announcement.
 
@@ -48,6 +49,7 @@ HELLO_EVERY = 1.0  # seconds between heartbeats
 PEER_TIMEOUT = 3.5  # seconds without a word after which a peer is not waited for
 LOADING_GRACE = 5.0  # seconds after start during which packets wait for the first snapshot
 EVENTS_PER_WAKE = 2000
+REQUESTS_PER_SECOND = 200  # asks for the sessions of held packets
 ICMP_PROTOS = (1, 58)
 
 
@@ -89,6 +91,8 @@ class SyncService:
         self.known = self.tracker.known
         self.alarm = Alarm(self._ring)
         self._next_hello = self._next_sweep = 0.0
+        self._asked: dict = {}  # flow key -> when we last asked the peers for its session
+        self._asked_since, self._asked_count = 0.0, 0
 
     def start(self) -> None:
         self.tracker.seed(self.clock())
@@ -150,7 +154,25 @@ class SyncService:
         decision.effects = NO_EFFECTS  # judged again later, with the effects of that judgement
         self.counters["held"] += 1
         self.alarm.set(held.deadline)
+        self._request(held.key, now)
         return True
+
+    def _request(self, key, now: float) -> None:
+        """Ask the peers for the session of a held packet: once per hold time per flow, and at most
+        REQUESTS_PER_SECOND (junk from outside must not turn into a flood of requests)."""
+        asked = self._asked
+        if asked.get(key, -1e9) > now - self.hold_time:
+            return
+        if now - self._asked_since >= 1.0:
+            self._asked_since, self._asked_count = now, 0
+            if len(asked) > 4 * REQUESTS_PER_SECOND:
+                self._asked = asked = {k: t for k, t in asked.items() if t > now - 1.0}
+        if self._asked_count >= REQUESTS_PER_SECOND:
+            self.counters["requests_limited"] += 1
+            return
+        self._asked_count += 1
+        asked[key] = now
+        self.tracker.request(key)
 
     def _defer(self, packet, data: bytes, decision, ticket: int) -> bool:
         now = self.clock()
@@ -267,9 +289,7 @@ class SyncService:
             handler.on_error("engine", exc, held.data)
             return
         if decision.session is not None:
-            entry = self.known.get(decision.session)
-            if entry is None or entry.state is not decision.session.state:
-                self.tracker.changed(decision.session, entry, now)
+            self.tracker.observe(decision.session, now)
         verdict = decision.verdict
         if verdict != ACCEPT and not final and now < held.deadline:
             self.engine.dropped[decision.reason] -= 1
@@ -330,6 +350,7 @@ class SyncService:
             "announced": _prefixed(self.tracker.counters, "announced:"),
             "applied": _prefixed(self.tracker.counters, "applied:"),
             "unsent": self.tracker.counters["unsent"], "invalid": counters["invalid"],
+            "requests": {"sent": self.tracker.counters["requested"], "limited": counters["requests_limited"]},
             "removals_ignored": self.tracker.counters["removals_ignored"],
             "snapshot_sessions": counters["snapshot_sessions"],
             "hold": {"held": counters["held"], "accepted": counters["held_accepted"],

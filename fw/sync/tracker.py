@@ -8,11 +8,18 @@ whole per-packet cost (a dict lookup by identity and two comparisons). Everythin
 `sweep()`, a slice of the table every few tens of milliseconds, a full pass every SWEEP_PERIOD:
 - a session gone from the table is announced removed (`expired` if its deadline passed, else
   `removed`: killed, evicted, reset), unless a new session has taken its key (that one was
-  announced as new);
+  announced as new). A peer removes its copy for `removed`, and for `expired` only if its own
+  copy is due too: a node that sees one direction only may time a session out early (e.g. after
+  300 s of unacknowledged data), while the other still has hours;
 - a session whose deadline moved on is refreshed when the peers' idea of it has less than half the
   time left that ours has (refreshes are batched this way: about one per half timeout per session);
 - every session's snapshot entry is rewritten every REPUBLISH seconds (entries older than the
   codec's SNAPSHOT_MAX_AGE are refused), and after Redis came back, all of them (a new epoch).
+
+A packet that waits for a session we do not have asks the peers for it (`request`; the service
+limits how often): whoever has it announces it at once. So a node whose copy expired early, or
+that missed an announcement while Redis was away, gets it back when traffic needs it (as pfsync's
+update requests).
 
 A new local session gets our node name as `owner`. TCP sessions are tracked with liberal windows
 (RSTs are still checked exactly): on an asymmetric path each firewall sees one direction only, so
@@ -38,6 +45,7 @@ SWEEP_PERIOD = 2.0  # seconds for a full pass over the sessions we track
 SWEEP_SLICE = 0.1  # seconds between two slices of the pass (the service calls sweep() this often)
 REPUBLISH = 300.0  # seconds between rewrites of a session's snapshot entry
 REFRESH_MIN = 1.0  # seconds: smaller deadline moves are not worth a message
+ANSWER_EVERY = 0.2  # seconds: a session is announced on request at most this often
 SAME_INCARNATION = 0.005  # seconds between creation times that still mean the same session
 SEQ_MASK, SEQ_HALF = 0xFFFFFFFF, 0x80000000
 RANK = {tcpmod.TcpState.NONE: 0, tcpmod.TcpState.SYN_SENT: 1, tcpmod.TcpState.SYN_SENT2: 2,
@@ -47,7 +55,7 @@ RANK = {tcpmod.TcpState.NONE: 0, tcpmod.TcpState.SYN_SENT: 1, tcpmod.TcpState.SY
 
 
 class Entry:
-    __slots__ = ("state", "expectations", "deadline", "sent", "epoch")
+    __slots__ = ("state", "expectations", "deadline", "sent", "epoch", "answered")
 
     def __init__(self, state, expectations, deadline: float, sent: float, epoch: int):
         self.state = state  # as last announced (or adopted)
@@ -55,6 +63,7 @@ class Entry:
         self.deadline = deadline  # engine time: the deadline the peers know
         self.sent = sent  # engine time of the last announcement
         self.epoch = epoch  # -1: never announced (or the announcement was not taken)
+        self.answered = -1e9  # engine time of the last answer to a peer's request
 
 
 class Outgoing:
@@ -135,6 +144,15 @@ class SessionSync:
                 self.known[session] = Entry(session.state, None, session.deadline, now, -1)
 
     # -- our changes ----------------------------------------------------------------------------
+
+    def observe(self, session, now: float) -> int:
+        """After a packet of `session`: announce it if it is new to us or changed (the service's
+        packet hook has the same test inline). The announcement's ticket, or 0."""
+        entry = self.known.get(session)
+        if (entry is None or entry.state is not session.state
+                or (session.expectations is not None and entry.expectations != session.expectations)):
+            return self.changed(session, entry, now) or 0
+        return 0
 
     def changed(self, session, entry: Entry | None, now: float) -> int:
         """A session new to us, or whose state or expectations moved: announce it. Returns the
@@ -225,7 +243,27 @@ class SessionSync:
             return self._apply_session(node, body, now)
         if kind == "remove":
             return self._apply_remove(body, now)
+        if kind == "request":
+            self._answer(key_from_list(body["key"]), now)
         return None
+
+    def request(self, key: tuple) -> bool:
+        """Ask the peers for the session `key` (a packet waits for it and no news came)."""
+        self.counters["requested"] += 1
+        return self.emit(Outgoing("request", None, {"key": json.loads(key_text(key))}))
+
+    def _answer(self, key: tuple, now: float) -> None:
+        """A peer asked for a session: announce it if we have it (at most every ANSWER_EVERY s)."""
+        session = self.engine.table.sessions.get(key)
+        if session is None:
+            return
+        entry = self.known.get(session)
+        if entry is None:
+            self.changed(session, None, now)
+        elif now - entry.answered >= ANSWER_EVERY:
+            entry.answered = now
+            self.counters["announced:requested"] += 1
+            self.announce(session, entry, "requested", now)
 
     def _apply_session(self, node: str, body: dict, now: float):
         offset = self.offset()
@@ -308,8 +346,8 @@ class SessionSync:
         if abs(session.created + offset - float(body["created"])) >= SAME_INCARNATION:
             self.counters["removals_ignored"] += 1  # another incarnation of the flow
             return None
-        if body.get("why") == "expired" and session.last_seen + offset > float(body["last_seen"]) + REFRESH_MIN:
-            self.counters["removals_ignored"] += 1  # it expired there, but we saw traffic since
+        if body.get("why") == "expired" and session.deadline > now + REFRESH_MIN:
+            self.counters["removals_ignored"] += 1  # it expired there, but it has time left here
             return None
         self.known.pop(session, None)
         self.engine.kill(session, now)

@@ -1,0 +1,212 @@
+"""Sync between nodes through a real redis-server: announcements applied, the handshake of an
+asymmetric flow completed across two nodes, packets held until their session arrives (or their
+hold time is up), --sync-defer, removals, and the snapshot a joining node loads."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+
+import pytest
+
+from fw.conntrack.table import flow_key
+from fw.conntrack.tcp import TcpState
+from tests.packets import seg, udp_pkt
+from tests.test_sync_helpers import Node, RedisServer, need_redis, pump, wait_ready
+
+pytestmark = need_redis
+
+C, S = "198.51.100.10:40000", "203.0.113.10:80"
+KEY = flow_key(6, ipaddress.ip_address("198.51.100.10").packed, ipaddress.ip_address("203.0.113.10").packed,
+               40000, 80)  # fmt: skip
+SYN = seg(C, S, "S", seq=100, win=64240, mss=1460, wscale=7, sack_perm=True)
+SYN_ACK = seg(S, C, "SA", seq=5000, ack=101, win=65160, mss=1460, wscale=7, sack_perm=True)
+ACK = seg(C, S, "A", seq=101, ack=5001, win=502)
+GET = seg(C, S, "PA", seq=101, ack=5001, win=502, payload=b"GET / HTTP/1.0\r\n\r\n")
+ANSWER = seg(S, C, "PA", seq=5001, ack=119, win=509, payload=b"HTTP/1.0 200 OK\r\n\r\nhi")
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def nodes(redis_server, tmp_path):
+    made = []
+
+    def make(name: str, **options) -> Node:
+        made.append(Node(name, redis_server.url, tmp_path, **options))
+        return made[-1]
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def test_a_new_session_reaches_the_peer_with_its_owner_and_liberal_windows(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2")
+    wait_ready(fw1, fw2)
+    assert fw1.packet(SYN).verdict == "accept"
+    assert fw1.session(KEY).owner == "fw1"
+    assert pump([fw1, fw2], lambda: fw2.session(KEY) is not None)
+    copy = fw2.session(KEY)
+    assert (copy.owner, copy.state, copy.rule, copy.tcp.liberal) == ("fw1", TcpState.SYN_SENT, "allow-web", True)
+    assert fw1.stats["announced"] == {"new": 1} and fw2.stats["applied"] == {"session": 1}
+
+
+def test_an_asymmetric_handshake_completes_across_two_nodes(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2")  # client -> fw1 -> server, server -> fw2 -> client
+    wait_ready(fw1, fw2)
+    fw1.packet(SYN)
+    assert pump([fw1, fw2], lambda: fw2.session(KEY) is not None)
+    assert fw2.packet(SYN_ACK).verdict == "accept"  # the reply fw1 never sees
+    assert pump([fw1, fw2], lambda: fw1.session(KEY).state == TcpState.SYN_RECV)
+    assert fw1.packet(ACK).verdict == "accept"
+    assert fw1.session(KEY).state == TcpState.ESTABLISHED
+    assert pump([fw1, fw2], lambda: fw2.session(KEY).state == TcpState.ESTABLISHED)
+    assert fw1.packet(GET).verdict == "accept"
+    assert fw2.packet(ANSWER).verdict == "accept"  # acknowledges data fw2 never saw: liberal window
+    assert fw1.stats["announced"] == {"new": 1, "state": 1} and fw2.stats["announced"] == {"state": 1}
+
+
+def test_a_reply_faster_than_the_sync_is_held_until_its_session_arrives(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2")
+    wait_ready(fw1, fw2)
+    fw1.packet(SYN)
+    reply = fw2.packet(SYN_ACK)  # before fw2 has heard of the session
+    assert reply.verdict is None and fw2.stats["hold"]["waiting"] == 1
+    started = time.monotonic()
+    assert pump([fw1, fw2], lambda: reply.verdict is not None)
+    assert reply.verdict == "accept" and reply.when - started < 0.05
+    hold = fw2.stats["hold"]
+    assert (hold["held"], hold["accepted"], hold["dropped"], hold["waiting"]) == (1, 1, 0, 0)
+    assert 0 < hold["wait"]["median_ms"] < 50 and hold["wait"]["worst_ms"] < 50
+    assert dict(fw2.engine.dropped) == {} or sum(fw2.engine.dropped.values()) == 0  # counted once: accepted
+    assert fw2.engine.accepted["established"] == 1
+
+
+def test_the_client_ack_waits_for_the_peers_state(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2")
+    wait_ready(fw1, fw2)
+    fw1.packet(SYN)
+    assert pump([fw1, fw2], lambda: fw2.session(KEY) is not None)
+    fw2.packet(SYN_ACK)
+    ack = fw1.packet(ACK)  # fw1 still has SYN_SENT: an ACK from the client is invalid there, for now
+    assert ack.verdict is None
+    assert pump([fw1, fw2], lambda: ack.verdict is not None)
+    assert ack.verdict == "accept" and fw1.session(KEY).state == TcpState.ESTABLISHED
+
+
+def test_a_packet_no_session_comes_for_is_dropped_when_its_hold_time_is_up(nodes):
+    fw1, fw2 = nodes("fw1", hold_ms=80), nodes("fw2", hold_ms=80)
+    wait_ready(fw1, fw2)
+    stray = fw2.packet(seg("203.0.113.10:80", "198.51.100.10:41000", "SA", seq=1, ack=2))
+    unsolicited = fw2.packet(udp_pkt("203.0.113.10:53", "198.51.100.10:41000", b"x"))  # default: drop
+    held_at = time.monotonic()
+    assert stray.verdict is None and unsolicited.verdict is None
+    assert pump([fw1, fw2], lambda: stray.verdict is not None and unsolicited.verdict is not None, 2)
+    assert (stray.verdict, unsolicited.verdict) == ("drop", "drop")
+    assert 0.07 <= stray.when - held_at < 0.2 and stray.when <= unsolicited.when  # in order
+    assert dict(fw2.engine.dropped) == {"invalid:no-session": 1, "default": 1}  # each counted once
+    assert fw2.stats["hold"]["dropped"] == 2
+
+
+def test_nothing_is_held_while_no_peer_is_heard(nodes):
+    alone = nodes("fw1")
+    wait_ready(alone)
+    assert alone.packet(SYN_ACK).verdict == "drop"
+    assert alone.stats["hold"]["held"] == 0
+
+
+def test_hold_zero_disables_the_hold(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2", hold_ms=0)
+    wait_ready(fw1, fw2)
+    assert fw2.packet(SYN_ACK).verdict == "drop"
+
+
+def test_the_hold_is_bounded(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2", max_held=3, hold_ms=200)
+    wait_ready(fw1, fw2)
+    packets = [fw2.packet(seg(S, f"198.51.100.10:{port}", "SA", seq=1, ack=2)) for port in range(42000, 42005)]
+    assert [p.verdict for p in packets] == [None, None, None, "drop", "drop"]
+    assert fw2.stats["hold"]["full"] == 2
+    assert pump([fw1, fw2], lambda: all(p.verdict for p in packets), 2)
+
+
+def test_defer_releases_the_first_packet_once_redis_took_the_announcement(nodes):
+    fw1, fw2 = nodes("fw1", defer=True), nodes("fw2")
+    wait_ready(fw1, fw2)
+    first = fw1.packet(SYN)
+    assert first.verdict is None  # kept until Redis has the news
+    assert pump([fw1, fw2], lambda: first.verdict is not None, 2)
+    assert first.verdict == "accept"
+    defer = fw1.stats["defer"]
+    assert defer["deferred"] == 1 and defer["timeouts"] == 0 and 0 < defer["wait"]["worst_ms"] < 50
+    assert fw1.packet(seg(C, S, "S", seq=100)).verdict == "accept"  # a retransmitted SYN is not new
+
+
+def test_a_removed_session_is_removed_at_the_peer(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2")
+    wait_ready(fw1, fw2)
+    fw1.packet(SYN)
+    assert pump([fw1, fw2], lambda: fw2.session(KEY) is not None)
+    fw1.engine.kill(fw1.session(KEY), time.monotonic())
+    assert pump([fw1, fw2], lambda: fw2.session(KEY) is None, 5)
+    assert fw1.stats["announced"]["removed"] == 1 and fw2.stats["applied"]["remove"] == 1
+    assert fw2.engine.counters["killed"] == 0  # not an operator's kill there
+
+
+def test_a_joining_node_loads_the_snapshot(nodes, redis_server):
+    fw1 = nodes("fw1")
+    wait_ready(fw1)
+    for port in range(40000, 40010):
+        assert fw1.packet(seg(f"198.51.100.10:{port}", S, "S", seq=port)).verdict == "accept"
+    assert pump([fw1], lambda: redis_server.cli("HLEN", "fw:test:sessions") == "10")
+    fields = redis_server.cli("HKEYS", "fw:test:sessions").splitlines()
+    assert json.loads(fields[0])[0] == 6
+    late = nodes("fw3")
+    wait_ready(late)
+    assert late.stats["snapshot_sessions"] == 10 and len(late.engine.table) == 10
+    assert {s.owner for s in late.engine.table} == {"fw1"}
+
+
+def test_a_restarted_node_gets_its_own_sessions_back(nodes, redis_server):
+    fw1 = nodes("fw1")
+    wait_ready(fw1)
+    fw1.packet(SYN)
+    assert pump([fw1], lambda: redis_server.cli("HLEN", "fw:test:sessions") == "1")
+    fw1.close()
+    again = nodes("fw1")
+    wait_ready(again)
+    assert again.session(KEY) is not None and again.session(KEY).owner == "fw1"
+    assert again.packet(seg(C, S, "S", seq=100)).verdict == "accept"
+
+
+def test_other_clusters_share_a_redis_without_seeing_each_other(nodes):
+    a, b = nodes("fw1", cluster="blue"), nodes("fw2", cluster="green")
+    wait_ready(a)
+    wait_ready(b)
+    a.packet(SYN)
+    pump([a, b], timeout=0.5)
+    assert b.session(KEY) is None and b.stats["peers"] == {}
+
+
+def test_a_held_packet_asks_the_peers_for_its_session(nodes):
+    fw1, fw2 = nodes("fw1"), nodes("fw2")
+    wait_ready(fw1, fw2)
+    fw1.packet(SYN)
+    assert pump([fw1, fw2], lambda: fw2.session(KEY) is not None)
+    fw2.packet(SYN_ACK)
+    assert pump([fw1, fw2], lambda: fw1.session(KEY).state == TcpState.SYN_RECV)
+    lost = fw2.session(KEY)  # fw2 loses its copy without a word (timed out early, say)
+    fw2.service.known.pop(lost)
+    fw2.engine.table.remove(lost)
+    answer = fw2.packet(ANSWER)
+    assert answer.verdict is None  # held, and fw1 is asked
+    assert pump([fw1, fw2], lambda: answer.verdict is not None, 2)
+    assert answer.verdict == "accept"
+    assert fw2.stats["requests"]["sent"] == 1 and fw1.stats["announced"]["requested"] == 1

@@ -181,3 +181,35 @@ def _publish(server: RedisServer, raw: bytes) -> None:
         client.publish("fw:test:sync:fw1", raw)
     finally:
         client.close()
+
+
+def test_snapshot_entries_too_old_to_load_are_deleted_but_foreign_ones_are_left(nodes, redis_server):
+    old = Codec(KEY, "test", "fw9", 1).seal("session", {"session": {}}, time.time() - 1000)  # a node long gone
+    foreign = Codec(b"another-key-another-cluster-0123", "test", "fw9", 1).seal("session", {}, time.time() - 1000)
+    redis_server.cli("HSET", "fw:test:sessions", "old", old.decode(), "foreign", foreign.decode())
+    fw1 = nodes("fw1")
+    wait_ready(fw1)
+    assert fw1.stats["redis"]["refused"] == {"stale": 1, "mac": 1}
+    assert fw1.stats["redis"]["snapshot_deleted"] == 1
+    assert redis_server.cli("HKEYS", "fw:test:sessions") == "foreign"
+
+
+def test_a_large_snapshot_loads_in_slices(nodes, redis_server):
+    fw1 = nodes("fw1")
+    wait_ready(fw1)
+    for port in range(10000, 11500):
+        fw1.packet(syn(port))
+    assert pump([fw1], lambda: redis_server.cli("HLEN", "fw:test:sessions") == "1500", 15)
+    late = nodes("fw3")
+    turns = []
+    original = late.service.on_wake
+
+    def counted(events=None):
+        turns.append(len(late.engine.table))
+        original(events)
+
+    late.service.on_wake = counted
+    assert pump([late], lambda: late.stats["loaded"], 15)
+    assert len(late.engine.table) == 1500
+    growth = [b - a for a, b in zip(turns, turns[1:], strict=False)]
+    assert max(growth) <= 200  # at most MESSAGES_PER_WAKE per turn of the loop

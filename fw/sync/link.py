@@ -289,21 +289,35 @@ class RedisLink:
             self._stopping.wait(backoff.next())
 
     def _load_snapshot(self, client: redis.Redis) -> None:
-        cursor, loaded = 0, 0
+        """Read the hash; entries we authenticate but that are too old to load (their sessions
+        ended without a word, or their nodes are gone) are deleted, so the hash does not grow."""
+        cursor, loaded, dead = 0, 0, []
         while True:
             cursor, entries = client.hscan(self.hash, cursor, count=SCAN_BATCH)
             batch = []
-            for blob in entries.values():
+            for field, blob in entries.items():
                 message = self._check(blob, snapshot=True)
                 if message is not None and message.type == "session":
                     batch.append(message)
+                elif message is None and self._too_old(blob):
+                    dead.append(field)
             if batch:
                 loaded += len(batch)
                 self.deliver(("snapshot", batch))
             if cursor == 0:
                 break
+        for start in range(0, len(dead), SCAN_BATCH):
+            client.hdel(self.hash, *dead[start:start + SCAN_BATCH])
         self._count("snapshot_loads")
+        self._count("snapshot_deleted", len(dead))
         self.deliver(("loaded", loaded))
+
+    def _too_old(self, blob: bytes) -> bool:
+        try:
+            message = self.codec.open(blob)
+        except Refused:
+            return False  # not ours to judge (another key, say): left alone
+        return time.time() - message.ts > self.guard.snapshot_age
 
     def _received(self, blob: bytes) -> None:
         message = self._check(blob, snapshot=False)

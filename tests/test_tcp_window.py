@@ -6,7 +6,10 @@ None means "valid"; a step whose result is a reason must leave the whole track u
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
+import tracemalloc
 
 from fw.conntrack import tcp
 from fw.packet import parse
@@ -307,3 +310,77 @@ def test_next_expected_seq_is_each_receivers_rcv_nxt():
     assert tcp.next_expected_seq(track, original=True) == 1006  # what the server expects next
     assert tcp.next_expected_seq(track, original=False) == 5008  # what the client expects next
     play([(C, "R", 1006, 0, {}, OK, "CLOSE")], track)
+
+
+def test_snapshot_format_is_versioned_and_every_field_lands_in_its_place():
+    track = play(handshake())
+    data = tcp.to_dict(track)
+    assert data["version"] == tcp.TRACK_FORMAT == 1
+    # Every field a different value: a field stored under another's name would not round-trip.
+    numbered = iter(range(70_000, 80_000, 17))
+    for side in ("original", "reply"):
+        data[side] = {name: next(numbered) for name in data[side]}
+        data[side].update(td_scale=3 if side == "original" else 5, flags=0x21 if side == "original" else 0x12)
+    data.update(last_seq=next(numbered), last_ack=next(numbered), last_end=next(numbered), last_win=4321,
+                last_wscale=7, last_flags=0x41, last_dir=1, last_index=2, retrans=2, liberal=True)
+    copy = tcp.from_dict(json.loads(json.dumps(data)))
+    assert tcp.to_dict(copy) == data
+    assert (copy.o_end, copy.r_maxack, copy.o_scale, copy.r_flags) == (
+        data["original"]["td_end"], data["reply"]["td_maxack"], 3, 0x12)
+    assert copy.seen == (tcp.TcpPeer(**data["original"]), tcp.TcpPeer(**data["reply"]))
+    assert (copy.last_win, copy.last_dir, copy.last_index, copy.retrans, copy.liberal) == (4321, 1, 2, 2, True)
+    # Written before the version key existed: the same fields, read as format 1.
+    del data["version"]
+    assert tcp.to_dict(tcp.from_dict(data))["reply"] == data["reply"]
+
+
+def test_snapshot_with_values_out_of_range_is_refused():
+    good = tcp.to_dict(play(handshake()))
+    bad = [
+        ("version", 2), ("last_dir", 2), ("last_index", 6), ("last_win", 65_536), ("last_wscale", 15),
+        ("last_seq", -1), ("last_ack", 2**32), ("retrans", "many"),
+        ("original.td_scale", 15), ("reply.td_end", 2**32), ("reply.flags", 256), ("original.td_maxwin", -5),
+    ]  # fmt: skip
+    for key, value in bad:
+        data = json.loads(json.dumps(good))
+        side, _, name = key.rpartition(".")
+        (data[side] if side else data)[name] = value
+        try:
+            tcp.from_dict(data)
+        except ValueError:
+            continue
+        raise AssertionError(f"{key}={value!r} was accepted")
+    assert tcp.to_dict(tcp.from_dict(good)) == good
+
+
+def test_a_tracked_connection_costs_few_bytes():
+    """Regression guard for the memory per session: one flat object, equal numbers shared. The
+    former layout (a track, two peer objects, a tuple and an int object per number) took 652 bytes."""
+    opening = [seg(C, S, "S", seq=1000), seg(S, C, "SA", seq=5000, ack=1001), seg(C, S, "A", seq=1001, ack=5001)]
+    talking = [seg(C, S, "PA", seq=1001, ack=5001, payload=b"x" * 100), seg(S, C, "A", seq=5001, ack=1101),
+               seg(S, C, "PA", seq=5001, ack=1101, payload=b"y" * 50), seg(C, S, "A", seq=1101, ack=5051)]  # fmt: skip
+    for packets in (opening, opening + talking):
+        tracks = []
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for _ in range(2000):
+                first, *rest = (parse(data) for data in packets)
+                track = tcp.tcp_new(first)
+                for packet in rest:
+                    assert tcp.tcp_update(track, packet, packet.sport == 40000) is None
+                tracks.append(track)
+            gc.collect()
+            per_track = (tracemalloc.get_traced_memory()[0] - sys.getsizeof(tracks)) / len(tracks)
+        finally:
+            tracemalloc.stop()
+        assert per_track <= 380, (len(packets), per_track)
+
+
+def test_data_copies_the_window_of_another_track():
+    track = play(handshake())
+    liberal = tcp.to_dict(track)
+    liberal["liberal"] = True
+    track.data = tcp.from_dict(liberal).data
+    assert track.liberal and tcp.to_dict(track) == liberal and len(track.data) == len(tcp.FIELDS)
+    play([(C, "PA", 1001 + 10_000_000, 5001, {"payload": b"x"}, OK, "ESTABLISHED")], track)  # liberal now

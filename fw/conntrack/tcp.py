@@ -5,10 +5,18 @@ get_conntrack_index) after the valid-flags check (`VALID_FLAGS`, the kernel's tc
 `TCP_TRANSITIONS[direction][class][state]` gives the new state, or sIG (let through unchanged: the
 ends may be in sync while we are not) or sIV (invalid). A short switch after the lookup handles what
 the table cannot say: reopening from TIME_WAIT/CLOSE, getting back in sync from an ignored SYN,
-simultaneous open, RFC 5961 challenge ACKs, RSTs. Then van Rooij's four window checks (`_in_window`,
-the kernel's tcp_in_window) must pass before anything changes. Per direction a `TcpPeer` holds what
-that end has shown: td_end (highest seq+len sent), td_maxend (right edge of the other end's window),
-td_maxwin (largest window), td_maxack, td_scale, flags. Sequence numbers compare mod 2**32.
+simultaneous open, RFC 5961 challenge ACKs, RSTs. Then van Rooij's four window checks (in
+`tcp_update`, the kernel's tcp_in_window) must pass before anything changes. Per direction the track
+keeps what that end has shown: td_end (highest seq+len sent), td_maxend (right edge of the other
+end's window), td_maxwin (largest window), td_maxack, td_scale, flags. Sequence numbers compare
+mod 2**32.
+
+Memory: a TcpTrack is one flat `__slots__` object (`FIELDS`: o_ for what the original sender
+showed, r_ for the reply sender), and a number equal to one already kept is stored as the same int
+object (every other int costs 28 bytes per session). The established path reads the fields it
+needs into locals and writes back what a valid packet changed; the rarer paths (the switch, a
+direction's first sight) work on a list copy (`_get`) and store it (`_put`) only when the packet
+is valid, so an invalid packet changes nothing.
 
 Deviations from the kernel (v6.x), each on purpose:
 - RSTs are judged by RFC 5961 section 3.2 in every synchronized state (the kernel spares only
@@ -26,6 +34,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import IntEnum
+from operator import attrgetter, itemgetter
+from typing import NamedTuple
 
 
 class TcpState(IntEnum):
@@ -56,7 +66,7 @@ TH_FIN, TH_SYN, TH_RST, TH_PUSH, TH_ACK, TH_URG, TH_ECE, TH_CWR = (1 << bit for 
 TCP_SYN_SET, TCP_SYNACK_SET, TCP_FIN_SET, TCP_ACK_SET, TCP_RST_SET, TCP_NONE_SET = range(6)
 FLAG_CLASS_NAMES = ("syn", "synack", "fin", "ack", "rst", "none")
 
-# TcpPeer.flags and TcpTrack.last_flags bits (the kernel's IP_CT_TCP_FLAG_*, same values).
+# Peer flags and last_flags bits (the kernel's IP_CT_TCP_FLAG_*, same values).
 WINDOW_SCALE = 0x01  # the end offered window scaling in its SYN
 SACK_PERM = 0x02  # the end offered SACK in its SYN
 CLOSE_INIT = 0x04  # the end sent the first FIN
@@ -173,41 +183,82 @@ def after(seq1: int, seq2: int) -> bool:
     return (seq2 - seq1) & SEQ_MASK >= SEQ_HALF
 
 
-class TcpPeer:
-    """What one end has shown us (the kernel's ip_ct_tcp_state)."""
+# A track's fields besides its state: both ends' window data (o_ what the original sender showed,
+# r_ the reply sender: the kernel's ip_ct_tcp_state, td_ dropped) and what the last packets showed
+# (ip_ct_tcp's last_*). `_put` assigns them in this order.
+FIELDS = (
+    "o_end", "o_maxend", "o_maxwin", "o_maxack", "r_end", "r_maxend", "r_maxwin", "r_maxack",
+    "last_seq", "last_ack", "last_end",
+    "o_scale", "r_scale", "last_wscale", "last_flags", "last_dir",
+    "last_win",
+    "o_flags", "r_flags", "retrans", "last_index", "liberal",
+)  # fmt: skip
+_AT = {name: index for index, name in enumerate(FIELDS)}
+# Per-end fields: their index in FIELDS, by direction (ORIGINAL, REPLY).
+_END, _MAXEND, _MAXWIN, _MAXACK, _SCALE, _PFLAGS = (
+    (_AT["o_" + name], _AT["r_" + name]) for name in ("end", "maxend", "maxwin", "maxack", "scale", "flags")
+)
+_PEER = (_END, _MAXEND, _MAXWIN, _MAXACK, _SCALE, _PFLAGS)
+_LAST_SEQ, _LAST_ACK, _LAST_END, _LAST_WIN, _LAST_WSCALE, _LAST_FLAGS, _LAST_DIR, _LAST_INDEX = (
+    _AT[name] for name in ("last_seq", "last_ack", "last_end", "last_win", "last_wscale", "last_flags",
+                           "last_dir", "last_index")
+)  # fmt: skip
+_LIBERAL = _AT["liberal"]
+_NEW_VALUES = tuple(TCP_NONE_SET if name == "last_index" else False if name == "liberal" else 0 for name in FIELDS)
+_get = attrgetter(*FIELDS)  # a track's FIELDS as a tuple
+# From such a tuple, by direction: the end's (end, maxend, maxwin, maxack, scale, flags).
+_PEER_OF = tuple(itemgetter(*(at[direction] for at in _PEER)) for direction in (ORIGINAL, REPLY))
 
-    __slots__ = ("td_end", "td_maxend", "td_maxwin", "td_maxack", "td_scale", "flags")
 
-    def __init__(self) -> None:
-        self.reset()
+class TcpPeer(NamedTuple):
+    """What one end has shown us (the kernel's ip_ct_tcp_state): a read-only view, `track.seen`."""
 
-    def reset(self) -> None:
-        self.td_end = self.td_maxend = self.td_maxwin = self.td_maxack = self.td_scale = self.flags = 0
-
-    def save(self) -> tuple:
-        return self.td_end, self.td_maxend, self.td_maxwin, self.td_maxack, self.td_scale, self.flags
-
-    def restore(self, saved: tuple) -> None:
-        self.td_end, self.td_maxend, self.td_maxwin, self.td_maxack, self.td_scale, self.flags = saved
+    td_end: int
+    td_maxend: int
+    td_maxwin: int
+    td_maxack: int
+    td_scale: int
+    flags: int
 
 
 class TcpTrack:
-    """The TCP part of a session (the kernel's ip_ct_tcp). `seen[ORIGINAL]`, `seen[REPLY]`."""
+    """The TCP part of a session (the kernel's ip_ct_tcp): the state and FIELDS, flat.
 
-    __slots__ = ("state", "seen", "last_dir", "last_index", "last_seq", "last_ack", "last_end",
-                 "last_win", "last_wscale", "last_flags", "retrans", "liberal")  # fmt: skip
+    `liberal`: picked up mid-stream, window failures (not RSTs) are let through.
+    """
+
+    __slots__ = ("state", *FIELDS)
 
     def __init__(self, liberal: bool = False) -> None:
         self.state = sNO
-        self.seen = (TcpPeer(), TcpPeer())
-        self.last_dir = ORIGINAL
-        self.last_index = TCP_NONE_SET
-        self.last_seq = self.last_ack = self.last_end = self.last_win = 0
-        self.last_wscale = self.last_flags = self.retrans = 0
-        self.liberal = liberal  # picked up mid-stream: window failures (not RSTs) are let through
+        _put(self, _NEW_VALUES)
+        self.liberal = liberal
+
+    @property
+    def data(self) -> tuple:
+        """The plain values of FIELDS, in order; assigning another track's `data` copies its window."""
+        return _get(self)
+
+    @data.setter
+    def data(self, values) -> None:
+        _put(self, values)
+
+    @property
+    def seen(self) -> tuple[TcpPeer, TcpPeer]:
+        """(original sender, reply sender), read-only."""
+        values = _get(self)
+        return TcpPeer(*_PEER_OF[ORIGINAL](values)), TcpPeer(*_PEER_OF[REPLY](values))
 
     def __repr__(self) -> str:
         return f"<TcpTrack {self.state.name} {to_dict(self)}>"
+
+
+def _put(track: TcpTrack, values) -> None:
+    """Set a track's FIELDS from a sequence in FIELDS' order (`_get` reads them)."""
+    (track.o_end, track.o_maxend, track.o_maxwin, track.o_maxack, track.r_end, track.r_maxend, track.r_maxwin,
+     track.r_maxack, track.last_seq, track.last_ack, track.last_end, track.o_scale, track.r_scale,
+     track.last_wscale, track.last_flags, track.last_dir, track.last_win, track.o_flags, track.r_flags,
+     track.retrans, track.last_index, track.liberal) = values  # fmt: skip
 
 
 def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:
@@ -222,17 +273,14 @@ def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:
     new_state = TCP_TRANSITIONS[ORIGINAL][index][sNO]
     if new_state is sSS:
         track = TcpTrack()
-        sender = track.seen[ORIGINAL]
-        sender.td_end = sender.td_maxend = _seq_end(pkt)
-        sender.td_maxwin = pkt.window or 1
-        _options(sender, pkt)
+        track.o_end = track.o_maxend = _seq_end(pkt)
+        track.o_maxwin = pkt.window or 1
+        track.o_flags, track.o_scale = _offered(pkt)
     elif new_state is sES and liberal:
         track = TcpTrack(liberal=True)
-        sender = track.seen[ORIGINAL]
-        sender.td_end = _seq_end(pkt)
-        sender.td_maxwin = pkt.window or 1
-        sender.td_maxend = (sender.td_end + sender.td_maxwin) & SEQ_MASK
-        sender.flags = track.seen[REPLY].flags = SACK_PERM  # assumed, as the kernel does
+        end, window = _seq_end(pkt), pkt.window or 1
+        track.o_end, track.o_maxwin, track.o_maxend = end, window, (end + window) & SEQ_MASK
+        track.o_flags = track.r_flags = SACK_PERM  # assumed, as the kernel does
     else:
         return NO_SESSION
     problem = tcp_update(track, pkt, True)
@@ -242,256 +290,297 @@ def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:
 def tcp_update(track: TcpTrack, pkt, original: bool) -> str | None:
     """Track one packet of the session. None: valid (track and state updated, or an sIG packet let
     through unchanged); else INVALID_FLAGS, INVALID_STATE, OUT_OF_WINDOW (track unchanged) or REOPEN.
-    """
-    index = _CLASS_OF[pkt.flags & 0xFF]
-    if index < 0:
-        return INVALID_FLAGS
-    direction = ORIGINAL if original else REPLY
-    old_state = track.state
-    new_state = TCP_TRANSITIONS[direction][index][old_state]
 
-    if new_state in _SWITCH:
-        if new_state is sSS:
-            if old_state >= sTW:
-                # RFC 9293 3.10.7.4: a SYN may reopen a connection in TIME-WAIT; the kernel also
-                # reopens when the same end reset it (an aborted connection).
-                peers = track.seen
-                if ((peers[0].flags | peers[1].flags) & CLOSE_INIT
-                        or (track.last_dir == direction and track.last_index == TCP_RST_SET)
-                        or (old_state is sCL and peers[REPLY].td_maxwin == 0)):
-                    return REOPEN
-                new_state = sIG  # fall through to ignore (the kernel does)
-        elif new_state is sS2:
-            track.last_flags |= SIMULTANEOUS_OPEN
-        elif new_state is sSR:
-            if direction == REPLY and index == TCP_ACK_SET and track.last_flags & SIMULTANEOUS_OPEN:
-                new_state = sES  # the table cannot tell a simultaneous open's last ACK
-        elif new_state is sTW:
-            if (old_state is sLA and index == TCP_ACK_SET and track.last_dir != direction
-                    and track.last_index == TCP_SYN_SET and track.last_flags & EXP_CHALLENGE_ACK):
-                # RFC 5961 section 4: the ACK answers the SYN we let through, not the last FIN.
-                track.last_flags &= ~EXP_CHALLENGE_ACK
-                return None
-        elif new_state is sIV:
-            return INVALID_STATE
-        elif new_state is sCL and index == TCP_RST_SET:
-            new_state = _check_rst(track, pkt, direction, old_state)
-            if new_state is OUT_OF_WINDOW:
-                return OUT_OF_WINDOW
-            _commit(track, direction, index, old_state, new_state)
-            return None
-        if new_state is sIG:
-            if not _in_sync_again(track, pkt, direction, index):
-                _ignore(track, pkt, direction, index, old_state)
-                return None
-            old_state, new_state = sSS, sSR
-
-    problem = _in_window(track, pkt, direction, index)
-    if problem is not None:
-        return problem
-    track.last_index = index
-    track.last_dir = direction
-    if new_state is not old_state:
-        track.state = new_state
-        if new_state is sFW:
-            track.seen[direction].flags |= CLOSE_INIT
-    return None
-
-
-def _commit(track: TcpTrack, direction: int, index: int, old_state: TcpState, new_state) -> None:
-    track.last_index = index
-    track.last_dir = direction
-    track.state = new_state
-    if new_state is sFW and old_state is not sFW:
-        track.seen[direction].flags |= CLOSE_INIT
-
-
-def _ignore(track: TcpTrack, pkt, direction: int, index: int, old_state: TcpState) -> None:
-    """An sIG packet passes unchanged; remember it in case the other end answers it (the kernel's
-    a) SYN in ORIGINAL, b) SYN/ACK in REPLY, c) ACK in REPLY after the SYN)."""
-    track.last_index = index
-    track.last_dir = direction
-    track.last_seq = pkt.seq
-    track.last_end = _seq_end(pkt)
-    track.last_win = pkt.window
-    if index == TCP_SYN_SET:
-        flags = scale = 0
-        if pkt.wscale is not None:
-            flags, scale = WINDOW_SCALE, min(pkt.wscale, 14)
-        if pkt.sack_perm:
-            flags |= SACK_PERM
-        if old_state is sLA:
-            flags |= EXP_CHALLENGE_ACK  # RFC 5961 section 4: the SYN may draw a challenge ACK
-        track.last_flags, track.last_wscale = flags, scale
-    elif old_state is sSS and index == TCP_ACK_SET and direction == REPLY:
-        track.last_ack = pkt.ack  # a challenge ACK to the SYN: the client may reset with seq = ack
-
-
-def _in_sync_again(track: TcpTrack, pkt, direction: int, index: int) -> bool:
-    """A SYN/ACK acknowledging a SYN we ignored: both ends are in sync, we are not. Take the SYN's
-    annotated values and restart from SYN_SENT (the kernel's case b)."""
-    if not (index == TCP_SYNACK_SET and track.last_index == TCP_SYN_SET
-            and track.last_dir != direction and pkt.ack == track.last_end):
-        return False
-    peer = track.seen[track.last_dir]
-    peer.td_end = peer.td_maxend = track.last_end
-    peer.td_maxwin = track.last_win or 1
-    peer.td_scale = track.last_wscale
-    track.last_flags &= ~EXP_CHALLENGE_ACK
-    peer.flags = track.last_flags & (WINDOW_SCALE | SACK_PERM)
-    peer.td_maxack = 0
-    track.seen[direction].reset()
-    return True
-
-
-def _check_rst(track: TcpTrack, pkt, direction: int, old_state: TcpState):
-    """RFC 5961 section 3.2: CLOSE for an exact RST, the old state for one in the window (the
-    receiver sends a challenge ACK), OUT_OF_WINDOW otherwise."""
-    seq = pkt.seq
-    has_ack = pkt.flags & TH_ACK
-    last_index = track.last_index
-    if has_ack and last_index == TCP_SYN_SET and track.last_dir != direction and pkt.ack == track.last_end:
-        return sCL  # the answer to a SYN we let through (sIG): the receiver has no such connection
-    if (old_state is sSS and direction == ORIGINAL and last_index == TCP_ACK_SET
-            and track.last_dir == REPLY and seq == track.last_ack):
-        return sCL  # RFC 9293 3.10.7.3: the client resets the half-open peer's (challenge) ACK
-    sender, receiver = track.seen[direction], track.seen[direction ^ 1]
-    if sender.td_maxwin == 0:
-        # Nothing seen from the sender: the answer to a SYN. RFC 9293 3.10.7.3 (SYN-SENT): the RST
-        # is acceptable if it acknowledges the SYN.
-        return sCL if has_ack and pkt.ack == receiver.td_end else OUT_OF_WINDOW
-    # The receiver's RCV.NXT is what it last acknowledged, or at most all the sender sent.
-    if seq == sender.td_end or (receiver.flags & MAXACK_SET and seq == receiver.td_maxack):
-        return sCL
-    if receiver.flags & MAXACK_SET:
-        low = receiver.td_maxack
-    else:
-        low = (sender.td_end - receiver.td_maxwin) & SEQ_MASK
-    if before(seq, low) or after(seq, sender.td_maxend):
-        return OUT_OF_WINDOW
-    return old_state
-
-
-def _in_window(track: TcpTrack, pkt, direction: int, index: int) -> str | None:
-    """van Rooij's checks (the kernel's tcp_in_window); on success the window data is updated.
-
+    The table lookup, then (for the few cells that need it) `_switch`, then van Rooij's checks (the
+    kernel's tcp_in_window); on success the window data is updated. The checks, each mod 2**32:
     I.   seq <= sender.td_maxend                          (not past the receiver's window)
     II.  end >= sender.td_end - receiver.td_maxwin          (not already acknowledged long ago)
     III. sack <= receiver.td_end                           (acknowledges nothing unseen)
     IV.  sack >= receiver.td_end - MAXACKWINDOW(sender)     (not an ACK from long ago)
     sack is the highest SACK right edge, or the ack; end = seq + len (+1 for SYN, +1 for FIN).
+    a <= b is written (b - a) & SEQ_MASK < SEQ_HALF and a < b (a - b) & SEQ_MASK >= SEQ_HALF. This is
+    the established path: it is written out in one function on purpose (a call costs as much as a check).
     """
-    sender, receiver = track.seen[direction], track.seen[direction ^ 1]
     flags = pkt.flags
+    index = _CLASS_OF[flags & 0xFF]
+    if index < 0:
+        return INVALID_FLAGS
+    direction = 0 if original else 1
+    old_state = track.state
+    new_state = TCP_TRANSITIONS[direction][index][old_state]
+    if new_state in _SWITCH:
+        outcome = _switch(track, pkt, direction, index, old_state, new_state)
+        if outcome.__class__ is not tuple:
+            return outcome  # settled there: None or a reason
+        new_state, values = outcome
+    else:
+        values = None
+
+    mask, half = SEQ_MASK, SEQ_HALF
     seq = pkt.seq
     ack = sack = pkt.ack
     win = pkt.window
-    end = (seq + pkt.payload_len + ((flags >> 1) & 1) + (flags & 1)) & SEQ_MASK
-    if pkt.sack and receiver.flags & SACK_PERM:
+    end = (seq + pkt.payload_len + ((flags >> 1) & 1) + (flags & 1)) & mask
+    if pkt.sack and (track.o_flags if direction else track.r_flags) & SACK_PERM:
         for _left, right in pkt.sack:
-            if (sack - right) & SEQ_MASK >= SEQ_HALF:
+            if (sack - right) & mask >= half:
                 sack = right
-
-    saved = None
-    if sender.td_maxwin == 0 or flags & TH_SYN:
-        saved = sender.save(), receiver.save()
-        if _first_sight(track, pkt, direction, end, sack):
+    # s_ the sender of this packet, r_ the receiver.
+    if values is None:
+        if direction:
+            s_end, s_maxend, s_maxwin, s_maxack, s_scale, s_flags = (
+                track.r_end, track.r_maxend, track.r_maxwin, track.r_maxack, track.r_scale, track.r_flags)
+            r_end, r_maxend, r_maxwin, r_flags = track.o_end, track.o_maxend, track.o_maxwin, track.o_flags
+        else:
+            s_end, s_maxend, s_maxwin, s_maxack, s_scale, s_flags = (
+                track.o_end, track.o_maxend, track.o_maxwin, track.o_maxack, track.o_scale, track.o_flags)
+            r_end, r_maxend, r_maxwin, r_flags = track.r_end, track.r_maxend, track.r_maxwin, track.r_flags
+        if not s_maxwin or (flags & TH_SYN and (old_state is sSS or old_state is sSR)
+                            and (s_end - end) & mask >= half):
+            values = list(_get(track))  # a first sight (_first_sight says what it does)
+    if values is not None:  # work on a copy until the checks pass
+        if (flags & TH_SYN or not values[_MAXWIN[direction]]) and _first_sight(
+                values, pkt, direction, end, sack, old_state):
+            _commit(track, values, direction, index, new_state)
             return None
+        s_end, s_maxend, s_maxwin, s_maxack, s_scale, s_flags = _PEER_OF[direction](values)
+        r_end, r_maxend, r_maxwin, _r_maxack, _r_scale, r_flags = _PEER_OF[direction ^ 1](values)
     if not flags & TH_ACK:
-        ack = sack = receiver.td_end  # no ACK: pretend it acknowledges what was sent
+        ack = sack = r_end  # no ACK: pretend it acknowledges what was sent
 
-    r_end = receiver.td_end
-    maxackwin = sender.td_maxwin if sender.td_maxwin > MAXACKWINCONST else MAXACKWINCONST
+    maxackwin = s_maxwin if s_maxwin > MAXACKWINCONST else MAXACKWINCONST
     if not (
-        (seq - sender.td_maxend - 1) & SEQ_MASK >= SEQ_HALF  # I
-        and (receiver.td_maxwin == 0  # II
-             or (sender.td_end - receiver.td_maxwin - 1 - end) & SEQ_MASK >= SEQ_HALF)
-        and (sack - r_end - 1) & SEQ_MASK >= SEQ_HALF  # III
-        and (r_end - maxackwin - 1 - sack) & SEQ_MASK >= SEQ_HALF  # IV
+        (s_maxend - seq) & mask < half  # I
+        and (r_maxwin == 0 or (end - s_end + r_maxwin) & mask < half)  # II
+        and (r_end - sack) & mask < half  # III
+        and (sack - r_end + maxackwin) & mask < half  # IV
     ):
-        if track.liberal:
-            return None
-        if saved is not None:  # unlike the kernel, a failed SYN/ACK leaves no trace (a spoofed
-            sender.restore(saved[0])  # one would otherwise make the real one fail check II)
-            receiver.restore(saved[1])
-        return OUT_OF_WINDOW
+        if not track.liberal:
+            return OUT_OF_WINDOW  # nothing stored: unlike the kernel, not even a first sight
+        _commit(track, _get(track) if values is None else values, direction, index, new_state)  # window kept
+        return None
 
-    if not flags & TH_SYN:
-        win <<= sender.td_scale  # RFC 7323 2.2: the window of a SYN is never scaled
-    swin = win + ((sack - ack) & SEQ_MASK)
-    if sender.td_maxwin < swin:
-        sender.td_maxwin = swin
-    if (sender.td_end - end) & SEQ_MASK >= SEQ_HALF:
-        sender.td_end = end
-        sender.flags |= DATA_UNACKNOWLEDGED
-    if flags & TH_ACK:
-        if not sender.flags & MAXACK_SET:
-            sender.td_maxack = ack
-            sender.flags |= MAXACK_SET
-        elif (sender.td_maxack - ack) & SEQ_MASK >= SEQ_HALF:
-            sender.td_maxack = ack
-    if receiver.td_maxwin and (sender.td_maxend - end) & SEQ_MASK >= SEQ_HALF:
-        receiver.td_maxwin = (receiver.td_maxwin + end - sender.td_maxend) & SEQ_MASK
-    right_edge = (sack + win) & SEQ_MASK
-    if (receiver.td_maxend - 1 - right_edge) & SEQ_MASK >= SEQ_HALF:
-        receiver.td_maxend = right_edge if win else (right_edge + 1) & SEQ_MASK
+    # Equal numbers are stored as the same int object (28 bytes less per session for each).
     if ack == r_end:
-        receiver.flags &= ~DATA_UNACKNOWLEDGED
+        ack = r_end
+        r_flags &= ~DATA_UNACKNOWLEDGED
+    if not flags & TH_SYN:
+        win <<= s_scale  # RFC 7323 2.2: the window of a SYN is never scaled
+    swin = win if sack == ack else win + ((sack - ack) & mask)
+    if s_maxwin < swin:
+        s_maxwin = swin
+    if (s_end - end) & mask >= half:
+        s_end = end
+        s_flags |= DATA_UNACKNOWLEDGED
+    elif end == s_end:
+        end = s_end
+        if seq == end:  # a pure ACK
+            seq = end
+    if flags & TH_ACK:
+        if not s_flags & MAXACK_SET:
+            s_maxack = ack
+            s_flags |= MAXACK_SET
+        elif (s_maxack - ack) & mask >= half:
+            s_maxack = ack
+    if r_maxwin and (s_maxend - end) & mask >= half:
+        r_maxwin = (r_maxwin + end - s_maxend) & mask
+    right_edge = (sack + win) & mask
+    if (right_edge - r_maxend) & mask < half:
+        r_maxend = right_edge if win else (right_edge + 1) & mask
+    if new_state is sFW and old_state is not sFW:
+        s_flags |= CLOSE_INIT  # this end sent the first FIN
 
+    if values is not None:
+        _put(track, values)
     if index == TCP_ACK_SET:  # count retransmissions: the same segment again
         raw_win = pkt.window
         if (track.last_dir == direction and track.last_seq == seq and track.last_ack == ack
                 and track.last_end == end and track.last_win == raw_win):
             track.retrans += 1
         else:
-            track.last_dir = direction
+            if raw_win == s_maxwin:
+                raw_win = s_maxwin
             track.last_seq, track.last_ack, track.last_end, track.last_win = seq, ack, end, raw_win
             track.retrans = 0
+    track.last_dir = direction
+    track.last_index = index
+    if direction:
+        track.r_end, track.r_maxwin, track.r_maxack, track.r_flags = s_end, s_maxwin, s_maxack, s_flags
+        track.o_maxend, track.o_maxwin, track.o_flags = r_maxend, r_maxwin, r_flags
+    else:
+        track.o_end, track.o_maxwin, track.o_maxack, track.o_flags = s_end, s_maxwin, s_maxack, s_flags
+        track.r_maxend, track.r_maxwin, track.r_flags = r_maxend, r_maxwin, r_flags
+    if new_state is not old_state:
+        track.state = new_state
     return None
 
 
-def _first_sight(track: TcpTrack, pkt, direction: int, end: int, sack: int) -> bool:
+def _switch(track: TcpTrack, pkt, direction: int, index: int, old_state: TcpState, new_state):
+    """What the table cannot say (the switch after the kernel's lookup): None (valid, settled) or a
+    reason, or (new state, None or the track's values changed, a list in FIELDS' order) for the
+    window checks to go on with."""
+    if new_state is sIV:
+        return INVALID_STATE
+    if new_state is sSS:
+        if old_state >= sTW:
+            # RFC 9293 3.10.7.4: a SYN may reopen a connection in TIME-WAIT; the kernel also
+            # reopens when the same end reset it (an aborted connection).
+            if ((track.o_flags | track.r_flags) & CLOSE_INIT
+                    or (track.last_dir == direction and track.last_index == TCP_RST_SET)
+                    or (old_state is sCL and track.r_maxwin == 0)):
+                return REOPEN
+            new_state = sIG  # fall through to ignore (the kernel does)
+    elif new_state is sS2:
+        values = list(_get(track))
+        values[_LAST_FLAGS] |= SIMULTANEOUS_OPEN
+        return new_state, values
+    elif new_state is sSR:
+        if direction == REPLY and index == TCP_ACK_SET and track.last_flags & SIMULTANEOUS_OPEN:
+            new_state = sES  # the table cannot tell a simultaneous open's last ACK
+    elif new_state is sTW:
+        if (old_state is sLA and index == TCP_ACK_SET and track.last_dir != direction
+                and track.last_index == TCP_SYN_SET and track.last_flags & EXP_CHALLENGE_ACK):
+            # RFC 5961 section 4: the ACK answers the SYN we let through, not the last FIN.
+            track.last_flags &= ~EXP_CHALLENGE_ACK
+            return None
+    elif new_state is sCL and index == TCP_RST_SET:
+        values = list(_get(track))
+        new_state = _check_rst(values, pkt, direction, old_state)
+        if new_state is OUT_OF_WINDOW:
+            return OUT_OF_WINDOW
+        _commit(track, values, direction, index, new_state)
+        return None
+    if new_state is sIG:
+        values = list(_get(track))
+        if not _in_sync_again(values, pkt, direction, index):
+            _ignore(values, pkt, direction, index, old_state)
+            _store(track, values, old_state)
+            return None
+        return sSR, values  # restarted from SYN_SENT by the SYN/ACK
+    return new_state, None  # on to the window checks
+
+
+def _commit(track: TcpTrack, values, direction: int, index: int, new_state: TcpState) -> None:
+    """Store `values` with this packet as the last one, and the new state."""
+    values = list(values)
+    values[_LAST_INDEX] = index
+    values[_LAST_DIR] = direction
+    if new_state is sFW and track.state is not sFW:
+        values[_PFLAGS[direction]] |= CLOSE_INIT  # this end sent the first FIN
+    _store(track, values, new_state)
+
+
+def _store(track: TcpTrack, values: list, state: TcpState) -> None:
+    _put(track, values)
+    track.state = state
+
+
+def _ignore(values: list, pkt, direction: int, index: int, old_state: TcpState) -> None:
+    """An sIG packet passes unchanged; remember it in case the other end answers it (the kernel's
+    a) SYN in ORIGINAL, b) SYN/ACK in REPLY, c) ACK in REPLY after the SYN)."""
+    values[_LAST_INDEX] = index
+    values[_LAST_DIR] = direction
+    values[_LAST_SEQ] = pkt.seq
+    values[_LAST_END] = _seq_end(pkt)
+    values[_LAST_WIN] = pkt.window
+    if index == TCP_SYN_SET:
+        flags, scale = _offered(pkt)
+        if old_state is sLA:
+            flags |= EXP_CHALLENGE_ACK  # RFC 5961 section 4: the SYN may draw a challenge ACK
+        values[_LAST_FLAGS], values[_LAST_WSCALE] = flags, scale
+    elif old_state is sSS and index == TCP_ACK_SET and direction == REPLY:
+        values[_LAST_ACK] = pkt.ack  # a challenge ACK to the SYN: the client may reset with seq = ack
+
+
+def _in_sync_again(values: list, pkt, direction: int, index: int) -> bool:
+    """A SYN/ACK acknowledging a SYN we ignored: both ends are in sync, we are not. Take the SYN's
+    annotated values and restart from SYN_SENT (the kernel's case b)."""
+    last_dir = values[_LAST_DIR]
+    if not (index == TCP_SYNACK_SET and values[_LAST_INDEX] == TCP_SYN_SET
+            and last_dir != direction and pkt.ack == values[_LAST_END]):
+        return False
+    values[_END[last_dir]] = values[_MAXEND[last_dir]] = values[_LAST_END]
+    values[_MAXWIN[last_dir]] = values[_LAST_WIN] or 1
+    values[_SCALE[last_dir]] = values[_LAST_WSCALE]
+    values[_LAST_FLAGS] &= ~EXP_CHALLENGE_ACK
+    values[_PFLAGS[last_dir]] = values[_LAST_FLAGS] & (WINDOW_SCALE | SACK_PERM)
+    values[_MAXACK[last_dir]] = 0
+    for at in _PEER:  # the answering end starts over
+        values[at[direction]] = 0
+    return True
+
+
+def _check_rst(values: list, pkt, direction: int, old_state: TcpState):
+    """RFC 5961 section 3.2: CLOSE for an exact RST, the old state for one in the window (the
+    receiver sends a challenge ACK), OUT_OF_WINDOW otherwise."""
+    seq = pkt.seq
+    has_ack = pkt.flags & TH_ACK
+    last_index, last_dir = values[_LAST_INDEX], values[_LAST_DIR]
+    if has_ack and last_index == TCP_SYN_SET and last_dir != direction and pkt.ack == values[_LAST_END]:
+        return sCL  # the answer to a SYN we let through (sIG): the receiver has no such connection
+    if (old_state is sSS and direction == ORIGINAL and last_index == TCP_ACK_SET
+            and last_dir == REPLY and seq == values[_LAST_ACK]):
+        return sCL  # RFC 9293 3.10.7.3: the client resets the half-open peer's (challenge) ACK
+    sender, receiver = direction, direction ^ 1
+    if values[_MAXWIN[sender]] == 0:
+        # Nothing seen from the sender: the answer to a SYN. RFC 9293 3.10.7.3 (SYN-SENT): the RST
+        # is acceptable if it acknowledges the SYN.
+        return sCL if has_ack and pkt.ack == values[_END[receiver]] else OUT_OF_WINDOW
+    # The receiver's RCV.NXT is what it last acknowledged, or at most all the sender sent.
+    s_end, r_maxack = values[_END[sender]], values[_MAXACK[receiver]]
+    maxack_set = values[_PFLAGS[receiver]] & MAXACK_SET
+    if seq == s_end or (maxack_set and seq == r_maxack):
+        return sCL
+    low = r_maxack if maxack_set else (s_end - values[_MAXWIN[receiver]]) & SEQ_MASK
+    if before(seq, low) or after(seq, values[_MAXEND[sender]]):
+        return OUT_OF_WINDOW
+    return old_state
+
+
+def _first_sight(values: list, pkt, direction: int, end: int, sack: int, state: TcpState) -> bool:
     """Set up a direction seen for the first time, or restarted by a new SYN; True when the
     packet (a SYN without ACK) needs no further check."""
-    sender, receiver = track.seen[direction], track.seen[direction ^ 1]
+    sender, receiver = direction, direction ^ 1
     flags = pkt.flags
-    if sender.td_maxwin == 0:
+    if values[_MAXWIN[sender]] == 0:
         if flags & TH_SYN:  # the SYN/ACK, or the reply SYN of a simultaneous open
-            _init_sender(sender, receiver, pkt, end)
+            _init_sender(values, sender, receiver, pkt, end)
             return not flags & TH_ACK
         # Mid-stream: the history is lost, use what the packet shows.
-        sender.td_end = end
-        sender.td_maxwin = (pkt.window << sender.td_scale) or 1
-        sender.td_maxend = (end + sender.td_maxwin) & SEQ_MASK
-        if receiver.td_maxwin == 0:
-            receiver.td_end = receiver.td_maxend = sack  # so that III and IV pass until then
-        elif sack == (receiver.td_end + 1) & SEQ_MASK:
-            receiver.td_end = sack  # likely the answer to a keepalive
-    elif after(end, sender.td_end) and (track.state is sSS or track.state is sSR):
+        maxwin = (pkt.window << values[_SCALE[sender]]) or 1
+        values[_END[sender]], values[_MAXWIN[sender]] = end, maxwin
+        values[_MAXEND[sender]] = (end + maxwin) & SEQ_MASK
+        if values[_MAXWIN[receiver]] == 0:
+            values[_END[receiver]] = values[_MAXEND[receiver]] = sack  # so that III and IV pass until then
+        elif sack == (values[_END[receiver]] + 1) & SEQ_MASK:
+            values[_END[receiver]] = sack  # likely the answer to a keepalive
+    elif after(end, values[_END[sender]]) and (state is sSS or state is sSR):
         # RFC 9293 3.4.1 ("if a TCP is reinitialized... use sequence numbers larger than those
         # recently used"): a new SYN (or SYN/ACK) with a higher ISN restarts this direction.
-        _init_sender(sender, receiver, pkt, end)
+        _init_sender(values, sender, receiver, pkt, end)
         return direction == REPLY and not flags & TH_ACK
     return False
 
 
-def _init_sender(sender: TcpPeer, receiver: TcpPeer, pkt, end: int) -> None:
+def _init_sender(values: list, sender: int, receiver: int, pkt, end: int) -> None:
     """The first SYN/ACK (or reply SYN) of a direction: its sequence space and options."""
-    sender.td_end = sender.td_maxend = end
-    sender.td_maxwin = pkt.window or 1
-    _options(sender, pkt)
-    if not sender.flags & receiver.flags & WINDOW_SCALE:
-        sender.td_scale = receiver.td_scale = 0  # RFC 7323 1.3: scaling needs both ends' option
+    values[_END[sender]] = values[_MAXEND[sender]] = end
+    window = pkt.window or 1
+    other = values[_MAXWIN[receiver]]
+    values[_MAXWIN[sender]] = other if window == other else window  # one int object for both
+    values[_PFLAGS[sender]], values[_SCALE[sender]] = _offered(pkt)  # the kernel's tcp_options
+    if not values[_PFLAGS[sender]] & values[_PFLAGS[receiver]] & WINDOW_SCALE:
+        values[_SCALE[sender]] = values[_SCALE[receiver]] = 0  # RFC 7323 1.3: both ends must offer it
 
 
-def _options(peer: TcpPeer, pkt) -> None:
-    """The kernel's tcp_options: window scale (at most 14, RFC 7323 2.3) and SACK-permitted."""
+def _offered(pkt) -> tuple[int, int]:
+    """(flags, scale) a SYN offers: window scale (at most 14, RFC 7323 2.3) and SACK-permitted."""
     flags = scale = 0
     if pkt.wscale is not None:
         flags, scale = WINDOW_SCALE, min(pkt.wscale, 14)
     if pkt.sack_perm:
         flags |= SACK_PERM
-    peer.flags, peer.td_scale = flags, scale
+    return flags, scale
 
 
 def _seq_end(pkt) -> int:
@@ -508,13 +597,12 @@ def timeout_key(track: TcpTrack, timeouts: Mapping[str, float] | None = None) ->
     """
     state = track.state
     key = TIMEOUT_KEYS[state]
-    orig, reply = track.seen
     retransmitting = track.retrans >= MAX_RETRANS
     if not retransmitting:
         if track.last_index == TCP_RST_SET:
             return "tcp_close"
-        if not ((orig.flags | reply.flags) & DATA_UNACKNOWLEDGED or track.last_win == 0
-                or (track.liberal and reply.td_maxwin == 0 and state is sES)):
+        if not ((track.o_flags | track.r_flags) & DATA_UNACKNOWLEDGED or track.last_win == 0
+                or (track.liberal and track.r_maxwin == 0 and state is sES)):
             return key
     table = DEFAULT_TIMEOUTS if timeouts is None else timeouts
     if table[key] > table[UNACKNOWLEDGED]:
@@ -526,29 +614,45 @@ def next_expected_seq(track: TcpTrack, original: bool) -> int:
     """The RCV.NXT of the end that receives packets going in the `original` (True) or reply
     direction: the end of all the data the other end sent. A RST with this seq, sent in that
     direction, is exact (RFC 5961 section 3.2)."""
-    return track.seen[ORIGINAL if original else REPLY].td_end
+    return track.o_end if original else track.r_end
 
 
-_PEER_FIELDS = TcpPeer.__slots__
+TRACK_FORMAT = 1  # to_dict's "version"; a dict without one (written before it existed) is format 1
+_PEER_FIELDS = TcpPeer._fields
 _TRACK_FIELDS = ("last_dir", "last_index", "last_seq", "last_ack", "last_end", "last_win",
                  "last_wscale", "last_flags", "retrans", "liberal")  # fmt: skip
+# The largest value from_dict accepts per field (all are >= 0): the rest are sequence numbers or
+# windows (32 bits). Data from a snapshot or an HA peer may be damaged or hostile.
+_MAXIMA = {"last_dir": REPLY, "last_index": TCP_NONE_SET, "last_win": 0xFFFF, "last_wscale": 14, "td_scale": 14,
+           "flags": 0xFF, "last_flags": 0xFF, "liberal": 1}  # fmt: skip
 
 
 def to_dict(track: TcpTrack) -> dict:
     """Plain data for snapshots and HA sync; `from_dict` reverses it."""
-    data = {"state": track.state.name}
-    data.update((name, getattr(track, name)) for name in _TRACK_FIELDS)
-    data["original"] = {name: getattr(track.seen[ORIGINAL], name) for name in _PEER_FIELDS}
-    data["reply"] = {name: getattr(track.seen[REPLY], name) for name in _PEER_FIELDS}
+    values = _get(track)
+    data = {"version": TRACK_FORMAT, "state": track.state.name}
+    data.update((name, values[_AT[name]]) for name in _TRACK_FIELDS)
+    data["liberal"] = bool(data["liberal"])
+    for side, direction in (("original", ORIGINAL), ("reply", REPLY)):
+        data[side] = {name: values[at[direction]] for name, at in zip(_PEER_FIELDS, _PEER, strict=True)}
     return data
 
 
 def from_dict(data: Mapping) -> TcpTrack:
+    """A track from `to_dict`'s output; ValueError (or KeyError, TypeError) for data that is not one."""
+    version = data.get("version", 1)
+    if version != TRACK_FORMAT:
+        raise ValueError(f"TCP track format {version!r} is not {TRACK_FORMAT}")
+    values = list(_NEW_VALUES)
+    named = [(name, _AT[name], data[name]) for name in _TRACK_FIELDS]
+    for side, direction in (("original", ORIGINAL), ("reply", REPLY)):
+        named += [(name, at[direction], data[side][name]) for name, at in zip(_PEER_FIELDS, _PEER, strict=True)]
+    for name, index, raw in named:
+        value = int(raw)
+        if not 0 <= value <= _MAXIMA.get(name, SEQ_MASK):
+            raise ValueError(f"TCP track {name} {value} out of range")
+        values[index] = value
+    values[_LIBERAL] = bool(values[_LIBERAL])
     track = TcpTrack()
-    track.state = TcpState[data["state"]]
-    for name in _TRACK_FIELDS:
-        setattr(track, name, data[name])
-    for peer, side in zip(track.seen, ("original", "reply"), strict=True):
-        for name in _PEER_FIELDS:
-            setattr(peer, name, int(data[side][name]))
+    _store(track, values, TcpState[data["state"]])
     return track

@@ -149,9 +149,6 @@ class Daemon:
         try:
             self._install_signals()  # first: a SIGTERM during start-up stops us cleanly, not midway
             self.control = ControlServer(self.handle, config.control_address)
-            stale = iptables.cleanup() if config.install_rules else None
-            if stale:
-                log.warning("removed %d rules and chains left by an earlier run", len(stale))
             eve = EveLog(config.log_path) if config.log_path else None
             self.effects = Effects(RawSender(config.mark), eve)
             self.handler = PacketHandler(self.engine, config.fail_open, self.effects, self._packet_error)
@@ -167,7 +164,7 @@ class Daemon:
                 self.rules = iptables.Installation(iptables.Hooking(
                     queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
                     families=config.families, offload=config.offload), config.backend)
-                self.rules.install()
+                self._replace_stale_rules()
             self.control.listen(self.loop)
             self.services.append(self.control)
         except (ControlError, iptables.IptablesError, OSError) as exc:
@@ -176,6 +173,14 @@ class Daemon:
         except BaseException:
             self.close()
             raise
+
+    def _replace_stale_rules(self) -> None:
+        """Install ours in place of a crashed run's in one commit (no unfiltered moment), then tidy the
+        other backend."""
+        stale = self.rules.install(replace_stale=True)
+        stale += iptables.cleanup(tuple(b for b in iptables.BACKENDS if b != self.rules.backend))
+        if stale:
+            log.warning("removed %d rules and chains left by an earlier run", len(stale))
 
     def describe(self) -> str:
         """The start-up line: what is in force."""

@@ -239,9 +239,6 @@ class Supervisor:
         try:
             self._install_signals()
             self.control = ControlServer(self.handle)
-            stale = iptables.cleanup()
-            if stale:
-                log.warning("removed %d rules and chains left by an earlier run", len(stale))
             self.summary = self.load_policy(self.policy_path).summary()
             for worker in self.workers:
                 self._spawn(worker)
@@ -250,7 +247,10 @@ class Supervisor:
             self.rules = iptables.Installation(iptables.Hooking(
                 queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
                 families=config.families, offload=config.offload), config.backend)
-            self.rules.install()
+            stale = self.rules.install(replace_stale=True)  # one commit: no moment without rules
+            stale += iptables.cleanup(tuple(b for b in iptables.BACKENDS if b != self.rules.backend))
+            if stale:
+                log.warning("removed %d rules and chains left by an earlier run", len(stale))
             self.control.listen(self.loop)
         except (ControlError, iptables.IptablesError, OSError) as exc:
             self.close()

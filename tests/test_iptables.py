@@ -100,6 +100,24 @@ def test_only_tagged_chains_of_our_names_and_tagged_jumps_into_them_are_ours():
     ]
 
 
+def test_a_crashed_runs_rules_are_replaced_in_the_same_commit_as_ours_go_in():
+    crashed = FilterTable.parse(SAVED.replace(":FW-INPUT - [0:0]\n", ":FW-INPUT - [0:0]\n:FW-OUTPUT - [0:0]\n")
+                                .replace("-A FW-INPUT -j ACCEPT\n", "-A FW-OUTPUT -m comment --comment fw-daemon "
+                                         "-j NFQUEUE --queue-num 0\n-A OUTPUT -m comment --comment fw-daemon "
+                                         "-j FW-OUTPUT\n-A FW-INPUT -j ACCEPT\n"))
+    script = install_script(Hooking(), 4, replacing=crashed).splitlines()
+    assert script[:5] == [
+        "*filter",
+        "-D FORWARD -m comment --comment fw-daemon -j FW-FORWARD",  # the old jumps go first,
+        "-D OUTPUT -m comment --comment fw-daemon -j FW-OUTPUT",
+        "-F FW-OUTPUT",  # a chain of the old run we do not hook any more is deleted,
+        "-X FW-OUTPUT",
+    ]
+    assert script[5] == ":FW-FORWARD - [0:0]"  # one we declare again is flushed by the declaration
+    assert script[-2:] == ["-I FORWARD 1 -m comment --comment fw-daemon -j FW-FORWARD", "COMMIT"]
+    assert "FW-INPUT" not in "\n".join(script)  # someone else's chain of our name: untouched
+
+
 def test_nothing_of_ours_means_no_script():
     table = FilterTable.parse("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n")
     assert removal_script(table) is None
@@ -200,12 +218,8 @@ rules.remove()
     assert during.count(":FW-OUTPUT - [0:0]") == 2  # IPv4 and IPv6
 
 
-@pytest.mark.root
-@pytest.mark.netns
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
-def test_fw_cleanup_removes_what_a_killed_run_left_and_nothing_else(ns, backend):
-    add_foreign_rules(ns, backend)
-    before = ns.save(backend)
+def leave_a_killed_runs_rules(ns: Namespace, backend: str) -> None:
+    """Install all three hooks' rules in a process, then SIGKILL it: its rules stay behind."""
     process = ns.popen(sys.executable, "-c", INSTALL.format(backend=backend, fail_open=False,
                                                             after="import time; time.sleep(60)"))
     try:
@@ -213,6 +227,15 @@ def test_fw_cleanup_removes_what_a_killed_run_left_and_nothing_else(ns, backend)
     finally:
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_fw_cleanup_removes_what_a_killed_run_left_and_nothing_else(ns, backend):
+    add_foreign_rules(ns, backend)
+    before = ns.save(backend)
+    leave_a_killed_runs_rules(ns, backend)
     left = ns.save(backend)
     assert "-j FW-FORWARD" in left and ":FW-INPUT" in left
     done = ns.run(*fw_command("cleanup"))
@@ -220,6 +243,29 @@ def test_fw_cleanup_removes_what_a_killed_run_left_and_nothing_else(ns, backend)
     assert ns.save(backend) == before
     again = ns.run(*fw_command("cleanup"))
     assert again.stdout.strip() == "nothing to clean up"
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_a_new_run_replaces_a_killed_runs_rules_at_once_and_removes_them_all(ns, backend):
+    add_foreign_rules(ns, backend)
+    before = ns.save(backend)
+    leave_a_killed_runs_rules(ns, backend)
+    crashed = ns.save(backend)
+    during = ns.python(f"""
+import subprocess
+from fw.drivers.iptables import Hooking, Installation
+rules = Installation(Hooking(hooks=("FORWARD",), queues=(3, 3)), "{backend}")
+print(len(rules.install(replace_stale=True)))
+print(subprocess.run(["iptables-{backend}-save"], capture_output=True, text=True).stdout)
+rules.remove()
+""").stdout
+    replaced, _, saved = during.partition("\n")
+    assert int(replaced) == 2 * (3 + 3)  # per family: three jumps and three chains of the killed run
+    assert crashed.count("-j FW-FORWARD") == 2 and saved.count("-j FW-FORWARD") == 1
+    assert "--queue-num 3" in saved and "--queue-num 0" not in saved and "FW-INPUT" not in saved
+    assert ns.save(backend) == before  # and what the killed run's nft setup created is gone too
 
 
 @pytest.mark.root

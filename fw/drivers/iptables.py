@@ -110,8 +110,14 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     return rules
 
 
-def install_script(hooking: Hooking, family: int) -> str:
+def install_script(hooking: Hooking, family: int, replacing: FilterTable | None = None) -> str:
+    """Our chains and jumps; `replacing` a crashed run's, whose jumps and chains go in the same commit."""
     lines = ["*filter"]
+    if replacing is not None:
+        chains = {CHAIN_OF_HOOK[hook] for hook in hooking.hooks}
+        lines += ["-D" + rule[2:] for rule in replacing.our_jumps()]
+        old = sorted(c for c in replacing.ours() if c not in chains)  # those we declare again are flushed
+        lines += [f"-F {c}" for c in old] + [f"-X {c}" for c in old]
     lines += [f":{CHAIN_OF_HOOK[hook]} - [0:0]" for hook in hooking.hooks]
     for hook in hooking.hooks:
         lines += chain_rules(hooking, hook, family)
@@ -288,30 +294,44 @@ class Installation:
         self.created: dict[str, dict] = {}  # family -> what iptables-nft created for us
         self.installed: list[Tool] = []
 
-    def install(self) -> None:
+    def install(self, replace_stale: bool = False) -> list[str]:
+        """Install for every family; returns the stale rules and chains replaced (with `replace_stale`).
+
+        Without `replace_stale`, rules of another run refuse the install. With it, they are swapped
+        for ours in the same transaction: there is no moment without a rule (fail-closed stays closed).
+        """
+        previous = _read_state()
+        replaced: list[str] = []
         try:
             for tool in self.tools:
-                self._install_family(tool)
+                replaced += self._install_family(tool, replace_stale, previous)
         except BaseException:
             self.remove()
             raise
+        return replaced
 
-    def _install_family(self, tool: Tool) -> None:
+    def _install_family(self, tool: Tool, replace_stale: bool, previous: dict) -> list[str]:
         table = tool.save()
         foreign = table.foreign_with_our_name()
         if foreign:
             raise IptablesError(f"{tool}: chain {', '.join(foreign)} exists and was not created by fw; "
                                 "rename or delete it")
-        if table.ours() or table.our_jumps():
+        stale = [f"{tool}: rule {r}" for r in table.our_jumps()] + [f"{tool}: chain {c}" for c in table.ours()]
+        if stale and not replace_stale:
             raise IptablesError(f"{tool}: rules of another fw run are installed (run `fw cleanup`)")
         if self.backend == "nft":
             base = tool.nft_base_chains() if table.present else set()
             created = {"table": not table.present,
                        "chains": sorted(set(self.hooking.hooks) - base) if base is not None else []}
+            if stale and previous.get("backend") == self.backend:  # what the crashed run had created
+                before = previous.get("created", {}).get(str(tool.family)) or {}
+                created = {"table": created["table"] or bool(before.get("table")),
+                           "chains": sorted(set(created["chains"]) | set(before.get("chains", ())))}
             self.created[str(tool.family)] = created
             _write_state({"backend": self.backend, "created": self.created})
         self.installed.append(tool)  # before the restore: a half-done install is still removed
-        tool.restore(install_script(self.hooking, tool.family))
+        tool.restore(install_script(self.hooking, tool.family, replacing=table if stale else None))
+        return stale
 
     def remove(self) -> list[str]:
         """Remove our rules (and what nft created for them); returns what was removed."""
@@ -354,11 +374,11 @@ def _tidy_nft(tool: Tool, created: dict) -> list[str]:
     return removed
 
 
-def cleanup() -> list[str]:
+def cleanup(backends: tuple[str, ...] = BACKENDS) -> list[str]:
     """Remove every rule a crashed daemon left in this network namespace, on both backends."""
     state = _read_state()
     removed, errors = [], []
-    for backend in BACKENDS:
+    for backend in backends:
         for family in FAMILIES:
             tool = Tool(backend, family)
             if not tool.available():
@@ -370,5 +390,6 @@ def cleanup() -> list[str]:
                 errors.append(str(exc))
     if errors:
         raise IptablesError("; ".join(errors))
-    _forget_state()
+    if state.get("backend") in backends or not state:
+        _forget_state()
     return removed

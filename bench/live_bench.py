@@ -8,8 +8,9 @@ namespace is set up, measured and reset:
   without and with the GSO flag, one process per queue, `--queue-balance` when two;
 - `fw run` (GSO on, as always), `fw run --queues 0-1` (two workers), `fw run --offload`.
 Measures, each the median of RUNS runs of SECONDS: TCP throughput (one iperf3 stream, Gbit/s at
-the receiver), small UDP packets (64-byte datagrams from every client address at once, the rate
-that arrives at the receiver), and ping round trips (median and p99 of PINGS echoes, 10 ms apart).
+the receiver), small UDP packets (UDP_STREAMS paced iperf3 senders of 64-byte datagrams, each from
+its own client address, UDP_OFFERED_PPS offered in all: a flood beyond what any queued path passes;
+the rate that arrives, from the receivers' counts), and ping round trips (median and p99 of PINGS echoes, 10 ms apart).
 Ratios are between paths of the same run. Everything on one 2-core machine: sender, receiver,
 kernel and firewall share the cores, which the figures include.
 """
@@ -32,19 +33,24 @@ TOOLS = str(Path(__file__).with_name("live_tools.py"))
 SERVER = "203.0.113.10"
 SOURCES = [f"198.51.100.{n}" for n in range(101, 117)]
 TCP_PORT, UDP_PORT = 5201, 9000
+UDP_STREAMS = 8  # iperf3 UDP senders, each from its own client address (the queue hash ignores ports)
+UDP_OFFERED_PPS = 200_000  # all streams together: above what any queued path passes, below the kernel's
+UDP_PAYLOAD = 64
+UDP_PORTS = f"{UDP_PORT}-{UDP_PORT + UDP_STREAMS - 1}"
 PINGS = 200
 POLICY = f"""\
 version: 1
 defaults: {{action: drop, log: false}}
 rules:
-  - {{name: bench-tcp, action: accept, proto: tcp, src: 198.51.100.0/24, dport: {TCP_PORT}}}
-  - {{name: bench-udp, action: accept, proto: udp, src: 198.51.100.0/24, dport: {UDP_PORT}}}
+  - {{name: bench-tcp, action: accept, proto: tcp, src: 198.51.100.0/24, dport: [{TCP_PORT}, "{UDP_PORTS}"]}}
+  - {{name: bench-udp, action: accept, proto: udp, src: 198.51.100.0/24, dport: "{UDP_PORTS}"}}
   - {{name: bench-ping, action: accept, proto: icmp, icmp_type: echo-request}}
 """
 CONNTRACK_RULES = [
     ["-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-    ["-A", "FORWARD", "-p", "tcp", "-s", "198.51.100.0/24", "--dport", str(TCP_PORT), "-j", "ACCEPT"],
-    ["-A", "FORWARD", "-p", "udp", "-s", "198.51.100.0/24", "--dport", str(UDP_PORT), "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-p", "tcp", "-s", "198.51.100.0/24", "-m", "multiport", "--dports",
+     f"{TCP_PORT},{UDP_PORT}:{UDP_PORT + UDP_STREAMS - 1}", "-j", "ACCEPT"],
+    ["-A", "FORWARD", "-p", "udp", "-s", "198.51.100.0/24", "--dport", UDP_PORTS.replace("-", ":"), "-j", "ACCEPT"],
     ["-A", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-j", "ACCEPT"],
     ["-A", "FORWARD", "-j", "DROP"],
 ]
@@ -93,18 +99,31 @@ class Bench:
             _end(server)
 
     def udp(self) -> int:
-        """64-byte datagrams from every client address: packets/s that reach the receiver."""
-        counter = subprocess.Popen(self.tool("server", "udp-count", "--port", UDP_PORT,
-                                             "--seconds", self.seconds + 2), stdout=subprocess.PIPE)
+        """Small UDP datagrams, UDP_OFFERED_PPS offered by UDP_STREAMS paced iperf3 senders from as many
+        client addresses: packets/s that reach the receivers."""
+        ports = range(UDP_PORT, UDP_PORT + UDP_STREAMS)
+        servers = [subprocess.Popen(self.lab.command("server", ["iperf3", "-s", "-1", "-p", port]),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+        senders = []
         try:
-            _wait_listening(self.lab, "server", f"-Hlun sport = :{UDP_PORT}")
-            subprocess.run(self.tool("client", "udp-send", "--address", SERVER, "--port", UDP_PORT,
-                                     "--sources", ",".join(SOURCES), "--seconds", self.seconds),
-                           capture_output=True, timeout=self.seconds + 30)
-            out, _ = counter.communicate(timeout=self.seconds + 10)
-            return json.loads(out)["rate"]
+            for port in ports:
+                _wait_listening(self.lab, "server", f"-Hltn sport = :{port}")
+            bits = UDP_OFFERED_PPS // UDP_STREAMS * UDP_PAYLOAD * 8
+            senders = [subprocess.Popen(self.lab.command("client", [
+                "iperf3", "-u", "-c", SERVER, "-p", port, "-B", source, "-l", UDP_PAYLOAD, "-b", bits,
+                "-t", f"{self.seconds:g}", "-J", "--connect-timeout", "3000"]),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                for port, source in zip(ports, SOURCES, strict=False)]
+            rate = 0.0
+            for sender in senders:
+                out, _ = sender.communicate(timeout=self.seconds + 30)
+                received = json.loads(out or "{}").get("end", {}).get("sum_received", {})
+                if received.get("seconds"):
+                    rate += (received["packets"] - received.get("lost_packets", 0)) / received["seconds"]
+            return round(rate)
         finally:
-            _end(counter)
+            for process in senders + servers:
+                _end(process)
 
     def ping(self) -> dict:
         done = subprocess.run(self.tool("client", "ping", "--address", SERVER, "--count", PINGS),

@@ -1,9 +1,5 @@
 """Programs the live benchmark runs inside lab namespaces: `python bench/live_tools.py COMMAND ...`.
 
-- `udp-send`: 64-byte UDP datagrams as fast as one Python loop sends them, round-robin from several
-  source addresses (the NFQUEUE balance hash ignores ports, so addresses spread flows over queues).
-- `udp-count`: counts datagrams on a port; prints {"packets", "seconds", "rate"} measured from the
-  first to the last datagram.
 - `ping`: ICMP echo with a raw socket, one every `interval`; prints the round-trip times in ms.
 - `bare-loop`: the bare NFQUEUE loop (accept everything) on one queue, with or without the GSO flag,
   through fw.drivers.nfqueue.Queue (the daemon's reader and NFQNL_MSG_CONFIG), until SIGTERM.
@@ -21,49 +17,6 @@ import socket
 import struct
 import sys
 import time
-
-
-def udp_send(args) -> dict:
-    payload = b"x" * args.size
-    socks = []
-    for address in args.sources.split(","):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((address, 0))
-        sock.connect((args.address, args.port))
-        socks.append(sock.send)
-    sent, errors = 0, 0
-    end = time.monotonic() + args.seconds
-    while time.monotonic() < end:
-        for send in socks * 16:
-            try:
-                send(payload)
-                sent += 1
-            except OSError:  # ENOBUFS, or ECONNREFUSED from an earlier ICMP error
-                errors += 1
-    return {"sent": sent, "errors": errors}
-
-
-def udp_count(args) -> dict:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    sock.bind(("0.0.0.0", args.port))
-    buffer = bytearray(2048)
-    count, first, last = 0, None, None
-    end = time.monotonic() + args.seconds
-    while (left := end - time.monotonic()) > 0:
-        if not select.select([sock], [], [], left)[0]:
-            break
-        while True:
-            try:
-                sock.recv_into(buffer, 2048, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            count += 1
-        now = time.monotonic()
-        first = first or now
-        last = now
-    seconds = (last - first) if first and last and last > first else 0.0
-    return {"packets": count, "seconds": round(seconds, 3), "rate": round(count / seconds) if seconds else 0}
 
 
 def ping(args) -> dict:
@@ -123,17 +76,6 @@ def bare_loop(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    sub = commands.add_parser("udp-send")
-    sub.add_argument("--address", required=True)
-    sub.add_argument("--port", type=int, required=True)
-    sub.add_argument("--sources", required=True)
-    sub.add_argument("--seconds", type=float, default=3.0)
-    sub.add_argument("--size", type=int, default=64)
-    sub.set_defaults(function=udp_send)
-    sub = commands.add_parser("udp-count")
-    sub.add_argument("--port", type=int, required=True)
-    sub.add_argument("--seconds", type=float, default=5.0)
-    sub.set_defaults(function=udp_count)
     sub = commands.add_parser("ping")
     sub.add_argument("--address", required=True)
     sub.add_argument("--count", type=int, default=100)

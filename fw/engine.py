@@ -28,11 +28,14 @@ from fw.conntrack.table import (
     LOOSE,
     RELATED,
     REPLIED,
+    REVERSED,
     SEEN_REPLY,
     UNREPLIED,
     Session,
     SessionTable,
+    TcpSession,
     flow_key,
+    orientation,
 )
 from fw.conntrack.tcp import tcp_update
 from fw.conntrack.tcp import timeout_key as tcp_timeout_key
@@ -144,24 +147,25 @@ class Engine:
     def _tcp(self, pkt, now, iif, oif) -> Decision:
         # The hot path: an established TCP packet. flow_key, _refresh and _established are
         # written out here on purpose (a Python call costs as much as a window check).
+        # A TcpSession is its own track: tcp_update reads and writes its fields and state.
         src, dst, sport, dport = pkt.src, pkt.dst, pkt.sport, pkt.dport
         if src < dst or (src == dst and sport <= dport):
             key = (TCP, src, dst, sport, dport)
+            side = 0
         else:
             key = (TCP, dst, src, dport, sport)
+            side = REVERSED
         session = self.table.sessions.get(key)
         if session is not None:
-            original = src == session.src and sport == session.sport
-            track = session.tcp
-            old_state = track.state
-            problem = tcp_update(track, pkt, original)
+            original = session.flags & REVERSED == side
+            old_state = session.state
+            problem = tcp_update(session, pkt, original)
             if problem is None:
-                state = track.state
+                state = session.state
                 if state is not old_state:
-                    session.state = state
                     self._on_tcp_state(session, state, original)
-                timeouts = session.timeouts
-                deadline = now + timeouts[tcp_timeout_key(track, timeouts)] * self.timeout_scale
+                timeouts = session.profile.timeouts
+                deadline = now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale
                 session.deadline = deadline
                 if deadline < session.slot - 1:
                     self.table.reschedule(session)
@@ -174,7 +178,8 @@ class Engine:
                 session.last_seen = now
                 self.accepted[ESTABLISHED] += 1
                 decision = Decision(ACCEPT, ESTABLISHED, pkt, session)
-                if session.alg is not None and pkt.payload_len:
+                extra = session.extra
+                if extra is not None and extra.alg is not None and pkt.payload_len:
                     decision.effects = self._feed_alg(session, pkt, original, now)
                 return decision
             if problem is not tcpmod.REOPEN:
@@ -200,12 +205,14 @@ class Engine:
         proto, src, dst = pkt.proto, pkt.src, pkt.dst
         if src < dst or (src == dst and sport <= dport):
             key = (proto, src, dst, sport, dport)
+            side = 0
         else:
             key = (proto, dst, src, dport, sport)
+            side = REVERSED
         session = self.table.sessions.get(key)
         if session is None:
             return self._open(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
-        original = src == session.src and sport == session.sport
+        original = session.flags & REVERSED == side
         if original:
             session.orig_packets += 1
             session.orig_bytes += pkt.ip_len
@@ -216,7 +223,7 @@ class Engine:
                 session.state = REPLIED
                 session.flags |= SEEN_REPLY | ASSURED
         if proto == UDP:
-            timeout = session.timeouts["udp_stream" if session.state is REPLIED else "udp"]
+            timeout = session.profile.timeouts["udp_stream" if session.state is REPLIED else "udp"]
         else:
             timeout = GENERIC_TIMEOUT
         deadline = now + timeout * self.timeout_scale
@@ -306,19 +313,18 @@ class Engine:
             verdict = ACCEPT
         if len(self.table) >= self.max_sessions and not self._make_room(now):
             return self._verdict(DROP, "table-full", pkt)
-        session = Session(key, pkt.proto, pkt.family, pkt.src, pkt.dst, sport, dport, state, now)
-        session.tcp = track
-        session.policy_rev = self.policy.revision
+        session = self._new_session(pkt, key, state, now, sport, track)
+        table = self.table
         if expectation is not None:
             parent = expectation.parent
             session.parent = parent
-            session.rule = parent.rule
             session.flags |= RELATED
-            session.timeouts = parent.timeouts
-            session.rst_on_timeout = parent.rst_on_timeout
+            session.profile = table.profile(parent.rule, self.policy.revision, parent.timeouts,
+                                            parent.rst_on_timeout)  # fmt: skip
         else:
-            session.rule = rule.name if rule is not None else None
-            session.timeouts, session.rst_on_timeout = self._timeouts_for(rule, pkt)
+            timeouts, rst_on_timeout = self._timeouts_for(rule, pkt)
+            session.profile = table.profile(rule.name if rule is not None else None, self.policy.revision,
+                                            timeouts, rst_on_timeout)  # fmt: skip
             if rule is not None and rule.alg:
                 session.alg = ALGS[rule.alg](pkt.family, pkt.src, pkt.dst)
         if track is not None:
@@ -341,6 +347,18 @@ class Engine:
         if session.alg is not None and pkt.payload_len:
             effects = effects + self._feed_alg(session, pkt, True, now)
         return self._verdict(verdict, reason, pkt, session, effects)
+
+    def _new_session(self, pkt, key: tuple, state, now: float, sport: int, track) -> Session:
+        """A session for the flow `key` opened by `pkt`, its values shared where they can be."""
+        flags = orientation(key, pkt.src, sport)
+        setdefault = self.table.interned()
+        proto, low, high, low_port, high_port = key
+        key = (proto, setdefault(low, low), setdefault(high, high), setdefault(low_port, low_port),
+               setdefault(high_port, high_port))  # fmt: skip
+        if track is None:
+            return Session(key, state, now, flags)
+        track.o_maxwin = setdefault(track.o_maxwin, track.o_maxwin)  # a few window sizes are common
+        return TcpSession(key, track, now, flags)
 
     def _flood(self, pkt, why: str, now: float) -> Decision:
         self.counters["flood:" + why] += 1
@@ -382,11 +400,12 @@ class Engine:
         return self.policy.timeouts_for(rule, pkt, tcpmod.DEFAULT_TIMEOUTS)
 
     def _timeout_key(self, session: Session):
-        if session.proto == TCP:
-            return tcpmod.timeout_key(session.tcp, session.timeouts)
-        if session.proto == UDP:
+        proto = session.key[0]
+        if proto == TCP:
+            return tcpmod.timeout_key(session.tcp, session.profile.timeouts)
+        if proto == UDP:
             return "udp"
-        if session.proto == ICMP or session.proto == ICMPV6:
+        if proto == ICMP or proto == ICMPV6:
             return "icmp"
         return None
 
@@ -394,10 +413,10 @@ class Engine:
     def _timeout(session: Session, timeout_key) -> float:
         if timeout_key is None:
             return GENERIC_TIMEOUT
-        return session.timeouts[timeout_key]
+        return session.profile.timeouts[timeout_key]
 
     def _refresh(self, session: Session, now: float, timeout_key) -> None:
-        timeout = session.timeouts[timeout_key] if timeout_key is not None else GENERIC_TIMEOUT
+        timeout = session.profile.timeouts[timeout_key] if timeout_key is not None else GENERIC_TIMEOUT
         deadline = now + timeout * self.timeout_scale
         session.deadline = deadline
         if deadline < session.slot - 1:
@@ -502,12 +521,16 @@ class Engine:
         sessions = list(self.table.sessions.values())
         per_source: dict[bytes, int] = {}
         for session in sessions:
-            if not session.flags & ASSURED:
-                per_source[session.src] = per_source.get(session.src, 0) + 1
+            flags = session.flags
+            if not flags & ASSURED:
+                src = session.key[2 if flags & REVERSED else 1]  # session.src, without a call
+                per_source[src] = per_source.get(src, 0) + 1
 
         def eviction_order(session: Session):
-            assured = bool(session.flags & ASSURED)
-            return (assured, -per_source.get(session.src, 0) if not assured else 0, session.deadline)
+            flags = session.flags
+            if flags & ASSURED:
+                return (True, 0, session.deadline)
+            return (False, -per_source.get(session.key[2 if flags & REVERSED else 1], 0), session.deadline)
 
         batch = max(1, int(len(sessions) * EVICTION_BATCH))
         victims = heapq.nsmallest(batch, sessions, key=eviction_order)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from fw.conntrack.table import ASSURED, SEEN_REPLY, Session, flow_key
+from fw.conntrack.table import ASSURED, SEEN_REPLY, Session
 from fw.daemon import Loop
 from fw.drivers.control import (
     NOT_ROOT,
@@ -186,12 +186,11 @@ CLIENT, SERVER = bytes([198, 51, 100, 10]), bytes([203, 0, 113, 10])
 
 
 def web_session(now: float = 100.0) -> Session:
-    session = Session(flow_key(6, CLIENT, SERVER, 40000, 80), 6, 4, CLIENT, SERVER, 40000, 80,
-                      "ESTABLISHED", now - 5)
+    session = Session.of_flow(6, CLIENT, SERVER, 40000, 80, "ESTABLISHED", now - 5)
     session.orig_packets, session.orig_bytes, session.reply_packets, session.reply_bytes = 3, 180, 2, 120
     session.deadline = now + 7439.6
     session.rule = "allow-web"
-    session.flags = ASSURED | SEEN_REPLY
+    session.flags |= ASSURED | SEEN_REPLY
     session.policy_rev = "abc123"
     return session
 
@@ -210,7 +209,7 @@ def test_a_session_shows_both_tuples_its_counters_and_the_seconds_left():
 
 def test_an_icmp_session_shows_the_echo_id_instead_of_ports():
     six = bytes.fromhex("20010db8000100000000000000000010"), bytes.fromhex("20010db8000200000000000000000010")
-    session = Session(flow_key(58, *six, 77, 77), 58, 6, *six, 77, 77, "UNREPLIED", 0.0)
+    session = Session.of_flow(58, *six, 77, 77, "UNREPLIED", 0.0)
     view = session_view(session, 0.0, lambda s: 1)
     assert view["original"] == {"src": "2001:db8:1::10", "dst": "2001:db8:2::10", "id": 77,
                                 "packets": 0, "bytes": 0}

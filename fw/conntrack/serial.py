@@ -15,7 +15,17 @@ from types import MappingProxyType
 
 from fw.alg import ALGS
 from fw.conntrack import tcp as tcpmod
-from fw.conntrack.table import REPLIED, UNREPLIED, Session, flow_key
+from fw.conntrack.table import (
+    LIBERAL,
+    REPLIED,
+    REVERSED,
+    UNREPLIED,
+    Profile,
+    Session,
+    TcpSession,
+    flow_key,
+    orientation,
+)
 
 FORMAT_VERSION = 1
 
@@ -42,7 +52,7 @@ def session_to_dict(session: Session, clock_offset: float) -> dict:
         "counters": [session.orig_packets, session.orig_bytes, session.reply_packets, session.reply_bytes],
         "rule": session.rule,
         "policy_rev": session.policy_rev,
-        "flags": session.flags,
+        "flags": session.flags & ~(REVERSED | LIBERAL),  # both come from the tuple and the track
         "alg": session.alg.to_dict() if session.alg is not None else None,
         "parent": _key_to_list(session.parent.key) if session.parent is not None else None,
         "owner": session.owner,
@@ -56,27 +66,23 @@ def session_from_dict(data: dict, clock_offset: float) -> Session:
         src = ipaddress.ip_address(data["src"]).packed
         dst = ipaddress.ip_address(data["dst"]).packed
         proto, sport, dport = int(data["proto"]), int(data["sport"]), int(data["dport"])
-        family = 4 if len(src) == 4 else 6
         if len(dst) != len(src) or not (0 <= proto < 256 and 0 <= sport < 65536 and 0 <= dport < 65536):
             raise SerialError("inconsistent tuple")
         created = float(data["created"]) - clock_offset
-        session = Session(flow_key(proto, src, dst, sport, dport), proto, family, src, dst, sport, dport,
-                          UNREPLIED, created)  # fmt: skip
+        key = flow_key(proto, src, dst, sport, dport)
+        flags = (int(data["flags"]) & ~(REVERSED | LIBERAL)) | orientation(key, src, sport)
         if data["tcp"] is not None:
-            session.tcp = tcpmod.from_dict(data["tcp"])
-            session.state = session.tcp.state
+            session = TcpSession(key, tcpmod.from_dict(data["tcp"]), created, flags)
         else:
-            session.state = {"UNREPLIED": UNREPLIED, "REPLIED": REPLIED}[data["state"]]
+            session = Session(key, {"UNREPLIED": UNREPLIED, "REPLIED": REPLIED}[data["state"]], created, flags)
         timeouts = data["timeouts"]
-        session.timeouts = MappingProxyType({str(k): float(v) for k, v in timeouts.items()}) if timeouts else None
-        session.rst_on_timeout = bool(data["rst_on_timeout"])
+        timeouts = MappingProxyType({str(k): float(v) for k, v in timeouts.items()}) if timeouts else None
+        rule = None if data["rule"] is None else str(data["rule"])
+        session.profile = Profile(rule, data["policy_rev"], timeouts, bool(data["rst_on_timeout"]))
         session.last_seen = float(data["last_seen"]) - clock_offset
         session.deadline = float(data["deadline"]) - clock_offset
         counters = [int(n) for n in data["counters"]]
         session.orig_packets, session.orig_bytes, session.reply_packets, session.reply_bytes = counters
-        session.rule = None if data["rule"] is None else str(data["rule"])
-        session.policy_rev = data["policy_rev"]
-        session.flags = int(data["flags"])
         alg = data["alg"]
         if alg is not None:
             session.alg = ALGS[alg["alg"]].from_dict(alg)

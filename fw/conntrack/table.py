@@ -3,19 +3,30 @@
 How it works: a session is stored once, under a canonical key `(proto, low_addr, high_addr,
 low_port, high_port)` where the lower (address, port) endpoint comes first, so the packets of both
 directions build the same key; the direction is whether the packet's source is the session's
-original source. ICMP echo uses the identifier as both ports.
+original source (flag REVERSED: it is the key's high end). ICMP echo uses the identifier as both ports.
 
 Expiry is a timer wheel of one-second slots kept in a heap of due slots. A packet only moves a
 session's `deadline` (a float store); when a slot comes due, each session in it either expires or,
 if its deadline moved on, is filed again under its new slot. A session whose deadline moves
 *earlier* than its slot (a state with a shorter timeout) is filed again at once. So neither a
 packet nor `expire(now)` costs more as the table grows.
+
+Memory (a table may hold a million sessions): a session keeps only what changes per flow. Its
+tuple is the key (`src`, `proto`, ... are read from it); what the opening rule decided (rule,
+policy revision, timeouts, rst_on_timeout) is one `Profile` shared by the sessions opened alike;
+the rare parts (ALG, FTP parent and expectations, HA owner) are one `Extra`, None for most. A TCP
+session is a `TcpSession`: the TCP track's fields are its own (`session.tcp` is the session).
+Equal values share one object: a bucket's first item is its slot number, which its sessions
+point to, and addresses, ports and windows are interned when a session is created (`interned`).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from itertools import islice
+
+from fw.conntrack.tcp import FIELDS, TrackFields
 
 UNREPLIED = "UNREPLIED"
 REPLIED = "REPLIED"
@@ -26,8 +37,12 @@ SEEN_REPLY = 2
 RELATED = 4  # opened through an expectation (an ALG) or a related ICMP error
 LOOSE = 8  # picked up mid-stream (tcp_loose)
 HALF_OPEN = 16  # counted in its source's half-open sessions (flood limits)
+REVERSED = 32  # the original source is the key's high end (fixed at creation; not a state)
+LIBERAL = 128  # TCP: liberal window checks (the track's `liberal`, kept here); 64 is fw.drivers.offload's
 FLAG_NAMES = {ASSURED: "assured", SEEN_REPLY: "seen-reply", RELATED: "related", LOOSE: "loose",
               HALF_OPEN: "half-open"}
+INTERN_LIMIT = 1 << 16  # values kept by SessionTable.intern before it starts over
+PROFILE_LIMIT = 4096  # profiles kept by SessionTable.profile before it starts over
 
 
 def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple:
@@ -37,44 +52,124 @@ def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> tupl
     return (proto, dst, src, dport, sport)
 
 
+def orientation(key: tuple, src: bytes, sport: int) -> int:
+    """REVERSED if a packet from (src, sport) in the flow `key` comes from the key's high end, else 0."""
+    return 0 if key[1] == src and key[3] == sport else REVERSED
+
+
+class Profile:
+    """What the rule that opened a session decided for it; shared, never changed (make another)."""
+
+    __slots__ = ("rule", "policy_rev", "timeouts", "rst_on_timeout")
+
+    def __init__(self, rule, policy_rev, timeouts, rst_on_timeout: bool):
+        self.rule = rule
+        self.policy_rev = policy_rev
+        self.timeouts = timeouts
+        self.rst_on_timeout = rst_on_timeout
+
+    def but(self, **changes) -> Profile:
+        """A copy with some fields changed."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields.update(changes)
+        return Profile(**fields)
+
+
+NO_PROFILE = Profile(None, None, None, False)
+
+
+class Extra:
+    """A session's rare parts: ALG state, FTP parent and expectation keys, the HA owner."""
+
+    __slots__ = ("alg", "parent", "expectations", "owner")
+
+    def __init__(self):
+        self.alg = self.parent = self.expectations = self.owner = None
+
+
+def _profile_field(name: str) -> property:
+    def get(session):
+        return getattr(session.profile, name)
+
+    def set_(session, value):
+        session.profile = session.profile.but(**{name: value})
+
+    return property(get, set_, doc=f"The profile's {name}; setting it gives the session a profile of its own.")
+
+
+def _extra_field(name: str) -> property:
+    def get(session):
+        extra = session.extra
+        return None if extra is None else getattr(extra, name)
+
+    def set_(session, value):
+        extra = session.extra
+        if extra is None:
+            if value is None:
+                return
+            extra = session.extra = Extra()
+        setattr(extra, name, value)
+
+    return property(get, set_, doc=f"The session's {name} (kept in `extra`), or None.")
+
+
 class Session:
     """One tracked flow. The original direction is that of the packet that opened it."""
 
     __slots__ = (
-        "key", "proto", "family", "src", "dst", "sport", "dport",
-        "state", "tcp", "timeouts", "deadline", "slot",
+        "key", "state", "deadline", "slot",
         "orig_packets", "orig_bytes", "reply_packets", "reply_bytes",
-        "rule", "policy_rev", "created", "last_seen", "flags",
-        "alg", "parent", "expectations", "rst_on_timeout", "owner",
+        "created", "last_seen", "flags", "profile", "extra",
     )  # fmt: skip
+    tcp = None  # a TcpSession is its own track
 
-    def __init__(self, key, proto, family, src, dst, sport, dport, state, now):
+    def __init__(self, key: tuple, state, now: float, flags: int = 0, profile: Profile = NO_PROFILE):
         self.key = key
-        self.proto = proto
-        self.family = family
-        self.src = src
-        self.dst = dst
-        self.sport = sport
-        self.dport = dport
         self.state = state
-        self.tcp = None
-        self.timeouts = None
         self.deadline = now
         self.slot = 0
         self.orig_packets = 0
         self.orig_bytes = 0
         self.reply_packets = 0
         self.reply_bytes = 0
-        self.rule = None
-        self.policy_rev = None
         self.created = now
         self.last_seen = now
-        self.flags = 0
-        self.alg = None
-        self.parent = None
-        self.expectations = None
-        self.rst_on_timeout = False
-        self.owner = None
+        self.flags = flags
+        self.profile = profile
+        self.extra = None
+
+    rule = _profile_field("rule")
+    policy_rev = _profile_field("policy_rev")
+    timeouts = _profile_field("timeouts")
+    rst_on_timeout = _profile_field("rst_on_timeout")
+    alg = _extra_field("alg")
+    parent = _extra_field("parent")
+    expectations = _extra_field("expectations")
+    owner = _extra_field("owner")
+
+    @property
+    def proto(self) -> int:
+        return self.key[0]
+
+    @property
+    def family(self) -> int:
+        return 4 if len(self.key[1]) == 4 else 6
+
+    @property
+    def src(self) -> bytes:
+        return self.key[2 if self.flags & REVERSED else 1]
+
+    @property
+    def dst(self) -> bytes:
+        return self.key[1 if self.flags & REVERSED else 2]
+
+    @property
+    def sport(self) -> int:
+        return self.key[4 if self.flags & REVERSED else 3]
+
+    @property
+    def dport(self) -> int:
+        return self.key[3 if self.flags & REVERSED else 4]
 
     @property
     def state_name(self) -> str:
@@ -84,14 +179,54 @@ class Session:
     def is_original(self, src: bytes, sport: int) -> bool:
         return src == self.src and sport == self.sport
 
+    @classmethod
+    def of_flow(cls, proto: int, src: bytes, dst: bytes, sport: int, dport: int, state, now: float) -> Session:
+        """A session opened by a packet from (src, sport) to (dst, dport)."""
+        key = flow_key(proto, src, dst, sport, dport)
+        return cls(key, state, now, orientation(key, src, sport))
+
+
+class TcpSession(Session, TrackFields):
+    """A TCP session: the track's FIELDS are its own slots (`liberal` is the flag LIBERAL), its
+    `state` is the track's state."""
+
+    __slots__ = tuple(name for name in FIELDS if name != "liberal")
+
+    def __init__(self, key: tuple, track, now: float, flags: int = 0, profile: Profile = NO_PROFILE):
+        super().__init__(key, track.state, now, flags, profile)
+        self.data = track.data
+
+    @property
+    def liberal(self) -> bool:
+        return bool(self.flags & LIBERAL)
+
+    @liberal.setter
+    def liberal(self, value: bool) -> None:
+        self.flags = self.flags | LIBERAL if value else self.flags & ~LIBERAL
+
+    @property
+    def tcp(self) -> TcpSession:
+        return self
+
+    @tcp.setter
+    def tcp(self, track) -> None:
+        """Take another track's window data and state (an HA peer's, a merged one)."""
+        self.data = track.data
+        self.state = track.state
+
+    def __repr__(self) -> str:
+        return f"<TcpSession {self.key} {self.state.name}>"
+
 
 class SessionTable:
     """Sessions by canonical key, with a timer wheel for expiry."""
 
     def __init__(self) -> None:
         self.sessions: dict[tuple, Session] = {}
-        self._slots: dict[int, list[Session]] = {}
+        self._slots: dict[int, list] = {}  # slot -> [slot, session, ...]
         self._due: list[int] = []  # heap of slot numbers that have a list in _slots
+        self._interned: dict = {}
+        self._profiles: dict[tuple, Profile] = {}
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -112,18 +247,40 @@ class SessionTable:
             del self.sessions[session.key]
         session.slot = -1  # stale entries in the wheel are skipped
 
+    def interned(self):
+        """The `setdefault` of the values kept so that sessions share them (addresses, ports,
+        windows): `setdefault(v, v)` is the object kept for values equal to v. For a new session
+        only, never on a packet's path; the store starts over when it reaches INTERN_LIMIT."""
+        if len(self._interned) >= INTERN_LIMIT:
+            self._interned.clear()
+        return self._interned.setdefault
+
+    def profile(self, rule, policy_rev, timeouts, rst_on_timeout: bool) -> Profile:
+        """The shared Profile for these values (`timeouts` by identity: the policy shares its tables)."""
+        key = (rule, policy_rev, id(timeouts), rst_on_timeout)
+        profile = self._profiles.get(key)
+        if profile is None or profile.timeouts is not timeouts:
+            if len(self._profiles) >= PROFILE_LIMIT:
+                self._profiles.clear()
+            profile = self._profiles[key] = Profile(rule, policy_rev, timeouts, rst_on_timeout)
+        return profile
+
     def reschedule(self, session: Session) -> None:
         """File the session under the slot of its deadline if that is earlier than where it is."""
         slot = int(session.deadline) + 1
-        if session.slot and session.slot <= slot:
-            return
-        session.slot = slot
+        old = session.slot
+        if old:
+            if old <= slot:
+                return
+            bucket = self._slots.get(old)
+            if bucket is not None and bucket[-1] is session:
+                bucket.pop()  # filed there last (a handshake's SYN): leave no stale entry
         bucket = self._slots.get(slot)
         if bucket is None:
-            self._slots[slot] = [session]
+            bucket = self._slots[slot] = [slot]
             heapq.heappush(self._due, slot)
-        else:
-            bucket.append(session)
+        session.slot = bucket[0]  # one int object for the bucket's sessions
+        bucket.append(session)
 
     def pop_expired(self, now: float) -> list[Session]:
         """Remove and return the sessions whose deadline is at or before `now`."""
@@ -131,7 +288,7 @@ class SessionTable:
         due = self._due
         while due and due[0] <= now:
             slot = heapq.heappop(due)
-            for session in self._slots.pop(slot, ()):
+            for session in islice(self._slots.pop(slot, ()), 1, None):
                 if session.slot != slot:
                     continue  # filed again elsewhere, or removed
                 if session.deadline <= now:

@@ -11,8 +11,9 @@ keeps what that end has shown: td_end (highest seq+len sent), td_maxend (right e
 end's window), td_maxwin (largest window), td_maxack, td_scale, flags. Sequence numbers compare
 mod 2**32.
 
-Memory: a TcpTrack is one flat `__slots__` object (`FIELDS`: o_ for what the original sender
-showed, r_ for the reply sender), and a number equal to one already kept is stored as the same int
+Memory: a track is flat `__slots__` (`FIELDS`: o_ for what the original sender showed, r_ for the
+reply sender): a TcpTrack, or in the session table a TcpSession that carries them itself (the
+functions here take either), and a number equal to one already kept is stored as the same int
 object (every other int costs 28 bytes per session). The established path reads the fields it
 needs into locals and writes back what a valid packet changed; the rarer paths (the switch, a
 direction's first sight) work on a list copy (`_get`) and store it (`_put`) only when the packet
@@ -185,13 +186,14 @@ def after(seq1: int, seq2: int) -> bool:
 
 # A track's fields besides its state: both ends' window data (o_ what the original sender showed,
 # r_ the reply sender: the kernel's ip_ct_tcp_state, td_ dropped) and what the last packets showed
-# (ip_ct_tcp's last_*). `_put` assigns them in this order.
+# (ip_ct_tcp's last_*: last_wscale is kept in last_flags' high bits, last_dir and last_index in one
+# `last_packet`, index << 1 | direction). `_put` assigns them in this order.
 FIELDS = (
     "o_end", "o_maxend", "o_maxwin", "o_maxack", "r_end", "r_maxend", "r_maxwin", "r_maxack",
     "last_seq", "last_ack", "last_end",
-    "o_scale", "r_scale", "last_wscale", "last_flags", "last_dir",
+    "o_scale", "r_scale", "last_flags",
     "last_win",
-    "o_flags", "r_flags", "retrans", "last_index", "liberal",
+    "o_flags", "r_flags", "retrans", "last_packet", "liberal",
 )  # fmt: skip
 _AT = {name: index for index, name in enumerate(FIELDS)}
 # Per-end fields: their index in FIELDS, by direction (ORIGINAL, REPLY).
@@ -199,12 +201,14 @@ _END, _MAXEND, _MAXWIN, _MAXACK, _SCALE, _PFLAGS = (
     (_AT["o_" + name], _AT["r_" + name]) for name in ("end", "maxend", "maxwin", "maxack", "scale", "flags")
 )
 _PEER = (_END, _MAXEND, _MAXWIN, _MAXACK, _SCALE, _PFLAGS)
-_LAST_SEQ, _LAST_ACK, _LAST_END, _LAST_WIN, _LAST_WSCALE, _LAST_FLAGS, _LAST_DIR, _LAST_INDEX = (
-    _AT[name] for name in ("last_seq", "last_ack", "last_end", "last_win", "last_wscale", "last_flags",
-                           "last_dir", "last_index")
-)  # fmt: skip
+_LAST_SEQ, _LAST_ACK, _LAST_END, _LAST_WIN, _LAST_FLAGS, _LAST_PACKET = (
+    _AT[name] for name in ("last_seq", "last_ack", "last_end", "last_win", "last_flags", "last_packet")
+)
+WSCALE_SHIFT = 8  # last_flags also holds the window scale the last ignored SYN offered, from this bit on
 _LIBERAL = _AT["liberal"]
-_NEW_VALUES = tuple(TCP_NONE_SET if name == "last_index" else False if name == "liberal" else 0 for name in FIELDS)
+_NEW_VALUES = tuple(
+    TCP_NONE_SET << 1 if name == "last_packet" else False if name == "liberal" else 0 for name in FIELDS
+)
 _get = attrgetter(*FIELDS)  # a track's FIELDS as a tuple
 # From such a tuple, by direction: the end's (end, maxend, maxwin, maxack, scale, flags).
 _PEER_OF = tuple(itemgetter(*(at[direction] for at in _PEER)) for direction in (ORIGINAL, REPLY))
@@ -221,18 +225,10 @@ class TcpPeer(NamedTuple):
     flags: int
 
 
-class TcpTrack:
-    """The TCP part of a session (the kernel's ip_ct_tcp): the state and FIELDS, flat.
+class TrackFields:
+    """What every holder of FIELDS (a TcpTrack, a TcpSession) offers besides them."""
 
-    `liberal`: picked up mid-stream, window failures (not RSTs) are let through.
-    """
-
-    __slots__ = ("state", *FIELDS)
-
-    def __init__(self, liberal: bool = False) -> None:
-        self.state = sNO
-        _put(self, _NEW_VALUES)
-        self.liberal = liberal
+    __slots__ = ()
 
     @property
     def data(self) -> tuple:
@@ -244,10 +240,36 @@ class TcpTrack:
         _put(self, values)
 
     @property
+    def last_dir(self) -> int:
+        """The direction of the last packet (ORIGINAL, REPLY)."""
+        return self.last_packet & 1
+
+    @property
+    def last_index(self) -> int:
+        """The flag class of the last packet."""
+        return self.last_packet >> 1
+
+    @property
     def seen(self) -> tuple[TcpPeer, TcpPeer]:
         """(original sender, reply sender), read-only."""
         values = _get(self)
         return TcpPeer(*_PEER_OF[ORIGINAL](values)), TcpPeer(*_PEER_OF[REPLY](values))
+
+
+class TcpTrack(TrackFields):
+    """The TCP part of a session (the kernel's ip_ct_tcp): the state and FIELDS, flat. A session
+    in the table is a TcpSession (fw.conntrack.table), which has the same fields: the functions
+    here take either.
+
+    `liberal`: picked up mid-stream, window failures (not RSTs) are let through.
+    """
+
+    __slots__ = ("state", *FIELDS)
+
+    def __init__(self, liberal: bool = False) -> None:
+        self.state = sNO
+        _put(self, _NEW_VALUES)
+        self.liberal = liberal
 
     def __repr__(self) -> str:
         return f"<TcpTrack {self.state.name} {to_dict(self)}>"
@@ -257,8 +279,8 @@ def _put(track: TcpTrack, values) -> None:
     """Set a track's FIELDS from a sequence in FIELDS' order (`_get` reads them)."""
     (track.o_end, track.o_maxend, track.o_maxwin, track.o_maxack, track.r_end, track.r_maxend, track.r_maxwin,
      track.r_maxack, track.last_seq, track.last_ack, track.last_end, track.o_scale, track.r_scale,
-     track.last_wscale, track.last_flags, track.last_dir, track.last_win, track.o_flags, track.r_flags,
-     track.retrans, track.last_index, track.liberal) = values  # fmt: skip
+     track.last_flags, track.last_win, track.o_flags, track.r_flags,
+     track.retrans, track.last_packet, track.liberal) = values  # fmt: skip
 
 
 def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:
@@ -394,7 +416,7 @@ def tcp_update(track: TcpTrack, pkt, original: bool) -> str | None:
         _put(track, values)
     if index == TCP_ACK_SET:  # count retransmissions: the same segment again
         raw_win = pkt.window
-        if (track.last_dir == direction and track.last_seq == seq and track.last_ack == ack
+        if (track.last_packet & 1 == direction and track.last_seq == seq and track.last_ack == ack
                 and track.last_end == end and track.last_win == raw_win):
             track.retrans += 1
         else:
@@ -402,8 +424,7 @@ def tcp_update(track: TcpTrack, pkt, original: bool) -> str | None:
                 raw_win = s_maxwin
             track.last_seq, track.last_ack, track.last_end, track.last_win = seq, ack, end, raw_win
             track.retrans = 0
-    track.last_dir = direction
-    track.last_index = index
+    track.last_packet = index << 1 | direction
     if direction:
         track.r_end, track.r_maxwin, track.r_maxack, track.r_flags = s_end, s_maxwin, s_maxack, s_flags
         track.o_maxend, track.o_maxwin, track.o_flags = r_maxend, r_maxwin, r_flags
@@ -426,7 +447,7 @@ def _switch(track: TcpTrack, pkt, direction: int, index: int, old_state: TcpStat
             # RFC 9293 3.10.7.4: a SYN may reopen a connection in TIME-WAIT; the kernel also
             # reopens when the same end reset it (an aborted connection).
             if ((track.o_flags | track.r_flags) & CLOSE_INIT
-                    or (track.last_dir == direction and track.last_index == TCP_RST_SET)
+                    or track.last_packet == TCP_RST_SET << 1 | direction
                     or (old_state is sCL and track.r_maxwin == 0)):
                 return REOPEN
             new_state = sIG  # fall through to ignore (the kernel does)
@@ -438,8 +459,8 @@ def _switch(track: TcpTrack, pkt, direction: int, index: int, old_state: TcpStat
         if direction == REPLY and index == TCP_ACK_SET and track.last_flags & SIMULTANEOUS_OPEN:
             new_state = sES  # the table cannot tell a simultaneous open's last ACK
     elif new_state is sTW:
-        if (old_state is sLA and index == TCP_ACK_SET and track.last_dir != direction
-                and track.last_index == TCP_SYN_SET and track.last_flags & EXP_CHALLENGE_ACK):
+        if (old_state is sLA and index == TCP_ACK_SET and track.last_packet == TCP_SYN_SET << 1 | direction ^ 1
+                and track.last_flags & EXP_CHALLENGE_ACK):
             # RFC 5961 section 4: the ACK answers the SYN we let through, not the last FIN.
             track.last_flags &= ~EXP_CHALLENGE_ACK
             return None
@@ -463,8 +484,7 @@ def _switch(track: TcpTrack, pkt, direction: int, index: int, old_state: TcpStat
 def _commit(track: TcpTrack, values, direction: int, index: int, new_state: TcpState) -> None:
     """Store `values` with this packet as the last one, and the new state."""
     values = list(values)
-    values[_LAST_INDEX] = index
-    values[_LAST_DIR] = direction
+    values[_LAST_PACKET] = index << 1 | direction
     if new_state is sFW and track.state is not sFW:
         values[_PFLAGS[direction]] |= CLOSE_INIT  # this end sent the first FIN
     _store(track, values, new_state)
@@ -478,8 +498,7 @@ def _store(track: TcpTrack, values: list, state: TcpState) -> None:
 def _ignore(values: list, pkt, direction: int, index: int, old_state: TcpState) -> None:
     """An sIG packet passes unchanged; remember it in case the other end answers it (the kernel's
     a) SYN in ORIGINAL, b) SYN/ACK in REPLY, c) ACK in REPLY after the SYN)."""
-    values[_LAST_INDEX] = index
-    values[_LAST_DIR] = direction
+    values[_LAST_PACKET] = index << 1 | direction
     values[_LAST_SEQ] = pkt.seq
     values[_LAST_END] = _seq_end(pkt)
     values[_LAST_WIN] = pkt.window
@@ -487,7 +506,7 @@ def _ignore(values: list, pkt, direction: int, index: int, old_state: TcpState) 
         flags, scale = _offered(pkt)
         if old_state is sLA:
             flags |= EXP_CHALLENGE_ACK  # RFC 5961 section 4: the SYN may draw a challenge ACK
-        values[_LAST_FLAGS], values[_LAST_WSCALE] = flags, scale
+        values[_LAST_FLAGS] = flags | scale << WSCALE_SHIFT
     elif old_state is sSS and index == TCP_ACK_SET and direction == REPLY:
         values[_LAST_ACK] = pkt.ack  # a challenge ACK to the SYN: the client may reset with seq = ack
 
@@ -495,13 +514,13 @@ def _ignore(values: list, pkt, direction: int, index: int, old_state: TcpState) 
 def _in_sync_again(values: list, pkt, direction: int, index: int) -> bool:
     """A SYN/ACK acknowledging a SYN we ignored: both ends are in sync, we are not. Take the SYN's
     annotated values and restart from SYN_SENT (the kernel's case b)."""
-    last_dir = values[_LAST_DIR]
-    if not (index == TCP_SYNACK_SET and values[_LAST_INDEX] == TCP_SYN_SET
-            and last_dir != direction and pkt.ack == values[_LAST_END]):
+    last_dir = direction ^ 1
+    if not (index == TCP_SYNACK_SET and values[_LAST_PACKET] == TCP_SYN_SET << 1 | last_dir
+            and pkt.ack == values[_LAST_END]):
         return False
     values[_END[last_dir]] = values[_MAXEND[last_dir]] = values[_LAST_END]
     values[_MAXWIN[last_dir]] = values[_LAST_WIN] or 1
-    values[_SCALE[last_dir]] = values[_LAST_WSCALE]
+    values[_SCALE[last_dir]] = values[_LAST_FLAGS] >> WSCALE_SHIFT
     values[_LAST_FLAGS] &= ~EXP_CHALLENGE_ACK
     values[_PFLAGS[last_dir]] = values[_LAST_FLAGS] & (WINDOW_SCALE | SACK_PERM)
     values[_MAXACK[last_dir]] = 0
@@ -515,7 +534,7 @@ def _check_rst(values: list, pkt, direction: int, old_state: TcpState):
     receiver sends a challenge ACK), OUT_OF_WINDOW otherwise."""
     seq = pkt.seq
     has_ack = pkt.flags & TH_ACK
-    last_index, last_dir = values[_LAST_INDEX], values[_LAST_DIR]
+    last_index, last_dir = values[_LAST_PACKET] >> 1, values[_LAST_PACKET] & 1
     if has_ack and last_index == TCP_SYN_SET and last_dir != direction and pkt.ack == values[_LAST_END]:
         return sCL  # the answer to a SYN we let through (sIG): the receiver has no such connection
     if (old_state is sSS and direction == ORIGINAL and last_index == TCP_ACK_SET
@@ -599,15 +618,15 @@ def timeout_key(track: TcpTrack, timeouts: Mapping[str, float] | None = None) ->
     key = TIMEOUT_KEYS[state]
     retransmitting = track.retrans >= MAX_RETRANS
     if not retransmitting:
-        if track.last_index == TCP_RST_SET:
+        if track.last_packet >> 1 == TCP_RST_SET:
             return "tcp_close"
         if not ((track.o_flags | track.r_flags) & DATA_UNACKNOWLEDGED or track.last_win == 0
-                or (track.liberal and track.r_maxwin == 0 and state is sES)):
+                or (state is sES and track.r_maxwin == 0 and track.liberal)):
             return key
     table = DEFAULT_TIMEOUTS if timeouts is None else timeouts
     if table[key] > table[UNACKNOWLEDGED]:
         return UNACKNOWLEDGED
-    return "tcp_close" if track.last_index == TCP_RST_SET else key
+    return "tcp_close" if track.last_packet >> 1 == TCP_RST_SET else key
 
 
 def next_expected_seq(track: TcpTrack, original: bool) -> int:
@@ -619,8 +638,8 @@ def next_expected_seq(track: TcpTrack, original: bool) -> int:
 
 TRACK_FORMAT = 1  # to_dict's "version"; a dict without one (written before it existed) is format 1
 _PEER_FIELDS = TcpPeer._fields
-_TRACK_FIELDS = ("last_dir", "last_index", "last_seq", "last_ack", "last_end", "last_win",
-                 "last_wscale", "last_flags", "retrans", "liberal")  # fmt: skip
+_TRACK_FIELDS = ("last_seq", "last_ack", "last_end", "last_win",
+                 "last_flags", "retrans", "liberal")  # fmt: skip
 # The largest value from_dict accepts per field (all are >= 0): the rest are sequence numbers or
 # windows (32 bits). Data from a snapshot or an HA peer may be damaged or hostile.
 _MAXIMA = {"last_dir": REPLY, "last_index": TCP_NONE_SET, "last_win": 0xFFFF, "last_wscale": 14, "td_scale": 14,
@@ -633,6 +652,8 @@ def to_dict(track: TcpTrack) -> dict:
     data = {"version": TRACK_FORMAT, "state": track.state.name}
     data.update((name, values[_AT[name]]) for name in _TRACK_FIELDS)
     data["liberal"] = bool(data["liberal"])
+    data["last_wscale"], data["last_flags"] = data["last_flags"] >> WSCALE_SHIFT, data["last_flags"] & 0xFF
+    data["last_dir"], data["last_index"] = track.last_dir, track.last_index
     for side, direction in (("original", ORIGINAL), ("reply", REPLY)):
         data[side] = {name: values[at[direction]] for name, at in zip(_PEER_FIELDS, _PEER, strict=True)}
     return data
@@ -645,13 +666,22 @@ def from_dict(data: Mapping) -> TcpTrack:
         raise ValueError(f"TCP track format {version!r} is not {TRACK_FORMAT}")
     values = list(_NEW_VALUES)
     named = [(name, _AT[name], data[name]) for name in _TRACK_FIELDS]
+    named += [("last_wscale", None, data["last_wscale"]), ("last_dir", None, data["last_dir"]),
+              ("last_index", None, data["last_index"])]
     for side, direction in (("original", ORIGINAL), ("reply", REPLY)):
         named += [(name, at[direction], data[side][name]) for name, at in zip(_PEER_FIELDS, _PEER, strict=True)]
     for name, index, raw in named:
         value = int(raw)
         if not 0 <= value <= _MAXIMA.get(name, SEQ_MASK):
             raise ValueError(f"TCP track {name} {value} out of range")
-        values[index] = value
+        if name == "last_wscale":
+            values[_LAST_FLAGS] |= value << WSCALE_SHIFT
+        elif name == "last_dir":
+            values[_LAST_PACKET] = values[_LAST_PACKET] & ~1 | value
+        elif name == "last_index":
+            values[_LAST_PACKET] = values[_LAST_PACKET] & 1 | value << 1
+        else:
+            values[index] = value
     values[_LIBERAL] = bool(values[_LIBERAL])
     track = TcpTrack()
     _store(track, values, TcpState[data["state"]])

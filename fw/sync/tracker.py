@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
-from fw.conntrack.table import HALF_OPEN, RELATED, REPLIED, UNREPLIED
+from fw.conntrack.table import HALF_OPEN, LIBERAL, RELATED, REPLIED, REVERSED, UNREPLIED
 
 SWEEP_PERIOD = 2.0  # seconds for a full pass over the sessions we track
 SWEEP_SLICE = 0.1  # seconds between two slices of the pass (the service calls sweep() this often)
@@ -319,7 +319,7 @@ class SessionSync:
             theirs.tcp = merged_track(ours.tcp, theirs.tcp)
         if ours.alg is not None:
             theirs.alg = ours.alg
-        theirs.flags |= ours.flags & ~HALF_OPEN
+        theirs.flags |= ours.flags & ~(HALF_OPEN | REVERSED | LIBERAL)  # their orientation and track are theirs
         expectations = self.engine.expectations
         return [serial.expectation_to_dict(k, expectations[k], offset)
                 for k in ours.expectations or () if k in expectations]  # fmt: skip

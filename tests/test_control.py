@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from fw.cli.daemon import session_line
 from fw.conntrack.table import ASSURED, SEEN_REPLY, Session
 from fw.daemon import Loop
 from fw.drivers.control import (
@@ -203,8 +204,17 @@ def test_a_session_shows_both_tuples_its_counters_and_the_seconds_left():
         "reply": {"src": "203.0.113.10", "dst": "198.51.100.10", "sport": 80, "dport": 40000,
                   "packets": 2, "bytes": 120},
         "timeout": 7440, "age": 5.0, "rule": "allow-web", "flags": ["ASSURED", "SEEN_REPLY"],
-        "alg": None, "parent": None, "policy_rev": "abc123",
+        "alg": None, "parent": None, "policy_rev": "abc123", "owner": None,
     }
+
+
+def test_a_synced_session_names_the_node_that_announced_it():
+    session = web_session()
+    session.owner = "fw2"
+    view = session_view(session, 100.0, lambda s: 42)
+    assert view["owner"] == "fw2"
+    assert session_line(view).endswith("rule=allow-web owner=fw2")
+    assert "owner=" not in session_line(session_view(web_session(), 100.0, lambda s: 42))
 
 
 def test_an_icmp_session_shows_the_echo_id_instead_of_ports():

@@ -169,6 +169,9 @@ def test_twenty_fetches_succeed_with_sync_and_the_hold_is_measured(cluster, web,
     assert 0 < hold2["wait"]["median_ms"] < 50 and hold2["wait"]["worst_ms"] <= 60
     assert seconds[-1] < 0.9  # no fetch needed a retransmission (1 s)
     assert two["drops"].get("invalid:no-session", 0) == 0
+    owners = [s["owner"] for s in json.loads(fw2.fw("sessions", "--json").stdout)["sessions"]
+              if s["rule"] == "allow-web"]
+    assert len(owners) == 20 and set(owners) == {"fw1"}  # fw2 holds fw1's sessions, marked as fw1's
 
 
 def test_no_fetch_succeeds_without_sync(cluster, web):

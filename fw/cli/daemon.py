@@ -230,6 +230,8 @@ def session_line(session: dict) -> str:
     words.append(f"rule={session['rule'] or '-'}")
     if session.get("alg"):
         words.append(f"alg={session['alg']}")
+    if session.get("owner"):
+        words.append(f"owner={session['owner']}")
     return " ".join(words)
 
 

@@ -304,6 +304,7 @@ def session_view(session, now: float, flow_id: Callable) -> dict:
         "alg": getattr(alg, "name", None) if alg is not None else None,
         "parent": flow_id(session.parent) if session.parent is not None else None,
         "policy_rev": session.policy_rev,
+        "owner": session.owner,  # the HA node that announced it (fw run --sync), else None
     }
 
 

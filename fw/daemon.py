@@ -164,7 +164,9 @@ class Daemon:
                 self.rules = iptables.Installation(iptables.Hooking(
                     queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
                     families=config.families, offload=config.offload), config.backend)
-                self._replace_stale_rules()
+                stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
+                if stale:
+                    log.warning("removed %d rules and chains left by an earlier run", len(stale))
             self.control.listen(self.loop)
             self.services.append(self.control)
         except (ControlError, iptables.IptablesError, OSError) as exc:
@@ -173,14 +175,6 @@ class Daemon:
         except BaseException:
             self.close()
             raise
-
-    def _replace_stale_rules(self) -> None:
-        """Install ours in place of a crashed run's in one commit (no unfiltered moment), then tidy the
-        other backend."""
-        stale = self.rules.install(replace_stale=True)
-        stale += iptables.cleanup(tuple(b for b in iptables.BACKENDS if b != self.rules.backend))
-        if stale:
-            log.warning("removed %d rules and chains left by an earlier run", len(stale))
 
     def describe(self) -> str:
         """The start-up line: what is in force."""

@@ -247,8 +247,7 @@ class Supervisor:
             self.rules = iptables.Installation(iptables.Hooking(
                 queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
                 families=config.families, offload=config.offload), config.backend)
-            stale = self.rules.install(replace_stale=True)  # one commit: no moment without rules
-            stale += iptables.cleanup(tuple(b for b in iptables.BACKENDS if b != self.rules.backend))
+            stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
             if stale:
                 log.warning("removed %d rules and chains left by an earlier run", len(stale))
             self.control.listen(self.loop)

@@ -247,17 +247,17 @@ def test_fw_cleanup_removes_what_a_killed_run_left_and_nothing_else(ns, backend)
 
 @pytest.mark.root
 @pytest.mark.netns
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
-def test_a_new_run_replaces_a_killed_runs_rules_at_once_and_removes_them_all(ns, backend):
-    add_foreign_rules(ns, backend)
-    before = ns.save(backend)
-    leave_a_killed_runs_rules(ns, backend)
-    crashed = ns.save(backend)
+@pytest.mark.parametrize(("killed", "backend"), [("nft", "nft"), ("legacy", "legacy"), ("legacy", "nft")])
+def test_a_new_run_replaces_a_killed_runs_rules_at_once_and_removes_them_all(ns, killed, backend):
+    add_foreign_rules(ns, killed)
+    before = {b: ns.save(b) for b in ("nft", "legacy")}
+    leave_a_killed_runs_rules(ns, killed)
+    crashed = ns.save(killed)
     during = ns.python(f"""
 import subprocess
 from fw.drivers.iptables import Hooking, Installation
 rules = Installation(Hooking(hooks=("FORWARD",), queues=(3, 3)), "{backend}")
-print(len(rules.install(replace_stale=True)))
+print(len(rules.install_over_stale()))
 print(subprocess.run(["iptables-{backend}-save"], capture_output=True, text=True).stdout)
 rules.remove()
 """).stdout
@@ -265,7 +265,8 @@ rules.remove()
     assert int(replaced) == 2 * (3 + 3)  # per family: three jumps and three chains of the killed run
     assert crashed.count("-j FW-FORWARD") == 2 and saved.count("-j FW-FORWARD") == 1
     assert "--queue-num 3" in saved and "--queue-num 0" not in saved and "FW-INPUT" not in saved
-    assert ns.save(backend) == before  # and what the killed run's nft setup created is gone too
+    # the other backend's leftovers went too, and what nft had created for the killed run
+    assert {b: ns.save(b) for b in ("nft", "legacy")} == before
 
 
 @pytest.mark.root

@@ -176,9 +176,6 @@ class Session:
         state = self.state
         return state if isinstance(state, str) else state.name
 
-    def is_original(self, src: bytes, sport: int) -> bool:
-        return src == self.src and sport == self.sport
-
     @classmethod
     def of_flow(cls, proto: int, src: bytes, dst: bytes, sport: int, dport: int, state, now: float) -> Session:
         """A session opened by a packet from (src, sport) to (dst, dport)."""

@@ -310,6 +310,12 @@ class Installation:
             raise
         return replaced
 
+    def install_over_stale(self) -> list[str]:
+        """Install in place of whatever a crashed run left (the daemon's start): the host backend's
+        leftovers go in our install's commit, the other backend's after. Returns what was removed."""
+        stale = self.install(replace_stale=True)
+        return stale + cleanup(tuple(b for b in BACKENDS if b != self.backend))
+
     def _install_family(self, tool: Tool, replace_stale: bool, previous: dict) -> list[str]:
         table = tool.save()
         foreign = table.foreign_with_our_name()

@@ -8,10 +8,11 @@ namespace is set up, measured and reset:
   without and with the GSO flag, one process per queue, `--queue-balance` when two;
 - `fw run` (GSO on, as always), `fw run --queues 0-1` (two workers), `fw run --offload`.
 Measures, each the median of RUNS runs of SECONDS: TCP throughput (one iperf3 stream, Gbit/s at
-the receiver), small UDP packets (UDP_STREAMS paced iperf3 senders of 64-byte datagrams, each from
-its own client address, counted by the receivers: the loss-free rate, RFC 2544's throughput, by
-bisection up to UDP_OFFERED_PPS, and what arrives under a flood of UDP_OFFERED_PPS), and ping
-round trips (median and p99 of PINGS echoes, 10 ms apart).
+the receiver), small UDP packets (64-byte datagrams from UDP_FLOWS client addresses, sent paced by
+one light sender, live_tools.py udp-flood, and counted by the server's kernel, which drops them:
+the loss-free rate, RFC 2544's throughput, by bisection up to UDP_OFFERED_PPS, and what arrives
+under a flood of UDP_OFFERED_PPS), and ping round trips (median and p99 of PINGS echoes, 10 ms
+apart).
 Ratios are between paths of the same run. Everything on one 2-core machine: sender, receiver,
 kernel and firewall share the cores, which the figures include.
 """
@@ -26,21 +27,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fw.lab import Lab, LabError, fw_argv, start_daemon, wait_daemon_ready
 
 TOOLS = str(Path(__file__).with_name("live_tools.py"))
 SERVER = "203.0.113.10"
-SOURCES = [f"198.51.100.{n}" for n in range(101, 117)]
+SOURCES = [f"198.51.100.{n}" for n in range(101, 165)]
 TCP_PORT, UDP_PORT = 5201, 9000
-UDP_STREAMS = 8  # iperf3 UDP senders, each from its own client address (the queue hash ignores ports)
+UDP_FLOWS = 64  # client addresses sending UDP, one flow each: the queue hash spreads addresses, not ports
 UDP_OFFERED_PPS = 200_000  # the flood, all streams together; the top of the loss-free search
 UDP_PAYLOAD = 64
 UDP_LOSS_TOLERANCE = 0.005  # "loss-free": at most 0.5% of the datagrams lost
 UDP_SEARCH_STEPS = 7
 UDP_SEARCH_PRECISION = 0.02  # of UDP_OFFERED_PPS
-UDP_PORTS = f"{UDP_PORT}-{UDP_PORT + UDP_STREAMS - 1}"
+UDP_PORT_COUNT = 8
+UDP_PORTS = f"{UDP_PORT}-{UDP_PORT + UDP_PORT_COUNT - 1}"
+UDP_DRAIN_SECONDS = 0.3
+# The sender stays on CPU 0. Left to the scheduler, it and the firewall's one reader were often put
+# on the same core (a waker pulls its wakee), which lost packets with the other core half idle.
+SENDER_CPU = 0
+RECEIVER_RULE = ["PREROUTING", "-p", "udp", "--dport", UDP_PORTS.replace("-", ":"), "-j", "DROP"]
 PINGS = 200
 POLICY = f"""\
 version: 1
@@ -53,7 +61,7 @@ rules:
 CONNTRACK_RULES = [
     ["-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
     ["-A", "FORWARD", "-p", "tcp", "-s", "198.51.100.0/24", "-m", "multiport", "--dports",
-     f"{TCP_PORT},{UDP_PORT}:{UDP_PORT + UDP_STREAMS - 1}", "-j", "ACCEPT"],
+     f"{TCP_PORT},{UDP_PORTS.replace('-', ':')}", "-j", "ACCEPT"],
     ["-A", "FORWARD", "-p", "udp", "-s", "198.51.100.0/24", "--dport", UDP_PORTS.replace("-", ":"), "-j", "ACCEPT"],
     ["-A", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-j", "ACCEPT"],
     ["-A", "FORWARD", "-j", "DROP"],
@@ -82,6 +90,7 @@ class Bench:
         self.policy = folder / "policy.yaml"
         self.policy.write_text(POLICY)
         self.port = TCP_PORT
+        self.firewall_pids: list[int] = []  # the queue readers of the path measured, for cpu_use
 
     def tool(self, name: str, *args) -> list[str]:
         return self.lab.command(name, [sys.executable, TOOLS, *map(str, args)])
@@ -102,33 +111,32 @@ class Bench:
         finally:
             _end(server)
 
-    def udp(self, offered: int) -> tuple[int, float]:
-        """Small UDP datagrams, `offered` packets/s in all from UDP_STREAMS paced iperf3 senders, each
-        from its own client address: (packets/s that reach the receivers, fraction of the offered lost)."""
-        ports = range(UDP_PORT, UDP_PORT + UDP_STREAMS)
-        servers = [subprocess.Popen(self.lab.command("server", ["iperf3", "-s", "-1", "-p", port]),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
-        senders = []
+    def udp(self, offered: int) -> tuple[int, float, dict]:
+        """Small UDP datagrams, `offered` packets/s in all for `seconds`, from UDP_FLOWS client
+        addresses (live_tools.py udp-flood), counted as they reach the server (its raw table's
+        counting rule): (packets/s received, fraction of the offered lost, where the CPU went in
+        the middle of the run: `cpu_use`)."""
+        self.lab.run("server", ["iptables", "-w", "5", "-t", "raw", "-Z", "PREROUTING"])
+        sender = subprocess.Popen(self.tool("client", "udp-flood", "--sources", ",".join(SOURCES[:UDP_FLOWS]),
+                                            "--address", SERVER, "--ports", UDP_PORTS, "--rate", offered,
+                                            "--seconds", f"{self.seconds:g}", "--size", UDP_PAYLOAD,
+                                            "--cpu", SENDER_CPU),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            for port in ports:
-                _wait_listening(self.lab, "server", f"-Hltn sport = :{port}")
-            bits = offered // UDP_STREAMS * UDP_PAYLOAD * 8
-            senders = [subprocess.Popen(self.lab.command("client", [
-                "iperf3", "-u", "-c", SERVER, "-p", port, "-B", source, "-l", UDP_PAYLOAD, "-b", bits,
-                "-t", f"{self.seconds:g}", "-J", "--connect-timeout", "3000"]),
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                for port, source in zip(ports, SOURCES, strict=False)]
-            rate = 0.0
-            for sender in senders:
-                out, _ = sender.communicate(timeout=self.seconds + 30)
-                received = json.loads(out or "{}").get("end", {}).get("sum_received", {})
-                if received.get("seconds"):
-                    rate += (received["packets"] - received.get("lost_packets", 0)) / received["seconds"]
-            # Lost: of what was offered, not of what was sent (a sender starved of CPU sends less).
-            return round(rate), max(0.0, 1 - rate / offered)
+            time.sleep(self.seconds * 0.2)
+            before = CpuSample.take(self.firewall_pids, received_datagrams(self.lab))
+            time.sleep(self.seconds * 0.6)
+            cpu = cpu_use(before, CpuSample.take(self.firewall_pids, received_datagrams(self.lab)))
+            out, err = sender.communicate(timeout=self.seconds + 30)
         finally:
-            for process in senders + servers:
-                _end(process)
+            _end(sender)
+        sent = json.loads(out or "{}")
+        if sender.returncode != 0 or not sent.get("seconds"):
+            raise LabError(f"udp-flood failed: {err.strip()[-300:]}")
+        time.sleep(UDP_DRAIN_SECONDS)  # what is still queued in the firewall arrives
+        received = received_datagrams(self.lab)
+        # Lost: of what was offered, not of what was sent (a sender starved of CPU sends less).
+        return round(received / sent["seconds"]), max(0.0, 1 - received / (offered * self.seconds)), cpu
 
     def udp_loss_free(self) -> tuple[int, list]:
         """RFC 2544 throughput: the highest offered rate that passes with at most UDP_LOSS_TOLERANCE
@@ -136,8 +144,8 @@ class Bench:
         low, high, best, trials = 0, UDP_OFFERED_PPS, 0, []
         offered = high
         for _ in range(UDP_SEARCH_STEPS):
-            received, lost = self.udp(offered)
-            trials.append({"offered": offered, "received": received, "lost": round(lost, 4)})
+            received, lost, cpu = self.udp(offered)
+            trials.append({"offered": offered, "received": received, "lost": round(lost, 4), "cpu": cpu})
             if lost <= UDP_LOSS_TOLERANCE:
                 best, low = max(best, received), offered
             else:
@@ -158,10 +166,14 @@ class Bench:
 
     def measure(self, path: str) -> dict:
         tcp = [self.tcp() for _ in range(self.runs)]
-        flood = [self.udp(UDP_OFFERED_PPS)[0] for _ in range(self.runs)]
+        floods = [self.udp(UDP_OFFERED_PPS) for _ in range(self.runs)]
+        flood = [received for received, _, _ in floods]
         loss_free, trials = self.udp_loss_free()
+        passed = [trial for trial in trials if trial["lost"] <= UDP_LOSS_TOLERANCE]
         row = {"path": path, "tcp_gbit": statistics.median(tcp), "tcp_runs": tcp,
                "udp_pps": loss_free, "udp_trials": trials,
+               "udp_cpu": max(passed, key=lambda trial: trial["received"])["cpu"] if passed else None,
+               "udp_flood_cpu": sorted(floods)[len(floods) // 2][2],
                "udp_flood_pps": round(statistics.median(flood)), "udp_flood_runs": flood, "ping": self.ping()}
         print(f"  {path:28} TCP {row['tcp_gbit']:6.2f} Gbit/s  UDP {row['udp_pps']:>7} packets/s loss-free, "
               f"{row['udp_flood_pps']:>7} under flood  "
@@ -198,6 +210,7 @@ class Bench:
         try:
             for loop in loops:
                 loop.stdout.readline()  # {"ready": true}
+            self.firewall_pids = [loop.pid for loop in loops]
             target = ["--queue-num", "0"] if queues == 1 else ["--queue-balance", f"0:{queues - 1}"]
             states = "INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED"  # as the daemon's chain: conntrack on
             self.iptables(["-A", "FORWARD", "-m", "conntrack", "--ctstate", states],
@@ -212,6 +225,7 @@ class Bench:
         process = start_daemon(self.lab, self.policy, log, *args)
         try:
             wait_daemon_ready(self.lab, process, 20)
+            self.firewall_pids = [process.pid]
             row = self.measure(path)
             stats = json.loads(self.lab.run("fw", fw_argv("stats", "--json")).stdout)
             row["daemon"] = {"packets": stats["packets"]["total"], "drops": stats["drops"],
@@ -222,6 +236,79 @@ class Bench:
             raise LabError(f"{path}: {error}\n{log.read_text(errors='replace')[-2000:]}") from None
         finally:
             _end(process, 15)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU time so far (seconds): all cores busy, the firewall's processes (and their children);
+    and the datagrams counted at the server."""
+
+    at: float
+    busy: float
+    idle: float
+    firewall: float
+    received: int
+
+    @classmethod
+    def take(cls, pids: list[int], received: int) -> CpuSample:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle, iowait
+        return cls(time.monotonic(), (sum(ticks[:8]) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS,
+                   sum(_process_seconds(pid) for pid in _with_descendants(pids)), received)
+
+
+def cpu_use(before: CpuSample, after: CpuSample) -> dict:
+    """Cores used between two samples by the firewall's processes and by everything else (sender,
+    the kernel's work outside them), and each per datagram received."""
+    seconds = after.at - before.at
+    rate = (after.received - before.received) / seconds
+    firewall = (after.firewall - before.firewall) / seconds
+    other = max(0.0, (after.busy - before.busy) / seconds - firewall)
+
+    def per_packet(cores: float) -> float | None:
+        return round(cores / rate * 1e6, 2) if rate else None
+
+    return {"received_pps": round(rate), "firewall_cores": round(firewall, 3), "other_cores": round(other, 3),
+            "idle_cores": round((after.idle - before.idle) / seconds, 3),
+            "firewall_us_per_packet": per_packet(firewall), "other_us_per_packet": per_packet(other)}
+
+
+def _with_descendants(pids: list[int]) -> list[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(pids), list(pids)
+    while frontier:
+        parent = frontier.pop()
+        for child in [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]:
+            found.add(child)
+            frontier.append(child)
+    return sorted(found)
+
+
+def _process_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def received_datagrams(lab: Lab) -> int:
+    """Datagrams the server's counting rule (RECEIVER_RULE, raw table) has seen since it was zeroed."""
+    listing = lab.run("server", ["iptables", "-w", "5", "-t", "raw", "-nvxL", "PREROUTING"]).stdout
+    return sum(int(line.split()[0]) for line in listing.splitlines()[2:] if " DROP " in f" {line} ")
 
 
 def _wait_listening(lab: Lab, name: str, ss_filter: str, timeout: float = 5.0) -> None:
@@ -289,6 +376,8 @@ def run(seconds: float = 3.0, runs: int = 3, paths=PATHS) -> dict:
         lab.up()
         for address in SOURCES:
             lab.run("client", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+        # The UDP receiver: the server's kernel counts the datagrams and drops them (no socket to feed).
+        lab.run("server", ["iptables", "-w", "5", "-t", "raw", "-A", *RECEIVER_RULE])
         with tempfile.TemporaryDirectory(prefix="fw-bench-") as folder:
             for path in paths:
                 try:
@@ -305,15 +394,18 @@ def run(seconds: float = 3.0, runs: int = 3, paths=PATHS) -> dict:
 
 def print_table(live: dict) -> None:
     print(f"\nlive lab ({live['cpus']} CPUs; median of {live['runs']} runs of {live['seconds_per_run']:g} s)")
-    print(f"{'path':28} {'TCP Gbit/s':>10} {'UDP loss-free':>14} {'UDP flood':>10} {'ping med ms':>12} "
-          f"{'ping p99 ms':>12}")
+    print(f"{'path':28} {'TCP Gbit/s':>10} {'UDP loss-free':>14} {'UDP flood':>10} {'fw us/pkt':>10} "
+          f"{'rest us/pkt':>11} {'ping med ms':>12} {'ping p99 ms':>12}")
     for path, row in live["paths"].items():
         if "error" in row:
             print(f"{path:28} failed: {row['error'][:80]}")
             continue
-        ping = row["ping"]
+        ping, cpu = row["ping"], row.get("udp_cpu") or {}
         print(f"{path:28} {row['tcp_gbit']:>10} {row['udp_pps']:>14} {row.get('udp_flood_pps')!s:>10} "
+              f"{cpu.get('firewall_us_per_packet')!s:>10} {cpu.get('other_us_per_packet')!s:>11} "
               f"{ping['median_ms']!s:>12} {ping['p99_ms']!s:>12}")
+    print("(us/pkt: CPU per datagram at the loss-free rate, of the firewall's processes and of the rest:\n"
+          " the sender and the kernel's forwarding and queueing work outside those processes)")
     for name, value in live["ratios"].items():
         print(f"ratio {name}: {value}")
     for path, added in live["latency_added"].items():

@@ -153,6 +153,7 @@ class Daemon:
             self.effects = Effects(RawSender(config.mark), eve)
             self.handler = PacketHandler(self.engine, config.fail_open, self.effects, self._packet_error)
             options = QueueOptions(**{**config.queue_options.__dict__, "fail_open": config.fail_open})
+            self.handler.accept_later = options.verdict_batch > 1  # accepts go out in batches
             first, last = config.queues
             for number in range(first, last + 1):
                 self.queues.append(Queue(number, self.handler, options))
@@ -431,9 +432,11 @@ class Daemon:
         for queue in self.queues:
             now = Counter(counters.get(queue.number, {}))
             now["enobufs"] = queue.enobufs
+            now["verdict_batches"] = queue.batches
             base = self._baseline.setdefault(queue.number, Counter())
             row = {key: now[key] - base[key] for key in ("queue_dropped", "user_dropped", "enobufs")}
             row["overflows"] = sum(row.values())
+            row["verdict_batches"] = now["verdict_batches"] - base["verdict_batches"]
             row["waiting"] = now["queue_total"]
             row["netlink_errors"] = dict(queue.netlink_errors)
             result[str(queue.number)] = row

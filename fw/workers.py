@@ -36,7 +36,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -45,13 +44,11 @@ from collections import Counter
 from fw.daemon import DaemonConfig, DaemonError, Loop
 from fw.drivers import iptables
 from fw.drivers.control import ControlError, ControlServer, SessionFilter, call, error_answer
-from fw.drivers.nfqueue import NFNL_SUBSYS_QUEUE, NLM_F_REQUEST, _attr
+from fw.drivers.nfqueue import NF_QUEUE, verdict_message
 
 log = logging.getLogger("fw.workers")
 
 FORWARD_MARK, FORWARD_MASK = 0x66770000, 0xFFFF0000  # mark of a forwarded ICMP error: | first queue
-NFQNL_MSG_VERDICT, NFQA_VERDICT_HDR, NFQA_MARK = 1, 2, 3
-NF_QUEUE = 3
 READY_SECONDS = 15.0
 RESTART_DELAYS = (1.0, 30.0)  # first delay, longest
 STOP_SECONDS = 10.0
@@ -64,16 +61,6 @@ def worker_address(queue: int, inode: int | None = None) -> bytes:
 
 
 # -- ICMP errors for another worker ---------------------------------------------------------------
-
-
-def verdict_message(queue: int, packet_id: int, verdict: int, mark: int | None = None) -> bytes:
-    """NFQNL_MSG_VERDICT for one packet (verdict NF_QUEUE | target << 16 moves it to another queue)."""
-    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)
-    body += _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
-    if mark is not None:
-        body += _attr(NFQA_MARK, struct.pack("!I", mark))
-    kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
-    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST, 0, 0) + body
 
 
 def next_queue(number: int, first: int, last: int) -> int:

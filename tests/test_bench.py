@@ -68,3 +68,13 @@ def test_the_live_part_says_why_it_cannot_run_unprivileged():
                            "from bench import live_bench; print(live_bench.unavailable_reason())"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "not root (the lab needs network namespaces, iptables and NFQUEUE)", done.stderr
+
+
+def test_cpu_use_splits_the_busy_cores_between_the_firewall_and_the_rest():
+    before = live_bench.CpuSample(at=10.0, busy=100.0, idle=50.0, firewall=40.0, received=1_000)
+    after = live_bench.CpuSample(at=12.0, busy=103.0, idle=51.0, firewall=41.6, received=201_000)
+    cpu = live_bench.cpu_use(before, after)
+    assert cpu == {"received_pps": 100_000, "firewall_cores": 0.8, "other_cores": 0.7, "idle_cores": 0.5,
+                   "firewall_us_per_packet": 8.0, "other_us_per_packet": 7.0}
+    sample = live_bench.CpuSample.take([os.getpid()], 0)  # this machine's /proc
+    assert sample.firewall > 0 and sample.busy >= sample.firewall and sample.idle >= 0

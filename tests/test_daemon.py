@@ -247,6 +247,35 @@ for n in range(int(sys.argv[3])):
 """
 
 
+UDP_INTERLEAVED = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for n in range(int(sys.argv[4])):
+    sock.sendto(b"%016d" % n, (sys.argv[1], int(sys.argv[2 + n % 2])))
+"""
+
+
+def test_accepts_leave_in_batches_and_the_drops_among_them_stay_dropped(lab, firewall):
+    fw = firewall()
+    sinks = {port: netns.Background(lab, "server", [sys.executable, "-c", UDP_ARRIVALS, port, 20], 25)
+             for port in (7777, 7778)}
+    for port in sinks:
+        netns.wait_for_port(lab, "server", port, "udp")
+    fw.process.send_signal(signal.SIGSTOP)  # all 1,200 wait in the queue, then go in one drain
+    try:
+        lab.run("client", [sys.executable, "-c", UDP_INTERLEAVED, "203.0.113.10", 7777, 7778, 1200], timeout=30)
+        time.sleep(0.3)
+    finally:
+        fw.process.send_signal(signal.SIGCONT)
+    arrivals = {port: sink.json(timeout=30) for port, sink in sinks.items()}
+    stats = fw.json("stats")
+    assert len(arrivals[7777]) == 600 and arrivals[7778] == []  # allow-udp; 7778: the default drop
+    assert stats["drops"] == {"default": 600}
+    queue = stats["queues"]["0"]
+    assert 600 / 16 <= queue["verdict_batches"] < 600 / 4, queue  # 16 accepts a message, drops between
+    assert queue["netlink_errors"] == {} and queue["overflows"] == 0
+
+
 @pytest.mark.parametrize("mode", ["fail-closed", "fail-open"])
 def test_a_full_queue_drops_or_passes_and_the_overflow_is_counted(lab, firewall, mode):
     fw = firewall(*(["--fail-open"] if mode == "fail-open" else []))

@@ -68,6 +68,14 @@ def test_verdict_message_moves_a_packet_to_another_queue():
     assert struct.unpack_from("!I", to_queue_5, 24) == (0x00050003,) and len(to_queue_5) == 32
 
 
+def test_a_batch_verdict_accepts_every_packet_up_to_an_id():
+    message = verdict_message(2, 0xFFFFFFF0, 1, batch=True)  # NF_ACCEPT
+    assert struct.unpack_from("=IHH", message) == (32, (3 << 8) | 3, 1)  # NFQNL_MSG_VERDICT_BATCH
+    assert struct.unpack_from("!BBH", message, 16) == (0, 0, 2)
+    assert struct.unpack_from("=HH", message, 20) == (12, 2)
+    assert struct.unpack_from("!II", message, 24) == (1, 0xFFFFFFF0)
+
+
 def test_an_icmp_error_goes_round_the_queues_once():
     assert [next_queue(q, 2, 4) for q in (2, 3, 4)] == [3, 4, 2]
     first = IcmpForwarder(2, 2, 4, engine=None, send=None)

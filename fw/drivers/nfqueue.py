@@ -13,6 +13,13 @@ its limits:
   netfilterqueue caps at 4016 bytes, NFQA_CFG_FLAGS with FAIL_OPEN (--fail-open: accept when the
   queue is full) and GSO (large GRO/GSO packets arrive whole instead of being segmented by the
   kernel; their checksums may be partial, which the engine does not check).
+- Verdicts: drops (and a verdict that moves a packet to another queue) go out one by one, at once;
+  accepts are sent in batches, NFQNL_MSG_VERDICT_BATCH "accept every packet up to id N", after at
+  most `verdict_batch` packets and at the end of every drain (so a packet waits for at most that
+  many others, never for more traffic): one syscall instead of up to 16 (measured, 64-byte UDP
+  through `fw run`: the per-packet verdict syscall was about a fifth of the daemon's CPU).
+  Packets kept for later (fw.sync's hold) would be swept up by a batch, so with a hold every
+  verdict is sent on its own.
 - Copy range 0xffff: with GSO a packet may be 64 KiB; the whole of it costs one memcpy, much less
   than the Python per-packet cost the GSO flag saves, and the ALG always sees complete payloads.
 - The callback never raises: an exception while handling a packet gives that packet the
@@ -41,6 +48,9 @@ NFQNL_MSG_CONFIG = 2
 NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 2, 3, 4, 5
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 0x1, 0x4
 NFQNL_COPY_PACKET = 2
+NFQNL_MSG_VERDICT, NFQNL_MSG_VERDICT_BATCH = 1, 3
+NFQA_VERDICT_HDR, NFQA_MARK = 2, 3
+NF_DROP, NF_ACCEPT, NF_QUEUE = 0, 1, 3
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLMSG_ERROR = 2
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -62,6 +72,7 @@ class QueueOptions:
     maxlen: int = 4096  # packets the kernel holds for us before the queue counts as full
     rcvbuf: int = 32 << 20  # bytes of socket buffer (SO_RCVBUFFORCE)
     budget: int = 256  # messages per batch before the loop looks at its other work
+    verdict_batch: int = 16  # accepts told to the kernel in one NFQNL_MSG_VERDICT_BATCH, at most
 
 
 # -- netlink messages ----------------------------------------------------------------------------
@@ -82,6 +93,18 @@ def config_message(queue: int, seq: int, *, flags: int, copy_range: int, maxlen:
     body += _attr(NFQA_CFG_MASK, struct.pack("!I", mask))
     kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
     return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def verdict_message(queue: int, packet_id: int, verdict: int, mark: int | None = None, *,
+                    batch: bool = False) -> bytes:
+    """NFQNL_MSG_VERDICT for one packet (verdict NF_QUEUE | target << 16 moves it to another queue);
+    batch: NFQNL_MSG_VERDICT_BATCH, the verdict for every packet of the queue up to `packet_id`."""
+    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)
+    body += _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+    if mark is not None:
+        body += _attr(NFQA_MARK, struct.pack("!I", mark))
+    kind = (NFNL_SUBSYS_QUEUE << 8) | (NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT)
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST, 0, 0) + body
 
 
 def netlink_error(message: bytes) -> tuple[int, int] | None:
@@ -135,19 +158,31 @@ class _Reader:
                 self.netlink_errors[errno.errorcode.get(failure[0], str(failure[0]))] += 1
 
 
+ACCEPT_LATER = "accept later"  # what a callback returns to have Queue accept the packet in a batch
+
+
 class Queue:
-    """One bound NFQUEUE queue whose packets go to `callback(packet)` (a netfilterqueue Packet)."""
+    """One bound NFQUEUE queue whose packets go to `callback(packet)` (a netfilterqueue Packet).
+
+    The callback gives each packet its verdict, or returns ACCEPT_LATER: the queue then accepts it
+    with the packets after it in one NFQNL_MSG_VERDICT_BATCH ("every packet up to id N"), sent when
+    `verdict_batch` are waiting and at the end of every drain(). So a callback that returns
+    ACCEPT_LATER must not leave any packet without a verdict (a batch would accept it too)."""
 
     def __init__(self, number: int, callback: Callable, options: QueueOptions = QueueOptions()):
         from netfilterqueue import COPY_PACKET, NetfilterQueue
 
         self.number = number
         self.options = options
+        self.callback = callback
+        self.batches = 0  # NFQNL_MSG_VERDICT_BATCH messages sent
+        self._accept_through: int | None = None  # highest packet id waiting to be accepted
+        self._waiting = 0
         self._nfq = NetfilterQueue()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # we set the buffer size below
-                self._nfq.bind(number, callback, max_len=options.maxlen, mode=COPY_PACKET,
+                self._nfq.bind(number, self._on_packet, max_len=options.maxlen, mode=COPY_PACKET,
                                range=min(options.copy_range, 4016), sock_len=options.rcvbuf // 2)
         except OSError as exc:
             raise QueueError(f"cannot bind NFQUEUE {number} (another process bound to it?): {exc}") from None
@@ -195,8 +230,27 @@ class Queue:
         reader = self._reader
         reader.left = budget or self.options.budget
         before = reader.handled
-        self._nfq.run_socket(reader)
+        try:
+            self._nfq.run_socket(reader)
+        finally:
+            self.accept_waiting()
         return reader.handled - before
+
+    def _on_packet(self, packet) -> None:
+        if self.callback(packet) is ACCEPT_LATER:
+            self._accept_through = packet.id
+            self._waiting += 1
+            if self._waiting >= self.options.verdict_batch:
+                self.accept_waiting()
+
+    def accept_waiting(self) -> None:
+        """Accept the packets the callback left to us, in one message."""
+        if self._accept_through is None:
+            return
+        message = verdict_message(self.number, self._accept_through, NF_ACCEPT, batch=True)
+        self._accept_through, self._waiting = None, 0
+        self._sock.send(message)
+        self.batches += 1
 
     @property
     def enobufs(self) -> int:
@@ -210,6 +264,7 @@ class Queue:
         return read_queue_counters().get(self.number, {})
 
     def close(self) -> None:
+        self.accept_waiting()
         self._nfq.unbind()
         self._sock.close()
 
@@ -253,8 +308,13 @@ class PacketHandler:
         # defer(packet, data, decision) -> bool: True if it keeps the packet and gives its verdict
         # later itself (fw.sync holds a packet that waits for a peer's session). Must not raise.
         self.defer: Callable | None = None
+        # accept_later: an accepted packet's verdict is left to the Queue, which sends it with the
+        # next ones in one batch (one syscall for up to QueueOptions.verdict_batch packets). Off
+        # while `defer` is set: a batch would accept the packets it holds.
+        self.accept_later = False
 
-    def __call__(self, packet) -> None:
+    def __call__(self, packet) -> str | None:
+        """The packet's verdict, given; or ACCEPT_LATER, returned (see accept_later)."""
         data = b""
         try:
             data = packet.get_payload()
@@ -264,13 +324,16 @@ class PacketHandler:
             if self.observe is not None:
                 self.observe(decision)
         except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
-            self._fail(packet, data, "engine", exc)
-            return
+            return self._fail(packet, data, "engine", exc)
+        later = None
         try:
             if self.defer is not None and self.defer(packet, data, decision):
                 pass  # kept: its verdict comes later
             elif verdict == ACCEPT:
-                packet.accept()
+                if self.accept_later and self.defer is None:
+                    later = ACCEPT_LATER
+                else:
+                    packet.accept()
             elif self.redirect is None or not self.redirect(packet, decision):
                 packet.drop()
         except Exception as exc:  # noqa: BLE001
@@ -282,15 +345,23 @@ class PacketHandler:
             except Exception as exc:  # noqa: BLE001
                 self.errors["effects"] += 1
                 self.on_error("effects", exc, data)
+        return later
 
-    def _fail(self, packet, data: bytes, where: str, exc: BaseException) -> None:
+    def _fail(self, packet, data: bytes, where: str, exc: BaseException) -> str | None:
         self.errors[where] += 1
         self.error_verdicts[self.fail_verdict] += 1
+        later = None
         try:
-            packet.accept() if self.fail_verdict == ACCEPT else packet.drop()
+            if self.fail_verdict == DROP:
+                packet.drop()
+            elif self.accept_later and self.defer is None:
+                later = ACCEPT_LATER  # in order with the accepts before it
+            else:
+                packet.accept()
         except Exception:  # noqa: BLE001  (a verdict already given, or the queue is gone)
             self.errors["verdict"] += 1
         self.on_error(where, exc, data)
+        return later
 
     def ifname(self, index: int) -> str | None:
         """The interface name of an ifindex, cached (forget_interfaces() clears the cache)."""

@@ -173,7 +173,7 @@ class Bench:
         row = {"path": path, "tcp_gbit": statistics.median(tcp), "tcp_runs": tcp,
                "udp_pps": loss_free, "udp_trials": trials,
                "udp_cpu": max(passed, key=lambda trial: trial["received"])["cpu"] if passed else None,
-               "udp_flood_cpu": sorted(floods)[len(floods) // 2][2],
+               "udp_flood_cpu": sorted(floods, key=lambda run: run[0])[len(floods) // 2][2],
                "udp_flood_pps": round(statistics.median(flood)), "udp_flood_runs": flood, "ping": self.ping()}
         print(f"  {path:28} TCP {row['tcp_gbit']:6.2f} Gbit/s  UDP {row['udp_pps']:>7} packets/s loss-free, "
               f"{row['udp_flood_pps']:>7} under flood  "

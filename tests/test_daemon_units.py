@@ -20,6 +20,7 @@ from fw.decision import LogEvent, SendPacket
 from fw.drivers.effects import Effects
 from fw.drivers.eve import EveLog, to_eve
 from fw.drivers.nfqueue import (
+    ACCEPT_LATER,
     NFQA_CFG_F_FAIL_OPEN,
     NFQA_CFG_F_GSO,
     PacketHandler,
@@ -97,6 +98,30 @@ def test_a_packet_gets_the_engines_verdict_and_the_interfaces_by_name(engine_pol
     assert handler.ifname(1) == "lo" and handler.ifname(0) is None
     assert engine.accepted["rule:allow-web"] == 1 and engine.dropped["default"] == 1
     assert [type(e) for batch in effects for e in batch] == [LogEvent]  # the default drop is logged
+    assert errors == []
+
+
+def test_accepts_are_left_to_the_queue_unless_a_hold_may_keep_packets(engine_policy):
+    handler, errors, _ = handler_for(Engine(engine_policy))
+    handler.accept_later = True
+    syn = StandInPacket(seg("198.51.100.10:40000", "203.0.113.10:80", "S", seq=1))
+    refused = StandInPacket(seg("198.51.100.10:40001", "203.0.113.10:81", "S", seq=1))
+    assert handler(syn) is ACCEPT_LATER and syn.verdicts == []  # the queue's batch accepts it
+    assert handler(refused) is None and refused.verdicts == ["drop"]  # drops go at once
+    kept_packet = StandInPacket(seg("198.51.100.10:40002", "203.0.113.10:80", "S", seq=1))
+    kept = []
+
+    def hold(packet, data, decision) -> bool:  # as fw.sync's hold: keeps one packet, passes the rest
+        if packet is kept_packet:
+            kept.append(packet)
+            return True
+        return False
+
+    handler.defer = hold
+    passed = StandInPacket(seg("198.51.100.10:40003", "203.0.113.10:80", "S", seq=1))
+    assert handler(kept_packet) is None and kept == [kept_packet] and kept_packet.verdicts == []
+    # With a hold, a batch ("everything up to id N") would accept what it keeps: each verdict alone.
+    assert handler(passed) is None and passed.verdicts == ["accept"]
     assert errors == []
 
 

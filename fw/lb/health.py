@@ -9,8 +9,9 @@ events and metrics. Time is an input; the only I/O is the checks' own sockets, w
 SO_MARK `mark` (a value the daemon exempts from its queue, so that checks never meet the firewall's
 own policy) when it is not 0.
 
-A check is a TCP connect (`tcp`: up when the handshake completes) or an HTTP/1.0 GET of `path`
-whose status must be `expect` (`http`). Each target is checked every `interval` seconds (from the
+How a server is checked is a `HealthSpec` (the policy's `health`, fw/policy/virtual_servers.py):
+a TCP connect (`tcp`: good when the handshake completes) or an HTTP/1.0 GET of `path` whose status
+must be `expect` (`http`). Each target is checked every `interval` seconds (from the
 start of one check to the start of the next), each check failing after `timeout` seconds. A target
 starts up (as HAProxy's servers do: the first failed check marks it down), goes down after `fall`
 failed checks in a row and up again after `rise` good ones. Worst case, a dead server is marked
@@ -25,21 +26,11 @@ import selectors
 import socket
 from typing import NamedTuple
 
+from fw.policy.virtual_servers import HealthSpec
+
 UP = "up"
 DOWN = "down"
 MAX_RESPONSE_HEAD = 4096  # bytes read for an HTTP status line at most
-
-
-class HealthCheck(NamedTuple):
-    """How to check a server (the policy's `health`); times in seconds."""
-
-    type: str = "tcp"  # tcp | http
-    interval: float = 2.0
-    timeout: float = 1.0
-    rise: int = 2
-    fall: int = 2
-    path: str = "/"
-    expect: int = 200
 
 
 class HealthChange(NamedTuple):
@@ -57,7 +48,7 @@ class Target:
     __slots__ = ("key", "address", "port", "family", "check", "up", "successes", "failures",
                  "due", "probe", "last")
 
-    def __init__(self, key, address: str, port: int, check: HealthCheck, now: float):
+    def __init__(self, key, address: str, port: int, check: HealthSpec, now: float):
         self.key = key
         self.address = address
         self.port = port
@@ -101,7 +92,7 @@ class HealthChecker:
     def fileno(self) -> int:
         return self.selector.fileno()
 
-    def add(self, key, address: str, port: int, check: HealthCheck, now: float) -> Target:
+    def add(self, key, address: str, port: int, check: HealthSpec, now: float) -> Target:
         if key in self.targets:
             raise ValueError(f"{key!r} is already checked")
         target = self.targets[key] = Target(key, address, port, check, now)

@@ -148,27 +148,11 @@ def _optional(rep: Reporter, entries: dict, key: str, default, parse):
 
 
 def _name(rep: Reporter, node, entries: dict, names: dict):
-    if "name" not in entries:
-        rep.error(node, "virtual server has no 'name' (every virtual server needs a unique name)")
+    name = fields.unique_name(rep, node, entries, names, "virtual server")
+    if name is not INVALID and not NAME.match(name):
+        rep.error(entries["name"][1], "a virtual server name is letters, digits, '_', '.' and '-'")
         return INVALID
-    name_node = entries["name"][1]
-    name = fields.scalar(rep, name_node, "name")
-    if name is INVALID:
-        return INVALID
-    if not isinstance(name, str) or not NAME.match(name):
-        rep.error(name_node, "a virtual server name is letters, digits, '_', '.' and '-'")
-        return INVALID
-    if name in names:
-        rep.error(name_node, f"duplicate virtual server name '{name}' (first at {_place(rep, names[name])})")
-        return INVALID
-    names[name] = (rep, name_node)
     return name
-
-
-def _place(rep: Reporter, first: tuple) -> str:
-    first_rep, first_node = first
-    line = first_node.start_mark.line + 1
-    return f"line {line}" if first_rep is rep else f"{first_rep.file}:{line}"
 
 
 def _address(rep: Reporter, node, what: str):
@@ -318,8 +302,9 @@ def _unique_address(rep: Reporter, node, entries: dict, where: tuple, label: str
     if where in addresses:
         first_name, first = addresses[where]
         proto_name = "tcp" if proto == PROTO_TCP else "udp"
+        where = f"{proto_name} {address} port {port}, {fields.first_place(rep, first)}"
         rep.error(entries["address"][1], f"{label} has the address, proto and port of virtual server "
-                                         f"'{first_name}' ({proto_name} {address} port {port}, {_place(rep, first)})")
+                                         f"'{first_name}' ({where})")
         return False
     name_node = entries["name"][1] if "name" in entries else node
     addresses[where] = (name_node.value if isinstance(name_node, ScalarNode) else "?", (rep, name_node))

@@ -1,0 +1,131 @@
+"""Health checks (fw/lb/health.py) against real servers on loopback, killed and restarted.
+
+The checker is driven as the daemon will drive it: wait on its epoll fd until `next_due()`, then
+`poll(now)`. Times are the SPEC's bounds (down within interval x (fall + 1) + timeout of the kill,
+up within interval x (rise + 1) of the restart), checked on the monotonic clock around conditions
+that are polled for, never slept for.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+
+import pytest
+
+from fw.lb.health import DOWN, UP, HealthChange, HealthChecker
+from fw.policy.virtual_servers import HealthSpec
+
+INTERVAL, TIMEOUT, RISE, FALL = 0.4, 0.2, 2, 2
+MARK = 0x4C42
+
+
+def drive(checker: HealthChecker, until, limit: float = 10.0) -> list[tuple[float, HealthChange]]:
+    """Run the checker's loop until `until(changes)` is true; (time, change) pairs seen."""
+    seen: list[tuple[float, HealthChange]] = []
+    end = time.monotonic() + limit
+    while not until(seen):
+        now = time.monotonic()
+        assert now < end, f"condition not met within {limit}s; changes: {seen}"
+        wait = max(0.0, min(checker.next_due() or end, end) - now)
+        select.select([checker], [], [], wait)
+        now = time.monotonic()
+        seen.extend((now, change) for change in checker.poll(now))
+    return seen
+
+
+def checked_once(target):
+    return lambda seen: target.last is not None
+
+
+def went(new: str):
+    return lambda seen: any(change.new == new for _, change in seen)
+
+
+@pytest.fixture
+def checker():
+    made = HealthChecker(mark=MARK)
+    yield made
+    made.close()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "http"])
+def test_a_killed_server_goes_down_in_time_and_comes_back(kind, backend, checker):
+    server = backend(kind, name="one")
+    spec = HealthSpec(kind, INTERVAL, TIMEOUT, RISE, FALL)
+    target = checker.add("one", "127.0.0.1", server.port, spec, time.monotonic())
+    assert drive(checker, checked_once(target)) == []
+    assert target.state == UP and target.last[1] is True
+    server.kill()
+    killed = time.monotonic()
+    [(when, change)] = drive(checker, went(DOWN))
+    assert change == HealthChange("one", UP, DOWN, "connection refused")
+    assert when - killed <= INTERVAL * (FALL + 1) + TIMEOUT
+    assert target.failures == FALL
+    server.start()
+    restarted = time.monotonic()
+    [(when, change)] = drive(checker, went(UP))
+    assert change.old == DOWN and change.why == ("connected" if kind == "tcp" else "HTTP 200")
+    assert when - restarted <= INTERVAL * (RISE + 1)
+    assert target.successes == RISE
+
+
+def test_an_http_status_other_than_expected_is_down(backend, checker):
+    server = backend("http", status=503)
+    now = time.monotonic()
+    checker.add("503", "127.0.0.1", server.port, HealthSpec("http", INTERVAL, TIMEOUT, RISE, FALL), now)
+    checker.add("204", "127.0.0.1", server.port, HealthSpec("http", INTERVAL, TIMEOUT, RISE, FALL, expect=503), now)
+    checker.add("404", "127.0.0.1", server.port, HealthSpec("http", INTERVAL, TIMEOUT, RISE, FALL, path="/other",
+                                                            expect=503), now)
+    seen = drive(checker, lambda seen: all(t.last for t in checker.targets.values()))
+    assert sorted(change for _, change in seen) == [
+        HealthChange("404", UP, DOWN, "HTTP 404, expected 503"),
+        HealthChange("503", UP, DOWN, "HTTP 503, expected 200"),
+    ]
+    assert checker.targets["204"].state == UP and checker.targets["204"].last[2] == "HTTP 503"
+
+
+def test_a_server_that_never_answers_times_out_without_blocking_the_loop(backend, checker):
+    silent = backend("hang")
+    spec = HealthSpec("http", INTERVAL, TIMEOUT, RISE, FALL)
+    target = checker.add("silent", "127.0.0.1", silent.port, spec, time.monotonic())
+    checker.poll(time.monotonic())  # connects (the kernel accepts), sends, and returns at once
+    drive(checker, lambda seen: target.probe is not None and target.probe.connected)
+    assert target.probe.sock.getblocking() is False
+    assert target.probe.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == MARK
+    [(_, change)] = drive(checker, went(DOWN))
+    assert change.why == f"timeout after {TIMEOUT:g}s"
+
+
+def test_an_ipv6_server_is_checked(backend, checker):
+    server = backend("tcp", host="::1")
+    target = checker.add("six", "::1", server.port, HealthSpec("tcp", INTERVAL, TIMEOUT, RISE, FALL), time.monotonic())
+    drive(checker, checked_once(target))
+    assert target.state == UP and target.last[2] == "connected"
+
+
+def test_fall_counts_failures_after_the_first_check(backend, checker):
+    """A target starts up; its first failed check marks it down (HAProxy), later ones need `fall`."""
+    server = backend("tcp")
+    spec = HealthSpec("tcp", INTERVAL, TIMEOUT, rise=1, fall=3)
+    target = checker.add("t", "127.0.0.1", server.port, spec, time.monotonic())
+    drive(checker, checked_once(target))
+    server.kill()
+    seen = drive(checker, went(DOWN))
+    assert target.failures == 3 and len(seen) == 1
+    dead = checker.add("dead", "127.0.0.1", server.port, spec, time.monotonic())
+    drive(checker, checked_once(dead))
+    assert dead.state == DOWN and dead.failures == 1
+
+
+def test_remove_and_close_release_the_sockets(backend, checker):
+    silent = backend("hang")
+    target = checker.add("silent", "127.0.0.1", silent.port, HealthSpec("http", 5, 1), time.monotonic())
+    checker.poll(time.monotonic())
+    sock = target.probe.sock
+    checker.remove("silent")
+    assert sock.fileno() == -1 and checker.next_due() is None
+    checker.add("again", "127.0.0.1", 1, HealthSpec("tcp"), 0)
+    with pytest.raises(ValueError):
+        checker.add("again", "127.0.0.1", 1, HealthSpec("tcp"), 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -375,3 +376,16 @@ def test_the_packet_side_of_the_balancer_does_no_io():
         names |= {node.module.split(".")[0] for node in ast.walk(tree)
                   if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
         assert not names & forbidden, (path.name, names & forbidden)
+
+
+def test_the_bench_prints_its_figures(tmp_path, capsys):
+    from bench import lb_bench
+
+    assert lb_bench.main(["--quick", "--json", str(tmp_path / "lb.json")]) == 0
+    out = capsys.readouterr().out
+    assert "maglev disruption, one of 10 leaves" in out and "pick, maglev, 10 servers" in out
+    rows = {row["name"]: row for row in json.loads((tmp_path / "lb.json").read_text())}
+    build = rows["maglev build, 100 servers, table 10007"]
+    assert build["steps"] > 1 and build["cpu_seconds"] > 0
+    disruption = rows["maglev disruption, one of 10 leaves"]
+    assert 0 < disruption["other_slots_moved"] <= 0.1 and 0 < disruption["other_flows_moved"] <= 0.1

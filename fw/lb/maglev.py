@@ -23,7 +23,7 @@ from fw.lb.hashing import OFFSET, SKIP, stable_hash
 from fw.lb.servers import RealServer
 
 DEFAULT_TABLE_SIZE = 65537
-DEFAULT_BUDGET = 20000  # probes per step: about a few milliseconds of Python
+DEFAULT_BUDGET = 2000  # probes per step: about a millisecond of Python
 
 
 def permutation(name: str, size: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from itertools import accumulate
 from math import gcd
+from operator import attrgetter
 
 from fw.lb.hashing import FLOW, SOURCE, flow_key, stable_hash
 from fw.lb.maglev import DEFAULT_BUDGET, MaglevBuilder, MaglevTable, default_table_size
@@ -135,23 +136,25 @@ class WeightedRoundRobin(Scheduler):
 class LeastConnection(Scheduler):
     name = "lc"
 
+    def changed(self) -> None:
+        self._available = [s for s in self.servers if s.available]
+
     def pick(self, src: bytes, sport: int) -> RealServer | None:
-        best = None
-        for server in self.servers:
-            if server.available and (best is None or server.active < best.active):
-                best = server
-        return best
+        return min(self._available, key=_active, default=None)  # min keeps the first of equals
 
 
-class WeightedLeastConnection(Scheduler):
+class WeightedLeastConnection(LeastConnection):
     name = "wlc"
 
     def pick(self, src: bytes, sport: int) -> RealServer | None:
-        best = None
-        for server in self.servers:  # active / weight smallest, compared without division
-            if server.available and (best is None or server.active * best.weight < best.active * server.weight):
-                best = server
-        return best
+        return min(self._available, key=_active_per_weight, default=None)
+
+
+_active = attrgetter("active")
+
+
+def _active_per_weight(server: RealServer) -> float:
+    return server.active / server.weight
 
 
 class SourceHash(Scheduler):

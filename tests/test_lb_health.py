@@ -8,9 +8,12 @@ that are polled for, never slept for.
 
 from __future__ import annotations
 
+import json
 import select
 import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,7 @@ from fw.policy.virtual_servers import HealthSpec
 
 INTERVAL, TIMEOUT, RISE, FALL = 0.4, 0.2, 2, 2
 MARK = 0x4C42
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def drive(checker: HealthChecker, until, limit: float = 10.0) -> list[tuple[float, HealthChange]]:
@@ -129,3 +133,35 @@ def test_remove_and_close_release_the_sockets(backend, checker):
     checker.add("again", "127.0.0.1", 1, HealthSpec("tcp"), 0)
     with pytest.raises(ValueError):
         checker.add("again", "127.0.0.1", 1, HealthSpec("tcp"), 0)
+
+
+MARKED_CHECK = """
+import json, select, sys, time
+from fw.lb.health import HealthChecker
+from fw.policy.virtual_servers import HealthSpec
+checker = HealthChecker(mark=int(sys.argv[1]))
+target = checker.add("s", sys.argv[2], int(sys.argv[3]), HealthSpec("tcp", 1, 0.5), time.monotonic())
+while target.last is None:
+    select.select([checker], [], [], max(0, checker.next_due() - time.monotonic()))
+    checker.poll(time.monotonic())
+print(json.dumps([target.state, target.last[2]]))
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.root
+def test_the_checks_carry_their_mark_through_the_kernel(lab, backend):
+    """In the lab's firewall namespace, iptables resets every check without the mark: only the
+    checker given that mark sees the server up."""
+    server = lab.host("server")
+    listener = backend("tcp", host=server.address4, netns=lab.namespace("server"))
+    lab.run(lab.firewall, ["iptables", "-A", "OUTPUT", "-p", "tcp", "-d", server.address4, "--dport",
+                           str(listener.port), "-m", "mark", "!", "--mark", str(MARK), "-j", "REJECT",
+                           "--reject-with", "tcp-reset"])
+    results = {}
+    for mark in (MARK, 0, MARK + 1):
+        done = lab.run(lab.firewall, [sys.executable, "-c", MARKED_CHECK, str(mark), server.address4,
+                                      str(listener.port)], cwd=ROOT)
+        results[mark] = json.loads(done.stdout)
+    assert results == {MARK: ["up", "connected"], 0: ["down", "connection refused"],
+                       MARK + 1: ["down", "connection refused"]}

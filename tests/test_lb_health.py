@@ -165,3 +165,21 @@ def test_the_checks_carry_their_mark_through_the_kernel(lab, backend):
         results[mark] = json.loads(done.stdout)
     assert results == {MARK: ["up", "connected"], 0: ["down", "connection refused"],
                        MARK + 1: ["down", "connection refused"]}
+
+
+def test_a_reload_keeps_unchanged_targets_and_their_state(backend, checker):
+    server = backend("tcp")
+    spec = HealthSpec("tcp", INTERVAL, TIMEOUT, RISE, FALL)
+    now = time.monotonic()
+    checker.replace_targets([("a", "127.0.0.1", server.port, spec), ("b", "127.0.0.1", 1, spec)], now)
+    drive(checker, lambda seen: len(checker.last_checks()) == 2)
+    kept, changed = checker.targets["a"], checker.targets["b"]
+    assert changed.state == DOWN
+    longer = HealthSpec("tcp", 2 * INTERVAL, TIMEOUT, RISE, FALL)
+    checker.replace_targets([("a", "127.0.0.1", server.port, spec), ("b", "127.0.0.1", 1, longer),
+                             ("c", "127.0.0.1", server.port, spec)], time.monotonic())
+    assert checker.targets["a"] is kept and checker.targets["b"] is not changed
+    assert checker.targets["b"].state == UP and checker.targets["b"].last is None  # starts over
+    assert set(checker.last_checks()) == {"a"}
+    checker.replace_targets([], time.monotonic())
+    assert checker.targets == {} and checker.next_due() is None

@@ -103,6 +103,21 @@ class HealthChecker:
         if target.probe is not None:
             self._close(target.probe)
 
+    def replace_targets(self, targets, now: float) -> None:
+        """Check exactly these (key, address, port, HealthSpec) from now on (a reload): a target
+        whose key, address, port and spec are unchanged keeps its state and its check in flight."""
+        wanted = {key: (address, port, check) for key, address, port, check in targets}
+        for key, target in list(self.targets.items()):
+            if wanted.get(key) != (target.address, target.port, target.check):
+                self.remove(key)
+        for key, (address, port, check) in wanted.items():
+            if key not in self.targets:
+                self.add(key, address, port, check, now)
+
+    def last_checks(self) -> dict:
+        """key -> (when, good, why) of each target's last check (for `fw lb`)."""
+        return {key: target.last for key, target in self.targets.items() if target.last is not None}
+
     def close(self) -> None:
         for key in list(self.targets):
             self.remove(key)

@@ -78,7 +78,7 @@ def test_counting_schedulers_follow_weights_at_ten_servers(scheduler):
 
 
 @pytest.mark.parametrize("scheduler", ["sh", "maglev"])
-@pytest.mark.parametrize("weights", [(1, 1, 2), (3, 3, 3), (2, 1, 1, 4)], ids=str)
+@pytest.mark.parametrize("weights", [(1, 1, 2), (3, 3, 3), (2, 3, 3)], ids=str)
 def test_hashing_schedulers_follow_weights_over_ten_thousand_flows(scheduler, weights):
     balancer = Balancer("web", triples(weights), scheduler)
     counts = shares(balancer, flows())

@@ -88,7 +88,7 @@ def rewrite(data: bytes, packet, manip: Manip, *, partial: bool = False,
     delta = _set_ports(buf, l4, proto, family, manip)
     pseudo = proto in _PSEUDO_HEADER
     if partial:
-        _full_l4_checksum(buf, l4, end, proto, family, at)
+        recompute_l4_checksum(buf, l4, end, proto, family)
         return bytes(buf)
     check = _read16(buf, l4 + at)[0]
     if proto == 17 and not check:
@@ -133,8 +133,9 @@ def _set_ports(buf: bytearray, l4: int, proto: int, family: int, manip: Manip) -
     return old - ident
 
 
-def _full_l4_checksum(buf: bytearray, l4: int, end: int, proto: int, family: int, at: int) -> None:
+def recompute_l4_checksum(buf: bytearray, l4: int, end: int, proto: int, family: int) -> None:
     """Compute the L4 checksum over the whole segment (and pseudo-header) from scratch."""
+    at = _L4_CHECKSUM_AT[proto]
     _write16(buf, l4 + at, 0)
     total = word_sum(memoryview(buf)[l4:end])
     if proto in _PSEUDO_HEADER:
@@ -154,7 +155,7 @@ def _icmp_error(buf: bytearray, packet, inner: Manip | None, end: int) -> None:
         address_delta = _set_addresses(buf, base, family, inner)
         if not quoted.frag_offset:
             _quoted_l4(buf, base + quoted.l4_offset, quoted.proto, family, inner, address_delta, end)
-    _full_l4_checksum(buf, packet.l4_offset, end, packet.proto, family, 2)
+    recompute_l4_checksum(buf, packet.l4_offset, end, packet.proto, family)
 
 
 def _quoted_l4(buf: bytearray, l4: int, proto: int, family: int, inner: Manip,

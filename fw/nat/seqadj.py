@@ -88,8 +88,11 @@ class SeqAdj:
         """Whether any segment has been shifted yet (else `shift` has nothing to do)."""
         return any(way.before or way.after for way in self.corrections)
 
-    def shift(self, buf: bytearray, l4: int, direction: int) -> int:
-        """Shift seq, ack and SACK blocks of the TCP header at `l4`; return old_sum - new_sum."""
+    def shift(self, buf: bytearray, l4: int, direction: int, sack: bool = True) -> int:
+        """Shift seq, ack and SACK blocks of the TCP header at `l4`; return old_sum - new_sum.
+
+        `sack=False` (the parser found no SACK option: `not packet.sack`) skips the option walk.
+        """
         this_way, other_way = self.corrections[direction], self.corrections[1 - direction]
         seq, ack = _TWO_U32.unpack_from(buf, l4 + 4)
         new_seq = (seq + this_way.seq_offset(seq)) & MASK
@@ -99,13 +102,14 @@ class SeqAdj:
             return delta
         new_ack = (ack - other_way.ack_offset(ack)) & MASK
         _TWO_U32.pack_into(buf, l4 + 4, new_seq, new_ack)
-        return delta + ack - new_ack + _shift_sack(buf, l4, other_way)
+        delta += ack - new_ack
+        return delta + _shift_sack(buf, l4, other_way) if sack else delta
 
     def adjust(self, data: bytes, packet, direction: int, partial: bool = False) -> bytes:
         """`data` (parsed as `packet`, TCP) with seq/ack/SACK shifted and its checksum fixed."""
         buf = bytearray(data)
         l4 = packet.l4_offset
-        delta = self.shift(buf, l4, direction)
+        delta = self.shift(buf, l4, direction, bool(packet.sack))
         if partial:
             recompute_l4_checksum(buf, l4, packet.ip_len, 6, packet.family)
         elif delta:

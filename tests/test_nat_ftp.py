@@ -1,0 +1,117 @@
+"""FTP announcements rewritten for NAT in nf_nat_ftp's format, with the length change for seqadj."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fw.alg.ftp_syntax import eprt_argument, extended_passive_reply, passive_reply, port_argument
+from fw.nat.ftp import REASON, AlgRewriteError, SplitAnnouncement, rewrite_line, rewrite_payload
+
+NAT4 = ipaddress.ip_address("192.0.2.1").packed
+NAT6 = ipaddress.ip_address("2001:db8:ffff::1").packed
+CLIENT4 = ipaddress.ip_address("198.51.100.10").packed
+
+
+def test_port_from_a_client_behind_snat():
+    out = rewrite_line(b"PORT 198,51,100,10,156,64\r\n", True, NAT4, 20001)
+    assert out.line == b"PORT 192,0,2,1,78,33\r\n" and out.delta == -5
+    assert (out.command, out.family, out.address, out.port) == ("PORT", 4, CLIENT4, 40000)
+
+
+def test_port_keeps_the_verb_spelling_and_a_telnet_prefix():
+    out = rewrite_line(b"\xff\xf4port   198, 51,100,10,156,64 \r\n", True, NAT4, 40000)
+    assert out.line == b"\xff\xf4port   192,0,2,1,156,64 \r\n"
+
+
+def test_eprt_ipv4_and_ipv6_uncompressed_as_pI6():
+    out = rewrite_line(b"EPRT |1|198.51.100.10|40000|\r\n", True, NAT4, 20001)
+    assert out.line == b"EPRT |1|192.0.2.1|20001|\r\n" and out.delta == -4
+    out = rewrite_line(b"EPRT !2!2001:db8:1::10!40000!\r\n", True, NAT6, 20001)
+    assert out.line == b"EPRT |2|2001:0db8:ffff:0000:0000:0000:0000:0001|20001|\r\n"
+    assert out.family == 6 and out.address == ipaddress.ip_address("2001:db8:1::10").packed
+    assert out.delta == len(out.line) - len(b"EPRT !2!2001:db8:1::10!40000!\r\n")
+
+
+def test_227_from_a_server_behind_dnat_keeps_its_text():
+    line = b"227 Entering Passive Mode (198,51,100,10,82,9).\r\n"
+    out = rewrite_line(line, False, NAT4, 21001)
+    assert out.line == b"227 Entering Passive Mode (192,0,2,1,82,9).\r\n"
+    assert (out.command, out.port, out.delta) == ("PASV", 21001, -4)
+    no_parentheses = rewrite_line(b"227 =198,51,100,10,82,9\r\n", False, NAT4, 1024)
+    assert no_parentheses.line == b"227 =192,0,2,1,4,0\r\n"
+
+
+def test_229_port_only_with_the_kernels_delimiter():
+    out = rewrite_line(b"229 Entering Extended Passive Mode (!!!6446!)\r\n", False, NAT4, 20001)
+    assert out.line == b"229 Entering Extended Passive Mode (|||20001|)\r\n"
+    assert (out.command, out.address, out.port, out.delta) == ("EPSV", None, 6446, 1)
+
+
+def test_lines_announcing_nothing_and_the_wrong_direction():
+    assert rewrite_line(b"USER anonymous\r\n", True, NAT4, 1) is None
+    assert rewrite_line(b"200 PORT command successful\r\n", False, NAT4, 1) is None
+    assert rewrite_line(b"227 Entering Passive Mode (1,2,3,4,5,6)\r\n", True, NAT4, 1) is None
+    assert rewrite_line(b"PORT 1,2,3,4,5,6\r\n", False, NAT4, 1) is None
+    assert rewrite_line(b"PORTS 1,2,3,4,5,6\r\n", True, NAT4, 1) is None
+
+
+@pytest.mark.parametrize(("line", "from_client", "command"), [
+    (b"PORT 1,2,3\r\n", True, "PORT"),
+    (b"PORT\r\n", True, "PORT"),
+    (b"PORT 1,2,3,4,5,600\r\n", True, "PORT"),
+    (b"EPRT |3|1.2.3.4|5|\r\n", True, "EPRT"),
+    (b"227 nothing here\r\n", False, "PASV"),
+    (b"229 Extended (|||99999|)\r\n", False, "EPSV"),
+])
+def test_malformed_announcements_are_a_clear_refusal(line, from_client, command):
+    with pytest.raises(AlgRewriteError) as raised:
+        rewrite_line(line, from_client, NAT4, 20001)
+    assert raised.value.command == command and raised.value.reason == REASON == "nat:alg-rewrite"
+
+
+def test_ipv6_cannot_be_put_in_port_or_227():
+    with pytest.raises(AlgRewriteError, match="IPv6"):
+        rewrite_line(b"PORT 198,51,100,10,156,64\r\n", True, NAT6, 20001)
+
+
+def test_payload_with_several_lines_and_a_split_announcement():
+    payload = b"TYPE I\r\nPORT 198,51,100,10,156,64\r\nLIST\r\n"
+    out = rewrite_payload(payload, True, NAT4, 20001)
+    assert out.line == b"TYPE I\r\nPORT 192,0,2,1,78,33\r\nLIST\r\n" and out.delta == -5
+    assert rewrite_payload(b"NOOP\r\nLIST\r\n", True, NAT4, 1) is None
+    assert rewrite_payload(b"RETR some", True, NAT4, 1) is None
+    for cut in (b"PORT 198,51,100", b"PO", b"NOOP\r\neprt |1|", b"\xff\xf4port"):
+        with pytest.raises(SplitAnnouncement):
+            rewrite_payload(cut, True, NAT4, 20001)
+    with pytest.raises(SplitAnnouncement):
+        rewrite_payload(b"227 Entering Passive Mode (198,51,", False, NAT4, 1)
+
+
+@given(address=st.binary(min_size=4, max_size=4), port=st.integers(1, 65535),
+       old=st.binary(min_size=4, max_size=4), old_port=st.integers(1, 65535))
+def test_rewritten_lines_parse_back_to_the_translation(address, port, old, old_port):
+    """What we write, the ALG's own parser reads back as the translated address and port."""
+    port_line = b"PORT %d,%d,%d,%d,%d,%d\r\n" % (*old, old_port >> 8, old_port & 255)
+    new = rewrite_line(port_line, True, address, port).line
+    assert port_argument(new[5:-2]) == (4, address, port)
+    new = rewrite_line(b"227 ok (%s)\r\n" % port_line[5:-2], False, address, port).line
+    assert passive_reply(new) == (4, address, port)
+    eprt = b"EPRT |1|%d.%d.%d.%d|%d|\r\n" % (*old, old_port)
+    assert eprt_argument(rewrite_line(eprt, True, address, port).line[5:-2]) == (4, address, port)
+    epsv = rewrite_line(b"229 ok (|||%d|)\r\n" % old_port, False, address, port).line
+    assert extended_passive_reply(epsv) == port
+
+
+@given(address=st.binary(min_size=16, max_size=16), port=st.integers(1, 65535))
+def test_eprt_ipv6_parses_back(address, port):
+    line = rewrite_line(b"EPRT |2|2001:db8::1|5|\r\n", True, address, port).line
+    assert eprt_argument(line[5:-2]) == (6, address, port)
+
+
+def test_spaces_around_the_227_numbers_stay():
+    out = rewrite_line(b"227 Passive ( 198,51,100,10,82,9 )\r\n", False, NAT4, 21001)
+    assert out.line == b"227 Passive ( 192,0,2,1,82,9 )\r\n"

@@ -17,7 +17,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.packet import Raw
 
-from fw.nat.rewrite import Manip, RewriteError, rewrite
+from fw.nat.rewrite import Manip, RewriteError, Translation, rewrite
 from fw.packet import parse
 
 V4 = ("198.51.100.10", "203.0.113.5", "192.0.2.1", "192.0.2.77")         # client, server, nat, router
@@ -219,3 +219,28 @@ def _garble_l4_checksum(data: bytes) -> bytes:
     packet = parse(data)
     at = packet.l4_offset + {6: 16, 17: 6, 1: 2, 58: 2}[packet.proto]
     return data[:at] + b"\x5a\xa5" + data[at + 2:]
+
+
+@settings(max_examples=100, deadline=None)
+@given(family=st.sampled_from([4, 6]), proto=st.sampled_from(["tcp", "udp", "udp0", "icmp"]),
+       ports=st.tuples(*[st.integers(1, 65535)] * 4), payload=st.binary(max_size=100),
+       partial=st.booleans(), change_dst=st.booleans())
+def test_a_compiled_translation_equals_rewrite_and_scapy(family, proto, ports, payload, partial, change_dst):
+    client, server, nat, _ = V4 if family == 4 else V6
+    sport, dport, new_sport, new_dport = ports
+    if proto == "icmp":
+        dport = sport
+        new_dport = new_sport
+    extra = {"chksum": 0} if proto == "udp0" else {}
+    name = "udp" if proto == "udp0" else proto
+    new_dst = nat if change_dst else server
+    before = bytes(ip(client, server) / l4(name, sport, dport, family, **extra) / Raw(payload))
+    after = bytes(ip(nat, new_dst) / l4(name, new_sport, new_dport, family, **extra) / Raw(payload))
+    if partial:
+        before = _garble_l4_checksum(before)
+        after = bytes(ip(nat, new_dst) / l4(name, new_sport, new_dport, family) / Raw(payload))
+    packet = parse(before)
+    number = {"tcp": 6, "udp": 17, "udp0": 17, "icmp": 1 if family == 4 else 58}[proto]
+    translation = Translation(family, number, (raw(client), raw(server), sport, dport),
+                              (raw(nat), raw(new_dst), new_sport, new_dport))
+    assert translation.apply(before, packet, partial) == after

@@ -98,6 +98,50 @@ def rewrite(data: bytes, packet, manip: Manip, *, partial: bool = False,
     return bytes(buf)
 
 
+class Translation:
+    """One session direction's rewrite, compiled once: the new header bytes and the checksum
+    differences are constants of the session, so an established packet costs two slice writes
+    and two checksum updates. The packet must carry `old` (the session lookup guarantees it);
+    anything but a complete TCP/UDP packet goes through `rewrite`.
+    """
+
+    __slots__ = ("family", "proto", "manip", "_addresses", "_at", "_ports", "_ip_delta",
+                 "_l4_delta", "_udp")
+
+    def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
+        """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
+        self.family = family
+        self.proto = proto
+        self.manip = Manip(*new)
+        self._at = _ADDRESS_AT[family][0]
+        self._addresses = new[0] + new[1]
+        self._ports = _PORTS.pack(new[2], new[3])
+        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(self._addresses, "big")
+        self._ip_delta = address_delta if family == 4 else 0
+        self._l4_delta = address_delta + old[2] + old[3] - new[2] - new[3]
+        self._udp = proto == 17
+
+    def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
+        """`data` (parsed as `packet`, a packet of this session direction) translated."""
+        proto = packet.proto
+        if (partial or (proto != 6 and proto != 17) or packet.is_fragment
+                or len(data) < packet.ip_len):
+            return rewrite(data, packet, self.manip, partial=partial)
+        buf = bytearray(data)
+        at = self._at
+        buf[at:at + len(self._addresses)] = self._addresses
+        l4 = packet.l4_offset
+        buf[l4:l4 + 4] = self._ports
+        if self._ip_delta:
+            _write16(buf, 10, (_read16(buf, 10)[0] + self._ip_delta) % 0xFFFF)
+        at = l4 + (6 if self._udp else 16)
+        check = _read16(buf, at)[0]
+        if check or not self._udp:
+            check = (check + self._l4_delta) % 0xFFFF
+            _write16(buf, at, check or 0xFFFF if self._udp else check)
+        return bytes(buf)
+
+
 def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:
     """Write the IP addresses of the header at `base`; return old_sum - new_sum of the changes.
 

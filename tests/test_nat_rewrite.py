@@ -11,14 +11,16 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.packet import Raw
 
 from fw.nat.rewrite import Manip, RewriteError, Translation, rewrite
-from fw.packet import parse
+from fw.packet import MalformedPacket, parse
+from fw.packet.checksum import pseudo_header_sum, verify, word_sum
+from tests.test_packet_fuzz import MUTATION, VALID, mutate
 
 V4 = ("198.51.100.10", "203.0.113.5", "192.0.2.1", "192.0.2.77")         # client, server, nat, router
 V6 = ("2001:db8:1::10", "2001:db8:2::5", "2001:db8:ffff::1", "2001:db8:3::77")
@@ -244,3 +246,51 @@ def test_a_compiled_translation_equals_rewrite_and_scapy(family, proto, ports, p
     translation = Translation(family, number, (raw(client), raw(server), sport, dport),
                               (raw(nat), raw(new_dst), new_sport, new_dport))
     assert translation.apply(before, packet, partial) == after
+
+
+# -- fuzz: any packet the parser accepts is rewritten soundly or refused ------------------------
+
+def _l4_ok(data: bytes) -> bool:
+    """Does the L4 checksum verify (a zero UDP checksum counts as none)?"""
+    packet = parse(data)
+    segment = data[packet.l4_offset:packet.ip_len]
+    if packet.proto == 17 and segment[6:8] == b"\0\0":
+        return True
+    total = word_sum(segment)
+    if packet.proto in (6, 17, 58):
+        total += pseudo_header_sum(packet.src, packet.dst, packet.proto, len(segment))
+    return total % 0xFFFF == 0
+
+
+def _ipv4_header_ok(data: bytes) -> bool:
+    return data[0] >> 4 != 4 or verify(data[:(data[0] & 15) * 4])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(VALID), st.lists(MUTATION, max_size=3), st.binary(min_size=32, max_size=32),
+       st.integers(0, 65535), st.booleans())
+def test_any_parsed_packet_is_rewritten_soundly_or_refused(data, mutations, addresses, port, partial):
+    data = mutate(data, mutations)
+    try:
+        packet = parse(data)
+    except MalformedPacket:
+        return
+    if packet.proto not in (1, 6, 17, 58):
+        return
+    width = 4 if packet.family == 4 else 16
+    manip = Manip(addresses[:width], addresses[16:16 + width], port, port)
+    checks_were_ok = _l4_ok(data) and _ipv4_header_ok(data)
+    try:
+        out = rewrite(data, packet, manip, partial=partial, inner=Manip(sport=port))
+    except RewriteError as error:
+        assert error.detail
+        return
+    assert len(out) == len(data)
+    again = parse(out)
+    assert (again.src, again.dst) == (manip.src, manip.dst)
+    if packet.proto in (6, 17):
+        assert (again.sport, again.dport) == (port, port)
+    if partial or packet.inner is not None or checks_were_ok:
+        assert _l4_ok(out)
+    if checks_were_ok:
+        assert _ipv4_header_ok(out)

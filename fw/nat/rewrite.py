@@ -190,6 +190,23 @@ def recompute_l4_checksum(buf: bytearray, l4: int, end: int, proto: int, family:
     _write16(buf, l4 + at, udp_fold(check) if proto == 17 else check)
 
 
+def l4_checksum_valid(data: bytes, packet) -> bool:
+    """Whether the packet's L4 checksum verifies (a zero UDP checksum counts as none: valid).
+
+    False for a packet the kernel handed over with a partial checksum (its pseudo-header sum).
+    """
+    at = _L4_CHECKSUM_AT.get(packet.proto)
+    l4, end = packet.l4_offset, packet.ip_len
+    if at is None or len(data) < end:
+        return True
+    if packet.proto == 17 and data[l4 + 6:l4 + 8] == b"\0\0":
+        return True
+    total = word_sum(memoryview(data)[l4:end])
+    if packet.proto in _PSEUDO_HEADER:
+        total += pseudo_header_sum(packet.src, packet.dst, packet.proto, end - l4)
+    return total % 0xFFFF == 0
+
+
 def _icmp_error(buf: bytearray, packet, inner: Manip | None, end: int) -> None:
     """Translate the quoted packet (`inner`), then recompute the outer ICMP checksum."""
     family = packet.family

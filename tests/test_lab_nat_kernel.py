@@ -38,12 +38,17 @@ OPTIONS = build.tcp_options(mss=1460, sack_perm=True, ts=(11, 0), wscale=7)
 class Capture:
     """`nat_wire.py capture` in a namespace, ready once it printed "ready"."""
 
-    def __init__(self, lab, name: str, count: int) -> None:
+    def __init__(self, lab, name: str, count: int, port: int | None = None) -> None:
         argv = ["timeout", "--kill-after=2", "20", sys.executable, str(WIRE), "capture",
-                "--count", str(count), "--lifetime", "15"]
+                "--count", str(count), "--lifetime", "15", *(["--port", str(port)] if port else [])]
         self.process = lab.popen(name, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
         assert self.process.stdout.readline().strip() == b"ready", self.process.stderr.read()
+
+    def stop(self) -> list[tuple[bool, bytes]]:
+        """End the capture now (SIGTERM: it prints what it has) and return its packets."""
+        self.process.terminate()
+        return self.packets()
 
     def packets(self) -> list[tuple[bool, bytes]]:
         out, err = self.process.communicate(timeout=30)

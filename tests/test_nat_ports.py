@@ -151,3 +151,42 @@ def test_never_hands_out_a_taken_tuple_and_exhausts_only_when_full(steps):
                 table.append(got)
         else:
             pool.release(UDP, *table.pop(port % len(table)))
+
+
+def reference_allocate(lo: int, hi: int, held: dict, port: int, taken: set) -> int | None:
+    """SPEC's rule by brute force: the original port if its tuple is free, else the first port
+    upward from it (wrapping within lo-hi) that the pool does not hold and whose tuple is free."""
+    if lo <= port <= hi and port not in taken:
+        return port
+    start = port + 1 if lo <= port <= hi else lo
+    for candidate in [*range(start, hi + 1), *range(lo, start)]:
+        if not held.get(candidate) and candidate not in taken:
+            return candidate
+    return None
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["new", "new", "close", "outside"]), st.integers(990, 1030)),
+                max_size=60))
+def test_allocation_follows_the_spec_rule_exactly(steps):
+    """Against the brute-force rule; 'outside' puts a tuple in the table the pool did not make."""
+    lo, hi = 1000, 1019
+    pool = Pool(4, A1, ports=(lo, hi))
+    held: dict = {}                    # port -> sessions holding it (the pool's view)
+    table: list = []                   # the session table's translated tuples (ports), in order
+    for action, port in steps:
+        taken = set(table)
+        if action == "outside":
+            table.append(port)
+        elif action == "close" and table:
+            gone = table.pop(port % len(table))
+            if held.get(gone):
+                held[gone] -= 1
+                pool.release(TCP, A1, gone)
+        elif action == "new":
+            want = reference_allocate(lo, hi, held, port, taken)
+            got = pool.allocate(TCP, CLIENT, port, {(A1, p) for p in taken})
+            assert (got and got[1]) == want and (got is None or got[0] == A1)
+            if want is not None:
+                held[want] = held.get(want, 0) + 1
+                table.append(want)

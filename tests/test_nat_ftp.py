@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fw.alg.ftp_syntax import eprt_argument, extended_passive_reply, passive_reply, port_argument
-from fw.nat.ftp import REASON, AlgRewriteError, SplitAnnouncement, rewrite_line, rewrite_payload
+from fw.nat.ftp import REASON, AlgRewriteError, SplitAnnouncement, find_announcement, rewrite_line, rewrite_payload
 
 NAT4 = ipaddress.ip_address("192.0.2.1").packed
 NAT6 = ipaddress.ip_address("2001:db8:ffff::1").packed
@@ -19,7 +19,8 @@ CLIENT4 = ipaddress.ip_address("198.51.100.10").packed
 def test_port_from_a_client_behind_snat():
     out = rewrite_line(b"PORT 198,51,100,10,156,64\r\n", True, NAT4, 20001)
     assert out.line == b"PORT 192,0,2,1,78,33\r\n" and out.delta == -5
-    assert (out.command, out.family, out.address, out.port) == ("PORT", 4, CLIENT4, 40000)
+    announced = out.announcement
+    assert (announced.command, announced.family, announced.address, announced.port) == ("PORT", 4, CLIENT4, 40000)
 
 
 def test_port_keeps_the_verb_spelling_and_a_telnet_prefix():
@@ -32,7 +33,8 @@ def test_eprt_ipv4_and_ipv6_uncompressed_as_pI6():
     assert out.line == b"EPRT |1|192.0.2.1|20001|\r\n" and out.delta == -4
     out = rewrite_line(b"EPRT !2!2001:db8:1::10!40000!\r\n", True, NAT6, 20001)
     assert out.line == b"EPRT |2|2001:0db8:ffff:0000:0000:0000:0000:0001|20001|\r\n"
-    assert out.family == 6 and out.address == ipaddress.ip_address("2001:db8:1::10").packed
+    assert out.announcement.family == 6
+    assert out.announcement.address == ipaddress.ip_address("2001:db8:1::10").packed
     assert out.delta == len(out.line) - len(b"EPRT !2!2001:db8:1::10!40000!\r\n")
 
 
@@ -40,7 +42,7 @@ def test_227_from_a_server_behind_dnat_keeps_its_text():
     line = b"227 Entering Passive Mode (198,51,100,10,82,9).\r\n"
     out = rewrite_line(line, False, NAT4, 21001)
     assert out.line == b"227 Entering Passive Mode (192,0,2,1,82,9).\r\n"
-    assert (out.command, out.port, out.delta) == ("PASV", 21001, -4)
+    assert (out.announcement.command, out.announcement.port, out.delta) == ("PASV", 21001, -4)
     no_parentheses = rewrite_line(b"227 =198,51,100,10,82,9\r\n", False, NAT4, 1024)
     assert no_parentheses.line == b"227 =192,0,2,1,4,0\r\n"
 
@@ -48,7 +50,8 @@ def test_227_from_a_server_behind_dnat_keeps_its_text():
 def test_229_port_only_with_the_kernels_delimiter():
     out = rewrite_line(b"229 Entering Extended Passive Mode (!!!6446!)\r\n", False, NAT4, 20001)
     assert out.line == b"229 Entering Extended Passive Mode (|||20001|)\r\n"
-    assert (out.command, out.address, out.port, out.delta) == ("EPSV", None, 6446, 1)
+    announced = out.announcement
+    assert (announced.command, announced.address, announced.port, out.delta) == ("EPSV", None, 6446, 1)
 
 
 def test_lines_announcing_nothing_and_the_wrong_direction():
@@ -115,3 +118,15 @@ def test_eprt_ipv6_parses_back(address, port):
 def test_spaces_around_the_227_numbers_stay():
     out = rewrite_line(b"227 Passive ( 198,51,100,10,82,9 )\r\n", False, NAT4, 21001)
     assert out.line == b"227 Passive ( 192,0,2,1,82,9 )\r\n"
+
+
+def test_find_then_rewrite_with_the_port_the_pool_chose():
+    """The engine first learns what was announced, allocates, then rewrites."""
+    payload = b"NOOP\r\nEPRT |1|198.51.100.10|40000|\r\n"
+    found = find_announcement(payload, True)
+    assert (found.command, found.address, found.port) == ("EPRT", CLIENT4, 40000)
+    assert payload[found.start:found.end] == b"|1|198.51.100.10|40000|"
+    out = found.rewrite(payload, NAT4, 40001)
+    assert out.line == b"NOOP\r\nEPRT |1|192.0.2.1|40001|\r\n" and out.delta == -4
+    epsv = find_announcement(b"229 ok (|||5000|)\r\n", False, family=6)
+    assert (epsv.family, epsv.address, epsv.port) == (6, None, 5000)

@@ -1,21 +1,23 @@
 """Rewrite FTP data-connection announcements for NAT, in the kernel's (nf_nat_ftp.c) format.
 
-How it works. `rewrite_line(line, address, port)` recognises PORT / EPRT (client commands, the verb
-case-insensitive, Telnet IAC prefixes skipped, as fw/alg/ftp.py reads them) and the 227 / 229
-replies, parses the announcement with fw/alg/ftp_syntax.py (the parser the FTP ALG uses), and
-replaces exactly the span nf_conntrack_ftp matches with what nf_nat_ftp_fmt_cmd prints:
+How it works. `find_announcement(payload, from_client)` finds the first line of a segment's
+payload that announces a data connection: PORT / EPRT from the client (the verb case-insensitive,
+Telnet IAC prefixes skipped, as fw/alg/ftp.py reads them), the 227 / 229 replies from the server.
+It parses the announcement with fw/alg/ftp_syntax.py (the FTP ALG's own parser) and returns an
+`Announcement`: what was announced (so the engine can pick the translated port, keeping this one
+when free) and the span nf_conntrack_ftp matches. `Announcement.rewrite(payload, address, port)`
+replaces that span with what nf_nat_ftp_fmt_cmd prints:
 - PORT and 227: `%u,%u,%u,%u,%u,%u` (the six numbers only; a 227's text and parentheses stay);
 - EPRT: `|1|%pI4|%u|` or `|2|%pI6|%u|` (%pI6: eight groups of four hex digits, uncompressed),
   the family taken from the translated address;
-- 229: `|||%u|` inside the parentheses.
-It returns a `LineRewrite`: the new line, the length change (for fw/nat/seqadj.py's `record`) and
-what the line announced before (the engine builds the data session's expectation and binding from
-it). A line that announces nothing returns None.
+- 229: `|||%u|` inside the parentheses;
+and gives a `LineRewrite`: the new payload and its length change (for fw/nat/seqadj.py's `record`).
+`rewrite_payload` / `rewrite_line` do both steps at once. The kernel formats are checked against
+nf_nat_ftp itself in tests/test_lab_nat_ftp_kernel.py.
 
-`rewrite_payload` does the same for a segment's payload: the first announcement among its lines is
-rewritten; an announcement without its line end (a command split across segments) raises
-`SplitAnnouncement`, for the engine to drop the segment (counted) so the sender retransmits the
-whole line.
+An announcement without its line end in the segment (a command split across segments) raises
+`SplitAnnouncement`, for the engine to drop the segment (counted) so that the sender retransmits the
+whole line; a line that may still become one ("PO") counts.
 
 Failures raise `AlgRewriteError` (a malformed announcement, a PORT/227 that cannot carry an IPv6
 address): the engine drops the segment with reason `nat:alg-rewrite`; the control session goes on.
@@ -52,74 +54,98 @@ class SplitAnnouncement(AlgRewriteError):
 
 
 @dataclass(frozen=True, slots=True)
-class LineRewrite:
-    line: bytes          # the rewritten line (or payload, for rewrite_payload)
-    delta: int           # len(new) - len(old): the seqadj correction
-    command: str         # "PORT", "EPRT", "PASV" (a 227), "EPSV" (a 229)
-    family: int          # what the line announced before: family, address (None for 229), port
-    address: bytes | None
-    port: int
+class Announcement:
+    """Where a payload announces a data connection, and what it announced.
 
-
-def rewrite_line(line: bytes, from_client: bool, address: bytes, port: int) -> LineRewrite | None:
-    """The line with its announcement replaced by `address`:`port`; None if it announces nothing.
-
-    Client lines are read as commands (PORT, EPRT), server lines as replies (227, 229).
+    `start`/`end`: the span nf_conntrack_ftp matches (what gets replaced), in the payload.
     """
-    return (_command if from_client else _reply)(line, address, port)
 
+    command: str         # "PORT", "EPRT", "PASV" (a 227), "EPSV" (a 229)
+    family: int          # the announced family (a 229: the session's, given by the caller)
+    address: bytes | None  # None for a 229 (port only)
+    port: int
+    start: int
+    end: int
 
-def _command(line: bytes, address: bytes, port: int) -> LineRewrite | None:
-    command = _COMMAND.match(line)
-    if command is None:
-        return None
-    verb = command.group(1).upper().decode()
-    start = command.end()
-    end = max(start, len(line.rstrip()))
-    try:
-        family, announced, announced_port = (port_argument if verb == "PORT" else eprt_argument)(
-            line[start:end])
-    except BadArgument as error:
-        raise AlgRewriteError(verb, str(error)) from None
-    text = _six_numbers(address, port, verb) if verb == "PORT" else _eprt(address, port)
-    return _replaced(line, start, end, text, verb, family, announced, announced_port)
-
-
-def _reply(line: bytes, address: bytes, port: int) -> LineRewrite | None:
-    reply = _REPLY.match(line)
-    if reply is None:
-        return None
-    command = "PASV" if reply.group(1) == b"227" else "EPSV"
-    try:
-        if command == "PASV":
-            (family, announced, announced_port), (start, end) = passive_reply_span(line)
-            text = _six_numbers(address, port, command)
+    def rewrite(self, payload: bytes, address: bytes, port: int) -> LineRewrite:
+        """The payload with this announcement saying `address`:`port` (nf_nat_ftp's format)."""
+        if self.command in ("PORT", "PASV"):
+            text = _six_numbers(address, port, self.command)
+        elif self.command == "EPRT":
+            text = _eprt(address, port)
         else:
-            announced_port, (start, end) = extended_passive_span(line)
-            family, announced, text = (4 if len(address) == 4 else 6), None, b"|||%d|" % port
-    except BadArgument as error:
-        raise AlgRewriteError(command, str(error)) from None
-    return _replaced(line, start, end, text, command, family, announced, announced_port)
+            text = b"|||%d|" % port
+        new = payload[:self.start] + text + payload[self.end:]
+        return LineRewrite(new, len(new) - len(payload), self)
 
 
-def rewrite_payload(payload: bytes, from_client: bool, address: bytes, port: int,
-                    ) -> LineRewrite | None:
-    """`rewrite_line` on the first announcing line of a segment's payload (lines end in LF)."""
+@dataclass(frozen=True, slots=True)
+class LineRewrite:
+    line: bytes          # the rewritten line (or payload)
+    delta: int           # len(new) - len(old): the seqadj correction (SeqAdj.record)
+    announcement: Announcement  # what the line announced before
+
+
+def find_announcement(payload: bytes, from_client: bool, family: int = 4) -> Announcement | None:
+    """The first announcement in a segment's payload (lines end in LF), or None.
+
+    Client lines are read as commands (PORT, EPRT), server lines as replies (227, 229); `family`
+    is the control session's, for a 229. Raises AlgRewriteError (malformed) or SplitAnnouncement.
+    """
     start = 0
     while start < len(payload):
         newline = payload.find(b"\n", start)
-        end = len(payload) if newline < 0 else newline + 1
         if newline < 0:
             command = _may_announce(payload[start:], from_client)
             if command:
                 raise SplitAnnouncement(command, "line end not in this segment")
             return None
-        found = rewrite_line(payload[start:end], from_client, address, port)
+        found = (_command if from_client else _reply)(payload, start, newline + 1, family)
         if found is not None:
-            new = payload[:start] + found.line + payload[end:]
-            return LineRewrite(new, found.delta, found.command, found.family, found.address, found.port)
-        start = end
+            return found
+        start = newline + 1
     return None
+
+
+def rewrite_payload(payload: bytes, from_client: bool, address: bytes, port: int,
+                    ) -> LineRewrite | None:
+    """The first announcement of `payload` rewritten to `address`:`port`, or None."""
+    found = find_announcement(payload, from_client, 4 if len(address) == 4 else 6)
+    return None if found is None else found.rewrite(payload, address, port)
+
+
+def rewrite_line(line: bytes, from_client: bool, address: bytes, port: int) -> LineRewrite | None:
+    """One whole line (with its line end) rewritten; None if it announces nothing."""
+    return rewrite_payload(line, from_client, address, port)
+
+
+def _command(payload: bytes, start: int, end: int, family: int) -> Announcement | None:
+    command = _COMMAND.match(payload, start, end)
+    if command is None:
+        return None
+    verb = command.group(1).upper().decode()
+    arg_start = command.end()
+    arg_end = max(arg_start, start + len(payload[start:end].rstrip()))
+    try:
+        announced = (port_argument if verb == "PORT" else eprt_argument)(payload[arg_start:arg_end])
+    except BadArgument as error:
+        raise AlgRewriteError(verb, str(error)) from None
+    return Announcement(verb, *announced, arg_start, arg_end)
+
+
+def _reply(payload: bytes, start: int, end: int, family: int) -> Announcement | None:
+    reply = _REPLY.match(payload, start, end)
+    if reply is None:
+        return None
+    line = payload[start:end]
+    try:
+        if reply.group(1) == b"227":
+            (announced_family, address, port), (first, last) = passive_reply_span(line)
+            return Announcement("PASV", announced_family, address, port, start + first, start + last)
+        port, (first, last) = extended_passive_span(line)
+    except BadArgument as error:
+        raise AlgRewriteError("PASV" if reply.group(1) == b"227" else "EPSV", str(error)) from None
+    return Announcement("EPSV", family, None, port, start + first, start + last)
 
 
 def _may_announce(fragment: bytes, from_client: bool) -> str:
@@ -144,9 +170,3 @@ def _eprt(address: bytes, port: int) -> bytes:
         return b"|1|%d.%d.%d.%d|%d|" % (*address, port)
     groups = b":".join(address[i:i + 2].hex().encode() for i in range(0, 16, 2))
     return b"|2|%s|%d|" % (groups, port)
-
-
-def _replaced(line: bytes, start: int, end: int, text: bytes, command: str, family: int,
-              announced: bytes | None, announced_port: int) -> LineRewrite:
-    new = line[:start] + text + line[end:]
-    return LineRewrite(new, len(new) - len(line), command, family, announced, announced_port)

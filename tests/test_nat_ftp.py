@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fw.alg.ftp_syntax import eprt_argument, extended_passive_reply, passive_reply, port_argument
-from fw.nat.ftp import REASON, AlgRewriteError, SplitAnnouncement, find_announcement, rewrite_line, rewrite_payload
+from fw.nat.ftp import (
+    REASON,
+    AlgRewriteError,
+    FtpNatSession,
+    SplitAnnouncement,
+    find_announcement,
+    rewrite_line,
+    rewrite_payload,
+)
 
 NAT4 = ipaddress.ip_address("192.0.2.1").packed
 NAT6 = ipaddress.ip_address("2001:db8:ffff::1").packed
@@ -130,3 +138,47 @@ def test_find_then_rewrite_with_the_port_the_pool_chose():
     assert out.line == b"NOOP\r\nEPRT |1|192.0.2.1|40001|\r\n" and out.delta == -4
     epsv = find_announcement(b"229 ok (|||5000|)\r\n", False, family=6)
     assert (epsv.family, epsv.address, epsv.port) == (6, None, 5000)
+
+
+class Chooser:
+    """The engine's side: allocate a port for an announcement (here: announced + 1), count calls."""
+
+    def __init__(self, free: bool = True):
+        self.calls = []
+        self.free = free
+
+    def __call__(self, announcement):
+        self.calls.append(announcement)
+        return (NAT4, announcement.port + 1) if self.free else None
+
+
+def test_a_session_rewrites_once_and_a_retransmission_identically():
+    session, choose = FtpNatSession(4), Chooser()
+    port = b"PORT 198,51,100,10,156,64\r\n"
+    first = session.segment(0, 1000, port, choose)
+    assert first.line == b"PORT 192,0,2,1,156,65\r\n" and len(choose.calls) == 1
+    assert session.seqadj.to_tuple() == ((1000, 0, -4), (0, 0, 0))
+    again = session.segment(0, 1000, port, choose)                # the client retransmits
+    assert again == first and len(choose.calls) == 1
+    assert session.seqadj.to_tuple() == ((1000, 0, -4), (0, 0, 0))
+    assert session.segment(0, 1025, b"NOOP\r\n", choose) is None
+    reply = session.segment(1, 500, b"227 Entering Passive Mode (198,51,100,10,4,1)\r\n", choose)
+    assert reply.line == b"227 Entering Passive Mode (192,0,2,1,4,2)\r\n"
+    assert session.seqadj.to_tuple() == ((1000, 0, -4), (500, 0, -4))
+
+
+def test_a_session_refuses_when_no_port_is_free_and_on_a_split_line():
+    session = FtpNatSession(4)
+    with pytest.raises(AlgRewriteError, match="no translated port free") as raised:
+        session.segment(0, 1, b"EPRT |1|198.51.100.10|40000|\r\n", Chooser(free=False))
+    assert raised.value.reason == "nat:alg-rewrite"
+    with pytest.raises(SplitAnnouncement):
+        session.segment(0, 1, b"EPRT |1|198.51", Chooser())
+    assert session.seqadj.to_tuple() == ((0, 0, 0), (0, 0, 0))
+
+
+def test_a_session_forgets_old_segments():
+    session, choose = FtpNatSession(4), Chooser()
+    for i in range(20):
+        session.segment(0, 1000 + 100 * i, b"PORT 198,51,100,10,156,64\r\n", choose)
+    assert len(session._done) == 8 and len(choose.calls) == 20

@@ -26,9 +26,11 @@ address): the engine drops the segment with reason `nat:alg-rewrite`; the contro
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fw.alg.ftp_syntax import BadArgument, eprt_argument, extended_passive_span, passive_reply_span, port_argument
+from fw.nat.seqadj import SeqAdj
 
 REASON = "nat:alg-rewrite"
 _COMMAND = re.compile(rb"(?:\xff[\xf0-\xfe])*\s*(PORT|EPRT)\s+", re.IGNORECASE)
@@ -36,6 +38,7 @@ _REPLY = re.compile(rb"(227|229)[ -]")
 _TELNET = re.compile(rb"\xff[\xf0-\xfe]")
 _CLIENT_WORDS = ((b"PORT ", "PORT"), (b"EPRT ", "EPRT"))
 _SERVER_WORDS = ((b"227", "PASV"), (b"229", "EPSV"))
+REMEMBERED = 8  # rewritten segments kept per session for retransmissions
 
 
 class AlgRewriteError(ValueError):
@@ -84,6 +87,45 @@ class LineRewrite:
     line: bytes          # the rewritten line (or payload)
     delta: int           # len(new) - len(old): the seqadj correction (SeqAdj.record)
     announcement: Announcement  # what the line announced before
+
+
+class FtpNatSession:
+    """One translated FTP control session: its announcements rewritten, its SeqAdj kept.
+
+    `segment(direction, seq, payload, choose)` for every control segment with payload (direction 0:
+    from the client; `seq` as the sender sent it): when the payload announces a data connection,
+    `choose(announcement)` gives the translated (address, port) (the engine allocates it and sets up
+    the expectation; None: nothing free), the payload is rewritten and the length change recorded in
+    `seqadj`. A retransmission (same direction, seq and payload) gets the same rewrite again
+    without a second `choose`, so it leaves identical. The engine then shifts every segment of the
+    session with `seqadj.shift` (the rewritten one included). Raises AlgRewriteError (malformed, or
+    nothing free) and SplitAnnouncement (drop the segment, counted; the sender sends it again whole).
+    """
+
+    __slots__ = ("family", "seqadj", "_done")
+
+    def __init__(self, family: int, seqadj: SeqAdj | None = None) -> None:
+        self.family = family
+        self.seqadj = seqadj or SeqAdj()
+        self._done: dict[tuple[int, int], tuple[bytes, LineRewrite]] = {}
+
+    def segment(self, direction: int, seq: int, payload: bytes,
+                choose: Callable[[Announcement], tuple[bytes, int] | None]) -> LineRewrite | None:
+        done = self._done.get((direction, seq))
+        if done is not None and done[0] == payload:
+            return done[1]
+        found = find_announcement(payload, direction == 0, self.family)
+        if found is None:
+            return None
+        target = choose(found)
+        if target is None:
+            raise AlgRewriteError(found.command, "no translated port free for the data connection")
+        result = found.rewrite(payload, *target)
+        self.seqadj.record(direction, seq, result.delta)
+        self._done[direction, seq] = (payload, result)
+        if len(self._done) > REMEMBERED:
+            del self._done[next(iter(self._done))]
+        return result
 
 
 def find_announcement(payload: bytes, from_client: bool, family: int = 4) -> Announcement | None:

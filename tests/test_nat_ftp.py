@@ -182,3 +182,12 @@ def test_a_session_forgets_old_segments():
     for i in range(20):
         session.segment(0, 1000 + 100 * i, b"PORT 198,51,100,10,156,64\r\n", choose)
     assert len(session._done) == 8 and len(choose.calls) == 20
+
+
+def test_a_session_travels_in_plain_values():
+    import json  # noqa: PLC0415
+
+    session = FtpNatSession(6)
+    session.segment(0, 7, b"EPRT |2|2001:db8:1::10|40000|\r\n", lambda a: (NAT6, a.port))
+    copy = FtpNatSession.from_dict(json.loads(json.dumps(session.to_dict())))
+    assert copy.family == 6 and copy.seqadj.to_tuple() == session.seqadj.to_tuple() != ((0, 0, 0), (0, 0, 0))

@@ -127,6 +127,15 @@ class FtpNatSession:
             del self._done[next(iter(self._done))]
         return result
 
+    def to_dict(self) -> dict:
+        """Plain values for snapshots and HA sync: the family and the seq adjustment (the memory
+        of rewritten segments is not carried: a retransmission across a restart is rewritten anew)."""
+        return {"family": self.family, "seqadj": [list(way) for way in self.seqadj.to_tuple()]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FtpNatSession:
+        return cls(data["family"], SeqAdj.from_tuple(data["seqadj"]))
+
 
 def find_announcement(payload: bytes, from_client: bool, family: int = 4) -> Announcement | None:
     """The first announcement in a segment's payload (lines end in LF), or None.

@@ -9,7 +9,8 @@ quoting the whole SYN or only its first 8 TCP bytes. For each pair, fw.nat.rewri
 translation the kernel chose (its port, its address) must produce exactly the bytes the kernel put
 on the wire, once the forwarding hop's TTL decrement is applied. This checks the checksum updates,
 and for ICMP errors the translated quoted header (Linux's nf_nat_icmp_reply_translation), against
-the reference itself.
+the reference itself. A second test does the same for a port forward (DNAT) combined with
+MASQUERADE: every field of the tuple changes, both ways.
 """
 
 from __future__ import annotations
@@ -189,3 +190,62 @@ def test_the_helpers_read_like_the_kernel():
     from fw.packet.checksum import verify  # noqa: PLC0415
     data = build.tcp(CLIENT[4], SERVER[4], 1, 2, 3, 4, SYN | ACK)
     assert verify(hop(data)[:20]) and hop(data)[8] == data[8] - 1
+
+
+LAN_GATEWAY = {4: "198.51.100.1", 6: "2001:db8:1::1"}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_rewrite_equals_the_kernels_port_forward_with_masquerade(kernel_nat, family):
+    """A port forward (DNAT to the server's closed ports) with MASQUERADE on the way out: both
+    translations at once, both ways, and the server's port unreachable about the forwarded datagram
+    (outer source and quoted destination translated back)."""
+    lab = kernel_nat
+    tool, gateway = ("iptables" if family == 4 else "ip6tables"), LAN_GATEWAY[family]
+    server = SERVER[family] if family == 4 else f"[{SERVER[family]}]"
+    for proto, port in (("udp", "8080"), ("tcp", "8081")):
+        lab.run(lab.firewall, [tool, "-t", "nat", "-A", "PREROUTING", "-i", "lan", "-p", proto,
+                               "--dport", port, "-j", "DNAT", "--to-destination", f"{server}:9"])
+    c = CLIENT[family]
+    sent = [build.udp(c, gateway, 40011, 8080, b"forwarded"),
+            build.tcp(c, gateway, 40012, 8081, 5000, 0, SYN, 64240, OPTIONS)]
+    at_client, at_server = Capture(lab, "client", 4), Capture(lab, "server", 4)
+    send(lab, "client", sent)
+    client_seen, server_seen = at_client.packets(), at_server.packets()
+    originals = {_payload_key(d): parse(d) for outgoing, d in client_seen if outgoing}
+    returned = [d for outgoing, d in client_seen if not outgoing]
+    for outgoing, data in server_seen:
+        seen = parse(data)
+        if not outgoing:              # forwarded: every field of the tuple may have changed
+            raw_original = next(d for o, d in client_seen if o and _payload_key(d) == _payload_key(data))
+            manip = Manip(seen.src, seen.dst, seen.sport, seen.dport)
+            assert hop(rewrite(raw_original, parse(raw_original), manip)) == data
+            continue
+        about = seen.proto if seen.inner is None else seen.inner.proto    # an answer to which one
+        original = next(p for p in originals.values() if p.proto == about)
+        back = Manip(original.dst, original.src, original.dport, original.sport)
+        inner = Manip(original.src, original.dst, original.sport, original.dport)
+        partial = not l4_checksum_valid(data, seen)
+        ours = hop(rewrite(data, seen, back, inner=inner, partial=partial))
+        if partial:
+            _check_completed(ours, returned)
+        else:
+            assert ours in returned, (data.hex(), [r.hex() for r in returned])
+
+
+def _payload_key(data: bytes) -> tuple:
+    p = parse(data)
+    return p.proto, p.seq, bytes(p.payload)
+
+
+def _check_completed(ours: bytes, returned: list[bytes]) -> None:
+    """`ours` (checksum completed) equals the kernel's partial-checksum packet once completed."""
+    mine = parse(ours)
+    for candidate in returned:
+        kernel = bytearray(candidate)
+        if parse(candidate).proto != mine.proto or len(kernel) != len(ours):
+            continue
+        recompute_l4_checksum(kernel, mine.l4_offset, mine.ip_len, mine.proto, mine.family)
+        if bytes(kernel) == ours:
+            return
+    raise AssertionError(f"{ours.hex()} not among {[r.hex() for r in returned]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 from hypothesis import assume, given
@@ -88,3 +89,11 @@ def test_pseudo_header_sum_makes_scapy_tcp_checksums():
 
 def test_udp_fold_sends_zero_as_0xffff():
     assert udp_fold(0) == 0xFFFF and udp_fold(0x1234) == 0x1234
+
+
+def test_long_data_is_summed_in_chunks_with_the_same_result():
+    rng = random.Random(14)
+    for size in (4095, 4096, 4097, 8191, 8192, 8193, 12289, 65531, 65535, 65536):
+        data = rng.randbytes(size)
+        assert checksum(data) == scapy_checksum(data), size
+        assert checksum(memoryview(b"\0\0" + data)[2:]) == checksum(data)

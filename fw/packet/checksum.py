@@ -1,10 +1,10 @@
 """The Internet checksum (RFC 1071) and its incremental update (RFC 1624), fast and exact.
 
 How it works. The one's complement sum of 16-bit words is congruent modulo 0xFFFF to the number
-the bytes spell big-endian (2**16 = 1 mod 0xFFFF), so `word_sum` is one `int.from_bytes` and one
-`%`, both in C, however long the data (a 64 KiB GSO segment costs tens of microseconds, not a
-Python loop). The end-around-carry sum S of data that is not all zero lies in 1..0xFFFF, and the
-checksum ~S is then exactly `(-S) % 0xFFFF` (0..0xFFFE): the sum 0xFFFF ("negative zero") gives a
+the bytes spell big-endian (2**16 = 1 mod 0xFFFF), so `word_sum` is `int.from_bytes` (per 4 KiB
+chunk, summed) and one `%`, in C, however long the data: no Python loop over words. The
+end-around-carry sum S of data that is not all zero lies in 1..0xFFFF, and the checksum ~S is
+then exactly `(-S) % 0xFFFF` (0..0xFFFE): the sum 0xFFFF ("negative zero") gives a
 checksum of 0, as a full recompute on a real machine does; only all-zero data sums to +0 and gets
 0xFFFF.
 
@@ -21,6 +21,7 @@ UDP (RFC 768) sends a computed 0 as 0xFFFF and reserves 0 for "no checksum" (IPv
 from __future__ import annotations
 
 MOD = 0xFFFF
+CHUNK = 4096  # bytes summed as one number (even)
 _from_bytes = int.from_bytes
 
 
@@ -28,9 +29,21 @@ def word_sum(data) -> int:
     """A number congruent (mod 0xFFFF) to the one's complement sum of `data`'s 16-bit words.
 
     `data`: bytes, bytearray or memoryview; an odd length is padded with a zero byte (RFC 1071).
+    Beyond CHUNK bytes the sum of the chunks' numbers is returned (each chunk even-sized, so the
+    congruence holds): a small number, whose `% 0xFFFF` is cheap, where one 64 KiB number's division
+    costs more than converting the bytes (measured: about half the time for a 64 KiB segment).
     """
-    value = _from_bytes(data, "big")
-    return value << 8 if len(data) & 1 else value
+    size = len(data)
+    if size <= CHUNK:
+        value = _from_bytes(data, "big")
+        return value << 8 if size & 1 else value
+    view = memoryview(data)
+    total = 0
+    last = (size - 1) // CHUNK * CHUNK
+    for start in range(0, last, CHUNK):
+        total += _from_bytes(view[start:start + CHUNK], "big")
+    value = _from_bytes(view[last:], "big")
+    return total + (value << 8 if (size - last) & 1 else value)
 
 
 def checksum(data) -> int:

@@ -107,3 +107,21 @@ def daemon(lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
             sys.stderr.write(f"--- daemon log {process.log} ---\n{process.log_text()}\n")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def backend() -> Iterator[Callable[..., object]]:
+    """Start a real server for the load balancer's tests: `backend("http", status=200)` (tests/backends.py).
+    Every one started is killed at teardown."""
+    from tests.backends import Backend
+
+    started: list[Backend] = []
+
+    def start(kind: str, **options) -> Backend:
+        server = Backend(kind, **options)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.kill()

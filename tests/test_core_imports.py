@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ["fw/packet", "fw/conntrack", "fw/policy", "fw/alg", "fw/engine*.py", "fw/decision.py", "fw/events.py"]
+CORE = ["fw/packet", "fw/conntrack", "fw/policy", "fw/alg", "fw/nat", "fw/engine*.py", "fw/decision.py", "fw/events.py"]
 FORBIDDEN = {
     "socket", "time", "logging", "sqlalchemy", "netfilterqueue", "click", "scapy", "select",
     "asyncio", "subprocess", "threading", "multiprocessing", "redis", "datetime", "os",

@@ -41,10 +41,16 @@ def port_argument(arg: bytes) -> tuple[int, bytes, int]:
 
 def passive_reply(text: bytes) -> tuple[int, bytes, int]:
     """`227 Entering Passive Mode (203,0,113,10,82,9).`, parentheses or not -> (4, address, 21001)."""
+    return passive_reply_span(text)[0]
+
+
+def passive_reply_span(text: bytes) -> tuple[tuple[int, bytes, int], tuple[int, int]]:
+    """`passive_reply`, and where in `text` its six numbers lie, first digit to last (what NAT
+    replaces; spaces around them stay)."""
     match = _SIX_NUMBERS.search(text)
     if match is None:
         raise BadArgument("no h1,h2,h3,h4,p1,p2 in the 227 reply")
-    return _host_port(match)
+    return _host_port(match), (match.start(1), match.end(6))
 
 
 def eprt_argument(arg: bytes) -> tuple[int, bytes, int]:
@@ -62,10 +68,15 @@ def eprt_argument(arg: bytes) -> tuple[int, bytes, int]:
 
 def extended_passive_reply(text: bytes) -> int:
     """`229 Entering Extended Passive Mode (|||6446|)` -> 6446."""
+    return extended_passive_span(text)[0]
+
+
+def extended_passive_span(text: bytes) -> tuple[int, tuple[int, int]]:
+    """`extended_passive_reply`, and the span of <d><d><d>port<d> inside the parentheses."""
     match = _EXTENDED_PASSIVE.search(text)
     if match is None:
         raise BadArgument("no (<d><d><d>port<d>) in the 229 reply")
-    return port_number(match.group(2))
+    return port_number(match.group(2)), (match.start() + 1, match.end() - 1)
 
 
 def address(family: int, text: bytes) -> bytes:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from fw.packet.checksum import checksum
 from fw.packet.constants import ACK, FIN, ICMP_ERRORS, RST, SYN
 
 ICMP_QUOTE_MAX = 576 - 20 - 8          # RFC 1812 4.3.2.3: the error fits in 576 bytes
@@ -36,16 +37,6 @@ def address(addr: bytes | str) -> bytes:
     if len(addr) not in (4, 16):
         raise ValueError(f"an address has 4 or 16 bytes, not {len(addr)}")
     return addr
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071): one's complement of the one's complement sum."""
-    if len(data) & 1:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:

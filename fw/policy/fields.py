@@ -73,6 +73,32 @@ def _kind(node) -> str:
     return "list" if isinstance(node, SequenceNode) else "value"
 
 
+def unique_name(rep: Reporter, node, entries: dict, names: dict, what: str):
+    """An entry's `name`: text, not among `names` (name -> (reporter, node), updated); or INVALID."""
+    if "name" not in entries:
+        rep.error(node, f"{what} has no 'name' (every {what} needs a unique name)")
+        return INVALID
+    name_node = entries["name"][1]
+    name = scalar(rep, name_node, "name")
+    if name is INVALID:
+        return INVALID
+    if not isinstance(name, str) or not name.strip():
+        rep.error(name_node, f"a {what} name must be text")
+        return INVALID
+    if name in names:
+        rep.error(name_node, f"duplicate {what} name '{name}' (first at {first_place(rep, names[name])})")
+        return INVALID
+    names[name] = (rep, name_node)
+    return name
+
+
+def first_place(rep: Reporter, first: tuple) -> str:
+    """Where (reporter, node) is, seen from `rep`'s file: `line N`, or `file:N` in another file."""
+    first_rep, first_node = first
+    line = first_node.start_mark.line + 1
+    return f"line {line}" if first_rep is rep else f"{first_rep.file}:{line}"
+
+
 def boolean(rep: Reporter, node, what: str):
     if isinstance(node, ScalarNode) and node.tag == BOOL:
         return scalar(rep, node, what)

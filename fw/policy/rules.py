@@ -93,7 +93,7 @@ def rule(rep: Reporter, node, index: int, sets: dict, names: dict):
     if not isinstance(node, MappingNode):
         return INVALID
     ok = len(entries) == len(node.value)
-    name = _name(rep, node, entries, names)
+    name = fields.unique_name(rep, node, entries, names, "rule")
     if "action" in entries:
         action = fields.choice(rep, entries["action"][1], "action", schema.ACTIONS)
     else:
@@ -116,27 +116,6 @@ def rule(rep: Reporter, node, index: int, sets: dict, names: dict):
 
 def _label(name) -> str:
     return f"'{name}' " if isinstance(name, str) else ""
-
-
-def _name(rep: Reporter, node, entries: dict, names: dict):
-    if "name" not in entries:
-        rep.error(node, "rule has no 'name' (every rule needs a unique name)")
-        return INVALID
-    name_node = entries["name"][1]
-    name = fields.scalar(rep, name_node, "name")
-    if name is INVALID:
-        return INVALID
-    if not isinstance(name, str) or not name.strip():
-        rep.error(name_node, "a rule name must be text")
-        return INVALID
-    if name in names:
-        first_rep, first_node = names[name]
-        place = (f"line {first_node.start_mark.line + 1}" if first_rep is rep
-                 else f"{first_rep.file}:{first_node.start_mark.line + 1}")
-        rep.error(name_node, f"duplicate rule name '{name}' (first at {place})")
-        return INVALID
-    names[name] = (rep, name_node)
-    return name
 
 
 def _alg(rep: Reporter, entries: dict, match):

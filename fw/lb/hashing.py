@@ -1,0 +1,26 @@
+"""Stable hashes: the same bytes give the same 64-bit number in every process and on every node.
+
+How it works: BLAKE2b with an 8-byte digest (hashlib, C speed), personalised per use so that the
+hashes of one input for different purposes (Maglev's offset and skip, a flow's table slot) are
+independent. Python's own `hash()` is salted per process (PYTHONHASHSEED) and must never decide
+which real server a flow goes to: two firewalls behind one ECMP router would disagree.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+OFFSET = b"fw-lb-offset"
+SKIP = b"fw-lb-skip"
+FLOW = b"fw-lb-flow"
+SOURCE = b"fw-lb-source"
+
+
+def stable_hash(data: bytes, purpose: bytes) -> int:
+    """A 64-bit hash of `data`, independent for each `purpose` (at most 16 bytes)."""
+    return int.from_bytes(blake2b(data, digest_size=8, person=purpose).digest(), "little")
+
+
+def flow_key(src: bytes, sport: int) -> bytes:
+    """The bytes a flow is hashed by within one virtual server: source address and port."""
+    return src + sport.to_bytes(2, "big")

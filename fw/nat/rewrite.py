@@ -1,0 +1,235 @@
+"""Rewrite a packet's addresses and ports (ICMP query ids), checksums kept correct: NAT's hands.
+
+How it works. `rewrite(data, packet, manip)` copies the L3 bytes into a bytearray, puts the new
+source/destination address and port (or ICMP query identifier) in place with `struct.pack_into`,
+and fixes the checksums, then returns new bytes; `packet` is `fw.packet.parse(data)`, whose offsets
+it trusts. `Manip` fields left None are kept.
+
+Checksums (fw/packet/checksum.py):
+- The IPv4 header checksum is always updated incrementally (RFC 1624): the kernel hands over a
+  complete one (ip_send_check runs before the OUTPUT hook; forwarded headers were verified).
+- The L4 checksum covers a pseudo-header for TCP, UDP and ICMPv6, not for ICMP (v4).
+  `partial=False` (the checksum is complete): an incremental update with the difference of every
+  changed word (addresses, ports, identifier). `partial=True` (the kernel left a partial checksum,
+  NFQA_SKB_CSUMNOTREADY, with GSO): the checksum is computed over the whole new L4 segment and its
+  pseudo-header, since a verdict with a new payload makes the kernel treat the field as final.
+- A zero UDP checksum (none, RFC 768) stays zero in complete mode, and a computed 0 is sent as
+  0xFFFF, as Linux's __udp_manip_pkt does.
+
+ICMP errors (packet.inner is set): `manip` changes the outer addresses and `inner` the quoted
+packet, as Linux's nf_nat_icmp_reply_translation / nf_nat_ipv4_manip_pkt do: the quoted IPv4
+header's checksum is updated; the quoted TCP checksum only when the whole 20-byte TCP header was
+quoted (tcp_manip_pkt), the quoted UDP checksum when not zero, the quoted ICMP echo's identifier and
+checksum (ICMPv6: with its pseudo-header); then the outer ICMP checksum is recomputed over the whole
+message (in both modes: the kernel does so too, and an ICMP error is at most 1280 bytes).
+
+Refused (RewriteError, for the engine to drop and count): fragments (conntrack reassembles before
+the queue, so none should arrive), a packet the capture cut short (a verdict with fewer bytes would
+truncate it in the kernel), an address of the other family.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+from typing import NamedTuple
+
+from fw.packet.checksum import checksum_of_sum, pseudo_header_sum, udp_fold, update_sum, word_sum
+from fw.packet.constants import ICMP_QUERIES, ICMPV6_QUERIES
+
+_U16 = Struct("!H")
+_PORTS = Struct("!HH")
+_read16 = _U16.unpack_from
+_write16 = _U16.pack_into
+_from_bytes = int.from_bytes
+
+# family -> (source address offset, length); the destination follows the source directly.
+_ADDRESS_AT = {4: (12, 4), 6: (8, 16)}
+_L4_CHECKSUM_AT = {6: 16, 17: 6, 1: 2, 58: 2}
+_PSEUDO_HEADER = frozenset((6, 17, 58))
+
+
+class RewriteError(Exception):
+    """A packet this module will not rewrite; `detail` says why in a few words."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Manip(NamedTuple):
+    """What to put in a packet: None keeps the field. For ICMP queries (echo), `sport` or else
+    `dport` is the identifier (the session table keys an echo by its id in both port slots)."""
+
+    src: bytes | None = None
+    dst: bytes | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+
+def rewrite(data: bytes, packet, manip: Manip, *, partial: bool = False,
+            inner: Manip | None = None) -> bytes:
+    """The packet `data` (parsed as `packet`) with `manip` (and `inner` for an ICMP error) applied."""
+    if packet.is_fragment:
+        raise RewriteError("fragment")
+    end = packet.ip_len
+    if len(data) < end:
+        raise RewriteError("packet cut by the capture")
+    buf = bytearray(data)
+    family = packet.family
+    address_delta = _set_addresses(buf, 0, family, manip)
+    if packet.inner is not None:
+        _icmp_error(buf, packet, inner, end)
+        return bytes(buf)
+    proto = packet.proto
+    at = _L4_CHECKSUM_AT.get(proto)
+    if at is None:
+        return bytes(buf)            # no L4 header we know: addresses only (no checksum over them)
+    l4 = packet.l4_offset
+    delta = _set_ports(buf, l4, proto, family, manip)
+    pseudo = proto in _PSEUDO_HEADER
+    if partial:
+        recompute_l4_checksum(buf, l4, end, proto, family)
+        return bytes(buf)
+    check = _read16(buf, l4 + at)[0]
+    if proto == 17 and not check:
+        return bytes(buf)            # UDP without a checksum stays without one
+    check = update_sum(check, delta + address_delta if pseudo else delta)
+    _write16(buf, l4 + at, udp_fold(check) if proto == 17 else check)
+    return bytes(buf)
+
+
+class Translation:
+    """One session direction's rewrite, compiled once: the new header bytes and the checksum
+    differences are constants of the session, so an established packet costs two slice writes
+    and two checksum updates. The packet must carry `old` (the session lookup guarantees it);
+    anything but a complete TCP/UDP packet goes through `rewrite`.
+    """
+
+    __slots__ = ("family", "proto", "manip", "_addresses", "_at", "_ports", "_ip_delta",
+                 "_l4_delta", "_udp")
+
+    def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
+        """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
+        self.family = family
+        self.proto = proto
+        self.manip = Manip(*new)
+        self._at = _ADDRESS_AT[family][0]
+        self._addresses = new[0] + new[1]
+        self._ports = _PORTS.pack(new[2], new[3])
+        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(self._addresses, "big")
+        self._ip_delta = address_delta if family == 4 else 0
+        self._l4_delta = address_delta + old[2] + old[3] - new[2] - new[3]
+        self._udp = proto == 17
+
+    def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
+        """`data` (parsed as `packet`, a packet of this session direction) translated."""
+        proto = packet.proto
+        if (partial or (proto != 6 and proto != 17) or packet.is_fragment
+                or len(data) < packet.ip_len):
+            return rewrite(data, packet, self.manip, partial=partial)
+        buf = bytearray(data)
+        at = self._at
+        buf[at:at + len(self._addresses)] = self._addresses
+        l4 = packet.l4_offset
+        buf[l4:l4 + 4] = self._ports
+        if self._ip_delta:
+            _write16(buf, 10, (_read16(buf, 10)[0] + self._ip_delta) % 0xFFFF)
+        at = l4 + (6 if self._udp else 16)
+        check = _read16(buf, at)[0]
+        if check or not self._udp:
+            check = (check + self._l4_delta) % 0xFFFF
+            _write16(buf, at, check or 0xFFFF if self._udp else check)
+        return bytes(buf)
+
+
+def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:
+    """Write the IP addresses of the header at `base`; return old_sum - new_sum of the changes.
+
+    An IPv4 header's own checksum (at base + 10) is updated by the same difference.
+    """
+    offset, length = _ADDRESS_AT[family]
+    delta = 0
+    for address, at in ((manip.src, base + offset), (manip.dst, base + offset + length)):
+        if address is None:
+            continue
+        if len(address) != length:
+            raise RewriteError(f"a {len(address)}-byte address for an IPv{family} packet")
+        delta += _from_bytes(buf[at:at + length], "big") - _from_bytes(address, "big")
+        buf[at:at + length] = address
+    if delta and family == 4:
+        _write16(buf, base + 10, update_sum(_read16(buf, base + 10)[0], delta))
+    return delta
+
+
+def _set_ports(buf: bytearray, l4: int, proto: int, family: int, manip: Manip) -> int:
+    """Write ports (TCP, UDP) or an ICMP query's identifier; return old_sum - new_sum."""
+    if proto == 6 or proto == 17:
+        sport, dport = _PORTS.unpack_from(buf, l4)
+        new_sport = sport if manip.sport is None else manip.sport
+        new_dport = dport if manip.dport is None else manip.dport
+        _PORTS.pack_into(buf, l4, new_sport, new_dport)
+        return sport + dport - new_sport - new_dport
+    ident = manip.sport if manip.sport is not None else manip.dport
+    if ident is None or buf[l4] not in (ICMP_QUERIES if family == 4 else ICMPV6_QUERIES):
+        return 0
+    old = _read16(buf, l4 + 4)[0]
+    _write16(buf, l4 + 4, ident)
+    return old - ident
+
+
+def recompute_l4_checksum(buf: bytearray, l4: int, end: int, proto: int, family: int) -> None:
+    """Compute the L4 checksum over the whole segment (and pseudo-header) from scratch."""
+    at = _L4_CHECKSUM_AT[proto]
+    _write16(buf, l4 + at, 0)
+    total = word_sum(memoryview(buf)[l4:end])
+    if proto in _PSEUDO_HEADER:
+        offset, length = _ADDRESS_AT[family]
+        total += pseudo_header_sum(buf[offset:offset + length], buf[offset + length:offset + 2 * length],
+                                   proto, end - l4)
+    check = checksum_of_sum(total)
+    _write16(buf, l4 + at, udp_fold(check) if proto == 17 else check)
+
+
+def l4_checksum_valid(data: bytes, packet) -> bool:
+    """Whether the packet's L4 checksum verifies (a zero UDP checksum counts as none: valid).
+
+    False for a packet the kernel handed over with a partial checksum (its pseudo-header sum).
+    """
+    at = _L4_CHECKSUM_AT.get(packet.proto)
+    l4, end = packet.l4_offset, packet.ip_len
+    if at is None or len(data) < end:
+        return True
+    if packet.proto == 17 and data[l4 + 6:l4 + 8] == b"\0\0":
+        return True
+    total = word_sum(memoryview(data)[l4:end])
+    if packet.proto in _PSEUDO_HEADER:
+        total += pseudo_header_sum(packet.src, packet.dst, packet.proto, end - l4)
+    return total % 0xFFFF == 0
+
+
+def _icmp_error(buf: bytearray, packet, inner: Manip | None, end: int) -> None:
+    """Translate the quoted packet (`inner`), then recompute the outer ICMP checksum."""
+    family = packet.family
+    if inner is not None:
+        quoted = packet.inner
+        base = packet.l4_offset + 8
+        address_delta = _set_addresses(buf, base, family, inner)
+        if not quoted.frag_offset:
+            _quoted_l4(buf, base + quoted.l4_offset, quoted.proto, family, inner, address_delta, end)
+    recompute_l4_checksum(buf, packet.l4_offset, end, packet.proto, family)
+
+
+def _quoted_l4(buf: bytearray, l4: int, proto: int, family: int, inner: Manip,
+               address_delta: int, end: int) -> None:
+    """The quoted L4 header: ports/identifier, and its checksum where the kernel updates it."""
+    at = _L4_CHECKSUM_AT.get(proto)
+    if at is None or (proto == 1 and family == 6) or (proto == 58 and family == 4):
+        return
+    delta = _set_ports(buf, l4, proto, family, inner)
+    if proto == 6 and l4 + 20 > end:
+        return                        # the quoted TCP checksum lies beyond what was quoted
+    check = _read16(buf, l4 + at)[0]
+    if proto == 17 and not check:
+        return
+    check = update_sum(check, delta + address_delta if proto in _PSEUDO_HEADER else delta)
+    _write16(buf, l4 + at, udp_fold(check) if proto == 17 else check)

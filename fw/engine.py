@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fw import engine_state, engine_trackers
+from fw import engine_nat, engine_nat_ftp, engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
@@ -39,6 +39,7 @@ from fw.conntrack.table import (
     Session,
     SessionTable,
     TcpSession,
+    flow_key,
     orientation,
 )
 from fw.conntrack.tcp import tcp_update
@@ -50,12 +51,15 @@ from fw.decision import (
     Decision,
     LogEvent,
     OffloadSession,
+    RewritePacket,
     SendPacket,
     SessionChanged,
     SessionClosed,
     SessionOpened,
 )
 from fw.events import session_event, verdict_event
+from fw.nat.ftp import FtpNatSession
+from fw.nat.rewrite import RewriteError
 from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
 
@@ -92,6 +96,7 @@ class Engine:
         self._data = b""
         self.limits = SourceLimits({})
         self.timeout_scale = 1.0
+        self.nat = engine_nat.Nat()
         self.swap_policy(policy)
 
     # -- policy -------------------------------------------------------------------------------
@@ -107,12 +112,18 @@ class Engine:
         self.adaptive_start = int(options.get("adaptive_start") or self.max_sessions * 6 // 10)
         self.adaptive_end = int(options.get("adaptive_end") or self.max_sessions * 12 // 10)
         self.limits.configure(options)
+        self.nat.configure(getattr(policy, "nat", ()))
         self._rescale()
         self.counters["policy_swaps"] += 1
 
     @property
     def sessions(self) -> SessionTable:
         return self.table
+
+    @property
+    def data(self) -> bytes:
+        """The bytes of the packet being processed (an ICMP unreachable quotes them, NAT rewrites them)."""
+        return self._data
 
     # -- the packet path ----------------------------------------------------------------------
 
@@ -154,7 +165,13 @@ class Engine:
             side = REVERSED
         session = self.table.sessions.get(key)
         if session is not None:
-            original = session.flags & REVERSED == side
+            extra = session.extra
+            if extra is not None and extra.nat is not None:  # translated: its tuples say the way
+                original = extra.nat.direction(src, dst, sport, dport)
+                if original is None:
+                    return Decision(DROP, "invalid:state", pkt, session)
+            else:
+                original = session.flags & REVERSED == side
             old_state = session.state
             problem = tcp_update(session, pkt, original)
             if problem is None:
@@ -170,9 +187,11 @@ class Engine:
                     session.reply_bytes += pkt.ip_len
                 session.last_seen = now
                 decision = Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
-                extra = session.extra
-                if extra is not None and extra.alg is not None and pkt.payload_len:
-                    decision.effects = effects + self.feed_alg(session, pkt, original, now)
+                if extra is not None:
+                    if extra.nat is not None:
+                        return self.translate(decision, extra.nat, original, now)
+                    if extra.alg is not None and pkt.payload_len:
+                        decision.effects = effects + self.feed_alg(session, pkt, original, now)
                 return decision
             if problem is not tcpmod.REOPEN:
                 return Decision(DROP, problem, pkt, session)
@@ -231,6 +250,20 @@ class Engine:
             evicted = self._make_room(now)
             if not evicted:
                 return self._verdict(DROP, "table-full", pkt)
+        binding = None
+        if expectation is not None:
+            parent_nat = expectation.parent.nat
+            if parent_nat is not None:
+                binding = self._follow(parent_nat, pkt, sport, dport)
+        elif self.nat.entries:
+            binding = self.nat.bind(pkt, sport, dport, iif, oif, self.table.sessions)
+            if binding is engine_nat.EXHAUSTED:
+                self.counters["nat_exhausted"] += 1
+                return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
+        if binding is not None and pkt.is_fragment:
+            engine_nat.release(binding)
+            self.counters["nat_fragments"] += 1
+            return self._verdict(DROP, "fragment", pkt, None, evicted)
         session = self._new_session(pkt, key, state, now, sport, track)
         table = self.table
         if expectation is not None:
@@ -257,14 +290,26 @@ class Engine:
         session.orig_bytes = pkt.ip_len
         self.table.add(session)
         self.counters["inserts"] += 1
+        if binding is not None:
+            session.nat = binding
+            if binding.alias is not None:
+                self.table.add_alias(session, binding.alias)
+            if session.alg is not None:  # the ALG judges and expects in the server side's terms
+                session.alg.peers.translated = binding.peers()
+                if session.alg.name == "ftp":
+                    binding.ftp = FtpNatSession(pkt.family)
+            self.counters["nat_sessions"] += 1
         if len(self.table) > self.adaptive_start:
             self._rescale()
         effects = evicted + (SessionOpened(session),)
         if self.config.events and (expectation is not None or log):
             effects += (LogEvent(session_event("new", session, now, reason)),)
+        decision = self._verdict(verdict, reason, pkt, session, effects)
+        if binding is not None:
+            return self.translate(decision, binding, True, now)
         if session.alg is not None and (pkt.payload_len or pkt.proto != TCP):
-            effects = effects + self.feed_alg(session, pkt, True, now)
-        return self._verdict(verdict, reason, pkt, session, effects)
+            decision.effects = effects + self.feed_alg(session, pkt, True, now)
+        return decision
 
     def _new_session(self, pkt, key: tuple, state, now: float, sport: int, track) -> Session:
         """A session for the flow `key` opened by `pkt`, its values shared where they can be."""
@@ -310,6 +355,42 @@ class Engine:
         if log and self.config.events:
             effects = effects + (LogEvent(verdict_event(pkt, DROP, reason, now)),)
         return self._verdict(DROP, reason, pkt, None, effects or NO_EFFECTS)
+
+    # -- NAT ----------------------------------------------------------------------------------
+
+    def translate(self, decision: Decision, binding, original: bool, now: float) -> Decision:
+        """An accepted packet of a translated session: its ALG fed, the packet rewritten (a
+        RewritePacket effect); a packet that cannot be rewritten is dropped (`nat:rewrite`)."""
+        pkt, session = decision.packet, decision.session
+        if binding.ftp is not None and pkt.payload_len:
+            return engine_nat_ftp.segment(self, decision, binding, original, now)
+        if session.alg is not None and (pkt.payload_len or pkt.proto != TCP):
+            decision.effects = decision.effects + self.feed_alg(session, pkt, original, now)
+        try:
+            data = binding.rewrite(self._data, pkt, original)
+        except RewriteError:
+            self.counters["nat_rewrite_errors"] += 1
+            decision.verdict, decision.reason = DROP, "nat:rewrite"
+            return decision
+        decision.effects = decision.effects + (RewritePacket(data),)
+        return decision
+
+    def _follow(self, parent, pkt, sport: int, dport: int):
+        """The binding of a data session an ALG of a translated control session expected: its
+        addresses follow the control session's (engine_nat.follow), its source port kept when
+        the translated tuple is free, else the next free one upward."""
+        target = engine_nat.follow(parent, pkt.src, pkt.dst, dport)
+        if target is None:
+            return None
+        new_src, new_dst, new_dport = target
+        proto, sessions = pkt.proto, self.table.sessions
+        port = sport
+        for _ in range(65536):
+            if flow_key(proto, new_dst, new_src, new_dport, port) not in sessions:
+                break
+            port = port + 1 if port < 65535 else 1024
+        reply = (new_dst, new_src, new_dport, port)
+        return engine_nat.Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, parent.names)
 
     # -- timeouts -----------------------------------------------------------------------------
 
@@ -418,7 +499,11 @@ class Engine:
         return SessionClosed(session, why)
 
     def _forget(self, session: Session) -> None:
-        """Drop what dies with a session: its expectations, its place in the half-open count."""
+        """Drop what dies with a session: its expectations, its place in the half-open count, its
+        NAT port."""
+        extra = session.extra
+        if extra is not None and extra.nat is not None:
+            engine_nat.release(extra.nat)
         if session.expectations:
             self.expectations.forget(session)
         if session.flags & HALF_OPEN:
@@ -445,6 +530,11 @@ class Engine:
             session.flags |= HALF_OPEN
             self.limits.half_open_started(session.src, now)
         self.table.add(session)
+        binding = session.nat
+        if binding is not None:
+            self.nat.claim(binding)
+            if binding.alias is not None:
+                self.table.add_alias(session, binding.alias)
         return effects
 
     def kill(self, session: Session, now: float, why: str = "killed") -> tuple:

@@ -19,7 +19,7 @@ def snapshot(engine, clock_offset: float) -> dict:
     return {
         "format": FORMAT,
         "version": serial.FORMAT_VERSION,
-        "sessions": [serial.session_to_dict(s, clock_offset) for s in engine.table.sessions.values()],
+        "sessions": [serial.session_to_dict(s, clock_offset) for s in engine.table.values()],
         "expectations": engine.expectations.to_records(clock_offset),
     }
 

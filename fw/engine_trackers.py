@@ -14,7 +14,9 @@ fragment follows the session its first fragment opened or joined, for FRAGMENT_M
 from __future__ import annotations
 
 from fw.conntrack.table import ASSURED, REPLIED, REVERSED, SEEN_REPLY, UNREPLIED, Session, flow_key
-from fw.decision import ACCEPT, DROP, NO_EFFECTS, Decision, SessionChanged
+from fw.decision import ACCEPT, DROP, NO_EFFECTS, Decision, RewritePacket, SessionChanged
+from fw.engine_nat import error_rewrite
+from fw.nat.rewrite import RewriteError, rewrite
 
 UDP, ICMP, ICMPV6 = 17, 1, 58
 ICMP_ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}  # request, reply
@@ -49,7 +51,13 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
     session = engine.table.sessions.get(key)
     if session is None:
         return engine.open_session(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
-    original = session.flags & REVERSED == side
+    extra = session.extra
+    if extra is not None and extra.nat is not None:
+        original = extra.nat.direction(src, dst, sport, dport)
+        if original is None:
+            return Decision(DROP, "invalid:state", pkt, session)
+    else:
+        original = session.flags & REVERSED == side
     effects = NO_EFFECTS
     if original:
         session.orig_packets += 1
@@ -67,9 +75,11 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
         timeout = GENERIC_TIMEOUT
     engine.table.touch(session, now + timeout * engine.timeout_scale)
     session.last_seen = now
-    extra = session.extra
-    if extra is not None and extra.alg is not None:
-        effects = effects + engine.feed_alg(session, pkt, original, now)
+    if extra is not None:
+        if extra.nat is not None:
+            return engine.translate(Decision(ACCEPT, ESTABLISHED, pkt, session, effects), extra.nat, original, now)
+        if extra.alg is not None:
+            effects = effects + engine.feed_alg(session, pkt, original, now)
     return Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
 
 
@@ -89,8 +99,9 @@ def icmp(engine, pkt, now: float, iif, oif) -> Decision:
         if icmp_type == reply:
             return Decision(DROP, "invalid:no-session", pkt)
         return engine.open_session(pkt, key, UNREPLIED, now, iif, oif, ident, ident)
-    original = pkt.src == session.src
-    if original != (icmp_type == request):
+    binding = session.nat
+    original = pkt.src == session.src if binding is None else binding.direction(pkt.src, pkt.dst, ident, ident)
+    if original is None or original != (icmp_type == request):
         return Decision(DROP, "invalid:state", pkt, session)
     effects = NO_EFFECTS
     if not original and session.state is UNREPLIED:
@@ -99,7 +110,8 @@ def icmp(engine, pkt, now: float, iif, oif) -> Decision:
         effects = (SessionChanged(session, UNREPLIED),)
     engine.table.touch(session, now + session.profile.timeouts["icmp"] * engine.timeout_scale)
     count(pkt, session, original, now)
-    return Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
+    decision = Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
+    return decision if binding is None else engine.translate(decision, binding, original, now)
 
 
 def icmp_error(engine, pkt) -> Decision:
@@ -114,6 +126,9 @@ def icmp_error(engine, pkt) -> Decision:
     session = engine.table.sessions.get(flow_key(proto, inner.src, inner.dst, sport, dport))
     if session is None:
         return Decision(DROP, "invalid:no-session", pkt)
+    binding = session.nat
+    if binding is not None:
+        return translated_error(engine, pkt, session, binding, (inner.src, inner.dst, sport, dport))
     # The error travels against the packet it quotes.
     if not (inner.src == session.src and sport == session.sport):
         session.orig_packets += 1
@@ -122,6 +137,28 @@ def icmp_error(engine, pkt) -> Decision:
         session.reply_packets += 1
         session.reply_bytes += pkt.ip_len
     return Decision(ACCEPT, "related:icmp", pkt, session)
+
+
+def translated_error(engine, pkt, session: Session, binding, quoted: tuple) -> Decision:
+    """An ICMP error quoting a packet of a translated session: the outer and the quoted header
+    translated (an error about a packet that never crossed the NAT passes as it is)."""
+    manips = error_rewrite(binding, pkt, quoted)
+    if quoted == binding.left(True) or quoted == binding.reply:  # travels toward the client
+        session.reply_packets += 1
+        session.reply_bytes += pkt.ip_len
+    else:
+        session.orig_packets += 1
+        session.orig_bytes += pkt.ip_len
+    decision = Decision(ACCEPT, "related:icmp", pkt, session)
+    if manips is None:
+        return decision
+    try:
+        data = rewrite(engine.data, pkt, manips[0], inner=manips[1])
+    except RewriteError:
+        engine.counters["nat_rewrite_errors"] += 1
+        return Decision(DROP, "nat:rewrite", pkt, session)
+    decision.effects = (RewritePacket(data),)
+    return decision
 
 
 class Fragments:
@@ -137,6 +174,8 @@ class Fragments:
         if entry is None or entry[1] < now or entry[0].slot == -1:
             return Decision(DROP, "fragment", pkt)
         session = entry[0]
+        if session.nat is not None:  # a translated session's fragments: see Engine.open_session
+            return Decision(DROP, "fragment", pkt)
         count(pkt, session, pkt.src == session.src, now)
         return Decision(ACCEPT, ESTABLISHED, pkt, session)
 

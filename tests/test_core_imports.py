@@ -14,7 +14,7 @@ FORBIDDEN = {
     "asyncio", "subprocess", "threading", "multiprocessing", "redis", "datetime", "os",
 }  # fmt: skip
 FORBIDDEN_FW = ("fw.drivers", "fw.store", "fw.sync", "fw.cli", "fw.daemon", "fw.workers", "fw.records",
-                "fw.metrics", "fw.lab", "fw.nat", "fw.lb")  # fmt: skip
+                "fw.metrics", "fw.lab", "fw.lb")  # fmt: skip
 
 
 def core_files():

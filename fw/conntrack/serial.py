@@ -1,7 +1,8 @@
 """Sessions and expectations as plain, versioned data: for snapshots across restarts and HA sync.
 
 How it works: `session_to_dict` writes everything a node needs to go on tracking a session itself
-(tuple, state, TCP window data, ALG state, timeouts, counters, rule) with addresses as text and
+(tuple, state, TCP window data, ALG state, timeouts, counters, rule, and a translated session's
+NAT binding under "nat", a key older records lack: the format version stays 1) with addresses as text and
 times on the wall clock: the engine's clock is monotonic in the daemon, so the caller passes
 `clock_offset` = wall-clock time minus engine time, and `session_from_dict` takes it back off with
 the reading node's own offset. Malformed input raises SerialError, never anything else, since a
@@ -56,6 +57,7 @@ def session_to_dict(session: Session, clock_offset: float) -> dict:
         "alg": session.alg.to_dict() if session.alg is not None else None,
         "parent": _key_to_list(session.parent.key) if session.parent is not None else None,
         "owner": session.owner,
+        **({"nat": session.nat.to_dict()} if session.nat is not None else {}),
     }
 
 
@@ -88,6 +90,13 @@ def session_from_dict(data: dict, clock_offset: float) -> Session:
             session.alg = ALGS[alg["alg"]].load(alg)
             session.alg.peers = Peers.of_session(session)
         session.owner = data.get("owner")
+        nat = data.get("nat")  # absent in records of untranslated sessions (and of older versions)
+        if nat is not None:
+            from fw.engine_nat import Binding  # the engine's NAT record (it imports this module's table)
+
+            session.nat = Binding.from_dict(proto, session.family, nat)
+            if session.alg is not None:
+                session.alg.peers.translated = session.nat.peers()
         return session
     except SerialError:
         raise

@@ -18,6 +18,10 @@ the rare parts (ALG, FTP parent and expectations, HA owner) are one `Extra`, Non
 session is a `TcpSession`: the TCP track's fields are its own (`session.tcp` is the session).
 Equal values share one object: a bucket's first item is its slot number, which its sessions
 point to, and addresses, ports and windows are interned when a session is created (`interned`).
+
+A translated session (NAT) is stored under a second key too, its reply tuple's (`add_alias`), so
+that its replies, which carry other addresses, find it in one lookup as well. The second key is in
+`sessions` beside the first; `len`, iteration and `values()` count and yield each session once.
 """
 
 from __future__ import annotations
@@ -80,12 +84,13 @@ NO_PROFILE = Profile(None, None, None, False)
 
 
 class Extra:
-    """A session's rare parts: ALG state, FTP parent and expectation keys, the HA owner."""
+    """A session's rare parts: ALG state, FTP parent and expectation keys, the HA owner, and its
+    NAT binding (fw/engine_nat.py's Binding: the translated tuple, its second key)."""
 
-    __slots__ = ("alg", "parent", "expectations", "owner")
+    __slots__ = ("alg", "parent", "expectations", "owner", "nat")
 
     def __init__(self):
-        self.alg = self.parent = self.expectations = self.owner = None
+        self.alg = self.parent = self.expectations = self.owner = self.nat = None
 
 
 def _profile_field(name: str) -> property:
@@ -147,6 +152,7 @@ class Session:
     parent = _extra_field("parent")
     expectations = _extra_field("expectations")
     owner = _extra_field("owner")
+    nat = _extra_field("nat")
 
     @property
     def proto(self) -> int:
@@ -225,12 +231,27 @@ class SessionTable:
         self._due: list[int] = []  # heap of slot numbers that have a list in _slots
         self._interned: dict = {}
         self._profiles: dict[tuple, Profile] = {}
+        self.aliases = 0  # second keys in `sessions` (translated sessions' reply tuples)
 
     def __len__(self) -> int:
-        return len(self.sessions)
+        return len(self.sessions) - self.aliases
 
     def __iter__(self) -> Iterator[Session]:
-        return iter(list(self.sessions.values()))
+        return iter(self.values())
+
+    def values(self) -> list[Session]:
+        """Every session once (a translated session's second key left out)."""
+        if not self.aliases:
+            return list(self.sessions.values())
+        return [session for key, session in self.sessions.items() if key is session.key]
+
+    def add_alias(self, session: Session, key: tuple) -> bool:
+        """Store `session` under `key` too (NAT: its reply tuple); False if another holds it."""
+        if key in self.sessions:
+            return False
+        self.sessions[key] = session
+        self.aliases += 1
+        return True
 
     def get(self, key: tuple) -> Session | None:
         return self.sessions.get(key)
@@ -241,8 +262,15 @@ class SessionTable:
         self.reschedule(session)
 
     def remove(self, session: Session) -> None:
-        if self.sessions.get(session.key) is session:
-            del self.sessions[session.key]
+        sessions = self.sessions
+        if sessions.get(session.key) is session:
+            del sessions[session.key]
+            extra = session.extra
+            if extra is not None and extra.nat is not None:
+                alias = extra.nat.alias
+                if alias is not None and sessions.get(alias) is session:
+                    del sessions[alias]
+                    self.aliases -= 1
         session.slot = -1  # stale entries in the wheel are skipped
 
     def interned(self):
@@ -291,7 +319,7 @@ class SessionTable:
         """The `count` sessions to evict first from a full table, fairly: the unassured sessions
         of the sources holding the most of them first (oldest deadline first), established
         (ASSURED) ones last."""
-        sessions = list(self.sessions.values())
+        sessions = self.values()
         per_source: dict[bytes, int] = {}
         for session in sessions:
             flags = session.flags

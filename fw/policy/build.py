@@ -1,7 +1,7 @@
 """From merged YAML nodes to a Policy: every section checked, every problem collected.
 
 How it works: `build` walks the sections in a fixed order (version, defaults, sets, timeouts,
-options, timeout_overrides, rules), each parser reporting at the offending node and going on; sets
+options, timeout_overrides, rules, nat), each parser reporting at the offending node and going on; sets
 come before rules because rules refer to them, whichever file defines them. Warnings that need the
 whole rule list (rules that never match, shadowed rules) come last, only for a policy without
 errors. The revision is the sha256 of the merged policy's values (comments, layout and the split
@@ -15,7 +15,7 @@ import json
 
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from fw.policy import fields, rules, schema
+from fw.policy import fields, nat, rules, schema
 from fw.policy.diagnostics import ERROR, Diagnostic
 from fw.policy.fields import INVALID
 from fw.policy.index import RuleIndex
@@ -38,6 +38,10 @@ def build(merged: Merged, name: str, sink: list[Diagnostic]) -> Policy | None:
     for rep, node in merged.rules:
         rule = rules.rule(rep, node, len(rule_list), sets, names)
         rule_list.append(None if rule is INVALID else rule)  # None: the policy is invalid anyway
+    nat_list, nat_names = [], {}
+    for rep, node in merged.nat:
+        entries = nat.nat_entries(rep, node, sets, nat_names, first_index=len(nat_list))
+        nat_list.extend(() if entries is INVALID else entries)
     if any(d.severity == ERROR for d in sink):
         return None
     _share_equal_values(rule_list)
@@ -46,7 +50,7 @@ def build(merged: Merged, name: str, sink: list[Diagnostic]) -> Policy | None:
     warnings = sorted(sink, key=lambda d: d.sort_key(file_order))
     return Policy(
         rules=rule_list, default_action=default_action, default_log=default_log,
-        sets=sets, timeouts=timeouts, timeout_overrides=overrides, options=options,
+        sets=sets, timeouts=timeouts, timeout_overrides=overrides, options=options, nat=nat_list,
         revision=revision(merged), source_files=[rep.file for rep in merged.reporters],
         sources=[(rep.file, rep.text) for rep in merged.reporters], version=version,
         warnings=warnings,
@@ -144,6 +148,8 @@ def revision(merged: Merged) -> str:
     document = {key: _plain(value) for key, (_rep, _k, value) in merged.singles.items()}
     document["sets"] = {name: _plain(value) for name, (_rep, _k, value) in sorted(merged.sets.items())}
     document["rules"] = [_plain(node) for _rep, node in merged.rules]
+    if merged.nat:  # absent from the document otherwise: revisions of policies without NAT unchanged
+        document["nat"] = [_plain(node) for _rep, node in merged.nat]
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

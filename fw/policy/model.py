@@ -120,7 +120,7 @@ class Policy:
 
     def __init__(self, *, rules, default_action, default_log=False, sets=None, timeouts=None,
                  timeout_overrides=(), options=None, revision="", source_files=(), sources=(),
-                 warnings=(), version=1):
+                 warnings=(), version=1, nat=()):
         self.version = version
         self.rules = tuple(rules)
         self.default_action = default_action
@@ -133,6 +133,7 @@ class Policy:
         self.source_files = tuple(source_files)
         self.sources = tuple(sources)  # (name, text) of each file, for the store
         self.warnings = tuple(warnings)
+        self.nat = tuple(nat)  # fw.policy.nat.NatEntry, in order
         self._index = RuleIndex(self.rules)
         self._by_name = {rule.name: rule for rule in self.rules}
         self._timeouts_builtin = None
@@ -141,6 +142,11 @@ class Policy:
     def match(self, pkt, iif: str | None = None, oif: str | None = None) -> Rule | None:
         """The first rule matching a packet that would open a new session, or None (default)."""
         return self._index.match(pkt, iif, oif)
+
+    @property
+    def translates(self) -> bool:
+        """Whether the policy changes addresses (its `nat` list is not empty)."""
+        return bool(self.nat)
 
     def rule(self, name: str) -> Rule | None:
         return self._by_name.get(name)

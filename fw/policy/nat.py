@@ -10,8 +10,8 @@ for proto/src/dst/sport/dport/iif/oif, so matching is a `Selector`), then the tr
 - dnat is decided before routing and may not match `oif`;
 - a `to` of a family the entry's match excludes never applies: an error.
 Every problem is reported at its node through the Reporter and the list goes on, as in the rest of
-fw/policy. NOT registered in the policy schema yet: the loader still refuses a `nat` key until the
-engine wiring lands (docs/nat.md); tests call `nat_entries` directly.
+fw/policy. build.py calls it for each file's `nat` list (the lists concatenate in file order, names
+unique across them); the Policy keeps the entries in `policy.nat`.
 """
 
 from __future__ import annotations
@@ -53,17 +53,19 @@ class NatEntry:
     line: int
 
 
-def nat_entries(rep: Reporter, node, sets: dict, names: dict | None = None) -> list | object:
+def nat_entries(rep: Reporter, node, sets: dict, names: dict | None = None,
+                first_index: int = 0) -> list | object:
     """The `nat` list node -> [NatEntry], or INVALID when anything was reported.
 
-    `names` maps the names seen so far (across files) to (reporter, name node)."""
+    `names` maps the names seen so far (across files) to (reporter, name node); `first_index` is
+    the position of the list's first entry among all the files' entries."""
     if isinstance(node, ScalarNode) and node.tag == fields.NULL:
         return []
     if not isinstance(node, SequenceNode):
         rep.error(node, "nat must be a list of entries")
         return INVALID
     names = {} if names is None else names
-    result = [nat_entry(rep, item, index, sets, names) for index, item in enumerate(node.value)]
+    result = [nat_entry(rep, item, first_index + index, sets, names) for index, item in enumerate(node.value)]
     return INVALID if INVALID in result else result
 
 

@@ -42,9 +42,9 @@ TIMEOUT_KEYS = (
     "icmp",
 ) + tuple(spec.timeout_key for spec in ALG_REGISTRY.values())  # ftp_expectation, tftp_expectation
 
-# Top-level keys; all but `sets` and `rules` may appear in one file of a folder only.
-TOP_KEYS = ("version", "defaults", "sets", "timeouts", "timeout_overrides", "options", "rules")
-MERGED_KEYS = ("sets", "rules")
+# Top-level keys; all but `sets`, `rules` and `nat` may appear in one file of a folder only.
+TOP_KEYS = ("version", "defaults", "sets", "timeouts", "timeout_overrides", "options", "rules", "nat")
+MERGED_KEYS = ("sets", "rules", "nat")  # nat: entries concatenate in file order, as rules
 DEFAULTS_KEYS = ("action", "log")
 DEFAULT_ACTION = "drop"
 DEFAULT_LOG = False

@@ -158,7 +158,7 @@ class SnapshotService:
             self._next = now + self.interval
         if self._pending is None and now >= self._next and not self._writing():
             self._offset = self.clock_offset()
-            self._pending, self._done = list(self.engine.table.sessions.values()), []
+            self._pending, self._done = self.engine.table.values(), []
         if self._pending is not None:
             self._step()
             if not self._pending:

@@ -139,7 +139,7 @@ class SessionSync:
 
     def seed(self, now: float) -> None:
         """Track what is already in the table (restored from a snapshot file): announced by sweeps."""
-        for session in self.engine.table.sessions.values():
+        for session in self.engine.table.values():
             if session not in self.known:
                 if session.owner is None:
                     session.owner = self.node

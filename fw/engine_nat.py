@@ -1,0 +1,253 @@
+"""The engine's NAT: which new sessions translate, the binding they keep, and each packet rewritten.
+
+How it works. The rules decide on the packet as it arrived; for a session they accepted, `Nat.bind`
+picks at most one destination translation (the first matching `dnat` entry: it may match `iif`,
+never `oif`) and then at most one source translation (the first matching `snat` entry, matched on
+the translated destination). `masquerade` needs the outgoing interface's address, which only the
+live daemon can give: it never applies here yet (nor in replay, as SPEC says). The source port (an
+ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
+else the next free one; none free: the session is refused as `nat:exhausted`.
+
+A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
+(original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
+Translation of each direction, the entry names (`translation` in replay), the pool port it holds,
+and for FTP the FtpNatSession. The table stores the session under the reply tuple's key too, so a
+reply finds it in one lookup; untranslated sessions carry nothing more.
+
+Packets: `Binding.direction` says which way a packet goes (None: it carries neither tuple, for
+example a packet captured after translation: dropped as `invalid:state`); the accepted packet leaves
+through a RewritePacket effect. ICMP errors quoting a translated packet get the outer and the quoted
+header translated (`error_rewrite`), as Linux's nf_nat_icmp_reply_translation. Data sessions an ALG
+expects follow their control session (`follow`): an address of one side becomes the same end's
+address on the other side; the announced port the one the ALG rewrite chose.
+"""
+
+from __future__ import annotations
+
+from fw.conntrack.table import flow_key
+from fw.nat.ports import Pool
+from fw.nat.rewrite import Manip, Translation
+
+ICMP, ICMPV6 = 1, 58
+EXHAUSTED = "nat:exhausted"
+
+
+class _Translated:
+    """The fields a nat entry matches, for a packet whose destination a dnat changed."""
+
+    __slots__ = ("proto", "family", "sport", "dport", "icmp_type", "icmp_code")
+
+    def __init__(self, pkt, dport: int):
+        self.proto, self.family, self.sport = pkt.proto, pkt.family, pkt.sport
+        self.dport = dport
+        self.icmp_type, self.icmp_code = pkt.icmp_type, pkt.icmp_code
+
+
+class Binding:
+    """A translated session's two tuples as they arrive, and how each direction is rewritten.
+
+    `orig` = (c, d, cp, dp): the client's packets as they arrive; `reply` = (s, t, sp, tp): the
+    server's. A packet of the original direction leaves as (t, s, tp, sp), a reply as (d, c, dp, cp).
+    ICMP echo: the id in both port places.
+    """
+
+    __slots__ = ("proto", "family", "orig", "reply", "alias", "names", "forward", "backward", "held",
+                 "ftp", "ports")
+
+    def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
+        self.proto = proto
+        self.family = family
+        self.orig = orig
+        self.reply = reply
+        self.names = names
+        self.held = held  # (pool, proto, address, port) the session holds, released when it goes
+        self.ftp = None  # fw.nat.ftp.FtpNatSession of a translated FTP control session
+        self.ports: dict | None = None  # (dst, dport) a data session arrives for -> (dst, dport) it leaves for
+        c, d, cp, dp = orig
+        s, t, sp, tp = reply
+        primary = flow_key(proto, c, d, cp, dp)
+        alias = flow_key(proto, s, t, sp, tp)
+        self.alias = None if alias == primary else alias
+        self.forward = Translation(family, proto, orig, (t, s, tp, sp))
+        self.backward = Translation(family, proto, reply, (d, c, dp, cp))
+
+    @property
+    def dnat(self) -> bool:
+        """Whether the destination is translated (an echo's id, in both port places, is the source's)."""
+        echo = self.proto == ICMP or self.proto == ICMPV6
+        return self.orig[1] != self.reply[0] or (not echo and self.orig[3] != self.reply[2])
+
+    @property
+    def snat(self) -> bool:
+        return self.orig[0] != self.reply[1] or self.orig[2] != self.reply[3]
+
+    def direction(self, src: bytes, dst: bytes, sport: int, dport: int) -> bool | None:
+        """True: the original direction as it arrives; False: the reply; None: neither."""
+        c, d, cp, dp = self.orig
+        if src == c and sport == cp and dst == d and dport == dp:
+            return True
+        s, t, sp, tp = self.reply
+        if src == s and sport == sp and dst == t and dport == tp:
+            return False
+        return None
+
+    def rewrite(self, data: bytes, pkt, original: bool) -> bytes:
+        return (self.forward if original else self.backward).apply(data, pkt)
+
+    def left(self, original: bool) -> tuple:
+        """(src, dst, sport, dport) a packet of that direction leaves with."""
+        if original:
+            s, t, sp, tp = self.reply
+            return t, s, tp, sp
+        c, d, cp, dp = self.orig
+        return d, c, dp, cp
+
+    def peers(self):
+        """The control session's ends as the server's side sees them (an ALG's `peers.translated`)."""
+        from fw.alg import Peers
+
+        s, t, sp, tp = self.reply
+        return Peers(self.family, t, s, tp, sp)
+
+    def to_dict(self) -> dict:
+        """Plain values for snapshots and HA sync (addresses as hex)."""
+        return {"orig": _plain(self.orig), "reply": _plain(self.reply), "names": self.names,
+                "pool": self.held[4] if self.held is not None else None,
+                "ftp": self.ftp.to_dict() if self.ftp is not None else None,
+                "ports": [[a.hex(), p, b.hex(), q] for (a, p), (b, q) in (self.ports or {}).items()]}
+
+    @classmethod
+    def from_dict(cls, proto: int, family: int, data: dict) -> Binding:
+        from fw.nat.ftp import FtpNatSession
+
+        binding = cls(proto, family, _tuple(data["orig"]), _tuple(data["reply"]), str(data["names"]))
+        binding.held = (None, None, None, None, data.get("pool"))  # the engine claims the port again
+        if data.get("ftp") is not None:
+            binding.ftp = FtpNatSession.from_dict(data["ftp"])
+        ports = data.get("ports") or ()
+        binding.ports = {(bytes.fromhex(a), int(p)): (bytes.fromhex(b), int(q)) for a, p, b, q in ports} or None
+        return binding
+
+
+def _plain(four: tuple) -> list:
+    return [four[0].hex(), four[1].hex(), four[2], four[3]]
+
+
+def _tuple(raw) -> tuple:
+    src, dst, sport, dport = raw
+    return bytes.fromhex(src), bytes.fromhex(dst), int(sport), int(dport)
+
+
+class Nat:
+    """The policy's nat entries and their pools (kept across reloads while an entry's pool is the same)."""
+
+    def __init__(self) -> None:
+        self.entries: tuple = ()
+        self.pools: dict[tuple, Pool] = {}
+        self.by_name: dict[str, Pool] = {}
+
+    def configure(self, entries) -> None:
+        self.entries = tuple(entries)
+        pools, by_name = {}, {}
+        for entry in self.entries:
+            if entry.type != "snat":
+                continue
+            spec = (entry.family, entry.to_first, entry.to_last, entry.ports)
+            pool = self.pools.get(spec) or Pool(entry.family, entry.to_first, entry.to_last, entry.ports)
+            pools[spec] = by_name[entry.name] = pool
+        self.pools, self.by_name = pools, by_name
+
+    def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict) -> Binding | str | None:
+        """The binding of a new session the rules accepted, None (no entry applies), or EXHAUSTED."""
+        family, proto = pkt.family, pkt.proto
+        src = int.from_bytes(pkt.src, "big")
+        dst = int.from_bytes(pkt.dst, "big")
+        dnat = _first(self.entries, ("dnat",), family, pkt, src, dst, iif, None)
+        new_dst, new_dport = pkt.dst, dport
+        if dnat is not None:
+            new_dst = dnat.to_first
+            if dnat.to_port is not None:
+                new_dport = dnat.to_port
+        view = _Translated(pkt, new_dport) if new_dport != dport else pkt
+        snat = _first(self.entries, ("snat",), family, view, src, int.from_bytes(new_dst, "big"), iif, oif)
+        if dnat is None and snat is None:
+            return None
+        echo = proto == ICMP or proto == ICMPV6
+        if snat is None:
+            address, port, held = pkt.src, sport, None
+            if flow_key(proto, new_dst, address, new_dport, port) in sessions:
+                return EXHAUSTED  # the untranslated source is in use toward the new destination
+        else:
+            pool = self.by_name[snat.name]
+
+            def taken(candidate: bytes, number: int) -> bool:
+                return flow_key(proto, new_dst, candidate, number if echo else new_dport, number) in sessions
+
+            found = pool.allocate(proto, pkt.src, sport, taken)
+            if found is None:
+                return EXHAUSTED
+            address, port = found
+            held = (pool, proto, address, port, snat.name)
+        names = ",".join("nat:" + entry.name for entry in (dnat, snat) if entry is not None)
+        reply = (new_dst, address, port if echo else new_dport, port)
+        return Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
+
+    def claim(self, binding: Binding) -> None:
+        """A restored or synced binding: its pool port handed out again (its entry still exists)."""
+        name = binding.held[4] if binding.held is not None else None
+        pool = self.by_name.get(name) if name is not None else None
+        if pool is None:
+            binding.held = None
+            return
+        _s, address, _sp, port = binding.reply
+        pool.claim(binding.proto, address, port)
+        binding.held = (pool, binding.proto, address, port, name)
+
+
+def release(binding: Binding) -> None:
+    """The session is gone: its pool port is free again."""
+    held = binding.held
+    if held is not None and held[0] is not None:
+        held[0].release(held[1], held[2], held[3])
+        binding.held = None
+
+
+def _first(entries, types, family, pkt, src, dst, iif, oif):
+    for entry in entries:
+        if entry.type in types and entry.family in (None, family) \
+                and entry.selector.matches(pkt, src, dst, iif, oif):
+            return entry
+    return None
+
+
+def error_rewrite(binding: Binding, pkt, quoted: tuple) -> tuple[Manip, Manip] | None:
+    """(outer, quoted) manips for an ICMP error quoting `quoted` (src, dst, sport, dport) of a
+    translated session, or None when the quoted packet is not one that crossed the NAT."""
+    c, d, cp, dp = binding.orig
+    s, t, sp, tp = binding.reply
+    if quoted == (t, s, tp, sp):      # about a packet that left toward the server: back to the client
+        inner = Manip(c, d, cp, dp)
+        outer = Manip(d if binding.dnat else None, c if pkt.dst == t else None)
+    elif quoted == (d, c, dp, cp):    # about a reply that left toward the client: on to the server
+        inner = Manip(s, t, sp, tp)
+        outer = Manip(t if binding.snat else None, s if pkt.dst == d else None)
+    else:
+        return None
+    return outer, inner
+
+
+def follow(binding: Binding, src: bytes, dst: bytes, dport: int) -> tuple[bytes, bytes, int] | None:
+    """Where a data session an ALG expects (arriving from `src` to `dst`:`dport`) leaves for:
+    (new src, new dst, new dport), each end taken to the same end's address on the other side."""
+    c, d, cp, dp = binding.orig
+    s, t, sp, tp = binding.reply
+    mapped = (binding.ports or {}).get((dst, dport))
+    if src == s and dst == t:      # from the server's side
+        new_dst, new_dport = mapped or ((c, cp) if dport == tp else (c, dport))
+        new = (d, new_dst, new_dport)
+    elif src == c and dst == d:    # from the client's side
+        new_dst, new_dport = mapped or (s, dport)
+        new = (t, new_dst, new_dport)
+    else:
+        return None
+    return None if new == (src, dst, dport) else new

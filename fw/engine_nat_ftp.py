@@ -1,0 +1,1 @@
+"""FTP through NAT (filled in below)."""

@@ -1,0 +1,252 @@
+"""NAT in the engine, playbook style: each packet's verdict, reason and state, and the bytes it
+leaves with (a RewritePacket effect), read back with scapy, whose checksum recomputation must agree."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
+from scapy.layers.inet6 import IPv6
+
+from fw.decision import RewritePacket
+from fw.engine import Engine, EngineConfig
+from fw.packet import flow_text, parse
+from fw.policy import load_policy
+from tests.packets import icmp_echo_pkt, icmp_error_pkt, seg, udp_pkt
+
+C = "198.51.100.10:40000"       # a client on the inside
+S = "192.0.2.80:80"             # a server on the outside
+PUBLIC = "203.0.113.1"          # the firewall's outside address (snat), the forwarded address (dnat)
+INSIDE = "198.51.100.20"        # the server behind the port forward
+
+POLICY = """
+version: 1
+defaults: {action: drop}
+sets:
+  inside: [198.51.100.0/24, "2001:db8:1::/64"]
+rules:
+  - {name: out, action: accept, src: $inside}
+  - {name: web-in, action: accept, proto: tcp, dst: 203.0.113.1, dport: 8080}
+  - {name: dns-in, action: accept, proto: udp, dst: 203.0.113.1, dport: 53}
+nat:
+  - {name: web-in, type: dnat, proto: tcp, dst: 203.0.113.1, dport: 8080, to: "198.51.100.20:80"}
+  - {name: dns-in, type: dnat, proto: udp, dst: 203.0.113.1, dport: 53, to: "198.51.100.20"}
+  - {name: outbound, type: snat, src: $inside, dst: {not: [198.51.100.0/24]}, to: 203.0.113.1}
+  - {name: outbound6, type: snat, src: $inside, to: "2001:db8:ff::1"}
+"""
+
+
+def make_engine(tmp_path, text=POLICY):
+    path = tmp_path / "policy.yaml"
+    path.write_text(textwrap.dedent(text))
+    return Engine(load_policy(path), EngineConfig(events=False))
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return make_engine(tmp_path)
+
+
+def out(decision) -> bytes:
+    """The bytes the packet leaves with (its own if the engine did not rewrite it)."""
+    rewrites = [e.data for e in decision.effects if isinstance(e, RewritePacket)]
+    assert len(rewrites) <= 1
+    return rewrites[0] if rewrites else None
+
+
+def checked(data: bytes):
+    """Parse with scapy; every checksum must equal scapy's own recomputation."""
+    packet = IP(data) if data[0] >> 4 == 4 else IPv6(data)
+    again = packet.copy()
+    for layer in (IP, TCP, UDP, ICMP, IPerror, TCPerror):
+        if again.haslayer(layer) and hasattr(again[layer], "chksum") and layer not in (IPerror, TCPerror):
+            del again[layer].chksum
+    if IPv6 in packet:
+        for layer in packet.layers():
+            if hasattr(again.getlayer(layer), "cksum"):
+                del again.getlayer(layer).cksum
+    rebuilt = again.__class__(bytes(again))
+    assert bytes(rebuilt) == data, "a checksum differs from scapy's recomputation"
+    return packet
+
+
+def leaves(decision, flow: str):
+    """The packet was accepted, rewritten to `flow` (SPEC's text), with sound checksums."""
+    assert decision.verdict == "accept", decision
+    data = out(decision)
+    assert data is not None, "not rewritten"
+    assert flow_text(parse(data)) == flow
+    return checked(data)
+
+
+def step(engine, data, now=100.0):
+    return engine.process(data, now)
+
+
+def test_snat_keeps_the_port_and_translates_both_ways(engine):
+    syn = step(engine, seg(C, S, "S", seq=100))
+    assert (syn.reason, syn.state) == ("rule:out", "SYN_SENT")
+    leaves(syn, "tcp 203.0.113.1:40000 -> 192.0.2.80:80")
+    assert syn.session.nat.names == "nat:outbound"
+    synack = step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=300, ack=101))
+    assert (synack.reason, synack.state) == ("established", "SYN_RECV")
+    leaves(synack, "tcp 192.0.2.80:80 -> 198.51.100.10:40000")
+    ack = step(engine, seg(C, S, "A", seq=101, ack=301))
+    assert ack.state == "ESTABLISHED"
+    leaves(ack, "tcp 203.0.113.1:40000 -> 192.0.2.80:80")
+    data = step(engine, seg(S, f"{PUBLIC}:40000", "PA", seq=301, ack=101, payload=b"hello"))
+    assert leaves(data, "tcp 192.0.2.80:80 -> 198.51.100.10:40000")[TCP].load == b"hello"
+    assert len(engine.table) == 1 and len(engine.table.sessions) == 2 and len(list(engine.table)) == 1
+    # the translated packet itself (a capture after the firewall) is no packet of the session
+    assert step(engine, seg(f"{PUBLIC}:40000", S, "A", seq=101, ack=306)).reason == "invalid:state"
+
+
+def test_snat_takes_the_next_port_when_the_translated_tuple_is_in_use(engine):
+    step(engine, seg(C, S, "S", seq=1))
+    other = step(engine, seg("198.51.100.11:40000", S, "S", seq=1))
+    leaves(other, "tcp 203.0.113.1:40001 -> 192.0.2.80:80")
+    reply = step(engine, seg(S, f"{PUBLIC}:40001", "SA", seq=5, ack=2))
+    leaves(reply, "tcp 192.0.2.80:80 -> 198.51.100.11:40000")
+    # a port below the pool's range (1024-65535) is not kept
+    low = step(engine, seg("198.51.100.12:999", S, "S", seq=1))
+    leaves(low, "tcp 203.0.113.1:1024 -> 192.0.2.80:80")
+
+
+def test_port_forward(engine):
+    client = "192.0.2.7:5555"
+    syn = step(engine, seg(client, f"{PUBLIC}:8080", "S", seq=10))
+    assert (syn.reason, syn.session.nat.names) == ("rule:web-in", "nat:web-in")
+    leaves(syn, "tcp 192.0.2.7:5555 -> 198.51.100.20:80")
+    synack = step(engine, seg(f"{INSIDE}:80", client, "SA", seq=70, ack=11))
+    leaves(synack, "tcp 203.0.113.1:8080 -> 192.0.2.7:5555")
+    # a UDP forward without a port keeps the port
+    query = step(engine, udp_pkt("192.0.2.7:3000", f"{PUBLIC}:53", b"q"))
+    leaves(query, "udp 192.0.2.7:3000 -> 198.51.100.20:53")
+    answer = step(engine, udp_pkt(f"{INSIDE}:53", "192.0.2.7:3000", b"a"))
+    assert answer.state == "REPLIED"
+    leaves(answer, "udp 203.0.113.1:53 -> 192.0.2.7:3000")
+
+
+def test_hairpin_both_translations(engine):
+    """An inside client reaches the inside server through the public address: dnat, then snat
+    (matched on the translated destination: the outbound entry excludes the inside, so a hairpin
+    entry is needed)."""
+    text = POLICY + '  - {name: hairpin, type: snat, src: 198.51.100.0/24, dst: 198.51.100.20, to: 203.0.113.1}\n'
+    engine = make_engine_text(engine, text)
+    syn = step(engine, seg("198.51.100.30:41000", f"{PUBLIC}:8080", "S", seq=1))
+    assert syn.session.nat.names == "nat:web-in,nat:hairpin"
+    leaves(syn, "tcp 203.0.113.1:41000 -> 198.51.100.20:80")
+    synack = step(engine, seg(f"{INSIDE}:80", f"{PUBLIC}:41000", "SA", seq=9, ack=2))
+    leaves(synack, "tcp 203.0.113.1:8080 -> 198.51.100.30:41000")
+
+
+def make_engine_text(engine, text):
+    engine.swap_policy(load_policy_text(text))
+    return engine
+
+
+def load_policy_text(text):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "p.yaml"
+        path.write_text(textwrap.dedent(text))
+        return load_policy(path)
+
+
+def test_icmp_echo_id_translated(engine):
+    request = step(engine, icmp_echo_pkt(C, S, ident=7, seq=1))
+    packet = leaves(request, "icmp 203.0.113.1 -> 192.0.2.80 type 8 code 0")
+    assert packet[ICMP].id == 1024  # ids use the pool's range (1024-65535): 7 is outside it
+    reply = step(engine, icmp_echo_pkt(S, PUBLIC, ident=1024, seq=1, reply=True))
+    assert reply.state == "REPLIED"
+    assert leaves(reply, "icmp 192.0.2.80 -> 198.51.100.10 type 0 code 0")[ICMP].id == 7
+
+
+def test_icmp_errors_quoting_translated_packets(engine):
+    step(engine, seg(C, S, "S", seq=100))
+    left = seg(f"{PUBLIC}:40000", S, "S", seq=100)  # the SYN as it left
+    router = "192.0.2.254"
+    error = step(engine, icmp_error_pkt(router, PUBLIC, 11, 0, left))
+    assert error.reason == "related:icmp"
+    packet = leaves(error, "icmp 192.0.2.254 -> 198.51.100.10 type 11 code 0")
+    quoted = packet[IPerror]
+    assert (quoted.src, quoted.dst, packet[TCPerror].sport) == ("198.51.100.10", "192.0.2.80", 40000)
+    # port forward: the server's error about the reply it sent goes back out from the public address
+    step(engine, seg("192.0.2.7:5555", f"{PUBLIC}:8080", "S", seq=10))
+    reply_left = seg(f"{PUBLIC}:8080", "192.0.2.7:5555", "SA", seq=70, ack=11)
+    unreachable = step(engine, icmp_error_pkt("192.0.2.7", PUBLIC, 3, 3, reply_left))
+    packet = leaves(unreachable, "icmp 192.0.2.7 -> 198.51.100.20 type 3 code 3")
+    assert (packet[IPerror].src, packet[TCPerror].sport) == (INSIDE, 80)
+    forwarded_left = seg("192.0.2.7:5555", f"{INSIDE}:80", "S", seq=10)
+    from_inside = step(engine, icmp_error_pkt("198.51.100.254", "192.0.2.7", 3, 4, forwarded_left))
+    packet = leaves(from_inside, "icmp 203.0.113.1 -> 192.0.2.7 type 3 code 4")
+    assert (packet[IPerror].dst, packet[TCPerror].dport) == (PUBLIC, 8080)
+
+
+def test_icmp_error_quoting_an_echo(engine):
+    step(engine, icmp_echo_pkt(C, S, ident=7, seq=1))
+    left = icmp_echo_pkt(PUBLIC, S, ident=1024, seq=1)
+    error = step(engine, icmp_error_pkt("192.0.2.254", PUBLIC, 3, 1, left, full=True))
+    packet = leaves(error, "icmp 192.0.2.254 -> 198.51.100.10 type 3 code 1")
+    assert packet[IPerror].src == "198.51.100.10"
+
+
+def test_ipv6_snat(engine):
+    client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:443"
+    syn = step(engine, seg(client, server, "S", seq=1))
+    leaves(syn, "tcp [2001:db8:ff::1]:40000 -> [2001:db8:2::80]:443")
+    synack = step(engine, seg(server, "[2001:db8:ff::1]:40000", "SA", seq=3, ack=2))
+    leaves(synack, "tcp [2001:db8:2::80]:443 -> [2001:db8:1::10]:40000")
+    ping = step(engine, icmp_echo_pkt(client, server, ident=4000, seq=1))
+    leaves(ping, "icmpv6 2001:db8:ff::1 -> 2001:db8:2::80 type 128 code 0")
+
+
+def test_exhausted_pool_drops_and_counts(tmp_path):
+    engine = make_engine(tmp_path, """
+        version: 1
+        rules: [{name: out, action: accept}]
+        nat: [{name: tiny, type: snat, proto: udp, to: 203.0.113.1, ports: "5000-5001"}]
+    """)
+    for port in (6000, 6001):
+        assert out(step(engine, udp_pkt(f"198.51.100.10:{port}", "192.0.2.80:53"))) is not None
+    refused = step(engine, udp_pkt("198.51.100.10:6002", "192.0.2.80:53"))
+    assert (refused.verdict, refused.reason, refused.session) == ("drop", "nat:exhausted", None)
+    assert engine.counters["nat_exhausted"] == 1
+    # a port in the range is kept when its translated tuple is free (as Linux), handed out or not
+    kept = step(engine, udp_pkt("198.51.100.11:5000", "192.0.2.81:53"))
+    leaves(kept, "udp 203.0.113.1:5000 -> 192.0.2.81:53")
+    # a session that expires gives its port back
+    engine.expire(100.0 + 31)
+    assert len(engine.table) == 0 and not engine.table.sessions
+    assert out(step(engine, udp_pkt("198.51.100.10:6003", "192.0.2.80:53"), now=140.0)) is not None
+
+
+def test_untranslated_sessions_carry_nothing(engine):
+    decision = step(engine, seg(C, "198.51.100.99:22", "S"))  # inside to inside: no entry applies
+    assert decision.verdict == "accept" and out(decision) is None and decision.session.extra is None
+
+
+def test_snapshot_keeps_the_translation(engine, tmp_path):
+    step(engine, seg(C, S, "S", seq=100))
+    step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=300, ack=101))
+    snapshot = engine.snapshot(0.0)
+    assert snapshot["version"] == 1
+    fresh = make_engine(tmp_path)
+    assert fresh.restore(snapshot, 100.5, 0.0) == 1
+    ack = step(fresh, seg(C, S, "A", seq=101, ack=301), now=101.0)
+    leaves(ack, "tcp 203.0.113.1:40000 -> 192.0.2.80:80")
+    reply = step(fresh, seg(S, f"{PUBLIC}:40000", "A", seq=301, ack=101), now=101.0)
+    leaves(reply, "tcp 192.0.2.80:80 -> 198.51.100.10:40000")
+    # the restored port is held: a new session from another client gets the next one
+    leaves(step(fresh, seg("198.51.100.11:40000", S, "S"), now=101.0), "tcp 203.0.113.1:40001 -> 192.0.2.80:80")
+    # and an old snapshot record without "nat" still loads
+    del snapshot["sessions"][0]["nat"]
+    assert make_engine(tmp_path).restore(snapshot, 100.5, 0.0) == 1
+
+
+def test_the_translated_address_in_ipaddress_form():
+    assert ipaddress.ip_address(PUBLIC).packed == bytes([203, 0, 113, 1])

@@ -191,3 +191,23 @@ def test_a_session_travels_in_plain_values():
     session.segment(0, 7, b"EPRT |2|2001:db8:1::10|40000|\r\n", lambda a: (NAT6, a.port))
     copy = FtpNatSession.from_dict(json.loads(json.dumps(session.to_dict())))
     assert copy.family == 6 and copy.seqadj.to_tuple() == session.seqadj.to_tuple() != ((0, 0, 0), (0, 0, 0))
+
+
+def test_a_split_announcement_after_complete_lines_is_cut_off_not_dropped():
+    session, choose = FtpNatSession(4), Chooser()
+    cut = session.segment(0, 100, b"NOOP\r\nPORT 198,51", choose)
+    assert (cut.line, cut.delta, cut.announcement) == (b"NOOP\r\n", 0, None) and not choose.calls
+    assert session.seqadj.to_tuple() == ((0, 0, 0), (0, 0, 0))            # a cut is not a shift
+    both = session.segment(0, 200, b"PORT 198,51,100,10,156,64\r\nEPRT |1|198", choose)
+    assert both.line == b"PORT 192,0,2,1,156,65\r\n" and both.delta == -4
+    assert session.seqadj.to_tuple() == ((200, 0, -4), (0, 0, 0))
+    with pytest.raises(SplitAnnouncement) as raised:                      # nothing before it: drop
+        session.segment(0, 300, b"EPRT |1|198", choose)
+    assert raised.value.offset == 0
+    assert session.segment(0, 400, b"NOOP\r\nRETR fi", choose) is None     # not an announcement
+
+
+def test_the_split_offset_is_where_the_line_starts():
+    with pytest.raises(SplitAnnouncement) as raised:
+        find_announcement(b"TYPE I\r\nNOOP\r\n\xff\xf4PO", True)
+    assert raised.value.offset == 14 and raised.value.command == "PORT"

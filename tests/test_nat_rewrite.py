@@ -17,7 +17,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.packet import Raw
 
-from fw.nat.rewrite import Manip, RewriteError, Translation, l4_checksum_valid, rewrite
+from fw.nat.rewrite import Manip, RewriteError, Translation, l4_checksum_valid, rewrite, with_payload
 from fw.packet import MalformedPacket, parse
 from fw.packet.checksum import verify
 from tests.test_packet_fuzz import MUTATION, VALID, mutate
@@ -286,3 +286,26 @@ def test_any_parsed_packet_is_rewritten_soundly_or_refused(data, mutations, addr
         assert _l4_ok(out)
     if checks_were_ok:
         assert _ipv4_header_ok(out)
+
+
+# -- a new payload (an ALG's rewrite, a cut) ----------------------------------------------------
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("new", [b"PORT 192,0,2,1,156,64\r\n", b"", b"x" * 700])
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_new_payload_fixes_lengths_and_checksums(family, proto, new, partial):
+    client, server, _, _ = V4 if family == 4 else V6
+    options = {"options": [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]} if proto == "tcp" else {}
+    before = bytes(ip(client, server) / l4(proto, 40000, 21, family, **options)
+                   / Raw(b"PORT 198,51,100,10,156,64\r\n"))
+    after = bytes(ip(client, server) / l4(proto, 40000, 21, family, **options) / Raw(new))
+    if partial:
+        before = _garble_l4_checksum(before)
+    assert with_payload(before + b"\0" * 4, parse(before + b"\0" * 4), new) == after
+
+
+def test_a_new_payload_refusals():
+    echo = bytes(IP(src=V4[0], dst=V4[1]) / ICMP())
+    with pytest.raises(RewriteError, match="payload"):
+        with_payload(echo, parse(echo), b"x")

@@ -53,7 +53,18 @@ class AlgRewriteError(ValueError):
 
 
 class SplitAnnouncement(AlgRewriteError):
-    """An announcement whose line end is not in this segment: drop the segment, await the whole."""
+    """An announcement whose line end is not in this segment; `offset`: where its line starts.
+
+    The segment cannot go out as it is (the line could not be rewritten once its first part left).
+    If the line starts the segment (offset 0) the segment is dropped; the sender retransmits from
+    there, the line whole. Otherwise `FtpNatSession` keeps the complete lines before it and cuts the
+    rest: dropping the whole segment would not do, since the sender would cut its retransmission
+    at the same place (an MSS-sized segment), again and again.
+    """
+
+    def __init__(self, command: str, detail: str, offset: int = 0) -> None:
+        super().__init__(command, detail)
+        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +97,7 @@ class Announcement:
 class LineRewrite:
     line: bytes          # the rewritten line (or payload)
     delta: int           # len(new) - len(old): the seqadj correction (SeqAdj.record)
-    announcement: Announcement  # what the line announced before
+    announcement: Announcement | None  # what the line announced before (None: only cut)
 
 
 class FtpNatSession:
@@ -97,9 +108,12 @@ class FtpNatSession:
     `choose(announcement)` gives the translated (address, port) (the engine allocates it and sets up
     the expectation; None: nothing free), the payload is rewritten and the length change recorded in
     `seqadj`. A retransmission (same direction, seq and payload) gets the same rewrite again
-    without a second `choose`, so it leaves identical. The engine then shifts every segment of the
-    session with `seqadj.shift` (the rewritten one included). Raises AlgRewriteError (malformed, or
-    nothing free) and SplitAnnouncement (drop the segment, counted; the sender sends it again whole).
+    without a second `choose`, so it leaves identical. A payload ending in the first part of an
+    announcing line loses that part (cut, not a shift: the sender sends it again); the result's
+    `line` is the payload to send (fw.nat.rewrite.with_payload). The engine then shifts every
+    segment of the session with `seqadj.shift` (the rewritten one included). Raises
+    AlgRewriteError (malformed, or nothing free) and SplitAnnouncement when the segment starts
+    with the announcing line's first part (drop it, counted; the sender sends it again whole).
     """
 
     __slots__ = ("family", "seqadj", "_done")
@@ -114,13 +128,20 @@ class FtpNatSession:
         done = self._done.get((direction, seq))
         if done is not None and done[0] == payload:
             return done[1]
-        found = find_announcement(payload, direction == 0, self.family)
+        kept = payload
+        try:
+            found = find_announcement(payload, direction == 0, self.family)
+        except SplitAnnouncement as split:
+            if not split.offset:
+                raise
+            kept = payload[:split.offset]           # the complete lines go, the rest comes again
+            found = find_announcement(kept, direction == 0, self.family)
         if found is None:
-            return None
+            return None if kept is payload else LineRewrite(kept, 0, None)
         target = choose(found)
         if target is None:
             raise AlgRewriteError(found.command, "no translated port free for the data connection")
-        result = found.rewrite(payload, *target)
+        result = found.rewrite(kept, *target)
         self.seqadj.record(direction, seq, result.delta)
         self._done[direction, seq] = (payload, result)
         if len(self._done) > REMEMBERED:
@@ -138,19 +159,19 @@ class FtpNatSession:
 
 
 def find_announcement(payload: bytes, from_client: bool, family: int = 4) -> Announcement | None:
-    """The first announcement in a segment's payload (lines end in LF), or None.
+    """The first announcement among the complete lines of a segment's payload, or None.
 
     Client lines are read as commands (PORT, EPRT), server lines as replies (227, 229); `family`
-    is the control session's, for a 229. Raises AlgRewriteError (malformed) or SplitAnnouncement.
+    is the control session's, for a 229. Raises AlgRewriteError (malformed) or SplitAnnouncement
+    (the payload ends in the first part of an announcing line, wherever the complete ones are).
     """
+    tail = payload.rfind(b"\n") + 1
+    command = _may_announce(payload[tail:], from_client)
+    if command:
+        raise SplitAnnouncement(command, "line end not in this segment", tail)
     start = 0
-    while start < len(payload):
+    while start < tail:
         newline = payload.find(b"\n", start)
-        if newline < 0:
-            command = _may_announce(payload[start:], from_client)
-            if command:
-                raise SplitAnnouncement(command, "line end not in this segment")
-            return None
         found = (_command if from_client else _reply)(payload, start, newline + 1, family)
         if found is not None:
             return found

@@ -190,6 +190,33 @@ def recompute_l4_checksum(buf: bytearray, l4: int, end: int, proto: int, family:
     _write16(buf, l4 + at, udp_fold(check) if proto == 17 else check)
 
 
+def with_payload(data: bytes, packet, payload: bytes) -> bytes:
+    """The TCP/UDP packet `data` (parsed as `packet`) carrying `payload` instead of its own: an ALG
+    rewrote it (another length: the IP length and the UDP length follow) or cut it short. The
+    IPv4 header checksum is updated, the L4 checksum computed over the new segment (so a partial
+    one becomes final too). Raises RewriteError for fragments and packets cut by the capture."""
+    if packet.is_fragment or packet.proto not in (6, 17):
+        raise RewriteError("no TCP/UDP payload to replace")
+    end = packet.ip_len
+    if len(data) < end:
+        raise RewriteError("packet cut by the capture")
+    l4 = packet.l4_offset
+    header_end = l4 + ((data[l4 + 12] >> 4) << 2 if packet.proto == 6 else 8)
+    buf = bytearray(data[:header_end])
+    buf += payload
+    size = len(buf)
+    if packet.family == 4:
+        old_total = _read16(buf, 2)[0]
+        _write16(buf, 2, size)
+        _write16(buf, 10, update_sum(_read16(buf, 10)[0], old_total - size))
+    else:
+        _write16(buf, 4, size - 40)
+    if packet.proto == 17:
+        _write16(buf, l4 + 4, size - l4)
+    recompute_l4_checksum(buf, l4, size, packet.proto, packet.family)
+    return bytes(buf)
+
+
 def l4_checksum_valid(data: bytes, packet) -> bool:
     """Whether the packet's L4 checksum verifies (a zero UDP checksum counts as none: valid).
 

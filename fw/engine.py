@@ -170,6 +170,8 @@ class Engine:
                 original = extra.nat.direction(src, dst, sport, dport)
                 if original is None:
                     return Decision(DROP, "invalid:state", pkt, session)
+                if extra.nat.ftp is not None:
+                    engine_nat_ftp.track_view(extra.nat, pkt, original)
             else:
                 original = session.flags & REVERSED == side
             old_state = session.state
@@ -362,7 +364,7 @@ class Engine:
         """An accepted packet of a translated session: its ALG fed, the packet rewritten (a
         RewritePacket effect); a packet that cannot be rewritten is dropped (`nat:rewrite`)."""
         pkt, session = decision.packet, decision.session
-        if binding.ftp is not None and pkt.payload_len:
+        if binding.ftp is not None:
             return engine_nat_ftp.segment(self, decision, binding, original, now)
         if session.alg is not None and (pkt.payload_len or pkt.proto != TCP):
             decision.effects = decision.effects + self.feed_alg(session, pkt, original, now)
@@ -412,17 +414,19 @@ class Engine:
 
     # -- ALGs and expectations ----------------------------------------------------------------
 
-    def feed_alg(self, session: Session, pkt, original: bool, now: float) -> tuple:
+    def feed_alg(self, session: Session, pkt, original: bool, now: float, payload: bytes | None = None,
+                 seq: int | None = None) -> tuple:
         """The packet's payload to the session's ALG (TCP: with its sequence number; UDP: the
-        datagram); its expectations kept, its refusals counted and logged."""
+        datagram); its expectations kept, its refusals counted and logged. NAT passes the payload
+        as it leaves and its sequence number as the receiver sees it."""
         alg = session.alg
         effects = []
         expected = False
-        if pkt.proto == TCP:
-            seq = pkt.seq + 1 if pkt.flags & SYN else pkt.seq  # data in a SYN starts after it
-        else:
-            seq = None
-        for result in alg.feed(original, seq, pkt.payload):
+        if payload is None:
+            payload = pkt.payload
+            if pkt.proto == TCP:
+                seq = pkt.seq + 1 if pkt.flags & SYN else pkt.seq  # data in a SYN starts after it
+        for result in alg.feed(original, seq, payload):
             if isinstance(result, Refusal):
                 self.counters["alg_refused"] += 1
                 self.counters["alg_refused:" + result.reason] += 1

@@ -1,1 +1,125 @@
-"""FTP through NAT (filled in below)."""
+"""FTP through NAT in the engine: announcements rewritten, sequence numbers shifted, data sessions
+translated to match (as Linux's nf_nat_ftp with nf_conntrack_seqadj).
+
+How it works, per accepted segment of a translated FTP control session (`segment`):
+1. fw.nat.ftp.FtpNatSession finds a PORT/EPRT (from the client) or 227/229 (from the server) among
+   the segment's complete lines and calls `choose`: an announcement of the sender's own address
+   (the client's c, the server's real s) gets the same end as the other side sees it (t, the
+   source translation; d, the address the client connected to) and the same port when no
+   expectation holds it, else the next one upward; the pair is remembered in the binding's
+   `ports` so that the data session, when it comes, leaves for the announced endpoint
+   (fw.engine_nat.follow). An announcement of another address is left as it is (the ALG refuses it
+   as a bounce). The length change is recorded in the session's SeqAdj.
+2. The ALG is fed the payload as it leaves, with the sequence number the receiver sees: it judges
+   and expects in the server side's terms (its `peers.translated`), so a dnat'ed server's 227 is
+   no bounce, and its expectation is the key the data session will arrive with.
+3. The packet leaves with the new payload (lengths, checksums), the binding's addresses, and seq,
+   ack and SACK blocks shifted (`SeqAdj.adjust`), every later segment both ways too.
+A segment that starts with an announcing line's first part is dropped (counted `nat_alg_split`):
+the sender sends the line again, whole. A malformed announcement or no free port: the segment is
+dropped as `nat:alg-rewrite` (counted); the control session goes on. `track_view` gives the TCP
+tracker the segment's ack and SACK in the sender's own sequence space, as Linux's tcp_in_window
+takes the seqadj offset off, so the windows stay consistent.
+"""
+
+from __future__ import annotations
+
+from fw.decision import DROP, RewritePacket
+from fw.nat.ftp import AlgRewriteError, SplitAnnouncement
+from fw.nat.rewrite import RewriteError, with_payload
+from fw.nat.seqadj import MASK
+from fw.packet import parse
+
+REASON = "nat:alg-rewrite"
+FIRST_PORT, LAST_PORT = 1024, 65535
+
+
+def track_view(binding, pkt, original: bool) -> None:
+    """Put the packet's ack and SACK edges into the receiver's sent numbers (before tracking)."""
+    ftp = binding.ftp
+    if ftp is None or not ftp.seqadj.active or not pkt.flags & 16:
+        return
+    other = ftp.seqadj.corrections[1 if original else 0]
+    pkt.ack = (pkt.ack - other.ack_offset(pkt.ack)) & MASK
+    if pkt.sack:
+        pkt.sack = tuple(((left - other.ack_offset(left)) & MASK, (right - other.ack_offset(right)) & MASK)
+                         for left, right in pkt.sack)
+
+
+def segment(engine, decision, binding, original: bool, now: float):
+    """One accepted segment of a translated FTP control session (module docstring)."""
+    pkt, session = decision.packet, decision.session
+    ftp = binding.ftp
+    direction = 0 if original else 1
+    data, payload = engine.data, pkt.payload
+    if payload:
+        seq = pkt.seq + 1 if pkt.flags & 2 else pkt.seq
+        try:
+            result = ftp.segment(direction, seq, payload, _chooser(engine, binding, original))
+        except SplitAnnouncement:
+            engine.counters["nat_alg_split"] += 1
+            return _drop(decision, REASON)
+        except AlgRewriteError:
+            engine.counters["nat_alg_rewrite"] += 1
+            return _drop(decision, REASON)
+        if result is not None:
+            payload = result.line
+            try:
+                data = with_payload(data, pkt, payload)
+            except RewriteError:
+                engine.counters["nat_rewrite_errors"] += 1
+                return _drop(decision, "nat:rewrite")
+            engine.counters["nat_alg_rewrites"] += 1
+        if session.alg is not None:
+            shifted = (seq + ftp.seqadj.corrections[direction].seq_offset(seq)) & MASK
+            decision.effects = decision.effects + engine.feed_alg(session, pkt, original, now, payload, shifted)
+    try:
+        packet = parse(data) if data is not engine.data else pkt
+        data = binding.rewrite(data, packet, original)
+        if ftp.seqadj.active:
+            data = ftp.seqadj.adjust(data, parse(data) if packet is pkt else packet, direction)
+    except (RewriteError, ValueError):
+        engine.counters["nat_rewrite_errors"] += 1
+        return _drop(decision, "nat:rewrite")
+    decision.effects = decision.effects + (RewritePacket(data),)
+    return decision
+
+
+def _drop(decision, reason: str):
+    decision.verdict, decision.reason = DROP, reason
+    return decision
+
+
+def _chooser(engine, binding, original: bool):
+    """`choose(announcement)` for FtpNatSession: the endpoint the other side is told (docstring)."""
+    c, d, _cp, _dp = binding.orig
+    s, t, _sp, _tp = binding.reply
+
+    def choose(announcement):
+        if original:   # PORT/EPRT: the server's side connects to the client's translated address
+            own, here, there, peer = c, c, t, s
+        else:          # 227/229: the client connects to the address it reached the server at
+            own, here, there, peer = s, s, d, c
+        address = announcement.address
+        if address is not None and address != own:
+            return address, announcement.port           # not the sender's own: left alone
+        port = _free_port(engine, peer, there, announcement.port)
+        if port is None:
+            return None
+        if binding.ports is None:
+            binding.ports = {}
+        binding.ports[(there, port)] = (here, announcement.port)
+        return there, port
+
+    return choose
+
+
+def _free_port(engine, peer: bytes, address: bytes, port: int) -> int | None:
+    """`port` if no expectation waits for (peer -> address:port), else the next one upward, wrapping."""
+    pending = engine.expectations
+    candidate = port
+    for _ in range(LAST_PORT - FIRST_PORT + 2):
+        if (6, peer, address, candidate) not in pending:
+            return candidate
+        candidate = candidate + 1 if candidate < LAST_PORT else FIRST_PORT
+    return None

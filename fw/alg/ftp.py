@@ -238,8 +238,16 @@ class FtpAlg:
 
     def _judge(self, command: str, family: int, address: bytes, port: int, *, active: bool,
                line: bytes) -> Expectation | Refusal:
-        """Active: the server connects to the client; passive: the client connects to the server."""
-        peer, src = (self.client, self.server) if active else (self.server, self.client)
+        """Active: the server connects to the client; passive: the client connects to the server.
+
+        Through NAT (peers.translated) an active announcement is read as the server sees it (the
+        engine rewrote it to the client's translated address), and its expectation is for the
+        server's real address; a passive one names the address the client connected to."""
+        if active:
+            ends = self.peers.outside if self.peers is not None else None
+            peer, src = (self.client, self.server) if ends is None else (ends.client, ends.server)
+        else:
+            peer, src = self.server, self.client
         if family != self.family:
             if _same_address_other_family(address, self.family) != peer:
                 return Refusal("family-mismatch", command, shorten(line))

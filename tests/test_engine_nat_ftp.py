@@ -1,0 +1,180 @@
+"""FTP and TFTP through NAT in the engine: announcements rewritten (nf_nat_ftp's format), seq/ack/SACK
+shifted both ways, data sessions translated to match, retransmissions, split commands, bad lines."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import TCP
+
+from tests.packets import seg, udp_pkt
+from tests.test_engine_nat import leaves, make_engine, out
+from tests.test_engine_nat import step as run
+
+C = "198.51.100.10:40000"     # an inside client (snat to 203.0.113.1)
+S = "192.0.2.21:21"           # an outside server
+T = "203.0.113.1:40000"       # the client as the server sees it
+OUTSIDE = "192.0.2.7:5555"    # an outside client of the forwarded server
+PUBLIC = "203.0.113.1:21"     # ... which it reaches here
+INSIDE = "198.51.100.20:21"   # the forwarded server
+
+POLICY = """
+version: 1
+defaults: {action: drop}
+rules:
+  - {name: ftp-out, action: accept, proto: tcp, src: 198.51.100.0/24, dport: 21, alg: ftp}
+  - {name: ftp-in, action: accept, proto: tcp, dst: 203.0.113.1, dport: 21, alg: ftp}
+  - {name: tftp-out, action: accept, proto: udp, src: 198.51.100.0/24, dport: 69, alg: tftp}
+nat:
+  - {name: ftp-in, type: dnat, proto: tcp, dst: 203.0.113.1, dport: 21, to: "198.51.100.20"}
+  - {name: outbound, type: snat, src: 198.51.100.0/24, dst: {not: [198.51.100.0/24]}, to: 203.0.113.1}
+"""
+
+PORT = b"PORT 198,51,100,10,156,64\r\n"          # 40000 = 156 * 256 + 64
+PORT_OUT = b"PORT 203,0,113,1,156,64\r\n"        # two bytes shorter
+DELTA = len(PORT_OUT) - len(PORT)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return make_engine(tmp_path, POLICY, events=True)
+
+
+def open_control(engine, client=C, server=S):
+    """The control session's handshake; the reply comes from the server's side as it sees the client."""
+    syn = run(engine, seg(client, server, "S", seq=1000, sack_perm=True))
+    assert syn.reason.startswith("rule:ftp") and out(syn) is not None
+    synack = seg(server_side(syn), client_seen(syn), "SA", seq=5000, ack=1001, sack_perm=True)
+    assert run(engine, synack).state == "SYN_RECV"
+    assert run(engine, seg(client, server, "A", seq=1001, ack=5001)).state == "ESTABLISHED"
+    return syn.session
+
+
+def server_side(syn) -> str:
+    s, _t, sp, _tp = syn.session.nat.reply
+    return f"{'.'.join(map(str, s))}:{sp}"
+
+
+def client_seen(syn) -> str:
+    _s, t, _sp, tp = syn.session.nat.reply
+    return f"{'.'.join(map(str, t))}:{tp}"
+
+
+def tcp(decision):
+    return leaves(decision, decision_flow(decision))[TCP]
+
+
+def decision_flow(decision):
+    from fw.packet import flow_text, parse
+
+    return flow_text(parse(out(decision)))
+
+
+def test_active_ftp_through_snat(engine):
+    session = open_control(engine)
+    port = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    assert port.reason == "established"
+    sent = leaves(port, "tcp 203.0.113.1:40000 -> 192.0.2.21:21")[TCP]
+    assert (sent.load, sent.seq) == (PORT_OUT, 1001)
+    # the server acknowledges the shorter line; the client sees its own numbers
+    reply = run(engine, seg(S, T, "PA", seq=5001, ack=1001 + len(PORT_OUT), payload=b"200 PORT ok\r\n"))
+    assert reply.verdict == "accept"
+    assert tcp(reply).ack == 1001 + len(PORT)
+    # the next client segment moves by the change in length
+    later = run(engine, seg(C, S, "PA", seq=1001 + len(PORT), ack=5014, payload=b"RETR f\r\n"))
+    assert tcp(later).seq == 1001 + len(PORT_OUT)
+    # a retransmission of the PORT leaves exactly as the first time
+    again = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    assert out(again) == out(port)
+    # the server connects to the announced (translated) endpoint: related, and sent to the client
+    data = run(engine, seg("192.0.2.21:20", T, "S", seq=77))
+    assert (data.verdict, data.reason) == ("accept", "related:ftp")
+    leaves(data, "tcp 192.0.2.21:20 -> 198.51.100.10:40000")
+    assert data.session.parent is session and data.session.nat.names == "nat:outbound"
+    synack = run(engine, seg(C, "192.0.2.21:20", "SA", seq=9, ack=78))
+    leaves(synack, "tcp 203.0.113.1:40000 -> 192.0.2.21:20")
+
+
+def test_sack_blocks_shifted_back(engine):
+    open_control(engine)
+    run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    after = 1001 + len(PORT)
+    run(engine, seg(C, S, "PA", seq=after + 10, ack=5001, payload=b"NOOP\r\n"))  # a hole before it
+    start, end = after + 10 + DELTA, after + 16 + DELTA                            # as the server saw it
+    sack = run(engine, seg(S, T, "A", seq=5001, ack=after + DELTA, sack=((start, end),)))
+    assert sack.verdict == "accept", sack
+    sent = tcp(sack)
+    assert sent.ack == after
+    (blocks,) = [value for kind, value in sent.options if kind == "SAck"]
+    assert blocks == (after + 10, after + 16)
+
+
+def test_passive_ftp_to_a_forwarded_server(engine):
+    syn = run(engine, seg(OUTSIDE, PUBLIC, "S", seq=1000))
+    assert (syn.reason, syn.session.nat.names) == ("rule:ftp-in", "nat:ftp-in")
+    leaves(syn, "tcp 192.0.2.7:5555 -> 198.51.100.20:21")
+    run(engine, seg(INSIDE, OUTSIDE, "SA", seq=5000, ack=1001))
+    run(engine, seg(OUTSIDE, PUBLIC, "A", seq=1001, ack=5001))
+    run(engine, seg(OUTSIDE, PUBLIC, "PA", seq=1001, ack=5001, payload=b"PASV\r\n"))
+    line = b"227 Entering Passive Mode (198,51,100,20,200,10).\r\n"
+    reply = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1007, payload=line))
+    assert reply.verdict == "accept"
+    assert engine.counters["alg_refused"] == 0           # no bounce: the server names its own address
+    assert tcp(reply).load == b"227 Entering Passive Mode (203,0,113,1,200,10).\r\n"
+    data = run(engine, seg("192.0.2.7:6000", "203.0.113.1:51210", "S", seq=1))
+    assert data.reason == "related:ftp"
+    leaves(data, "tcp 192.0.2.7:6000 -> 198.51.100.20:51210")
+    answer = run(engine, seg("198.51.100.20:51210", "192.0.2.7:6000", "SA", seq=8, ack=2))
+    leaves(answer, "tcp 203.0.113.1:51210 -> 192.0.2.7:6000")
+    # the client's next command is acknowledged in the server's numbers
+    shorter = len(line) - len(tcp(reply).load)
+    ack = run(engine, seg(OUTSIDE, PUBLIC, "PA", seq=1007, ack=5001 + len(line) - shorter, payload=b"LIST\r\n"))
+    assert tcp(ack).ack == 5001 + len(line)
+
+
+def test_split_port_command_first_part_dropped(engine):
+    open_control(engine)
+    first = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT[:12]))
+    assert (first.verdict, first.reason) == ("drop", "nat:alg-rewrite")
+    assert engine.counters["nat_alg_split"] == 1
+    whole = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    assert tcp(whole).load == PORT_OUT
+
+
+def test_malformed_port_dropped_control_goes_on(engine):
+    open_control(engine)
+    bad = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"PORT 1,2,3\r\n"))
+    assert (bad.verdict, bad.reason) == ("drop", "nat:alg-rewrite")
+    assert engine.counters["nat_alg_rewrite"] == 1
+    fine = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"NOOP\r\n"))
+    assert tcp(fine).load == b"NOOP\r\n"
+
+
+def test_port_of_another_address_is_not_rewritten_and_refused(engine):
+    open_control(engine)
+    bounce = b"PORT 192,0,2,99,156,64\r\n"
+    decision = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=bounce))
+    assert decision.verdict == "accept" and tcp(decision).load == bounce
+    assert engine.counters["alg_refused:bounce"] == 1
+    assert not engine.expectations
+
+
+def test_data_port_taken_moves_up(engine):
+    open_control(engine)
+    open_control(engine, client="198.51.100.11:40000")
+    run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    other = b"PORT 198,51,100,11,156,64\r\n"
+    decision = run(engine, seg("198.51.100.11:40000", S, "PA", seq=1001, ack=5001, payload=other))
+    # the second control session's client was translated to 203.0.113.1:40001; its data port
+    # 40000 is already expected from this server: 40001 is announced
+    assert tcp(decision).load == b"PORT 203,0,113,1,156,65\r\n"
+
+
+def test_tftp_through_snat(engine):
+    request = run(engine, udp_pkt("198.51.100.10:3000", "192.0.2.69:69", b"\x00\x01file\x00octet\x00"))
+    assert request.reason == "rule:tftp-out"
+    leaves(request, "udp 203.0.113.1:3000 -> 192.0.2.69:69")
+    data = run(engine, udp_pkt("192.0.2.69:4000", "203.0.113.1:3000", b"\x00\x03\x00\x01data"))
+    assert (data.verdict, data.reason) == ("accept", "related:tftp")
+    leaves(data, "udp 192.0.2.69:4000 -> 198.51.100.10:3000")
+    ack = run(engine, udp_pkt("198.51.100.10:3000", "192.0.2.69:4000", b"\x00\x04\x00\x01"))
+    leaves(ack, "udp 203.0.113.1:3000 -> 192.0.2.69:4000")

@@ -10,7 +10,7 @@ import click
 
 from fw.cli.common import load_policy_or_exit
 from fw.decision import Verdicts
-from fw.drivers.replay import ReplayError, replay
+from fw.drivers.replay import PcapWriter, ReplayError, replay
 from fw.engine import Engine, EngineConfig
 
 PROGRESS_BAR_BYTES = 8 << 20  # show a progress bar for captures larger than this, on a terminal
@@ -21,16 +21,22 @@ PROGRESS_BAR_BYTES = 8 << 20  # show a progress bar for captures larger than thi
 @click.option("--policy", "policy_path", required=True, type=click.Path(), help="Policy file or folder.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Only the summary.")
-def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> None:
+@click.option("--write", "write_path", type=click.Path(dir_okay=False),
+              help="Save every accepted IP packet as it leaves (translated) to this raw-IP pcap.")
+def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool, write_path: str | None) -> None:
     """Replay PCAP (pcap or pcapng) through the engine, with time taken from the capture.
 
-    Each frame gets a verdict, a reason, the session state after it and the flow. The summary
-    (packets, accepted, dropped by reason, sessions) goes to stderr.
+    Each frame gets a verdict, a reason, the session state after it and the flow (with NAT, the
+    flow after translation too). The summary (packets, accepted, dropped by reason, sessions)
+    goes to stderr. --write saves the accepted packets as they leave the firewall (NAT applied,
+    checksums as sent; packets the engine makes, resets and ICMP errors, are not in it).
 
-    Example: fw replay capture.pcap --policy policies/lab.yaml --json
+    Example: fw replay capture.pcap --policy policies/lab.yaml --json --write out.pcap
     """
     if not os.path.isfile(pcap):
         raise click.ClickException(f"{pcap}: no such file")
+    if write_path is not None and os.path.abspath(write_path) == os.path.abspath(pcap):
+        raise click.ClickException("--write would overwrite the capture being replayed")
     engine = Engine(load_policy_or_exit(policy_path), EngineConfig(events=False))
     show_progress = sys.stderr.isatty() and (quiet or as_json or not sys.stdout.isatty())
     show_progress = show_progress and os.path.getsize(pcap) > PROGRESS_BAR_BYTES
@@ -41,11 +47,17 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
         raise click.ClickException(str(error)) from None
     out = sys.stdout
     try:
+        writer = PcapWriter(write_path) if write_path is not None else None
+    except OSError as error:
+        raise click.ClickException(f"--write {write_path}: {error.strerror or error}") from None
+    try:
         if not quiet and not as_json:
             out.write(f"{'#':>6}  {'verdict':7}  {'reason':22}  {'state':12}  flow\n")
         with _progress(pcap, show_progress) as bar:
             for record in records:
                 bar.update(record.size + 16)
+                if writer is not None and record.decision.verdict == "accept" and record.data is not None:
+                    writer.write(record.time, record.left)
                 if quiet:
                     continue
                 if as_json:
@@ -58,7 +70,12 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
                     )
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
+    finally:
+        if writer is not None:
+            writer.close()
     click.echo(summary_text(engine, verdicts), err=True)
+    if writer is not None:
+        click.echo(f"written: {writer.count} packets to {write_path}", err=True)
 
 
 class _NoProgress:

@@ -5,6 +5,11 @@ link type; `l3_payload` strips the link layer (Ethernet with VLAN tags, Linux co
 BSD loopback, raw IP) and hands the engine exactly the L3 bytes the NFQUEUE daemon would. A frame
 that is not IPv4 or IPv6 is accepted with reason `not-ip`, as a layer-3 firewall passes it.
 `expire(now)` runs whenever the capture's clock enters a new second.
+
+NAT: a record's `left` is the packet as it leaves the firewall (the RewritePacket effect's bytes,
+else its own); `to_json` adds SPEC's `nat` (the flow after translation) and, on a translated
+session's first packet, `translation`. `PcapWriter` writes accepted packets as they leave to a
+raw-IP pcap (`fw replay --write`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from dataclasses import dataclass
 
 from scapy.utils import RawPcapNgReader, RawPcapReader
 
-from fw.decision import ACCEPT, Decision, Verdicts
-from fw.packet import flow_text
+from fw.decision import ACCEPT, Decision, RewritePacket, SessionOpened, Verdicts
+from fw.packet import flow_text, parse
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
@@ -96,17 +101,54 @@ class ReplayRecord:
     time: float
     size: int
     decision: Decision
+    data: bytes | None = None  # the L3 bytes given to the engine (None: not IP)
+
+    @property
+    def left(self) -> bytes | None:
+        """The L3 bytes the packet leaves with: the engine's rewrite, else its own."""
+        for effect in self.decision.effects:
+            if isinstance(effect, RewritePacket):
+                return effect.data
+        return self.data
 
     def to_json(self) -> dict:
         decision = self.decision
         packet = decision.packet
-        return {
+        row = {
             "index": self.index,
             "verdict": decision.verdict,
             "reason": decision.reason,
             "state": decision.state,
             "flow": flow_text(packet) if packet is not None else None,
         }
+        session = decision.session
+        binding = session.nat if session is not None else None
+        if binding is not None and decision.effects:
+            left = self.left
+            if left is not self.data:
+                row["nat"] = flow_text(parse(left))
+            if any(isinstance(e, SessionOpened) and e.session is session for e in decision.effects):
+                row["translation"] = binding.names
+        return row
+
+
+class PcapWriter:
+    """A pcap file of raw IP packets (link type 101), microsecond timestamps."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.file.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW))
+        self.count = 0
+
+    def write(self, stamp: float, data: bytes) -> None:
+        seconds = int(stamp)
+        micros = min(int(round((stamp - seconds) * 1e6)), 999_999)
+        self.file.write(struct.pack("<IIII", seconds, micros, len(data), len(data)))
+        self.file.write(data)
+        self.count += 1
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def replay(path: str, engine, verdicts: Verdicts | None = None) -> Iterator[ReplayRecord]:
@@ -125,4 +167,4 @@ def _replay(frames, engine, verdicts: Verdicts) -> Iterator[ReplayRecord]:
         packet = l3_payload(linktype, frame)
         decision = Decision(ACCEPT, "not-ip") if packet is None else engine.process(packet, stamp)
         count(decision.verdict, decision.reason)
-        yield ReplayRecord(index, stamp, len(frame), decision)
+        yield ReplayRecord(index, stamp, len(frame), decision, packet)

@@ -1,0 +1,90 @@
+"""`fw replay` through NAT: the `nat` and `translation` fields, and `--write` read back with scapy.
+
+A corpus FTP capture (16 flows, active and passive) is replayed through a snat policy. The capture
+was taken without NAT, so the test first makes the capture the firewall would have seen: the
+server's packets addressed to the client's translated address (the same length as text, so that
+no PORT line changes length and the server's numbers need no shift; the shift itself is tested
+packet by packet in tests/test_engine_nat_ftp.py). Every packet must then be accepted as without
+NAT, and the written capture must hold exactly the accepted packets as they left: the client's
+source translated, the server's replies sent back to the client, the PORT lines rewritten, every
+checksum equal to scapy's recomputation.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+from scapy.layers.inet import IP, TCP
+from scapy.utils import rdpcap, wrpcap
+
+from fw.cli import main
+from tests.test_engine_nat import checked
+from tests.test_replay_corpus import CORPUS
+
+CAPTURE = CORPUS / "sv-ftp-all-data-ipv4.pcap"
+CLIENT, SERVER, TRANSLATED = "172.23.0.3", "172.23.0.2", "172.23.0.9"
+POLICY = f"""
+version: 1
+rules:
+  - {{name: ftp, action: accept, proto: tcp, dport: 21, alg: ftp}}
+nat:
+  - {{name: out, type: snat, src: {CLIENT}, to: {TRANSLATED}}}
+"""
+
+pytestmark = pytest.mark.skipif(not CAPTURE.is_file(), reason=f"no corpus capture {CAPTURE}")
+
+
+def as_the_firewall_sees_it(path):
+    """The capture with the server's packets sent to the client's translated address."""
+    packets = rdpcap(str(CAPTURE))
+    for packet in packets:
+        if IP in packet and packet[IP].src == SERVER:
+            packet[IP].dst = TRANSLATED
+            del packet[IP].chksum
+            del packet[TCP].chksum
+    wrpcap(str(path), packets)
+    return len(packets)
+
+
+def test_replay_through_snat_written_and_read_back(tmp_path):
+    capture, written, policy = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "nat.yaml"
+    count = as_the_firewall_sees_it(capture)
+    policy.write_text(textwrap.dedent(POLICY))
+    result = CliRunner().invoke(main, ["replay", str(capture), "--policy", str(policy), "--json",
+                                       "--write", str(written)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == count and all(row["verdict"] == "accept" for row in rows)
+    assert {row["reason"] for row in rows} == {"rule:ftp", "established", "related:ftp"}
+    assert all("nat" in row for row in rows)  # every packet belongs to a translated session
+    firsts = [row for row in rows if "translation" in row]
+    assert len(firsts) == 16 and {row["translation"] for row in firsts} == {"nat:out"}
+    first = rows[0]
+    assert first["flow"] == f"tcp {CLIENT}:59968 -> {SERVER}:21"
+    assert first["nat"] == f"tcp {TRANSLATED}:59968 -> {SERVER}:21"
+    out = rdpcap(str(written))
+    assert len(out) == count and f"written: {count} packets" in result.stderr
+    ports = 0
+    for packet, row in zip(out, rows, strict=True):
+        data = bytes(packet)
+        checked(data)
+        ip = IP(data)
+        assert f"tcp {ip.src}:{ip[TCP].sport} -> {ip.dst}:{ip[TCP].dport}" == row["nat"]
+        assert (ip.src, ip.dst) in ((TRANSLATED, SERVER), (SERVER, CLIENT))
+        payload = bytes(ip[TCP].payload)
+        if payload.startswith(b"PORT"):
+            assert payload.startswith(b"PORT 172,23,0,9,")
+            ports += 1
+    assert ports == 7  # the capture's seven PORT commands
+
+
+def test_write_refuses_to_overwrite_the_capture(tmp_path):
+    capture = tmp_path / "in.pcap"
+    as_the_firewall_sees_it(capture)
+    policy = tmp_path / "nat.yaml"
+    policy.write_text(textwrap.dedent(POLICY))
+    result = CliRunner().invoke(main, ["replay", str(capture), "--policy", str(policy), "--write", str(capture)])
+    assert result.exit_code == 1 and "would overwrite" in result.output

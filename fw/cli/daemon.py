@@ -92,11 +92,13 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     listen = _listen(metrics_listen) if metrics_listen else None
     queue_range, hook_names = _queues(queue, queues), _hooks(hooks)
     sync_config = _sync_config(queue_range, offload, **sync)
-    if os.geteuid() != 0:
-        raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     store, policy, source, loader = _policy_source(policy_path, db)
+    _refuse_translation(policy, fail_open)  # bad usage (exit 2) before the privilege check
+    loader = _without_translation(loader)
+    if os.geteuid() != 0:
+        raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     config = DaemonConfig(policy_path=source, queues=queue_range,
                           fail_open=fail_open, log_path=log_path, hooks=hook_names,
                           backend=None if backend == "auto" else backend, offload=offload)
@@ -170,6 +172,34 @@ def _listen(text: str) -> tuple[str, int]:
         return parse_listen(text)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--metrics") from None
+
+
+NAT_NOT_LIVE = ("the policy translates addresses (nat): fw run does not apply NAT yet "
+                "(the engine and fw replay do; the daemon's NAT hooks are still to come)")
+
+
+def _refuse_translation(policy, fail_open: bool) -> None:
+    """SPEC: --fail-open with a translating policy is refused (untranslated traffic would leak);
+    and until the daemon hooks NAT in, any translating policy is."""
+    if not getattr(policy, "translates", False):
+        return
+    if fail_open:
+        raise Failure("--fail-open is refused with a policy that translates addresses (nat): "
+                      "untranslated traffic would leak while no daemon listens", 2)
+    raise Failure(NAT_NOT_LIVE, 2)
+
+
+def _without_translation(loader):
+    """The daemon's policy loader (reload), refusing a policy that translates (NAT_NOT_LIVE)."""
+    from fw.policy import ERROR, Diagnostic, PolicyError
+
+    def load(*args, **kwargs):
+        policy = loader(*args, **kwargs)
+        if getattr(policy, "translates", False):
+            raise PolicyError([Diagnostic(ERROR, str(args[0]) if args else "policy", NAT_NOT_LIVE)])
+        return policy
+
+    return load
 
 
 def _policy_source(policy_path: str | None, db: str | None):

@@ -79,6 +79,8 @@ def nat_entry(rep: Reporter, node, index: int, sets: dict, names: dict):
     kind = _type(rep, node, entries, name)
     match = rules.selector(rep, entries, sets, "nat entry", ports_need_proto=True)
     if kind is INVALID or match is INVALID:
+        if kind is not INVALID:  # what does not need the match is still checked: every error at once
+            _ports(rep, entries, kind)
         return INVALID
     if kind == "dnat" and "oif" in entries:
         rep.error(entries["oif"][0], "dnat is decided before routing: it cannot match 'oif'")

@@ -190,8 +190,16 @@ class Engine:
                 session.last_seen = now
                 decision = Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
                 if extra is not None:
-                    if extra.nat is not None:
-                        return self.translate(decision, extra.nat, original, now)
+                    binding = extra.nat
+                    if binding is not None:
+                        if binding.ftp is not None or extra.alg is not None:
+                            return self.translate(decision, binding, original, now)
+                        try:  # translate()'s common case, written out (every packet of the session)
+                            data = (binding.forward if original else binding.backward).apply(self._data, pkt)
+                        except RewriteError:
+                            return self.translate(decision, binding, original, now)
+                        decision.effects = effects + (RewritePacket(data),)
+                        return decision
                     if extra.alg is not None and pkt.payload_len:
                         decision.effects = effects + self.feed_alg(session, pkt, original, now)
                 return decision
@@ -362,19 +370,22 @@ class Engine:
 
     def translate(self, decision: Decision, binding, original: bool, now: float) -> Decision:
         """An accepted packet of a translated session: its ALG fed, the packet rewritten (a
-        RewritePacket effect); a packet that cannot be rewritten is dropped (`nat:rewrite`)."""
-        pkt, session = decision.packet, decision.session
+        RewritePacket effect); a packet that cannot be rewritten is dropped (`nat:rewrite`).
+        Every packet of a translated session comes here: kept lean."""
         if binding.ftp is not None:
             return engine_nat_ftp.segment(self, decision, binding, original, now)
-        if session.alg is not None and (pkt.payload_len or pkt.proto != TCP):
-            decision.effects = decision.effects + self.feed_alg(session, pkt, original, now)
+        pkt = decision.packet
+        alg = decision.session.extra.alg  # a translated session has its extra
+        if alg is not None and (pkt.payload_len or pkt.proto != TCP):
+            decision.effects = decision.effects + self.feed_alg(decision.session, pkt, original, now)
         try:
-            data = binding.rewrite(self._data, pkt, original)
+            data = (binding.forward if original else binding.backward).apply(self._data, pkt)
         except RewriteError:
             self.counters["nat_rewrite_errors"] += 1
             decision.verdict, decision.reason = DROP, "nat:rewrite"
             return decision
-        decision.effects = decision.effects + (RewritePacket(data),)
+        effects = decision.effects
+        decision.effects = (RewritePacket(data),) if not effects else effects + (RewritePacket(data),)
         return decision
 
     def _follow(self, parent, pkt, sport: int, dport: int):

@@ -35,7 +35,10 @@ def test_quick_bench_prints_the_table_and_writes_json(tmp_path: Path):
         row = rows[f"new sessions, {rules} rules"]
         assert row["packets"] == 10000 and row["packets_per_second"] > 0 and row["us_per_packet"] > 0
     assert rows["memory per session, 10000 sessions"]["sessions"] == 10000
-    assert set(document["ratios"]) == {"new_session_cost_1000_vs_10_rules", "new_session_cost_10000_vs_10_rules"}
+    assert set(document["ratios"]) == {"new_session_cost_1000_vs_10_rules", "new_session_cost_10000_vs_10_rules",
+                                       "established_nat_vs_plain_same_run"}
+    assert rows["established, snat"]["packets"] == 200000
+    assert document["ratios"]["established_nat_vs_plain_same_run"] > 0
 
 
 def test_live_ratios_are_taken_between_paths_of_the_run():

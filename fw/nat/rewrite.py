@@ -122,24 +122,28 @@ class Translation:
         self._udp = proto == 17
 
     def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
-        """`data` (parsed as `packet`, a packet of this session direction) translated."""
+        """`data` (parsed as `packet`, a packet of this session direction) translated.
+
+        Written for speed (every packet of a translated session comes here): the new packet is
+        one `bytes.join` of the unchanged slices and the new fields, the checksums read and
+        written as plain integers."""
         proto = packet.proto
         if (partial or (proto != 6 and proto != 17) or packet.is_fragment
                 or len(data) < packet.ip_len):
             return rewrite(data, packet, self.manip, partial=partial)
-        buf = bytearray(data)
-        at = self._at
-        buf[at:at + len(self._addresses)] = self._addresses
         l4 = packet.l4_offset
-        buf[l4:l4 + 4] = self._ports
-        if self._ip_delta:
-            _write16(buf, 10, (_read16(buf, 10)[0] + self._ip_delta) % 0xFFFF)
-        at = l4 + (6 if self._udp else 16)
-        check = _read16(buf, at)[0]
+        at = l4 + 6 if self._udp else l4 + 16
+        check = data[at] << 8 | data[at + 1]
         if check or not self._udp:
             check = (check + self._l4_delta) % 0xFFFF
-            _write16(buf, at, check or 0xFFFF if self._udp else check)
-        return bytes(buf)
+            if not check and self._udp:
+                check = 0xFFFF
+        if self._at == 12:                  # IPv4: the header checksum sits before the addresses
+            ip_check = ((data[10] << 8 | data[11]) + self._ip_delta) % 0xFFFF
+            head = (data[:10], ip_check.to_bytes(2, "big"), self._addresses, data[20:l4])
+        else:
+            head = (data[:8], self._addresses, data[40:l4])
+        return b"".join((*head, self._ports, data[l4 + 4:at], check.to_bytes(2, "big"), data[at + 2:]))
 
 
 def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:

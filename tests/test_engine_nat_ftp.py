@@ -178,3 +178,42 @@ def test_tftp_through_snat(engine):
     leaves(data, "udp 192.0.2.69:4000 -> 198.51.100.10:3000")
     ack = run(engine, udp_pkt("198.51.100.10:3000", "192.0.2.69:4000", b"\x00\x04\x00\x01"))
     leaves(ack, "udp 203.0.113.1:3000 -> 192.0.2.69:4000")
+
+
+def test_eprt_through_ipv6_snat(tmp_path):
+    engine = make_engine(tmp_path, """
+        version: 1
+        rules: [{name: ftp6, action: accept, proto: tcp, src: "2001:db8:1::/64", dport: 21, alg: ftp}]
+        nat: [{name: out6, type: snat, src: "2001:db8:1::/64", to: "2001:db8:ff::1"}]
+    """)
+    client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::21]:21"
+    syn = run(engine, seg(client, server, "S", seq=1000))
+    assert syn.session.nat.names == "nat:out6"
+    run(engine, seg(server, "[2001:db8:ff::1]:40000", "SA", seq=5000, ack=1001))
+    run(engine, seg(client, server, "A", seq=1001, ack=5001))
+    eprt = run(engine, seg(client, server, "PA", seq=1001, ack=5001, payload=b"EPRT |2|2001:db8:1::10|50000|\r\n"))
+    assert tcp(eprt).load == b"EPRT |2|2001:0db8:00ff:0000:0000:0000:0000:0001|50000|\r\n"
+    data = run(engine, seg("[2001:db8:2::21]:20", "[2001:db8:ff::1]:50000", "S", seq=1))
+    assert data.reason == "related:ftp"
+    leaves(data, "tcp [2001:db8:2::21]:20 -> [2001:db8:1::10]:50000")
+
+
+def test_snapshot_keeps_the_shift_and_the_data_port(engine, tmp_path):
+    open_control(engine)
+    run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    fresh = make_engine(tmp_path, POLICY, events=True)
+    assert fresh.restore(engine.snapshot(0.0), 100.5, 0.0) == 1
+    later = run(fresh, seg(C, S, "PA", seq=1001 + len(PORT), ack=5001, payload=b"RETR f\r\n"), now=101.0)
+    assert tcp(later).seq == 1001 + len(PORT_OUT)
+    data = run(fresh, seg("192.0.2.21:20", T, "S", seq=77), now=101.0)
+    assert data.reason == "related:ftp"
+    leaves(data, "tcp 192.0.2.21:20 -> 198.51.100.10:40000")
+
+
+def test_a_reload_without_nat_keeps_open_sessions_translated(engine, tmp_path):
+    open_control(engine)
+    engine.swap_policy(make_engine(tmp_path, POLICY.split("nat:")[0]).policy)
+    later = run(engine, seg(S, T, "PA", seq=5001, ack=1001, payload=b"220 hi\r\n"))
+    leaves(later, "tcp 192.0.2.21:21 -> 198.51.100.10:40000")
+    fresh = run(engine, seg("198.51.100.12:40000", S, "S", seq=1))
+    assert fresh.verdict == "accept" and out(fresh) is None

@@ -478,14 +478,18 @@ class Engine:
         """A RST to each end with exactly the sequence number that end expects next (RFC 5961
         section 3.2: only an exact RST resets an established connection)."""
         track = session.tcp
-        to_server = pktbuild.tcp(
-            session.src, session.dst, session.sport, session.dport,
-            tcpmod.next_expected_seq(track, True), 0, RST, window=0,
-        )  # fmt: skip
-        to_client = pktbuild.tcp(
-            session.dst, session.src, session.dport, session.sport,
-            tcpmod.next_expected_seq(track, False), 0, RST, window=0,
-        )  # fmt: skip
+        to_server = (session.src, session.dst, session.sport, session.dport)
+        to_client = (session.dst, session.src, session.dport, session.sport)
+        shifts = (0, 0)
+        binding = session.nat
+        if binding is not None:  # each end gets the addresses and numbers it sees (NAT, seqadj)
+            to_server, to_client = binding.left(True), binding.left(False)
+            if binding.ftp is not None:
+                shifts = tuple(way.after for way in binding.ftp.seqadj.corrections)
+        to_server = pktbuild.tcp(*to_server, (tcpmod.next_expected_seq(track, True) + shifts[0]) & 0xFFFFFFFF,
+                                 0, RST, window=0)  # fmt: skip
+        to_client = pktbuild.tcp(*to_client, (tcpmod.next_expected_seq(track, False) + shifts[1]) & 0xFFFFFFFF,
+                                 0, RST, window=0)  # fmt: skip
         return SendPacket(session.family, to_server), SendPacket(session.family, to_client)
 
     def _rescale(self) -> None:
@@ -562,8 +566,11 @@ class Engine:
 
 def may_offload(session: Session) -> bool:
     """Whether the kernel may pass a session's packets: not with an ALG (it needs the payload),
-    nor with rst_on_timeout (the RST needs exact sequence numbers the kernel does not give back)."""
-    return session.alg is None and not session.rst_on_timeout and session.tcp is not None
+    nor with rst_on_timeout (the RST needs exact sequence numbers the kernel does not give back),
+    nor a translated one (the kernel would pass its packets untranslated)."""
+    extra = session.extra
+    return (extra is None or (extra.alg is None and extra.nat is None)) and not session.rst_on_timeout \
+        and session.tcp is not None
 
 
 def alg_refusal_event(session: Session, refusal: Refusal, now: float) -> dict:

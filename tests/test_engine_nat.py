@@ -231,3 +231,19 @@ def test_snapshot_keeps_the_translation(engine, tmp_path):
     del snapshot["sessions"][0]["nat"]
     assert make_engine(tmp_path).restore(snapshot, 100.5, 0.0) == 1
 
+
+
+def test_resets_at_expiry_use_each_sides_addresses_and_no_offload(tmp_path):
+    from fw.decision import OffloadSession, SendPacket
+
+    engine = make_engine(tmp_path, POLICY.replace("{name: out, action: accept, src: $inside}",
+                                                  "{name: out, action: accept, src: $inside, rst_on_timeout: true}"))
+    engine.config.offload = True
+    step(engine, seg(C, S, "S", seq=100))
+    step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=300, ack=101))
+    established = step(engine, seg(C, S, "A", seq=101, ack=301))
+    assert not [e for e in established.effects if isinstance(e, OffloadSession)]
+    resets = [parse(e.data) for e in engine.expire(100.0 + 10 ** 6) if isinstance(e, SendPacket)]
+    assert sorted(flow_text(p) for p in resets) == [
+        "tcp 192.0.2.80:80 -> 198.51.100.10:40000", "tcp 203.0.113.1:40000 -> 192.0.2.80:80"]
+    assert {p.seq for p in resets} == {101, 301}

@@ -39,7 +39,6 @@ from fw.conntrack.table import (
     Session,
     SessionTable,
     TcpSession,
-    flow_key,
     orientation,
 )
 from fw.conntrack.tcp import tcp_update
@@ -166,12 +165,18 @@ class Engine:
         session = self.table.sessions.get(key)
         if session is not None:
             extra = session.extra
-            if extra is not None and extra.nat is not None:  # translated: its tuples say the way
-                original = extra.nat.direction(src, dst, sport, dport)
+            if extra is not None and extra.nat is not None:  # translated: the key it came by says the way
+                binding = extra.nat
+                if key == session.key and binding.alias is not None:
+                    original = session.flags & REVERSED == side or None  # (d -> c): not as it arrives
+                elif binding.alias is not None:
+                    original = False if side == binding.alias_side else None
+                else:
+                    original = binding.direction(src, dst, sport, dport)
                 if original is None:
                     return Decision(DROP, "invalid:state", pkt, session)
-                if extra.nat.ftp is not None:
-                    engine_nat_ftp.track_view(extra.nat, pkt, original)
+                if binding.ftp is not None:
+                    engine_nat_ftp.track_view(binding, pkt, original)
             else:
                 original = session.flags & REVERSED == side
             old_state = session.state
@@ -264,7 +269,7 @@ class Engine:
         if expectation is not None:
             parent_nat = expectation.parent.nat
             if parent_nat is not None:
-                binding = self._follow(parent_nat, pkt, sport, dport)
+                binding = engine_nat.follow_session(self.table.sessions, parent_nat, pkt, sport, dport)
         elif self.nat.entries:
             binding = self.nat.bind(pkt, sport, dport, iif, oif, self.table.sessions)
             if binding is engine_nat.EXHAUSTED:
@@ -369,41 +374,8 @@ class Engine:
     # -- NAT ----------------------------------------------------------------------------------
 
     def translate(self, decision: Decision, binding, original: bool, now: float) -> Decision:
-        """An accepted packet of a translated session: its ALG fed, the packet rewritten (a
-        RewritePacket effect); a packet that cannot be rewritten is dropped (`nat:rewrite`).
-        Every packet of a translated session comes here: kept lean."""
-        if binding.ftp is not None:
-            return engine_nat_ftp.segment(self, decision, binding, original, now)
-        pkt = decision.packet
-        alg = decision.session.extra.alg  # a translated session has its extra
-        if alg is not None and (pkt.payload_len or pkt.proto != TCP):
-            decision.effects = decision.effects + self.feed_alg(decision.session, pkt, original, now)
-        try:
-            data = (binding.forward if original else binding.backward).apply(self._data, pkt)
-        except RewriteError:
-            self.counters["nat_rewrite_errors"] += 1
-            decision.verdict, decision.reason = DROP, "nat:rewrite"
-            return decision
-        effects = decision.effects
-        decision.effects = (RewritePacket(data),) if not effects else effects + (RewritePacket(data),)
-        return decision
-
-    def _follow(self, parent, pkt, sport: int, dport: int):
-        """The binding of a data session an ALG of a translated control session expected: its
-        addresses follow the control session's (engine_nat.follow), its source port kept when
-        the translated tuple is free, else the next free one upward."""
-        target = engine_nat.follow(parent, pkt.src, pkt.dst, dport)
-        if target is None:
-            return None
-        new_src, new_dst, new_dport = target
-        proto, sessions = pkt.proto, self.table.sessions
-        port = sport
-        for _ in range(65536):
-            if flow_key(proto, new_dst, new_src, new_dport, port) not in sessions:
-                break
-            port = port + 1 if port < 65535 else 1024
-        reply = (new_dst, new_src, new_dport, port)
-        return engine_nat.Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, parent.names)
+        """An accepted packet of a translated session, rewritten (fw/engine_nat.py: translate)."""
+        return engine_nat.translate(self, decision, binding, original, now)
 
     # -- timeouts -----------------------------------------------------------------------------
 

@@ -24,11 +24,13 @@ address on the other side; the announced port the one the ALG rewrite chose.
 
 from __future__ import annotations
 
-from fw.conntrack.table import flow_key
+from fw import engine_nat_ftp
+from fw.conntrack.table import flow_key, orientation
+from fw.decision import DROP, RewritePacket
 from fw.nat.ports import Pool
-from fw.nat.rewrite import Manip, Translation
+from fw.nat.rewrite import Manip, RewriteError, Translation
 
-ICMP, ICMPV6 = 1, 58
+TCP, ICMP, ICMPV6 = 6, 1, 58
 EXHAUSTED = "nat:exhausted"
 
 
@@ -51,8 +53,8 @@ class Binding:
     ICMP echo: the id in both port places.
     """
 
-    __slots__ = ("proto", "family", "orig", "reply", "alias", "names", "forward", "backward", "held",
-                 "ftp", "ports")
+    __slots__ = ("proto", "family", "orig", "reply", "alias", "alias_side", "names", "forward", "backward",
+                 "held", "ftp", "ports")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -68,6 +70,7 @@ class Binding:
         primary = flow_key(proto, c, d, cp, dp)
         alias = flow_key(proto, s, t, sp, tp)
         self.alias = None if alias == primary else alias
+        self.alias_side = orientation(alias, s, sp)  # the engine's `side` of a reply packet
         self.forward = Translation(family, proto, orig, (t, s, tp, sp))
         self.backward = Translation(family, proto, reply, (d, c, dp, cp))
 
@@ -251,3 +254,42 @@ def follow(binding: Binding, src: bytes, dst: bytes, dport: int) -> tuple[bytes,
     else:
         return None
     return None if new == (src, dst, dport) else new
+
+
+def translate(engine, decision, binding: Binding, original: bool, now: float):
+    """An accepted packet of a translated session: its ALG fed, the packet rewritten (a
+    RewritePacket effect); a packet that cannot be rewritten is dropped (`nat:rewrite`). The TCP
+    hot path writes the common case out (fw/engine.py)."""
+    if binding.ftp is not None:
+        return engine_nat_ftp.segment(engine, decision, binding, original, now)
+    pkt = decision.packet
+    alg = decision.session.extra.alg  # a translated session has its extra
+    if alg is not None and (pkt.payload_len or pkt.proto != TCP):
+        decision.effects = decision.effects + engine.feed_alg(decision.session, pkt, original, now)
+    try:
+        data = (binding.forward if original else binding.backward).apply(engine.data, pkt)
+    except RewriteError:
+        engine.counters["nat_rewrite_errors"] += 1
+        decision.verdict, decision.reason = DROP, "nat:rewrite"
+        return decision
+    effects = decision.effects
+    decision.effects = (RewritePacket(data),) if not effects else effects + (RewritePacket(data),)
+    return decision
+
+
+def follow_session(sessions: dict, parent: Binding, pkt, sport: int, dport: int) -> Binding | None:
+    """The binding of a data session an ALG of a translated control session expected: its
+    addresses follow the control session's (`follow`), its source port kept when the translated
+    tuple is free, else the next free one upward."""
+    target = follow(parent, pkt.src, pkt.dst, dport)
+    if target is None:
+        return None
+    new_src, new_dst, new_dport = target
+    proto = pkt.proto
+    port = sport
+    for _ in range(65536):
+        if flow_key(proto, new_dst, new_src, new_dport, port) not in sessions:
+            break
+        port = port + 1 if port < 65535 else 1024
+    reply = (new_dst, new_src, new_dport, port)
+    return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, parent.names)

@@ -106,7 +106,7 @@ class Translation:
     """
 
     __slots__ = ("family", "proto", "manip", "_addresses", "_at", "_ports", "_ip_delta",
-                 "_l4_delta", "_udp")
+                 "_l4_delta", "_udp", "_both", "_plain_l4")
 
     def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
         """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
@@ -120,6 +120,8 @@ class Translation:
         self._ip_delta = address_delta if family == 4 else 0
         self._l4_delta = address_delta + old[2] + old[3] - new[2] - new[3]
         self._udp = proto == 17
+        self._both = self._addresses + self._ports  # adjacent when the IP header is bare
+        self._plain_l4 = 20 if family == 4 else 40
 
     def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
         """`data` (parsed as `packet`, a packet of this session direction) translated.
@@ -138,12 +140,17 @@ class Translation:
             check = (check + self._l4_delta) % 0xFFFF
             if not check and self._udp:
                 check = 0xFFFF
+        tail = (data[l4 + 4:at], check.to_bytes(2, "big"), data[at + 2:])
         if self._at == 12:                  # IPv4: the header checksum sits before the addresses
             ip_check = ((data[10] << 8 | data[11]) + self._ip_delta) % 0xFFFF
+            if l4 == 20:                    # no IP options: addresses and ports in one piece
+                return b"".join((data[:10], ip_check.to_bytes(2, "big"), self._both, *tail))
             head = (data[:10], ip_check.to_bytes(2, "big"), self._addresses, data[20:l4])
+        elif l4 == 40:                      # no extension headers
+            return b"".join((data[:8], self._both, *tail))
         else:
             head = (data[:8], self._addresses, data[40:l4])
-        return b"".join((*head, self._ports, data[l4 + 4:at], check.to_bytes(2, "big"), data[at + 2:]))
+        return b"".join((*head, self._ports, *tail))
 
 
 def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:

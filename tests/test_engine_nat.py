@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPerror6, IPv6
 
 from fw.decision import RewritePacket
 from fw.engine import Engine, EngineConfig
@@ -247,3 +247,13 @@ def test_resets_at_expiry_use_each_sides_addresses_and_no_offload(tmp_path):
     assert sorted(flow_text(p) for p in resets) == [
         "tcp 192.0.2.80:80 -> 198.51.100.10:40000", "tcp 203.0.113.1:40000 -> 192.0.2.80:80"]
     assert {p.seq for p in resets} == {101, 301}
+
+
+def test_icmpv6_error_through_snat(engine):
+    client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:443"
+    step(engine, seg(client, server, "S", seq=1))
+    left = seg("[2001:db8:ff::1]:40000", server, "S", seq=1)
+    too_big = step(engine, icmp_error_pkt("2001:db8:2::fe", "2001:db8:ff::1", 2, 0, left, rest=1280))
+    assert too_big.reason == "related:icmp"
+    packet = leaves(too_big, "icmpv6 2001:db8:2::fe -> 2001:db8:1::10 type 2 code 0")
+    assert packet[IPerror6].src == "2001:db8:1::10" and packet[TCPerror].sport == 40000

@@ -37,12 +37,14 @@ nat:
 pytestmark = pytest.mark.skipif(not CAPTURE.is_file(), reason=f"no corpus capture {CAPTURE}")
 
 
-def as_the_firewall_sees_it(path):
-    """The capture with the server's packets sent to the client's translated address."""
-    packets = rdpcap(str(CAPTURE))
+def as_the_firewall_sees_it(path, capture=CAPTURE, sender=SERVER, field="dst"):
+    """The capture with `sender`'s packets' `field` set to the translated address (snat: the
+    server's replies to the client's translated address; dnat: the client's packets to the
+    public address)."""
+    packets = rdpcap(str(capture))
     for packet in packets:
-        if IP in packet and packet[IP].src == SERVER:
-            packet[IP].dst = TRANSLATED
+        if IP in packet and packet[IP].src == sender:
+            setattr(packet[IP], field, TRANSLATED)
             del packet[IP].chksum
             del packet[TCP].chksum
     wrpcap(str(path), packets)
@@ -88,3 +90,38 @@ def test_write_refuses_to_overwrite_the_capture(tmp_path):
     policy.write_text(textwrap.dedent(POLICY))
     result = CliRunner().invoke(main, ["replay", str(capture), "--policy", str(policy), "--write", str(capture)])
     assert result.exit_code == 1 and "would overwrite" in result.output
+
+
+def test_passive_ftp_replayed_through_a_port_forward(tmp_path):
+    """sv-ftp-download-passive: the client reaches the server at a public address (dnat); the
+    server's 227 names its own address, rewritten to the public one, and the client's data
+    connections to it are forwarded."""
+    capture = CORPUS / "sv-ftp-download-passive.pcap"
+    seen, written, policy = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "dnat.yaml"
+    count = as_the_firewall_sees_it(seen, capture, sender=CLIENT, field="dst")
+    policy.write_text(textwrap.dedent(f"""
+        version: 1
+        rules: [{{name: ftp, action: accept, proto: tcp, dport: 21, alg: ftp}}]
+        nat: [{{name: in, type: dnat, proto: tcp, dst: {TRANSLATED}, to: {SERVER}}}]
+    """))
+    result = CliRunner().invoke(main, ["replay", str(seen), "--policy", str(policy), "--json", "--write", str(written)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    plain = CliRunner().invoke(main, ["replay", str(capture), "--policy", str(policy), "--json"])
+    untranslated = [json.loads(line) for line in plain.stdout.splitlines()]
+    assert all("nat" not in row for row in untranslated)  # the capture as is: nothing to translate
+    assert [(r["verdict"], r["reason"], r["state"]) for r in rows] == \
+        [(r["verdict"], r["reason"], r["state"]) for r in untranslated]
+    assert all(row["verdict"] == "accept" for row in rows) and "related:ftp" in {row["reason"] for row in rows}
+    opened = [row for row in rows if row["reason"] in ("rule:ftp", "related:ftp")]
+    assert [row["translation"] for row in rows if "translation" in row] == ["nat:in"] * len(opened)
+    passive = 0
+    for packet in rdpcap(str(written)):
+        data = bytes(packet)
+        checked(data)
+        ip = IP(data)
+        assert (ip.src, ip.dst) in ((CLIENT, SERVER), (TRANSLATED, CLIENT))
+        if bytes(ip[TCP].payload).startswith(b"227"):
+            assert b"(172,23,0,9," in bytes(ip[TCP].payload)
+            passive += 1
+    assert passive == 3 and len(rdpcap(str(written))) == count  # the capture's three 227 replies

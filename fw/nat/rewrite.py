@@ -106,7 +106,7 @@ class Translation:
     """
 
     __slots__ = ("family", "proto", "manip", "_addresses", "_at", "_ports", "_ip_delta",
-                 "_l4_delta", "_udp", "_both", "_plain_l4")
+                 "_l4_delta", "_udp", "_both", "_plain_l4", "_head", "_head_end")
 
     def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
         """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
@@ -122,6 +122,11 @@ class Translation:
         self._udp = proto == 17
         self._both = self._addresses + self._ports  # adjacent when the IP header is bare
         self._plain_l4 = 20 if family == 4 else 40
+        # A bare IP header's packet: everything up to the L4 checksum in one unpack and one pack
+        # (IPv4: before / header checksum / addresses+ports / between / L4 checksum).
+        between = "2s" if self._udp else "12s"
+        self._head = Struct(f"!10sH12s{between}H" if family == 4 else f"!8s36s{between}H")
+        self._head_end = self._head.size
 
     def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
         """`data` (parsed as `packet`, a packet of this session direction) translated.
@@ -134,23 +139,34 @@ class Translation:
                 or len(data) < packet.ip_len):
             return rewrite(data, packet, self.manip, partial=partial)
         l4 = packet.l4_offset
+        if l4 == self._plain_l4:
+            return self._apply_bare(data)
         at = l4 + 6 if self._udp else l4 + 16
-        check = data[at] << 8 | data[at + 1]
-        if check or not self._udp:
-            check = (check + self._l4_delta) % 0xFFFF
-            if not check and self._udp:
-                check = 0xFFFF
+        check = self._l4_check(data[at] << 8 | data[at + 1])
         tail = (data[l4 + 4:at], check.to_bytes(2, "big"), data[at + 2:])
-        if self._at == 12:                  # IPv4: the header checksum sits before the addresses
+        if self._at == 12:                  # IPv4 with options: the header checksum, then the addresses
             ip_check = ((data[10] << 8 | data[11]) + self._ip_delta) % 0xFFFF
-            if l4 == 20:                    # no IP options: addresses and ports in one piece
-                return b"".join((data[:10], ip_check.to_bytes(2, "big"), self._both, *tail))
             head = (data[:10], ip_check.to_bytes(2, "big"), self._addresses, data[20:l4])
-        elif l4 == 40:                      # no extension headers
-            return b"".join((data[:8], self._both, *tail))
-        else:
+        else:                               # IPv6 with extension headers
             head = (data[:8], self._addresses, data[40:l4])
         return b"".join((*head, self._ports, *tail))
+
+    def _apply_bare(self, data: bytes) -> bytes:
+        """`apply` for a packet whose IP header has no options or extension headers."""
+        if self._at == 12:
+            before, ip_check, _old, between, check = self._head.unpack_from(data)
+            return self._head.pack(before, (ip_check + self._ip_delta) % 0xFFFF, self._both, between,
+                                   self._l4_check(check)) + data[self._head_end:]
+        before, _old, between, check = self._head.unpack_from(data)
+        return self._head.pack(before, self._both, between, self._l4_check(check)) + data[self._head_end:]
+
+    def _l4_check(self, check: int) -> int:
+        """The L4 checksum updated (a zero UDP checksum, none, stays zero; a computed 0 is 0xFFFF)."""
+        if not self._udp:
+            return (check + self._l4_delta) % 0xFFFF
+        if not check:
+            return 0
+        return (check + self._l4_delta) % 0xFFFF or 0xFFFF
 
 
 def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:

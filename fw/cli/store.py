@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
-import time
 
 import click
 
+from fw.cli.common import parse_time
 from fw.store import policies, records
 from fw.store.database import Store, StoreError
 from fw.store.explain import ProbeError, explain, probe_packet
-
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class Failure(click.ClickException):
@@ -331,17 +327,6 @@ def _criterion_text(criterion) -> str:
 
 
 # -- fw log -------------------------------------------------------------------------------------
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """`30s`, `10m`, `2h`, `7d`, `1w` ago, or an ISO 8601 date/time (local time unless it has a
-    zone); wall-clock seconds. ValueError if it is neither."""
-    now = time.time() if now is None else now
-    match = DURATION.match(text.strip())
-    if match:
-        return now - float(match.group(1)) * SECONDS[match.group(2)]
-    moment = datetime.datetime.fromisoformat(text.strip())
-    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
 
 
 class TimeParam(click.ParamType):

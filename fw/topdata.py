@@ -206,5 +206,6 @@ def rate_text(value: float, unit: str = "") -> str:
     """1234.5 -> `1.2k`, 3.2e6 -> `3.2M`: short figures for narrow columns."""
     for suffix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= size:
-            return f"{value / size:.1f}{suffix}{unit}"
+            scaled = value / size
+            return f"{scaled:.1f}{suffix}{unit}" if scaled < 10 else f"{scaled:.0f}{suffix}{unit}"
     return f"{value:.0f}{unit}"

@@ -55,6 +55,7 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
                         f"{row['index']:>6}  {row['verdict']:7}  {row['reason']:22}  "
                         f"{row['state'] or '-':12}  {row['flow'] or '-'}\n"
                     )
+            bar.update(max(0, getattr(bar, "length", 0) - getattr(bar, "pos", 0)))  # the file's headers: 100%
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
     click.echo(summary_text(engine), err=True)

@@ -82,9 +82,9 @@ def endpoint(address: str, port) -> str:
 
 
 def human(count: int) -> str:
-    """1234 -> `1234`, 123456 -> `121K` (binary units, as top does), 3e9 -> `2.8G`."""
+    """1234 -> `1234`, 123456 -> `121K`, 5190000 -> `4.9M` (binary units, as top does), 3e9 -> `2.8G`."""
     for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if count >= 100 * size or (unit == "G" and count >= size):
+        if count >= (100 * size if unit == "K" else size):
             value = count / size
             return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
     return str(count)

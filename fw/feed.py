@@ -84,7 +84,8 @@ class EventFeed:
         self.publish("update", {**session_fields(session), "old_state": old_state})
 
     def closed(self, session, why: str) -> None:
-        self.states.pop(session, None)
+        if self.states:
+            self.states.pop(session, None)
         self.publish("destroy", {**session_fields(session), "reason": why,
                                  "packets": session.orig_packets + session.reply_packets,
                                  "bytes": session.orig_bytes + session.reply_bytes})

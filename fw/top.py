@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
-from fw.topdata import SessionRow, TopModel, rate_text
+from fw.topdata import SessionRow, TopModel, rate_text, virtual_server_text
 
 # Widths include the gap to the next column (cell_padding 0): 79 columns and the scroll bar.
 SESSION_COLUMNS = (("PROTO", 6), ("SOURCE", 21), ("DESTINATION", 19), ("STATE", 12), ("B/S", 6), ("BYTES", 6),
@@ -142,7 +142,8 @@ class TopApp(App):
         virtual = self.query_one("#virtual", Static)
         virtual.display = bool(view.virtual_servers)
         if view.virtual_servers:
-            virtual.update(Text("virtual servers: " + ", ".join(map(str, view.virtual_servers)), no_wrap=True))
+            virtual.update(Text("virtual servers: " + virtual_server_text(view.virtual_servers), no_wrap=True,
+                                overflow="ellipsis"))
         self.draw_rules()
         self.draw_sessions()
 

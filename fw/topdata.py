@@ -209,3 +209,17 @@ def rate_text(value: float, unit: str = "") -> str:
             scaled = value / size
             return f"{scaled:.1f}{suffix}{unit}" if scaled < 10 else f"{scaled:.0f}{suffix}{unit}"
     return f"{value:.0f}{unit}"
+
+
+def virtual_server_text(rows: list) -> str:
+    """One line for the virtual servers (rows shaped as fw.lb's `status()`: `fw lb --json`):
+    `web 203.0.113.80:80: web1 up 12, web2 down 0` (real server, health, active sessions)."""
+    parts = []
+    for row in rows:
+        if not isinstance(row, dict):
+            parts.append(str(row))
+            continue
+        servers = ", ".join(f"{s.get('server')} {s.get('health', '?')} {s.get('active', 0)}"
+                            for s in row.get("real_servers", ()))
+        parts.append(f"{row.get('name')} {row.get('address')}:{row.get('port')}: {servers or 'no real servers'}")
+    return "; ".join(parts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from fw.topdata import TopModel, rate_text
+from fw.topdata import TopModel, rate_text, virtual_server_text
 
 
 def stats(total: int, drops: dict, rules: dict, active: int, blocked: int = 0) -> dict:
@@ -104,3 +104,10 @@ def test_killing_a_row_asks_the_daemon_with_its_addresses_and_ports(model: TopMo
 def test_short_figures() -> None:
     assert [rate_text(v) for v in (0, 999, 1500, 15_000, 2_500_000, 3e9)] == ["0", "999", "1.5k", "15k", "2.5M",
                                                                                "3.0G"]
+
+
+def test_virtual_servers_in_one_line() -> None:
+    rows = [{"name": "web", "address": "203.0.113.80", "proto": "tcp", "port": 80, "scheduler": "maglev",
+             "real_servers": [{"server": "web1", "health": "up", "active": 12},
+                              {"server": "web2", "health": "down", "active": 0}]}]
+    assert virtual_server_text(rows) == "web 203.0.113.80:80: web1 up 12, web2 down 0"

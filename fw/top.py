@@ -134,10 +134,10 @@ class TopApp(App):
         self.query_one("#drops-label", Label).update(f"drops/s   {rate_text(view.drops_rate):>7}")
         self.query_one("#packets", Sparkline).data = list(model.packets_history)
         self.query_one("#drops", Sparkline).data = list(model.drops_history)
-        reasons = sorted(((r, n) for r, n in view.drops_by_reason.items() if n > 0), key=lambda item: -item[1])
-        self.query_one("#reasons", Static).update(Text(
-            "drops/s by reason: " + (", ".join(f"{r} {rate_text(n)}" for r, n in reasons) or "none"),
-            no_wrap=True, overflow="ellipsis"))
+        reasons = ", ".join(f"{reason} {rate_text(now)} (max {rate_text(peak)})"
+                            for reason, now, peak in model.reasons())
+        self.query_one("#reasons", Static).update(Text("drops/s by reason (2 min max): " + (reasons or "none"),
+                                                       no_wrap=True, overflow="ellipsis"))
         self.query_one("#fill", Static).update(self.fill_text())
         virtual = self.query_one("#virtual", Static)
         virtual.display = bool(view.virtual_servers)

@@ -88,6 +88,7 @@ class TopModel:
         self.view = View()
         self.packets_history: deque = deque([0.0] * HISTORY, maxlen=HISTORY)
         self.drops_history: deque = deque([0.0] * HISTORY, maxlen=HISTORY)
+        self.reason_history: dict[str, deque] = {}  # drop reason -> its drops/s, the last HISTORY polls
         self.sort = SORTS[0]
         self.filter_text = ""
         self.sessions: list[SessionRow] = []
@@ -172,7 +173,17 @@ class TopModel:
         if last is not None:
             self.packets_history.append(view.packets_rate)
             self.drops_history.append(view.drops_rate)
+            for reason in set(self.reason_history) | set(view.drops_by_reason):
+                history = self.reason_history.setdefault(reason, deque(maxlen=HISTORY))
+                history.append(view.drops_by_reason.get(reason, 0.0))
         self.view = view
+
+    def reasons(self) -> list[tuple[str, float, float]]:
+        """(reason, drops/s now, the most a second in the history) of the reasons that dropped
+        anything in the history: the busiest now first, then the busiest before."""
+        rows = [(reason, self.view.drops_by_reason.get(reason, 0.0), max(history))
+                for reason, history in self.reason_history.items() if max(history, default=0) > 0]
+        return sorted(rows, key=lambda row: (-row[1], -row[2], row[0]))
 
     def _update_sessions(self, now: float, answer: dict) -> None:
         rows, seen = [], {}

@@ -91,7 +91,10 @@ def test_top_shows_sorts_filters_and_kills_and_quits(lab: Lab, daemon, transfers
         assert got.returncode == 0, got.stderr
         screen = tmux.wait(lambda s: ":8080" in s and ":21 " in s and re.search(r":3\d{4}\s+TIME_WAIT.* 30\dk ", s),
                            what="both transfers, done")
-        assert "allow-web" in screen and "drops/s by reason" in screen and "table 3 of 262144" in screen
+        assert "allow-web" in screen and "table 3 of 262144" in screen
+        assert netns.curl(lab, netns.url("203.0.113.10", 9999, "/"), max_time=1).returncode == 28  # dropped
+        tmux.wait(lambda s: re.search(r"drops/s by reason \(2 min max\): default \S+ \(max [1-9]", s),
+                  what="the drop by its reason")
         assert all(len(line) <= 80 for line in screen.splitlines())
 
         tmux.keys("s", "s")  # bytes/s -> pkts/s -> bytes

@@ -65,6 +65,7 @@ def test_rates_between_two_polls(model: TopModel) -> None:
     assert view.error is None
     assert view.packets_rate == 1000.0 and view.drops_rate == 60.0
     assert view.drops_by_reason == {"default": 10.0, "flood": 50.0}
+    assert model.reasons() == [("flood", 50.0, 50.0), ("default", 10.0, 10.0)]
     assert view.rules == [("allow-web", 500.0, 1_000_000.0, 1500, 1)]
     assert view.overload["blocked"] == 1 and view.sessions_limit == 1000
     assert list(model.packets_history)[-1] == 1000.0

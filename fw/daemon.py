@@ -28,7 +28,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from fw.drivers import iptables
-from fw.drivers.control import ControlError, ControlServer, SessionFilter, chunked, error_answer, session_view
+from fw.drivers.control import (
+    ControlError,
+    ControlServer,
+    SessionFilter,
+    chunked,
+    error_answer,
+    select_sessions,
+    session_view,
+)
 from fw.drivers.effects import Effects, RawSender
 from fw.drivers.eve import EveLog
 from fw.drivers.nfqueue import PacketHandler, Queue, QueueOptions, read_queue_counters, summarize
@@ -137,6 +145,7 @@ class Daemon:
         self.rules: iptables.Installation | None = None
         self.effects: Effects | None = None
         self.handler: PacketHandler | None = None
+        self.feed = None  # fw.feed.EventFeed once attached: `fw events`, `fw top`
         self._baseline: dict[int, Counter] = {}  # kernel queue counters at start or at --zero
         self._stop = False
         self._reload = False
@@ -323,7 +332,9 @@ class Daemon:
         if command == "stats":
             return {"ok": True, "stats": self.stats(zero=bool(request.get("zero")))}
         if command == "sessions":
-            return self.sessions()
+            return self.sessions(request)
+        if command == "events":
+            return self.events(request)
         if command == "kill":
             try:
                 selected = SessionFilter(request.get("filter") or {})
@@ -334,15 +345,35 @@ class Daemon:
             return self.reload(request.get("path"))
         return error_answer(f"unknown command {command!r}", 2)
 
-    def sessions(self):
-        """The session table as a JSON document, built a few hundred sessions per loop turn."""
+    def sessions(self, request: dict | None = None):
+        """The session table (filtered, sorted, limited as asked) as a JSON document, built a few
+        hundred sessions per loop turn."""
         from fw.events import flow_id  # noqa: PLC0415
 
+        request = request or {}
         now, snapshot = time.monotonic(), list(self.engine.sessions)
-        head = {"ok": True, "version": 1, "count": len(snapshot)}
+        if request.get("filter") or request.get("sort") or request.get("limit") is not None:
+            try:
+                snapshot = select_sessions(snapshot, request.get("filter"), request.get("sort"), request.get("limit"))
+            except ValueError as exc:
+                yield json.dumps(error_answer(f"bad request: {exc}", 2)) + "\n"
+                return
+        head = {"ok": True, "version": 1, "count": len(snapshot), "total": len(self.engine.sessions)}
         yield json.dumps(head)[:-1] + ', "sessions": ['
         yield from chunked(snapshot, lambda s: session_view(s, now, flow_id))
         yield "]}\n"
+
+    def events(self, request: dict):
+        """`fw events`: the feed's recent events, and with `follow` the new ones as they come."""
+        from fw.feed import parse_request  # noqa: PLC0415
+
+        if self.feed is None:
+            return error_answer("this daemon keeps no event feed", 1)
+        try:
+            follow, types, since = parse_request(request)
+        except ValueError as exc:
+            return error_answer(f"bad request: {exc}", 2)
+        return self.feed.stream(follow, types, since)
 
     def kill(self, selected: SessionFilter) -> int:
         now, killed = time.monotonic(), 0
@@ -350,6 +381,8 @@ class Daemon:
             if selected.all or selected(session):
                 self.engine.kill(session, now)
                 killed += 1
+                if self.feed is not None:
+                    self.feed.closed(session, "killed")
         if killed:
             log.info("killed %d sessions on request", killed)
         return killed

@@ -43,7 +43,7 @@ from collections import Counter
 
 from fw.daemon import DaemonConfig, DaemonError, Loop
 from fw.drivers import iptables
-from fw.drivers.control import ControlError, ControlServer, SessionFilter, call, error_answer
+from fw.drivers.control import VIEW_SORT_KEYS, ControlError, ControlServer, SessionFilter, call, error_answer
 from fw.drivers.nfqueue import NF_QUEUE, verdict_message
 
 log = logging.getLogger("fw.workers")
@@ -363,7 +363,10 @@ class Supervisor:
         if command == "stats":
             return {"ok": True, "stats": self.stats(bool(request.get("zero")))}
         if command == "sessions":
-            return self.sessions()
+            return self.sessions(request)
+        if command == "events":
+            return error_answer("fw events does not work with fw run --queues yet: each worker keeps its own "
+                                "sessions; use `fw run --log` for the events of every worker", 1)
         if command == "kill":
             try:
                 SessionFilter(request.get("filter") or {})
@@ -406,13 +409,22 @@ class Supervisor:
                            "reloads": self.counters["reloads"], "reload_failures": self.counters["reload_failures"]},
                 "workers": rows}
 
-    def sessions(self) -> dict:
-        answers = self.ask_all({"command": "sessions"})
+    def sessions(self, request: dict | None = None) -> dict:
+        """Every worker's sessions (each filtered, sorted and limited as asked), merged, sorted, limited."""
+        asked = {key: value for key, value in (request or {}).items() if key in ("filter", "sort", "limit")}
+        answers = self.ask_all({"command": "sessions", **asked})
+        for answer in answers.values():
+            if not answer.get("ok"):
+                return answer
         sessions = []
         for queue, answer in sorted(answers.items()):
             for session in answer.get("sessions", ()):
                 session["queue"] = queue
                 sessions.append(session)
+        if asked.get("sort"):
+            sessions.sort(key=VIEW_SORT_KEYS[asked["sort"]])
+        if asked.get("limit") is not None:
+            sessions = sessions[:asked["limit"]]
         return {"ok": True, "version": 1, "count": len(sessions), "sessions": sessions}
 
     def reload(self, path: str | None = None) -> dict:

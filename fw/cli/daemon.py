@@ -1,4 +1,4 @@
-"""`fw run`, `fw sessions`, `fw stats`, `fw reload`, `fw cleanup`: the daemon and its operator commands.
+"""`fw run`, `fw stats`, `fw reload`, `fw cleanup`: the daemon and its operator commands.
 
 `fw run` builds the engine and hands it to fw.daemon.Daemon; the other commands are clients of the
 control socket of the daemon in their network namespace (fw.drivers.control), except `fw cleanup`,
@@ -15,24 +15,11 @@ import sys
 
 import click
 
-from fw.drivers.control import ControlError, call, daemon_running, parse_filter
+from fw.cli.common import Failure
+from fw.cli.common import ask as _ask
+from fw.cli.sessions import sessions_group
 
 HOOK_NAMES = ("forward", "input", "output")
-
-
-class Failure(click.ClickException):
-    """One line on stderr and SPEC's exit status (1 runtime failure, 2 bad usage)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _ask(request: dict) -> dict:
-    try:
-        return call(request)
-    except ControlError as error:
-        raise Failure(str(error), error.exit_code) from None
 
 
 def _queues(queue: int | None, queues: str | None) -> tuple[int, int]:
@@ -120,8 +107,11 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         raise Failure(str(error), error.exit_code) from None
     try:
         if isinstance(daemon, Daemon):
+            from fw.feed import attach_feed
+
             attach_offload(daemon)
             records.attach(daemon)
+            attach_feed(daemon)
     except OSError as error:
         daemon.close()
         raise Failure(f"--metrics {metrics_listen}: {error.strerror or error}") from None
@@ -192,67 +182,6 @@ def _policy_source(policy_path: str | None, db: str | None):
     return store, policy, store.label, policy_loader(store)
 
 
-@click.group("sessions", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="The sessions as one JSON object.")
-@click.pass_context
-def sessions_group(ctx, as_json: bool) -> None:
-    """List the daemon's sessions, as `conntrack -L` does.
-
-    Example: fw sessions --json
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    answer = _ask({"command": "sessions"})
-    if as_json:
-        answer.pop("ok", None)
-        click.echo(json.dumps(answer, indent=1))
-        return
-    for session in answer["sessions"]:
-        click.echo(session_line(session))
-    click.echo(f"fw sessions: {answer['count']} sessions have been shown.", err=True)
-
-
-def _tuple_text(direction: dict) -> str:
-    words = [f"src={direction['src']}", f"dst={direction['dst']}"]
-    words += [f"{key}={direction[key]}" for key in ("sport", "dport", "id") if key in direction]
-    words += [f"packets={direction['packets']}", f"bytes={direction['bytes']}"]
-    return " ".join(words)
-
-
-def session_line(session: dict) -> str:
-    """`tcp 6 7439 ESTABLISHED src=.. dst=.. sport=.. dport=.. packets=.. bytes=.. src=.. [ASSURED]`."""
-    number = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}.get(session["proto"], session["proto"])
-    words = [f"{session['proto']:<8} {number:<3} {session['timeout']} {session['state']}",
-             _tuple_text(session["original"]), _tuple_text(session["reply"])]
-    if "ASSURED" in session["flags"]:
-        words.append("[ASSURED]")
-    words += [f"[{flag}]" for flag in session["flags"] if flag not in ("ASSURED", "SEEN_REPLY")]
-    words.append(f"rule={session['rule'] or '-'}")
-    if session.get("alg"):
-        words.append(f"alg={session['alg']}")
-    if session.get("owner"):
-        words.append(f"owner={session['owner']}")
-    return " ".join(words)
-
-
-@sessions_group.command("kill")
-@click.argument("terms", nargs=-1, metavar="FILTER...")
-def kill_command(terms) -> None:
-    """Remove the sessions that match FILTER (KEY=VALUE words, all must match; `all` for every one).
-
-    Keys: proto, src, dst (the original direction's addresses, or CIDRs), addr (either end), sport,
-    dport, port (either end), rule (the rule that opened it).
-
-    Example: fw sessions kill src=198.51.100.0/24 dport=80
-    """
-    try:
-        spec = parse_filter(terms)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    answer = _ask({"command": "kill", "filter": spec})
-    click.echo(f"{answer['killed']} sessions killed")
-
-
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="The counters as one JSON object.")
 @click.option("--zero", is_flag=True, help="Zero the counters after reading them.")
@@ -298,6 +227,8 @@ def reload_command(path: str | None) -> None:
 
     Example: fw reload policies/lab.yaml
     """
+    from fw.drivers.control import ControlError, call
+
     try:
         answer = call({"command": "reload", "path": os.path.abspath(path) if path else None})
     except ControlError as error:
@@ -317,6 +248,7 @@ def cleanup_command() -> None:
 
     Example: fw cleanup
     """
+    from fw.drivers.control import daemon_running
     from fw.drivers.iptables import IptablesError, cleanup
 
     if os.geteuid() != 0:

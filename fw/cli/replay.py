@@ -9,8 +9,6 @@ import sys
 import click
 
 from fw.cli.common import load_policy_or_exit
-from fw.drivers.replay import ReplayError, replay
-from fw.engine import Engine, EngineConfig
 
 PROGRESS_BAR_BYTES = 8 << 20  # show a progress bar for captures larger than this, on a terminal
 
@@ -28,6 +26,9 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
 
     Example: fw replay capture.pcap --policy policies/lab.yaml --json
     """
+    from fw.drivers.replay import ReplayError, replay
+    from fw.engine import Engine, EngineConfig
+
     if not os.path.isfile(pcap):
         raise click.ClickException(f"{pcap}: no such file")
     engine = Engine(load_policy_or_exit(policy_path), EngineConfig(events=False))
@@ -54,6 +55,7 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
                         f"{row['index']:>6}  {row['verdict']:7}  {row['reason']:22}  "
                         f"{row['state'] or '-':12}  {row['flow'] or '-'}\n"
                     )
+            bar.update(max(0, getattr(bar, "length", 0) - getattr(bar, "pos", 0)))  # the file's headers: 100%
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
     click.echo(summary_text(engine), err=True)

@@ -60,8 +60,11 @@ class Effects:
         self.counters: Counter = Counter()
         self.last_error: str | None = None
         self.event_sinks: list = []  # more places events go (the store's writer): sink(event)
+        self.effect_sinks: list = []  # told of every tuple of effects first (fw.feed): sink(effects)
 
     def __call__(self, effects) -> None:
+        for sink in self.effect_sinks:
+            sink(effects)
         for effect in effects:
             kind = type(effect)
             if kind is LogEvent:

@@ -1,0 +1,150 @@
+"""The forwarding link's sockets: a non-blocking UDP receiver for the daemon's poll loop, a sender.
+
+How it works. `Receiver` binds one UDP socket (the node's `--forward-listen` address), marked with
+SO_MARK before it binds so that its traffic through hooked INPUT/OUTPUT chains is never queued to
+ourselves, non-blocking: the loop polls `fileno()` and calls `receive()`, which reads what is
+waiting (up to a batch, so one peer cannot starve the queue) and passes each datagram through the
+Gate; it returns the admitted ones and counts the rest. `Sender.send()` seals a packet
+(wire.Sealer) and sends it without waiting: a full socket buffer or an unreachable peer is counted
+and the packet is given up (the caller then decides it locally or drops it). A sender may share
+the receiver's socket, so that its datagrams leave from the published listen address.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections import Counter
+
+from fw.sync.forwarding.gate import Gate, Refused
+from fw.sync.forwarding.wire import Datagram, Sealer
+
+SO_MARK = getattr(socket, "SO_MARK", 36)
+BUFFER = 4 << 20  # socket buffer asked for (the kernel caps it at net.core.[rw]mem_max)
+BATCH = 256  # datagrams read per receive() call at most
+DATAGRAM_MAX = 65535
+DEFAULT_PORT = 6380
+
+
+def udp_socket(family: int, mark: int = 0) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if mark:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """ "192.0.2.1:6380", "[2001:db8::1]:6380", or an address alone -> (address, port); ValueError."""
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text}: expected [ADDRESS]:PORT")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text}: the port is not 1 to 65535")
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        raise ValueError(f"{text}: {host!r} is not an IP address") from None
+    return host, int(port)
+
+
+class Receiver:
+    """The listening socket and its gate; `receive()` when `fileno()` is readable."""
+
+    def __init__(self, gate: Gate, address: tuple[str, int], mark: int = 0, buffer: int = BUFFER):
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.sock = udp_socket(family, mark)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            self.sock.bind(address)
+        except OSError:
+            self.sock.close()
+            raise
+        self.gate = gate
+        self.counters: Counter = Counter()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self, batch: int = BATCH, wall=time.time, mono=time.monotonic) -> list[tuple[Datagram, tuple]]:
+        """The admitted datagrams waiting on the socket (with their source addresses), at most `batch`."""
+        admitted, now_wall, now_mono = [], wall(), mono()
+        for _ in range(batch):
+            try:
+                raw, source = self.sock.recvfrom(DATAGRAM_MAX)
+            except BlockingIOError:
+                break
+            except OSError as error:  # ICMP errors of our own sends surface here (ECONNREFUSED)
+                self.counters["errors:" + (errno.errorcode.get(error.errno) or "unknown")] += 1
+                continue
+            self.counters["datagrams"] += 1
+            try:
+                admitted.append((self.gate.admit(raw, now_wall, now_mono), source))
+            except Refused:
+                continue  # counted by the gate
+        return admitted
+
+    def stats(self) -> dict:
+        return {**self.gate.stats(), **dict(self.counters)}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Sender:
+    """Seals and sends packets to peers without waiting; counts what went and what did not."""
+
+    def __init__(self, sealer: Sealer, mark: int = 0, sock: socket.socket | None = None,
+                 clock=time.time):  # fmt: skip
+        self.sealer = sealer
+        self.mark = mark
+        self.clock = clock
+        self.shared = sock
+        self.own: dict[int, socket.socket] = {}
+        self.counters: Counter = Counter()
+
+    def _socket_for(self, address: tuple[str, int]) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        if self.shared is not None and self.shared.family == family:
+            return self.shared
+        sock = self.own.get(family)
+        if sock is None:
+            sock = self.own[family] = udp_socket(family, self.mark)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+        return sock
+
+    def send(self, address: tuple[str, int], packet: bytes, hook: int, iif: str | None, oif: str | None,
+             mark: int = 0, segment: bool = False) -> bool:
+        """Send one packet to the peer at `address`; False (counted) if it could not go now."""
+        datagram = self.sealer.seal(packet, self.clock(), hook, iif, oif, mark, segment)
+        try:
+            self._socket_for(address).sendto(datagram, address)
+        except OSError as error:  # EAGAIN/ENOBUFS (buffer full), ECONNREFUSED, EHOSTUNREACH, EMSGSIZE...
+            self.counters["failed:" + (errno.errorcode.get(error.errno) or "unknown")] += 1
+            return False
+        self.counters["sent"] += 1
+        self.counters["bytes"] += len(packet)
+        return True
+
+    def stats(self) -> dict:
+        return dict(self.counters)
+
+    def close(self) -> None:
+        for sock in self.own.values():
+            sock.close()
+        self.own.clear()

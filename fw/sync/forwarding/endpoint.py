@@ -21,7 +21,8 @@ from fw.sync.forwarding.gate import Gate, Refused
 from fw.sync.forwarding.wire import Datagram, Sealer
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
-BUFFER = 4 << 20  # socket buffer asked for (the kernel caps it at net.core.[rw]mem_max)
+SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32  # Linux's numbers (not in the socket module)
+BUFFER = 4 << 20  # socket buffer asked for (the kernel doubles it for its bookkeeping)
 BATCH = 256  # datagrams read per receive() call at most
 DATAGRAM_MAX = 65535
 DEFAULT_PORT = 6380
@@ -37,6 +38,15 @@ def udp_socket(family: int, mark: int = 0) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _buffer(sock: socket.socket, option: int, size: int) -> None:
+    """A socket buffer of `size` bytes: forced past net.core.[rw]mem_max where we may (root)."""
+    forced = {socket.SO_RCVBUF: SO_RCVBUFFORCE, socket.SO_SNDBUF: SO_SNDBUFFORCE}[option]
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, forced, size)
+    except OSError:  # not CAP_NET_ADMIN: capped by the sysctl
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -66,7 +76,7 @@ class Receiver:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.sock = udp_socket(family, mark)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            _buffer(self.sock, socket.SO_RCVBUF, buffer)
             self.sock.bind(address)
         except OSError:
             self.sock.close()
@@ -125,7 +135,7 @@ class Sender:
         sock = self.own.get(family)
         if sock is None:
             sock = self.own[family] = udp_socket(family, self.mark)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+            _buffer(sock, socket.SO_SNDBUF, BUFFER)
         return sock
 
     def send(self, address: tuple[str, int], packet: bytes, hook: int, iif: str | None, oif: str | None,

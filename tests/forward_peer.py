@@ -1,0 +1,121 @@
+"""A forwarding peer for lab tests, run inside a namespace (`python tests/forward_peer.py receive ...`).
+
+`receive` listens like a node's --forward-listen (fw.sync.forwarding.endpoint.Receiver and its Gate)
+until it has seen `--datagrams` datagrams or `--lifetime` seconds passed, then prints one JSON line:
+admitted count, sha256 of the admitted packets in arrival order, sources, refusals by reason.
+`send` sends a scenario from node `--node`: `--count` genuine packets of `--size` bytes, then
+(`--attacks`) a forged one, replays of the first three, an oversized one, one from an unknown node
+and a malformed one; prints the sha256 of the genuine packets. Both take the cluster's sync key in
+hex (`--key`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import select
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fw.packet import build  # noqa: E402
+from fw.sync.forwarding.endpoint import SO_MARK, Receiver, Sender, parse_address  # noqa: E402
+from fw.sync.forwarding.gate import Gate, Limits  # noqa: E402
+from fw.sync.forwarding.wire import HOOKS, Sealer, forwarding_key  # noqa: E402
+
+ATTACKS = 7  # datagrams `send --attacks` adds after the genuine ones
+
+
+def packet(index: int, size: int) -> bytes:
+    payload = bytes((index + i) & 0xFF for i in range(max(0, size - 40)))
+    return build.tcp("198.51.100.10", "203.0.113.10", 40000, 80, 1 + index * len(payload), 1, 0x18, 502, b"", payload)
+
+
+def receive(args) -> dict:
+    key = forwarding_key(bytes.fromhex(args.key), args.cluster)
+    limits = Limits(packets_per_second=args.rate, burst_seconds=args.burst)
+    receiver = Receiver(Gate(key, args.node, set(args.peers).__contains__, limits), parse_address(args.listen),
+                        mark=args.mark)  # fmt: skip
+    digest, sources, admitted, deadline = hashlib.sha256(), set(), 0, time.monotonic() + args.lifetime
+    print("listening", flush=True, file=sys.stderr)
+    while receiver.counters["datagrams"] < args.datagrams and time.monotonic() < deadline:
+        readable, _, _ = select.select([receiver], [], [], 0.2)
+        if readable:
+            for datagram, source in receiver.receive():
+                digest.update(datagram.packet)
+                sources.add(source[0])
+                admitted += 1
+    stats = receiver.stats()
+    receiver.close()
+    return {"admitted": admitted, "sha256": digest.hexdigest(), "sources": sorted(sources),
+            "datagrams": stats["datagrams"], "refused": stats["refused"]}
+
+
+def send(args) -> dict:
+    sync_key = bytes.fromhex(args.key)
+    key, target = forwarding_key(sync_key, args.cluster), parse_address(args.to)
+    sealer = Sealer(key, args.node, int(time.time() * 1e6))
+    kept: list[bytes] = []  # the first datagrams as they went, to replay them
+    seal = sealer.seal
+    sealer.seal = lambda *a, **k: _kept(kept, seal(*a, **k))
+    sender = Sender(sealer, mark=args.mark)
+    digest, sent = hashlib.sha256(), 0
+    for index in range(args.count):
+        data = packet(index, args.size)
+        while not sender.send(target, data, HOOKS["FORWARD"], "lan", "wan"):
+            time.sleep(0.001)  # the socket buffer is full: the receiver catches up
+        digest.update(data)
+        sent += 1
+    if args.attacks:
+        _attack(args, sync_key, key, target, kept)
+    sender.close()
+    return {"sent": sent, "sha256": digest.hexdigest(), "stats": sender.stats()}
+
+
+def _kept(kept: list[bytes], blob: bytes) -> bytes:
+    if len(kept) < 3:
+        kept.append(blob)
+    return blob
+
+
+def _attack(args, sync_key: bytes, key: bytes, target: tuple[str, int], kept: list[bytes]) -> None:
+    """A forged datagram, three replays, an oversized one, one from an unknown node, a malformed one."""
+    now, high = time.time(), 10**17
+    attacks = [Sealer(forwarding_key(sync_key, "another-cluster"), args.node, high).seal(packet(0, 100), now),
+               *kept, Sealer(key, args.node, high).seal(packet(0, 12000), now),
+               Sealer(key, "intruder", high).seal(packet(0, 100), now), b"FW" + bytes(80)]  # fmt: skip
+    assert len(attacks) == ATTACKS
+    with socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        if args.mark:
+            raw.setsockopt(socket.SOL_SOCKET, SO_MARK, args.mark)
+        for blob in attacks:
+            raw.sendto(blob, target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=("receive", "send"))
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--cluster", default="lab")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--mark", type=lambda text: int(text, 0), default=0)
+    parser.add_argument("--listen")
+    parser.add_argument("--peers", nargs="*", default=[])
+    parser.add_argument("--datagrams", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=20000.0)
+    parser.add_argument("--burst", type=float, default=0.2)
+    parser.add_argument("--lifetime", type=float, default=20.0)
+    parser.add_argument("--to")
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--size", type=int, default=1400)
+    parser.add_argument("--attacks", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(receive(args) if args.mode == "receive" else send(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fw.sync.codec import NAME
 
@@ -55,6 +56,8 @@ HEADER = struct.Struct("!2sBBQQBBBBI")
 HEADER_MAX = HEADER.size + 64 + 2 * IFNAME_MAX
 OVERHEAD_MAX = HEADER_MAX + TAG_SIZE  # bytes a datagram adds to the packet, at most
 KEY_LABEL = b"fw forwarding 1\0"
+NODE_BYTES = re.compile(NAME.pattern.encode())
+IFNAME_BYTES = re.compile(rb"[!-.0-~]{1,15}")  # printable ASCII but space and slash
 
 
 class Malformed(ValueError):
@@ -66,8 +69,7 @@ def forwarding_key(sync_key: bytes, cluster: str) -> bytes:
     return hmac.new(sync_key, KEY_LABEL + cluster.encode(), hashlib.sha256).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Datagram:
+class Datagram(NamedTuple):
     """A datagram's fields as read (`parse`), not yet authenticated."""
 
     flags: int
@@ -85,16 +87,6 @@ class Datagram:
         return bool(self.flags & SEGMENT)
 
 
-def _name(raw: bytes, what: str) -> str:
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise Malformed(f"{what} is not ASCII") from None
-    if not text.isprintable() or " " in text or "/" in text:
-        raise Malformed(f"{what} {text!r} is not an interface name")
-    return text
-
-
 def parse(raw: bytes) -> Datagram:
     """The fields of a datagram; Malformed if it does not follow the format (tag not checked)."""
     if len(raw) < HEADER.size + TAG_SIZE:
@@ -104,26 +96,20 @@ def parse(raw: bytes) -> Datagram:
         raise Malformed("not a forwarded packet (magic)")
     if version != VERSION:
         raise Malformed(f"format version {version}, we speak {VERSION}")
-    if not flags & FORWARDED or flags & ~KNOWN_FLAGS:
-        raise Malformed(f"flags 0x{flags:02x}")
-    if hook > HOOKS["POSTROUTING"] and hook != UNKNOWN_HOOK:
-        raise Malformed(f"hook {hook}")
-    if not 1 <= n <= 64 or i > IFNAME_MAX or o > IFNAME_MAX:
-        raise Malformed("a name's length is out of range")
-    start = HEADER.size + n + i + o
-    end = len(raw) - TAG_SIZE
-    if start >= end:
-        raise Malformed("no packet")
-    node = raw[HEADER.size:HEADER.size + n].decode("ascii", "replace")
-    if not NAME.fullmatch(node):
+    if not flags & FORWARDED or flags & ~KNOWN_FLAGS or (hook > HOOKS["POSTROUTING"] and hook != UNKNOWN_HOOK):
+        raise Malformed(f"flags 0x{flags:02x}, hook {hook}")
+    at, start = HEADER.size + n, HEADER.size + n + i + o
+    if not 1 <= n <= 64 or i > IFNAME_MAX or o > IFNAME_MAX or start >= len(raw) - TAG_SIZE:
+        raise Malformed("a name's length is out of range, or no packet")
+    if NODE_BYTES.fullmatch(raw, HEADER.size, at) is None:
         raise Malformed("the node id is not a node name")
-    at = HEADER.size + n
-    iif = _name(raw[at:at + i], "iif") if i else None
-    oif = _name(raw[at + i:start], "oif") if o else None
-    packet = raw[start:end]
-    if packet[0] >> 4 not in (4, 6):
-        raise Malformed(f"IP version {packet[0] >> 4}")
-    return Datagram(flags, seq, ts_ms, hook, node, iif, oif, mark, packet)
+    bad_iif = i and IFNAME_BYTES.fullmatch(raw, at, at + i) is None
+    if bad_iif or (o and IFNAME_BYTES.fullmatch(raw, at + i, start) is None):
+        raise Malformed("an interface name is not one")
+    if raw[start] >> 4 not in (4, 6):
+        raise Malformed(f"IP version {raw[start] >> 4}")
+    return Datagram(flags, seq, ts_ms, hook, raw[HEADER.size:at].decode(), raw[at:at + i].decode() if i else None,
+                    raw[at + i:start].decode() if o else None, mark, raw[start:-TAG_SIZE])  # fmt: skip
 
 
 def keyed(key: bytes):
@@ -147,20 +133,28 @@ class Sealer:
         self.node = node.encode("ascii")
         self.seq = first_seq
         self._mac = keyed(key)
+        self._names: dict[tuple, tuple[int, int, bytes]] = {}  # (iif, oif) -> lengths, node+iif+oif bytes
+
+    def _encoded(self, iif: str | None, oif: str | None) -> tuple[int, int, bytes]:
+        iif_raw, oif_raw = (iif or "").encode("ascii"), (oif or "").encode("ascii")
+        for raw in (iif_raw, oif_raw):
+            if raw and IFNAME_BYTES.fullmatch(raw) is None:
+                raise ValueError(f"{raw!r} is not an interface name (at most 15 characters)")
+        if len(self._names) > 1024:
+            self._names.clear()
+        names = self._names[iif, oif] = (len(iif_raw), len(oif_raw), self.node + iif_raw + oif_raw)
+        return names
 
     def seal(self, packet: bytes, now_wall: float, hook: int = UNKNOWN_HOOK, iif: str | None = None,
              oif: str | None = None, mark: int = 0, segment: bool = False) -> bytes:
         """One datagram carrying `packet`; ValueError for names or numbers the format cannot carry."""
-        iif_raw, oif_raw = (iif or "").encode("ascii"), (oif or "").encode("ascii")
-        if len(iif_raw) > IFNAME_MAX or len(oif_raw) > IFNAME_MAX:
-            raise ValueError("an interface name has at most 15 characters")
+        names = self._names.get((iif, oif)) or self._encoded(iif, oif)
         if not packet or packet[0] >> 4 not in (4, 6):
             raise ValueError("not an IPv4 or IPv6 packet")
         self.seq += 1
-        flags = FORWARDED | (SEGMENT if segment else 0)
-        head = HEADER.pack(MAGIC, VERSION, flags, self.seq, int(now_wall * 1000), hook, len(self.node),
-                           len(iif_raw), len(oif_raw), mark)  # fmt: skip
-        body = b"".join((head, self.node, iif_raw, oif_raw, packet))
+        head = HEADER.pack(MAGIC, VERSION, FORWARDED | (SEGMENT if segment else 0), self.seq, int(now_wall * 1000),
+                           hook, len(self.node), names[0], names[1], mark)  # fmt: skip
+        body = b"".join((head, names[2], packet))
         mac = self._mac.copy()
         mac.update(body)
         return body + mac.digest()

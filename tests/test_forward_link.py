@@ -14,6 +14,7 @@ import time
 import pytest
 
 from fw.lab import Lab
+from fw.packet import build, parse
 from fw.sync.forwarding.endpoint import SO_MARK, Receiver, Sender, parse_address
 from fw.sync.forwarding.gate import Gate, Limits
 from fw.sync.forwarding.wire import HOOKS, Sealer, forwarding_key
@@ -215,3 +216,38 @@ def test_between_namespaces_a_peer_cannot_flood_through_the_link(lab: Lab):
     assert got["datagrams"] == count
     assert 100 <= got["admitted"] <= 100 + 200 * elapsed  # the burst (0.5 s of 200/s), then 200 a second
     assert got["refused"]["rate"] == count - got["admitted"]
+
+
+def test_a_gso_packet_is_split_to_fit_the_link_and_arrives_as_segments():
+    payload = bytes(range(256)) * 250  # 64,000 bytes: a GSO super-packet as NFQUEUE hands it up
+    big = build.tcp("198.51.100.10", "203.0.113.10", 40000, 80, 5000, 1, 0x19, 502, b"", payload)
+    rx, tx = receiver(), sender(mtu=1500)
+    try:
+        sent = tx.forward(rx.address, big, HOOKS["FORWARD"], "lan", "wan")
+        admitted = drain(rx, sent)
+        assert sent == len(admitted) == tx.stats()["sent"] > 40 and tx.stats()["segmented"] == 1
+        assert all(d.segment and len(d.packet) + 28 + 150 <= 1500 for d, _ in admitted)  # no IP fragments on the link
+        segments = [parse(d.packet) for d, _ in admitted]
+        assert b"".join(bytes(p.payload) for p in segments) == payload
+        assert segments[0].seq == 5000 and segments[-1].flags & 0x01 and not segments[0].flags & 0x01
+        small = packets(1)[0]
+        assert tx.forward(rx.address, small, HOOKS["FORWARD"], "lan", "wan") == 1
+        [(datagram, _)] = drain(rx, sent + 1)
+        assert datagram.packet == small and not datagram.segment
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_a_large_packet_that_cannot_be_split_goes_whole_or_not_at_all():
+    rx, tx = receiver(), sender(mtu=1500)
+    try:
+        udp = build.udp("198.51.100.10", "203.0.113.10", 5000, 53, b"u" * 4000)  # IP-fragmented on the link
+        assert tx.forward(rx.address, udp, HOOKS["FORWARD"], "lan", "wan") == 1
+        assert [d.packet for d, _ in drain(rx, 1)] == [udp]
+        huge = build.udp("198.51.100.10", "203.0.113.10", 5000, 53, b"u" * 20000)
+        assert tx.forward(rx.address, huge, HOOKS["FORWARD"], "lan", "wan") == 0
+        assert tx.stats()["too-large"] == 1 and tx.stats()["sent"] == 1
+    finally:
+        rx.close()
+        tx.close()

@@ -6,8 +6,10 @@ ourselves, non-blocking: the loop polls `fileno()` and calls `receive()`, which 
 waiting (up to a batch, so one peer cannot starve the queue) and passes each datagram through the
 Gate; it returns the admitted ones and counts the rest. `Sender.send()` seals a packet
 (wire.Sealer) and sends it without waiting: a full socket buffer or an unreachable peer is counted
-and the packet is given up (the caller then decides it locally or drops it). A sender may share
-the receiver's socket, so that its datagrams leave from the published listen address.
+and the packet is given up (the caller then decides it locally or drops it). `Sender.forward()` first
+splits a TCP packet that would not fit the sync link's MTU in one datagram (GSO super-packets,
+fw.packet.gso) and sends each segment flagged SEGMENT. A sender may share the receiver's socket,
+so that its datagrams leave from the published listen address.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import socket
 import time
 from collections import Counter
 
-from fw.sync.forwarding.gate import Gate, Refused
-from fw.sync.forwarding.wire import Datagram, Sealer
+from fw.packet import gso
+from fw.sync.forwarding.gate import MAX_PACKET, Gate, Refused
+from fw.sync.forwarding.wire import OVERHEAD_MAX, Datagram, Sealer
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32  # Linux's numbers (not in the socket module)
@@ -119,9 +122,12 @@ class Receiver:
 class Sender:
     """Seals and sends packets to peers without waiting; counts what went and what did not."""
 
-    def __init__(self, sealer: Sealer, mark: int = 0, sock: socket.socket | None = None,
-                 clock=time.time):  # fmt: skip
+    def __init__(self, sealer: Sealer, mark: int = 0, sock: socket.socket | None = None, mtu: int = 1500,
+                 max_packet: int = MAX_PACKET, clock=time.time):  # fmt: skip
+        """`mtu`: the sync link's; `max_packet`: the largest packet the peers' gates take."""
         self.sealer = sealer
+        self.mtu = mtu
+        self.max_packet = max_packet
         self.mark = mark
         self.clock = clock
         self.shared = sock
@@ -150,6 +156,27 @@ class Sender:
         self.counters["sent"] += 1
         self.counters["bytes"] += len(packet)
         return True
+
+    def forward(self, address: tuple[str, int], packet: bytes, hook: int, iif: str | None, oif: str | None,
+                mark: int = 0) -> int:
+        """Send a packet as it came from the queue: a TCP packet too large for the link's MTU (GSO) is
+        split first, each segment in its own datagram. The number of datagrams sent; 0 if none
+        could go (a packet too large that cannot be split is counted `too-large`)."""
+        room = self.mtu - (48 if ":" in address[0] else 28) - OVERHEAD_MAX
+        if len(packet) <= room:
+            return int(self.send(address, packet, hook, iif, oif, mark))
+        try:
+            segments = gso.segment(packet, room - gso.header_room(packet))
+        except ValueError:  # not TCP, or cut: as it is if the receiver takes it (IP fragments on the link)
+            if len(packet) > self.max_packet:
+                self.counters["too-large"] += 1
+                return 0
+            return int(self.send(address, packet, hook, iif, oif, mark))
+        self.counters["segmented"] += 1
+        sent = 0
+        for piece in segments:
+            sent += self.send(address, piece, hook, iif, oif, mark, segment=True)
+        return sent
 
     def stats(self) -> dict:
         return dict(self.counters)

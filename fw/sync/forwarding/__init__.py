@@ -6,7 +6,8 @@ How it is cut:
 - `gate`: what the receiving side accepts: size, format, known sender, RFC 4303 replay window,
   HMAC tag, age, per-sender token buckets; each refusal counted by reason (pure);
 - `endpoint`: the non-blocking UDP sockets (SO_MARK) for the daemon's poll loop: Receiver, Sender;
-- `directory`: each node's listen address, published in Redis and read by its peers.
+- `directory`: each node's listen address, published in Redis and read by its peers;
+- `owner`: where a packet is decided (here or at its owner) and whose claim to a session wins.
 GSO super-packets are split before they go by fw.packet.gso.
 """
 

@@ -1,5 +1,8 @@
 """A forwarding peer for lab tests, run inside a namespace (`python tests/forward_peer.py receive ...`).
 
+`own` is the owner's side (without the daemon): it receives like `receive`, runs each admitted
+packet through an engine with `--policy` and the datagram's interfaces, and sends what the engine
+accepts on out of a raw socket, one hop later (fw.packet.ttl); it prints the decisions it made.
 `receive` listens like a node's --forward-listen (fw.sync.forwarding.endpoint.Receiver and its Gate)
 until it has seen `--datagrams` datagrams or `--lifetime` seconds passed, then prints one JSON line:
 admitted count, sha256 of the admitted packets in arrival order, sources, refusals by reason.
@@ -18,11 +21,16 @@ import select
 import socket
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fw.drivers.effects import RawSender  # noqa: E402
+from fw.engine import Engine, EngineConfig  # noqa: E402
 from fw.packet import build  # noqa: E402
+from fw.packet.ttl import hop  # noqa: E402
+from fw.policy import load_policy  # noqa: E402
 from fw.sync.forwarding.endpoint import SO_MARK, Receiver, Sender, parse_address  # noqa: E402
 from fw.sync.forwarding.gate import Gate, Limits  # noqa: E402
 from fw.sync.forwarding.wire import HOOKS, Sealer, forwarding_key  # noqa: E402
@@ -30,8 +38,11 @@ from fw.sync.forwarding.wire import HOOKS, Sealer, forwarding_key  # noqa: E402
 ATTACKS = 7  # datagrams `send --attacks` adds after the genuine ones
 
 
-def packet(index: int, size: int) -> bytes:
+def packet(index: int, size: int, udp: str | None = None) -> bytes:
     payload = bytes((index + i) & 0xFF for i in range(max(0, size - 40)))
+    if udp:  # "198.51.100.10:5000>203.0.113.10:9999"
+        (src, sport), (dst, dport) = (parse_address(end) for end in udp.split(">"))
+        return build.udp(src, dst, sport, dport, f"packet {index}".encode())
     return build.tcp("198.51.100.10", "203.0.113.10", 40000, 80, 1 + index * len(payload), 1, 0x18, 502, b"", payload)
 
 
@@ -55,6 +66,27 @@ def receive(args) -> dict:
             "datagrams": stats["datagrams"], "refused": stats["refused"]}
 
 
+def own(args) -> dict:
+    key = forwarding_key(bytes.fromhex(args.key), args.cluster)
+    receiver = Receiver(Gate(key, args.node, set(args.peers).__contains__), parse_address(args.listen), mark=args.mark)
+    engine, raw = Engine(load_policy(args.policy), EngineConfig(events=False)), RawSender(args.mark or 0x1)
+    decided, sent, deadline = Counter(), 0, time.monotonic() + args.lifetime
+    while receiver.counters["datagrams"] < args.datagrams and time.monotonic() < deadline:
+        if not select.select([receiver], [], [], 0.2)[0]:
+            continue
+        for datagram, _ in receiver.receive():
+            decision = engine.process(datagram.packet, time.monotonic(), datagram.iif, datagram.oif)
+            decided[f"{decision.verdict} {decision.reason}"] += 1
+            onward = hop(datagram.packet) if decision.verdict == "accept" else None
+            if onward is not None:
+                raw.send(onward[0] >> 4, onward)
+                sent += 1
+    stats = receiver.stats()
+    receiver.close()
+    raw.close()
+    return {"decided": dict(decided), "sent_on": sent, "refused": stats["refused"]}
+
+
 def send(args) -> dict:
     sync_key = bytes.fromhex(args.key)
     key, target = forwarding_key(sync_key, args.cluster), parse_address(args.to)
@@ -65,7 +97,7 @@ def send(args) -> dict:
     sender = Sender(sealer, mark=args.mark)
     digest, sent = hashlib.sha256(), 0
     for index in range(args.count):
-        data = packet(index, args.size)
+        data = packet(index, args.size, args.udp)
         while not sender.send(target, data, HOOKS["FORWARD"], "lan", "wan"):
             time.sleep(0.001)  # the socket buffer is full: the receiver catches up
         digest.update(data)
@@ -98,7 +130,7 @@ def _attack(args, sync_key: bytes, key: bytes, target: tuple[str, int], kept: li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=("receive", "send"))
+    parser.add_argument("mode", choices=("receive", "send", "own"))
     parser.add_argument("--key", required=True)
     parser.add_argument("--cluster", default="lab")
     parser.add_argument("--node", required=True)
@@ -113,8 +145,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--size", type=int, default=1400)
     parser.add_argument("--attacks", action="store_true")
+    parser.add_argument("--policy")
+    parser.add_argument("--udp", help="send UDP packets SRC:PORT>DST:PORT instead of TCP ones")
     args = parser.parse_args()
-    print(json.dumps(receive(args) if args.mode == "receive" else send(args)))
+    print(json.dumps({"receive": receive, "send": send, "own": own}[args.mode](args)))
 
 
 if __name__ == "__main__":

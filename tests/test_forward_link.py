@@ -20,6 +20,7 @@ from fw.sync.forwarding.gate import Gate, Limits
 from fw.sync.forwarding.wire import HOOKS, Sealer, forwarding_key
 from tests import forward_peer, netns
 from tests.packets import seg
+from tests.test_sync_helpers import POLICY
 
 SYNC_KEY = b"test-key-of-the-cluster-0123456789"
 KEY = forwarding_key(SYNC_KEY, "lab")
@@ -253,16 +254,6 @@ def test_a_large_packet_that_cannot_be_split_goes_whole_or_not_at_all():
         tx.close()
 
 
-OWNER_POLICY = """\
-version: 1
-defaults: {action: drop, log: false}
-sets:
-  clients: [198.51.100.0/24]
-rules:
-  - {name: allow-echo, action: accept, proto: udp, src: $clients, dport: 9999}
-"""
-
-
 @pytest.mark.netns
 @pytest.mark.root
 def test_the_owner_judges_forwarded_packets_with_its_policy_and_sends_on_what_passes(lab: Lab, tmp_path):
@@ -270,17 +261,17 @@ def test_the_owner_judges_forwarded_packets_with_its_policy_and_sends_on_what_pa
     client's namespace, runs them through its engine as if they had come in on `lan`, and sends
     the accepted ones on to the server, one hop later; the refused ones go nowhere."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(OWNER_POLICY)
-    echo = netns.udp_echo(lab, 9999, count=10)
+    policy.write_text(POLICY)  # allows UDP to port 53 from the clients
+    echo = netns.udp_echo(lab, 53, count=10)
     owner = peer(lab, "fw", "own", "--listen", "198.51.100.1:6380", "--node", "fw2", "--peers", "fw1", "--policy",
                  policy, "--datagrams", 10 + forward_peer.ATTACKS + 5)  # fmt: skip
     netns.wait_for_port(lab, "fw", 6380, "udp")
-    for port, count, attacks in ((9999, 10, ["--attacks"]), (9998, 5, [])):
+    for port, count, attacks in ((53, 10, ["--attacks"]), (54, 5, [])):
         lab.run("client", [*PEER_SCRIPT, "send", "--key", SYNC_KEY.hex(), "--node", "fw1", "--to", "198.51.100.1:6380",
                            "--count", count, "--udp", f"198.51.100.10:5000>203.0.113.10:{port}", *attacks],
                 timeout=30)  # fmt: skip
     got = owner.json(timeout=30)
-    assert got["decided"] == {"accept rule:allow-echo": 1, "accept established": 9, "drop default": 5}
+    assert got["decided"] == {"accept rule:allow-dns": 1, "accept established": 9, "drop default": 5}
     assert got["sent_on"] == 10
     assert sum(got["refused"].values()) == forward_peer.ATTACKS
     assert echo.json(timeout=20) == {"echoed": 10}  # the accepted packets reached the server

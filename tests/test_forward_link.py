@@ -17,6 +17,7 @@ from fw.lab import Lab
 from fw.packet import build, parse
 from fw.sync.forwarding.endpoint import SO_MARK, Receiver, Sender, parse_address
 from fw.sync.forwarding.gate import Gate, Limits
+from fw.sync.forwarding.report import anomaly, stats_line
 from fw.sync.forwarding.wire import HOOKS, Sealer, forwarding_key
 from tests import forward_peer, netns
 from tests.packets import seg
@@ -275,3 +276,30 @@ def test_the_owner_judges_forwarded_packets_with_its_policy_and_sends_on_what_pa
     assert got["sent_on"] == 10
     assert sum(got["refused"].values()) == forward_peer.ATTACKS
     assert echo.json(timeout=20) == {"echoed": 10}  # the accepted packets reached the server
+
+
+def test_refusals_reach_the_daemons_anomaly_events_and_the_stats_line():
+    events = []
+    rx = Receiver(Gate(KEY, "fw2", {"fw1"}.__contains__), ("127.0.0.1", 0),
+                  on_refused=lambda refusal, source: events.append(anomaly(refusal, source)))  # fmt: skip
+    tx = sender()
+    try:
+        tx.send(rx.address, packets(1)[0], HOOKS["FORWARD"], "lan", "wan")
+        forged = Sealer(forwarding_key(SYNC_KEY, "other"), "fw1", 10**17).seal(packets(1)[0], time.time())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(forged, rx.address)
+            raw.sendto(b"nonsense", rx.address)
+            source_port = raw.getsockname()[1]
+        drain(rx, 3)
+        assert events == [
+            {"type": "forward", "event": "forged", "peer": "fw1", "src_ip": "127.0.0.1", "src_port": source_port,
+             "detail": "a wrong tag"},
+            {"type": "forward", "event": "malformed", "peer": None, "src_ip": "127.0.0.1", "src_port": source_port,
+             "detail": "8 bytes, shorter than a header and a tag"},
+        ]  # fmt: skip
+        line = stats_line({"sent": tx.stats(), "received": rx.stats()})
+        assert line == ("forward: sent 1 (segmented 0, failed: none), received 1 of 3 datagrams, "
+                        "refused: malformed 1, forged 1")
+    finally:
+        rx.close()
+        tx.close()

@@ -7,7 +7,8 @@ How it is cut:
   HMAC tag, age, per-sender token buckets; each refusal counted by reason (pure);
 - `endpoint`: the non-blocking UDP sockets (SO_MARK) for the daemon's poll loop: Receiver, Sender;
 - `directory`: each node's listen address, published in Redis and read by its peers;
-- `owner`: where a packet is decided (here or at its owner) and whose claim to a session wins.
+- `owner`: where a packet is decided (here or at its owner) and whose claim to a session wins;
+- `report`: the `fw stats` line and the EVE anomaly event of a refused datagram.
 GSO super-packets are split before they go by fw.packet.gso.
 """
 

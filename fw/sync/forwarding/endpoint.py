@@ -18,6 +18,7 @@ import errno
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from fw.packet import gso
 from fw.sync.forwarding.gate import MAX_PACKET, Gate, Refused
@@ -75,7 +76,10 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
 class Receiver:
     """The listening socket and its gate; `receive()` when `fileno()` is readable."""
 
-    def __init__(self, gate: Gate, address: tuple[str, int], mark: int = 0, buffer: int = BUFFER):
+    def __init__(self, gate: Gate, address: tuple[str, int], mark: int = 0, buffer: int = BUFFER,
+                 on_refused: Callable[[Refused, tuple], None] | None = None):  # fmt: skip
+        """`on_refused(refusal, source)`: told of each refused datagram (the daemon's throttled
+        anomaly events, fw.sync.forwarding.report.anomaly)."""
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.sock = udp_socket(family, mark)
         try:
@@ -85,6 +89,7 @@ class Receiver:
             self.sock.close()
             raise
         self.gate = gate
+        self.on_refused = on_refused
         self.counters: Counter = Counter()
 
     @property
@@ -108,8 +113,9 @@ class Receiver:
             self.counters["datagrams"] += 1
             try:
                 admitted.append((self.gate.admit(raw, now_wall, now_mono), source))
-            except Refused:
-                continue  # counted by the gate
+            except Refused as refusal:  # counted by the gate
+                if self.on_refused is not None:
+                    self.on_refused(refusal, source)
         return admitted
 
     def stats(self) -> dict:

@@ -41,9 +41,11 @@ BURST_SECONDS = 0.2  # a bucket holds this many seconds of its rate
 class Refused(Exception):
     """A datagram we do not act on; `reason` is one of REASONS (the counter it went to)."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", node: str | None = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
+        self.node = node  # the sender the datagram claims, once its header could be read
 
 
 class ReplayWindow:
@@ -150,24 +152,24 @@ class Gate:
         except Malformed as error:
             raise Refused("malformed", str(error)) from None
         if len(datagram.packet) > self.limits.max_packet:
-            raise Refused("too-large", f"a packet of {len(datagram.packet)} bytes")
+            raise Refused("too-large", f"a packet of {len(datagram.packet)} bytes", datagram.node)
         if datagram.node == self.node or not self.known(datagram.node):
-            raise Refused("unknown-node", datagram.node)
+            raise Refused("unknown-node", "not a peer of ours", datagram.node)
         sender = self.senders.get(datagram.node)
         if sender is not None and sender.window.seen(datagram.seq):
-            raise Refused("replayed", f"seq {datagram.seq} from {datagram.node}")
+            raise Refused("replayed", f"seq {datagram.seq}", datagram.node)
         if not authentic(self.prepared, raw):
-            raise Refused("forged", f"claims to come from {datagram.node}")
+            raise Refused("forged", "a wrong tag", datagram.node)
         if abs(now_wall - datagram.ts_ms / 1000) > self.limits.max_age:
-            raise Refused("stale", f"{now_wall - datagram.ts_ms / 1000:.1f} s off our clock")
+            raise Refused("stale", f"{now_wall - datagram.ts_ms / 1000:.1f} s off our clock", datagram.node)
         if sender is None:  # only an authentic datagram makes room for its sender
             sender = self.senders[datagram.node] = _Sender(self.limits, now_mono)
         sender.window.mark(datagram.seq)
         if not sender.packets.take(1, now_mono):
-            raise Refused("rate", f"{datagram.node} over its packet rate")
+            raise Refused("rate", "over its packet rate", datagram.node)
         if not sender.bytes.take(len(datagram.packet), now_mono):
             sender.packets.tokens += 1  # not spent: the packet does not pass
-            raise Refused("rate", f"{datagram.node} over its byte rate")
+            raise Refused("rate", "over its byte rate", datagram.node)
         return datagram
 
     def forget(self, node: str) -> None:

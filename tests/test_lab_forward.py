@@ -13,10 +13,10 @@ import pytest
 
 from fw.sync.lab import REDIS_PORT, HaLab
 from tests import delay_proxy, forward_peer, netns
+from tests.test_lab_ha import PASSWORD, Cluster, cluster, fetches, web  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
 
-PASSWORD = "lab-redis-password"
 SYNC_KEY = b"a-shared-key-for-the-lab-cluster-0123456789"
 PEER = [sys.executable, forward_peer.__file__]
 # Round trips to Redis (RESP over a plain socket): AUTH, then N PINGs, each timed; JSON on stdout.
@@ -88,3 +88,52 @@ def test_the_delay_proxy_slows_one_nodes_redis_and_only_that_one(ha_lab):
         if proxy is not None:
             proxy.stop()
         redis.stop()
+
+
+# -- the hold alone with fw1's sync delayed: the baseline owner forwarding is to beat ----------------
+
+
+def start_through(ha: Cluster, firewall: str, url: str) -> netns.Daemon:
+    """`fw run --sync URL` on `firewall` (the cluster's key and name), stopped by the cluster."""
+    options = ["--sync", url, "--node-id", firewall, "--sync-key-file", str(ha.key), "--cluster", "lab"]
+    daemon = netns.Daemon(ha.lab.view(firewall), ha.policy, ha.tmp / f"{firewall}.log", *options)
+    ha.daemons.append(daemon)
+    daemon.wait_ready()
+    return daemon
+
+
+@pytest.mark.parametrize("delay_ms", [20, 200])
+def test_with_fw1s_sync_delayed_the_hold_shows_the_waits(cluster, web, delay_ms, record_property):  # noqa: F811
+    """fw1 reaches Redis through the delay proxy: its announcements reach fw2 `delay` late, and fw2's
+    reach it as late. 20 ms: the hold (50 ms) mostly covers it, the waits grow by the delay (one may
+    still run out: fw1's announcement also waits its turn). 200 ms: the hold runs out every time, the
+    held packets are dropped and TCP's retransmissions carry the fetches, seconds late. (The wait
+    figures cover the packets that passed after a wait.)"""
+    lab = cluster.lab
+    proxy = netns.Background(lab, "fw1", [sys.executable, delay_proxy.__file__, "--listen", "127.0.0.1:16379",
+                                          "--upstream", f"{lab.redis_address}:{REDIS_PORT}", "--delay-ms", delay_ms,
+                                          "--lifetime", 150], lifetime=160, capture=False)  # fmt: skip
+    try:
+        netns.wait_for_port(lab, "fw1", 16379)
+        fw1 = start_through(cluster, "fw1", f"redis://:{PASSWORD}@127.0.0.1:16379/0")
+        fw2 = start_through(cluster, "fw2", lab.redis_url(PASSWORD))
+        cluster.wait_peers(fw1, fw2)
+        results = fetches(cluster, 10, max_time=20)  # retransmissions: 1 s, 3 s, 7 s after the SYN
+        seconds = sorted(s for _, s, _ in results)
+        hold1, hold2 = cluster.stats(fw1)["sync"]["hold"], cluster.stats(fw2)["sync"]["hold"]
+    finally:
+        proxy.stop()
+    figures = {"delay_ms": delay_ms, "fetch_ms": {"median": round(statistics.median(seconds) * 1000, 1),
+                                                  "worst": round(seconds[-1] * 1000, 1)},
+               "fw1_hold": {key: hold1[key] for key in ("held", "accepted", "dropped")} | hold1["wait"],
+               "fw2_hold": {key: hold2[key] for key in ("held", "accepted", "dropped")} | hold2["wait"]}  # fmt: skip
+    print(f"\nHA lab, fw1's sync delayed {delay_ms} ms, hold alone: {json.dumps(figures)}")
+    record_property("delayed_sync_figures", json.dumps(figures))
+    assert [code for code, _, _ in results] == [0] * 10
+    if delay_ms < 50:  # the hold covers the delay: held packets passed, after about the delay
+        assert hold1["accepted"] + hold2["accepted"] >= 10
+        assert min(hold1["wait"]["median_ms"], hold2["wait"]["median_ms"]) >= delay_ms * 0.8
+        assert statistics.median(seconds) < 0.9
+    else:  # the hold runs out: every held packet dropped, fetches wait for retransmissions (1 s and more)
+        assert hold1["accepted"] + hold2["accepted"] == 0 and hold2["dropped"] >= 10
+        assert statistics.median(seconds) >= 0.9

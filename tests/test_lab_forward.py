@@ -137,3 +137,10 @@ def test_with_fw1s_sync_delayed_the_hold_shows_the_waits(cluster, web, delay_ms,
     else:  # the hold runs out: every held packet dropped, fetches wait for retransmissions (1 s and more)
         assert hold1["accepted"] + hold2["accepted"] == 0 and hold2["dropped"] >= 10
         assert statistics.median(seconds) >= 0.9
+
+
+def test_the_default_listen_address_is_each_nodes_sync_side(ha_lab):
+    probe = "import sys; from fw.sync.forwarding.node import default_listen; print(*default_listen(sys.argv[1]))"
+    for name, expected in (("fw1", "192.0.2.1 6380"), ("fw2", "192.0.2.2 6380")):
+        done = ha_lab.run(name, [sys.executable, "-c", probe, ha_lab.redis_url(PASSWORD)])
+        assert done.stdout.strip() == expected

@@ -8,7 +8,9 @@ How it is cut:
 - `endpoint`: the non-blocking UDP sockets (SO_MARK) for the daemon's poll loop: Receiver, Sender;
 - `directory`: each node's listen address, published in Redis and read by its peers;
 - `owner`: where a packet is decided (here or at its owner) and whose claim to a session wins;
-- `report`: the `fw stats` line and the EVE anomaly event of a refused datagram.
+- `report`: the `fw stats` line and the EVE anomaly event of a refused datagram;
+- `node`: all of it assembled for one node (what the daemon's loop will hold), the default listen
+  address (our side of the way to Redis).
 GSO super-packets are split before they go by fw.packet.gso.
 """
 

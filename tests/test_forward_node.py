@@ -14,6 +14,7 @@ from fw.sync.forwarding.gate import Limits
 from fw.sync.forwarding.node import ForwardConfig, ForwardingNode, default_listen
 from fw.sync.forwarding.owner import FORWARD, LOCAL, Route
 from fw.sync.forwarding.wire import HOOKS
+from tests.test_forward_directory import wait_for
 from tests.test_sync_helpers import KEY, RedisServer, need_redis
 
 pytestmark = need_redis
@@ -41,15 +42,6 @@ def nodes(redis_server):
         node.close()
 
 
-def until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def received(node: ForwardingNode, count: int, timeout: float = 5.0) -> list:
     got, deadline = [], time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:
@@ -67,7 +59,7 @@ def test_two_nodes_find_each_other_and_forward_to_the_owner(nodes):
         fw1.refresh()
         return fw1.route_session("fw2", forwarded=False)
 
-    assert until(lambda: routed().kind == FORWARD)
+    assert wait_for(lambda: routed().kind == FORWARD)
     route = routed()
     assert route == Route(FORWARD, "owner", "fw2", fw2.receiver.address)
     assert fw1.forward(route, PACKET, HOOKS["FORWARD"], "wan", "lan")
@@ -85,7 +77,7 @@ def test_a_gso_packet_reaches_the_owner_in_segments(nodes):
     fw1, fw2 = nodes("fw1", mtu=1500), nodes("fw2")
     for node in (fw1, fw2):
         node.peers_heard(["fw1", "fw2"])
-    assert until(lambda: (fw1.refresh(), fw1.route_unplaced(False))[1].kind == FORWARD)  # the only peer
+    assert wait_for(lambda: (fw1.refresh(), fw1.route_unplaced(False))[1].kind == FORWARD)  # the only peer
     big = build.tcp("203.0.113.10", "198.51.100.10", 80, 40000, 1, 2, 0x18, 502, b"", b"g" * 30000)
     assert fw1.forward(fw1.route_unplaced(False), big, HOOKS["FORWARD"], "wan", "lan")
     segments = received(fw2, fw1.stats()["sent"]["sent"])
@@ -96,11 +88,11 @@ def test_a_node_no_longer_heard_is_no_longer_forwarded_to_nor_accepted_from(node
     fw1, fw2 = nodes("fw1"), nodes("fw2")
     for node in (fw1, fw2):
         node.peers_heard(["fw1", "fw2"])
-    assert until(lambda: (fw1.refresh(), fw1.route_session("fw2", False))[1].kind == FORWARD)
+    assert wait_for(lambda: (fw1.refresh(), fw1.route_session("fw2", False))[1].kind == FORWARD)
     fw1.peers_heard(["fw1"])  # fw2's hellos stopped (its directory entry may live on a while)
     assert fw1.route_session("fw2", False) == Route(LOCAL, "owner-dead")
     assert fw1.owners.takes_over("fw2")
-    assert until(lambda: (fw2.refresh(), fw2.route_session("fw1", False))[1].kind == FORWARD)
+    assert wait_for(lambda: (fw2.refresh(), fw2.route_session("fw1", False))[1].kind == FORWARD)
     fw2.forward(fw2.route_session("fw1", False), PACKET, HOOKS["FORWARD"], "wan", "lan")
     assert received(fw1, 1, timeout=1) == []  # from a node it no longer hears: refused
     assert fw1.stats()["received"]["refused"]["unknown-node"] == 1

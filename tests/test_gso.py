@@ -39,8 +39,11 @@ def scapy_rebuilt(data: bytes) -> bytes:
 
 
 def reassembled(segments: list[bytes]) -> bytes:
-    parsed = sorted((parse(s) for s in segments), key=lambda p: p.seq)
-    return b"".join(bytes(p.payload) for p in parsed)
+    """The payloads in sequence order, as a receiver puts them (sequence numbers wrap at 2^32)."""
+    parsed = [parse(s) for s in segments]
+    base = parsed[0].seq
+    ordered = sorted(parsed[::-1], key=lambda p: (p.seq - base) % 2**32)  # reversed: the order must come from seq
+    return b"".join(bytes(p.payload) for p in ordered)
 
 
 @pytest.mark.parametrize("addresses", [V4, V6], ids=["ipv4", "ipv6"])
@@ -144,3 +147,20 @@ def test_any_split_reassembles_and_checks_out(addresses, length, mss, seq, flags
             union |= p.flags
         assert union == flags  # no flag lost, none made up
         assert not any(p.flags & (FIN | PSH) for p in parsed[:-1]) and not any(p.flags & CWR for p in parsed[1:])
+
+
+def rfc_1071_checksum(data: bytes) -> int:
+    """RFC 1071 as written: 16-bit words summed with end-around carry, then complemented."""
+    data += b"\0" * (len(data) & 1)
+    total = 0
+    for index in range(0, len(data), 2):
+        total += data[index] << 8 | data[index + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=3000), st.sampled_from([b"", b"\0", b"\0\0\0", b"\xff\xff", b"\xff\xff" * 9,
+                                                             b"\x00\x01\xff\xfe", b"\xff"])))  # fmt: skip
+def test_the_checksum_is_rfc_1071s(data):
+    assert build.checksum(data) == rfc_1071_checksum(data)

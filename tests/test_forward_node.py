@@ -108,3 +108,21 @@ def test_the_default_listen_address_is_our_side_of_the_way_to_redis():
 def test_limits_reach_the_gate(nodes):
     fw1 = nodes("fw1", limits=Limits(max_packet=2000))
     assert fw1.receiver.gate.limits.max_packet == 2000 and fw1.sender.max_packet == 2000
+
+
+@pytest.mark.parametrize("config, message", [
+    (ForwardConfig(mtu=500), "576 to 65535"),
+    (ForwardConfig(limits=Limits(max_packet=20)), "40 to 65535"),
+    (ForwardConfig(limits=Limits(window=8)), "window"),
+    (ForwardConfig(limits=Limits(packets_per_second=0)), "above 0"),
+    (ForwardConfig(refresh=20.0, ttl=15.0), "refreshed"),
+])  # fmt: skip
+def test_bad_settings_are_refused_before_anything_opens(config, message):
+    with pytest.raises(ValueError, match=message):
+        config.check()
+    with pytest.raises(ValueError, match=message):
+        ForwardingNode(config, KEY, "lab", "fw1", "redis://127.0.0.1:1/0")
+
+
+def test_the_defaults_pass():
+    ForwardConfig().check()

@@ -43,6 +43,18 @@ class ForwardConfig:
     refresh: float = 5.0  # directory
     ttl: float = 15.0
 
+    def check(self) -> None:
+        """ValueError with a message for the operator (`fw run` exits 2 before anything starts)."""
+        if not 576 <= self.mtu <= 65535:  # 576: a datagram still carries a TCP segment of 370 bytes
+            raise ValueError(f"the sync link's MTU {self.mtu}: expected 576 to 65535")
+        limits = self.limits
+        if not 40 <= limits.max_packet <= 65535 or limits.window < 32 or limits.max_age <= 0:
+            raise ValueError("forwarding limits: a packet of 40 to 65535 bytes, a window of 32 or more, an age over 0")
+        if min(limits.packets_per_second, limits.bytes_per_second, limits.burst_seconds) <= 0:
+            raise ValueError("forwarding rates and bursts must be above 0")
+        if not 0 < self.refresh < self.ttl:
+            raise ValueError("the directory is refreshed more often than its entries expire")
+
 
 def default_listen(redis_url: str, port: int = DEFAULT_PORT) -> tuple[str, int]:
     """Our address toward Redis (the sync link's side), and `port`; ValueError for a unix:// URL."""
@@ -60,6 +72,7 @@ class ForwardingNode:
 
     def __init__(self, config: ForwardConfig, sync_key: bytes, cluster: str, node: str, redis_url: str,
                  mark: int = 0):  # fmt: skip
+        config.check()
         key = forwarding_key(sync_key, cluster)
         self.node = node
         self.owners = Owners(node)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from fw.packet.build import checksum
+from fw.packet.checksum import checksum
 from fw.packet.constants import CWR, FIN, PSH
 
 PROTO_TCP = 6

@@ -9,7 +9,7 @@ How it is cut (docs/sync.md tells the whole story):
 - `service`: the daemon side: the packet hook, holds and releases, the wake-up socket, stats.
 - `config`: what `fw run --sync` was told; `lab`: the HA lab (two firewalls, asymmetric routes).
 - `forwarding`: packets sent to their session's owner over the sync link (docs/forwarding.md);
-  `slices`: NAT port slices per node for active/active.
+  `slices`: which NAT port slice (fw.nat.ports) a node takes, from its node id.
 """
 
 from fw.sync.config import SyncConfig, read_key_file

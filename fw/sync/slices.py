@@ -1,10 +1,11 @@
-"""NAT port slices for active/active HA: nodes translating to one address never pick the same port.
+"""Which NAT port slice a node of an active/active cluster takes, from its node id.
 
-How it works: a translation's port range `first..last` is cut into `count` slices of equal size
-(the last one also takes the remainder); node `index` draws its ports from slice `index` only.
-`slice_index(node, count)` takes the index from the node id's trailing number, counted from 1
-(`fw1` -> 0, `fw2` -> 1, `edge-07` -> 6), so that it is stable across restarts and failovers and
-needs no coordination; ValueError for a node id without one, or one beyond `count`. Pure.
+How it works: fw.nat.ports.Pool cuts each translation's port range into `nodes` contiguous slices
+and hands out ports from slice `node` only (`node_slice`), so that two nodes translating to the
+same address never pick the same port. `slice_index(node_id, count)` is that `node` for a node
+id: its trailing number, counted from 1 (`fw1` -> 0, `fw2` -> 1, `edge-07` -> 6), so that it is
+stable across restarts and failovers and needs no coordination; ValueError (a message for the
+operator) for a node id without one, or one beyond `count`. Pure.
 """
 
 from __future__ import annotations
@@ -23,14 +24,3 @@ def slice_index(node: str, count: int) -> int:
     if not 1 <= number <= count:
         raise ValueError(f"node id {node!r}: its number must be 1 to {count} (the number of NAT slices)")
     return number - 1
-
-
-def port_slice(first: int, last: int, index: int, count: int) -> tuple[int, int]:
-    """(low, high), inclusive: slice `index` of `count` of the ports first..last."""
-    if not 0 <= first <= last <= 65535:
-        raise ValueError(f"port range {first}-{last}")
-    size = (last - first + 1) // count
-    if not 0 <= index < count or size < 1:
-        raise ValueError(f"slice {index} of {count} in {first}-{last}: fewer ports than slices, or no such slice")
-    low = first + index * size
-    return low, last if index == count - 1 else low + size - 1

@@ -134,8 +134,10 @@ def test_with_fw1s_sync_delayed_the_hold_shows_the_waits(cluster, web, delay_ms,
         assert hold1["accepted"] + hold2["accepted"] >= 10
         assert min(hold1["wait"]["median_ms"], hold2["wait"]["median_ms"]) >= delay_ms * 0.8
         assert statistics.median(seconds) < 0.9
-    else:  # the hold runs out: every held packet dropped, fetches wait for retransmissions (1 s and more)
-        assert hold1["accepted"] + hold2["accepted"] == 0 and hold2["dropped"] >= 10
+    else:  # the hold runs out: held packets dropped, fetches wait for retransmissions (1 s and more).
+        # Every SYN-ACK held at fw2 is dropped (fw1's news takes 200 ms); at fw1 a retransmission held
+        # while fw2's news is already on its way may still pass.
+        assert hold2["accepted"] == 0 and hold2["dropped"] >= 10 and hold1["dropped"] >= 1
         assert statistics.median(seconds) >= 0.9
 
 

@@ -67,6 +67,11 @@ def test_the_sealer_refuses_what_the_format_cannot_carry():
         sealer().seal(b"\x00" * 40, NOW)
     with pytest.raises(ValueError):
         Sealer(KEY, "no spaces", 1)
+    s = sealer(first=5)
+    for bad in ({"mark": 1 << 32}, {"hook": 256}, {"iif": "lan\u00e9"}):
+        with pytest.raises(ValueError):
+            s.seal(PACKET, NOW, **bad)
+    assert s.seq == 5  # nothing sealed: no sequence number spent
 
 
 def test_forged_datagrams_are_refused_whatever_was_changed():

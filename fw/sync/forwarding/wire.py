@@ -29,8 +29,8 @@ taken for a sync message's MAC, and clusters sharing a key never accept each oth
 
 `Sealer.seal` builds datagrams (each call takes the next sequence number); `parse` reads a
 datagram's fields without trusting them and `authentic` checks its tag in constant time
-(`keyed` sets the key up once). Pure:
-no I/O; clocks are arguments. What a receiver refuses, and why, is fw.sync.forwarding.gate.
+(`keyed` sets the key up once). Pure: no I/O; clocks are arguments. What a receiver refuses,
+and why, is fw.sync.forwarding.gate.
 """
 
 from __future__ import annotations
@@ -151,9 +151,12 @@ class Sealer:
         names = self._names.get((iif, oif)) or self._encoded(iif, oif)
         if not packet or packet[0] >> 4 not in (4, 6):
             raise ValueError("not an IPv4 or IPv6 packet")
+        try:
+            head = HEADER.pack(MAGIC, VERSION, FORWARDED | (SEGMENT if segment else 0), self.seq + 1,
+                               int(now_wall * 1000), hook, len(self.node), names[0], names[1], mark)  # fmt: skip
+        except struct.error as error:  # a hook over 255, a mark over 32 bits
+            raise ValueError(str(error)) from None
         self.seq += 1
-        head = HEADER.pack(MAGIC, VERSION, FORWARDED | (SEGMENT if segment else 0), self.seq, int(now_wall * 1000),
-                           hook, len(self.node), names[0], names[1], mark)  # fmt: skip
         body = b"".join((head, names[2], packet))
         mac = self._mac.copy()
         mac.update(body)

@@ -90,42 +90,41 @@ def own(args) -> dict:
 def send(args) -> dict:
     sync_key = bytes.fromhex(args.key)
     key, target = forwarding_key(sync_key, args.cluster), parse_address(args.to)
-    sealer = Sealer(key, args.node, int(time.time() * 1e6))
-    kept: list[bytes] = []  # the first datagrams as they went, to replay them
-    seal = sealer.seal
-    sealer.seal = lambda *a, **k: _kept(kept, seal(*a, **k))
-    sender = Sender(sealer, mark=args.mark)
-    digest, sent = hashlib.sha256(), 0
-    for index in range(args.count):
-        data = packet(index, args.size, args.udp)
-        while not sender.send(target, data, HOOKS["FORWARD"], "lan", "wan"):
-            time.sleep(0.001)  # the socket buffer is full: the receiver catches up
-        digest.update(data)
-        sent += 1
-    if args.attacks:
-        _attack(args, sync_key, key, target, kept)
+    sender = Sender(Sealer(key, args.node, int(time.time() * 1e6)), mark=args.mark)
+    digest, sent, kept = hashlib.sha256(), 0, []
+    with _plain_socket(target, args.mark) as plain:
+        for index in range(args.count):
+            data = packet(index, args.size, args.udp)
+            if args.attacks and index < 3:  # sealed by the same sender, kept to be replayed later
+                kept.append(sender.sealer.seal(data, time.time(), HOOKS["FORWARD"], "lan", "wan"))
+                plain.sendto(kept[-1], target)
+            else:
+                while not sender.send(target, data, HOOKS["FORWARD"], "lan", "wan"):
+                    time.sleep(0.001)  # the socket buffer is full: the receiver catches up
+            digest.update(data)
+            sent += 1
+        if args.attacks:
+            _attack(args, sync_key, key, target, kept, plain)
     sender.close()
     return {"sent": sent, "sha256": digest.hexdigest(), "stats": sender.stats()}
 
 
-def _kept(kept: list[bytes], blob: bytes) -> bytes:
-    if len(kept) < 3:
-        kept.append(blob)
-    return blob
+def _plain_socket(target: tuple[str, int], mark: int) -> socket.socket:
+    plain = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_DGRAM)
+    if mark:
+        plain.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+    return plain
 
 
-def _attack(args, sync_key: bytes, key: bytes, target: tuple[str, int], kept: list[bytes]) -> None:
+def _attack(args, sync_key: bytes, key: bytes, target: tuple[str, int], kept: list[bytes], plain) -> None:
     """A forged datagram, three replays, an oversized one, one from an unknown node, a malformed one."""
     now, high = time.time(), 10**17
     attacks = [Sealer(forwarding_key(sync_key, "another-cluster"), args.node, high).seal(packet(0, 100), now),
                *kept, Sealer(key, args.node, high).seal(packet(0, 12000), now),
                Sealer(key, "intruder", high).seal(packet(0, 100), now), b"FW" + bytes(80)]  # fmt: skip
     assert len(attacks) == ATTACKS
-    with socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_DGRAM) as raw:
-        if args.mark:
-            raw.setsockopt(socket.SOL_SOCKET, SO_MARK, args.mark)
-        for blob in attacks:
-            raw.sendto(blob, target)
+    for blob in attacks:
+        plain.sendto(blob, target)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from fw.alg import ALGS, Expectation, Refusal
 from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.limits import FLOOD, SourceLimits
+from fw.conntrack.rule_limits import COUNTED, LogLimits, RuleLimits
 from fw.conntrack.table import (
     ASSURED,
     HALF_OPEN,
@@ -43,6 +44,7 @@ from fw.decision import ACCEPT, DROP, NO_EFFECTS, Decision, LogEvent, SendPacket
 from fw.events import session_event, verdict_event
 from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
+from fw.policy.recheck import refused_by
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, RST, ACK = 2, 4, 16
@@ -79,6 +81,7 @@ class Engine:
         self.policy = None
         self._data = b""
         self.limits = SourceLimits({})
+        self.rule_limits = RuleLimits()
         self.timeout_scale = 1.0
         self.swap_policy(policy)
 
@@ -95,6 +98,10 @@ class Engine:
         self.adaptive_start = int(options.get("adaptive_start") or self.max_sessions * 6 // 10)
         self.adaptive_end = int(options.get("adaptive_end") or self.max_sessions * 12 // 10)
         self.limits.configure(options)
+        limited = self.rule_limits.rules or any(rule.limit is not None for rule in policy.rules)
+        self.rule_limits = RuleLimits(policy, self.table.sessions.values() if limited else ())
+        self.log_limits = LogLimits(policy, self.counters)
+        self.spoof = policy.zones if policy.zones.checks else None  # checked before any lookup
         self._rescale()
         self.counters["policy_swaps"] += 1
 
@@ -110,6 +117,8 @@ class Engine:
             pkt = parse(data)
         except MalformedPacket:
             return self._verdict(DROP, "malformed")
+        if self.spoof is not None and self.spoof.spoofed(pkt, iif):
+            return self._verdict(DROP, "spoof", pkt)
         if pkt.is_fragment and pkt.frag_offset:
             return self._fragment(pkt, now)
         proto = pkt.proto
@@ -310,6 +319,8 @@ class Engine:
                 refused = self.limits.admit(pkt.src, now)
                 if refused is not None:
                     return self._flood(pkt, refused, now)
+            if rule is not None and rule.limit is not None and not self.rule_limits.admit(rule, pkt.src, now):
+                return self._refuse(pkt, rule.limit.over, "limit:" + rule.name, log, now)
             verdict = ACCEPT
         if len(self.table) >= self.max_sessions and not self._make_room(now):
             return self._verdict(DROP, "table-full", pkt)
@@ -327,6 +338,8 @@ class Engine:
                                             timeouts, rst_on_timeout)  # fmt: skip
             if rule is not None and rule.alg:
                 session.alg = ALGS[rule.alg](pkt.family, pkt.src, pkt.dst)
+            if rule is not None and rule.limit is not None:
+                self.rule_limits.opened(rule, session)
         if track is not None:
             if state in EMBRYONIC and self.limits.active:
                 session.flags |= HALF_OPEN
@@ -342,7 +355,7 @@ class Engine:
         if len(self.table) > self.adaptive_start:
             self._rescale()
         effects = NO_EFFECTS
-        if self.config.events and (expectation is not None or log):
+        if self.config.events and (expectation is not None or (log and self.log_limits.allow(reason, now))):
             effects = (LogEvent(session_event("new", session, now, reason)),)
         if session.alg is not None and pkt.payload_len:
             effects = effects + self._feed_alg(session, pkt, True, now)
@@ -389,7 +402,7 @@ class Engine:
                 answer = pktbuild.icmp_unreachable_for(self._data, pkt)
             if answer is not None:
                 effects = (SendPacket(pkt.family, answer),)
-        if log and self.config.events:
+        if log and self.config.events and self.log_limits.allow(reason, now):
             effects = effects + (LogEvent(verdict_event(pkt, DROP, reason, now)),)
         return self._verdict(DROP, reason, pkt, None, effects or NO_EFFECTS)
 
@@ -553,6 +566,8 @@ class Engine:
         if session.flags & HALF_OPEN:
             session.flags &= ~HALF_OPEN
             self.limits.half_open_ended(session.src)
+        if session.flags & COUNTED:
+            self.rule_limits.release(session)
 
     # -- snapshots (restarts) and adoption (HA sync) -------------------------------------------
 
@@ -601,6 +616,7 @@ class Engine:
         if session.tcp is not None and session.state in EMBRYONIC and self.limits.active:
             session.flags |= HALF_OPEN
             self.limits.half_open_started(session.src, now)
+        self.rule_limits.adopted(session)
         self.table.add(session)
 
     def _restore_expectation(self, record: dict, now: float, clock_offset: float) -> None:
@@ -621,6 +637,22 @@ class Engine:
             if parent.expectations is None:
                 parent.expectations = set()
             parent.expectations.add(key)
+
+    def recheck(self, now: float) -> tuple:
+        """Close the sessions the policy in force refuses (options.reload_recheck, after a swap);
+        an established TCP session whose rst_on_timeout is set gets a RST at both ends, as on expiry."""
+        effects = []
+        for session in refused_by(self.policy, list(self.table.sessions.values())):
+            if session.slot == -1:
+                continue
+            self._close(session, now, "recheck")
+            self.counters["recheck_closed"] += 1
+            if session.rst_on_timeout and session.proto == TCP and session.state == tcpmod.TcpState.ESTABLISHED:
+                effects.extend(self._resets_for(session))
+                self.counters["recheck_resets"] += 1
+            if self.config.events:
+                effects.append(LogEvent(session_event("end", session, now, "recheck")))
+        return tuple(effects)
 
     def kill(self, session: Session, now: float) -> None:
         """Remove one session at an operator's request."""

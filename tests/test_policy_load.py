@@ -176,7 +176,7 @@ def test_every_error_is_reported_not_only_the_first():
 
 @pytest.mark.parametrize("text, message", [
     ("", "no 'version' (add 'version: 1')"),
-    ("- a list\n", "a policy file must be a mapping of version, defaults, sets, timeouts, "
+    ("- a list\n", "a policy file must be a mapping of version, defaults, sets, zones, timeouts, "
                    "timeout_overrides, options, rules"),
     ("version: 1\nversion: 1\n", "duplicate key 'version'"),
     ("version: !!python/object:os.system 1\n",

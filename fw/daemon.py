@@ -342,7 +342,7 @@ class Daemon:
                 return error_answer(f"bad filter: {exc}", 2)
             return {"ok": True, "killed": self.kill(selected)}
         if command == "reload":
-            return self.reload(request.get("path"))
+            return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
         return error_answer(f"unknown command {command!r}", 2)
 
     def sessions(self, request: dict | None = None):
@@ -424,8 +424,9 @@ class Daemon:
                 self.counters[key] = 0
         return result
 
-    def reload(self, path: str | None = None) -> dict:
-        """Load the policy (from `path`, else where it came from); swap it in, or keep the old one."""
+    def reload(self, path: str | None = None, dry_run: bool = False) -> dict:
+        """Load the policy (from `path`, else where it came from); swap it in, or keep the old one.
+        With `options.reload_recheck` the sessions it refuses are closed; `dry_run` only names them."""
         from fw.policy import PolicyError  # noqa: PLC0415
 
         path = path or self.policy_path
@@ -442,7 +443,10 @@ class Daemon:
             log.error("reload of %s failed, the running policy stays: %r", path, exc)
             self._after_reload(None, path, str(exc))
             return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
+        if dry_run:
+            return self._recheck_plan(policy, path)
         self.engine.swap_policy(policy)
+        closed = self._recheck() if policy.options.get("reload_recheck") else None
         gc.freeze()  # a large policy's objects out of the collector's way (gc pauses slowed packets)
         self.policy_path = path
         self.counters["reloads"] += 1
@@ -450,7 +454,29 @@ class Daemon:
         log.info("policy %s loaded (%s)", path, policy.summary())
         self._event("engine", {"message": f"policy {path} loaded ({policy.summary()})", "module": "reload"})
         self._after_reload(policy, path, None)
-        return {"ok": True, "policy": path, "summary": policy.summary(), "warnings": warnings}
+        return {"ok": True, "policy": path, "summary": policy.summary(), "warnings": warnings, "closed": closed}
+
+    def _recheck(self) -> int:
+        """Close the sessions the new policy refuses (reset where rst_on_timeout says); how many."""
+        before = self.engine.counters["recheck_closed"]
+        effects = self.engine.recheck(time.monotonic())
+        if effects:
+            self.effects(effects)
+        closed = self.engine.counters["recheck_closed"] - before
+        log.info("reload re-check closed %d sessions", closed)
+        return closed
+
+    def _recheck_plan(self, policy, path: str) -> dict:
+        """`fw reload --dry-run`: the sessions a re-check against `policy` would close; nothing changes."""
+        from fw.events import flow_id  # noqa: PLC0415
+        from fw.policy.recheck import refused_by  # noqa: PLC0415
+
+        now = time.monotonic()
+        refused = refused_by(policy, list(self.engine.sessions))
+        return {"ok": True, "dry_run": True, "policy": path, "summary": policy.summary(),
+                "warnings": [w.format() for w in policy.warnings],
+                "recheck": bool(policy.options.get("reload_recheck")),
+                "would_close": [session_view(s, now, flow_id) for s in refused]}
 
     def _after_reload(self, policy, path: str, error: str | None) -> None:
         for hook in self.reload_hooks:

@@ -22,6 +22,7 @@ from fw.alg import ALGS, Expectation, Refusal
 from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.limits import FLOOD, SourceLimits
+from fw.conntrack.rule_limits import CLOSED as LIMIT_CLOSED
 from fw.conntrack.rule_limits import COUNTED, LogLimits, RuleLimits
 from fw.conntrack.table import (
     ASSURED,
@@ -207,6 +208,8 @@ class Engine:
         if session.flags & HALF_OPEN and state not in EMBRYONIC:
             session.flags &= ~HALF_OPEN
             self.limits.half_open_ended(session.src)
+        if session.flags & COUNTED and state in LIMIT_CLOSED:
+            self.rule_limits.release(session)
 
     def _datagram(self, pkt, sport, dport, now, iif, oif) -> Decision:
         """UDP and protocols without a tracker of their own: UNREPLIED until a reply is seen.

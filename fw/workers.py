@@ -375,7 +375,7 @@ class Supervisor:
             answers = self.ask_all({"command": "kill", "filter": request.get("filter")})
             return {"ok": True, "killed": sum(a.get("killed", 0) for a in answers.values())}
         if command == "reload":
-            return self.reload(request.get("path"))
+            return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
         return error_answer(f"unknown command {command!r}", 2)
 
     def ask_all(self, request: dict) -> dict[int, dict]:
@@ -427,8 +427,9 @@ class Supervisor:
             sessions = sessions[:asked["limit"]]
         return {"ok": True, "version": 1, "count": len(sessions), "sessions": sessions}
 
-    def reload(self, path: str | None = None) -> dict:
-        """Check the policy here (errors as `fw policy check` shows them), then reload every worker."""
+    def reload(self, path: str | None = None, dry_run: bool = False) -> dict:
+        """Check the policy here (errors as `fw policy check` shows them), then reload every worker
+        (`dry_run`: ask each what a re-check would close, and put their answers together)."""
         from fw.policy import PolicyError  # noqa: PLC0415
 
         path = path or self.policy_path
@@ -441,7 +442,12 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001
             self.counters["reload_failures"] += 1
             return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
-        answers = self.ask_all({"command": "reload", "path": path})
+        answers = self.ask_all({"command": "reload", "path": path, "dry_run": dry_run})
+        if dry_run:
+            return {"ok": True, "dry_run": True, "policy": path, "summary": policy.summary(),
+                    "warnings": [w.format() for w in policy.warnings],
+                    "recheck": bool(policy.options.get("reload_recheck")),
+                    "would_close": [s for _q, a in sorted(answers.items()) for s in a.get("would_close", ())]}
         failed = [q for w in self.workers if not answers.get(q := w.queue, {}).get("ok")]
         if failed:
             self.counters["reload_failures"] += 1
@@ -450,8 +456,9 @@ class Supervisor:
         self.counters["reloads"] += 1
         log.info("policy %s loaded by %d workers (%s)", path, len(answers), self.summary)
         warnings = [w.format() for w in getattr(policy, "warnings", ())]
+        closed = [a["closed"] for a in answers.values() if a.get("closed") is not None]
         return {"ok": True, "policy": path, "summary": self.summary, "warnings": warnings,
-                "workers": sorted(answers)}
+                "workers": sorted(answers), "closed": sum(closed) if closed else None}
 
 
 def merge_stats(rows: list[dict], fields: dict) -> dict:

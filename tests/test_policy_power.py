@@ -18,7 +18,7 @@ from fw.engine import Engine, EngineConfig
 from fw.packet import parse
 from fw.policy import load_policy
 from fw.policy.recheck import refused_by
-from tests.packets import icmp_echo_pkt, seg, udp_pkt
+from tests.packets import icmp_echo_pkt, icmp_error_pkt, seg, udp_pkt
 
 SERVER = "203.0.113.10"
 
@@ -107,13 +107,17 @@ def test_every_way_out_of_the_table_releases_the_count(tmp_path):
     assert engine.rule_limits.rules["web"].per_source == {}
     assert engine.process(syn(a, 1004), 201.0).reason == "rule:web"
     assert engine.process(syn(a, 1005), 201.0).reason == "rule:web"
-    # a SYN that reopens a closed flow's key (TIME_WAIT/CLOSE) replaces the session: one count
+    # a reset: the session stays (CLOSE, 10 s) but no longer counts, as nf_conncount
     session = next(s for s in engine.sessions if s.sport == 1004)
     engine.process(seg(f"{a}:1004", f"{SERVER}:80", "R", seq=1001), 202.0)
-    assert session.state.name == "CLOSE"
+    assert session.state.name == "CLOSE" and session.slot != -1
+    assert_counts(engine)
+    assert engine.rule_limits.rules["web"].per_source[session.src] == 1
+    # a SYN that reopens the closed flow's key replaces the session: counted once, and released once
     assert engine.process(seg(f"{a}:1004", f"{SERVER}:80", "S", seq=5000), 203.0).reason == "rule:web"
     assert_counts(engine)
     assert engine.rule_limits.rules["web"].per_source[session.src] == 2
+    assert engine.process(syn(a, 1006), 203.0).reason == "limit:web"
 
 
 def test_eviction_and_a_restored_snapshot_keep_the_counts_true(tmp_path):
@@ -357,3 +361,35 @@ def test_a_data_session_goes_with_its_refused_control_session(tmp_path):
     assert data.reason == "related:ftp" and data.session.parent is control
     new = policy_of(tmp_path, RECHECK_NEW, "new.yaml")
     assert {s.dport for s in refused_by(new, list(engine.sessions))} == {21, 50000}
+
+
+EDGES = """
+version: 1
+defaults: {action: drop}
+rules:
+  - {name: web, action: accept, proto: tcp, dport: 80}
+"""
+
+
+@pytest.mark.parametrize("client, server, router, too_big, exceeded", [
+    ("198.51.100.10:40000", "203.0.113.10:80", "203.0.113.1", (3, 4), (11, 0)),
+    ("[2001:db8:1::10]:40000", "[2001:db8:2::10]:80", "2001:db8:2::1", (2, 0), (3, 0)),
+])
+def test_path_mtu_and_time_exceeded_errors_quoting_a_session_are_related(
+        tmp_path, client, server, router, too_big, exceeded):
+    engine = make(tmp_path, EDGES)
+    established(engine, client, server, 1.0)
+    big = seg(client, server, "PA", seq=101, ack=501, payload=b"x" * 1400)
+    assert engine.process(big, 1.1).reason == "established"
+    to = client.rsplit(":", 1)[0].strip("[]")
+    # A router on a 1280-byte link answers the 1400-byte segment: "packet too big, MTU 1280"
+    # (IPv4: 3/4 "fragmentation needed", the MTU in the low half of the rest-of-header field).
+    for (kind, code), rest in ((too_big, 1280), (exceeded, 0)):
+        error = icmp_error_pkt(router, to, kind, code, big, rest=rest)
+        decision = engine.process(error, 1.2)
+        assert (decision.verdict, decision.reason) == ("accept", "related:icmp")
+        assert decision.session.sport == 40000
+    # The same error about a flow the table does not hold is not related to anything.
+    other = seg(client, server.replace(":80", ":81"), "PA", seq=101, ack=501, payload=b"x" * 1400)
+    stray = engine.process(icmp_error_pkt(router, to, *too_big, other, rest=1280), 1.3)
+    assert (stray.verdict, stray.reason) == ("drop", "invalid:no-session")

@@ -220,24 +220,44 @@ def stats_command(as_json: bool, zero: bool) -> None:
 
 @click.command("reload")
 @click.argument("path", required=False, type=click.Path())
-def reload_command(path: str | None) -> None:
-    """Re-read the policy (from where `fw run` got it, or PATH) and swap it in, keeping every session.
+@click.option("--dry-run", is_flag=True,
+              help="Check the policy and list the sessions a re-check would close; change nothing.")
+def reload_command(path: str | None, dry_run: bool) -> None:
+    """Re-read the policy (from where `fw run` got it, or PATH) and swap it in, keeping every session
+    (with `options.reload_recheck: true`, closing those the new rules refuse).
 
     On any error the running policy stays, and the errors are printed (exit status 2).
 
-    Example: fw reload policies/lab.yaml
+    Example: fw reload --dry-run policies/lab.yaml
     """
     from fw.drivers.control import ControlError, call
 
+    request = {"command": "reload", "path": os.path.abspath(path) if path else None, "dry_run": dry_run}
     try:
-        answer = call({"command": "reload", "path": os.path.abspath(path) if path else None})
+        answer = call(request)
     except ControlError as error:
         for line in error.answer.get("diagnostics", ()):
             click.echo(line, err=True)
         raise Failure(str(error), error.exit_code) from None
     for warning in answer.get("warnings", ()):
         click.echo(warning, err=True)
-    click.echo(f"policy {answer['policy']} loaded ({answer['summary']})")
+    if dry_run:
+        _dry_run_report(answer)
+        return
+    closed = answer.get("closed")
+    after = f"; the re-check closed {closed} sessions" if closed is not None else ""
+    click.echo(f"policy {answer['policy']} loaded ({answer['summary']}){after}")
+
+
+def _dry_run_report(answer: dict) -> None:
+    from fw.cli.sessions import session_line  # noqa: PLC0415  (conntrack's line: every field shown)
+
+    sessions = answer["would_close"]
+    click.echo(f"policy {answer['policy']} is valid ({answer['summary']}); nothing was changed")
+    for session in sessions:
+        click.echo(session_line(session))
+    mode = "on: a reload closes them" if answer["recheck"] else "off: a reload keeps them"
+    click.echo(f"a re-check would close {len(sessions)} sessions (reload_recheck is {mode})")
 
 
 @click.command("cleanup")

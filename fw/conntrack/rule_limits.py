@@ -5,7 +5,9 @@ How it works: only a packet that a rule with a `limit` would admit reaches `admi
 concurrent sessions the rule opened, per source (`per_source`) and in all (`sessions`), and/or
 spends a token of a bucket (`rate`, one per rule or one per source). A session that is counted
 carries the flag COUNTED; `release(session)` undoes its count when it leaves the table by any path
-(the engine calls it from the one place every removal goes through). Counts are keyed by the
+(the engine calls it from the one place every removal goes through), or earlier when a TCP session
+reaches TIME_WAIT or CLOSE (as nf_conncount, which skips closed connections: a client that closes
+and reconnects is not refused for 2 MSL). Counts are keyed by the
 session's rule name and source, so they survive a reload: a new `RuleLimits` recounts the table
 against the new rules (`recount`), which keeps the invariant "a count is the number of COUNTED
 sessions in the table" whatever the reload changed. Buckets start full again after a reload.
@@ -20,8 +22,10 @@ from __future__ import annotations
 from collections import Counter
 
 from fw.conntrack.table import RELATED, REVERSED
+from fw.conntrack.tcp import TcpState
 
 COUNTED = 256  # Session.flags bit: the session is counted in its rule's limit (fw.conntrack.table's bits are below)
+CLOSED = frozenset((TcpState.TIME_WAIT, TcpState.CLOSE))  # TCP sessions that no longer count
 BUCKETS_KEPT = 4096  # per-source buckets past which full ones are forgotten
 
 
@@ -81,7 +85,8 @@ class RuleLimits:
         """Count a session that joins the table without opening (snapshot, HA peer, recount)."""
         session.flags &= ~COUNTED
         state = self.rules.get(session.rule)
-        if state is not None and state.limit.counts and not session.flags & RELATED:
+        if state is not None and state.limit.counts and not session.flags & RELATED \
+                and session.state not in CLOSED:
             self._count(state, _source(session))
             session.flags |= COUNTED
 

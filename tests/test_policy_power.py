@@ -393,3 +393,18 @@ def test_path_mtu_and_time_exceeded_errors_quoting_a_session_are_related(
     other = seg(client, server.replace(":80", ":81"), "PA", seq=101, ack=501, payload=b"x" * 1400)
     stray = engine.process(icmp_error_pkt(router, to, *too_big, other, rest=1280), 1.3)
     assert (stray.verdict, stray.reason) == ("drop", "invalid:no-session")
+
+
+def test_fw_policy_test_explains_a_zone_criterion(tmp_path):
+    from fw.store.explain import explain
+
+    policy = policy_of(tmp_path, ZONES.replace("MODE", "off"))
+    packet = parse(seg("198.51.100.10:1000", "203.0.113.10:22", "S", seq=1))
+    refused = explain(policy, packet, "wan", "lan")
+    assert refused.reason == "default"
+    assert [(s.rule, s.criterion.field, s.criterion.matches) for s in refused.skipped][0] == (
+        "out", "from_zone", False)
+    chosen = explain(policy, packet, "lan", "ppp0")
+    assert chosen.reason == "rule:out"
+    assert [(c.field, c.written, c.packet, c.matches) for c in chosen.criteria] == [
+        ("from_zone", "inside (lan)", "lan", True), ("to_zone", "outside (wan, ppp+)", "ppp0", True)]

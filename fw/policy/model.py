@@ -67,9 +67,9 @@ class Selector:
             return False
         if self.oif is not None and not _interface_matches(self.oif, self.oif_prefix, oif):
             return False
-        if self.from_zone is not None and not _in_zone(self.from_zone, iif):
+        if self.from_zone is not None and not self.from_zone.has_interface(iif):
             return False
-        return self.to_zone is None or _in_zone(self.to_zone, oif)
+        return self.to_zone is None or self.to_zone.has_interface(oif)
 
     @property
     def interface_bound(self) -> bool:
@@ -81,13 +81,6 @@ def _interface_matches(name: str, prefix: str | None, given: str | None) -> bool
     if given is None:  # replay has no interfaces: a rule that names one never matches
         return False
     return given == name if prefix is None else given.startswith(prefix)
-
-
-def _in_zone(zone, given: str | None) -> bool:
-    if given is None:  # replay has no interfaces: a rule that names a zone never matches
-        return False
-    return any(_interface_matches(name, name[:-1] if name.endswith("+") else None, given)
-               for name in zone.interfaces)
 
 
 class Rule(Selector):

@@ -37,6 +37,13 @@ class Zone:
         self.interfaces = interfaces
         self.addresses = addresses
 
+    def has_interface(self, ifname: str | None) -> bool:
+        """Is `ifname` one of this zone's interfaces? (None, replay's: never.)"""
+        if ifname is None:
+            return False
+        return any(ifname == name if not name.endswith("+") else ifname.startswith(name[:-1])
+                   for name in self.interfaces)
+
     def sample_interface(self) -> str:
         """An interface name of this zone (for checks that need one, as the re-check)."""
         name = self.interfaces[0]

@@ -396,3 +396,27 @@ def test_keepalive_probes_keep_an_idle_session_and_without_them_it_is_reset(
         assert stats["engine"].get("timeout_resets", 0) == 0 and not stats["drops"], stats
     else:
         assert stats["engine"]["timeout_resets"] == 1
+
+
+# -- with one worker per queue --------------------------------------------------------------------------
+
+
+def test_with_queues_the_dry_run_and_the_recheck_reach_every_worker(lab, daemon, tmp_path):
+    from tests.test_workers import POLICY as WORKERS_POLICY
+    from tests.test_workers import SOURCES, exchange
+
+    for address in SOURCES:  # many address pairs, so that both queues get sessions
+        lab.run("client", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+    firewall = daemon(write_policy(tmp_path, WORKERS_POLICY), "--queues", "0-1")
+    with netns.udp_echo(lab, 7777, count=len(SOURCES), lifetime=30):
+        assert exchange(lab, 7777) == {source: "echo" for source in SOURCES}
+    text = WORKERS_POLICY.replace("[7777, 7778]", "7778") + "options: {reload_recheck: true}\n"
+    closing = write_policy(tmp_path, text, "closing.yaml")
+    dry = firewall.fw("reload", "--dry-run", str(closing)).stdout.splitlines()
+    assert dry[-1] == "a re-check would close 16 sessions (reload_recheck is on: a reload closes them)"
+    assert sorted(line.split()[4] for line in dry[1:-1]) == sorted(f"src={s}" for s in SOURCES)
+    stats = stats_of(firewall)
+    assert stats["sessions"]["active"] == 16 and all(w["sessions"] for w in stats["workers"])
+    done = firewall.fw("reload", str(closing))
+    assert done.stdout.strip().endswith("; the re-check closed 16 sessions"), done.stdout
+    assert stats_of(firewall)["sessions"]["active"] == 0

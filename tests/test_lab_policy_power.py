@@ -4,7 +4,9 @@ A reject on the wire (TCP reset: "connection refused"; ICMP administratively pro
 to host" for IPv4, "permission denied" for IPv6), a per-rule limit over which connections are
 refused and under which they come back when one closes, the reload re-check that resets the
 sessions a new policy refuses (and its dry run that changes nothing), spoofed sources dropped by
-zone, path-MTU discovery through a smaller-MTU link, and TCP keepalives across an idle timeout.
+zone, path-MTU discovery through a smaller-MTU link (the firewall's own "packet too big" on its
+OUTPUT hook, and a router's beyond it on FORWARD, with its "time exceeded"), and TCP keepalives
+across an idle timeout; and the dry run and re-check with one worker per queue.
 """
 
 from __future__ import annotations
@@ -420,3 +422,61 @@ def test_with_queues_the_dry_run_and_the_recheck_reach_every_worker(lab, daemon,
     done = firewall.fw("reload", str(closing))
     assert done.stdout.strip().endswith("; the re-check closed 16 sessions"), done.stdout
     assert stats_of(firewall)["sessions"]["active"] == 0
+
+
+# -- ICMP errors from a router beyond the firewall -------------------------------------------------------
+
+BEYOND = {4: ("192.0.2.1", "192.0.2.0/24", "203.0.113.10"), 6: ("2001:db8:3::1", "2001:db8:3::/64", SERVER6)}
+ROUTED = """
+version: 1
+defaults: {action: drop}
+rules:
+  - {name: datagrams, action: accept, proto: udp, dport: 7106}
+"""
+
+# With IP_RECVERR: a datagram with a hop limit of 2 dies at the router behind the firewall (time
+# exceeded); then a 1400-byte one with "don't fragment" meets its 1280-byte link (packet too big).
+ROUTED_CLIENT = """
+    import errno, json, socket, sys, time
+    address = sys.argv[1]
+    v6 = ":" in address
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+    recverr, hops, discover, mtu_option = (25, 16, 23, 24) if v6 else (11, 2, 10, 14)
+    sock.setsockopt(level, recverr, 1)
+    sock.setsockopt(level, discover, 2)
+    sock.connect((address, 7106))
+    sock.settimeout(3)
+    sock.setsockopt(level, hops, 2)
+    sock.send(b"short-lived")
+    try:
+        sock.recv(100)
+        expired = "answer"
+    except socket.timeout:
+        expired = "timeout"
+    except OSError as error:
+        expired = errno.errorcode.get(error.errno, str(error))
+    sock.setsockopt(level, hops, 64)
+    sock.send(b"x" * 1400)
+    deadline = time.monotonic() + 3
+    while sock.getsockopt(level, mtu_option) != 1280 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(json.dumps({"expired": expired, "mtu": sock.getsockopt(level, mtu_option)}))
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_time_exceeded_and_packet_too_big_from_a_router_beyond_are_related(lab, daemon, tmp_path, family):
+    target, network, router = BEYOND[family]
+    ip = ["ip", f"-{family}"]
+    # The server becomes a router to a 1280-byte link (a veth pair of its own) where `target` lives.
+    lab.run("server", ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+    lab.run("server", ["ip", "link", "add", "beyond", "mtu", "1280", "type", "veth", "peer", "name", "far"])
+    lab.run("server", ["ip", "link", "set", "far", "up"])
+    lab.run("server", ["ip", "link", "set", "beyond", "up"])
+    lab.run("server", [*ip, "route", "add", network, "dev", "beyond"])
+    lab.run(lab.firewall, [*ip, "route", "add", network, "via", router])
+    firewall = daemon(write_policy(tmp_path, ROUTED))
+    assert client_script(lab, ROUTED_CLIENT, target) == {"expired": "EHOSTUNREACH", "mtu": 1280}
+    accepted = stats_of(firewall)["packets"]["by_verdict"]["accept"]
+    assert accepted == {"rule:datagrams": 1, "established": 1, "related:icmp": 2}, accepted

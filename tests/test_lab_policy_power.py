@@ -288,26 +288,33 @@ rules:
   - {name: datagrams, action: accept, proto: udp, dport: 7105}
 """
 
-# Sends a small datagram, then a 1400-byte one with "don't fragment", and waits for the path MTU the kernel learnt
-# from the "packet too big" answer (IP_MTU / IPV6_MTU on the connected socket), then checks that a
-# second one is refused locally (EMSGSIZE).
-PMTU_CLIENT = """
+# A connected UDP socket to argv[1]:argv[2] with "don't fragment" (IP(V6)_PMTUDISC_DO), and a
+# function that waits (3 s at most) for the path MTU the kernel learnt (IP_MTU / IPV6_MTU).
+DATAGRAM_SOCKET = """
     import errno, json, socket, sys, time
     address = sys.argv[1]
     v6 = ":" in address
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
-    discover, mtu_option = (23, 24) if v6 else (10, 14)  # IP(V6)_MTU_DISCOVER, IP(V6)_MTU
-    sock.setsockopt(level, discover, 2)  # IP(V6)_PMTUDISC_DO
-    sock.connect((address, 7105))
+    # IP(V6)_RECVERR, IP_TTL / IPV6_UNICAST_HOPS, IP(V6)_MTU_DISCOVER, IP(V6)_MTU
+    recverr, hops, discover, mtu_option = (25, 16, 23, 24) if v6 else (11, 2, 10, 14)
+    sock.setsockopt(level, discover, 2)
+    sock.connect((address, int(sys.argv[2])))
     sock.settimeout(3)
+    def learnt_mtu():
+        deadline = time.monotonic() + 3
+        while sock.getsockopt(level, mtu_option) == 1500 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return sock.getsockopt(level, mtu_option)
+"""
+
+# Sends a small datagram, then a 1400-byte one, waits for the path MTU the kernel learnt from the
+# "packet too big" answer, then checks that a second one is refused locally (EMSGSIZE).
+PMTU_CLIENT = DATAGRAM_SOCKET + """
     sock.send(b"small")  # opens the session (a packet over the link's MTU never reaches FORWARD)
     assert sock.recv(100) == b"small"
     sock.send(b"x" * 1400)
-    deadline = time.monotonic() + 3
-    while sock.getsockopt(level, mtu_option) == 1500 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    mtu = sock.getsockopt(level, mtu_option)
+    mtu = learnt_mtu()
     try:
         sock.send(b"x" * 1400)
         second = "sent"
@@ -325,7 +332,7 @@ def test_path_mtu_discovery_through_a_smaller_link(lab, daemon, tmp_path, server
     lab.run(lab.firewall, ["ip", "link", "set", "wan", "mtu", "1280"])
     firewall = daemon(write_policy(tmp_path, PMTU), "--hooks", "forward,output")
     with netns.udp_echo(lab, 7105, count=5, lifetime=20):
-        learnt = client_script(lab, PMTU_CLIENT, server)
+        learnt = client_script(lab, PMTU_CLIENT, server, 7105)
     assert learnt == {"mtu": 1280, "second": "EMSGSIZE"}, (learnt, stats_of(firewall)["packets"])
     accepted = stats_of(firewall)["packets"]["by_verdict"]["accept"]
     assert accepted.get("related:icmp") == 1, accepted
@@ -436,17 +443,8 @@ rules:
 
 # With IP_RECVERR: a datagram with a hop limit of 2 dies at the router behind the firewall (time
 # exceeded); then a 1400-byte one with "don't fragment" meets its 1280-byte link (packet too big).
-ROUTED_CLIENT = """
-    import errno, json, socket, sys, time
-    address = sys.argv[1]
-    v6 = ":" in address
-    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-    level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
-    recverr, hops, discover, mtu_option = (25, 16, 23, 24) if v6 else (11, 2, 10, 14)
+ROUTED_CLIENT = DATAGRAM_SOCKET + """
     sock.setsockopt(level, recverr, 1)
-    sock.setsockopt(level, discover, 2)
-    sock.connect((address, 7106))
-    sock.settimeout(3)
     sock.setsockopt(level, hops, 2)
     sock.send(b"short-lived")
     try:
@@ -458,10 +456,7 @@ ROUTED_CLIENT = """
         expired = errno.errorcode.get(error.errno, str(error))
     sock.setsockopt(level, hops, 64)
     sock.send(b"x" * 1400)
-    deadline = time.monotonic() + 3
-    while sock.getsockopt(level, mtu_option) != 1280 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    print(json.dumps({"expired": expired, "mtu": sock.getsockopt(level, mtu_option)}))
+    print(json.dumps({"expired": expired, "mtu": learnt_mtu()}))
 """
 
 
@@ -477,6 +472,6 @@ def test_time_exceeded_and_packet_too_big_from_a_router_beyond_are_related(lab, 
     lab.run("server", [*ip, "route", "add", network, "dev", "beyond"])
     lab.run(lab.firewall, [*ip, "route", "add", network, "via", router])
     firewall = daemon(write_policy(tmp_path, ROUTED))
-    assert client_script(lab, ROUTED_CLIENT, target) == {"expired": "EHOSTUNREACH", "mtu": 1280}
+    assert client_script(lab, ROUTED_CLIENT, target, 7106) == {"expired": "EHOSTUNREACH", "mtu": 1280}
     accepted = stats_of(firewall)["packets"]["by_verdict"]["accept"]
     assert accepted == {"rule:datagrams": 1, "established": 1, "related:icmp": 2}, accepted

@@ -408,3 +408,27 @@ def test_fw_policy_test_explains_a_zone_criterion(tmp_path):
     assert chosen.reason == "rule:out"
     assert [(c.field, c.written, c.packet, c.matches) for c in chosen.criteria] == [
         ("from_zone", "inside (lan)", "lan", True), ("to_zone", "outside (wan, ppp+)", "ppp0", True)]
+
+
+def test_a_recheck_and_an_adopted_copy_release_and_count_once(tmp_path):
+    engine = make(tmp_path, LIMITS)
+    a = "198.51.100.10"
+    for port in (1000, 1001):
+        engine.process(syn(a, port), 1.0)
+    # An HA peer's copy of a session replaces ours: still one count for it.
+    ours = next(s for s in engine.sessions if s.sport == 1000)
+    copy = make(tmp_path, LIMITS, "peer.yaml")
+    copy.process(syn(a, 1000), 1.0)
+    theirs = next(iter(copy.sessions))
+    engine.adopt(theirs, 1.5)
+    assert ours.slot == -1 and theirs.flags & COUNTED
+    assert_counts(engine)
+    assert engine.rule_limits.rules["web"].total == 2
+    # A re-check that refuses the rule's sessions releases every count.
+    engine.swap_policy(policy_of(tmp_path, LIMITS.replace("dport: 80", "dport: 8080") +
+                                 "options: {reload_recheck: true}\n", "moved.yaml"))
+    engine.recheck(2.0)
+    assert len(engine.sessions) == 0
+    assert_counts(engine)
+    engine.swap_policy(policy_of(tmp_path, LIMITS, "back.yaml"))
+    assert engine.rule_limits.rules["web"].total == 0

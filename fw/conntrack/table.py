@@ -39,6 +39,7 @@ LOOSE = 8  # picked up mid-stream (tcp_loose)
 HALF_OPEN = 16  # counted in its source's half-open sessions (flood limits)
 REVERSED = 32  # the original source is the key's high end (fixed at creation; not a state)
 LIBERAL = 128  # TCP: liberal window checks (the track's `liberal`, kept here); 64 is fw.drivers.offload's
+# 256 is fw.conntrack.rule_limits' COUNTED (the session counts in its rule's limit)
 FLAG_NAMES = {ASSURED: "assured", SEEN_REPLY: "seen-reply", RELATED: "related", LOOSE: "loose",
               HALF_OPEN: "half-open"}
 INTERN_LIMIT = 1 << 16  # values kept by SessionTable.intern before it starts over

@@ -71,6 +71,17 @@ class Selector:
             return False
         return self.to_zone is None or self.to_zone.has_interface(oif)
 
+    def own_interfaces(self) -> tuple:
+        """(iif, oif) names that satisfy this selector's own interface and zone conditions (None
+        where it has none): for checks that judge a rule without a packet (shadowing, re-check)."""
+        iif = self.iif_prefix if self.iif_prefix is not None else self.iif
+        if iif is None and self.from_zone is not None:
+            iif = self.from_zone.sample_interface()
+        oif = self.oif_prefix if self.oif_prefix is not None else self.oif
+        if oif is None and self.to_zone is not None:
+            oif = self.to_zone.sample_interface()
+        return iif, oif
+
     @property
     def interface_bound(self) -> bool:
         """Does matching depend on the packet's interfaces (iif, oif, from_zone, to_zone)?"""

@@ -51,18 +51,7 @@ def _refuses(policy, bound: list, session) -> bool:
     for candidate in bound:
         if candidate.index >= before:
             break
-        if candidate.matches(probe, src, dst, *_interfaces_of(candidate)):
+        if candidate.matches(probe, src, dst, *candidate.own_interfaces()):
             return False  # decided by an interface the session does not remember: keep it
     action = rule.action if rule is not None else policy.default_action
     return action != "accept"
-
-
-def _interfaces_of(rule) -> tuple:
-    """Interface names that satisfy the rule's own interface conditions (iif, oif)."""
-    iif = rule.iif_prefix if rule.iif_prefix is not None else rule.iif
-    if iif is None and rule.from_zone is not None:
-        iif = rule.from_zone.sample_interface()
-    oif = rule.oif_prefix if rule.oif_prefix is not None else rule.oif
-    if oif is None and rule.to_zone is not None:
-        oif = rule.to_zone.sample_interface()
-    return iif, oif

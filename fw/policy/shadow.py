@@ -43,8 +43,7 @@ def shadowing(rules, index) -> list[tuple[object, object]]:
         if not rule.families:
             continue  # never matches at all: reported apart
         probe = Probe(rule, min(rule.families))
-        iif = rule.iif_prefix if rule.iif_prefix is not None else rule.iif
-        oif = rule.oif_prefix if rule.oif_prefix is not None else rule.oif
+        iif, oif = rule.own_interfaces()
         for earlier in index.all_matches(probe, iif, oif, below=rule.index):
             if covers(earlier, rule):
                 found.append((rule, earlier))

@@ -413,6 +413,7 @@ class Daemon:
                        "expire": self.counters["expire_errors"]},
             "effects": {**{key: 0 for key in EFFECT_COUNTERS}, **self.effects.counters},
             "engine": dict(counters),
+            "limits": engine.rule_limits.usage(),
         }
         for name, section in self.stats_sections.items():
             result[name] = section()

@@ -162,6 +162,7 @@ def test_a_per_source_limit_refuses_the_third_connection_and_frees_a_place_on_cl
     assert outcomes == ["ok", "ok", "ECONNREFUSED", "ok"]
     stats = stats_of(firewall)
     assert stats["drops"] == {"limit:echo": 1}
+    assert stats["limits"] == {"echo": {"sessions": 2, "sources": 1}}  # the fourth and the second
     assert stats["packets"]["by_verdict"]["accept"]["rule:echo"] == 3
     # Three sessions and one refusal wanted a log event; the rule's log_limit let one through.
     assert stats["engine"]["log_suppressed:echo"] == 3

@@ -432,3 +432,28 @@ def test_a_recheck_and_an_adopted_copy_release_and_count_once(tmp_path):
     assert_counts(engine)
     engine.swap_policy(policy_of(tmp_path, LIMITS, "back.yaml"))
     assert engine.rule_limits.rules["web"].total == 0
+
+
+def test_strict_gives_an_address_to_the_zone_that_holds_it_most_narrowly(tmp_path):
+    text = """
+    version: 1
+    defaults: {action: accept}
+    zones:
+      inside: {interfaces: [lan], addresses: [198.51.100.0/24, "2001:db8:1::/48"]}
+      lab: {interfaces: [lab+], addresses: [198.51.100.128/25, "2001:db8:1:5::/64"]}
+      outside: {interfaces: [wan], addresses: {not: 198.51.100.0/26}}
+    options: {spoof_check: strict}
+    """
+    engine = make(tmp_path, text)
+    cases = [("198.51.100.5", "lan", "default"), ("198.51.100.200", "lan", "spoof"),
+             ("198.51.100.200", "lab7", "default"), ("198.51.100.70", "wan", "spoof"),
+             ("198.51.100.5", "wan", "spoof"), ("192.0.2.1", "wan", "default"), ("192.0.2.1", "lan", "spoof"),
+             ("2001:db8:1:5::9", "lab0", "default"), ("2001:db8:1:5::9", "lan", "spoof"),
+             ("2001:db8:1:6::9", "lan", "default"), ("2001:db8:ffff::1", "wan", "default")]
+    got = []
+    for number, (source, iif, _expected) in enumerate(cases):
+        target = "203.0.113.10" if ":" not in source else "2001:db8:2::10"
+        packet = udp_pkt(f"{source}:{1000 + number}" if ":" not in source else f"[{source}]:{1000 + number}",
+                         f"{target}:53" if ":" not in target else f"[{target}]:53")
+        got.append((source, iif, engine.process(packet, 1.0, iif, "x").reason))
+    assert got == cases

@@ -7,8 +7,11 @@ as a rule's src). A `Zones` object answers two questions. `of(ifname)`: the zone
 `spoof_check: loose` (Linux rp_filter 2) a source must belong to some zone; with `strict` (rp_filter
 1, pf's antispoof) it must belong to the zone of its interface, and no other zone may hold it more
 narrowly (the zone a route lookup would pick: the one whose interval around the address is the
-smallest, so an inside /24 beats an outside `any`). A packet on an interface of no zone, or with no
-interface at all (replay), is not checked. The engine asks only when zones and a check are set.
+smallest, so an inside /24 beats an outside `any`). Both are worked out once per policy into one
+IntervalSet per zone and family (`allowed`): the boundaries of every zone's intervals cut the
+address space into segments, and each segment goes to the zones holding it most narrowly; so a
+packet costs a cached interface lookup and one bisect. A packet on an interface of no zone, or with
+no interface at all (replay), is not checked. The engine asks only when zones and a check are set.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from yaml.nodes import ScalarNode, SequenceNode
 from fw.policy import fields
 from fw.policy.diagnostics import Reporter
 from fw.policy.fields import INVALID
-from fw.policy.intervals import AddressSet
+from fw.policy.intervals import FAMILIES, AddressSet, IntervalSet
 from fw.policy.source import items, unknown_message
 
 ZONE_KEYS = ("interfaces", "addresses")
@@ -70,6 +73,7 @@ class Zones:
                     self._exact[name] = zone
         self._prefixes.sort(key=lambda item: -len(item[0]))  # the longest prefix first
         self._cache: dict = {}
+        self.allowed = _allowed(zones, mode) if mode in ("strict", "loose") else {}
 
     @property
     def checks(self) -> bool:
@@ -93,20 +97,42 @@ class Zones:
 
     def spoofed(self, pkt, iif: str | None) -> bool:
         """True when the packet's source may not come in on `iif` (see the module's docstring)."""
-        zone = self.of(iif)
+        try:
+            zone = self._cache[iif]
+        except KeyError:
+            zone = self.of(iif)
         if zone is None:
             return False
-        family, src = pkt.family, int.from_bytes(pkt.src, "big")
-        if self.mode == "loose":
-            return not any(src in z.addresses.by_family[family] for z in self.by_name.values())
-        own = _width(zone.addresses.by_family[family], src)
-        if own is None:
-            return True
-        return any(z is not zone and (w := _width(z.addresses.by_family[family], src)) is not None and w < own
-                   for z in self.by_name.values())
+        return int.from_bytes(pkt.src, "big") not in self.allowed[zone.name][pkt.family]
 
 
 NO_ZONES = Zones({})
+
+
+def _allowed(zones: dict, mode: str) -> dict:
+    """{zone name: {family: IntervalSet}}: the sources each zone admits under `mode`."""
+    result: dict = {name: {} for name in zones}
+    for family in FAMILIES:
+        sets = {name: zone.addresses.by_family[family] for name, zone in zones.items()}
+        if mode == "loose":
+            union = IntervalSet([pair for intervals in sets.values() for pair in intervals])
+            for name in zones:
+                result[name][family] = union
+            continue
+        bounds = sorted({0} | {b for intervals in sets.values() for start, end in intervals
+                               for b in (start, end + 1)})
+        pieces: dict = {name: [] for name in zones}
+        for low, high in zip(bounds, bounds[1:] + [None], strict=True):
+            widths = {name: w for name, intervals in sets.items() if (w := _width(intervals, low)) is not None}
+            if widths:
+                narrowest = min(widths.values())
+                last = (high - 1) if high is not None else low
+                for name, width in widths.items():
+                    if width == narrowest:
+                        pieces[name].append((low, max(low, last)))
+        for name in zones:
+            result[name][family] = IntervalSet(pieces[name])
+    return result
 
 
 def _width(intervals, value: int) -> int | None:

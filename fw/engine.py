@@ -10,6 +10,11 @@ without touching the session. A packet with no session may open one: an FTP expe
 
 The engine performs no I/O and reads no clock: resets, ICMP unreachables and log events are
 returned as effects for the driver to carry out. `expire(now)` is called by the driver.
+
+Policy power, kept off the established path: with zones and `spoof_check`, a packet whose source
+may not arrive on its interface is dropped as `spoof` before any lookup (fw.policy.zones); a rule's
+`limit` and `log_limit` are met only when it would open a session or log (fw.conntrack.rule_limits);
+`recheck(now)` closes what a new policy refuses (fw.policy.recheck).
 """
 
 from __future__ import annotations

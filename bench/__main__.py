@@ -1,4 +1,5 @@
-"""`python -m bench` (`make bench`): run the benchmarks, print a table, write bench/results.json.
+"""`python -m bench` (`make bench`): run the benchmarks, print a table, write bench/results.json
+and, with the live part, its plots (bench/throughput.png, cpu.png, latency.png: bench/plots.py).
 
 Two parts. The offline engine (bench/engine_bench.py: packets already in memory, one core, no
 kernel) always runs. The live lab (bench/live_bench.py: iperf3, UDP and ping through `fw run`, a
@@ -67,7 +68,20 @@ def main(argv=None) -> int:
     document["seconds"] = round(time.monotonic() - started, 1)
     Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
     print(f"written: {args.output}")
+    if document["live"] is not None:
+        write_plots(document, Path(args.output).parent)
     return 0
+
+
+def write_plots(document: dict, out: Path) -> None:
+    """The PNGs of bench/plots.py beside the results (`python -m bench.plots FILE` redraws them)."""
+    from bench import plots  # noqa: PLC0415  (matplotlib only when there is something to plot)
+
+    try:
+        for path in plots.write_plots(document, out):
+            print(f"written: {path}")
+    except plots.PlotError as error:
+        print(f"no plots: {error}")
 
 
 def print_table(results: list[dict], ratios: dict) -> None:

@@ -28,7 +28,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from fw.drivers import iptables
-from fw.drivers.control import ControlError, ControlServer, SessionFilter, chunked, error_answer, session_view
+from fw.drivers.control import (
+    ControlError,
+    ControlServer,
+    SessionFilter,
+    chunked,
+    error_answer,
+    select_sessions,
+    session_view,
+)
 from fw.drivers.effects import Effects, RawSender
 from fw.drivers.eve import EveLog
 from fw.drivers.nfqueue import PacketHandler, Queue, QueueOptions, read_queue_counters, summarize
@@ -137,6 +145,7 @@ class Daemon:
         self.rules: iptables.Installation | None = None
         self.effects: Effects | None = None
         self.handler: PacketHandler | None = None
+        self.feed = None  # fw.feed.EventFeed once attached: `fw events`, `fw top`
         self._baseline: dict[int, Counter] = {}  # kernel queue counters at start or at --zero
         self._stop = False
         self._reload = False
@@ -323,7 +332,9 @@ class Daemon:
         if command == "stats":
             return {"ok": True, "stats": self.stats(zero=bool(request.get("zero")))}
         if command == "sessions":
-            return self.sessions()
+            return self.sessions(request)
+        if command == "events":
+            return self.events(request)
         if command == "kill":
             try:
                 selected = SessionFilter(request.get("filter") or {})
@@ -331,18 +342,38 @@ class Daemon:
                 return error_answer(f"bad filter: {exc}", 2)
             return {"ok": True, "killed": self.kill(selected)}
         if command == "reload":
-            return self.reload(request.get("path"))
+            return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
         return error_answer(f"unknown command {command!r}", 2)
 
-    def sessions(self):
-        """The session table as a JSON document, built a few hundred sessions per loop turn."""
+    def sessions(self, request: dict | None = None):
+        """The session table (filtered, sorted, limited as asked) as a JSON document, built a few
+        hundred sessions per loop turn."""
         from fw.events import flow_id  # noqa: PLC0415
 
+        request = request or {}
         now, snapshot = time.monotonic(), list(self.engine.sessions)
-        head = {"ok": True, "version": 1, "count": len(snapshot)}
+        if request.get("filter") or request.get("sort") or request.get("limit") is not None:
+            try:
+                snapshot = select_sessions(snapshot, request.get("filter"), request.get("sort"), request.get("limit"))
+            except ValueError as exc:
+                yield json.dumps(error_answer(f"bad request: {exc}", 2)) + "\n"
+                return
+        head = {"ok": True, "version": 1, "count": len(snapshot), "total": len(self.engine.sessions)}
         yield json.dumps(head)[:-1] + ', "sessions": ['
         yield from chunked(snapshot, lambda s: session_view(s, now, flow_id))
         yield "]}\n"
+
+    def events(self, request: dict):
+        """`fw events`: the feed's recent events, and with `follow` the new ones as they come."""
+        from fw.feed import parse_request  # noqa: PLC0415
+
+        if self.feed is None:
+            return error_answer("this daemon keeps no event feed", 1)
+        try:
+            follow, types, since = parse_request(request)
+        except ValueError as exc:
+            return error_answer(f"bad request: {exc}", 2)
+        return self.feed.stream(follow, types, since)
 
     def kill(self, selected: SessionFilter) -> int:
         now, killed = time.monotonic(), 0
@@ -350,6 +381,8 @@ class Daemon:
             if selected.all or selected(session):
                 self.effects(self.engine.kill(session, now))
                 killed += 1
+                if self.feed is not None:
+                    self.feed.closed(session, "killed")
         if killed:
             log.info("killed %d sessions on request", killed)
         return killed
@@ -378,6 +411,7 @@ class Daemon:
                        "expire": self.counters["expire_errors"]},
             "effects": {**{key: 0 for key in EFFECT_COUNTERS}, **self.effects.counters},
             "engine": dict(counters),
+            "limits": engine.rule_limits.usage(),
         }
         for name, section in self.stats_sections.items():
             result[name] = section()
@@ -389,8 +423,9 @@ class Daemon:
                 self.counters[key] = 0
         return result
 
-    def reload(self, path: str | None = None) -> dict:
-        """Load the policy (from `path`, else where it came from); swap it in, or keep the old one."""
+    def reload(self, path: str | None = None, dry_run: bool = False) -> dict:
+        """Load the policy (from `path`, else where it came from); swap it in, or keep the old one.
+        With `options.reload_recheck` the sessions it refuses are closed; `dry_run` only names them."""
         from fw.policy import PolicyError  # noqa: PLC0415
 
         path = path or self.policy_path
@@ -407,7 +442,10 @@ class Daemon:
             log.error("reload of %s failed, the running policy stays: %r", path, exc)
             self._after_reload(None, path, str(exc))
             return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
+        if dry_run:
+            return self._recheck_plan(policy, path)
         self.engine.swap_policy(policy)
+        closed = self._recheck() if policy.options.get("reload_recheck") else None
         gc.freeze()  # a large policy's objects out of the collector's way (gc pauses slowed packets)
         self.policy_path = path
         self.counters["reloads"] += 1
@@ -415,7 +453,29 @@ class Daemon:
         log.info("policy %s loaded (%s)", path, policy.summary())
         self._event("engine", {"message": f"policy {path} loaded ({policy.summary()})", "module": "reload"})
         self._after_reload(policy, path, None)
-        return {"ok": True, "policy": path, "summary": policy.summary(), "warnings": warnings}
+        return {"ok": True, "policy": path, "summary": policy.summary(), "warnings": warnings, "closed": closed}
+
+    def _recheck(self) -> int:
+        """Close the sessions the new policy refuses (reset where rst_on_timeout says); how many."""
+        before = self.engine.counters["recheck_closed"]
+        effects = self.engine.recheck(time.monotonic())
+        if effects:
+            self.effects(effects)
+        closed = self.engine.counters["recheck_closed"] - before
+        log.info("reload re-check closed %d sessions", closed)
+        return closed
+
+    def _recheck_plan(self, policy, path: str) -> dict:
+        """`fw reload --dry-run`: the sessions a re-check against `policy` would close; nothing changes."""
+        from fw.events import flow_id  # noqa: PLC0415
+        from fw.policy.recheck import refused_by  # noqa: PLC0415
+
+        now = time.monotonic()
+        refused = refused_by(policy, list(self.engine.sessions))
+        return {"ok": True, "dry_run": True, "policy": path, "summary": policy.summary(),
+                "warnings": [w.format() for w in policy.warnings],
+                "recheck": bool(policy.options.get("reload_recheck")),
+                "would_close": [session_view(s, now, flow_id) for s in refused]}
 
     def _after_reload(self, policy, path: str, error: str | None) -> None:
         for hook in self.reload_hooks:

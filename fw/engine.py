@@ -13,10 +13,16 @@ The engine performs no I/O and reads no clock: resets, ICMP unreachables, log ev
 happened to sessions are returned as effects for the driver to carry out (fw/decision.py).
 `expire(now)` is called by the driver.
 
+Policy power, kept off the established path: with zones and `spoof_check`, a packet whose source
+may not arrive on its interface is dropped as `spoof` before any lookup (fw.policy.zones); a rule's
+`limit` and `log_limit` are met only when it would open a session or log (fw.conntrack.rule_limits);
+`recheck(now)` closes what a new policy refuses (fw.policy.recheck).
+
 Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
-expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; snapshots in
-fw/engine_state.py; expectations in fw/conntrack/expect.py; the table, its timer wheel
-(`touch`) and eviction order in fw/conntrack/table.py; TCP's state machine in fw/conntrack/tcp.py.
+expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; NAT in
+fw/engine_nat.py and fw/engine_nat_ftp.py; snapshots in fw/engine_state.py; expectations in
+fw/conntrack/expect.py; the table, its timer wheel (`touch`) and eviction order in
+fw/conntrack/table.py; TCP's state machine in fw/conntrack/tcp.py.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
 from fw.conntrack.limits import FLOOD, SourceLimits
+from fw.conntrack.rule_limits import CLOSED as LIMIT_CLOSED
+from fw.conntrack.rule_limits import COUNTED, LogLimits, RuleLimits
 from fw.conntrack.table import (
     ASSURED,
     HALF_OPEN,
@@ -61,6 +69,7 @@ from fw.nat.ftp import FtpNatSession
 from fw.nat.rewrite import RewriteError
 from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
+from fw.policy.recheck import refused_by
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, RST, ACK = 2, 4, 16
@@ -94,6 +103,7 @@ class Engine:
         self.policy = None
         self._data = b""
         self.limits = SourceLimits({})
+        self.rule_limits = RuleLimits()
         self.timeout_scale = 1.0
         self.nat = engine_nat.Nat()
         self.swap_policy(policy)
@@ -112,6 +122,10 @@ class Engine:
         self.adaptive_end = int(options.get("adaptive_end") or self.max_sessions * 12 // 10)
         self.limits.configure(options)
         self.nat.configure(getattr(policy, "nat", ()))
+        limited = self.rule_limits.rules or any(rule.limit is not None for rule in policy.rules)
+        self.rule_limits = RuleLimits(policy, self.table.values() if limited else ())
+        self.log_limits = LogLimits(policy, self.counters)
+        self.spoof = policy.zones if policy.zones.checks else None  # checked before any lookup
         self._rescale()
         self.counters["policy_swaps"] += 1
 
@@ -132,6 +146,8 @@ class Engine:
             pkt = parse(data)
         except MalformedPacket:
             return self._verdict(DROP, "malformed")
+        if self.spoof is not None and self.spoof.spoofed(pkt, iif):
+            return self._verdict(DROP, "spoof", pkt)
         if pkt.is_fragment and pkt.frag_offset:
             return self.fragments.judge(pkt, now)
         proto = pkt.proto
@@ -232,6 +248,8 @@ class Engine:
         if session.flags & HALF_OPEN and state not in EMBRYONIC:
             session.flags &= ~HALF_OPEN
             self.limits.half_open_ended(session.src)
+        if session.flags & COUNTED and state in LIMIT_CLOSED:
+            self.rule_limits.release(session)
         changed = SessionChanged(session, old_state)
         if state is tcpmod.TcpState.ESTABLISHED and self.config.offload and may_offload(session):
             if not session.liberal:  # its window record ages while the kernel passes its packets
@@ -259,6 +277,8 @@ class Engine:
                 refused = self.limits.admit(pkt.src, now)
                 if refused is not None:
                     return self._flood(pkt, refused, now)
+            if rule is not None and rule.limit is not None and not self.rule_limits.admit(rule, pkt.src, now):
+                return self._refuse(pkt, rule.limit.over, "limit:" + rule.name, log, now)
             verdict = ACCEPT
         evicted = NO_EFFECTS
         if len(self.table) >= self.max_sessions:
@@ -293,6 +313,8 @@ class Engine:
                                             timeouts, rst_on_timeout)  # fmt: skip
             if rule is not None and rule.alg:
                 session.alg = ALGS[rule.alg].create(Peers(pkt.family, pkt.src, pkt.dst, sport, dport))
+            if rule is not None and rule.limit is not None:
+                self.rule_limits.opened(rule, session)
         if track is not None:
             if state in EMBRYONIC and self.limits.active:
                 session.flags |= HALF_OPEN
@@ -317,7 +339,7 @@ class Engine:
         if len(self.table) > self.adaptive_start:
             self._rescale()
         effects = evicted + (SessionOpened(session),)
-        if self.config.events and (expectation is not None or log):
+        if self.config.events and (expectation is not None or (log and self.log_limits.allow(reason, now))):
             effects += (LogEvent(session_event("new", session, now, reason)),)
         decision = self._verdict(verdict, reason, pkt, session, effects)
         if binding is not None:
@@ -367,7 +389,7 @@ class Engine:
                 answer = pktbuild.icmp_unreachable_for(self._data, pkt)
             if answer is not None:
                 effects = (SendPacket(pkt.family, answer),)
-        if log and self.config.events:
+        if log and self.config.events and self.log_limits.allow(reason, now):
             effects = effects + (LogEvent(verdict_event(pkt, DROP, reason, now)),)
         return self._verdict(DROP, reason, pkt, None, effects or NO_EFFECTS)
 
@@ -500,6 +522,8 @@ class Engine:
         if session.flags & HALF_OPEN:
             session.flags &= ~HALF_OPEN
             self.limits.half_open_ended(session.src)
+        if session.flags & COUNTED:
+            self.rule_limits.release(session)
 
     # -- snapshots (restarts) and adoption (HA sync) -------------------------------------------
 
@@ -520,6 +544,7 @@ class Engine:
         if session.tcp is not None and session.state in EMBRYONIC and self.limits.active:
             session.flags |= HALF_OPEN
             self.limits.half_open_started(session.src, now)
+        self.rule_limits.adopted(session)
         self.table.add(session)
         binding = session.nat
         if binding is not None:
@@ -527,6 +552,22 @@ class Engine:
             if binding.alias is not None:
                 self.table.add_alias(session, binding.alias)
         return effects
+
+    def recheck(self, now: float) -> tuple:
+        """Close the sessions the policy in force refuses (options.reload_recheck, after a swap);
+        an established TCP session whose rst_on_timeout is set gets a RST at both ends, as on expiry."""
+        effects = []
+        for session in refused_by(self.policy, self.table.values()):
+            if session.slot == -1:
+                continue
+            effects.append(self._close(session, now, "recheck"))
+            self.counters["recheck_closed"] += 1
+            if session.rst_on_timeout and session.proto == TCP and session.state == tcpmod.TcpState.ESTABLISHED:
+                effects.extend(self._resets_for(session))
+                self.counters["recheck_resets"] += 1
+            if self.config.events:
+                effects.append(LogEvent(session_event("end", session, now, "recheck")))
+        return tuple(effects)
 
     def kill(self, session: Session, now: float, why: str = "killed") -> tuple:
         """Remove one session at a driver's request (`why`: an operator's `killed`, a peer's

@@ -7,10 +7,10 @@ snapshot and swaps it in whole. prometheus-client's HTTP server thread renders t
 on each scrape through a custom collector on a registry of our own (not the library's global one).
 
 `RuleCounters.count(decision)` is the one per-packet call: it adds the packet to the rule its
-session was opened by (or that refused it): packets, bytes (IP total length), and sessions when
-this packet opened one (ALG data sessions count for the rule of their control session). `deltas()`
-gives what was counted since its last call, for the store. The Prometheus HTTP thread reads
-`totals()`-shaped copies only (made on the loop's tick).
+session was opened by (or that refused it, by its action or over its `limit`): packets, bytes (IP
+total length), and sessions when this packet opened one (ALG data sessions count for the rule of
+their control session). `deltas()` gives what was counted since its last call, for the store.
+The Prometheus HTTP thread reads `totals()`-shaped copies only (made on the loop's tick).
 
 Metric names (all prefixed fw_): sessions, sessions_limit, expectations, packets_total{verdict,
 reason}, rule_packets_total{rule}, rule_bytes_total{rule}, rule_sessions_total{rule},
@@ -28,7 +28,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 SESSION_EVENTS = ("inserts", "expiries", "evictions", "killed", "timeout_resets", "loose_pickups",
-                  "restore_errors", "policy_swaps", "alg_refused")
+                  "restore_errors", "policy_swaps", "alg_refused", "recheck_closed", "recheck_resets",
+                  "log_suppressed")
 
 
 class RuleCounters:
@@ -45,9 +46,9 @@ class RuleCounters:
         session = decision.session
         if session is None:
             reason = decision.reason
-            if not reason.startswith("rule:"):
+            if not reason.startswith(("rule:", "limit:")):
                 return
-            rule, opened = reason[5:], False
+            rule, opened = reason.partition(":")[2], False
         else:
             rule = session.rule
             if rule is None:

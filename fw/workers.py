@@ -43,7 +43,7 @@ from collections import Counter
 
 from fw.daemon import DaemonConfig, DaemonError, Loop
 from fw.drivers import iptables
-from fw.drivers.control import ControlError, ControlServer, SessionFilter, call, error_answer
+from fw.drivers.control import VIEW_SORT_KEYS, ControlError, ControlServer, SessionFilter, call, error_answer
 from fw.drivers.nfqueue import NF_QUEUE, verdict_message
 
 log = logging.getLogger("fw.workers")
@@ -357,7 +357,10 @@ class Supervisor:
         if command == "stats":
             return {"ok": True, "stats": self.stats(bool(request.get("zero")))}
         if command == "sessions":
-            return self.sessions()
+            return self.sessions(request)
+        if command == "events":
+            return error_answer("fw events does not work with fw run --queues yet: each worker keeps its own "
+                                "sessions; use `fw run --log` for the events of every worker", 1)
         if command == "kill":
             try:
                 SessionFilter(request.get("filter") or {})
@@ -366,7 +369,7 @@ class Supervisor:
             answers = self.ask_all({"command": "kill", "filter": request.get("filter")})
             return {"ok": True, "killed": sum(a.get("killed", 0) for a in answers.values())}
         if command == "reload":
-            return self.reload(request.get("path"))
+            return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
         return error_answer(f"unknown command {command!r}", 2)
 
     def ask_all(self, request: dict) -> dict[int, dict]:
@@ -400,17 +403,27 @@ class Supervisor:
                            "reloads": self.counters["reloads"], "reload_failures": self.counters["reload_failures"]},
                 "workers": rows}
 
-    def sessions(self) -> dict:
-        answers = self.ask_all({"command": "sessions"})
+    def sessions(self, request: dict | None = None) -> dict:
+        """Every worker's sessions (each filtered, sorted and limited as asked), merged, sorted, limited."""
+        asked = {key: value for key, value in (request or {}).items() if key in ("filter", "sort", "limit")}
+        answers = self.ask_all({"command": "sessions", **asked})
+        for answer in answers.values():
+            if not answer.get("ok"):
+                return answer
         sessions = []
         for queue, answer in sorted(answers.items()):
             for session in answer.get("sessions", ()):
                 session["queue"] = queue
                 sessions.append(session)
+        if asked.get("sort"):
+            sessions.sort(key=VIEW_SORT_KEYS[asked["sort"]])
+        if asked.get("limit") is not None:
+            sessions = sessions[:asked["limit"]]
         return {"ok": True, "version": 1, "count": len(sessions), "sessions": sessions}
 
-    def reload(self, path: str | None = None) -> dict:
-        """Check the policy here (errors as `fw policy check` shows them), then reload every worker."""
+    def reload(self, path: str | None = None, dry_run: bool = False) -> dict:
+        """Check the policy here (errors as `fw policy check` shows them), then reload every worker
+        (`dry_run`: ask each what a re-check would close, and put their answers together)."""
         from fw.policy import PolicyError  # noqa: PLC0415
 
         path = path or self.policy_path
@@ -423,7 +436,12 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001
             self.counters["reload_failures"] += 1
             return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
-        answers = self.ask_all({"command": "reload", "path": path})
+        answers = self.ask_all({"command": "reload", "path": path, "dry_run": dry_run})
+        if dry_run:
+            return {"ok": True, "dry_run": True, "policy": path, "summary": policy.summary(),
+                    "warnings": [w.format() for w in policy.warnings],
+                    "recheck": bool(policy.options.get("reload_recheck")),
+                    "would_close": [s for _q, a in sorted(answers.items()) for s in a.get("would_close", ())]}
         failed = [q for w in self.workers if not answers.get(q := w.queue, {}).get("ok")]
         if failed:
             self.counters["reload_failures"] += 1
@@ -432,8 +450,9 @@ class Supervisor:
         self.counters["reloads"] += 1
         log.info("policy %s loaded by %d workers (%s)", path, len(answers), self.summary)
         warnings = [w.format() for w in getattr(policy, "warnings", ())]
+        closed = [a["closed"] for a in answers.values() if a.get("closed") is not None]
         return {"ok": True, "policy": path, "summary": self.summary, "warnings": warnings,
-                "workers": sorted(answers)}
+                "workers": sorted(answers), "closed": sum(closed) if closed else None}
 
 
 def merge_stats(rows: list[dict], fields: dict) -> dict:

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from fw.cli.daemon import session_line
+from fw.cli.sessions import session_line
 from fw.conntrack.table import ASSURED, SEEN_REPLY, Session
 from fw.daemon import Loop
 from fw.drivers.control import (

@@ -123,7 +123,9 @@ def test_sessions_kill_removes_exactly_the_matching_sessions(lab, firewall, web)
     fw = firewall()
     assert get(lab, "203.0.113.10", 8080).returncode == 0
     assert netns.ping(lab, "203.0.113.10") == 1
-    listed = fw.fw("sessions")
+    table = fw.fw("sessions").stdout.splitlines()
+    assert [line.split()[0] for line in table] == ["PROTO", "tcp", "icmp"]
+    listed = fw.fw("sessions", "--conntrack")
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["tcp", "icmp"]
     assert "rule=allow-web" in listed.stdout and "[ASSURED]" in listed.stdout
     assert listed.stderr.strip() == "fw sessions: 2 sessions have been shown."

@@ -14,7 +14,8 @@ import struct
 
 import pytest
 
-from fw.cli.daemon import _hooks, _queues, session_line
+from fw.cli.daemon import _hooks, _queues
+from fw.cli.sessions import session_line
 from fw.daemon import Throttle
 from fw.decision import LogEvent, RewritePacket, SendPacket, SessionOpened, SetMark
 from fw.drivers.effects import Effects

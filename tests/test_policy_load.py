@@ -11,7 +11,8 @@ from fw.policy.intervals import IntervalSet
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["policies/lab.yaml", "policies/examples/web-server.yaml",
-           "policies/examples/workstation.yaml", "policies/examples/ftp-server.yaml"]
+           "policies/examples/workstation.yaml", "policies/examples/ftp-server.yaml",
+           "policies/examples/corpus-ftp.yaml"]
 
 
 def load_text(text: str, name: str = "test.yaml"):
@@ -175,7 +176,7 @@ def test_every_error_is_reported_not_only_the_first():
 
 @pytest.mark.parametrize("text, message", [
     ("", "no 'version' (add 'version: 1')"),
-    ("- a list\n", "a policy file must be a mapping of version, defaults, sets, timeouts, "
+    ("- a list\n", "a policy file must be a mapping of version, defaults, sets, zones, timeouts, "
                    "timeout_overrides, options, rules, nat"),
     ("version: 1\nversion: 1\n", "duplicate key 'version'"),
     ("version: !!python/object:os.system 1\n",

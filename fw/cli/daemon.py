@@ -1,4 +1,4 @@
-"""`fw run`, `fw sessions`, `fw stats`, `fw reload`, `fw cleanup`: the daemon and its operator commands.
+"""`fw run`, `fw stats`, `fw reload`, `fw cleanup`: the daemon and its operator commands.
 
 `fw run` builds the engine and hands it to fw.daemon.Daemon; the other commands are clients of the
 control socket of the daemon in their network namespace (fw.drivers.control), except `fw cleanup`,
@@ -15,24 +15,11 @@ import sys
 
 import click
 
-from fw.drivers.control import ControlError, call, daemon_running, parse_filter
+from fw.cli.common import Failure
+from fw.cli.common import ask as _ask
+from fw.cli.sessions import sessions_group
 
 HOOK_NAMES = ("forward", "input", "output")
-
-
-class Failure(click.ClickException):
-    """One line on stderr and SPEC's exit status (1 runtime failure, 2 bad usage)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _ask(request: dict) -> dict:
-    try:
-        return call(request)
-    except ControlError as error:
-        raise Failure(str(error), error.exit_code) from None
 
 
 def _queues(queue: int | None, queues: str | None) -> tuple[int, int]:
@@ -123,8 +110,11 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         raise Failure(str(error), error.exit_code) from None
     try:
         if isinstance(daemon, Daemon):
+            from fw.feed import attach_feed
+
             attach_offload(daemon)
             records.attach(daemon)
+            attach_feed(daemon)
     except OSError as error:
         daemon.close()
         raise Failure(f"--metrics {metrics_listen}: {error.strerror or error}") from None
@@ -223,69 +213,6 @@ def _policy_source(policy_path: str | None, db: str | None):
     return store, policy, store.label, policy_loader(store)
 
 
-@click.group("sessions", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="The sessions as one JSON object.")
-@click.pass_context
-def sessions_group(ctx, as_json: bool) -> None:
-    """List the daemon's sessions, as `conntrack -L` does.
-
-    Example: fw sessions --json
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    answer = _ask({"command": "sessions"})
-    if as_json:
-        answer.pop("ok", None)
-        click.echo(json.dumps(answer, indent=1))
-        return
-    for session in answer["sessions"]:
-        click.echo(session_line(session))
-    click.echo(f"fw sessions: {answer['count']} sessions have been shown.", err=True)
-
-
-def _tuple_text(direction: dict) -> str:
-    words = [f"src={direction['src']}", f"dst={direction['dst']}"]
-    words += [f"{key}={direction[key]}" for key in ("sport", "dport", "id") if key in direction]
-    words += [f"packets={direction['packets']}", f"bytes={direction['bytes']}"]
-    return " ".join(words)
-
-
-def session_line(session: dict) -> str:
-    """`tcp 6 7439 ESTABLISHED src=.. dst=.. sport=.. dport=.. packets=.. bytes=.. src=.. [ASSURED]`."""
-    from fw.packet.constants import PROTOCOLS
-
-    number = PROTOCOLS.get(session["proto"], session["proto"])
-    words = [f"{session['proto']:<8} {number:<3} {session['timeout']} {session['state']}",
-             _tuple_text(session["original"]), _tuple_text(session["reply"])]
-    if "ASSURED" in session["flags"]:
-        words.append("[ASSURED]")
-    words += [f"[{flag}]" for flag in session["flags"] if flag not in ("ASSURED", "SEEN_REPLY")]
-    words.append(f"rule={session['rule'] or '-'}")
-    if session.get("alg"):
-        words.append(f"alg={session['alg']}")
-    if session.get("owner"):
-        words.append(f"owner={session['owner']}")
-    return " ".join(words)
-
-
-@sessions_group.command("kill")
-@click.argument("terms", nargs=-1, metavar="FILTER...")
-def kill_command(terms) -> None:
-    """Remove the sessions that match FILTER (KEY=VALUE words, all must match; `all` for every one).
-
-    Keys: proto, src, dst (the original direction's addresses, or CIDRs), addr (either end), sport,
-    dport, port (either end), rule (the rule that opened it).
-
-    Example: fw sessions kill src=198.51.100.0/24 dport=80
-    """
-    try:
-        spec = parse_filter(terms)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    answer = _ask({"command": "kill", "filter": spec})
-    click.echo(f"{answer['killed']} sessions killed")
-
-
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="The counters as one JSON object.")
 @click.option("--zero", is_flag=True, help="Zero the counters after reading them.")
@@ -324,22 +251,44 @@ def stats_command(as_json: bool, zero: bool) -> None:
 
 @click.command("reload")
 @click.argument("path", required=False, type=click.Path())
-def reload_command(path: str | None) -> None:
-    """Re-read the policy (from where `fw run` got it, or PATH) and swap it in, keeping every session.
+@click.option("--dry-run", is_flag=True,
+              help="Check the policy and list the sessions a re-check would close; change nothing.")
+def reload_command(path: str | None, dry_run: bool) -> None:
+    """Re-read the policy (from where `fw run` got it, or PATH) and swap it in, keeping every session
+    (with `options.reload_recheck: true`, closing those the new rules refuse).
 
     On any error the running policy stays, and the errors are printed (exit status 2).
 
-    Example: fw reload policies/lab.yaml
+    Example: fw reload --dry-run policies/lab.yaml
     """
+    from fw.drivers.control import ControlError, call
+
+    request = {"command": "reload", "path": os.path.abspath(path) if path else None, "dry_run": dry_run}
     try:
-        answer = call({"command": "reload", "path": os.path.abspath(path) if path else None})
+        answer = call(request)
     except ControlError as error:
         for line in error.answer.get("diagnostics", ()):
             click.echo(line, err=True)
         raise Failure(str(error), error.exit_code) from None
     for warning in answer.get("warnings", ()):
         click.echo(warning, err=True)
-    click.echo(f"policy {answer['policy']} loaded ({answer['summary']})")
+    if dry_run:
+        _dry_run_report(answer)
+        return
+    closed = answer.get("closed")
+    after = f"; the re-check closed {closed} sessions" if closed is not None else ""
+    click.echo(f"policy {answer['policy']} loaded ({answer['summary']}){after}")
+
+
+def _dry_run_report(answer: dict) -> None:
+    from fw.cli.sessions import session_line  # noqa: PLC0415  (conntrack's line: every field shown)
+
+    sessions = answer["would_close"]
+    click.echo(f"policy {answer['policy']} is valid ({answer['summary']}); nothing was changed")
+    for session in sessions:
+        click.echo(session_line(session))
+    mode = "on: a reload closes them" if answer["recheck"] else "off: a reload keeps them"
+    click.echo(f"a re-check would close {len(sessions)} sessions (reload_recheck is {mode})")
 
 
 @click.command("cleanup")
@@ -350,6 +299,7 @@ def cleanup_command() -> None:
 
     Example: fw cleanup
     """
+    from fw.drivers.control import daemon_running
     from fw.drivers.iptables import IptablesError, cleanup
 
     if os.geteuid() != 0:

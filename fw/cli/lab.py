@@ -12,14 +12,16 @@ from pathlib import Path
 
 import click
 
-from fw.lab import ATTACKER, CLIENT, DEFAULT_PREFIX, SERVER, Lab, LabError
+DEFAULT_PREFIX = "fwlab-"  # fw.lab.DEFAULT_PREFIX (fw.lab is imported by the commands, not at start-up)
 
 DAEMON_READY_SECONDS = 15.0
 STOP_SECONDS = 10.0
 
 
-def _open_lab(prefix: str, attacker: bool = True) -> Lab:
+def _open_lab(prefix: str, attacker: bool = True):
     """The lab PREFIX; `down` includes the attacker (removing what is absent is a no-op)."""
+    from fw.lab import ATTACKER, CLIENT, SERVER, Lab, LabError
+
     if os.geteuid() != 0:
         raise click.ClickException("fw lab needs root (it builds network namespaces)")
     try:
@@ -58,7 +60,7 @@ def up_command(policy: str, prefix: str, attacker: bool, no_daemon: bool) -> Non
 
     Example: fw lab up --prefix fwlab- && ip netns exec fwlab-client curl http://203.0.113.10/
     """
-    from fw.lab import daemon_pid, run_dir, start_daemon, wait_daemon_ready
+    from fw.lab import LabError, daemon_pid, run_dir, start_daemon, wait_daemon_ready
 
     lab = _open_lab(prefix, attacker)
     if not no_daemon and not Path(policy).exists():
@@ -100,6 +102,8 @@ def down_command(prefix: str) -> None:
 
     Example: fw lab down --prefix fwlab-
     """
+    from fw.lab import LabError
+
     lab = _open_lab(prefix)
     stopped = _stop(prefix)
     try:

@@ -11,8 +11,6 @@ import sys
 
 import click
 
-from fw.policy import PolicyError, load_policy
-
 EXIT_INVALID = 2
 
 
@@ -36,6 +34,8 @@ def check(path: str, as_json: bool) -> None:
 
     Example: fw policy check policies/lab.yaml
     """
+    from fw.policy import PolicyError, load_policy
+
     try:
         loaded = load_policy(path)
     except PolicyError as exc:

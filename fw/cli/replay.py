@@ -9,9 +9,6 @@ import sys
 import click
 
 from fw.cli.common import load_policy_or_exit
-from fw.decision import Verdicts
-from fw.drivers.replay import PcapWriter, ReplayError, replay
-from fw.engine import Engine, EngineConfig
 
 PROGRESS_BAR_BYTES = 8 << 20  # show a progress bar for captures larger than this, on a terminal
 
@@ -33,6 +30,10 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool, writ
 
     Example: fw replay capture.pcap --policy policies/lab.yaml --json --write out.pcap
     """
+    from fw.decision import Verdicts
+    from fw.drivers.replay import PcapWriter, ReplayError, replay
+    from fw.engine import Engine, EngineConfig
+
     if not os.path.isfile(pcap):
         raise click.ClickException(f"{pcap}: no such file")
     if write_path is not None and os.path.abspath(write_path) == os.path.abspath(pcap):
@@ -68,6 +69,7 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool, writ
                         f"{row['index']:>6}  {row['verdict']:7}  {row['reason']:22}  "
                         f"{row['state'] or '-':12}  {row['flow'] or '-'}\n"
                     )
+            bar.update(max(0, getattr(bar, "length", 0) - getattr(bar, "pos", 0)))  # the file's headers: 100%
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
     finally:

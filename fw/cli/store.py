@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
-import time
+from typing import TYPE_CHECKING
 
 import click
 
-from fw.store import policies, records
-from fw.store.database import Store, StoreError
-from fw.store.explain import ProbeError, explain, probe_packet
+from fw.cli.common import parse_time
 
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+if TYPE_CHECKING:
+    from fw.store.database import Store
+
+# fw.store (SQLAlchemy, Alembic) and fw.store.explain are imported inside the commands that use them:
+# `fw --version`, `fw sessions` and `fw stats` start without them (tests/test_cli_startup.py).
 
 
 class Failure(click.ClickException):
@@ -46,10 +46,14 @@ class _Unit:
     """`with _Unit(db) as (store, session):` one transaction; StoreError becomes a Failure."""
 
     def __init__(self, db: str | None):
+        from fw.store.database import Store  # noqa: PLC0415
+
         self.store = Store(db)
         self._context = None
 
     def __enter__(self):
+        from fw.store.database import StoreError  # noqa: PLC0415
+
         try:
             self._context = self.store.session()
             return self.store, self._context.__enter__()
@@ -57,6 +61,8 @@ class _Unit:
             raise Failure(str(error), error.exit_code) from None
 
     def __exit__(self, kind, value, traceback):
+        from fw.store.database import StoreError  # noqa: PLC0415
+
         try:
             self._context.__exit__(kind, value, traceback)
         except StoreError as error:
@@ -89,6 +95,7 @@ def load_command(path: str, then_activate: bool, db: str | None, as_json: bool) 
     Example: fw policy load policies/lab.yaml --activate
     """
     from fw.cli.common import load_policy_or_exit  # noqa: PLC0415
+    from fw.store import policies  # noqa: PLC0415
 
     policy = load_policy_or_exit(path)
     with _Unit(db) as (store, session):
@@ -112,6 +119,8 @@ def list_command(db: str | None, as_json: bool) -> None:
 
     Example: fw policy list
     """
+    from fw.store import policies  # noqa: PLC0415
+
     with _Unit(db) as (_store, session):
         active = policies.active_revision(session)
         rows = [{"revision": r.revision, "created": r.created, "origin": r.origin, "rules": r.rule_count,
@@ -140,6 +149,8 @@ def show_command(revision: str | None, stats: bool, db: str | None, as_json: boo
 
     Example: fw policy show --stats
     """
+    from fw.store import policies, records  # noqa: PLC0415
+
     with _Unit(db) as (_store, session):
         record = policies.find_revision(session, revision)
         written = policies.written_rules(record)
@@ -181,6 +192,8 @@ def diff_command(old: str, new: str, db: str | None, as_json: bool) -> None:
 
     Example: fw policy diff 5eae22 active
     """
+    from fw.store import policies  # noqa: PLC0415
+
     with _Unit(db) as (_store, session):
         result = policies.diff(policies.find_revision(session, old), policies.find_revision(session, new))
     if as_json:
@@ -209,6 +222,8 @@ def activate_command(revision: str, no_reload: bool, db: str | None, as_json: bo
 
     Example: fw policy activate 5eae22
     """
+    from fw.store import policies  # noqa: PLC0415
+
     with _Unit(db) as (store, session):
         record = policies.find_revision(session, revision)
         _loaded(record)  # a stored revision that no longer loads is not activated
@@ -276,6 +291,8 @@ def test_command(proto, src, dst, sport, dport, icmp_type, icmp_code, iif, oif, 
 
     Example: fw policy test --proto tcp --src 198.51.100.10 --dst 203.0.113.10 --dport 22
     """
+    from fw.store.explain import ProbeError, explain, probe_packet  # noqa: PLC0415
+
     if policy_path and revision:
         raise click.UsageError("give --policy or --rev, not both")
     try:
@@ -303,6 +320,8 @@ def test_command(proto, src, dst, sport, dport, icmp_type, icmp_code, iif, oif, 
 
 
 def _policy_for_test(policy_path: str | None, revision: str | None, db: str | None):
+    from fw.store import policies  # noqa: PLC0415
+
     if policy_path:
         from fw.cli.common import load_policy_or_exit  # noqa: PLC0415
 
@@ -314,6 +333,7 @@ def _policy_for_test(policy_path: str | None, revision: str | None, db: str | No
 def _loaded(record):
     """The stored revision as a Policy; exit 2 if it no longer loads (a stricter fw)."""
     from fw.policy import PolicyError  # noqa: PLC0415
+    from fw.store import policies  # noqa: PLC0415
 
     try:
         return policies.policy_of(record)
@@ -331,17 +351,6 @@ def _criterion_text(criterion) -> str:
 
 
 # -- fw log -------------------------------------------------------------------------------------
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """`30s`, `10m`, `2h`, `7d`, `1w` ago, or an ISO 8601 date/time (local time unless it has a
-    zone); wall-clock seconds. ValueError if it is neither."""
-    now = time.time() if now is None else now
-    match = DURATION.match(text.strip())
-    if match:
-        return now - float(match.group(1)) * SECONDS[match.group(2)]
-    moment = datetime.datetime.fromisoformat(text.strip())
-    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
 
 
 class TimeParam(click.ParamType):
@@ -369,6 +378,8 @@ def log_command(since, until, verdict, rule, event_type, limit, db, as_json) -> 
 
     Example: fw log --since 1h --verdict drop
     """
+    from fw.store import records  # noqa: PLC0415
+
     with _Unit(db) as (_store, session):
         rows = records.query_events(session, since=since, until=until, verdict=verdict, rule=rule,
                                     event_type=event_type, limit=limit)

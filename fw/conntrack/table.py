@@ -44,6 +44,7 @@ HALF_OPEN = 16  # counted in its source's half-open sessions (flood limits)
 REVERSED = 32  # the original source is the key's high end (fixed at creation; not a state)
 OFFLOADED = 64  # the kernel passes this session's packets (set by fw.drivers.offload when the mark is on)
 LIBERAL = 128  # TCP: liberal window checks (the track's `liberal`, kept here)
+# 256 is fw.conntrack.rule_limits' COUNTED (the session counts in its rule's limit)
 FLAG_NAMES = {ASSURED: "assured", SEEN_REPLY: "seen-reply", RELATED: "related", LOOSE: "loose",
               HALF_OPEN: "half-open"}
 INTERN_LIMIT = 1 << 16  # values kept by SessionTable.intern before it starts over

@@ -13,7 +13,8 @@ and closes. Only root may talk to it: the server reads the peer's SO_PEERCRED an
 else with an error, without looking at the request. The server never blocks the packet loop:
 sockets are non-blocking, polled by the daemon's loop, and an answer is an iterator of byte chunks
 pulled only as fast as the client reads (a large session table goes out a few hundred sessions per
-loop turn).
+loop turn). A streamed answer (`fw events --follow`, fw.feed) may yield `None`: nothing to send now;
+the connection is then parked (watched only for the client hanging up) until `wake()`.
 """
 
 from __future__ import annotations
@@ -64,36 +65,80 @@ def daemon_running() -> bool:
 # -- the client -----------------------------------------------------------------------------------
 
 
-def call(request: dict, timeout: float = 30.0, address: bytes | None = None) -> dict:
-    """Send `request` to this namespace's daemon; its answer, or ControlError."""
+def _send(sock: socket.socket, request: dict, address: bytes | None) -> None:
+    try:
+        sock.connect(address or control_address())
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise ControlError("no fw daemon is running in this network namespace") from None
+    try:
+        sock.sendall(json.dumps(request).encode() + b"\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused before reading (not root): the answer is there to read
+
+
+def _checked(answer: dict) -> dict:
+    if not answer.get("ok"):
+        message = answer.get("error", "the fw daemon refused the request")
+        raise ControlError(message, answer.get("exit", 1), answer)
+    return answer
+
+
+def _talk(request: dict, timeout: float, address: bytes | None, receive: Callable) -> Iterator:
+    """Connect, send `request`, yield from `receive(sock)`; socket failures as ControlError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(address or control_address())
-        except (ConnectionRefusedError, FileNotFoundError):
-            raise ControlError("no fw daemon is running in this network namespace") from None
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before reading (not root): the answer is there to read
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
+        _send(sock, request, address)
+        yield from receive(sock)
     except TimeoutError:
         raise ControlError(f"the fw daemon did not answer within {timeout:g} s") from None
     except OSError as exc:
         raise ControlError(f"talking to the fw daemon failed: {exc.strerror or exc}") from None
     finally:
         sock.close()
+
+
+def _whole(sock: socket.socket) -> Iterator[dict]:
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
     try:
         answer = json.loads(b"".join(chunks))
     except ValueError:
         raise ControlError("the fw daemon closed the connection without an answer") from None
-    if not answer.get("ok"):
-        message = answer.get("error", "the fw daemon refused the request")
-        raise ControlError(message, answer.get("exit", 1), answer)
-    return answer
+    yield _checked(answer)
+
+
+def _lines(sock: socket.socket) -> Iterator[dict]:
+    first = True
+    for line in sock.makefile("rb"):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise ControlError("the fw daemon sent a line that is not JSON") from None
+        if first:
+            first = False
+            _checked(item)
+            sock.settimeout(None)  # a follower waits as long as it takes
+        yield item
+    if first:
+        raise ControlError("the fw daemon closed the connection without an answer")
+
+
+def call(request: dict, timeout: float = 30.0, address: bytes | None = None) -> dict:
+    """Send `request` to this namespace's daemon; its answer, or ControlError."""
+    talk = _talk(request, timeout, address, _whole)
+    try:
+        return next(talk)
+    finally:
+        talk.close()
+
+
+def stream(request: dict, address: bytes | None = None, timeout: float = 30.0) -> Iterator[dict]:
+    """Send `request`; the daemon's answer as JSON lines, one dict each, until it closes.
+
+    The first line is checked (`ok`) as `call` checks its answer; ControlError if it is not."""
+    return _talk(request, timeout, address, _lines)
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -105,7 +150,7 @@ def answer_bytes(answer) -> Iterator[bytes]:
         yield json.dumps(answer).encode() + b"\n"
         return
     for chunk in answer:
-        yield chunk if isinstance(chunk, bytes) else chunk.encode()
+        yield chunk if chunk is None or isinstance(chunk, bytes) else chunk.encode()
 
 
 def error_answer(message: str, exit_code: int = 1, **extra) -> dict:
@@ -113,7 +158,7 @@ def error_answer(message: str, exit_code: int = 1, **extra) -> dict:
 
 
 class _Connection:
-    __slots__ = ("sock", "inbox", "outbox", "chunks", "started", "peer_uid")
+    __slots__ = ("sock", "inbox", "outbox", "chunks", "started", "peer_uid", "parked")
 
     def __init__(self, sock: socket.socket, peer_uid: int):
         self.sock = sock
@@ -122,6 +167,7 @@ class _Connection:
         self.chunks: Iterator[bytes] | None = None
         self.started = time.monotonic()
         self.peer_uid = peer_uid
+        self.parked = False
 
 
 class ControlServer:
@@ -135,6 +181,7 @@ class ControlServer:
         self.address = address or control_address()
         self.loop = None
         self.connections: dict[int, _Connection] = {}
+        self.parked: dict[int, _Connection] = {}  # streams waiting for something to send (wake())
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.bind(self.address)
@@ -169,7 +216,9 @@ class ControlServer:
             self.loop.watch(sock.fileno(), POLLIN, lambda events, c=conn: self._on_event(c, events))
 
     def _on_event(self, conn: _Connection, events: int) -> None:
-        if events & (POLLERR | POLLHUP) and not events & (POLLIN | POLLOUT):
+        if conn.parked:
+            self._check_parked(conn)
+        elif events & (POLLERR | POLLHUP) and not events & (POLLIN | POLLOUT):
             self._close(conn)
         elif conn.chunks is None:
             self._read(conn)
@@ -218,6 +267,10 @@ class ControlServer:
             while True:
                 if not conn.outbox:
                     conn.outbox = next(conn.chunks, b"")
+                    if conn.outbox is None:  # a stream with nothing to send now: wait for wake()
+                        conn.outbox = b""
+                        self._park(conn)
+                        return
                     if not conn.outbox:
                         self._close(conn)
                         return
@@ -228,11 +281,37 @@ class ControlServer:
         except Exception:  # noqa: BLE001  (the client went away, or building the answer failed)
             self._close(conn)
 
+    def _park(self, conn: _Connection) -> None:
+        conn.parked = True
+        self.parked[conn.sock.fileno()] = conn
+        self.loop.modify(conn.sock.fileno(), POLLIN)  # readable now means the client hung up (or talks)
+
+    def _check_parked(self, conn: _Connection) -> None:
+        try:
+            data = conn.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+
+    def wake(self) -> None:
+        """Streams parked for lack of news write again (called after a fw.feed publish)."""
+        if not self.parked:
+            return
+        parked, self.parked = self.parked, {}
+        for fd, conn in parked.items():
+            conn.parked = False
+            if fd in self.loop.handlers:
+                self.loop.modify(fd, POLLOUT)
+
     def _close(self, conn: _Connection) -> None:
         fd = conn.sock.fileno()
         if fd >= 0:
             self.loop.unwatch(fd)
             self.connections.pop(fd, None)
+            self.parked.pop(fd, None)
         conn.sock.close()
 
     def tick(self, now: float) -> None:
@@ -308,11 +387,39 @@ def session_view(session, now: float, flow_id: Callable) -> dict:
     }
 
 
-FILTER_KEYS = ("proto", "src", "dst", "addr", "sport", "dport", "port", "rule")
+FILTER_KEYS = ("proto", "src", "dst", "addr", "sport", "dport", "port", "state", "rule", "owner")
+SORT_KEYS = {  # fw sessions --sort KEY: largest first (age: oldest first; expires: soonest first)
+    "bytes": lambda s: -(s.orig_bytes + s.reply_bytes),
+    "packets": lambda s: -(s.orig_packets + s.reply_packets),
+    "age": lambda s: s.created,
+    "expires": lambda s: s.deadline,
+}
+
+VIEW_SORT_KEYS = {  # the same order over `fw sessions --json` views (the supervisor merges its workers')
+    "bytes": lambda v: -(v["original"]["bytes"] + v["reply"]["bytes"]),
+    "packets": lambda v: -(v["original"]["packets"] + v["reply"]["packets"]),
+    "age": lambda v: -v["age"],
+    "expires": lambda v: v["timeout"],
+}
 
 
-def parse_filter(terms: Iterable[str]) -> dict:
-    """`KEY=VALUE` words (proto, src, dst, addr, sport, dport, port, rule) or `all` -> a filter dict.
+def select_sessions(sessions: Iterable, spec: dict | None, sort: str | None, limit: int | None) -> list:
+    """The sessions a `sessions` request asks for: filtered, sorted (SORT_KEYS), at most `limit`.
+
+    ValueError for a bad filter, sort key or limit."""
+    selected = SessionFilter(spec or {"all": True})
+    if sort is not None and sort not in SORT_KEYS:
+        raise ValueError(f"unknown sort key {sort!r} (expected {', '.join(SORT_KEYS)})")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit: a count expected, not {limit!r}")
+    chosen = [s for s in sessions if selected.all or selected(s)]
+    if sort is not None:
+        chosen.sort(key=SORT_KEYS[sort])
+    return chosen if limit is None else chosen[:limit]
+
+
+def parse_filter(terms: Iterable[str], empty_ok: bool = False) -> dict:
+    """`KEY=VALUE` words (FILTER_KEYS) or `all` -> a filter dict (`empty_ok`: none given is {}).
 
     Raises ValueError with a message for the operator."""
     result: dict = {}
@@ -327,7 +434,7 @@ def parse_filter(terms: Iterable[str]) -> dict:
         if key in result:
             raise ValueError(f"filter key {key!r} given twice")
         result[key] = value
-    if not result:
+    if not result and not empty_ok:
         raise ValueError("give a filter (e.g. src=198.51.100.10 dport=80 rule=allow-web), or `all`")
     SessionFilter(result)  # validates
     return result
@@ -361,6 +468,8 @@ class SessionFilter:
         self.src, self.dst, self.addr = network("src"), network("dst"), network("addr")
         self.sport, self.dport, self.port = port("sport"), port("dport"), port("port")
         self.rule = spec.get("rule")
+        self.state = str(spec["state"]).upper() if spec.get("state") else None
+        self.owner = spec.get("owner")
 
     def __call__(self, session) -> bool:
         if self.proto is not None and session.proto != self.proto:
@@ -377,5 +486,9 @@ class SessionFilter:
         if self.dport is not None and session.dport != self.dport:
             return False
         if self.port is not None and self.port not in (session.sport, session.dport):
+            return False
+        if self.state is not None and session.state_name != self.state:
+            return False
+        if self.owner is not None and session.owner != self.owner:
             return False
         return self.rule is None or session.rule == self.rule

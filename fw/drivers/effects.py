@@ -66,12 +66,15 @@ class Effects:
         self.last_error: str | None = None
         self.event_sinks: list = []  # more places events go (the store's writer): sink(event)
         self.handlers: dict[type, list] = {}  # effect kind -> [handler(effect)]
+        self.effect_sinks: list = []  # told of every tuple of effects first (fw.feed): sink(effects)
 
     def on(self, kind: type, handler) -> None:
         """Call `handler(effect)` for every effect of this kind (in subscription order)."""
         self.handlers.setdefault(kind, []).append(handler)
 
     def __call__(self, effects) -> None:
+        for sink in self.effect_sinks:
+            sink(effects)
         for effect in effects:
             kind = type(effect)
             if kind is LogEvent:

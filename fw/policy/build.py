@@ -15,7 +15,8 @@ import json
 
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from fw.policy import fields, nat, rules, schema
+from fw.policy import fields, limits, nat, rules, schema
+from fw.policy import zones as zonemod
 from fw.policy.diagnostics import ERROR, Diagnostic
 from fw.policy.fields import INVALID
 from fw.policy.index import RuleIndex
@@ -28,15 +29,16 @@ def build(merged: Merged, name: str, sink: list[Diagnostic]) -> Policy | None:
     """The Policy, or None when any error was reported (all of them are in `sink`)."""
     singles = merged.singles
     version = _version(merged, name, sink)
-    default_action, default_log = _defaults(singles.get("defaults"))
+    default_action, default_log, default_log_limit = _defaults(singles.get("defaults"))
     sets = _sets(merged)
     timeouts = (fields.timeouts(singles["timeouts"][0], singles["timeouts"][2], "timeouts")
                 if "timeouts" in singles else {})
     options = _options(singles.get("options"))
+    zones = _zones(singles, sets, options)
     overrides = _overrides(singles.get("timeout_overrides"), sets)
     rule_list, names = [], {}
     for rep, node in merged.rules:
-        rule = rules.rule(rep, node, len(rule_list), sets, names)
+        rule = rules.rule(rep, node, len(rule_list), sets, names, zones)
         rule_list.append(None if rule is INVALID else rule)  # None: the policy is invalid anyway
     nat_list, nat_names = [], {}
     for rep, node in merged.nat:
@@ -53,7 +55,7 @@ def build(merged: Merged, name: str, sink: list[Diagnostic]) -> Policy | None:
         sets=sets, timeouts=timeouts, timeout_overrides=overrides, options=options, nat=nat_list,
         revision=revision(merged), source_files=[rep.file for rep in merged.reporters],
         sources=[(rep.file, rep.text) for rep in merged.reporters], version=version,
-        warnings=warnings,
+        warnings=warnings, zones=zones, default_log_limit=default_log_limit,
     )
 
 
@@ -73,16 +75,29 @@ def _version(merged: Merged, name: str, sink: list[Diagnostic]):
 
 
 def _defaults(entry):
-    action, log = schema.DEFAULT_ACTION, schema.DEFAULT_LOG
+    action, log, log_limit = schema.DEFAULT_ACTION, schema.DEFAULT_LOG, None
     if entry is None:
-        return action, log
+        return action, log, log_limit
     rep, _key, node = entry
     for key, _key_node, value in items(rep, node, schema.DEFAULTS_KEYS, "defaults"):
         if key == "action":
             action = fields.choice(rep, value, "action", schema.ACTIONS)
+        elif key == "log_limit":
+            log_limit = limits.rate(rep, value, "log_limit")
         else:
             log = fields.boolean(rep, value, "log")
-    return action, log
+    return action, log, log_limit
+
+
+def _zones(singles: dict, sets: dict, options: dict):
+    """The zones and the spoof_check mode; strict/loose without zones is an error at the option."""
+    zones = zonemod.parse(singles.get("zones"), sets, options.get("spoof_check"))
+    if "options" in singles:
+        rep, _key, node = singles["options"]
+        for key, value in (node.value if isinstance(node, MappingNode) else ()):
+            if getattr(key, "value", None) == "spoof_check":
+                zonemod.check_mode(rep, value, zones)
+    return zones
 
 
 def _sets(merged: Merged) -> dict:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from fw.policy.index import RuleIndex
 from fw.policy.schema import PORT_PROTOCOLS
+from fw.policy.zones import NO_ZONES
 
 NO_TIMEOUTS = MappingProxyType({})
 
@@ -22,10 +23,11 @@ class Selector:
     """What a rule or timeout override matches. None means any, throughout."""
 
     __slots__ = ("index", "proto", "src", "dst", "sport", "dport", "icmp_type", "icmp_code", "iif",
-                 "oif", "families", "iif_prefix", "oif_prefix")
+                 "oif", "families", "iif_prefix", "oif_prefix", "from_zone", "to_zone")
 
     def __init__(self, index, proto=None, src=None, dst=None, sport=None, dport=None,
-                 icmp_type=None, icmp_code=None, iif=None, oif=None, families=frozenset((4, 6))):
+                 icmp_type=None, icmp_code=None, iif=None, oif=None, families=frozenset((4, 6)),
+                 from_zone=None, to_zone=None):
         self.index = index
         self.proto = proto
         self.src = src
@@ -39,6 +41,8 @@ class Selector:
         self.families = families  # the address families this can match at all
         self.iif_prefix = iif[:-1] if iif and iif.endswith("+") else None
         self.oif_prefix = oif[:-1] if oif and oif.endswith("+") else None
+        self.from_zone = from_zone  # a fw.policy.zones.Zone: iif must be one of its interfaces
+        self.to_zone = to_zone
 
     def matches(self, pkt, src: int, dst: int, iif: str | None, oif: str | None) -> bool:
         """Does the packet (with its addresses as ints and its interfaces) match?"""
@@ -61,7 +65,27 @@ class Selector:
             return False
         if self.iif is not None and not _interface_matches(self.iif, self.iif_prefix, iif):
             return False
-        return self.oif is None or _interface_matches(self.oif, self.oif_prefix, oif)
+        if self.oif is not None and not _interface_matches(self.oif, self.oif_prefix, oif):
+            return False
+        if self.from_zone is not None and not self.from_zone.has_interface(iif):
+            return False
+        return self.to_zone is None or self.to_zone.has_interface(oif)
+
+    def own_interfaces(self) -> tuple:
+        """(iif, oif) names that satisfy this selector's own interface and zone conditions (None
+        where it has none): for checks that judge a rule without a packet (shadowing, re-check)."""
+        iif = self.iif_prefix if self.iif_prefix is not None else self.iif
+        if iif is None and self.from_zone is not None:
+            iif = self.from_zone.sample_interface()
+        oif = self.oif_prefix if self.oif_prefix is not None else self.oif
+        if oif is None and self.to_zone is not None:
+            oif = self.to_zone.sample_interface()
+        return iif, oif
+
+    @property
+    def interface_bound(self) -> bool:
+        """Does matching depend on the packet's interfaces (iif, oif, from_zone, to_zone)?"""
+        return not (self.iif is None and self.oif is None and self.from_zone is None and self.to_zone is None)
 
 
 def _interface_matches(name: str, prefix: str | None, given: str | None) -> bool:
@@ -73,10 +97,11 @@ def _interface_matches(name: str, prefix: str | None, given: str | None) -> bool
 class Rule(Selector):
     """One rule. `index` is its position in the merged policy; `file`/`line` where it is written."""
 
-    __slots__ = ("name", "action", "log", "alg", "timeouts", "rst_on_timeout", "file", "line")
+    __slots__ = ("name", "action", "log", "alg", "timeouts", "rst_on_timeout", "file", "line", "limit",
+                 "log_limit")
 
     def __init__(self, name, index, action, *, log=False, alg=None, timeouts=None,
-                 rst_on_timeout=None, file="", line=0, **match):
+                 rst_on_timeout=None, file="", line=0, limit=None, log_limit=None, **match):
         super().__init__(index, **match)
         self.name = name
         self.action = action
@@ -86,6 +111,8 @@ class Rule(Selector):
         self.rst_on_timeout = rst_on_timeout  # None: not set by the rule
         self.file = file
         self.line = line
+        self.limit = limit  # a fw.policy.limits.RuleLimit, or None
+        self.log_limit = log_limit  # a fw.policy.limits.Rate for its log events, or None
 
     @property
     def reason(self) -> str:
@@ -120,7 +147,7 @@ class Policy:
 
     def __init__(self, *, rules, default_action, default_log=False, sets=None, timeouts=None,
                  timeout_overrides=(), options=None, revision="", source_files=(), sources=(),
-                 warnings=(), version=1, nat=()):
+                 warnings=(), version=1, zones=None, default_log_limit=None, nat=()):
         self.version = version
         self.rules = tuple(rules)
         self.default_action = default_action
@@ -134,6 +161,8 @@ class Policy:
         self.sources = tuple(sources)  # (name, text) of each file, for the store
         self.warnings = tuple(warnings)
         self.nat = tuple(nat)  # fw.policy.nat.NatEntry, in order
+        self.zones = zones if zones is not None else NO_ZONES  # fw.policy.zones.Zones
+        self.default_log_limit = default_log_limit  # a Rate for the default action's log, or None
         self._index = RuleIndex(self.rules)
         self._by_name = {rule.name: rule for rule in self.rules}
         self._timeouts_builtin = None

@@ -12,7 +12,8 @@ from __future__ import annotations
 from yaml.nodes import MappingNode
 
 from fw.packet.constants import PROTO_NAMES
-from fw.policy import fields, schema
+from fw.policy import fields, limits, schema
+from fw.policy import zones as zonemod
 from fw.policy.diagnostics import Reporter
 from fw.policy.fields import INVALID
 from fw.policy.intervals import FAMILIES
@@ -87,7 +88,7 @@ def never_matches_reason(selector) -> str:
     return ", ".join(parts)
 
 
-def rule(rep: Reporter, node, index: int, sets: dict, names: dict):
+def rule(rep: Reporter, node, index: int, sets: dict, names: dict, zones=zonemod.NO_ZONES):
     """A Rule, or INVALID. `names` maps rule names seen so far to (reporter, name node)."""
     entries = {key: (key_node, value) for key, key_node, value in items(rep, node, schema.RULE_KEYS, "rule")}
     if not isinstance(node, MappingNode):
@@ -107,11 +108,27 @@ def rule(rep: Reporter, node, index: int, sets: dict, names: dict):
         "timeouts": (fields.timeouts(rep, entries["timeouts"][1], "rule timeouts")
                      if "timeouts" in entries else {}),
         "alg": _alg(rep, entries, match),
+        **_policy_power(rep, entries, action, zones),
     }
+    if match is not INVALID:
+        match.update({key: options.pop(key) for key in ("from_zone", "to_zone") if key in options})
     if INVALID in (name, action, match) or INVALID in options.values() or not ok:
         return INVALID
     where = entries["name"][1].start_mark
     return Rule(name, index, action, file=rep.file, line=where.line + 1, **options, **match)
+
+
+def _policy_power(rep: Reporter, entries: dict, action, zones) -> dict:
+    """limit, log_limit, from_zone, to_zone (only those written)."""
+    found = {}
+    if "limit" in entries:
+        found["limit"] = limits.rule_limit(rep, entries["limit"][0], entries["limit"][1], action)
+    if "log_limit" in entries:
+        found["log_limit"] = limits.rate(rep, entries["log_limit"][1], "log_limit")
+    for key in ("from_zone", "to_zone"):
+        if key in entries:
+            found[key] = zonemod.zone_ref(rep, entries[key][1], key, zones)
+    return found
 
 
 def _label(name) -> str:

@@ -43,16 +43,16 @@ TIMEOUT_KEYS = (
 ) + tuple(spec.timeout_key for spec in ALG_REGISTRY.values())  # ftp_expectation, tftp_expectation
 
 # Top-level keys; all but `sets`, `rules` and `nat` may appear in one file of a folder only.
-TOP_KEYS = ("version", "defaults", "sets", "timeouts", "timeout_overrides", "options", "rules", "nat")
+TOP_KEYS = ("version", "defaults", "sets", "zones", "timeouts", "timeout_overrides", "options", "rules", "nat")
 MERGED_KEYS = ("sets", "rules", "nat")  # nat: entries concatenate in file order, as rules
-DEFAULTS_KEYS = ("action", "log")
+DEFAULTS_KEYS = ("action", "log", "log_limit")
 DEFAULT_ACTION = "drop"
 DEFAULT_LOG = False
 MATCH_KEYS = ("proto", "src", "dst", "sport", "dport")
 OVERRIDE_KEYS = MATCH_KEYS + TIMEOUT_KEYS + ("rst_on_timeout",)
 RULE_KEYS = (
     "name", "action", "proto", "src", "dst", "sport", "dport", "icmp_type", "icmp_code", "iif",
-    "oif", "log", "alg", "timeouts", "rst_on_timeout",
+    "oif", "log", "alg", "timeouts", "rst_on_timeout", "limit", "log_limit", "from_zone", "to_zone",
 )
 
 
@@ -71,6 +71,7 @@ OPTION_KINDS = {
     "bool": OptionKind(lambda v: isinstance(v, bool), "true or false"),
     "positive_int": OptionKind(lambda v: _is_int(v) and v > 0, "a positive integer"),
     "non_negative_int": OptionKind(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "spoof_mode": OptionKind(lambda v: v in ("strict", "loose", "off") or v is False, "strict, loose or off"),
     "positive_number": OptionKind(
         lambda v: (_is_int(v) or isinstance(v, float)) and v > 0, "a positive number"),
 }
@@ -96,6 +97,8 @@ OPTIONS = {
     "max_half_open_per_source": Option("non_negative_int", 0,
                                        "half-open TCP sessions per source (0: no limit)"),
     "overload_seconds": Option("positive_int", 60, "how long a source over a limit is blocked"),
+    "reload_recheck": Option("bool", False, "a reload closes the sessions the new rules refuse"),
+    "spoof_check": Option("spoof_mode", "off", "drop packets whose source is not of their interface's zone"),
 }
 
 

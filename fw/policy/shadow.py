@@ -2,7 +2,7 @@
 
 How it works: an earlier rule A shadows B when A covers B on every dimension: protocol, address
 families, source and destination addresses (interval containment per family), ports, ICMP type
-and code, interfaces. Comparing every pair would cost n^2 for n rules, so the candidates come
+and code, interfaces and zones. Comparing every pair would cost n^2 for n rules, so the candidates come
 from the rule index: any rule covering B must match B's lowest packet (the "probe": B's first
 address, port and ICMP value), so only the earlier rules matching the probe are compared in full.
 Only single rules are considered (as pfctl and nft do), not unions of several earlier rules.
@@ -43,8 +43,7 @@ def shadowing(rules, index) -> list[tuple[object, object]]:
         if not rule.families:
             continue  # never matches at all: reported apart
         probe = Probe(rule, min(rule.families))
-        iif = rule.iif_prefix if rule.iif_prefix is not None else rule.iif
-        oif = rule.oif_prefix if rule.oif_prefix is not None else rule.oif
+        iif, oif = rule.own_interfaces()
         for earlier in index.all_matches(probe, iif, oif, below=rule.index):
             if covers(earlier, rule):
                 found.append((rule, earlier))
@@ -65,7 +64,8 @@ def covers(first, second) -> bool:
     return (_covers_ports(first.sport, second.sport) and _covers_ports(first.dport, second.dport)
             and _covers_values(first.icmp_type, second.icmp_type)
             and _covers_values(first.icmp_code, second.icmp_code)
-            and _covers_interface(first.iif, second.iif) and _covers_interface(first.oif, second.oif))
+            and _covers_interface(first.iif, second.iif) and _covers_interface(first.oif, second.oif)
+            and first.from_zone in (None, second.from_zone) and first.to_zone in (None, second.to_zone))
 
 
 def _covers_addresses(first, second, family: int) -> bool:

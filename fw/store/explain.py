@@ -4,7 +4,7 @@ How it works (as PAN-OS's `test security-policy-match`): the packet is built fro
 command-line fields with fw.packet.build and parsed back, so the policy sees exactly what the
 engine would; `Policy.match` picks the rule, the same call the engine makes. The explanation
 then checks each criterion of a rule on its own (protocol, address family, addresses, ports,
-ICMP type and code, interfaces), mirroring `fw.policy.model.Selector.matches`, and shows it with
+ICMP type and code, interfaces, zones), mirroring `fw.policy.model.Selector.matches`, and shows it with
 the value as written in the policy (from the stored sources) beside the packet's value. Rules
 before the deciding one are listed with the first criterion that rules them out.
 Only rules are considered: sessions, FTP expectations and flood limits are the engine's state.
@@ -24,7 +24,8 @@ from fw.packet.text import flow_text
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN = 2
 DEFAULT_SPORT = 40000
-MATCH_FIELDS = ("proto", "src", "dst", "sport", "dport", "icmp_type", "icmp_code", "iif", "oif")
+MATCH_FIELDS = ("proto", "src", "dst", "sport", "dport", "icmp_type", "icmp_code", "iif", "oif", "from_zone",
+                "to_zone")
 
 
 class ProbeError(ValueError):
@@ -160,6 +161,10 @@ def criteria(rule, pkt, src: int, dst: int, iif, oif, written: dict):
             matches = given is not None and (given.startswith(wanted[:-1]) if wanted.endswith("+")
                                              else given == wanted)
             yield Criterion(name, wanted, given or "(none)", matches)
+    for name, zone, given in (("from_zone", rule.from_zone, iif), ("to_zone", rule.to_zone, oif)):
+        if zone is not None:
+            yield Criterion(name, f"{zone.name} ({', '.join(zone.interfaces)})", given or "(none)",
+                            zone.has_interface(given))
 
 
 def written_rules(policy) -> dict[int, dict]:

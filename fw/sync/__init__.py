@@ -8,6 +8,8 @@ How it is cut (docs/sync.md tells the whole story):
 - `link`: the Redis writer and reader threads (pub/sub for updates, a hash for the snapshot).
 - `service`: the daemon side: the packet hook, holds and releases, the wake-up socket, stats.
 - `config`: what `fw run --sync` was told; `lab`: the HA lab (two firewalls, asymmetric routes).
+- `forwarding`: packets sent to their session's owner over the sync link (docs/forwarding.md);
+  `slices`: which NAT port slice (fw.nat.ports) a node takes, from its node id.
 """
 
 from fw.sync.config import SyncConfig, read_key_file

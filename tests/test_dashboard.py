@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from fw.decision import Verdicts
 from fw.engine import Engine, EngineConfig
 from fw.metrics import Metrics, RuleCounters
 from fw.policy import load_policy
@@ -26,11 +27,13 @@ SCRAPE_LABELS = {"instance", "job"}  # added by Prometheus to every series
 def exported() -> dict[str, set[str]]:
     """{series name: its label names} as a scrape of fw's metrics shows them."""
     engine = Engine(load_policy(str(ROOT / "policies" / "lab.yaml")), EngineConfig(events=False))
-    rules = RuleCounters()
+    rules, verdicts = RuleCounters(), Verdicts()  # final verdicts are the packet handler's count
     for index, packet in enumerate([seg("198.51.100.10:40000", "203.0.113.10:80", "S", seq=1),
                                     udp_pkt("198.51.100.10:40000", "203.0.113.10:9999", b"x")]):
-        rules.count(engine.process(packet, float(index)))
-    metrics = Metrics(engine, rules=rules)
+        decision = engine.process(packet, float(index))
+        rules.count(decision)
+        verdicts.count(decision.verdict, decision.reason)
+    metrics = Metrics(engine, rules=rules, verdicts=verdicts)
     series: dict[str, set[str]] = {}
     for line in generate_latest(metrics.registry).decode().splitlines():
         if line.startswith("# TYPE "):

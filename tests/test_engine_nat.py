@@ -3,6 +3,7 @@ leaves with (a RewritePacket effect), read back with scapy, whose checksum recom
 
 from __future__ import annotations
 
+import ipaddress
 import textwrap
 
 import pytest
@@ -257,3 +258,30 @@ def test_icmpv6_error_through_snat(engine):
     assert too_big.reason == "related:icmp"
     packet = leaves(too_big, "icmpv6 2001:db8:2::fe -> 2001:db8:1::10 type 2 code 0")
     assert packet[IPerror6].src == "2001:db8:1::10" and packet[TCPerror].sport == 40000
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_translation_of_packets_with_ip_options_or_extension_headers(family, proto):
+    """The established path's Translation.apply beyond bare headers: equal to scapy's packet."""
+    from scapy.layers.inet import IPOption_RR
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+
+    from fw.nat.rewrite import Translation
+
+    client, server, nat = (("198.51.100.10", "192.0.2.80", "203.0.113.1") if family == 4
+                           else ("2001:db8:1::10", "2001:db8:2::80", "2001:db8:ff::1"))
+    layer = TCP if proto == "tcp" else UDP
+
+    def build(src, sport):
+        head = IP(src=src, dst=server, options=[IPOption_RR()]) if family == 4 else \
+            IPv6(src=src, dst=server) / IPv6ExtHdrDestOpt()
+        return bytes(head / layer(sport=sport, dport=80) / b"payload")
+
+    before, after = build(client, 40000), build(nat, 41000)
+    packet = parse(before)
+    assert packet.l4_offset > (20 if family == 4 else 40)
+    raw = [ipaddress.ip_address(a).packed for a in (client, server, nat)]
+    translation = Translation(family, 6 if proto == "tcp" else 17, (raw[0], raw[1], 40000, 80),
+                              (raw[2], raw[1], 41000, 80))
+    assert translation.apply(before, packet) == after

@@ -1,7 +1,8 @@
 """Parse L3 bytes (IPv4 or IPv6) into a Packet, or raise MalformedPacket.
 
-How it works: one pass with precompiled `struct` unpackers over the bytes, no copies but the
-payload slice. `parse` reads the IP header (IPv6: walks the extension headers), fills the IP
+How it works: one pass with precompiled `struct` unpackers over the bytes, no copies (`payload`
+is cut out of `data` only when asked for: a 64 KiB GSO packet is not copied for the engine, which
+reads `payload_len`). `parse` reads the IP header (IPv6: walks the extension headers), fills the IP
 fields of a fresh `Packet`, then hands the L4 part to one function per protocol (`_tcp`, `_udp`,
 `_icmp`, `_no_l4`); each fills every L4 field, so a Packet never has an unset slot.
 
@@ -46,7 +47,6 @@ _U16 = Struct("!H").unpack_from
 _U32 = Struct("!I").unpack_from
 _TWO_U32 = Struct("!II").unpack_from
 _PORTS = Struct("!HH").unpack_from
-_new = object.__new__
 
 NOP_NOP_TIMESTAMP = 0x0101080A
 # TCP option kind -> the only valid length (SACK blocks, kind 5, are checked apart).
@@ -62,22 +62,70 @@ class MalformedPacket(Exception):
         self.detail = detail
 
 
+# A Packet's fields (its __slots__; a compiled Packet has no __slots__ to read them from).
+FIELDS = (
+    "family", "src", "dst", "proto", "ip_len", "l4_offset",
+    "is_fragment", "frag_offset", "more_fragments", "frag_id",
+    "sport", "dport",
+    "seq", "ack", "flags", "window", "mss", "wscale", "sack_perm", "sack", "tsval", "tsecr",
+    "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "inner",
+    "payload_len", "data", "payload_start", "payload_end",
+)
+
+
 class Packet:
     """One parsed packet. Field meanings: docs/design.md, section "Packets"."""
 
-    __slots__ = (
-        "family", "src", "dst", "proto", "ip_len", "l4_offset",
-        "is_fragment", "frag_offset", "more_fragments", "frag_id",
-        "sport", "dport",
-        "seq", "ack", "flags", "window", "mss", "wscale", "sack_perm", "sack", "tsval", "tsecr",
-        "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "inner",
-        "payload_len", "payload",
-    )
+    __slots__ = FIELDS
+    # The types, for mypyc (fw/packet/compiled.py); annotations make no class attributes.
+    family: int
+    src: bytes
+    dst: bytes
+    proto: int
+    ip_len: int
+    l4_offset: int
+    is_fragment: bool
+    frag_offset: int
+    more_fragments: bool
+    frag_id: int
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    mss: int | None
+    wscale: int | None
+    sack_perm: bool
+    sack: tuple
+    tsval: int | None
+    tsecr: int | None
+    icmp_type: int | None
+    icmp_code: int | None
+    icmp_id: int
+    icmp_seq: int
+    inner: Packet | None
+    payload_len: int
+    data: bytes
+    payload_start: int
+    payload_end: int
+
+    @property
+    def payload(self) -> bytes:
+        """The L4 payload as far as the capture goes (cut out when asked: a GSO packet's 64 KiB
+        are not copied for the engine, which only needs `payload_len`)."""
+        start, end = self.payload_start, self.payload_end
+        # start may lie past end (a header cut by the capture); mypyc's bytes slice (2.4.1) then
+        # fails with "Negative size passed to PyBytes_FromStringAndSize" where Python gives b"".
+        return self.data[start:end] if start < end else b""
 
     def __repr__(self) -> str:
-        from fw.packet.text import flow_text  # noqa: PLC0415  (only for debugging output)
+        from fw.packet.text import flow_text  # type: ignore  # noqa: PLC0415  (only for debugging output)
 
         return f"<Packet {flow_text(self)} flags={self.flags:#x} len={self.ip_len}>"
+
+
+_new_packet = Packet.__new__  # a Packet without __init__ (object.__new__, unless compiled)
 
 
 def parse(data: bytes) -> Packet:
@@ -102,7 +150,7 @@ def parse(data: bytes) -> Packet:
         total = n
         gso = True
     end = total if total < n else n
-    p = _new(Packet)
+    p = _new_packet(Packet)
     p.family = 4
     p.src = src
     p.dst = dst
@@ -134,7 +182,7 @@ def _parse_ipv6(data: bytes, n: int) -> Packet:
     total = n if gso else 40 + payload_len
     end = total if total < n else n
     proto, off, fragment = _walk_ipv6(data, 40, end, next_header)
-    p = _new(Packet)
+    p = _new_packet(Packet)
     p.family = 6
     p.src = src
     p.dst = dst
@@ -191,7 +239,7 @@ def _fragment(p, data, off, end, l4len, gso, frag_offset, more, ident) -> Packet
     except MalformedPacket:       # e.g. a UDP length beyond the fragment, a header cut short
         header_len = _lenient_l4(p, data, off, end, p.family)
         p.payload_len = max(0, l4len - header_len)
-        p.payload = data[off + header_len:end]
+        p.data, p.payload_start, p.payload_end = data, off + header_len, end
     return p
 
 
@@ -232,14 +280,16 @@ def _tcp(p, data, off, end, l4len) -> None:
     p.icmp_type = p.icmp_code = p.inner = None
     p.icmp_id = p.icmp_seq = 0
     p.payload_len = l4len - hl
-    p.payload = data[off + hl:end]
+    p.data = data
+    p.payload_start = off + hl
+    p.payload_end = end
 
 
 def _tcp_options(p, data, i, options_end) -> None:
     """The full TCP option walk (RFC 9293 3.2): EOL ends it, NOP is one byte, others kind+length."""
     mss = wscale = tsval = tsecr = None
     sack_perm = False
-    sack = ()
+    sack: tuple = ()
     while i < options_end:
         kind = data[i]
         if kind == 0:
@@ -292,7 +342,9 @@ def _udp(p, data, off, end, l4len, gso) -> None:
     p.icmp_type = p.icmp_code = p.inner = None
     p.icmp_id = p.icmp_seq = 0
     p.payload_len = length - 8
-    p.payload = data[off + 8:min(end, off + length)]
+    p.data = data
+    p.payload_start = off + 8
+    p.payload_end = min(end, off + length)
 
 
 def _icmp(p, data, off, end, l4len, family) -> None:
@@ -312,7 +364,9 @@ def _icmp(p, data, off, end, l4len, family) -> None:
     else:
         p.inner = None
     p.payload_len = l4len - 8
-    p.payload = data[off + 8:end]
+    p.data = data
+    p.payload_start = off + 8
+    p.payload_end = end
 
 
 def _no_l4(p, data, off, end, l4len) -> None:
@@ -322,7 +376,9 @@ def _no_l4(p, data, off, end, l4len) -> None:
     p.icmp_type = p.icmp_code = p.inner = None
     p.icmp_id = p.icmp_seq = 0
     p.payload_len = l4len
-    p.payload = data[off:end]
+    p.data = data
+    p.payload_start = off
+    p.payload_end = end
 
 
 def _no_tcp(p) -> None:
@@ -334,7 +390,7 @@ def _no_tcp(p) -> None:
 
 def _quoted(data: bytes, start: int, end: int, family: int) -> Packet:
     """The packet an ICMP error quotes, parsed leniently (see the module docstring)."""
-    q = _new(Packet)
+    q = _new_packet(Packet)
     q.family = family
     available = end - start
     fragment = None
@@ -368,7 +424,9 @@ def _quoted(data: bytes, start: int, end: int, family: int) -> Packet:
     if q.icmp_type in (ICMP_ERRORS if family == 4 else ICMPV6_ERRORS):
         raise MalformedPacket("ICMP error quotes an ICMP error")
     q.payload_len = max(0, q.ip_len - q.l4_offset - header_len)
-    q.payload = data[off + header_len:end]
+    q.data = data
+    q.payload_start = off + header_len
+    q.payload_end = end
     return q
 
 

@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 install:
 	scripts/install-system-packages.sh dev
 	scripts/install-venv.sh $(VENV)
-	$(PY) scripts/build_compiled.py
 
-# mypyc builds of the hot modules (fw.COMPILED) beside their sources; `pure` removes them.
+# mypyc builds of the hot modules (fw.COMPILED) beside their sources; `pure` removes them. Not part
+# of `install`: compiled, they are slower as they are written (docs/performance.md).
 compiled:
 	$(PY) scripts/build_compiled.py
 

@@ -1,4 +1,4 @@
-"""Compile fw's hot modules with mypyc, next to their sources (`make compiled`, part of `make install`).
+"""Compile fw's hot modules with mypyc, next to their sources (`make compiled`; `make pure` undoes it).
 
 How it works: mypyc (pinned in pyproject's dev extras) turns each module of MODULES into a C
 extension, built in a temporary folder (setuptools would otherwise read this repository's

@@ -33,25 +33,26 @@ non-first IPv6 fragment, `proto` is the fragment header's next header.
 from __future__ import annotations
 
 from struct import Struct
+from typing import Final
 
 from fw.packet.constants import ICMP_ERRORS, ICMP_QUERIES, ICMPV6_ERRORS, ICMPV6_QUERIES
 
-_IPV4 = Struct("!BxHHHxB2x4s4s").unpack_from      # version+IHL, total length, id, frag, proto, src, dst
-_IPV6 = Struct("!B3xHBx16s16s").unpack_from       # version.., payload length, next header, src, dst
-_IPV6_FRAGMENT = Struct("!BxHI").unpack_from      # next header, offset+M, id
-_TCP = Struct("!HHIIBBH").unpack_from             # ports, seq, ack, data offset, flags, window
-_TCP_TS_BLOCK = Struct("!III").unpack_from        # NOP NOP 8 10, tsval, tsecr
-_UDP = Struct("!HHH").unpack_from                 # ports, length
-_ICMP = Struct("!BB2xHH").unpack_from             # type, code, (checksum), identifier, sequence
-_U16 = Struct("!H").unpack_from
-_U32 = Struct("!I").unpack_from
-_TWO_U32 = Struct("!II").unpack_from
-_PORTS = Struct("!HH").unpack_from
+_IPV4: Final = Struct("!BxHHHxB2x4s4s").unpack_from      # version+IHL, total length, id, frag, proto, src, dst
+_IPV6: Final = Struct("!B3xHBx16s16s").unpack_from       # version.., payload length, next header, src, dst
+_IPV6_FRAGMENT: Final = Struct("!BxHI").unpack_from      # next header, offset+M, id
+_TCP: Final = Struct("!HHIIBBH").unpack_from             # ports, seq, ack, data offset, flags, window
+_TCP_TS_BLOCK: Final = Struct("!III").unpack_from        # NOP NOP 8 10, tsval, tsecr
+_UDP: Final = Struct("!HHH").unpack_from                 # ports, length
+_ICMP: Final = Struct("!BB2xHH").unpack_from             # type, code, (checksum), identifier, sequence
+_U16: Final = Struct("!H").unpack_from
+_U32: Final = Struct("!I").unpack_from
+_TWO_U32: Final = Struct("!II").unpack_from
+_PORTS: Final = Struct("!HH").unpack_from
 
-NOP_NOP_TIMESTAMP = 0x0101080A
+NOP_NOP_TIMESTAMP: Final = 0x0101080A
 # TCP option kind -> the only valid length (SACK blocks, kind 5, are checked apart).
-TCP_OPTION_LENGTHS = {2: 4, 3: 3, 4: 2, 8: 10}
-IPV6_EXTENSION_HEADERS = frozenset((0, 43, 44, 51, 60))   # hop-by-hop, routing, fragment, AH, dest
+TCP_OPTION_LENGTHS: Final = {2: 4, 3: 3, 4: 2, 8: 10}
+IPV6_EXTENSION_HEADERS: Final = frozenset((0, 43, 44, 51, 60))   # hop-by-hop, routing, fragment, AH, dest
 
 
 class MalformedPacket(Exception):
@@ -226,7 +227,8 @@ def _walk_ipv6(data: bytes, off: int, end: int, next_header: int):
     return next_header, off, fragment
 
 
-def _fragment(p, data, off, end, l4len, gso, frag_offset, more, ident) -> Packet:
+def _fragment(p: Packet, data: bytes, off: int, end: int, l4len: int, gso: bool, frag_offset: int, more: int,
+              ident: int) -> Packet:
     p.is_fragment = True
     p.frag_offset = frag_offset
     p.more_fragments = bool(more)
@@ -243,7 +245,7 @@ def _fragment(p, data, off, end, l4len, gso, frag_offset, more, ident) -> Packet
     return p
 
 
-def _l4(p, data, off, end, l4len, gso, proto, family) -> None:
+def _l4(p: Packet, data: bytes, off: int, end: int, l4len: int, gso: bool, proto: int, family: int) -> None:
     if proto == 6:
         _tcp(p, data, off, end, l4len)
     elif proto == 17:
@@ -254,7 +256,7 @@ def _l4(p, data, off, end, l4len, gso, proto, family) -> None:
         _no_l4(p, data, off, end, l4len)
 
 
-def _tcp(p, data, off, end, l4len) -> None:
+def _tcp(p: Packet, data: bytes, off: int, end: int, l4len: int) -> None:
     if off + 20 > end:
         raise MalformedPacket("truncated TCP header")
     p.sport, p.dport, p.seq, p.ack, data_offset, p.flags, p.window = _TCP(data, off)
@@ -285,7 +287,7 @@ def _tcp(p, data, off, end, l4len) -> None:
     p.payload_end = end
 
 
-def _tcp_options(p, data, i, options_end) -> None:
+def _tcp_options(p: Packet, data: bytes, i: int, options_end: int) -> None:
     """The full TCP option walk (RFC 9293 3.2): EOL ends it, NOP is one byte, others kind+length."""
     mss = wscale = tsval = tsecr = None
     sack_perm = False
@@ -326,7 +328,7 @@ def _tcp_options(p, data, i, options_end) -> None:
     p.tsecr = tsecr
 
 
-def _udp(p, data, off, end, l4len, gso) -> None:
+def _udp(p: Packet, data: bytes, off: int, end: int, l4len: int, gso: bool) -> None:
     if off + 8 > end:
         raise MalformedPacket("truncated UDP header")
     sport, dport, length = _UDP(data, off)
@@ -347,7 +349,7 @@ def _udp(p, data, off, end, l4len, gso) -> None:
     p.payload_end = min(end, off + length)
 
 
-def _icmp(p, data, off, end, l4len, family) -> None:
+def _icmp(p: Packet, data: bytes, off: int, end: int, l4len: int, family: int) -> None:
     if off + 8 > end:
         raise MalformedPacket("truncated ICMP header")
     icmp_type, p.icmp_code, ident, seq = _ICMP(data, off)
@@ -369,7 +371,7 @@ def _icmp(p, data, off, end, l4len, family) -> None:
     p.payload_end = end
 
 
-def _no_l4(p, data, off, end, l4len) -> None:
+def _no_l4(p: Packet, data: bytes, off: int, end: int, l4len: int) -> None:
     """Defaults for every L4 field: a protocol without ports, or a non-first fragment."""
     p.sport = p.dport = 0
     _no_tcp(p)
@@ -381,7 +383,7 @@ def _no_l4(p, data, off, end, l4len) -> None:
     p.payload_end = end
 
 
-def _no_tcp(p) -> None:
+def _no_tcp(p: Packet) -> None:
     p.seq = p.ack = p.flags = p.window = 0
     p.mss = p.wscale = p.tsval = p.tsecr = None
     p.sack_perm = False
@@ -430,7 +432,7 @@ def _quoted(data: bytes, start: int, end: int, family: int) -> Packet:
     return q
 
 
-def _lenient_l4(p, data, off, end, family) -> int:
+def _lenient_l4(p: Packet, data: bytes, off: int, end: int, family: int) -> int:
     """Fill what there is of a possibly cut L4 header; returns the header's length."""
     available = end - off
     _no_l4(p, data, off, end, 0)

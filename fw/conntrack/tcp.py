@@ -38,13 +38,6 @@ from enum import IntEnum
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:  # mypy is not installed: the pure modules need none of it
-
-    def mypyc_attr(*_names, **_options):  # type: ignore[misc]
-        return lambda cls: cls
-
 
 class TcpState(IntEnum):
     NONE = 0
@@ -232,7 +225,6 @@ class TcpPeer(NamedTuple):
     flags: int
 
 
-@mypyc_attr(native_class=False)
 class TrackFields:
     """What every holder of FIELDS (a TcpTrack, a TcpSession) offers besides them."""
 
@@ -271,7 +263,6 @@ class TrackFields:
                     doc="(original sender, reply sender), read-only.")
 
 
-@mypyc_attr(native_class=False)
 class TcpTrack(TrackFields):
     """The TCP part of a session (the kernel's ip_ct_tcp): the state and FIELDS, flat. A session
     in the table is a TcpSession (fw.conntrack.table), which has the same fields: the functions

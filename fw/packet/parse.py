@@ -78,7 +78,7 @@ class Packet:
     """One parsed packet. Field meanings: docs/design.md, section "Packets"."""
 
     __slots__ = FIELDS
-    # The types, for mypyc (fw/packet/compiled.py); annotations make no class attributes.
+    # The types (annotations make no class attributes).
     family: int
     src: bytes
     dst: bytes

@@ -351,4 +351,3 @@ def test_a_new_session_in_ten_thousand_rules_costs_at_most_twice_ten_rules():
     small_rate, large_rate = match_rate(small, pkts), match_rate(large, pkts)
     print(f"policy.match: 10 rules {small_rate:,.0f}/s, 10000 rules {large_rate:,.0f}/s")
     assert large_rate * 2 >= small_rate
-    assert large_rate >= 200_000  # the engine's whole budget at 50,000 new sessions/s is 20 us

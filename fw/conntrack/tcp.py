@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import IntEnum
 from operator import attrgetter, itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class TcpState(IntEnum):
@@ -103,7 +103,7 @@ TIMEOUT_KEYS: dict[TcpState, str] = {
 UNACKNOWLEDGED = "tcp_unacknowledged"
 
 # fmt: off
-TCP_TRANSITIONS = (
+TCP_TRANSITIONS: Any = (  # Any: states stay TcpState objects when compiled (mypyc)
     (  # ORIGINAL
         #  sNO  sSS  sSR  sES  sFW  sCW  sLA  sTW  sCL  sS2
         (sSS, sSS, sIG, sIG, sIG, sIG, sIG, sSS, sSS, sS2),  # syn
@@ -230,30 +230,37 @@ class TrackFields:
 
     __slots__ = ()
 
-    @property
-    def data(self) -> tuple:
-        """The plain values of FIELDS, in order; assigning another track's `data` copies its window."""
-        return _get(self)
+    # The types, for mypyc (annotations make no class attributes).
+    o_end: int
+    o_maxend: int
+    o_maxwin: int
+    o_maxack: int
+    r_end: int
+    r_maxend: int
+    r_maxwin: int
+    r_maxack: int
+    last_seq: int
+    last_ack: int
+    last_end: int
+    o_scale: int
+    r_scale: int
+    last_flags: int
+    last_win: int
+    o_flags: int
+    r_flags: int
+    retrans: int
+    last_packet: int
+    liberal: bool
+    state: Any
 
-    @data.setter
-    def data(self, values) -> None:
-        _put(self, values)
-
-    @property
-    def last_dir(self) -> int:
-        """The direction of the last packet (ORIGINAL, REPLY)."""
-        return self.last_packet & 1
-
-    @property
-    def last_index(self) -> int:
-        """The flag class of the last packet."""
-        return self.last_packet >> 1
-
-    @property
-    def seen(self) -> tuple[TcpPeer, TcpPeer]:
-        """(original sender, reply sender), read-only."""
-        values = _get(self)
-        return TcpPeer(*_PEER_OF[ORIGINAL](values)), TcpPeer(*_PEER_OF[REPLY](values))
+    # Properties made of functions, not methods: mypyc compiles this class as a plain Python class,
+    # whose compiled methods would refuse a TcpSession as `self`, and supports no property setters.
+    data = property(lambda self: _get(self), lambda self, values: _put(self, values),
+                    doc="The plain values of FIELDS, in order; assigning another track's `data` copies its window.")
+    last_dir = property(lambda self: self.last_packet & 1, doc="The direction of the last packet (ORIGINAL, REPLY).")
+    last_index = property(lambda self: self.last_packet >> 1, doc="The flag class of the last packet.")
+    seen = property(lambda self: (TcpPeer(*_PEER_OF[ORIGINAL](_get(self))), TcpPeer(*_PEER_OF[REPLY](_get(self)))),
+                    doc="(original sender, reply sender), read-only.")
 
 
 class TcpTrack(TrackFields):
@@ -275,7 +282,7 @@ class TcpTrack(TrackFields):
         return f"<TcpTrack {self.state.name} {to_dict(self)}>"
 
 
-def _put(track: TcpTrack, values) -> None:
+def _put(track: Any, values) -> None:
     """Set a track's FIELDS from a sequence in FIELDS' order (`_get` reads them)."""
     (track.o_end, track.o_maxend, track.o_maxwin, track.o_maxack, track.r_end, track.r_maxend, track.r_maxwin,
      track.r_maxack, track.last_seq, track.last_ack, track.last_end, track.o_scale, track.r_scale,
@@ -309,7 +316,7 @@ def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:
     return track if problem is None else problem
 
 
-def tcp_update(track: TcpTrack, pkt, original: bool) -> str | None:
+def tcp_update(track: Any, pkt, original: bool) -> str | None:
     """Track one packet of the session. None: valid (track and state updated, or an sIG packet let
     through unchanged); else INVALID_FLAGS, INVALID_STATE, OUT_OF_WINDOW (track unchanged) or REOPEN.
 
@@ -436,7 +443,7 @@ def tcp_update(track: TcpTrack, pkt, original: bool) -> str | None:
     return None
 
 
-def _switch(track: TcpTrack, pkt, direction: int, index: int, old_state: TcpState, new_state):
+def _switch(track: Any, pkt, direction: int, index: int, old_state: TcpState, new_state):
     """What the table cannot say (the switch after the kernel's lookup): None (valid, settled) or a
     reason, or (new state, None or the track's values changed, a list in FIELDS' order) for the
     window checks to go on with."""
@@ -481,7 +488,7 @@ def _switch(track: TcpTrack, pkt, direction: int, index: int, old_state: TcpStat
     return new_state, None  # on to the window checks
 
 
-def _commit(track: TcpTrack, values, direction: int, index: int, new_state: TcpState) -> None:
+def _commit(track: Any, values, direction: int, index: int, new_state: Any) -> None:
     """Store `values` with this packet as the last one, and the new state."""
     values = list(values)
     values[_LAST_PACKET] = index << 1 | direction
@@ -490,7 +497,7 @@ def _commit(track: TcpTrack, values, direction: int, index: int, new_state: TcpS
     _store(track, values, new_state)
 
 
-def _store(track: TcpTrack, values: list, state: TcpState) -> None:
+def _store(track: Any, values: list, state: TcpState) -> None:
     _put(track, values)
     track.state = state
 
@@ -607,7 +614,7 @@ def _seq_end(pkt) -> int:
     return (pkt.seq + pkt.payload_len + ((flags >> 1) & 1) + (flags & 1)) & SEQ_MASK
 
 
-def timeout_key(track: TcpTrack, timeouts: Mapping[str, float] | None = None) -> str:
+def timeout_key(track: Any, timeouts: Mapping[str, float] | None = None) -> str:
     """The timeout that applies after the last accepted packet (the end of the kernel's tcp_packet).
 
     The state's key, but `tcp_unacknowledged` when retransmissions reached MAX_RETRANS, data is
@@ -629,7 +636,7 @@ def timeout_key(track: TcpTrack, timeouts: Mapping[str, float] | None = None) ->
     return "tcp_close" if track.last_packet >> 1 == TCP_RST_SET else key
 
 
-def next_expected_seq(track: TcpTrack, original: bool) -> int:
+def next_expected_seq(track: Any, original: bool) -> int:
     """The RCV.NXT of the end that receives packets going in the `original` (True) or reply
     direction: the end of all the data the other end sent. A RST with this seq, sent in that
     direction, is exact (RFC 5961 section 3.2)."""
@@ -646,7 +653,7 @@ _MAXIMA = {"last_dir": REPLY, "last_index": TCP_NONE_SET, "last_win": 0xFFFF, "l
            "flags": 0xFF, "last_flags": 0xFF, "liberal": 1}  # fmt: skip
 
 
-def to_dict(track: TcpTrack) -> dict:
+def to_dict(track: Any) -> dict:
     """Plain data for snapshots and HA sync; `from_dict` reverses it."""
     values = _get(track)
     data = {"version": TRACK_FORMAT, "state": track.state.name}
@@ -665,7 +672,7 @@ def from_dict(data: Mapping) -> TcpTrack:
     if version != TRACK_FORMAT:
         raise ValueError(f"TCP track format {version!r} is not {TRACK_FORMAT}")
     values = list(_NEW_VALUES)
-    named = [(name, _AT[name], data[name]) for name in _TRACK_FIELDS]
+    named: list[tuple[str, Any, Any]] = [(name, _AT[name], data[name]) for name in _TRACK_FIELDS]
     named += [("last_wscale", None, data["last_wscale"]), ("last_dir", None, data["last_dir"]),
               ("last_index", None, data["last_index"])]
     for side, direction in (("original", ORIGINAL), ("reply", REPLY)):

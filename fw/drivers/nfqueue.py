@@ -96,6 +96,11 @@ def config_message(queue: int, seq: int, *, flags: int, copy_range: int, maxlen:
     return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
+def config_flags(options: QueueOptions) -> int:
+    """The NFQA_CFG_FLAGS of a queue with these options."""
+    return (NFQA_CFG_F_FAIL_OPEN if options.fail_open else 0) | (NFQA_CFG_F_GSO if options.gso else 0)
+
+
 def verdict_message(queue: int, packet_id: int, verdict: int, mark: int | None = None, *,
                     batch: bool = False) -> bytes:
     """NFQNL_MSG_VERDICT for one packet (verdict NF_QUEUE | target << 16 moves it to another queue);
@@ -198,8 +203,7 @@ class Queue:
 
     @property
     def flags(self) -> int:
-        return (NFQA_CFG_F_FAIL_OPEN if self.options.fail_open else 0) | (
-            NFQA_CFG_F_GSO if self.options.gso else 0)
+        return config_flags(self.options)
 
     def configure(self) -> None:
         """Send our NFQNL_MSG_CONFIG and wait for its ack; QueueError if the kernel refuses."""

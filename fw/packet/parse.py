@@ -1,7 +1,8 @@
 """Parse L3 bytes (IPv4 or IPv6) into a Packet, or raise MalformedPacket.
 
-How it works: one pass with precompiled `struct` unpackers over the bytes, no copies but the
-payload slice. `parse` reads the IP header (IPv6: walks the extension headers), fills the IP
+How it works: one pass with precompiled `struct` unpackers over the bytes, no copies (`payload`
+is cut out of `data` only when asked for: a 64 KiB GSO packet is not copied for the engine, which
+reads `payload_len`). `parse` reads the IP header (IPv6: walks the extension headers), fills the IP
 fields of a fresh `Packet`, then hands the L4 part to one function per protocol (`_tcp`, `_udp`,
 `_icmp`, `_no_l4`); each fills every L4 field, so a Packet never has an unset slot.
 
@@ -32,26 +33,26 @@ non-first IPv6 fragment, `proto` is the fragment header's next header.
 from __future__ import annotations
 
 from struct import Struct
+from typing import Final
 
 from fw.packet.constants import ICMP_ERRORS, ICMP_QUERIES, ICMPV6_ERRORS, ICMPV6_QUERIES
 
-_IPV4 = Struct("!BxHHHxB2x4s4s").unpack_from      # version+IHL, total length, id, frag, proto, src, dst
-_IPV6 = Struct("!B3xHBx16s16s").unpack_from       # version.., payload length, next header, src, dst
-_IPV6_FRAGMENT = Struct("!BxHI").unpack_from      # next header, offset+M, id
-_TCP = Struct("!HHIIBBH").unpack_from             # ports, seq, ack, data offset, flags, window
-_TCP_TS_BLOCK = Struct("!III").unpack_from        # NOP NOP 8 10, tsval, tsecr
-_UDP = Struct("!HHH").unpack_from                 # ports, length
-_ICMP = Struct("!BB2xHH").unpack_from             # type, code, (checksum), identifier, sequence
-_U16 = Struct("!H").unpack_from
-_U32 = Struct("!I").unpack_from
-_TWO_U32 = Struct("!II").unpack_from
-_PORTS = Struct("!HH").unpack_from
-_new = object.__new__
+_IPV4: Final = Struct("!BxHHHxB2x4s4s").unpack_from      # version+IHL, total length, id, frag, proto, src, dst
+_IPV6: Final = Struct("!B3xHBx16s16s").unpack_from       # version.., payload length, next header, src, dst
+_IPV6_FRAGMENT: Final = Struct("!BxHI").unpack_from      # next header, offset+M, id
+_TCP: Final = Struct("!HHIIBBH").unpack_from             # ports, seq, ack, data offset, flags, window
+_TCP_TS_BLOCK: Final = Struct("!III").unpack_from        # NOP NOP 8 10, tsval, tsecr
+_UDP: Final = Struct("!HHH").unpack_from                 # ports, length
+_ICMP: Final = Struct("!BB2xHH").unpack_from             # type, code, (checksum), identifier, sequence
+_U16: Final = Struct("!H").unpack_from
+_U32: Final = Struct("!I").unpack_from
+_TWO_U32: Final = Struct("!II").unpack_from
+_PORTS: Final = Struct("!HH").unpack_from
 
-NOP_NOP_TIMESTAMP = 0x0101080A
+NOP_NOP_TIMESTAMP: Final = 0x0101080A
 # TCP option kind -> the only valid length (SACK blocks, kind 5, are checked apart).
-TCP_OPTION_LENGTHS = {2: 4, 3: 3, 4: 2, 8: 10}
-IPV6_EXTENSION_HEADERS = frozenset((0, 43, 44, 51, 60))   # hop-by-hop, routing, fragment, AH, dest
+TCP_OPTION_LENGTHS: Final = {2: 4, 3: 3, 4: 2, 8: 10}
+IPV6_EXTENSION_HEADERS: Final = frozenset((0, 43, 44, 51, 60))   # hop-by-hop, routing, fragment, AH, dest
 
 
 class MalformedPacket(Exception):
@@ -62,22 +63,70 @@ class MalformedPacket(Exception):
         self.detail = detail
 
 
+# A Packet's fields (its __slots__; a compiled Packet has no __slots__ to read them from).
+FIELDS = (
+    "family", "src", "dst", "proto", "ip_len", "l4_offset",
+    "is_fragment", "frag_offset", "more_fragments", "frag_id",
+    "sport", "dport",
+    "seq", "ack", "flags", "window", "mss", "wscale", "sack_perm", "sack", "tsval", "tsecr",
+    "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "inner",
+    "payload_len", "data", "payload_start", "payload_end",
+)
+
+
 class Packet:
     """One parsed packet. Field meanings: docs/design.md, section "Packets"."""
 
-    __slots__ = (
-        "family", "src", "dst", "proto", "ip_len", "l4_offset",
-        "is_fragment", "frag_offset", "more_fragments", "frag_id",
-        "sport", "dport",
-        "seq", "ack", "flags", "window", "mss", "wscale", "sack_perm", "sack", "tsval", "tsecr",
-        "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "inner",
-        "payload_len", "payload",
-    )
+    __slots__ = FIELDS
+    # The types (annotations make no class attributes).
+    family: int
+    src: bytes
+    dst: bytes
+    proto: int
+    ip_len: int
+    l4_offset: int
+    is_fragment: bool
+    frag_offset: int
+    more_fragments: bool
+    frag_id: int
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    mss: int | None
+    wscale: int | None
+    sack_perm: bool
+    sack: tuple
+    tsval: int | None
+    tsecr: int | None
+    icmp_type: int | None
+    icmp_code: int | None
+    icmp_id: int
+    icmp_seq: int
+    inner: Packet | None
+    payload_len: int
+    data: bytes
+    payload_start: int
+    payload_end: int
+
+    @property
+    def payload(self) -> bytes:
+        """The L4 payload as far as the capture goes (cut out when asked: a GSO packet's 64 KiB
+        are not copied for the engine, which only needs `payload_len`)."""
+        start, end = self.payload_start, self.payload_end
+        # start may lie past end (a header cut by the capture); mypyc's bytes slice (2.4.1) then
+        # fails with "Negative size passed to PyBytes_FromStringAndSize" where Python gives b"".
+        return self.data[start:end] if start < end else b""
 
     def __repr__(self) -> str:
-        from fw.packet.text import flow_text  # noqa: PLC0415  (only for debugging output)
+        from fw.packet.text import flow_text  # type: ignore  # noqa: PLC0415  (only for debugging output)
 
         return f"<Packet {flow_text(self)} flags={self.flags:#x} len={self.ip_len}>"
+
+
+_new_packet = Packet.__new__  # a Packet without __init__ (object.__new__, unless compiled)
 
 
 def parse(data: bytes) -> Packet:
@@ -102,7 +151,7 @@ def parse(data: bytes) -> Packet:
         total = n
         gso = True
     end = total if total < n else n
-    p = _new(Packet)
+    p = _new_packet(Packet)
     p.family = 4
     p.src = src
     p.dst = dst
@@ -134,7 +183,7 @@ def _parse_ipv6(data: bytes, n: int) -> Packet:
     total = n if gso else 40 + payload_len
     end = total if total < n else n
     proto, off, fragment = _walk_ipv6(data, 40, end, next_header)
-    p = _new(Packet)
+    p = _new_packet(Packet)
     p.family = 6
     p.src = src
     p.dst = dst
@@ -178,7 +227,8 @@ def _walk_ipv6(data: bytes, off: int, end: int, next_header: int):
     return next_header, off, fragment
 
 
-def _fragment(p, data, off, end, l4len, gso, frag_offset, more, ident) -> Packet:
+def _fragment(p: Packet, data: bytes, off: int, end: int, l4len: int, gso: bool, frag_offset: int, more: int,
+              ident: int) -> Packet:
     p.is_fragment = True
     p.frag_offset = frag_offset
     p.more_fragments = bool(more)
@@ -191,11 +241,11 @@ def _fragment(p, data, off, end, l4len, gso, frag_offset, more, ident) -> Packet
     except MalformedPacket:       # e.g. a UDP length beyond the fragment, a header cut short
         header_len = _lenient_l4(p, data, off, end, p.family)
         p.payload_len = max(0, l4len - header_len)
-        p.payload = data[off + header_len:end]
+        p.data, p.payload_start, p.payload_end = data, off + header_len, end
     return p
 
 
-def _l4(p, data, off, end, l4len, gso, proto, family) -> None:
+def _l4(p: Packet, data: bytes, off: int, end: int, l4len: int, gso: bool, proto: int, family: int) -> None:
     if proto == 6:
         _tcp(p, data, off, end, l4len)
     elif proto == 17:
@@ -206,7 +256,7 @@ def _l4(p, data, off, end, l4len, gso, proto, family) -> None:
         _no_l4(p, data, off, end, l4len)
 
 
-def _tcp(p, data, off, end, l4len) -> None:
+def _tcp(p: Packet, data: bytes, off: int, end: int, l4len: int) -> None:
     if off + 20 > end:
         raise MalformedPacket("truncated TCP header")
     p.sport, p.dport, p.seq, p.ack, data_offset, p.flags, p.window = _TCP(data, off)
@@ -232,14 +282,16 @@ def _tcp(p, data, off, end, l4len) -> None:
     p.icmp_type = p.icmp_code = p.inner = None
     p.icmp_id = p.icmp_seq = 0
     p.payload_len = l4len - hl
-    p.payload = data[off + hl:end]
+    p.data = data
+    p.payload_start = off + hl
+    p.payload_end = end
 
 
-def _tcp_options(p, data, i, options_end) -> None:
+def _tcp_options(p: Packet, data: bytes, i: int, options_end: int) -> None:
     """The full TCP option walk (RFC 9293 3.2): EOL ends it, NOP is one byte, others kind+length."""
     mss = wscale = tsval = tsecr = None
     sack_perm = False
-    sack = ()
+    sack: tuple = ()
     while i < options_end:
         kind = data[i]
         if kind == 0:
@@ -276,7 +328,7 @@ def _tcp_options(p, data, i, options_end) -> None:
     p.tsecr = tsecr
 
 
-def _udp(p, data, off, end, l4len, gso) -> None:
+def _udp(p: Packet, data: bytes, off: int, end: int, l4len: int, gso: bool) -> None:
     if off + 8 > end:
         raise MalformedPacket("truncated UDP header")
     sport, dport, length = _UDP(data, off)
@@ -292,10 +344,12 @@ def _udp(p, data, off, end, l4len, gso) -> None:
     p.icmp_type = p.icmp_code = p.inner = None
     p.icmp_id = p.icmp_seq = 0
     p.payload_len = length - 8
-    p.payload = data[off + 8:min(end, off + length)]
+    p.data = data
+    p.payload_start = off + 8
+    p.payload_end = min(end, off + length)
 
 
-def _icmp(p, data, off, end, l4len, family) -> None:
+def _icmp(p: Packet, data: bytes, off: int, end: int, l4len: int, family: int) -> None:
     if off + 8 > end:
         raise MalformedPacket("truncated ICMP header")
     icmp_type, p.icmp_code, ident, seq = _ICMP(data, off)
@@ -312,20 +366,24 @@ def _icmp(p, data, off, end, l4len, family) -> None:
     else:
         p.inner = None
     p.payload_len = l4len - 8
-    p.payload = data[off + 8:end]
+    p.data = data
+    p.payload_start = off + 8
+    p.payload_end = end
 
 
-def _no_l4(p, data, off, end, l4len) -> None:
+def _no_l4(p: Packet, data: bytes, off: int, end: int, l4len: int) -> None:
     """Defaults for every L4 field: a protocol without ports, or a non-first fragment."""
     p.sport = p.dport = 0
     _no_tcp(p)
     p.icmp_type = p.icmp_code = p.inner = None
     p.icmp_id = p.icmp_seq = 0
     p.payload_len = l4len
-    p.payload = data[off:end]
+    p.data = data
+    p.payload_start = off
+    p.payload_end = end
 
 
-def _no_tcp(p) -> None:
+def _no_tcp(p: Packet) -> None:
     p.seq = p.ack = p.flags = p.window = 0
     p.mss = p.wscale = p.tsval = p.tsecr = None
     p.sack_perm = False
@@ -334,7 +392,7 @@ def _no_tcp(p) -> None:
 
 def _quoted(data: bytes, start: int, end: int, family: int) -> Packet:
     """The packet an ICMP error quotes, parsed leniently (see the module docstring)."""
-    q = _new(Packet)
+    q = _new_packet(Packet)
     q.family = family
     available = end - start
     fragment = None
@@ -368,11 +426,13 @@ def _quoted(data: bytes, start: int, end: int, family: int) -> Packet:
     if q.icmp_type in (ICMP_ERRORS if family == 4 else ICMPV6_ERRORS):
         raise MalformedPacket("ICMP error quotes an ICMP error")
     q.payload_len = max(0, q.ip_len - q.l4_offset - header_len)
-    q.payload = data[off + header_len:end]
+    q.data = data
+    q.payload_start = off + header_len
+    q.payload_end = end
     return q
 
 
-def _lenient_l4(p, data, off, end, family) -> int:
+def _lenient_l4(p: Packet, data: bytes, off: int, end: int, family: int) -> int:
     """Fill what there is of a possibly cut L4 header; returns the header's length."""
     available = end - off
     _no_l4(p, data, off, end, 0)

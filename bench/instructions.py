@@ -1,0 +1,151 @@
+"""Instructions per packet under callgrind: figures that do not move with the machine's load.
+
+How it works: `python -m bench.instructions WORKLOAD COUNT` builds a fixed workload (always the
+same packets, whatever COUNT) and then runs COUNT of its packets through one part of the per-packet
+path. `python -m bench.instructions --callgrind WORKLOAD COUNT` runs that twice under
+`valgrind --tool=callgrind`, with COUNT and with 0 packets (the packets built beforehand,
+outside valgrind, and read from a pickle), and prints the difference divided by COUNT: the
+instructions the part costs per packet, set-up and interpreter start excluded. The figures are
+user-space instructions (the kernel's side of a syscall is not counted) and repeat
+to a few per mille whatever else runs on the machine.
+
+Workloads (the established ones: 500 TCP flows after their handshakes, data and ACK in turn):
+- `parse`: fw.packet.parse alone, established TCP packets;
+- `established`: Engine.process, established TCP (bench/engine_bench.py's loop);
+- `new`: Engine.process, SYNs each opening a session through a policy of 10 rules;
+- `driver`, `socket-driver`: the daemon's whole per-packet path in user space for established TCP
+  packets: netlink messages as the kernel sends them (NFQUEUE packet messages) go through the
+  NFQUEUE driver (netfilterqueue's, fw.drivers.nfqueue; or fw.drivers.nfqueue_socket), a
+  PacketHandler, the engine, and the batched accept verdicts sent to a real queue bound in a
+  private network namespace (root; run under `unshare -n`, which --callgrind does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+FLOWS = 500
+POOL = 12_000  # packets built for every run, whatever COUNT
+
+
+CACHE = Path(tempfile.gettempdir()) / "fw-instructions-packets.pickle"
+
+
+def build_packets() -> dict:
+    """Every workload's packets (built with fw.packet.build: slow under valgrind, so built once)."""
+    from bench.engine_bench import SERVER, SYN, client_address, established_stream  # noqa: PLC0415
+    from fw.packet import build  # noqa: PLC0415
+
+    setup, traffic = established_stream(flows=FLOWS, rounds=POOL // (2 * FLOWS))
+    syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80 if i % 2 else 443, 1000, 0, SYN)
+            for i in range(POOL // 2)]
+    return {"setup": setup, "traffic": traffic, "syns": syns}
+
+
+def packets() -> dict:
+    if CACHE.exists():
+        return pickle.loads(CACHE.read_bytes())
+    return build_packets()
+
+
+def established_packets() -> tuple[list[bytes], list[bytes]]:
+    built = packets()
+    return built["setup"], built["traffic"]
+
+
+def engine(rules: int = 10):
+    from bench.engine_bench import policy_with_rules  # noqa: PLC0415
+    from fw.engine import Engine, EngineConfig  # noqa: PLC0415
+    from fw.policy import load_policy  # noqa: PLC0415
+
+    policy = load_policy(policy_with_rules(rules, Path(tempfile.mkdtemp())))
+    return Engine(policy, EngineConfig(events=False))
+
+
+def run_parse(count: int) -> None:
+    from fw.packet import parse  # noqa: PLC0415
+
+    _, traffic = established_packets()
+    for data in traffic[:count]:
+        parse(data)
+
+
+def run_established(count: int) -> None:
+    setup, traffic = established_packets()
+    eng = engine()
+    for data in setup:
+        eng.process(data, 1000.0)
+    process = eng.process
+    for data in traffic[:count]:
+        process(data, 1000.0)
+    assert eng.accepted["established"] >= count
+
+
+def run_new(count: int) -> None:
+    syns = packets()["syns"]
+    eng = engine()
+    process = eng.process
+    for data in syns[:count]:
+        process(data, 1000.0)
+    assert eng.accepted["rule:web"] == count
+
+
+def run_driver(count: int, kind: str) -> None:
+    from bench import replay_queue  # noqa: PLC0415
+
+    setup, traffic = established_packets()
+    eng = engine()
+    for data in setup:
+        eng.process(data, 1000.0)
+    replay_queue.run(kind, eng, traffic, count)
+
+
+WORKLOADS = {
+    "parse": run_parse,
+    "established": run_established,
+    "new": run_new,
+    "driver": lambda count: run_driver(count, "netfilterqueue"),
+    "socket-driver": lambda count: run_driver(count, "socket"),
+}
+
+
+def instructions(workload: str, count: int) -> int:
+    """Instructions of one run of `workload` with `count` packets, counted by callgrind."""
+    with tempfile.TemporaryDirectory() as folder:
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out",
+                sys.executable, "-m", "bench.instructions", workload, str(count)]
+        if workload.endswith("driver"):
+            argv = ["unshare", "-n", *argv]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+                              env={**os.environ, "PYTHONHASHSEED": "0"})
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if done.returncode or not found:
+            raise SystemExit(f"callgrind run failed:\n{done.stderr[-2000:]}")
+        return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
+    parser.add_argument("--callgrind", action="store_true", help="count under callgrind, print per packet")
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("count", type=int, help=f"packets (at most {POOL // 2})")
+    args = parser.parse_args(argv)
+    if not args.callgrind:
+        WORKLOADS[args.workload](args.count)
+        return
+    CACHE.write_bytes(pickle.dumps(build_packets()))
+    base = instructions(args.workload, 0)
+    total = instructions(args.workload, args.count)
+    print(f"{args.workload}: {(total - base) / args.count:,.0f} instructions per packet "
+          f"({total - base:,} for {args.count} packets)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""NFQUEUE on a plain netlink socket, without netfilterqueue/libnetfilter_queue: a drop-in `Queue`.
+
+How it works. `SocketQueue(number, callback, options)` offers what fw.drivers.nfqueue.Queue offers
+the daemon (fileno, drain, accept_waiting, close, batches, enobufs, netlink_errors,
+kernel_counters), and its packets what a netfilterqueue Packet offers the PacketHandler, fw.sync
+and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload, accept, drop).
+- Binding: one NETLINK_NETFILTER socket; NFQNL_CFG_CMD_BIND for the queue, then the same
+  NFQNL_MSG_CONFIG as the other driver (copy mode and range, queue length, flags GSO and FAIL_OPEN),
+  each acknowledged before we go on (EBUSY: another process holds the queue).
+- Reading: recvmmsg(2) through ctypes, up to `batch_recv` netlink datagrams (one packet each) a
+  syscall, into one buffer of slots of the copy range plus headers; a datagram's length and
+  MSG_TRUNC come from the mmsghdr array with one `iter_unpack`. Each packet message's attributes
+  are read with `unpack_from` at their offsets: NFQA_PACKET_HDR (id, hw protocol, hook),
+  NFQA_MARK, NFQA_IFINDEX_INDEV/OUTDEV (and PHYS*), NFQA_SKB_INFO (CSUMNOTREADY, GSO,
+  CSUM_NOTVERIFIED), NFQA_CAP_LEN (the packet's length when the copy range cut it), NFQA_PAYLOAD
+  (copied out once, as bytes: the engine keeps it and fw.sync may hold the packet past the drain).
+  Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
+- Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
+  mark; with a new payload, NFQA_PAYLOAD: NAT) to one buffer, which goes to the kernel in one send
+  when `verdict_batch` packets have one and at the end of every drain. Accepts the callback leaves
+  to the queue (ACCEPT_LATER) become one NFQNL_MSG_VERDICT_BATCH "accept every packet up to id N",
+  appended after the single verdicts before it, so the kernel, which handles a datagram's messages
+  in order, has dropped those first. A verdict given outside a drain (fw.sync's held packets) is
+  sent at once.
+- A payload shorter than the packet (`cap_len` set) is fine for an accept or drop: a verdict
+  without NFQA_PAYLOAD leaves the packet as it is in the kernel. A verdict with a payload replaces
+  the packet (a shorter one truncates it), so rewriting needs the whole packet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from fw.drivers.nfqueue import (
+    ACCEPT_LATER,
+    NETLINK_NETFILTER,
+    NFNL_SUBSYS_QUEUE,
+    NFQNL_MSG_CONFIG,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    SO_RCVBUFFORCE,
+    QueueError,
+    QueueOptions,
+    _attr,
+    config_flags,
+    config_message,
+    read_queue_counters,
+)
+
+NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_VERDICT_BATCH = 0, 1, 3
+PACKET_KIND = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
+NFQA_CFG_CMD = 1
+NFQNL_CFG_CMD_BIND, NFQNL_CFG_CMD_UNBIND = 1, 2
+(NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_TIMESTAMP, NFQA_IFINDEX_INDEV, NFQA_IFINDEX_OUTDEV,
+ NFQA_IFINDEX_PHYSINDEV, NFQA_IFINDEX_PHYSOUTDEV, NFQA_HWADDR, NFQA_PAYLOAD) = range(1, 11)
+NFQA_CAP_LEN, NFQA_SKB_INFO = 13, 14
+NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO, NFQA_SKB_CSUM_NOTVERIFIED = 1, 2, 4
+NF_DROP, NF_ACCEPT, NF_QUEUE, NF_REPEAT = 0, 1, 3, 4
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+MSG_TRUNC = 0x20
+DEFAULT_OPTIONS = QueueOptions()
+HEADROOM = 1024  # room in a receive slot for the netlink headers and the attributes before the payload
+
+_NLMSG = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH").unpack_from
+_U32 = struct.Struct("!I").unpack_from
+_PACKET_HDR = struct.Struct("!IHB").unpack_from
+_VERDICT_INTO = struct.Struct("!II").pack_into
+_ERROR = struct.Struct("=i8xI").unpack_from  # errno, then the request's nlmsghdr: its seq
+_new = object.__new__
+# The 32-bit attributes a packet message may carry besides the interfaces, by the field they fill.
+_RARE = {NFQA_MARK: "mark", NFQA_SKB_INFO: "skb_info", NFQA_CAP_LEN: "cap_len",
+         NFQA_IFINDEX_PHYSINDEV: "physindev", NFQA_IFINDEX_PHYSOUTDEV: "physoutdev"}
+
+
+# -- messages ------------------------------------------------------------------------------------
+
+
+def _message(kind: int, flags: int, seq: int, queue: int, body: bytes) -> bytes:
+    nfgen = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)
+    return _NLMSG.pack(20 + len(body), NFNL_SUBSYS_QUEUE << 8 | kind, flags, seq, 0) + nfgen + body
+
+
+def command_message(queue: int, seq: int, command: int) -> bytes:
+    """NFQNL_MSG_CONFIG with NFQA_CFG_CMD (bind or unbind `queue`), acknowledged."""
+    body = _attr(NFQA_CFG_CMD, struct.pack("!BxH", command, socket.AF_UNSPEC))
+    return _message(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, queue, body)
+
+
+def verdict_message(queue: int, packet_id: int, verdict: int, mark: int | None = None,
+                    payload: bytes | None = None, *, batch: bool = False) -> bytes:
+    """One verdict (with NFQA_MARK and NFQA_PAYLOAD when given); batch: for every packet up to the id."""
+    body = _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+    if mark is not None:
+        body += _attr(NFQA_MARK, struct.pack("!I", mark))
+    if payload is not None:
+        body += _attr(NFQA_PAYLOAD, payload)
+    return _message(NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, queue, body)
+
+
+def packet_message(queue: int, packet_id: int, payload: bytes, *, hw_protocol: int = 0x0800, hook: int = 2,
+                   mark: int = 0, indev: int = 0, outdev: int = 0, skb_info: int = 0,
+                   cap_len: int | None = None) -> bytes:
+    """An NFQNL_MSG_PACKET as the kernel sends it (attributes in the kernel's order): for tests and
+    bench/instructions.py, which replay packets without traffic."""
+    body = _attr(NFQA_PACKET_HDR, struct.pack("!IHB", packet_id, hw_protocol, hook))
+    if indev:
+        body += _attr(NFQA_IFINDEX_INDEV, struct.pack("!I", indev))
+    if outdev:
+        body += _attr(NFQA_IFINDEX_OUTDEV, struct.pack("!I", outdev))
+    if mark:
+        body += _attr(NFQA_MARK, struct.pack("!I", mark))
+    if skb_info:
+        body += _attr(NFQA_SKB_INFO, struct.pack("!I", skb_info))
+    if cap_len is not None:
+        body += _attr(NFQA_CAP_LEN, struct.pack("!I", cap_len))
+    body += _attr(NFQA_PAYLOAD, payload)
+    return _message(NFQNL_MSG_PACKET, 0, 0, queue, body)
+
+
+# -- recvmmsg ------------------------------------------------------------------------------------
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.c_void_p), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]  # fmt: skip
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+_MMSG_SIZE = ctypes.sizeof(_MMsgHdr)
+_FLAGS_AT = _MsgHdr.msg_flags.offset
+_LEN_AT = _MMsgHdr.msg_len.offset
+# (msg_flags, msg_len) of each mmsghdr
+_MMSG_RESULT = struct.Struct(f"={_FLAGS_AT}xi{_LEN_AT - _FLAGS_AT - 4}xI{_MMSG_SIZE - _LEN_AT - 4}x")
+_libc = ctypes.CDLL(None, use_errno=True)
+_recvmmsg = _libc.recvmmsg
+_recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+_recvmmsg.restype = ctypes.c_int
+
+
+class _Receiver:
+    """Up to `count` datagrams per recvmmsg(2) into slots of `slot` bytes of one buffer."""
+
+    def __init__(self, fd: int, count: int, slot: int):
+        self.fd, self.count, self.slot = fd, count, slot
+        self.buffer = bytearray(count * slot)
+        self.view = memoryview(self.buffer)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
+        self.iovecs = (_IoVec * count)(*[_IoVec(base + i * slot, slot) for i in range(count)])
+        self.headers = (_MMsgHdr * count)()
+        for i in range(count):
+            self.headers[i].msg_hdr.msg_iov = ctypes.addressof(self.iovecs[i])
+            self.headers[i].msg_hdr.msg_iovlen = 1
+        self.header_view = memoryview(self.headers).cast("B")
+        self.address = ctypes.addressof(self.headers)
+        self.enobufs = 0
+        self.truncated = 0
+
+    def receive(self, most: int) -> list[tuple[int, int]]:
+        """[(offset, length)] of the datagrams read (at most `most`); [] when none is waiting."""
+        while True:
+            got = _recvmmsg(self.fd, self.address, most if most < self.count else self.count,
+                            socket.MSG_DONTWAIT, None)
+            if got >= 0:
+                break
+            code = ctypes.get_errno()
+            if code == errno.ENOBUFS:
+                self.enobufs += 1
+                continue
+            if code in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise OSError(code, os.strerror(code))
+        slot, found = self.slot, []
+        for i, (flags, length) in enumerate(_MMSG_RESULT.iter_unpack(self.header_view[:got * _MMSG_SIZE])):
+            if flags & MSG_TRUNC:
+                self.truncated += 1  # cannot happen with slots of the copy range + HEADROOM
+                continue
+            found.append((i * slot, length))
+        return found
+
+
+# -- packets -------------------------------------------------------------------------------------
+
+
+class NfPacket:
+    """One queued packet: what the kernel told of it, and its verdict (given once)."""
+
+    __slots__ = ("id", "hw_protocol", "hook", "mark", "indev", "outdev", "physindev", "physoutdev",
+                 "skb_info", "cap_len", "payload", "queue", "new_mark", "new_payload")  # fmt: skip
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def get_payload_len(self) -> int:
+        return len(self.payload)
+
+    def get_mark(self) -> int:
+        return self.mark
+
+    def set_mark(self, mark: int) -> None:
+        """The verdict will carry this packet mark."""
+        self.new_mark = mark
+
+    def set_payload(self, data: bytes) -> None:
+        """The packet leaves as these bytes (NAT); its whole copy is needed (see `truncated`)."""
+        self.new_payload = bytes(data)
+
+    @property
+    def truncated(self) -> bool:
+        """The copy range cut the payload: the kernel holds more than `payload`."""
+        return self.cap_len is not None and self.cap_len > len(self.payload)
+
+    @property
+    def gso(self) -> bool:
+        return bool(self.skb_info & NFQA_SKB_GSO)
+
+    @property
+    def checksum_not_ready(self) -> bool:
+        return bool(self.skb_info & NFQA_SKB_CSUMNOTREADY)
+
+    def accept(self) -> None:
+        self._verdict(NF_ACCEPT)
+
+    def drop(self) -> None:
+        self._verdict(NF_DROP)
+
+    def repeat(self) -> None:
+        self._verdict(NF_REPEAT)
+
+    def _verdict(self, verdict: int) -> None:
+        queue = self.queue
+        if queue is None:
+            raise RuntimeError(f"packet {self.id} already has a verdict")
+        self.queue = None
+        queue.verdict(self, verdict)
+
+    def __repr__(self) -> str:
+        return f"<NfPacket {self.id} {len(self.payload)} bytes mark={self.mark:#x}>"
+
+
+# -- the queue -----------------------------------------------------------------------------------
+
+
+class SocketQueue:
+    """One bound NFQUEUE queue whose packets go to `callback(packet)`; see fw.drivers.nfqueue.Queue
+    for the callback's contract (it gives a verdict or returns ACCEPT_LATER)."""
+
+    def __init__(self, number: int, callback: Callable, options: QueueOptions = DEFAULT_OPTIONS,
+                 batch_recv: int = 64):
+        self.number = number
+        self.options = options
+        self.callback = callback
+        self.batches = 0  # NFQNL_MSG_VERDICT_BATCH messages sent
+        self.sends = 0  # datagrams of verdicts sent
+        self.netlink_errors: Counter = Counter()
+        self._accept_through: int | None = None  # highest packet id waiting for the batch accept
+        self._given = 0  # packets with a verdict in _out or waiting for the batch accept
+        self._out = bytearray()  # verdicts not yet sent
+        self._draining = False
+        self._pending: list[bytes] = []  # packet messages read while waiting for an ack
+        self._template = bytearray(verdict_message(number, 0, 0))
+        self._batch_template = bytes(verdict_message(number, 0, NF_ACCEPT, batch=True))
+        self._seq = int(time.time()) & 0xFFFFFF
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self._sock.bind((0, 0))
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, options.rcvbuf)
+            slot = (min(options.copy_range, 0xFFFF) + HEADROOM + 7) & ~7
+            self._receiver = _Receiver(self._sock.fileno(), max(1, min(batch_recv, options.budget)), slot)
+            self._request(command_message(number, self._next_seq(), NFQNL_CFG_CMD_BIND), "bind")
+            self.configure()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def configure(self) -> None:
+        """Copy mode and range, queue length, flags; QueueError if the kernel refuses."""
+        options = self.options
+        self._request(config_message(self.number, self._next_seq(), flags=config_flags(options),
+                                     copy_range=options.copy_range, maxlen=options.maxlen), "configure")
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _request(self, message: bytes, what: str) -> None:
+        """Send a request and wait for its ack; packets read meanwhile are kept for the next drain."""
+        seq = _NLMSG.unpack_from(message)[3]
+        self._sock.sendto(message, (0, 0))
+        deadline = time.monotonic() + 2.0
+        while (left := deadline - time.monotonic()) > 0:
+            self._sock.settimeout(max(left, 0.01))
+            try:
+                reply = self._sock.recv(0x10000 + HEADROOM)
+            except TimeoutError:
+                break
+            finally:
+                self._sock.setblocking(True)
+            if _NLMSG.unpack_from(reply)[1] != NLMSG_ERROR:
+                self._pending.append(reply)
+                continue
+            code, reply_seq = _ERROR(reply, 16)
+            if reply_seq != seq:
+                continue
+            if code in (-errno.EBUSY, -errno.EPERM) and what == "bind":  # EPERM: another socket owns it
+                raise QueueError(f"cannot bind NFQUEUE {self.number}: another process is bound to it")
+            if code:
+                raise QueueError(f"queue {self.number}: the kernel refused to {what} the queue: "
+                                 f"{errno.errorcode.get(-code, -code)}")
+            return
+        raise QueueError(f"queue {self.number}: no answer when asked to {what} the queue")
+
+    # -- packets in --------------------------------------------------------------------------------
+
+    def drain(self, budget: int | None = None) -> int:
+        """Handle the packets waiting (at most `budget`); returns how many were handled."""
+        left = budget or self.options.budget
+        handled = 0
+        self._draining = True
+        try:
+            while self._pending and left > 0:
+                message = self._pending.pop(0)
+                handled += self._messages(memoryview(message), 0, len(message))
+                left -= 1
+            receive = self._receiver.receive
+            view = self._receiver.view
+            while left > 0:
+                found = receive(left)
+                if not found:
+                    break
+                for offset, length in found:
+                    handled += self._messages(view, offset, length)
+                left -= len(found)
+        finally:
+            self._draining = False
+            self.accept_waiting()
+        return handled
+
+    def _messages(self, view, offset: int, length: int) -> int:
+        """Handle the netlink messages of one datagram; returns how many were packets."""
+        end = offset + length
+        packets = 0
+        while offset + 16 <= end:
+            size, kind = _NLMSG.unpack_from(view, offset)[:2]
+            if size < 16 or offset + size > end:
+                self.netlink_errors["malformed"] += 1
+                break
+            if kind == PACKET_KIND:
+                self._packet(view, offset + 20, offset + size)
+                packets += 1
+            elif kind == NLMSG_ERROR:
+                code = _ERROR(view, offset + 16)[0]
+                if code:
+                    self.netlink_errors[errno.errorcode.get(-code, str(-code))] += 1
+            offset += (size + 3) & ~3
+        return packets
+
+    def _packet(self, view, at: int, end: int) -> None:
+        p = _new(NfPacket)
+        p.mark = p.indev = p.outdev = p.physindev = p.physoutdev = p.skb_info = 0
+        p.cap_len = p.new_mark = p.new_payload = None
+        p.payload = b""
+        p.queue = self
+        while at + 4 <= end:
+            size, kind = _NLA(view, at)
+            kind &= NLA_TYPE_MASK
+            if kind == NFQA_PAYLOAD:
+                p.payload = view[at + 4:at + size].tobytes()
+            elif kind == NFQA_PACKET_HDR:
+                p.id, p.hw_protocol, p.hook = _PACKET_HDR(view, at + 4)
+            elif kind == NFQA_IFINDEX_INDEV:
+                p.indev = _U32(view, at + 4)[0]
+            elif kind == NFQA_IFINDEX_OUTDEV:
+                p.outdev = _U32(view, at + 4)[0]
+            elif kind in _RARE:
+                setattr(p, _RARE[kind], _U32(view, at + 4)[0])
+            if size < 4:
+                break
+            at += (size + 3) & ~3
+        if self.callback(p) is ACCEPT_LATER:
+            self._accept_through = p.id
+            self._given += 1
+            if self._given >= self.options.verdict_batch:
+                self.accept_waiting()
+
+    # -- verdicts out ------------------------------------------------------------------------------
+
+    def verdict(self, packet: NfPacket, verdict: int) -> None:
+        """Queue `packet`'s verdict (sent with the others at the end of the drain, or now outside one)."""
+        out = self._out
+        if packet.new_mark is None and packet.new_payload is None:
+            out += self._template
+            _VERDICT_INTO(out, len(out) - 8, verdict, packet.id)
+        else:
+            out += verdict_message(self.number, packet.id, verdict, packet.new_mark, packet.new_payload)
+        self._given += 1
+        if not self._draining or self._given >= self.options.verdict_batch:
+            self.accept_waiting()
+
+    def accept_waiting(self) -> None:
+        """Send the verdicts given so far and the batch accept of the packets left to us, in one datagram."""
+        if self._accept_through is not None:
+            self._out += self._batch_template
+            _VERDICT_INTO(self._out, len(self._out) - 8, NF_ACCEPT, self._accept_through)
+            self._accept_through = None
+            self.batches += 1
+        if self._out:
+            out, self._out, self._given = self._out, bytearray(), 0
+            self._sock.send(out)
+            self.sends += 1
+
+    @property
+    def enobufs(self) -> int:
+        return self._receiver.enobufs
+
+    def kernel_counters(self) -> dict[str, int]:
+        return read_queue_counters().get(self.number, {})
+
+    def close(self) -> None:
+        if self._sock.fileno() < 0:
+            return
+        self.accept_waiting()
+        try:
+            self._sock.sendto(command_message(self.number, self._next_seq(), NFQNL_CFG_CMD_UNBIND), (0, 0))
+        except OSError:
+            pass  # closing the socket unbinds it too
+        self._sock.close()

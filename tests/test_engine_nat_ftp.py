@@ -217,3 +217,16 @@ def test_a_reload_without_nat_keeps_open_sessions_translated(engine, tmp_path):
     leaves(later, "tcp 192.0.2.21:21 -> 198.51.100.10:40000")
     fresh = run(engine, seg("198.51.100.12:40000", S, "S", seq=1))
     assert fresh.verdict == "accept" and out(fresh) is None
+
+
+def test_extended_passive_through_a_port_forward(engine):
+    run(engine, seg(OUTSIDE, PUBLIC, "S", seq=1000))
+    run(engine, seg(INSIDE, OUTSIDE, "SA", seq=5000, ack=1001))
+    run(engine, seg(OUTSIDE, PUBLIC, "A", seq=1001, ack=5001))
+    run(engine, seg(OUTSIDE, PUBLIC, "PA", seq=1001, ack=5001, payload=b"EPSV\r\n"))
+    line = b"229 Entering Extended Passive Mode (|||50001|)\r\n"
+    reply = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1007, payload=line))
+    assert tcp(reply).load == line and engine.counters["alg_refused"] == 0
+    data = run(engine, seg("192.0.2.7:6001", "203.0.113.1:50001", "S", seq=1))
+    assert data.reason == "related:ftp"
+    leaves(data, "tcp 192.0.2.7:6001 -> 198.51.100.20:50001")

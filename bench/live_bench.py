@@ -230,7 +230,7 @@ class Bench:
             stats = json.loads(self.lab.run("fw", fw_argv("stats", "--json")).stdout)
             row["daemon"] = {"packets": stats["packets"]["total"], "drops": stats["drops"],
                              "overflows": sum(q["overflows"] for q in stats["queues"].values()),
-                             "offloaded": stats["engine"].get("offloaded", 0)}
+                             "offloaded": stats.get("offload", {}).get("offloaded", 0)}
             return row
         except LabError as error:
             raise LabError(f"{path}: {error}\n{log.read_text(errors='replace')[-2000:]}") from None

@@ -379,7 +379,7 @@ class Daemon:
         now, killed = time.monotonic(), 0
         for session in list(self.engine.sessions):
             if selected.all or selected(session):
-                self.engine.kill(session, now)
+                self.effects(self.engine.kill(session, now))
                 killed += 1
                 if self.feed is not None:
                     self.feed.closed(session, "killed")
@@ -389,9 +389,7 @@ class Daemon:
 
     def stats(self, zero: bool = False) -> dict:
         engine, handler = self.engine, self.handler
-        by_verdict = {"accept": dict(engine.accepted), "drop": dict(engine.dropped)}
-        for verdict, n in handler.error_verdicts.items():
-            by_verdict[verdict]["error"] = by_verdict[verdict].get("error", 0) + n
+        by_verdict = {"accept": dict(handler.verdicts.accepted), "drop": dict(handler.verdicts.dropped)}
         accepted, dropped = sum(by_verdict["accept"].values()), sum(by_verdict["drop"].values())
         counters = engine.counters
         result = {
@@ -418,8 +416,8 @@ class Daemon:
         for name, section in self.stats_sections.items():
             result[name] = section()
         if zero:
-            for counter in (engine.accepted, engine.dropped, counters, handler.errors, handler.error_verdicts,
-                            self.effects.counters):
+            handler.verdicts.clear()
+            for counter in (counters, handler.errors, self.effects.counters):
                 counter.clear()
             for key in ("loop_errors", "expire_errors", "reloads", "reload_failures"):
                 self.counters[key] = 0

@@ -3,10 +3,30 @@
 A Decision is built once per packet, so it is a plain `__slots__` class; the state name and flow
 text are derived on demand (replay prints them, the daemon rarely needs them). Effects are
 imperatives (mitmproxy's "commands"): the engine never performs I/O, the driver carries them out.
+They are the one way out of the engine: a driver (offload, HA sync, the event log, later NAT)
+learns what happened to sessions only from them, never by diffing sessions or overriding the
+engine. The session effects are made only when a session opens, changes state or closes, never
+for a packet that merely passes (the established path allocates nothing but its Decision):
+
+- `SendPacket(family, data)`: send these L3 bytes (a RST, an ICMP unreachable).
+- `LogEvent(event)`: write this EVE event.
+- `SessionOpened(session)`: a new session is in the table.
+- `SessionChanged(session, old_state)`: its state moved from `old_state`, or (old_state is its
+  state) its ALG announced expectations.
+- `SessionClosed(session, why)`: it left the table: `timeout`, `timeout-reset`, `evicted`,
+  `reopen`, `replaced`, `killed`, or a driver's word (`peer-removed`, `offload-reset`).
+- `OffloadSession(session)`: the kernel may pass this session's packets from now on (only when
+  `EngineConfig.offload` asks for it).
+- `RewritePacket(data)`: the packet must leave as these bytes (NAT).
+- `SetMark(mark)`: the verdict carries this packet mark.
+
+Verdicts are counted where the final verdict is given (the driver: `Verdicts.count`), not by the
+engine: a driver that holds a packet or hands it to another queue counts it when it is decided.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +48,97 @@ class LogEvent:
     """Write one event (Suricata EVE field names) to the event log."""
 
     event: dict[str, Any]
+
+
+class SessionOpened:
+    """A session entered the table (opened by this packet)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session):
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"SessionOpened({self.session!r})"
+
+
+class SessionChanged:
+    """A session's state moved from `old_state` (or, old_state being its state, its expectations did)."""
+
+    __slots__ = ("session", "old_state")
+
+    def __init__(self, session, old_state):
+        self.session = session
+        self.old_state = old_state
+
+    def __repr__(self) -> str:
+        return f"SessionChanged({self.session!r}, {self.old_state!r})"
+
+
+class SessionClosed:
+    """A session left the table, and why."""
+
+    __slots__ = ("session", "why")
+
+    def __init__(self, session, why: str):
+        self.session = session
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"SessionClosed({self.session!r}, {self.why!r})"
+
+
+class OffloadSession:
+    """The kernel may pass this session's packets (fw.drivers.offload sets the connection's mark)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session):
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"OffloadSession({self.session!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RewritePacket:
+    """The packet leaves as these L3 bytes instead of its own (NAT)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetMark:
+    """The packet's verdict carries this mark."""
+
+    mark: int
+
+
+SESSION_EFFECTS = (SessionOpened, SessionChanged, SessionClosed, OffloadSession)
+
+
+class Verdicts:
+    """Final verdicts by reason, counted once where they are given (the driver)."""
+
+    __slots__ = ("accepted", "dropped")
+
+    def __init__(self):
+        self.accepted: Counter = Counter()
+        self.dropped: Counter = Counter()
+
+    def count(self, verdict: str, reason: str) -> None:
+        if verdict == ACCEPT:
+            self.accepted[reason] += 1
+        else:
+            self.dropped[reason] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.accepted.values()) + sum(self.dropped.values())
+
+    def clear(self) -> None:
+        self.accepted.clear()
+        self.dropped.clear()
 
 
 class Decision:

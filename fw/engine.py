@@ -33,6 +33,7 @@ from fw.conntrack.table import (
     ASSURED,
     HALF_OPEN,
     LOOSE,
+    OFFLOADED,
     RELATED,
     REPLIED,
     REVERSED,
@@ -46,7 +47,18 @@ from fw.conntrack.table import (
 )
 from fw.conntrack.tcp import tcp_update
 from fw.conntrack.tcp import timeout_key as tcp_timeout_key
-from fw.decision import ACCEPT, DROP, NO_EFFECTS, Decision, LogEvent, SendPacket
+from fw.decision import (
+    ACCEPT,
+    DROP,
+    NO_EFFECTS,
+    Decision,
+    LogEvent,
+    OffloadSession,
+    SendPacket,
+    SessionChanged,
+    SessionClosed,
+    SessionOpened,
+)
 from fw.events import session_event, verdict_event
 from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
@@ -65,12 +77,14 @@ ESTABLISHED = "established"
 
 
 class EngineConfig:
-    """What the driver tells the engine (not policy): whether events are wanted."""
+    """What the driver tells the engine (not policy): whether events are wanted, and whether the
+    kernel can pass established sessions (then the engine emits OffloadSession for those that may go)."""
 
-    __slots__ = ("events",)
+    __slots__ = ("events", "offload")
 
-    def __init__(self, events: bool = True):
+    def __init__(self, events: bool = True, offload: bool = False):
         self.events = events
+        self.offload = offload
 
 
 class Engine:
@@ -81,9 +95,7 @@ class Engine:
         self.table = SessionTable()
         self.expectations: dict[tuple, Expectation] = {}
         self.fragments: dict[tuple, tuple[Session, float]] = {}
-        self.counters: Counter = Counter()  # inserts, expiries, ... (not packets)
-        self.accepted: Counter = Counter()  # packets accepted, by reason
-        self.dropped: Counter = Counter()  # packets dropped, by reason
+        self.counters: Counter = Counter()  # inserts, expiries, ... (not packets: the driver counts verdicts)
         self.policy = None
         self._data = b""
         self.limits = SourceLimits({})
@@ -140,11 +152,8 @@ class Engine:
             self._remember_fragment(pkt, decision.session, now)
         return decision
 
-    def _verdict(self, verdict, reason, pkt=None, session=None, effects=NO_EFFECTS) -> Decision:
-        if verdict == ACCEPT:
-            self.accepted[reason] += 1
-        else:
-            self.dropped[reason] += 1
+    @staticmethod
+    def _verdict(verdict, reason, pkt=None, session=None, effects=NO_EFFECTS) -> Decision:
         return Decision(verdict, reason, pkt, session, effects)
 
     def _established(self, pkt, session: Session, original: bool, now: float) -> Decision:
@@ -156,7 +165,6 @@ class Engine:
             session.reply_packets += 1
             session.reply_bytes += length
         session.last_seen = now
-        self.accepted[ESTABLISHED] += 1
         return Decision(ACCEPT, ESTABLISHED, pkt, session)
 
     def _tcp(self, pkt, now, iif, oif) -> Decision:
@@ -177,8 +185,7 @@ class Engine:
             problem = tcp_update(session, pkt, original)
             if problem is None:
                 state = session.state
-                if state is not old_state:
-                    self._on_tcp_state(session, state, original)
+                effects = NO_EFFECTS if state is old_state else self._tcp_state(session, old_state, original)
                 timeouts = session.profile.timeouts
                 deadline = now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale
                 session.deadline = deadline
@@ -191,21 +198,28 @@ class Engine:
                     session.reply_packets += 1
                     session.reply_bytes += pkt.ip_len
                 session.last_seen = now
-                self.accepted[ESTABLISHED] += 1
-                decision = Decision(ACCEPT, ESTABLISHED, pkt, session)
+                decision = Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
                 extra = session.extra
                 if extra is not None and extra.alg is not None and pkt.payload_len:
-                    decision.effects = self._feed_alg(session, pkt, original, now)
+                    decision.effects = effects + self._feed_alg(session, pkt, original, now)
                 return decision
             if problem is not tcpmod.REOPEN:
-                return self._verdict(DROP, problem, pkt, session)
-            self._close(session, now, "reopen")
+                return Decision(DROP, problem, pkt, session)
+            closed = self._close(session, now, "reopen")
+        else:
+            closed = None
         opened = tcpmod.tcp_new(pkt, liberal=self.tcp_loose)
         if isinstance(opened, str):
-            return self._verdict(DROP, opened, pkt)
-        return self._open(pkt, key, opened.state, now, iif, oif, sport, pkt.dport, opened)
+            decision = Decision(DROP, opened, pkt)
+        else:
+            decision = self._open(pkt, key, opened.state, now, iif, oif, sport, pkt.dport, opened)
+        if closed is not None:
+            decision.effects = (closed,) + decision.effects
+        return decision
 
-    def _on_tcp_state(self, session: Session, state, original: bool) -> None:
+    def _tcp_state(self, session: Session, old_state, original: bool) -> tuple:
+        """A TCP session's state moved: flags, the half-open count, and the effects to tell."""
+        state = session.state
         if state == tcpmod.TcpState.ESTABLISHED:
             session.flags |= ASSURED | SEEN_REPLY
         elif not original:
@@ -215,6 +229,12 @@ class Engine:
             self.limits.half_open_ended(session.src)
         if session.flags & COUNTED and state in LIMIT_CLOSED:
             self.rule_limits.release(session)
+        changed = SessionChanged(session, old_state)
+        if state is tcpmod.TcpState.ESTABLISHED and self.config.offload and may_offload(session):
+            if not session.liberal:  # its window record ages while the kernel passes its packets
+                session.liberal = True
+            return (changed, OffloadSession(session))
+        return (changed,)
 
     def _datagram(self, pkt, sport, dport, now, iif, oif) -> Decision:
         """UDP and protocols without a tracker of their own: UNREPLIED until a reply is seen.
@@ -230,6 +250,7 @@ class Engine:
         if session is None:
             return self._open(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
         original = session.flags & REVERSED == side
+        effects = NO_EFFECTS
         if original:
             session.orig_packets += 1
             session.orig_bytes += pkt.ip_len
@@ -239,6 +260,7 @@ class Engine:
             if session.state is UNREPLIED:
                 session.state = REPLIED
                 session.flags |= SEEN_REPLY | ASSURED
+                effects = (SessionChanged(session, UNREPLIED),)
         if proto == UDP:
             timeout = session.profile.timeouts["udp_stream" if session.state is REPLIED else "udp"]
         else:
@@ -248,8 +270,7 @@ class Engine:
         if deadline < session.slot - 1:
             self.table.reschedule(session)
         session.last_seen = now
-        self.accepted[ESTABLISHED] += 1
-        return Decision(ACCEPT, ESTABLISHED, pkt, session)
+        return Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
 
     def _icmp(self, pkt, now, iif, oif) -> Decision:
         proto = pkt.proto
@@ -270,11 +291,15 @@ class Engine:
         original = pkt.src == session.src
         if original != (icmp_type == request):
             return self._verdict(DROP, "invalid:state", pkt, session)
+        effects = NO_EFFECTS
         if not original and session.state is UNREPLIED:
             session.state = REPLIED
             session.flags |= SEEN_REPLY | ASSURED
+            effects = (SessionChanged(session, UNREPLIED),)
         self._refresh(session, now, "icmp")
-        return self._established(pkt, session, original, now)
+        decision = self._established(pkt, session, original, now)
+        decision.effects = effects
+        return decision
 
     def _icmp_error(self, pkt, now) -> Decision:
         inner = pkt.inner
@@ -330,8 +355,11 @@ class Engine:
             if rule is not None and rule.limit is not None and not self.rule_limits.admit(rule, pkt.src, now):
                 return self._refuse(pkt, rule.limit.over, "limit:" + rule.name, log, now)
             verdict = ACCEPT
-        if len(self.table) >= self.max_sessions and not self._make_room(now):
-            return self._verdict(DROP, "table-full", pkt)
+        evicted = NO_EFFECTS
+        if len(self.table) >= self.max_sessions:
+            evicted = self._make_room(now)
+            if not evicted:
+                return self._verdict(DROP, "table-full", pkt)
         session = self._new_session(pkt, key, state, now, sport, track)
         table = self.table
         if expectation is not None:
@@ -362,9 +390,9 @@ class Engine:
         self.counters["inserts"] += 1
         if len(self.table) > self.adaptive_start:
             self._rescale()
-        effects = NO_EFFECTS
+        effects = evicted + (SessionOpened(session),)
         if self.config.events and (expectation is not None or (log and self.log_limits.allow(reason, now))):
-            effects = (LogEvent(session_event("new", session, now, reason)),)
+            effects += (LogEvent(session_event("new", session, now, reason)),)
         if session.alg is not None and pkt.payload_len:
             effects = effects + self._feed_alg(session, pkt, True, now)
         return self._verdict(verdict, reason, pkt, session, effects)
@@ -447,6 +475,7 @@ class Engine:
 
     def _feed_alg(self, session: Session, pkt, original: bool, now: float) -> tuple:
         effects = []
+        expected = False
         seq = pkt.seq + 1 if pkt.flags & SYN else pkt.seq  # data in a SYN starts after it
         for result in session.alg.feed(original, seq, pkt.payload):
             if isinstance(result, Refusal):
@@ -456,6 +485,9 @@ class Engine:
                     effects.append(LogEvent(alg_refusal_event(session, result, now)))
             else:
                 self._expect(session, result, now)
+                expected = True
+        if expected:  # its expectations changed (the state did not)
+            effects.append(SessionChanged(session, session.state))
         return tuple(effects)
 
     def _expect(self, parent: Session, expectation: Expectation, now: float) -> None:
@@ -500,6 +532,7 @@ class Engine:
                 effects.extend(self._resets_for(session))
                 self.counters["timeout_resets"] += 1
                 why = "timeout-reset"
+            effects.append(SessionClosed(session, why))
             if events:
                 effects.append(LogEvent(session_event("end", session, now, why)))
         if self.expectations:
@@ -534,11 +567,11 @@ class Engine:
         else:
             self.timeout_scale = max(0.0, (end - count) / (end - start))
 
-    def _make_room(self, now: float) -> bool:
+    def _make_room(self, now: float) -> tuple:
         """Evict to make room in a full table, fairly: the half-open sessions of the sources
         holding the most of them first, then other unassured sessions, established ones last.
-        Frees a batch at once so that a flood does not pay a scan per packet. False if nothing
-        could go."""
+        Frees a batch at once so that a flood does not pay a scan per packet. Returns the
+        SessionClosed effects (empty: nothing could go)."""
         sessions = list(self.table.sessions.values())
         per_source: dict[bytes, int] = {}
         for session in sessions:
@@ -559,11 +592,12 @@ class Engine:
             self.table.remove(session)
             self._forget(session)
             self.counters["evictions"] += 1
-        return bool(victims)
+        return tuple(SessionClosed(session, "evicted") for session in victims)
 
-    def _close(self, session: Session, now: float, why: str) -> None:
+    def _close(self, session: Session, now: float, why: str) -> SessionClosed:
         self.table.remove(session)
         self._forget(session)
+        return SessionClosed(session, why)
 
     def _forget(self, session: Session) -> None:
         """Drop what dies with a session: its expectations, its place in the half-open count."""
@@ -615,17 +649,18 @@ class Engine:
             self._restore_expectation(record, now, clock_offset)
         return restored
 
-    def adopt(self, session: Session, now: float) -> None:
-        """Put a session made elsewhere (snapshot, HA peer) into the table, replacing one with its key."""
+    def adopt(self, session: Session, now: float) -> tuple:
+        """Put a session made elsewhere (snapshot, HA peer) into the table, replacing one with its
+        key. Returns the effects (SessionClosed of the one replaced)."""
         old = self.table.sessions.get(session.key)
-        if old is not None:
-            self._close(old, now, "replaced")
-        session.flags &= ~HALF_OPEN
+        effects = NO_EFFECTS if old is None else (self._close(old, now, "replaced"),)
+        session.flags &= ~(HALF_OPEN | OFFLOADED)
         if session.tcp is not None and session.state in EMBRYONIC and self.limits.active:
             session.flags |= HALF_OPEN
             self.limits.half_open_started(session.src, now)
         self.rule_limits.adopted(session)
         self.table.add(session)
+        return effects
 
     def _restore_expectation(self, record: dict, now: float, clock_offset: float) -> None:
         try:
@@ -653,7 +688,7 @@ class Engine:
         for session in refused_by(self.policy, list(self.table.sessions.values())):
             if session.slot == -1:
                 continue
-            self._close(session, now, "recheck")
+            effects.append(self._close(session, now, "recheck"))
             self.counters["recheck_closed"] += 1
             if session.rst_on_timeout and session.proto == TCP and session.state == tcpmod.TcpState.ESTABLISHED:
                 effects.extend(self._resets_for(session))
@@ -662,10 +697,18 @@ class Engine:
                 effects.append(LogEvent(session_event("end", session, now, "recheck")))
         return tuple(effects)
 
-    def kill(self, session: Session, now: float) -> None:
-        """Remove one session at an operator's request."""
-        self._close(session, now, "killed")
-        self.counters["killed"] += 1
+    def kill(self, session: Session, now: float, why: str = "killed") -> tuple:
+        """Remove one session at a driver's request (`why`: an operator's `killed`, a peer's
+        `peer-removed`, ...; counted under that word). Returns the effects."""
+        closed = self._close(session, now, why)
+        self.counters[why] += 1
+        return (closed,)
+
+
+def may_offload(session: Session) -> bool:
+    """Whether the kernel may pass a session's packets: not with an ALG (it needs the payload),
+    nor with rst_on_timeout (the RST needs exact sequence numbers the kernel does not give back)."""
+    return session.alg is None and not session.rst_on_timeout and session.tcp is not None
 
 
 class PendingExpectation:

@@ -8,7 +8,7 @@ on each scrape through a custom collector on a registry of our own (not the libr
 
 `RuleCounters.count(decision)` is the one per-packet call: it adds the packet to the rule its
 session was opened by (or that refused it, by its action or over its `limit`): packets, bytes (IP
-total length), and sessions when this packet opened one (FTP data sessions count for the rule of
+total length), and sessions when this packet opened one (ALG data sessions count for the rule of
 their control session). `deltas()` gives what was counted since its last call, for the store.
 The Prometheus HTTP thread reads `totals()`-shaped copies only (made on the loop's tick).
 
@@ -54,7 +54,8 @@ class RuleCounters:
             if rule is None:
                 return
             reason = decision.reason
-            opened = reason != "established" and (reason.startswith("rule:") or reason == "related:ftp")
+            opened = reason != "established" and (reason.startswith("rule:") or (
+                reason.startswith("related:") and reason != "related:icmp"))
         try:
             entry = self.rules[rule]
         except KeyError:
@@ -114,13 +115,13 @@ class Metrics:
     are its workers' `fw stats` summed (fw.workers)."""
 
     def __init__(self, engine=None, *, rules: RuleCounters | None = None, daemon_counters: Counter | None = None,
-                 writer=None, handler=None, read: Callable[[], dict] | None = None):
+                 writer=None, verdicts=None, read: Callable[[], dict] | None = None):
         self.engine = engine
         self.read = read or self.read_engine
         self.rules = rules
         self.daemon_counters = daemon_counters if daemon_counters is not None else Counter()
         self.writer = writer
-        self.handler = handler  # the packet handler: verdicts given because of errors
+        self.verdicts = verdicts  # the packet handler's fw.decision.Verdicts: final verdicts by reason
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.snapshot: dict = {}
@@ -144,11 +145,11 @@ class Metrics:
 
     def read_engine(self) -> dict:
         engine = self.engine
-        packets = {("accept", r): n for r, n in engine.accepted.items()}
-        packets.update({("drop", r): n for r, n in engine.dropped.items()})
-        if self.handler is not None:
-            for verdict, n in self.handler.error_verdicts.items():
-                packets[(verdict, "error")] = packets.get((verdict, "error"), 0) + n
+        packets = {}
+        verdicts = self.verdicts
+        if verdicts is not None:  # final verdicts are counted where they are given
+            packets = {("accept", r): n for r, n in verdicts.accepted.items()}
+            packets.update({("drop", r): n for r, n in verdicts.dropped.items()})
         writer = self.writer.stats() if self.writer is not None else {}
         return {
             "sessions": len(engine.table), "sessions_limit": engine.max_sessions,

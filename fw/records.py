@@ -50,7 +50,7 @@ class Records:
         daemon.services += [self.snapshots, self.writer]
         if self.metrics_listen is not None:
             self.metrics = Metrics(self.engine, rules=self.rules, daemon_counters=daemon.counters,
-                                   writer=self.writer, handler=daemon.handler)
+                                   writer=self.writer, verdicts=daemon.handler.verdicts)
             self.metrics.serve(*self.metrics_listen)
             daemon.services.append(self.metrics)
 

@@ -72,10 +72,10 @@ class IcmpForwarder:
 
     `send(bytes)` writes to the queue's netlink socket. Returns True when it gave the verdict."""
 
-    def __init__(self, number: int, first: int, last: int, engine, send):
+    def __init__(self, number: int, first: int, last: int, send):
         self.number, self.first, self.last = number, first, last
-        self.engine = engine
         self.send = send
+        self.counters: Counter = Counter()  # forwarded, unclaimed, errors: `fw stats` section "forwarding"
 
     def target(self, mark: int) -> tuple[int, int] | None:
         """(next queue, first queue) for a packet with `mark`, or None: it has been round them all."""
@@ -92,15 +92,14 @@ class IcmpForwarder:
         try:
             hop = self.target(packet.get_mark())
             if hop is None:
-                self.engine.counters["icmp_unclaimed"] += 1
+                self.counters["unclaimed"] += 1  # round every queue: this worker's drop is final
                 return False
             target, origin = hop
             self.send(verdict_message(self.number, packet.id, NF_QUEUE | target << 16, FORWARD_MARK | origin))
         except Exception:  # noqa: BLE001  (the packet then gets the plain drop)
-            self.engine.counters["icmp_forward_errors"] += 1
+            self.counters["errors"] += 1
             return False
-        self.engine.dropped["invalid:no-session"] -= 1  # not a drop: another worker judges it
-        self.engine.counters["icmp_forwarded"] += 1
+        self.counters["forwarded"] += 1  # no verdict counted here: the worker that decides counts it
         return True
 
 
@@ -117,7 +116,7 @@ def worker_main(spec: dict) -> int:
     """One worker: a Daemon on one queue, without iptables rules, its control socket of its own."""
     from fw.daemon import Daemon  # noqa: PLC0415
     from fw.drivers.nfqueue import QueueOptions  # noqa: PLC0415
-    from fw.engine import EngineConfig  # noqa: PLC0415
+    from fw.engine import Engine, EngineConfig  # noqa: PLC0415
     from fw.policy import PolicyError, load_policy  # noqa: PLC0415
 
     _die_with_parent()
@@ -129,7 +128,7 @@ def worker_main(spec: dict) -> int:
     except PolicyError as exc:
         log.error("invalid policy %s: %s", spec["policy"], "; ".join(d.format() for d in exc.diagnostics))
         return 2
-    engine = make_engine(policy, EngineConfig(events=spec["log"] is not None), spec["offload"])
+    engine = Engine(policy, EngineConfig(events=spec["log"] is not None, offload=spec["offload"]))
     config = DaemonConfig(policy_path=spec["policy"], queues=(number, number), fail_open=spec["fail_open"],
                           log_path=spec["log"], queue_options=QueueOptions(**spec["queue_options"]),
                           control_address=worker_address(number), install_rules=False, offload=spec["offload"])
@@ -142,7 +141,9 @@ def worker_main(spec: dict) -> int:
     try:
         queue = daemon.queues[0]
         send = queue._sock.send  # noqa: SLF001  (the queue's own netlink socket: verdicts go there)
-        daemon.handler.redirect = IcmpForwarder(number, spec["first"], spec["last"], engine, send)
+        forwarder = IcmpForwarder(number, spec["first"], spec["last"], send)
+        daemon.handler.redirect = forwarder
+        daemon.stats_sections["forwarding"] = lambda: dict(forwarder.counters)
         attach_offload(daemon)
         daemon.run()
     finally:
@@ -150,23 +151,16 @@ def worker_main(spec: dict) -> int:
     return 0
 
 
-def make_engine(policy, engine_config, offload: bool):
-    """The engine of a daemon or worker: with --offload, one that tells the kernel of established flows."""
-    if offload:
-        from fw.drivers.offload import OffloadEngine  # noqa: PLC0415
-
-        return OffloadEngine(policy, engine_config)
-    from fw.engine import Engine  # noqa: PLC0415
-
-    return Engine(policy, engine_config)
-
-
 def attach_offload(daemon) -> None:
-    """With --offload: the service that reads kernel conntrack back and clears marks of ended sessions."""
+    """With --offload: the service that consumes OffloadSession and SessionClosed and reads kernel
+    conntrack back (the engine was built with EngineConfig(offload=True))."""
     if daemon.config.offload:
         from fw.drivers.offload import OffloadService  # noqa: PLC0415
 
-        daemon.services.append(OffloadService(daemon.engine))
+        service = OffloadService(daemon.engine)
+        service.attach(daemon.effects)
+        daemon.services.append(service)
+        daemon.stats_sections["offload"] = service.stats
 
 
 def _die_with_parent() -> None:

@@ -17,7 +17,7 @@ import pytest
 from fw.cli.daemon import _hooks, _queues
 from fw.cli.sessions import session_line
 from fw.daemon import Throttle
-from fw.decision import LogEvent, SendPacket
+from fw.decision import LogEvent, RewritePacket, SendPacket, SessionOpened, SetMark
 from fw.drivers.effects import Effects
 from fw.drivers.eve import EveLog, to_eve
 from fw.drivers.nfqueue import (
@@ -49,9 +49,16 @@ class StandInPacket:
         self.data, self.indev, self.outdev = data, indev, outdev
         self.verdicts: list[str] = []
         self.verdict_fails = verdict_fails
+        self.changes: list = []  # set_mark / set_payload calls, as the effects they came from
 
     def get_payload(self) -> bytes:
         return self.data
+
+    def set_mark(self, mark: int) -> None:
+        self.changes.append(SetMark(mark))
+
+    def set_payload(self, data: bytes) -> None:
+        self.changes.append(RewritePacket(data))
 
     def accept(self) -> None:
         self._verdict("accept")
@@ -97,8 +104,9 @@ def test_a_packet_gets_the_engines_verdict_and_the_interfaces_by_name(engine_pol
     handler(other)
     assert (syn.verdicts, other.verdicts) == (["accept"], ["drop"])
     assert handler.ifname(1) == "lo" and handler.ifname(0) is None
-    assert engine.accepted["rule:allow-web"] == 1 and engine.dropped["default"] == 1
-    assert [type(e) for batch in effects for e in batch] == [LogEvent]  # the default drop is logged
+    assert handler.verdicts.accepted == {"rule:allow-web": 1} and handler.verdicts.dropped == {"default": 1}
+    # the session opened is told; the default drop is logged
+    assert [type(e) for batch in effects for e in batch] == [SessionOpened, LogEvent]
     assert errors == []
 
 
@@ -136,7 +144,7 @@ def test_malformed_bytes_are_dropped_as_malformed_never_an_error(engine_policy, 
     packet = StandInPacket(garbage)
     handler(packet)
     assert packet.verdicts == ["drop"]
-    assert engine.dropped["malformed"] == 1 and errors == []
+    assert handler.verdicts.dropped == {"malformed": 1} and errors == []
 
 
 @pytest.mark.parametrize(("fail_open", "verdict"), [(False, "drop"), (True, "accept")])
@@ -147,7 +155,9 @@ def test_an_engine_exception_gives_the_fail_verdict_and_is_reported_with_the_pac
     handler(packet)
     assert packet.verdicts == [verdict]
     assert errors == [("engine", "ZeroDivisionError", "udp 198.51.100.10:5000 -> 203.0.113.10:53 (32 bytes)")]
-    assert handler.errors["engine"] == 1 and handler.error_verdicts[verdict] == 1
+    assert handler.errors["engine"] == 1
+    counted = handler.verdicts.accepted if verdict == "accept" else handler.verdicts.dropped
+    assert dict(counted) == {"error": 1}
     after = StandInPacket(seg("198.51.100.10:40000", "203.0.113.10:80", "S", seq=1))
     handler(after)
     assert after.verdicts == ["accept"]  # and the next packet is judged as usual
@@ -162,8 +172,9 @@ def test_failing_effects_or_verdicts_are_counted_not_raised(engine_policy):
     handler(dropped)
     assert dropped.verdicts == ["drop"]  # the verdict went first
     handler(StandInPacket(seg("198.51.100.10:40000", "203.0.113.10:80", "S", seq=1), verdict_fails=True))
-    assert dict(handler.errors) == {"effects": 1, "verdict": 1}
-    assert [e[0] for e in errors] == ["effects", "verdict"]
+    # the refusal's event, then the verdict of the SYN and its SessionOpened: each failure counted
+    assert dict(handler.errors) == {"effects": 2, "verdict": 1}
+    assert [e[0] for e in errors] == ["effects", "verdict", "effects"]
 
 
 def test_summaries_name_the_flow_or_show_the_bytes():

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from fw.decision import SendPacket
+from fw.decision import SendPacket, Verdicts
 from fw.engine import Engine, EngineConfig
 from fw.packet import parse
 from fw.policy import load_policy
@@ -171,10 +171,12 @@ def test_other_protocol_tracked_generically(engine):
 
 
 def test_malformed_is_dropped_and_counted(engine):
+    verdicts = Verdicts()  # the driver counts the verdicts it gives (fw.drivers.nfqueue, replay)
     for data in (b"", b"\x45", b"\x60" + b"\x00" * 10, b"\x00" * 40):
         decision = engine.process(data, 1.0)
         assert (decision.verdict, decision.reason, decision.state) == ("drop", "malformed", None)
-    assert engine.dropped["malformed"] == 4
+        verdicts.count(decision.verdict, decision.reason)
+    assert verdicts.dropped == {"malformed": 4} and not decision.effects
 
 
 def test_expiry_and_timeouts(engine):

@@ -152,8 +152,8 @@ def test_half_open_limit_counts_only_embryonic_sessions(tmp_path):
     establish(engine, client="198.51.100.10:1001")
     for port in range(3):
         assert engine.process(seg(f"198.51.100.10:{2000 + port}", S, "S", seq=1), 11.0).reason == "rule:web"
-    assert engine.process(seg("198.51.100.10:3000", S, "S", seq=1), 11.0).reason == "flood"
-    assert engine.dropped["flood"] == 1
+    flood = engine.process(seg("198.51.100.10:3000", S, "S", seq=1), 11.0)
+    assert (flood.verdict, flood.reason, flood.session) == ("drop", "flood", None)
     # Established traffic of the blocked source still flows.
     ok = engine.process(seg("198.51.100.10:1000", S, "PA", seq=1001, ack=5001, payload=b"x"), 11.5)
     assert ok.reason == "established"

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fw.decision import Verdicts
 from fw.engine import Engine
 from fw.metrics import Metrics, RuleCounters, parse_listen, rule_lines
 from fw.policy import load_policy
@@ -32,9 +33,12 @@ def engine(tmp_path):
     return Engine(load_policy(path))
 
 
-def run(engine: Engine, counters: RuleCounters, packets) -> None:
+def run(engine: Engine, counters: RuleCounters, packets, verdicts: Verdicts | None = None) -> None:
     for packet in packets:
-        counters.count(engine.process(packet, 1.0))
+        decision = engine.process(packet, 1.0)
+        counters.count(decision)
+        if verdicts is not None:  # as the packet handler counts the verdicts it gives
+            verdicts.count(decision.verdict, decision.reason)
 
 
 def handshake_and_data(client: str = CLIENT) -> list[bytes]:
@@ -77,12 +81,12 @@ def scrape(address) -> dict:
 
 
 def test_the_endpoint_serves_what_the_last_tick_saw(engine):
-    counters, daemon_counters = RuleCounters(), Counter(reloads=2, reload_failures=1)
-    metrics = Metrics(engine, rules=counters, daemon_counters=daemon_counters)
+    counters, daemon_counters, verdicts = RuleCounters(), Counter(reloads=2, reload_failures=1), Verdicts()
+    metrics = Metrics(engine, rules=counters, daemon_counters=daemon_counters, verdicts=verdicts)
     address = metrics.serve("127.0.0.1", 0)
     try:
         assert scrape(address)[("fw_sessions", ())] == 0
-        run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")])
+        run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")], verdicts)
         assert scrape(address)[("fw_sessions", ())] == 0  # not yet: the loop's tick copies the numbers
         metrics.tick(2.0)
         samples = scrape(address)
@@ -140,7 +144,7 @@ def test_error_verdicts_and_the_writers_counts_are_in_the_metrics(engine, tmp_pa
         writer.submit({"event_type": "flow", "src_port": port})
     writer.start()
     writer.close()
-    snapshot = Metrics(broken, handler=handler, writer=writer).read()
+    snapshot = Metrics(broken, verdicts=handler.verdicts, writer=writer).read()
     assert snapshot["packets"] == {("drop", "error"): 3}
     assert (snapshot["events_written"], snapshot["events_lost"]) == (2, 3)
 
@@ -194,12 +198,12 @@ def test_an_icmp_error_about_a_session_counts_as_its_packet_not_a_new_session(en
 def test_a_supervisor_serves_its_workers_summed_stats(engine):
     from fw.metrics import snapshot_of_stats
 
-    counters = RuleCounters()
-    run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")])
-    one = Metrics(engine, rules=counters, daemon_counters=Counter(reloads=1))
+    counters, verdicts = RuleCounters(), Verdicts()
+    run(engine, counters, handshake_and_data() + [seg("198.51.100.10:40001", "203.0.113.10:23", "S")], verdicts)
+    one = Metrics(engine, rules=counters, daemon_counters=Counter(reloads=1), verdicts=verdicts)
     stats = {  # the shape of `fw stats --json`, as Daemon.stats gives it, plus what the store adds
         "sessions": {"active": 1, "limit": 1000, "expectations": 0},
-        "packets": {"by_verdict": {"accept": dict(engine.accepted), "drop": dict(engine.dropped)}},
+        "packets": {"by_verdict": {"accept": dict(verdicts.accepted), "drop": dict(verdicts.dropped)}},
         "rules": counters.as_dict(), "engine": dict(engine.counters),
         "policy": {"summary": engine.policy.summary(), "reloads": 1, "reload_failures": 0},
         "store": {"written": 0, "lost": 0},

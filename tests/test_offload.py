@@ -97,7 +97,7 @@ def test_an_offloaded_transfer_stays_intact_and_skips_the_queue(lab: Lab, daemon
         assert sink.json() == sent and sent["bytes"] == size
     figures = stats(fw)
     accepted = figures["packets"]["by_verdict"]["accept"]
-    assert figures["engine"]["offloaded"] == 1
+    assert figures["offload"]["offloaded"] == 1
     # The handshake, the FINs and their neighbours: a handful, where 20 MiB is thousands of segments.
     assert accepted["rule:bulk"] == 1 and accepted["established"] < 20, accepted
     assert figures["packets"]["drop"] == 0
@@ -121,13 +121,13 @@ def test_a_busy_offloaded_session_lives_and_an_idle_one_expires(lab: Lab, daemon
                                   stdout=subprocess.PIPE, text=True)
         time.sleep(8.5)  # 8 KiB sent a second apart: all offloaded, the session alive throughout
         figures = stats(fw)
-        assert figures["engine"]["offloaded"] == 1 and figures["sessions"]["expiries"] == 0
-        assert figures["engine"]["offload_syncs"] >= 4
+        assert figures["offload"]["offloaded"] == 1 and figures["sessions"]["expiries"] == 0
+        assert figures["offload"]["syncs"] >= 4
         assert figures["packets"]["by_verdict"]["accept"]["established"] <= 3  # only the handshake's ACK
         assert kernel_offloaded(lab) == 1
         time.sleep(7.5)  # idle past 4 s (+ up to a read interval and a tick)
         figures = stats(fw)
-        assert figures["sessions"]["expiries"] == 1 and figures["engine"]["offload_released"] == 1
+        assert figures["sessions"]["expiries"] == 1 and figures["offload"]["released"] == 1
         assert kernel_offloaded(lab) == 0
         out, _ = client.communicate(timeout=30)
         assert json.loads(out)["sent"] == 10 * 1024
@@ -144,7 +144,7 @@ def test_sessions_with_exact_resets_on_expiry_are_not_offloaded(lab: Lab, daemon
         sent = netns.tcp_send(lab, "203.0.113.10", 8081, 1 << 20)
         assert sink.json() == sent
     figures = stats(fw)
-    assert figures["engine"].get("offloaded", 0) == 0 and kernel_offloaded(lab) == 0
+    assert figures["offload"].get("offloaded", 0) == 0 and kernel_offloaded(lab) == 0
     assert figures["packets"]["by_verdict"]["accept"]["established"] > 20  # every segment judged
 
 
@@ -162,7 +162,7 @@ def test_killing_an_offloaded_session_clears_its_mark(lab: Lab, daemon, policy: 
         while kernel_offloaded(lab) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert kernel_offloaded(lab) == 0
-        assert stats(fw)["engine"]["offload_released"] == 1
+        assert stats(fw)["offload"]["released"] == 1
         client.wait(20)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from fw.drivers.effects import Effects
 from fw.drivers.nfqueue import PacketHandler
 from fw.engine import Engine, EngineConfig
 from fw.policy import load_policy
@@ -138,9 +139,11 @@ class Node:
         self.name = name
         self.engine = Engine(load_policy(policy), EngineConfig(events=False))
         self.errors: list = []
-        self.handler = PacketHandler(self.engine, False, lambda effects: None,
+        self.effects = Effects(None, None)
+        self.handler = PacketHandler(self.engine, False, self.effects,
                                      lambda where, exc, data: self.errors.append((where, exc)))
         self.service = SyncService(self.engine, self.handler, SyncConfig(url, name, key, cluster, **options))
+        self.service.subscribe(self.effects)
         self.handler.defer = self.service.on_decision
         self.service.start()
 

@@ -10,6 +10,8 @@ import pytest
 
 from fw.conntrack.table import RELATED, flow_key
 from fw.conntrack.tcp import TcpState
+from fw.decision import SessionChanged, SessionClosed, SessionOpened
+from fw.drivers.effects import Effects
 from fw.engine import Engine, EngineConfig
 from fw.policy import load_policy
 from fw.sync.tracker import SessionSync, key_from_list, key_text, merged_track
@@ -37,7 +39,11 @@ class Side:
         self.name = name
         self.engine = Engine(load_policy(path), EngineConfig(events=False))
         self.outbox: list = []
-        self.tracker = SessionSync(self.engine, name, self._emit, lambda: offset)
+        self.effects = Effects(None, None)  # the daemon's dispatcher: the tracker learns from effects
+        self.tracker = SessionSync(self.engine, name, self._emit, lambda: offset, dispatch=self.effects)
+        self.effects.on(SessionOpened, self.tracker.on_opened)
+        self.effects.on(SessionChanged, self.tracker.on_changed)
+        self.effects.on(SessionClosed, self.tracker.on_closed)
 
     def _emit(self, item) -> bool:
         self.outbox.append(item)
@@ -45,8 +51,7 @@ class Side:
 
     def packet(self, data: bytes, now: float):
         decision = self.engine.process(data, now)
-        if decision.session is not None:
-            self.tracker.observe(decision.session, now)
+        self.effects(decision.effects)
         return decision
 
     def deliver(self, to: Side, now: float) -> list:
@@ -133,8 +138,7 @@ def test_removals_apply_to_the_same_incarnation_only_and_not_over_newer_traffic(
     fw1, fw2 = pair
     handshake(fw1, fw2)
     session = fw1.engine.table.sessions[WEB]
-    fw1.engine.kill(session, T0 + 1)
-    fw1.tracker.sweep(T0 + 1, connected=True)
+    fw1.effects(fw1.engine.kill(session, T0 + 1))  # its SessionClosed is announced at once
     assert [(i.kind, i.body["why"]) for i in fw1.outbox] == [("remove", "removed")]
     removal = fw1.outbox[0].body
     fw1.deliver(fw2, T0 + 1)

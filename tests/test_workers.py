@@ -78,13 +78,13 @@ def test_a_batch_verdict_accepts_every_packet_up_to_an_id():
 
 def test_an_icmp_error_goes_round_the_queues_once():
     assert [next_queue(q, 2, 4) for q in (2, 3, 4)] == [3, 4, 2]
-    first = IcmpForwarder(2, 2, 4, engine=None, send=None)
+    first = IcmpForwarder(2, 2, 4, send=None)
     assert first.target(0) == (3, 2)  # came here first: on to 3, remembering 2
-    assert IcmpForwarder(3, 2, 4, None, None).target(FORWARD_MARK | 2) == (4, 2)
-    assert IcmpForwarder(4, 2, 4, None, None).target(FORWARD_MARK | 2) is None  # next would be 2: all asked
+    assert IcmpForwarder(3, 2, 4, None).target(FORWARD_MARK | 2) == (4, 2)
+    assert IcmpForwarder(4, 2, 4, None).target(FORWARD_MARK | 2) is None  # next would be 2: all asked
     assert first.target(0x12345678) == (3, 2)  # a mark of someone else's is not ours
-    assert IcmpForwarder(0, 0, 1, None, None).target(0) == (1, 0)
-    assert IcmpForwarder(1, 0, 1, None, None).target(FORWARD_MARK | 0) is None
+    assert IcmpForwarder(0, 0, 1, None).target(0) == (1, 0)
+    assert IcmpForwarder(1, 0, 1, None).target(FORWARD_MARK | 0) is None
 
 
 def test_worker_stats_are_summed():
@@ -176,8 +176,8 @@ def test_an_icmp_error_reaches_the_worker_of_its_session(many_clients: Lab, daem
     accepted, dropped = stats["packets"]["by_verdict"]["accept"], stats["packets"]["by_verdict"]["drop"]
     assert accepted == {"rule:allow-udp": 16, "related:icmp": 16}
     assert dropped.get("invalid:no-session", 0) == 0
-    assert 0 < stats["engine"]["icmp_forwarded"] < 16  # some came to the wrong worker, and were handed on
-    assert stats["engine"].get("icmp_unclaimed", 0) == 0
+    assert 0 < stats["forwarding"]["forwarded"] < 16  # some came to the wrong worker, and were handed on
+    assert stats["forwarding"].get("unclaimed", 0) == 0
 
 
 @pytest.mark.netns
@@ -205,8 +205,8 @@ with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock
         lab.run("server", [sys.executable, "-c", script, n])
     stats = json.loads(fw.fw("stats", "--json").stdout)
     assert stats["packets"]["by_verdict"]["drop"] == {"invalid:no-session": 8}
-    assert stats["engine"]["icmp_unclaimed"] == 8  # each judged by both workers, dropped by the second
-    assert stats["engine"].get("icmp_forwarded", 0) == 8
+    assert stats["forwarding"]["unclaimed"] == 8  # each judged by both workers, dropped by the second
+    assert stats["forwarding"].get("forwarded", 0) == 8
 
 
 @pytest.mark.netns

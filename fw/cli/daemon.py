@@ -93,10 +93,11 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
 
         daemon = Supervisor(config, loader)
     else:
+        from fw.engine import Engine
         from fw.records import Records
-        from fw.workers import attach_offload, make_engine
+        from fw.workers import attach_offload
 
-        engine = make_engine(policy, EngineConfig(events=True), offload)
+        engine = Engine(policy, EngineConfig(events=True, offload=offload))
         gc.freeze()  # the policy's objects out of the cyclic collector's way
         records = Records(engine, store, metrics_listen=listen)
         records.restore()

@@ -9,6 +9,7 @@ import sys
 import click
 
 from fw.cli.common import load_policy_or_exit
+from fw.decision import Verdicts
 
 PROGRESS_BAR_BYTES = 8 << 20  # show a progress bar for captures larger than this, on a terminal
 
@@ -35,7 +36,8 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
     show_progress = sys.stderr.isatty() and (quiet or as_json or not sys.stdout.isatty())
     show_progress = show_progress and os.path.getsize(pcap) > PROGRESS_BAR_BYTES
     try:
-        records = replay(pcap, engine)
+        verdicts = Verdicts()
+        records = replay(pcap, engine, verdicts)
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
     out = sys.stdout
@@ -58,7 +60,7 @@ def replay_command(pcap: str, policy_path: str, as_json: bool, quiet: bool) -> N
             bar.update(max(0, getattr(bar, "length", 0) - getattr(bar, "pos", 0)))  # the file's headers: 100%
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(summary_text(engine), err=True)
+    click.echo(summary_text(engine, verdicts), err=True)
 
 
 class _NoProgress:
@@ -78,9 +80,9 @@ def _progress(pcap: str, show: bool):
     return click.progressbar(length=os.path.getsize(pcap), file=sys.stderr, label="replay")
 
 
-def summary_text(engine) -> str:
-    accepted, dropped = sum(engine.accepted.values()), sum(engine.dropped.values())
-    drops = {r: n for r, n in sorted(engine.dropped.items()) if n}
+def summary_text(engine, verdicts) -> str:
+    accepted, dropped = sum(verdicts.accepted.values()), sum(verdicts.dropped.values())
+    drops = {r: n for r, n in sorted(verdicts.dropped.items()) if n}
     lines = [
         f"packets: {accepted + dropped}, accepted: {accepted}, dropped: {dropped}",
         "dropped by reason: " + (", ".join(f"{r} {n}" for r, n in drops.items()) or "none"),

@@ -38,7 +38,8 @@ RELATED = 4  # opened through an expectation (an ALG) or a related ICMP error
 LOOSE = 8  # picked up mid-stream (tcp_loose)
 HALF_OPEN = 16  # counted in its source's half-open sessions (flood limits)
 REVERSED = 32  # the original source is the key's high end (fixed at creation; not a state)
-LIBERAL = 128  # TCP: liberal window checks (the track's `liberal`, kept here); 64 is fw.drivers.offload's
+OFFLOADED = 64  # the kernel passes this session's packets (set by fw.drivers.offload when the mark is on)
+LIBERAL = 128  # TCP: liberal window checks (the track's `liberal`, kept here)
 # 256 is fw.conntrack.rule_limits' COUNTED (the session counts in its rule's limit)
 FLAG_NAMES = {ASSURED: "assured", SEEN_REPLY: "seen-reply", RELATED: "related", LOOSE: "loose",
               HALF_OPEN: "half-open"}
@@ -262,6 +263,13 @@ class SessionTable:
                 self._profiles.clear()
             profile = self._profiles[key] = Profile(rule, policy_rev, timeouts, rst_on_timeout)
         return profile
+
+    def touch(self, session: Session, deadline: float) -> None:
+        """Move a session's deadline (a packet came, its state changed): a float store, and a
+        refiling only when the deadline moves before the slot it is filed under."""
+        session.deadline = deadline
+        if deadline < session.slot - 1:
+            self.reschedule(session)
 
     def reschedule(self, session: Session) -> None:
         """File the session under the slot of its deadline if that is earlier than where it is."""

@@ -4,8 +4,13 @@ How it works: a SendPacket holds a complete IP packet (a TCP reset or an ICMP un
 included). IPv4 goes out of an AF_INET/IPPROTO_RAW socket (IP_HDRINCL implied), IPv6 out of an
 AF_INET6/IPPROTO_RAW socket (the header is ours too); the destination for sendto() is read from the
 packet. Both sockets carry SO_MARK = the daemon's mark, which our OUTPUT chain exempts from the queue,
-so the daemon never judges its own packets. A LogEvent goes to the EveLog, if there is one. Effects
-of kinds this driver does not know yet are counted, not fatal.
+so the daemon never judges its own packets. A LogEvent goes to the EveLog, if there is one.
+
+The other effects go to whoever subscribed to their kind (`Effects.on(kind, handler)`): the
+offload driver takes OffloadSession and SessionClosed, HA sync the session effects. Session
+effects nobody subscribed to are dropped quietly (most daemons run without sync or offload);
+other kinds without a handler are counted as `unsupported:KIND`, not fatal. SetMark and
+RewritePacket act on the packet's verdict, so fw.drivers.nfqueue's PacketHandler applies them.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 
-from fw.decision import LogEvent, SendPacket
+from fw.decision import SESSION_EFFECTS, LogEvent, RewritePacket, SendPacket, SetMark
 from fw.drivers.eve import EveLog
 from fw.drivers.iptables import DEFAULT_MARK
 
@@ -61,6 +66,11 @@ class Effects:
         self.last_error: str | None = None
         self.event_sinks: list = []  # more places events go (the store's writer): sink(event)
         self.effect_sinks: list = []  # told of every tuple of effects first (fw.feed): sink(effects)
+        self.handlers: dict[type, list] = {}  # effect kind -> [handler(effect)]
+
+    def on(self, kind: type, handler) -> None:
+        """Call `handler(effect)` for every effect of this kind (in subscription order)."""
+        self.handlers.setdefault(kind, []).append(handler)
 
     def __call__(self, effects) -> None:
         for sink in self.effect_sinks:
@@ -78,7 +88,12 @@ class Effects:
             elif kind is SendPacket:
                 self._send(effect)
             else:
-                self.counters["unsupported:" + kind.__name__] += 1
+                handlers = self.handlers.get(kind)
+                if handlers is not None:
+                    for handler in handlers:
+                        handler(effect)
+                elif kind not in SESSION_EFFECTS and kind is not SetMark and kind is not RewritePacket:
+                    self.counters["unsupported:" + kind.__name__] += 1
 
     def _send(self, effect: SendPacket) -> None:
         if self.sender is None:

@@ -40,7 +40,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fw.decision import ACCEPT, DROP
+from fw.decision import ACCEPT, DROP, RewritePacket, SetMark, Verdicts
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -291,7 +291,11 @@ class PacketHandler:
 
     Whatever happens, the packet gets a verdict: an exception in the engine gives it the
     fail-open/fail-closed verdict (reason `error`), counted and reported through `on_error`.
-    The decision's effects go to `on_effects` after the verdict, so they never delay the packet.
+    The decision's effects go to `on_effects` after the verdict, so they never delay the packet;
+    SetMark and RewritePacket go with the verdict itself (which is then sent alone).
+    `verdicts` counts each final verdict with its reason, here where it is given: a packet that
+    `defer` keeps is counted by whoever gives its verdict later, one that `redirect` hands to
+    another queue is counted there.
     """
 
     def __init__(self, engine, fail_open: bool, on_effects: Callable, on_error: Callable,
@@ -302,7 +306,7 @@ class PacketHandler:
         self.on_error = on_error
         self.clock = clock
         self.errors: Counter = Counter()  # "engine", "effects", "verdict": failures by where
-        self.error_verdicts: Counter = Counter()  # accept/drop given because of an error
+        self.verdicts = Verdicts()  # final verdicts by reason (errors: reason "error")
         self._ifnames: dict[int, str | None] = {0: None}
         # redirect(packet, decision) -> bool: another verdict for a packet the engine drops (fw.workers
         # hands an ICMP error whose session it does not hold to the next queue); True if it gave one.
@@ -334,11 +338,15 @@ class PacketHandler:
             if self.defer is not None and self.defer(packet, data, decision):
                 pass  # kept: its verdict comes later
             elif verdict == ACCEPT:
-                if self.accept_later and self.defer is None:
+                self.verdicts.accepted[decision.reason] += 1
+                if decision.effects and self._on_packet(packet, decision.effects):
+                    packet.accept()  # changed: not in a batch, which would send the original
+                elif self.accept_later and self.defer is None:
                     later = ACCEPT_LATER
                 else:
                     packet.accept()
             elif self.redirect is None or not self.redirect(packet, decision):
+                self.verdicts.dropped[decision.reason] += 1
                 packet.drop()
         except Exception as exc:  # noqa: BLE001
             self.errors["verdict"] += 1
@@ -351,9 +359,23 @@ class PacketHandler:
                 self.on_error("effects", exc, data)
         return later
 
+    @staticmethod
+    def _on_packet(packet, effects) -> bool:
+        """Apply SetMark and RewritePacket to the packet; True if there was one."""
+        changed = False
+        for effect in effects:
+            kind = type(effect)
+            if kind is SetMark:
+                packet.set_mark(effect.mark)
+                changed = True
+            elif kind is RewritePacket:
+                packet.set_payload(effect.data)
+                changed = True
+        return changed
+
     def _fail(self, packet, data: bytes, where: str, exc: BaseException) -> str | None:
         self.errors[where] += 1
-        self.error_verdicts[self.fail_verdict] += 1
+        self.verdicts.count(self.fail_verdict, "error")
         later = None
         try:
             if self.fail_verdict == DROP:

@@ -1,8 +1,9 @@
 """The fast path (`fw run --offload`): established TCP flows pass in the kernel, not through the queue.
 
-How it works. When the engine moves a TCP session to ESTABLISHED (its packets accepted both ways),
-OffloadEngine sets the OFFLOAD bit in the kernel conntrack entry's mark (ctnetlink, one message, no
-wait for the answer). Our FW-FORWARD chain (fw.drivers.iptables, `Hooking.offload`) accepts the
+How it works. With `EngineConfig(offload=True)` the engine emits an OffloadSession effect when it
+moves a TCP session that may go to ESTABLISHED (its packets accepted both ways); OffloadService
+consumes it and sets the OFFLOAD bit in the kernel conntrack entry's mark (ctnetlink, one message,
+no wait for the answer). Our FW-FORWARD chain (fw.drivers.iptables, `Hooking.offload`) accepts the
 packets of a connection with that bit before the NFQUEUE rule when the kernel's own tracker finds
 them valid (ctstate ESTABLISHED) and they carry no SYN, FIN or RST; RSTs the kernel finds valid are
 accepted too (the engine's window data is old, see below). Everything else still reaches the
@@ -12,19 +13,21 @@ Not offloaded: sessions with an ALG (the FTP ALG needs the control session's pay
 with `rst_on_timeout`. The engine's TCP window record stays as of the last packet it saw, and a RST
 on expiry must carry exactly the receiver's RCV.NXT (RFC 5961); kernel conntrack does not give the
 sequence numbers back (CTA_PROTOINFO_TCP has flags and window scales only), so exactness would be
-lost. For the same reason an offloaded session's record is made liberal (as the kernel does when a
-flowtable hands a flow back): a FIN after megabytes the engine did not see is out of its old window.
+lost. For the same reason the engine makes an offloaded session's record liberal (as the kernel
+does when a flowtable hands a flow back): a FIN after megabytes the engine did not see is out of
+its old window.
 
-OffloadService, once a tick, keeps the engine and the kernel in step:
-- the marks of offloaded sessions the engine removed (expired, killed, closed, reopened) are
-  cleared, so later packets reach the engine again (which then judges them: no session);
+OffloadService consumes SessionClosed: the mark of an offloaded session the engine removed
+(expired, killed, closed, reopened, evicted) is cleared at once, so later packets reach the engine
+again (which then judges them: no session). Once a tick it keeps the engine and the kernel in step:
 - the kernel's entries with the bit are read back (a dump filtered by mark; at most SYNC_BATCH a
   second, larger tables less often). An entry whose remaining timeout did not just run down since
   the last read saw a packet: the session's `last_seen` moves to now. The engine's deadline is then
   `last_seen` + the timeout of its state; while that is in the future it is kept at least until the
   next read (expiry may come up to one read interval late, never early). An entry the kernel closed
   (a valid RST) ends the engine's session; an entry the kernel no longer has is no longer offloaded.
-`fw sessions` shows the result (flag OFFLOADED, the timeout so kept); the packet and byte counters
+Its counters are the `offload` section of `fw stats`. `fw sessions` shows the result (flag
+OFFLOADED, the timeout so kept); the packet and byte counters
 of an offloaded session count only what the engine saw.
 """
 
@@ -37,13 +40,12 @@ import time
 from collections import Counter
 
 from fw.conntrack import tcp as tcpmod
-from fw.conntrack.table import flow_key
+from fw.conntrack.table import OFFLOADED, flow_key
+from fw.decision import OffloadSession, SessionClosed
 from fw.drivers.iptables import Hooking
 from fw.drivers.nfqueue import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, _attr
-from fw.engine import Engine
 
 OFFLOAD_MARK = Hooking.offload_mark  # the connmark bit of offloaded connections
-OFFLOADED = 64  # Session.flags bit: the kernel passes this session's packets
 SYNC_BATCH = 2000  # offloaded sessions read back per second at most
 TCP = 6
 
@@ -219,108 +221,92 @@ def _messages(data: bytes, with_seq: bool = False):
         offset += (length + 3) & ~3
 
 
-# -- the engine side -----------------------------------------------------------------------------
+# -- the driver side -----------------------------------------------------------------------------
 
 
-class OffloadEngine(Engine):
-    """The engine, telling the kernel of each TCP session that becomes established (if it may go)."""
+class OffloadService:
+    """--offload: consumes OffloadSession and SessionClosed (`attach(effects)`), and once a tick
+    (a `Daemon.services` member: tick, close) reads the kernel's entries back."""
 
-    def __init__(self, policy, config=None, conntrack: Conntrack | None = None):
-        super().__init__(policy, config)
-        self.conntrack = conntrack
+    def __init__(self, engine, conntrack: Conntrack | None = None, clock=time.monotonic):
+        self.engine = engine
+        self.dispatch = None  # the daemon's Effects (set by attach): where the effects of engine.kill go
+        self.conntrack = conntrack if conntrack is not None else Conntrack()
+        self.clock = clock
+        self.counters: Counter = Counter()
         self.offloaded: dict[tuple, object] = {}  # canonical key -> session
+        self.next_sync = 0.0
+        self.remaining: dict[tuple, tuple[int, float]] = {}  # key -> (kernel timeout left, when read)
 
-    def _on_tcp_state(self, session, state, original: bool) -> None:
-        super()._on_tcp_state(session, state, original)
-        if state is tcpmod.TcpState.ESTABLISHED and not session.flags & OFFLOADED and self.may_offload(session):
-            self.offload(session)
+    def attach(self, effects) -> None:
+        """Subscribe to the daemon's effects."""
+        self.dispatch = effects
+        effects.on(OffloadSession, self.on_offload)
+        effects.on(SessionClosed, self.on_closed)
 
-    @staticmethod
-    def may_offload(session) -> bool:
-        return session.alg is None and not session.rst_on_timeout and session.tcp is not None
-
-    def offload(self, session) -> None:
-        if self.conntrack is None:
-            self.conntrack = Conntrack()
+    def on_offload(self, effect: OffloadSession) -> None:
+        session = effect.session
+        if session.key in self.offloaded or session.slot == -1:
+            return
         try:
             self.conntrack.set_mark(session, OFFLOAD_MARK, OFFLOAD_MARK)
         except OSError as exc:
-            self.counters["offload_errors"] += 1
+            self.counters["errors"] += 1
             self.conntrack.errors[errno.errorcode.get(exc.errno, str(exc.errno))] += 1
             return
-        track = session.tcp
-        if not track.liberal:  # its window record ages from now on: FINs are judged leniently
-            record = tcpmod.to_dict(track)
-            record["liberal"] = True
-            track.data = tcpmod.from_dict(record).data
         session.flags |= OFFLOADED
         self.offloaded[session.key] = session
         self.counters["offloaded"] += 1
 
+    def on_closed(self, effect: SessionClosed) -> None:
+        session = effect.session
+        if self.offloaded.get(session.key) is session:
+            self._forget(session.key, session, clear=True)
 
-class OffloadService:
-    """The daemon's once-a-tick work for --offload (a `Daemon.services` member: tick, close)."""
-
-    def __init__(self, engine: OffloadEngine, clock=time.monotonic):
-        self.engine = engine
-        if engine.conntrack is None:
-            engine.conntrack = Conntrack()
-        self.conntrack = engine.conntrack
-        self.clock = clock
-        self.next_sync = 0.0
-        self.remaining: dict[tuple, tuple[int, float]] = {}  # key -> (kernel timeout left, when read)
+    def stats(self) -> dict:
+        return {"active": len(self.offloaded), **self.counters, "netlink_errors": dict(self.conntrack.errors)}
 
     def tick(self, now: float) -> None:
         self.conntrack.drain()
-        self.release_removed()
-        if now >= self.next_sync and self.engine.offloaded:
+        if now >= self.next_sync and self.offloaded:
             self.sync(now)
 
     def interval(self) -> float:
-        return max(1.0, len(self.engine.offloaded) / SYNC_BATCH)
-
-    def release_removed(self) -> int:
-        """Clear the kernel mark of offloaded sessions the engine no longer holds."""
-        engine, released = self.engine, 0
-        for key, session in list(engine.offloaded.items()):
-            if session.slot == -1 or engine.table.sessions.get(key) is not session:
-                self._forget(key, session, clear=True)
-                released += 1
-        return released
+        return max(1.0, len(self.offloaded) / SYNC_BATCH)
 
     def _forget(self, key, session, clear: bool) -> None:
-        engine = self.engine
-        engine.offloaded.pop(key, None)
+        self.offloaded.pop(key, None)
         self.remaining.pop(key, None)
         session.flags &= ~OFFLOADED
         if clear:
             try:
                 self.conntrack.set_mark(session, 0, OFFLOAD_MARK)
-                engine.counters["offload_released"] += 1
+                self.counters["released"] += 1
             except OSError:
-                engine.counters["offload_errors"] += 1
+                self.counters["errors"] += 1
 
     def sync(self, now: float) -> None:
         """Read the kernel's offloaded entries back into the engine's sessions."""
-        engine = self.engine
         interval = self.interval()
         self.next_sync = now + interval
         try:
             entries = {entry.key: entry for entry in self.conntrack.dump(OFFLOAD_MARK, OFFLOAD_MARK)}
         except (ConntrackError, OSError):
-            engine.counters["offload_sync_errors"] += 1
+            self.counters["sync_errors"] += 1
             return
-        engine.counters["offload_syncs"] += 1
-        for key, session in list(engine.offloaded.items()):
+        self.counters["syncs"] += 1
+        for key, session in list(self.offloaded.items()):
             entry = entries.get(key)
             if entry is None:  # the kernel forgot it: its packets reach the engine again
                 self._forget(key, session, clear=False)
-                engine.counters["offload_lost"] += 1
+                self.counters["lost"] += 1
                 continue
             if entry.state == "CLOSE":  # a RST the kernel found valid ended it
-                engine.kill(session, now)
                 self._forget(key, session, clear=False)
-                engine.counters["offload_reset"] += 1
+                effects = self.engine.kill(session, now, "offload-reset")
+                if self.dispatch is not None:
+                    self.dispatch(effects)
+                self.counters["reset"] += 1
                 continue
             self._refresh(key, session, entry, now, interval)
 
@@ -334,9 +320,7 @@ class OffloadService:
         timeout = timeouts[tcpmod.timeout_key(session.tcp, timeouts)] * self.engine.timeout_scale
         true_deadline = session.last_seen + timeout
         deadline = true_deadline if true_deadline <= now else max(true_deadline, now + interval + 1.5)
-        session.deadline = deadline
-        if deadline < session.slot - 1:
-            self.engine.table.reschedule(session)
+        self.engine.table.touch(session, deadline)
 
     def close(self) -> None:
         self.conntrack.close()

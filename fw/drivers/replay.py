@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from scapy.utils import RawPcapNgReader, RawPcapReader
 
-from fw.decision import ACCEPT, Decision
+from fw.decision import ACCEPT, Decision, Verdicts
 from fw.packet import flow_text
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
@@ -109,20 +109,20 @@ class ReplayRecord:
         }
 
 
-def replay(path: str, engine) -> Iterator[ReplayRecord]:
-    """Each frame of the capture through the engine, in order (ReplayError at once for a bad file)."""
-    return _replay(read_frames(path), engine)
+def replay(path: str, engine, verdicts: Verdicts | None = None) -> Iterator[ReplayRecord]:
+    """Each frame of the capture through the engine, in order (ReplayError at once for a bad file).
+    The verdicts are counted in `verdicts` (replay gives every final verdict)."""
+    return _replay(read_frames(path), engine, verdicts if verdicts is not None else Verdicts())
 
 
-def _replay(frames, engine) -> Iterator[ReplayRecord]:
+def _replay(frames, engine, verdicts: Verdicts) -> Iterator[ReplayRecord]:
     second = None
+    count = verdicts.count
     for index, (stamp, linktype, frame) in enumerate(frames):
         if int(stamp) != second:
             second = int(stamp)
             engine.expire(stamp)
         packet = l3_payload(linktype, frame)
-        if packet is None:
-            engine.accepted["not-ip"] += 1
-            yield ReplayRecord(index, stamp, len(frame), Decision(ACCEPT, "not-ip"))
-            continue
-        yield ReplayRecord(index, stamp, len(frame), engine.process(packet, stamp))
+        decision = Decision(ACCEPT, "not-ip") if packet is None else engine.process(packet, stamp)
+        count(decision.verdict, decision.reason)
+        yield ReplayRecord(index, stamp, len(frame), decision)

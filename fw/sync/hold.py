@@ -25,10 +25,10 @@ SAMPLES = 4096
 
 
 class Held:
-    __slots__ = ("packet", "data", "iif", "oif", "key", "since", "deadline", "ticket", "verdict", "done")
+    __slots__ = ("packet", "data", "iif", "oif", "key", "since", "deadline", "ticket", "verdict", "reason", "done")
 
     def __init__(self, packet, data: bytes, iif, oif, key, since: float, deadline: float,
-                 ticket: int | None = None, verdict: str | None = None):
+                 ticket: int | None = None, verdict: str | None = None, reason: str | None = None):
         self.packet = packet
         self.data = data
         self.iif = iif
@@ -38,6 +38,7 @@ class Held:
         self.deadline = deadline
         self.ticket = ticket  # --sync-defer: the announcement it waits for
         self.verdict = verdict  # --sync-defer: the verdict already given by the engine
+        self.reason = reason  # --sync-defer: and its reason (counted when the verdict goes out)
         self.done = False
 
 

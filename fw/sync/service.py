@@ -1,12 +1,13 @@
 """HA session sync in the daemon: the packet hook, the hold, and the loop's side of the Redis link.
 
 How it works. `attach_sync(daemon, config)` hooks a `SyncService` into a started daemon through its
-hook points only: `handler.defer` (called for every decision), a wake-up socket in `daemon.loop`,
-`daemon.services` (tick, release, close) and `daemon.stats_sections["sync"]`.
+hook points only: the engine's session effects (`daemon.effects.on`: SessionOpened, SessionChanged
+and SessionClosed go to the tracker, which announces them), `handler.defer` (called for every
+decision), a wake-up socket in `daemon.loop`, `daemon.services` (tick, release, close) and
+`daemon.stats_sections["sync"]`.
 
-Per packet (`on_decision`): one identity lookup of the decision's session in the tracker; only a
-new session or a changed state/expectations does more (an announcement handed to the writer
-thread). An accepted packet then goes its way. A dropped packet that may be waiting for a peer's
+Per packet (`on_decision`): an accepted packet goes its way at once (sync learns of new and
+changed sessions from the effects, not by looking at every packet). A dropped packet that may be waiting for a peer's
 session is held instead (its NFQUEUE verdict deferred: netfilterqueue 1.1 lets a kept Packet be
 given its verdict after the callback returned): `invalid:no-session`, `invalid:state` and
 `invalid:out-of-window` (our copy of the session may be behind the peer's), and `default` or a
@@ -15,8 +16,9 @@ while a peer has been heard from (or the first snapshot is loading), within `--s
 within the queue's bounds (count, bytes; beyond them the packet is dropped at once, counted).
 When a peer's announcement of the packet's flow arrives, its held packets are judged again by
 the engine, oldest first; at the deadline all the rest are judged a last time. Holding a packet
-also asks the peers for its session (fw.sync.tracker: `request`), in case no news is coming. A held packet
-counts once in the engine's counters (the first drop is taken back). With `--sync-defer` the
+also asks the peers for its session (fw.sync.tracker: `request`), in case no news is coming. A held
+packet's verdict is counted once, when it is given for good (the packet handler's `verdicts`, with
+the reason of the judgement that decided it). With `--sync-defer` the
 first packet of a new session waits (up to the hold time) until Redis accepted the announcement.
 
 Everything from Redis arrives as events (fw.sync.link) in a deque and a byte on the wake-up
@@ -35,7 +37,7 @@ import time
 from collections import Counter, deque
 
 from fw.conntrack.table import flow_key
-from fw.decision import ACCEPT, NO_EFFECTS
+from fw.decision import ACCEPT, NO_EFFECTS, SESSION_EFFECTS, SessionChanged, SessionClosed, SessionOpened
 from fw.sync.codec import Codec
 from fw.sync.config import SyncConfig
 from fw.sync.hold import Alarm, Held, HoldQueue, Waits
@@ -87,12 +89,20 @@ class SyncService:
         self._wake_w.setblocking(False)
         codec = Codec(config.key, config.cluster, config.node, first_seq=int(time.time() * 1e6))
         self.link = RedisLink(config.url, config.cluster, codec, self._deliver, mark, acks=config.defer)
-        self.tracker = SessionSync(engine, config.node, self.link.submit, lambda: self._offset)
+        self.tracker = SessionSync(engine, config.node, self.link.submit, lambda: self._offset,
+                                   dispatch=handler.on_effects)
         self.known = self.tracker.known
         self.alarm = Alarm(self._ring)
         self._next_hello = self._next_sweep = 0.0
         self._asked: dict = {}  # flow key -> when we last asked the peers for its session
         self._asked_since, self._asked_count = 0.0, 0
+
+    def subscribe(self, effects) -> None:
+        """Take the engine's session effects from the daemon's effects (fw.drivers.effects.Effects)."""
+        tracker = self.tracker
+        effects.on(SessionOpened, tracker.on_opened)
+        effects.on(SessionChanged, tracker.on_changed)
+        effects.on(SessionClosed, tracker.on_closed)
 
     def start(self) -> None:
         self.tracker.seed(self.clock())
@@ -112,15 +122,9 @@ class SyncService:
     def on_decision(self, packet, data: bytes, decision) -> bool:
         """PacketHandler.defer: True if we keep the packet (its verdict comes later). Never raises."""
         try:
-            session = decision.session
-            if session is not None:
-                entry = self.known.get(session)
-                if (entry is None or entry.state is not session.state
-                        or (session.expectations is not None and entry.expectations != session.expectations)):
-                    ticket = self.tracker.changed(session, entry, session.last_seen)
-                    if entry is None and ticket and self.config.defer and decision.verdict == ACCEPT:
-                        return self._defer(packet, data, decision, ticket)
             if decision.verdict == ACCEPT:
+                if self.config.defer and decision.effects:
+                    return self._defer_opened(packet, data, decision)
                 return False
             return self._hold(packet, data, decision)
         except Exception as exc:  # noqa: BLE001  (the packet gets its verdict from the handler)
@@ -148,10 +152,9 @@ class SyncService:
         if not self.held.add(held):
             self.counters["hold_full"] += 1
             return False
-        dropped = self.engine.dropped
-        if dropped[reason] > 0:
-            dropped[reason] -= 1  # counted when it is judged for good
-        decision.effects = NO_EFFECTS  # judged again later, with the effects of that judgement
+        # Judged again later, with the events and packets of that judgement; what happened to
+        # sessions (a reopening SYN closed one) has happened and is still told.
+        decision.effects = tuple(e for e in decision.effects if type(e) in SESSION_EFFECTS) or NO_EFFECTS
         self.counters["held"] += 1
         self.alarm.set(held.deadline)
         self._request(held.key, now)
@@ -174,11 +177,22 @@ class SyncService:
         asked[key] = now
         self.tracker.request(key)
 
+    def _defer_opened(self, packet, data: bytes, decision) -> bool:
+        """--sync-defer: announce the session this packet opened now, and keep the packet until
+        Redis took the announcement (the SessionOpened effect then finds it announced)."""
+        for effect in decision.effects:
+            if type(effect) is SessionOpened:
+                ticket = self.tracker.on_opened(effect)
+                if ticket:
+                    return self._defer(packet, data, decision, ticket)
+        return False
+
     def _defer(self, packet, data: bytes, decision, ticket: int) -> bool:
         now = self.clock()
         if not self._waiting_for_peers(now):
             return False
-        held = Held(packet, data, None, None, None, now, now + self.hold_time, ticket, decision.verdict)
+        held = Held(packet, data, None, None, None, now, now + self.hold_time, ticket, decision.verdict,
+                    decision.reason)
         if not self.held.add(held):
             self.counters["hold_full"] += 1
             return False
@@ -277,6 +291,7 @@ class SyncService:
     def _release_deferred(self, held: Held, now: float, acked: bool) -> None:
         """A deferred first packet gets the verdict it had: Redis took its announcement, or time is up."""
         self._verdict(held, held.verdict)
+        self.handler.verdicts.count(held.verdict, held.reason)
         if acked:
             self.defer_waits.add(now - held.since)
         else:
@@ -290,26 +305,29 @@ class SyncService:
             decision = self.engine.process(held.data, now, held.iif, held.oif)
         except Exception as exc:  # noqa: BLE001
             handler.errors["engine"] += 1
-            handler.error_verdicts[handler.fail_verdict] += 1
+            handler.verdicts.count(handler.fail_verdict, "error")
             self._verdict(held, handler.fail_verdict)
             handler.on_error("engine", exc, held.data)
             return
-        if decision.session is not None:
-            self.tracker.observe(decision.session, now)
         verdict = decision.verdict
         if verdict != ACCEPT and not final and now < held.deadline:
-            self.engine.dropped[decision.reason] -= 1
-            self.held.put_back(held)
+            self.held.put_back(held)  # not decided yet: nothing counted; what happened to sessions is told
+            self._effects(held, tuple(e for e in decision.effects if type(e) in SESSION_EFFECTS))
             return
         self._verdict(held, verdict)
+        handler.verdicts.count(verdict, decision.reason)
         if verdict == ACCEPT:
             self.counters["held_accepted"] += 1
             self.hold_waits.add(now - held.since)
         else:
             self.counters["held_dropped"] += 1
-        if decision.effects:
+        self._effects(held, decision.effects)
+
+    def _effects(self, held: Held, effects) -> None:
+        if effects:
+            handler = self.handler
             try:
-                handler.on_effects(decision.effects)
+                handler.on_effects(effects)
             except Exception as exc:  # noqa: BLE001
                 handler.errors["effects"] += 1
                 handler.on_error("effects", exc, held.data)
@@ -371,6 +389,7 @@ class SyncService:
 def attach_sync(daemon, config: SyncConfig) -> SyncService:
     """Hook sync into a started single-queue daemon (see the module's docstring)."""
     service = SyncService(daemon.engine, daemon.handler, config, mark=daemon.config.mark)
+    service.subscribe(daemon.effects)
     daemon.loop.watch(service.fileno(), select.POLLIN, service.on_wake)
     daemon.services.append(service)
     daemon.handler.defer = service.on_decision

@@ -2,15 +2,16 @@
 
 How it works. `known` maps each session we track (by identity) to an `Entry`: the state and the
 ALG expectations the peers were last told of, the deadline they were told, when and in which epoch.
-The packet path (fw.sync.service) looks the decision's session up there once per packet and calls
-`changed()` only when the session is new to us or its state or expectations differ: that is the
-whole per-packet cost (a dict lookup by identity and two comparisons). Everything slower runs in
-`sweep()`, a slice of the table every few tens of milliseconds, a full pass every SWEEP_PERIOD:
-- a session gone from the table is announced removed (`expired` if its deadline passed, else
-  `removed`: killed, evicted, reset), unless a new session has taken its key (that one was
-  announced as new). A peer removes its copy for `removed`, and for `expired` only if its own
-  copy is due too: a node that sees one direction only may time a session out early (e.g. after
-  300 s of unacknowledged data), while the other still has hours;
+The engine's effects drive it (the service subscribes `on_opened`, `on_changed`, `on_closed` to the
+daemon's effects), so a packet that changes nothing costs sync nothing:
+- SessionOpened / SessionChanged: the session is announced (`new`, `state`, `expectations`);
+- SessionClosed: it is announced removed (`expired` after a timeout, else `removed`: killed,
+  evicted, reset), unless a new session takes its key at once (`reopen`, `replaced`: that one is
+  announced). A peer removes its copy for `removed`, and for `expired` only if its own copy is due
+  too: a node that sees one direction only may time a session out early (e.g. after 300 s of
+  unacknowledged data), while the other still has hours.
+What does not come as an effect runs in `sweep()`, a slice of the table every few tens of
+milliseconds, a full pass every SWEEP_PERIOD:
 - a session whose deadline moved on is refreshed when the peers' idea of it has less than half the
   time left that ours has (refreshes are batched this way: about one per half timeout per session);
 - every session's snapshot entry is rewritten every REPUBLISH seconds (entries older than the
@@ -123,11 +124,13 @@ class SessionSync:
     """The sessions side of sync for one engine. `emit(Outgoing) -> bool` hands a message to the
     writer (False: not taken). `offset()` is wall clock minus engine time."""
 
-    def __init__(self, engine, node: str, emit: Callable[[Outgoing], bool], offset: Callable[[], float]):
+    def __init__(self, engine, node: str, emit: Callable[[Outgoing], bool], offset: Callable[[], float],
+                 dispatch: Callable | None = None):
         self.engine = engine
         self.node = node
         self.emit = emit
         self.offset = offset
+        self.dispatch = dispatch or (lambda effects: None)  # the daemon's Effects: what adopt/kill return
         self.known: dict = {}
         self.counters: Counter = Counter()
         self.epoch = 0
@@ -145,14 +148,24 @@ class SessionSync:
 
     # -- our changes ----------------------------------------------------------------------------
 
-    def observe(self, session, now: float) -> int:
-        """After a packet of `session`: announce it if it is new to us or changed (the service's
-        packet hook has the same test inline). The announcement's ticket, or 0."""
-        entry = self.known.get(session)
-        if (entry is None or entry.state is not session.state
-                or (session.expectations is not None and entry.expectations != session.expectations)):
-            return self.changed(session, entry, now) or 0
-        return 0
+    def on_opened(self, effect) -> int:
+        """SessionOpened: announce the new session (unless --sync-defer did already). Its ticket, or 0."""
+        session = effect.session
+        if session in self.known:
+            return 0
+        return self.changed(session, None, session.last_seen)
+
+    def on_changed(self, effect) -> int:
+        """SessionChanged: its state or its expectations moved."""
+        session = effect.session
+        return self.changed(session, self.known.get(session), session.last_seen)
+
+    def on_closed(self, effect) -> None:
+        """SessionClosed: tell the peers, unless another session takes its key at once."""
+        session = effect.session
+        if self.known.pop(session, None) is None or effect.why in ("reopen", "replaced"):
+            return
+        self._removed(session, "expired" if effect.why.startswith("timeout") else "removed")
 
     def changed(self, session, entry: Entry | None, now: float) -> int:
         """A session new to us, or whose state or expectations moved: announce it. Returns the
@@ -202,9 +215,8 @@ class SessionSync:
             if entry is None:
                 continue
             if session.slot == -1 or sessions.get(session.key) is not session:
-                del self.known[session]
-                if session.key not in sessions:
-                    self._removed(session, now)
+                del self.known[session]  # removed without a SessionClosed reaching us: forget it
+                self.counters["lost_closes"] += 1
                 continue
             if not connected:
                 continue
@@ -220,9 +232,8 @@ class SessionSync:
                 self.counters["announced:republish"] += 1
                 self.announce(session, entry, "republish", now, publish=False)
 
-    def _removed(self, session, now: float) -> None:
+    def _removed(self, session, why: str) -> None:
         offset = self.offset()
-        why = "expired" if session.deadline <= now else "removed"
         body = {"why": why, "key": json.loads(key_text(session.key)), "created": session.created + offset,
                 "last_seen": session.last_seen + offset}  # fmt: skip
         self.counters["announced:" + why] += 1
@@ -290,7 +301,7 @@ class SessionSync:
             self.known.pop(ours, None)
         theirs.owner = theirs.owner or node
         make_liberal(theirs)
-        self.engine.adopt(theirs, now)
+        self.dispatch(self.engine.adopt(theirs, now))
         if parent is not None:
             theirs.parent = table.sessions.get(parent)
         if theirs.flags & RELATED:
@@ -349,8 +360,7 @@ class SessionSync:
         if body.get("why") == "expired" and session.deadline > now + REFRESH_MIN:
             self.counters["removals_ignored"] += 1  # it expired there, but it has time left here
             return None
-        self.known.pop(session, None)
-        self.engine.kill(session, now)
-        self.engine.counters["killed"] -= 1  # not an operator's kill: counted as a sync removal
+        self.known.pop(session, None)  # so that its SessionClosed is not announced back
+        self.dispatch(self.engine.kill(session, now, "peer-removed"))
         self.counters["applied:remove"] += 1
         return key

@@ -4,9 +4,10 @@ How it works, per packet: parse (a broken packet is dropped as `malformed`); a n
 is tied to the session of its first fragment or dropped as `fragment`; the canonical flow key finds
 the session in one lookup. A packet of a known session is checked by its protocol's tracker (TCP:
 fw.conntrack.tcp's table and window checks) and accepted as `established`, or dropped as invalid
-without touching the session. A packet with no session may open one: an FTP expectation admits it as
-`related:ftp`; otherwise the policy's first matching rule (or the default) decides. ICMP errors are
-`related:icmp` only when the header they quote belongs to a session.
+without touching the session. A packet with no session may open one: an ALG's expectation admits it
+(`related:ftp`, `related:tftp`: the ALG's reason); otherwise the policy's first matching rule (or
+the default) decides. ICMP errors are `related:icmp` only when the header they quote belongs to a
+session. The payload of a session with an ALG (TCP or UDP) is fed to it (fw/alg).
 
 The engine performs no I/O and reads no clock: resets, ICMP unreachables and log events are
 returned as effects for the driver to carry out. `expire(now)` is called by the driver.
@@ -20,12 +21,12 @@ may not arrive on its interface is dropped as `spoof` before any lookup (fw.poli
 from __future__ import annotations
 
 import heapq
-import ipaddress
 from collections import Counter
 
-from fw.alg import ALGS, Expectation, Refusal
+from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
+from fw.conntrack.expect import Expectations
 from fw.conntrack.limits import FLOOD, SourceLimits
 from fw.conntrack.rule_limits import CLOSED as LIMIT_CLOSED
 from fw.conntrack.rule_limits import COUNTED, LogLimits, RuleLimits
@@ -93,7 +94,7 @@ class Engine:
     def __init__(self, policy, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.table = SessionTable()
-        self.expectations: dict[tuple, Expectation] = {}
+        self.expectations = Expectations()
         self.fragments: dict[tuple, tuple[Session, float]] = {}
         self.counters: Counter = Counter()  # inserts, expiries, ... (not packets: the driver counts verdicts)
         self.policy = None
@@ -270,6 +271,9 @@ class Engine:
         if deadline < session.slot - 1:
             self.table.reschedule(session)
         session.last_seen = now
+        extra = session.extra
+        if extra is not None and extra.alg is not None:
+            effects = effects + self._feed_alg(session, pkt, original, now)
         return Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
 
     def _icmp(self, pkt, now, iif, oif) -> Decision:
@@ -337,9 +341,9 @@ class Engine:
     # -- opening sessions ---------------------------------------------------------------------
 
     def _open(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
-        expectation = self._take_expectation(pkt, now) if pkt.proto == TCP else None
+        expectation = self.expectations.take(pkt, now) if self.expectations else None
         if expectation is not None:
-            rule, reason, verdict = None, "related:ftp", ACCEPT
+            rule, reason, verdict = None, expectation.spec.reason, ACCEPT
         else:
             rule = self.policy.match(pkt, iif, oif)
             if rule is None:
@@ -373,7 +377,7 @@ class Engine:
             session.profile = table.profile(rule.name if rule is not None else None, self.policy.revision,
                                             timeouts, rst_on_timeout)  # fmt: skip
             if rule is not None and rule.alg:
-                session.alg = ALGS[rule.alg](pkt.family, pkt.src, pkt.dst)
+                session.alg = ALGS[rule.alg].create(Peers(pkt.family, pkt.src, pkt.dst, sport, dport))
             if rule is not None and rule.limit is not None:
                 self.rule_limits.opened(rule, session)
         if track is not None:
@@ -393,7 +397,7 @@ class Engine:
         effects = evicted + (SessionOpened(session),)
         if self.config.events and (expectation is not None or (log and self.log_limits.allow(reason, now))):
             effects += (LogEvent(session_event("new", session, now, reason)),)
-        if session.alg is not None and pkt.payload_len:
+        if session.alg is not None and (pkt.payload_len or pkt.proto != TCP):
             effects = effects + self._feed_alg(session, pkt, True, now)
         return self._verdict(verdict, reason, pkt, session, effects)
 
@@ -474,49 +478,28 @@ class Engine:
     # -- ALGs and expectations ----------------------------------------------------------------
 
     def _feed_alg(self, session: Session, pkt, original: bool, now: float) -> tuple:
+        """The packet's payload to the session's ALG (TCP: with its sequence number; UDP: the
+        datagram); its expectations kept, its refusals counted and logged."""
+        alg = session.alg
         effects = []
         expected = False
-        seq = pkt.seq + 1 if pkt.flags & SYN else pkt.seq  # data in a SYN starts after it
-        for result in session.alg.feed(original, seq, pkt.payload):
+        if pkt.proto == TCP:
+            seq = pkt.seq + 1 if pkt.flags & SYN else pkt.seq  # data in a SYN starts after it
+        else:
+            seq = None
+        for result in alg.feed(original, seq, pkt.payload):
             if isinstance(result, Refusal):
                 self.counters["alg_refused"] += 1
                 self.counters["alg_refused:" + result.reason] += 1
                 if self.config.events:
                     effects.append(LogEvent(alg_refusal_event(session, result, now)))
             else:
-                self._expect(session, result, now)
+                self.expectations.expect(session, result, alg.SPEC, now)
+                self.counters["expectations"] += 1
                 expected = True
         if expected:  # its expectations changed (the state did not)
             effects.append(SessionChanged(session, session.state))
         return tuple(effects)
-
-    def _expect(self, parent: Session, expectation: Expectation, now: float) -> None:
-        key = (expectation.proto, expectation.src, expectation.dst, expectation.dport)
-        lifetime = parent.timeouts.get("ftp_expectation", 300)
-        entry = PendingExpectation(expectation, parent, now + lifetime)
-        old = self.expectations.get(key)
-        if old is not None and old.parent.expectations:
-            old.parent.expectations.discard(key)
-        self.expectations[key] = entry
-        if parent.expectations is None:
-            parent.expectations = set()
-        parent.expectations.add(key)
-        self.counters["expectations"] += 1
-
-    def _take_expectation(self, pkt, now):
-        if not self.expectations:
-            return None
-        key = (pkt.proto, pkt.src, pkt.dst, pkt.dport)
-        entry = self.expectations.get(key)
-        if entry is None:
-            return None
-        del self.expectations[key]
-        parent = entry.parent
-        if parent.expectations:
-            parent.expectations.discard(key)
-        if entry.deadline < now or parent.slot == -1:
-            return None
-        return entry
 
     # -- expiry and removal -------------------------------------------------------------------
 
@@ -536,11 +519,7 @@ class Engine:
             if events:
                 effects.append(LogEvent(session_event("end", session, now, why)))
         if self.expectations:
-            stale = [k for k, e in self.expectations.items() if e.deadline < now]
-            for key in stale:
-                entry = self.expectations.pop(key)
-                if entry.parent.expectations:
-                    entry.parent.expectations.discard(key)
+            self.expectations.expire(now)
         self.limits.prune(now)
         self._rescale()
         return tuple(effects)
@@ -602,9 +581,7 @@ class Engine:
     def _forget(self, session: Session) -> None:
         """Drop what dies with a session: its expectations, its place in the half-open count."""
         if session.expectations:
-            for key in session.expectations:
-                self.expectations.pop(key, None)
-            session.expectations = None
+            self.expectations.forget(session)
         if session.flags & HALF_OPEN:
             session.flags &= ~HALF_OPEN
             self.limits.half_open_ended(session.src)
@@ -619,7 +596,7 @@ class Engine:
             "format": "fw-sessions",
             "version": serial.FORMAT_VERSION,
             "sessions": [serial.session_to_dict(s, clock_offset) for s in self.table.sessions.values()],
-            "expectations": [serial.expectation_to_dict(k, e, clock_offset) for k, e in self.expectations.items()],
+            "expectations": self.expectations.to_records(clock_offset),
         }
 
     def restore(self, data: dict, now: float, clock_offset: float) -> int:
@@ -646,7 +623,8 @@ class Engine:
         for session, key in parents:
             session.parent = self.table.sessions.get(key)
         for record in data.get("expectations") or ():
-            self._restore_expectation(record, now, clock_offset)
+            if not self.expectations.restore(record, self.table.sessions, now, clock_offset):
+                self.counters["restore_errors"] += 1
         return restored
 
     def adopt(self, session: Session, now: float) -> tuple:
@@ -661,25 +639,6 @@ class Engine:
         self.rule_limits.adopted(session)
         self.table.add(session)
         return effects
-
-    def _restore_expectation(self, record: dict, now: float, clock_offset: float) -> None:
-        try:
-            expectation = Expectation(
-                int(record["family"]), ipaddress.ip_address(record["src"]).packed,
-                ipaddress.ip_address(record["dst"]).packed, int(record["dport"]), int(record["proto"]),
-                str(record["command"]),
-            )  # fmt: skip
-            parent = self.table.sessions.get(serial._key_from_list(record["parent"]))
-            deadline = float(record["deadline"]) - clock_offset
-        except (KeyError, TypeError, ValueError):
-            self.counters["restore_errors"] += 1
-            return
-        if parent is not None and deadline > now:
-            key = (expectation.proto, expectation.src, expectation.dst, expectation.dport)
-            self.expectations[key] = PendingExpectation(expectation, parent, deadline)
-            if parent.expectations is None:
-                parent.expectations = set()
-            parent.expectations.add(key)
 
     def recheck(self, now: float) -> tuple:
         """Close the sessions the policy in force refuses (options.reload_recheck, after a swap);
@@ -711,19 +670,10 @@ def may_offload(session: Session) -> bool:
     return session.alg is None and not session.rst_on_timeout and session.tcp is not None
 
 
-class PendingExpectation:
-    """An expectation waiting for its data session, with the control session that announced it."""
-
-    __slots__ = ("expectation", "parent", "deadline")
-
-    def __init__(self, expectation: Expectation, parent: Session, deadline: float):
-        self.expectation = expectation
-        self.parent = parent
-        self.deadline = deadline
-
-
 def alg_refusal_event(session: Session, refusal: Refusal, now: float) -> dict:
+    """The EVE event of an ALG's refusal, under its ALG's event type (`ftp`, `tftp`)."""
+    kind = session.alg.SPEC.event_type
     event = session_event("alg", session, now, "refused")
-    event["event_type"] = "ftp"
-    event["ftp"] = {"refused": refusal.reason, "command": refusal.command, "detail": refusal.detail}
+    event["event_type"] = kind
+    event[kind] = {"refused": refusal.reason, "command": refusal.command, "detail": refusal.detail}
     return event

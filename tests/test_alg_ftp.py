@@ -68,7 +68,7 @@ def reasons(results: list) -> list[str]:
 
 
 def test_the_engine_finds_the_ftp_alg_by_its_policy_name():
-    assert ALGS["ftp"] is FtpAlg and FtpAlg.name == "ftp"
+    assert ALGS["ftp"].cls is FtpAlg and FtpAlg.name == ALGS["ftp"].name == "ftp" and FtpAlg.SPEC is ALGS["ftp"]
 
 
 # -- active mode: PORT and EPRT ---------------------------------------------------------------

@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from fw.alg.base import Expectation, Refusal, shorten
+from fw.alg.base import AlgSpec, Expectation, Refusal, shorten
 from fw.alg.ftp_syntax import (
     BadArgument,
     eprt_argument,
@@ -59,13 +59,15 @@ class FtpAlg:
     """Per-control-session FTP state. `feed` is the only entry point the engine uses per packet."""
 
     name = "ftp"
-    __slots__ = ("family", "client", "server", "_streams", "_pending", "_dropped", "_epsv_all",
+    SPEC: AlgSpec  # set below the class
+    __slots__ = ("family", "client", "server", "peers", "_streams", "_pending", "_dropped", "_epsv_all",
                  "_multiline", "_first_line")  # fmt: skip
 
     def __init__(self, family: int, client: bytes, server: bytes) -> None:
         self.family = family
         self.client = client
         self.server = server
+        self.peers = None  # fw.alg.Peers, set by AlgSpec.create (NAT: peers.translated)
         self._streams = (LineStream(), LineStream())  # [from_client]: server's, client's bytes
         self._pending: deque[str] = deque()  # outstanding client commands, oldest first
         self._dropped = 0  # pending entries dropped at MAX_PENDING
@@ -280,6 +282,8 @@ class FtpAlg:
         return f"FtpAlg(pending={list(self._pending)}, epsv_all={self._epsv_all})"
 
 
+FtpAlg.SPEC = AlgSpec(name="ftp", proto=6, ports=(21,), timeout_key="ftp_expectation", default_timeout=300,
+                      reason="related:ftp", event_type="ftp", cls=FtpAlg)
 COMMANDS = {b"PORT": FtpAlg._port, b"EPRT": FtpAlg._eprt, b"PASV": FtpAlg._pasv, b"EPSV": FtpAlg._epsv}
 ANNOUNCING_REPLIES = {  # final reply code -> (the command it answers, how to read it)
     b"227": ("PASV", FtpAlg._entering_passive),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from types import MappingProxyType
 
-from fw.alg import ALGS
+from fw.alg import ALGS, Peers
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.table import (
     LIBERAL,
@@ -85,7 +85,8 @@ def session_from_dict(data: dict, clock_offset: float) -> Session:
         session.orig_packets, session.orig_bytes, session.reply_packets, session.reply_bytes = counters
         alg = data["alg"]
         if alg is not None:
-            session.alg = ALGS[alg["alg"]].from_dict(alg)
+            session.alg = ALGS[alg["alg"]].load(alg)
+            session.alg.peers = Peers.of_session(session)
         session.owner = data.get("owner")
         return session
     except SerialError:
@@ -96,7 +97,7 @@ def session_from_dict(data: dict, clock_offset: float) -> Session:
 
 def parent_key(data: dict) -> tuple | None:
     parent = data.get("parent")
-    return _key_from_list(parent) if parent else None
+    return key_from_list(parent) if parent else None
 
 
 def expectation_to_dict(key: tuple, entry, clock_offset: float) -> dict:
@@ -108,6 +109,7 @@ def expectation_to_dict(key: tuple, entry, clock_offset: float) -> dict:
         "dport": exp.dport,
         "proto": exp.proto,
         "command": exp.command,
+        "alg": entry.spec.name,
         "deadline": entry.deadline + clock_offset,
         "parent": _key_to_list(entry.parent.key),
     }
@@ -118,7 +120,7 @@ def _key_to_list(key: tuple) -> list:
     return [proto, str(ipaddress.ip_address(low)), str(ipaddress.ip_address(high)), low_port, high_port]
 
 
-def _key_from_list(raw) -> tuple:
+def key_from_list(raw) -> tuple:
     try:
         proto, low, high, low_port, high_port = raw
         return (int(proto), ipaddress.ip_address(low).packed, ipaddress.ip_address(high).packed,

@@ -142,7 +142,7 @@ def _alg(rep: Reporter, entries: dict, match):
     if alg is INVALID or match is INVALID:
         return INVALID
     if match["proto"] != schema.ALG_PROTOCOLS[alg]:
-        rep.error(entries["alg"][0], f"alg '{alg}' needs proto tcp")
+        rep.error(entries["alg"][0], f"alg '{alg}' needs proto {PROTO_NAMES[schema.ALG_PROTOCOLS[alg]]}")
         return INVALID
     return alg
 

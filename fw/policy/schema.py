@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from fw.alg import ALGS as ALG_REGISTRY
 from fw.packet.constants import (
     ICMP_CODES,
     ICMP_TYPES,
@@ -30,16 +31,16 @@ ICMP_PROTOCOLS = frozenset((PROTO_ICMP, PROTO_ICMPV6))
 # The address families a protocol exists in (others: both).
 PROTOCOL_FAMILIES = {PROTO_ICMP: frozenset((4,)), PROTO_ICMPV6: frozenset((6,))}
 ICMP_NAMES = {PROTO_ICMP: (ICMP_TYPES, ICMP_CODES), PROTO_ICMPV6: (ICMPV6_TYPES, ICMPV6_CODES)}
-ALGS = ("ftp",)
-ALG_PROTOCOLS = {"ftp": PROTO_TCP}
+ALGS = tuple(ALG_REGISTRY)  # the ALGs, their protocols and timeout keys: fw.alg's registry
+ALG_PROTOCOLS = {name: spec.proto for name, spec in ALG_REGISTRY.items()}
 PROTOCOL_NAMES = PROTOCOLS  # name -> number ('any' is handled apart)
 
 # nf_conntrack's timeout names (nf_conntrack_proto_*.c, sysctl net.netfilter.*), in their order.
 TIMEOUT_KEYS = (
     "tcp_syn_sent", "tcp_syn_recv", "tcp_established", "tcp_fin_wait", "tcp_close_wait",
     "tcp_last_ack", "tcp_time_wait", "tcp_close", "tcp_unacknowledged", "udp", "udp_stream",
-    "icmp", "ftp_expectation",
-)
+    "icmp",
+) + tuple(spec.timeout_key for spec in ALG_REGISTRY.values())  # ftp_expectation, tftp_expectation
 
 # Top-level keys; all but `sets` and `rules` may appear in one file of a folder only.
 TOP_KEYS = ("version", "defaults", "sets", "zones", "timeouts", "timeout_overrides", "options", "rules")

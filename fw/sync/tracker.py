@@ -343,10 +343,7 @@ class SessionSync:
 
     def _used_expectation(self, session) -> None:
         """A peer's related session used an expectation we hold too: it is spent here as well."""
-        key = (session.proto, session.src, session.dst, session.dport)
-        entry = self.engine.expectations.pop(key, None)
-        if entry is not None and entry.parent.expectations:
-            entry.parent.expectations.discard(key)
+        self.engine.expectations.discard((session.proto, session.src, session.dst, session.dport))
 
     def _apply_remove(self, body: dict, now: float):
         key = key_from_list(body["key"])

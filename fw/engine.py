@@ -9,8 +9,14 @@ without touching the session. A packet with no session may open one: an ALG's ex
 the default) decides. ICMP errors are `related:icmp` only when the header they quote belongs to a
 session. The payload of a session with an ALG (TCP or UDP) is fed to it (fw/alg).
 
-The engine performs no I/O and reads no clock: resets, ICMP unreachables and log events are
-returned as effects for the driver to carry out. `expire(now)` is called by the driver.
+The engine performs no I/O and reads no clock: resets, ICMP unreachables, log events and what
+happened to sessions are returned as effects for the driver to carry out (fw/decision.py).
+`expire(now)` is called by the driver.
+
+Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
+expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; snapshots in
+fw/engine_state.py; expectations in fw/conntrack/expect.py; the table, its timer wheel
+(`touch`) and eviction order in fw/conntrack/table.py; TCP's state machine in fw/conntrack/tcp.py.
 
 Policy power, kept off the established path: with zones and `spoof_check`, a packet whose source
 may not arrive on its interface is dropped as `spoof` before any lookup (fw.policy.zones); a rule's
@@ -20,11 +26,10 @@ may not arrive on its interface is dropped as `spoof` before any lookup (fw.poli
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 
+from fw import engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
-from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
 from fw.conntrack.limits import FLOOD, SourceLimits
@@ -36,14 +41,11 @@ from fw.conntrack.table import (
     LOOSE,
     OFFLOADED,
     RELATED,
-    REPLIED,
     REVERSED,
     SEEN_REPLY,
-    UNREPLIED,
     Session,
     SessionTable,
     TcpSession,
-    flow_key,
     orientation,
 )
 from fw.conntrack.tcp import tcp_update
@@ -69,12 +71,9 @@ TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SYN, RST, ACK = 2, 4, 16
 EMBRYONIC = frozenset((tcpmod.TcpState.SYN_SENT, tcpmod.TcpState.SYN_RECV, tcpmod.TcpState.SYN_SENT2))
 EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at least one session)
-ICMP_ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}  # request, reply
-ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
-GENERIC_TIMEOUT = 600  # nf_conntrack_generic's default, for protocols without a tracker
-FRAGMENT_MEMORY = 30.0  # seconds a first fragment's id stays tied to its session
-
-ESTABLISHED = "established"
+GENERIC_TIMEOUT = engine_trackers.GENERIC_TIMEOUT
+ESTABLISHED = engine_trackers.ESTABLISHED
+datagram, icmp = engine_trackers.datagram, engine_trackers.icmp
 
 
 class EngineConfig:
@@ -95,7 +94,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.table = SessionTable()
         self.expectations = Expectations()
-        self.fragments: dict[tuple, tuple[Session, float]] = {}
+        self.fragments = engine_trackers.Fragments()
         self.counters: Counter = Counter()  # inserts, expiries, ... (not packets: the driver counts verdicts)
         self.policy = None
         self._data = b""
@@ -139,38 +138,27 @@ class Engine:
         if self.spoof is not None and self.spoof.spoofed(pkt, iif):
             return self._verdict(DROP, "spoof", pkt)
         if pkt.is_fragment and pkt.frag_offset:
-            return self._fragment(pkt, now)
+            return self.fragments.judge(pkt, now)
         proto = pkt.proto
         if proto == TCP:
             decision = self._tcp(pkt, now, iif, oif)
         elif proto == UDP:
-            decision = self._datagram(pkt, pkt.sport, pkt.dport, now, iif, oif)
+            decision = datagram(self, pkt, pkt.sport, pkt.dport, now, iif, oif)
         elif proto == ICMP or proto == ICMPV6:
-            decision = self._icmp(pkt, now, iif, oif)
+            decision = icmp(self, pkt, now, iif, oif)
         else:
-            decision = self._datagram(pkt, 0, 0, now, iif, oif)
+            decision = datagram(self, pkt, 0, 0, now, iif, oif)
         if pkt.more_fragments and decision.session is not None and decision.verdict == ACCEPT:
-            self._remember_fragment(pkt, decision.session, now)
+            self.fragments.remember(pkt, decision.session, now)
         return decision
 
     @staticmethod
     def _verdict(verdict, reason, pkt=None, session=None, effects=NO_EFFECTS) -> Decision:
         return Decision(verdict, reason, pkt, session, effects)
 
-    def _established(self, pkt, session: Session, original: bool, now: float) -> Decision:
-        length = pkt.ip_len
-        if original:
-            session.orig_packets += 1
-            session.orig_bytes += length
-        else:
-            session.reply_packets += 1
-            session.reply_bytes += length
-        session.last_seen = now
-        return Decision(ACCEPT, ESTABLISHED, pkt, session)
-
     def _tcp(self, pkt, now, iif, oif) -> Decision:
-        # The hot path: an established TCP packet. flow_key, _refresh and _established are
-        # written out here on purpose (a Python call costs as much as a window check).
+        # The hot path: an established TCP packet. flow_key and the counting are written out
+        # here on purpose (a Python call costs as much as a window check).
         # A TcpSession is its own track: tcp_update reads and writes its fields and state.
         src, dst, sport, dport = pkt.src, pkt.dst, pkt.sport, pkt.dport
         if src < dst or (src == dst and sport <= dport):
@@ -188,10 +176,7 @@ class Engine:
                 state = session.state
                 effects = NO_EFFECTS if state is old_state else self._tcp_state(session, old_state, original)
                 timeouts = session.profile.timeouts
-                deadline = now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale
-                session.deadline = deadline
-                if deadline < session.slot - 1:
-                    self.table.reschedule(session)
+                self.table.touch(session, now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale)
                 if original:
                     session.orig_packets += 1
                     session.orig_bytes += pkt.ip_len
@@ -202,7 +187,7 @@ class Engine:
                 decision = Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
                 extra = session.extra
                 if extra is not None and extra.alg is not None and pkt.payload_len:
-                    decision.effects = effects + self._feed_alg(session, pkt, original, now)
+                    decision.effects = effects + self.feed_alg(session, pkt, original, now)
                 return decision
             if problem is not tcpmod.REOPEN:
                 return Decision(DROP, problem, pkt, session)
@@ -213,7 +198,7 @@ class Engine:
         if isinstance(opened, str):
             decision = Decision(DROP, opened, pkt)
         else:
-            decision = self._open(pkt, key, opened.state, now, iif, oif, sport, pkt.dport, opened)
+            decision = self.open_session(pkt, key, opened.state, now, iif, oif, sport, pkt.dport, opened)
         if closed is not None:
             decision.effects = (closed,) + decision.effects
         return decision
@@ -237,110 +222,11 @@ class Engine:
             return (changed, OffloadSession(session))
         return (changed,)
 
-    def _datagram(self, pkt, sport, dport, now, iif, oif) -> Decision:
-        """UDP and protocols without a tracker of their own: UNREPLIED until a reply is seen.
-        The common case (a packet of a known flow) is written out, as in _tcp."""
-        proto, src, dst = pkt.proto, pkt.src, pkt.dst
-        if src < dst or (src == dst and sport <= dport):
-            key = (proto, src, dst, sport, dport)
-            side = 0
-        else:
-            key = (proto, dst, src, dport, sport)
-            side = REVERSED
-        session = self.table.sessions.get(key)
-        if session is None:
-            return self._open(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
-        original = session.flags & REVERSED == side
-        effects = NO_EFFECTS
-        if original:
-            session.orig_packets += 1
-            session.orig_bytes += pkt.ip_len
-        else:
-            session.reply_packets += 1
-            session.reply_bytes += pkt.ip_len
-            if session.state is UNREPLIED:
-                session.state = REPLIED
-                session.flags |= SEEN_REPLY | ASSURED
-                effects = (SessionChanged(session, UNREPLIED),)
-        if proto == UDP:
-            timeout = session.profile.timeouts["udp_stream" if session.state is REPLIED else "udp"]
-        else:
-            timeout = GENERIC_TIMEOUT
-        deadline = now + timeout * self.timeout_scale
-        session.deadline = deadline
-        if deadline < session.slot - 1:
-            self.table.reschedule(session)
-        session.last_seen = now
-        extra = session.extra
-        if extra is not None and extra.alg is not None:
-            effects = effects + self._feed_alg(session, pkt, original, now)
-        return Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
-
-    def _icmp(self, pkt, now, iif, oif) -> Decision:
-        proto = pkt.proto
-        icmp_type = pkt.icmp_type
-        if icmp_type in ICMP_ERRORS[proto]:
-            return self._icmp_error(pkt, now)
-        request, reply = ICMP_ECHO[proto]
-        if icmp_type != request and icmp_type != reply:
-            # Informational ICMP other than echo is not tracked (as nf_conntrack): the rules decide.
-            return self._by_policy(pkt, now, iif, oif)
-        ident = pkt.icmp_id
-        key = flow_key(proto, pkt.src, pkt.dst, ident, ident)
-        session = self.table.sessions.get(key)
-        if session is None:
-            if icmp_type == reply:
-                return self._verdict(DROP, "invalid:no-session", pkt)
-            return self._open(pkt, key, UNREPLIED, now, iif, oif, ident, ident)
-        original = pkt.src == session.src
-        if original != (icmp_type == request):
-            return self._verdict(DROP, "invalid:state", pkt, session)
-        effects = NO_EFFECTS
-        if not original and session.state is UNREPLIED:
-            session.state = REPLIED
-            session.flags |= SEEN_REPLY | ASSURED
-            effects = (SessionChanged(session, UNREPLIED),)
-        self._refresh(session, now, "icmp")
-        decision = self._established(pkt, session, original, now)
-        decision.effects = effects
-        return decision
-
-    def _icmp_error(self, pkt, now) -> Decision:
-        inner = pkt.inner
-        if inner is None:
-            return self._verdict(DROP, "invalid:no-session", pkt)
-        proto = inner.proto
-        if proto == ICMP or proto == ICMPV6:
-            sport = dport = inner.icmp_id
-        else:
-            sport, dport = inner.sport, inner.dport
-        session = self.table.sessions.get(flow_key(proto, inner.src, inner.dst, sport, dport))
-        if session is None:
-            return self._verdict(DROP, "invalid:no-session", pkt)
-        # The error travels against the packet it quotes.
-        if not (inner.src == session.src and sport == session.sport):
-            session.orig_packets += 1
-            session.orig_bytes += pkt.ip_len
-        else:
-            session.reply_packets += 1
-            session.reply_bytes += pkt.ip_len
-        return self._verdict(ACCEPT, "related:icmp", pkt, session)
-
-    def _fragment(self, pkt, now) -> Decision:
-        entry = self.fragments.get((pkt.proto, pkt.src, pkt.dst, pkt.frag_id))
-        if entry is None or entry[1] < now or entry[0].slot == -1:
-            return self._verdict(DROP, "fragment", pkt)
-        session = entry[0]
-        return self._established(pkt, session, pkt.src == session.src, now)
-
-    def _remember_fragment(self, pkt, session: Session, now: float) -> None:
-        if len(self.fragments) > 4096:
-            self.fragments = {k: v for k, v in self.fragments.items() if v[1] >= now}
-        self.fragments[(pkt.proto, pkt.src, pkt.dst, pkt.frag_id)] = (session, now + FRAGMENT_MEMORY)
-
     # -- opening sessions ---------------------------------------------------------------------
 
-    def _open(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
+    def open_session(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
+        """A packet with no session: an expectation admits it, else the policy decides; a session
+        (of `state`, TCP: `track`) is made for what is accepted, room made in a full table."""
         expectation = self.expectations.take(pkt, now) if self.expectations else None
         if expectation is not None:
             rule, reason, verdict = None, expectation.spec.reason, ACCEPT
@@ -387,7 +273,7 @@ class Engine:
             elif track.liberal:
                 session.flags |= LOOSE
                 self.counters["loose_pickups"] += 1
-        session.deadline = now + self._timeout(session, self._timeout_key(session)) * self.timeout_scale
+        session.deadline = now + self._timeout(session) * self.timeout_scale
         session.orig_packets = 1
         session.orig_bytes = pkt.ip_len
         self.table.add(session)
@@ -398,7 +284,7 @@ class Engine:
         if self.config.events and (expectation is not None or (log and self.log_limits.allow(reason, now))):
             effects += (LogEvent(session_event("new", session, now, reason)),)
         if session.alg is not None and (pkt.payload_len or pkt.proto != TCP):
-            effects = effects + self._feed_alg(session, pkt, True, now)
+            effects = effects + self.feed_alg(session, pkt, True, now)
         return self._verdict(verdict, reason, pkt, session, effects)
 
     def _new_session(self, pkt, key: tuple, state, now: float, sport: int, track) -> Session:
@@ -422,7 +308,7 @@ class Engine:
             effects = (LogEvent(event),)
         return self._verdict(DROP, FLOOD, pkt, None, effects)
 
-    def _by_policy(self, pkt, now, iif, oif) -> Decision:
+    def by_policy(self, pkt, now, iif, oif) -> Decision:
         """A packet that is judged alone, without a session (untracked ICMP)."""
         rule = self.policy.match(pkt, iif, oif)
         if rule is None:
@@ -452,32 +338,21 @@ class Engine:
         """(timeout table, rst_on_timeout) for a new session, resolved in SPEC's order."""
         return self.policy.timeouts_for(rule, pkt, tcpmod.DEFAULT_TIMEOUTS)
 
-    def _timeout_key(self, session: Session):
-        proto = session.key[0]
-        if proto == TCP:
-            return tcpmod.timeout_key(session.tcp, session.profile.timeouts)
-        if proto == UDP:
-            return "udp"
-        if proto == ICMP or proto == ICMPV6:
-            return "icmp"
-        return None
-
     @staticmethod
-    def _timeout(session: Session, timeout_key) -> float:
-        if timeout_key is None:
-            return GENERIC_TIMEOUT
-        return session.profile.timeouts[timeout_key]
-
-    def _refresh(self, session: Session, now: float, timeout_key) -> None:
-        timeout = session.profile.timeouts[timeout_key] if timeout_key is not None else GENERIC_TIMEOUT
-        deadline = now + timeout * self.timeout_scale
-        session.deadline = deadline
-        if deadline < session.slot - 1:
-            self.table.reschedule(session)
+    def _timeout(session: Session) -> float:
+        """A new session's timeout (its state's, from its profile's table)."""
+        proto, timeouts = session.key[0], session.profile.timeouts
+        if proto == TCP:
+            return timeouts[tcpmod.timeout_key(session.tcp, timeouts)]
+        if proto == UDP:
+            return timeouts["udp"]
+        if proto == ICMP or proto == ICMPV6:
+            return timeouts["icmp"]
+        return GENERIC_TIMEOUT
 
     # -- ALGs and expectations ----------------------------------------------------------------
 
-    def _feed_alg(self, session: Session, pkt, original: bool, now: float) -> tuple:
+    def feed_alg(self, session: Session, pkt, original: bool, now: float) -> tuple:
         """The packet's payload to the session's ALG (TCP: with its sequence number; UDP: the
         datagram); its expectations kept, its refusals counted and logged."""
         alg = session.alg
@@ -551,22 +426,7 @@ class Engine:
         holding the most of them first, then other unassured sessions, established ones last.
         Frees a batch at once so that a flood does not pay a scan per packet. Returns the
         SessionClosed effects (empty: nothing could go)."""
-        sessions = list(self.table.sessions.values())
-        per_source: dict[bytes, int] = {}
-        for session in sessions:
-            flags = session.flags
-            if not flags & ASSURED:
-                src = session.key[2 if flags & REVERSED else 1]  # session.src, without a call
-                per_source[src] = per_source.get(src, 0) + 1
-
-        def eviction_order(session: Session):
-            flags = session.flags
-            if flags & ASSURED:
-                return (True, 0, session.deadline)
-            return (False, -per_source.get(session.key[2 if flags & REVERSED else 1], 0), session.deadline)
-
-        batch = max(1, int(len(sessions) * EVICTION_BATCH))
-        victims = heapq.nsmallest(batch, sessions, key=eviction_order)
+        victims = self.table.eviction_victims(max(1, int(len(self.table) * EVICTION_BATCH)))
         for session in victims:
             self.table.remove(session)
             self._forget(session)
@@ -592,40 +452,11 @@ class Engine:
 
     def snapshot(self, clock_offset: float) -> dict:
         """The session table and expectations as versioned plain data, times on the wall clock."""
-        return {
-            "format": "fw-sessions",
-            "version": serial.FORMAT_VERSION,
-            "sessions": [serial.session_to_dict(s, clock_offset) for s in self.table.sessions.values()],
-            "expectations": self.expectations.to_records(clock_offset),
-        }
+        return engine_state.snapshot(self, clock_offset)
 
     def restore(self, data: dict, now: float, clock_offset: float) -> int:
-        """Load a snapshot: sessions not yet expired join the table. Returns how many did;
-        a bad record is skipped and counted (SerialError for a file that is no snapshot)."""
-        if not isinstance(data, dict) or data.get("format") != "fw-sessions":
-            raise serial.SerialError("not an fw session snapshot")
-        if data.get("version") != serial.FORMAT_VERSION:
-            raise serial.SerialError(f"snapshot version {data.get('version')!r} is not {serial.FORMAT_VERSION}")
-        restored, parents = 0, []
-        for record in data.get("sessions") or ():
-            try:
-                session = serial.session_from_dict(record, clock_offset)
-                parent = serial.parent_key(record)
-            except serial.SerialError:
-                self.counters["restore_errors"] += 1
-                continue
-            if session.deadline <= now or session.key in self.table.sessions:
-                continue
-            self.adopt(session, now)
-            restored += 1
-            if parent is not None:
-                parents.append((session, parent))
-        for session, key in parents:
-            session.parent = self.table.sessions.get(key)
-        for record in data.get("expectations") or ():
-            if not self.expectations.restore(record, self.table.sessions, now, clock_offset):
-                self.counters["restore_errors"] += 1
-        return restored
+        """Load a snapshot (fw/engine_state.py); how many sessions joined the table."""
+        return engine_state.restore(self, data, now, clock_offset)
 
     def adopt(self, session: Session, now: float) -> tuple:
         """Put a session made elsewhere (snapshot, HA peer) into the table, replacing one with its

@@ -25,6 +25,7 @@ from sqlalchemy import inspect, text
 
 from fw.cli import main
 from fw.cli.store import register
+from fw.decision import LogEvent
 from fw.engine import Engine
 from fw.packet import build
 from fw.policy import load_policy
@@ -356,7 +357,7 @@ def engine_events(policy_path: Path) -> list[dict]:
     opened = engine.process(build.tcp("198.51.100.10", "203.0.113.10", 40000, 80, 100, 0, 2), 10.0)
     dropped = engine.process(build.tcp("198.51.100.10", "203.0.113.10", 40001, 23, 100, 0, 2), 11.0)
     ended = engine.expire(10_000.0)
-    return [e.event for e in opened.effects + dropped.effects + ended]
+    return [e.event for e in opened.effects + dropped.effects + ended if isinstance(e, LogEvent)]
 
 
 def test_events_are_stored_as_eve_records_with_columns_to_filter_on(store, policy_file):

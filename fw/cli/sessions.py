@@ -146,7 +146,9 @@ def _tuple_text(direction: dict) -> str:
 
 def session_line(session: dict) -> str:
     """`tcp 6 7439 ESTABLISHED src=.. dst=.. sport=.. dport=.. packets=.. bytes=.. src=.. [ASSURED]`."""
-    number = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}.get(session["proto"], session["proto"])
+    from fw.packet.constants import PROTOCOLS
+
+    number = PROTOCOLS.get(session["proto"], session["proto"])
     words = [f"{session['proto']:<8} {number:<3} {session['timeout']} {session['state']}",
              _tuple_text(session["original"]), _tuple_text(session["reply"])]
     if "ASSURED" in session["flags"]:

@@ -288,6 +288,26 @@ class SessionTable:
         session.slot = bucket[0]  # one int object for the bucket's sessions
         bucket.append(session)
 
+    def eviction_victims(self, count: int) -> list[Session]:
+        """The `count` sessions to evict first from a full table, fairly: the unassured sessions
+        of the sources holding the most of them first (oldest deadline first), established
+        (ASSURED) ones last."""
+        sessions = list(self.sessions.values())
+        per_source: dict[bytes, int] = {}
+        for session in sessions:
+            flags = session.flags
+            if not flags & ASSURED:
+                src = session.key[2 if flags & REVERSED else 1]  # session.src, without a call
+                per_source[src] = per_source.get(src, 0) + 1
+
+        def eviction_order(session: Session):
+            flags = session.flags
+            if flags & ASSURED:
+                return (True, 0, session.deadline)
+            return (False, -per_source.get(session.key[2 if flags & REVERSED else 1], 0), session.deadline)
+
+        return heapq.nsmallest(count, sessions, key=eviction_order)
+
     def pop_expired(self, now: float) -> list[Session]:
         """Remove and return the sessions whose deadline is at or before `now`."""
         expired: list[Session] = []

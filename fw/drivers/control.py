@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from fw.drivers.iptables import netns_inode
+from fw.packet.constants import PROTO_NAMES, PROTOCOLS
 
 MAX_REQUEST = 64 * 1024
 REQUEST_SECONDS = 10.0  # a client that does not finish its request in this time is dropped
@@ -345,8 +346,7 @@ def is_root() -> bool:
 
 # -- sessions as the operator sees them ----------------------------------------------------------
 
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
-PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+PROTO_NUMBERS = PROTOCOLS  # names a filter accepts (fw.packet.constants: the one protocol table)
 FLAG_NAMES = ((1, "ASSURED"), (2, "SEEN_REPLY"), (4, "RELATED"), (8, "LOOSE"), (64, "OFFLOADED"))  # 64: --offload
 PORTED = (6, 17)
 

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fw.decision import ACCEPT, DROP, RewritePacket, SetMark, Verdicts
+from fw.packet.constants import PROTO_NAMES
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -406,9 +407,6 @@ class PacketHandler:
         """Interfaces come and go and ifindexes are reused: the daemon calls this every second."""
         if len(self._ifnames) > 1:
             self._ifnames = {0: None}
-
-
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
 def summarize(data: bytes) -> str:

@@ -429,10 +429,8 @@ class Daemon(DaemonBase):
         now, killed = time.monotonic(), 0
         for session in list(self.engine.sessions):
             if selected.all or selected(session):
-                self.effects(self.engine.kill(session, now))
+                self.effects(self.engine.kill(session, now))  # its SessionClosed reaches the feed too
                 killed += 1
-                if self.feed is not None:
-                    self.feed.closed(session, "killed")
         if killed:
             log.info("killed %d sessions on request", killed)
         return killed

@@ -28,12 +28,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 
 from fw.events import address_text, flow_id
+from fw.packet.constants import PROTO_NAMES
 
 EVENT_TYPES = ("new", "update", "destroy", "drop")
 RING_SIZE = 4096
 DROPS_PER_SECOND = 50
 PRUNE_TICKS = 60  # once a minute, forget the states of sessions gone without an event (evicted)
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 SESSION_EFFECTS = ("SessionOpened", "SessionChanged", "SessionClosed")
 
 

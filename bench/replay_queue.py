@@ -42,7 +42,7 @@ def run(kind: str, engine, traffic: list[bytes], count: int) -> None:
         if not done:
             raise RuntimeError(f"the queue ran dry after {handled} packets")
         handled += done
-    accepted = engine.accepted["established"]
+    accepted = handler.verdicts.accepted["established"]  # the handler counts the verdicts it gives
     queue.close()
     sender.close()
     if handler.errors:

@@ -125,31 +125,139 @@ class Throttle:
         return False
 
 
-class Daemon:
-    """One daemon in this network namespace. `start()`, `run()` until a signal, `close()`."""
+class DaemonBase:
+    """What `fw run` is, with one queue (Daemon) or one worker per queue (fw.workers.Supervisor):
+    the control socket's commands, signals through a wake-up socket, our iptables rules, the
+    policy checked before a reload, services ticked by the loop."""
 
-    def __init__(self, config: DaemonConfig, engine, load_policy):
+    def __init__(self, config: DaemonConfig, load_policy):
         self.config = config
-        self.engine = engine
         self.load_policy = load_policy  # path -> Policy, raising fw.policy.PolicyError
         self.policy_path = config.policy_path
         self.loop = Loop()
-        self.throttle = Throttle()
         self.started = time.monotonic()
         self.counters: Counter = Counter()  # reloads, reload_failures, loop_errors
-        self.services: list = []  # things with tick(now) and close(): control, later metrics/sync
+        self.services: list = []  # things with tick(now) and close(): control, metrics, sync, offload
         self.reload_hooks: list = []  # hook(policy or None, path, error or None) after each reload
         self.stats_sections: dict = {}  # name -> () -> dict: more sections of `fw stats` (rules, store)
-        self.queues: list[Queue] = []
         self.control: ControlServer | None = None
         self.rules: iptables.Installation | None = None
+        self._stop = False
+        self._reload = False
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    @property
+    def mode_text(self) -> str:
+        return ("fail-open: traffic passes when no daemon listens or the queue is full" if self.config.fail_open
+                else "fail-closed: traffic is dropped when no daemon listens or the queue is full")
+
+    def _install_signals(self) -> None:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self.loop.watch(self._wake_r.fileno(), select.POLLIN, self._drain_wakeups)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def _drain_wakeups(self, _events) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _close_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def _install_rules(self) -> None:
+        config = self.config
+        self.rules = iptables.Installation(iptables.Hooking(
+            queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
+            families=config.families, offload=config.offload), config.backend)
+        stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
+        if stale:
+            log.warning("removed %d rules and chains left by an earlier run", len(stale))
+
+    def _remove_rules(self) -> None:
+        if self.rules is not None:
+            try:
+                self.rules.remove()
+            except iptables.IptablesError as exc:
+                log.error("removing our iptables rules failed: %s (run `fw cleanup`)", exc)
+            self.rules = None
+
+    def handle(self, request: dict):
+        """Answer one control request (the shapes are in README.md)."""
+        command = request.get("command")
+        if command == "stats":
+            return {"ok": True, "stats": self.stats(zero=bool(request.get("zero")))}
+        if command == "sessions":
+            return self.sessions(request)
+        if command == "events":
+            return self.events(request)
+        if command == "kill":
+            try:
+                selected = SessionFilter(request.get("filter") or {})
+            except ValueError as exc:
+                return error_answer(f"bad filter: {exc}", 2)
+            return {"ok": True, "killed": self.kill(selected, request.get("filter"))}
+        if command == "reload":
+            return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
+        return error_answer(f"unknown command {command!r}", 2)
+
+    def _load_for_reload(self, path: str):
+        """(policy, None), or (None, the error answer) with the failure counted and logged."""
+        from fw.policy import PolicyError  # noqa: PLC0415
+
+        try:
+            return self.load_policy(path), None
+        except PolicyError as exc:
+            lines = [d.format() for d in exc.diagnostics]
+            log.error("reload of %s failed, the running policy stays:\n%s", path, "\n".join(lines))
+            answer = error_answer(f"{path}: invalid policy, the running policy stays", 2, diagnostics=lines)
+            error = "invalid policy"
+        except Exception as exc:  # noqa: BLE001
+            log.error("reload of %s failed, the running policy stays: %r", path, exc)
+            answer = error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
+            error = str(exc)
+        self.counters["reload_failures"] += 1
+        self._after_reload(None, path, error)
+        return None, answer
+
+    def _after_reload(self, policy, path: str, error: str | None) -> None:
+        for hook in self.reload_hooks:
+            try:
+                hook(policy, path, error)
+            except Exception as exc:  # noqa: BLE001  (a record of the reload must not undo it)
+                log.error("after the reload of %s: %r", path, exc)
+
+    def pid_info(self) -> dict:
+        return {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started, 3)}
+
+
+class Daemon(DaemonBase):
+    """One daemon in this network namespace. `start()`, `run()` until a signal, `close()`."""
+
+    def __init__(self, config: DaemonConfig, engine, load_policy):
+        super().__init__(config, load_policy)
+        self.engine = engine
+        self.throttle = Throttle()
+        self.queues: list[Queue] = []
         self.effects: Effects | None = None
         self.handler: PacketHandler | None = None
         self.feed = None  # fw.feed.EventFeed once attached: `fw events`, `fw top`
         self._baseline: dict[int, Counter] = {}  # kernel queue counters at start or at --zero
-        self._stop = False
-        self._reload = False
-        self._wake_r, self._wake_w = socket.socketpair()
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -171,12 +279,7 @@ class Daemon:
             counters = read_queue_counters()
             self._baseline = {q.number: Counter(counters.get(q.number, {})) for q in self.queues}
             if config.install_rules:
-                self.rules = iptables.Installation(iptables.Hooking(
-                    queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
-                    families=config.families, offload=config.offload), config.backend)
-                stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
-                if stale:
-                    log.warning("removed %d rules and chains left by an earlier run", len(stale))
+                self._install_rules()
             self.control.listen(self.loop)
             self.services.append(self.control)
         except (ControlError, iptables.IptablesError, OSError) as exc:
@@ -190,46 +293,14 @@ class Daemon:
         """The start-up line: what is in force."""
         config, first, last = self.config, *self.config.queues
         queues = f"queue {first}" if first == last else f"queues {first}-{last}"
-        mode = ("fail-open: traffic passes when no daemon listens or the queue is full" if config.fail_open
-                else "fail-closed: traffic is dropped when no daemon listens or the queue is full")
         families = "+".join(f"IPv{f}" for f in config.families)
-        return (f"fw running ({mode}); {queues}, hooks {','.join(config.hooks)}, {families}, "
+        return (f"fw running ({self.mode_text}); {queues}, hooks {','.join(config.hooks)}, {families}, "
                 f"iptables-{self.rules.backend}; policy {self.policy_path} "
                 f"({self.engine.policy.summary()}); control {self.control.name}")
 
-    def _install_signals(self) -> None:
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_signal)
-        self.loop.watch(self._wake_r.fileno(), select.POLLIN, self._drain_wakeups)
-
-    def _on_signal(self, signum, _frame) -> None:
-        if signum == signal.SIGHUP:
-            self._reload = True
-        else:
-            self._stop = True
-
-    def _drain_wakeups(self, _events) -> None:
-        try:
-            while self._wake_r.recv(512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def stop(self) -> None:
-        self._stop = True
-
     def close(self) -> None:
         """Remove our rules, give the packets still queued a verdict, close everything."""
-        if self.rules is not None:
-            try:
-                self.rules.remove()
-            except iptables.IptablesError as exc:
-                log.error("removing our iptables rules failed: %s (run `fw cleanup`)", exc)
-            self.rules = None
+        self._remove_rules()
         for service in self.services:  # packets a service keeps (fw.sync's hold): verdicts while the queue is open
             release = getattr(service, "release_held", None)
             if release is not None:
@@ -247,9 +318,7 @@ class Daemon:
         if self.effects is not None:
             self.effects.close()
             self.effects = None
-        signal.set_wakeup_fd(-1)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._close_signals()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -326,25 +395,6 @@ class Daemon:
 
     # -- what the control socket asks for -------------------------------------------------------
 
-    def handle(self, request: dict):
-        """Answer one control request (the shapes are in README.md)."""
-        command = request.get("command")
-        if command == "stats":
-            return {"ok": True, "stats": self.stats(zero=bool(request.get("zero")))}
-        if command == "sessions":
-            return self.sessions(request)
-        if command == "events":
-            return self.events(request)
-        if command == "kill":
-            try:
-                selected = SessionFilter(request.get("filter") or {})
-            except ValueError as exc:
-                return error_answer(f"bad filter: {exc}", 2)
-            return {"ok": True, "killed": self.kill(selected)}
-        if command == "reload":
-            return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
-        return error_answer(f"unknown command {command!r}", 2)
-
     def sessions(self, request: dict | None = None):
         """The session table (filtered, sorted, limited as asked) as a JSON document, built a few
         hundred sessions per loop turn."""
@@ -375,14 +425,12 @@ class Daemon:
             return error_answer(f"bad request: {exc}", 2)
         return self.feed.stream(follow, types, since)
 
-    def kill(self, selected: SessionFilter) -> int:
+    def kill(self, selected: SessionFilter, _spec=None) -> int:
         now, killed = time.monotonic(), 0
         for session in list(self.engine.sessions):
             if selected.all or selected(session):
-                self.effects(self.engine.kill(session, now))
+                self.effects(self.engine.kill(session, now))  # its SessionClosed reaches the feed too
                 killed += 1
-                if self.feed is not None:
-                    self.feed.closed(session, "killed")
         if killed:
             log.info("killed %d sessions on request", killed)
         return killed
@@ -426,22 +474,10 @@ class Daemon:
     def reload(self, path: str | None = None, dry_run: bool = False) -> dict:
         """Load the policy (from `path`, else where it came from); swap it in, or keep the old one.
         With `options.reload_recheck` the sessions it refuses are closed; `dry_run` only names them."""
-        from fw.policy import PolicyError  # noqa: PLC0415
-
         path = path or self.policy_path
-        try:
-            policy = self.load_policy(path)
-        except PolicyError as exc:
-            self.counters["reload_failures"] += 1
-            lines = [d.format() for d in exc.diagnostics]
-            log.error("reload of %s failed, the running policy stays:\n%s", path, "\n".join(lines))
-            self._after_reload(None, path, "invalid policy")
-            return error_answer(f"{path}: invalid policy, the running policy stays", 2, diagnostics=lines)
-        except Exception as exc:  # noqa: BLE001
-            self.counters["reload_failures"] += 1
-            log.error("reload of %s failed, the running policy stays: %r", path, exc)
-            self._after_reload(None, path, str(exc))
-            return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
+        policy, failure = self._load_for_reload(path)
+        if policy is None:
+            return failure
         if dry_run:
             return self._recheck_plan(policy, path)
         self.engine.swap_policy(policy)
@@ -477,13 +513,6 @@ class Daemon:
                 "recheck": bool(policy.options.get("reload_recheck")),
                 "would_close": [session_view(s, now, flow_id) for s in refused]}
 
-    def _after_reload(self, policy, path: str, error: str | None) -> None:
-        for hook in self.reload_hooks:
-            try:
-                hook(policy, path, error)
-            except Exception as exc:  # noqa: BLE001  (a record of the reload must not undo it)
-                log.error("after the reload of %s: %r", path, exc)
-
     def queue_stats(self, zero: bool = False) -> dict:
         counters = read_queue_counters()
         result = {}
@@ -502,5 +531,3 @@ class Daemon:
                 self._baseline[queue.number] = now
         return result
 
-    def pid_info(self) -> dict:
-        return {"pid": os.getpid(), "uptime": round(time.monotonic() - self.started, 3)}

@@ -9,16 +9,12 @@ control socket parks the connection until `publish` wakes it (fw.drivers.control
 falls further behind than the ring holds is told how many events it lost.
 
 Where the events come from, all on the daemon's loop, never another thread:
-- the engine's session effects (`SessionOpened`, `SessionChanged`, `SessionClosed`, fw/decision.py)
-  when the engine makes them; an engine that does not is watched through the packet handler's
-  `observe` tap instead: a decision whose reason is not `established` opens its session, and a
-  session whose state differs from the one last seen has changed (the last state of each session
-  is kept in a dict until the session goes);
-- the `end` LogEvents of expired sessions (the effects' event sinks) and `closed(session, why)`
-  from the daemon's `fw sessions kill`;
-- drops: every dropped decision, but at most DROPS_PER_SECOND one by one per second; the rest are
-  summed per reason into one `drop` event with `count` and `summary: true` at the next tick, so
-  a flood costs the feed a counter increment per packet.
+- the engine's session effects (`SessionOpened`, `SessionChanged`, `SessionClosed`, fw/decision.py):
+  opens, state changes and every way out of the table (expiry, kill, eviction, re-check, ...);
+- drops, through the packet handler's `observe` tap: every dropped decision, but at most
+  DROPS_PER_SECOND one by one per second; the rest are summed per reason into one `drop` event
+  with `count` and `summary: true` at the next tick, so a flood costs the feed a counter
+  increment per packet.
 """
 
 from __future__ import annotations
@@ -28,12 +24,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 
 from fw.events import address_text, flow_id
+from fw.packet.constants import PROTO_NAMES
 
 EVENT_TYPES = ("new", "update", "destroy", "drop")
 RING_SIZE = 4096
 DROPS_PER_SECOND = 50
-PRUNE_TICKS = 60  # once a minute, forget the states of sessions gone without an event (evicted)
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 SESSION_EFFECTS = ("SessionOpened", "SessionChanged", "SessionClosed")
 
 
@@ -61,12 +56,9 @@ class EventFeed:
         self.seq = 0
         self.wall = wall
         self.wake: Callable[[], None] | None = None
-        self.states: dict = {}  # session -> its last state seen (only without session effects)
         self.drops_left = DROPS_PER_SECOND
         self.suppressed: Counter = Counter()
         self.counters: Counter = Counter()
-        self.live: Callable[[object], bool] | None = None  # is this session still in the table?
-        self.ticks = 0
 
     # -- publishing -------------------------------------------------------------------------------
 
@@ -84,8 +76,6 @@ class EventFeed:
         self.publish("update", {**session_fields(session), "old_state": old_state})
 
     def closed(self, session, why: str) -> None:
-        if self.states:
-            self.states.pop(session, None)
         self.publish("destroy", {**session_fields(session), "reason": why,
                                  "packets": session.orig_packets + session.reply_packets,
                                  "bytes": session.orig_bytes + session.reply_bytes})
@@ -103,29 +93,16 @@ class EventFeed:
     # -- what feeds it ----------------------------------------------------------------------------
 
     def observe(self, decision) -> None:
-        """The packet handler's tap: drops, and (for an engine without session effects) sessions."""
+        """The packet handler's tap: drops (sessions come from the engine's effects)."""
         if decision.verdict == "drop":
             self.dropped(decision)
-        session = decision.session
-        if session is None or self.states is None:
-            return
-        state = session.state
-        known = self.states.get(session)
-        if known is None:
-            self.states[session] = state
-            if decision.reason != "established":
-                self.opened(session, decision.reason)
-        elif known != state:
-            self.states[session] = state
-            self.changed(session, known.name if hasattr(known, "name") else str(known))
 
     def effects(self, effects) -> None:
-        """Session effects of an engine that makes them (then the tap leaves sessions to these)."""
+        """The engine's session effects: new, update and destroy events."""
         for effect in effects:
             kind = type(effect).__name__
             if kind not in SESSION_EFFECTS:
                 continue
-            self.states = None  # the engine says what changes: no need to watch states
             if kind == "SessionOpened":
                 rule = effect.session.rule
                 self.opened(effect.session, getattr(effect, "reason", None) or (f"rule:{rule}" if rule else "related"))
@@ -135,33 +112,8 @@ class EventFeed:
             else:
                 self.closed(effect.session, effect.why)
 
-    def log_event(self, event: dict) -> None:
-        """An engine LogEvent (the effects' event sink): the `end` of an expired session."""
-        fw = event.get("fw") or {}
-        if event.get("event_type") != "flow" or fw.get("event") != "end" or self.states is None:
-            return
-        flow = event.get("flow") or {}
-        fields = {"proto": str(event.get("proto", "")).lower().replace("ipv6-icmp", "icmpv6"),
-                  "src": event.get("src_ip"), "dst": event.get("dest_ip")}
-        if "src_port" in event:
-            fields.update(sport=event["src_port"], dport=event["dest_port"])
-        fields.update(state=fw.get("state"), rule=fw.get("rule"), flow_id=event.get("flow_id"),
-                      reason=fw.get("reason"),
-                      packets=flow.get("pkts_toserver", 0) + flow.get("pkts_toclient", 0),
-                      bytes=flow.get("bytes_toserver", 0) + flow.get("bytes_toclient", 0))
-        self.publish("destroy", fields)
-
-    def forget(self, live: Callable[[object], bool]) -> None:
-        """Drop remembered states of sessions that are gone without an event (`live(session)` False)."""
-        if self.states:
-            for session in [s for s in self.states if not live(s)]:
-                del self.states[session]
-
     def tick(self, now: float) -> None:
         """Once a second: the drops suppressed in the last second, one summary event per reason."""
-        self.ticks += 1
-        if self.ticks % PRUNE_TICKS == 0 and self.live is not None:
-            self.forget(self.live)
         suppressed, self.suppressed = self.suppressed, Counter()
         self.drops_left = DROPS_PER_SECOND
         for reason, count in sorted(suppressed.items()):
@@ -222,7 +174,7 @@ def attach_feed(daemon) -> EventFeed:
     """Feed a started fw.daemon.Daemon's events into a new EventFeed, and serve it on its control socket.
 
     Hooks used: the packet handler's `observe` (chained after the one already there: per-rule
-    counters), the effects' event and effect sinks, the daemon's services (tick, close), its
+    counters), the effects' effect sinks, the daemon's services (tick, close), its
     `feed` (the `events` request and `fw sessions kill`) and `stats_sections` (`overload`)."""
     feed = EventFeed()
     before = daemon.handler.observe
@@ -234,10 +186,7 @@ def attach_feed(daemon) -> EventFeed:
             after(decision)
 
         daemon.handler.observe = observe
-    daemon.effects.event_sinks.append(feed.log_event)
     daemon.effects.effect_sinks.append(feed.effects)
-    table = daemon.engine.table
-    feed.live = lambda session: table.get(session.key) is session
     feed.wake = daemon.control.wake
     daemon.services.append(feed)
     daemon.stats_sections["overload"] = lambda: overload_section(daemon.engine)

@@ -1,9 +1,11 @@
 """Multi-queue: `fw run --queues A-B` runs one worker process per queue under a supervisor.
 
 How it works. Python runs one packet loop per core at best, so the queues are spread over
-processes. The supervisor (this process) takes the namespace's control name (the lock), starts a
-worker per queue (`python -m fw.workers SPEC`: a fw.daemon.Daemon bound to its one queue, with its
-own Engine and its own control socket `@fw/<netns inode>/worker/<queue>`, and no iptables rules),
+processes. The supervisor (this process, a fw.daemon.DaemonBase like the single-queue Daemon)
+takes the namespace's control name (the lock), starts a worker per queue (`python -m fw.workers
+SPEC`: a fw.daemon.Daemon bound to its one queue, built by fw.runner as a single-queue daemon is:
+its own Engine, store records and snapshot file `sessions-<netns>-q<queue>.jsonl`, offload; its own
+control socket `@fw/<netns inode>/worker/<queue>`, and no iptables rules),
 waits until each answers, then installs the one NFQUEUE rule `--queue-balance A:B`. The kernel hashes
 a packet's address pair and protocol, the same in both directions, so a session, its replies and
 its FTP data sessions (same addresses, TCP) meet the same worker; ports are not hashed, so one
@@ -18,6 +20,7 @@ queue it came to first (FORWARD_MARK | queue); the kernel queues it again at the
 worker that holds the session accepts it (`related:icmp`). When it comes round to its first queue,
 nobody holds the session: it is dropped as `invalid:no-session`. A forwarded packet keeps that mark.
 
+With `--metrics` the supervisor serves the workers' `fw stats` summed (fw.metrics.Metrics.from_stats).
 The supervisor answers `fw stats` (every worker's counters summed, per-queue rows side by side, a
 `workers` list), `fw sessions` (the workers' tables one after another, each session with its
 `queue`), `fw sessions kill` and `fw reload` (checked here first, then sent to every worker; SIGHUP
@@ -33,17 +36,15 @@ import ctypes
 import json
 import logging
 import os
-import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 
-from fw.daemon import DaemonConfig, DaemonError, Loop
+from fw.daemon import DaemonBase, DaemonConfig, DaemonError
 from fw.drivers import iptables
-from fw.drivers.control import VIEW_SORT_KEYS, ControlError, ControlServer, SessionFilter, call, error_answer
+from fw.drivers.control import VIEW_SORT_KEYS, ControlError, ControlServer, call, error_answer
 from fw.drivers.nfqueue import NF_QUEUE, verdict_message
 
 log = logging.getLogger("fw.workers")
@@ -106,33 +107,40 @@ class IcmpForwarder:
 # -- a worker -------------------------------------------------------------------------------------
 
 
-def worker_spec(config: DaemonConfig, queue: int, policy_path: str) -> dict:
+def worker_spec(config: DaemonConfig, queue: int, policy_path: str, store_url: str | None = None) -> dict:
     return {"policy": policy_path, "queue": queue, "first": config.queues[0], "last": config.queues[1],
             "fail_open": config.fail_open, "log": config.log_path, "offload": config.offload,
-            "queue_options": dict(config.queue_options.__dict__)}
+            "queue_options": dict(config.queue_options.__dict__), "db": store_url}
 
 
 def worker_main(spec: dict) -> int:
-    """One worker: a Daemon on one queue, without iptables rules, its control socket of its own."""
+    """One worker: a Daemon on one queue, without iptables rules, its control socket of its own;
+    the same engine, records and services as a single-queue daemon (fw.runner)."""
+    from fw import runner  # noqa: PLC0415
     from fw.daemon import Daemon  # noqa: PLC0415
     from fw.drivers.nfqueue import QueueOptions  # noqa: PLC0415
-    from fw.engine import Engine, EngineConfig  # noqa: PLC0415
-    from fw.policy import PolicyError, load_policy  # noqa: PLC0415
+    from fw.policy import PolicyError  # noqa: PLC0415
+    from fw.store import Store, StoreError, policy_loader  # noqa: PLC0415
 
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s fw[%(process)d] queue {spec['queue']} %(levelname)s: %(message)s")
     number = spec["queue"]
+    store = Store(spec.get("db"))
+    loader = policy_loader(store)  # the store's label loads its active revision (fw run --db)
     try:
-        policy = load_policy(spec["policy"])
+        policy = loader(spec["policy"])
     except PolicyError as exc:
         log.error("invalid policy %s: %s", spec["policy"], "; ".join(d.format() for d in exc.diagnostics))
         return 2
-    engine = Engine(policy, EngineConfig(events=spec["log"] is not None, offload=spec["offload"]))
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
+    engine, records = runner.build(policy, store, spec["offload"], queue=number)
     config = DaemonConfig(policy_path=spec["policy"], queues=(number, number), fail_open=spec["fail_open"],
                           log_path=spec["log"], queue_options=QueueOptions(**spec["queue_options"]),
                           control_address=worker_address(number), install_rules=False, offload=spec["offload"])
-    daemon = Daemon(config, engine, load_policy)
+    daemon = Daemon(config, engine, loader)
     try:
         daemon.start()
     except DaemonError as exc:
@@ -144,23 +152,11 @@ def worker_main(spec: dict) -> int:
         forwarder = IcmpForwarder(number, spec["first"], spec["last"], send)
         daemon.handler.redirect = forwarder
         daemon.stats_sections["forwarding"] = lambda: dict(forwarder.counters)
-        attach_offload(daemon)
+        runner.attach(daemon, records)
         daemon.run()
     finally:
         daemon.close()
     return 0
-
-
-def attach_offload(daemon) -> None:
-    """With --offload: the service that consumes OffloadSession and SessionClosed and reads kernel
-    conntrack back (the engine was built with EngineConfig(offload=True))."""
-    if daemon.config.offload:
-        from fw.drivers.offload import OffloadService  # noqa: PLC0415
-
-        service = OffloadService(daemon.engine)
-        service.attach(daemon.effects)
-        daemon.services.append(service)
-        daemon.stats_sections["offload"] = service.stats
 
 
 def _die_with_parent() -> None:
@@ -195,28 +191,19 @@ class Worker:
         return self.process.pid if self.process is not None and self.process.poll() is None else None
 
 
-class Supervisor:
-    """`fw run --queues A-B`: start(), run() until a signal, close()."""
+class Supervisor(DaemonBase):
+    """`fw run --queues A-B`: start(), run() until a signal, close(). `store_url`: the store the
+    workers record to (events, rule counters; each keeps its own snapshot file)."""
 
-    def __init__(self, config: DaemonConfig, load_policy):
-        self.config = config
-        self.load_policy = load_policy
-        self.policy_path = config.policy_path
-        self.loop = Loop()
-        self.started = time.monotonic()
-        self.counters: Counter = Counter()
+    def __init__(self, config: DaemonConfig, load_policy, store_url: str | None = None):
+        super().__init__(config, load_policy)
+        self.store_url = store_url
         self.workers = [Worker(n) for n in range(config.queues[0], config.queues[1] + 1)]
-        self.control: ControlServer | None = None
-        self.rules: iptables.Installation | None = None
         self.summary = ""
-        self._stop = False
-        self._reload = False
-        self._wake_r, self._wake_w = socket.socketpair()
 
     # -- start and stop ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        config = self.config
         try:
             self._install_signals()
             self.control = ControlServer(self.handle)
@@ -225,12 +212,7 @@ class Supervisor:
                 self._spawn(worker)
             for worker in self.workers:
                 self._wait_ready(worker)
-            self.rules = iptables.Installation(iptables.Hooking(
-                queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
-                families=config.families, offload=config.offload), config.backend)
-            stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
-            if stale:
-                log.warning("removed %d rules and chains left by an earlier run", len(stale))
+            self._install_rules()
             self.control.listen(self.loop)
         except (ControlError, iptables.IptablesError, OSError) as exc:
             self.close()
@@ -241,16 +223,14 @@ class Supervisor:
 
     def describe(self) -> str:
         config = self.config
-        mode = ("fail-open: traffic passes when no daemon listens or the queue is full" if config.fail_open
-                else "fail-closed: traffic is dropped when no daemon listens or the queue is full")
         pids = ", ".join(f"queue {w.queue}: pid {w.pid}" for w in self.workers)
-        return (f"fw running ({mode}); queues {config.queues[0]}-{config.queues[1]} balanced over "
+        return (f"fw running ({self.mode_text}); queues {config.queues[0]}-{config.queues[1]} balanced over "
                 f"{len(self.workers)} workers ({pids}), hooks {','.join(config.hooks)}"
                 f"{', offload' if config.offload else ''}, iptables-{self.rules.backend}; policy "
                 f"{self.policy_path} ({self.summary}); control {self.control.name}")
 
     def _spawn(self, worker: Worker) -> None:
-        spec = worker_spec(self.config, worker.queue, self.policy_path)
+        spec = worker_spec(self.config, worker.queue, self.policy_path, self.store_url)
         worker.process = subprocess.Popen([sys.executable, "-m", "fw.workers", json.dumps(spec)],
                                           stdin=subprocess.DEVNULL, start_new_session=True)
         worker.started = time.monotonic()
@@ -271,35 +251,9 @@ class Supervisor:
                 raise DaemonError(f"the worker for queue {worker.queue} did not answer within {READY_SECONDS:g} s")
             time.sleep(0.05)
 
-    def _install_signals(self) -> None:
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-        self.loop.watch(self._wake_r.fileno(), select.POLLIN, self._drain_wakeups)
-
-    def _on_signal(self, signum, _frame) -> None:
-        if signum == signal.SIGHUP:
-            self._reload = True
-        else:
-            self._stop = True
-
-    def _drain_wakeups(self, _events) -> None:
-        try:
-            while self._wake_r.recv(512):
-                pass
-        except BlockingIOError:
-            pass
-
     def close(self) -> None:
         """Remove the rules (traffic falls back to the host's ruleset), then stop the workers."""
-        if self.rules is not None:
-            try:
-                self.rules.remove()
-            except iptables.IptablesError as exc:
-                log.error("removing our iptables rules failed: %s (run `fw cleanup`)", exc)
-            self.rules = None
+        self._remove_rules()
         running = [w.process for w in self.workers if w.process is not None and w.process.poll() is None]
         for process in running:
             process.terminate()
@@ -310,12 +264,13 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+        for service in reversed(self.services):
+            service.close()
+        self.services = []
         if self.control is not None:
             self.control.close()
             self.control = None
-        signal.set_wakeup_fd(-1)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._close_signals()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -328,8 +283,11 @@ class Supervisor:
                     for worker in self.workers:
                         if worker.pid is not None:
                             os.kill(worker.pid, signal.SIGHUP)
-                self.supervise(time.monotonic())
-                self.control.tick(time.monotonic())
+                now = time.monotonic()
+                self.supervise(now)
+                self.control.tick(now)
+                for service in self.services:  # the metrics endpoint (--metrics)
+                    service.tick(now)
             except Exception as exc:  # noqa: BLE001  (the supervisor survives everything)
                 self.counters["loop_errors"] += 1
                 log.exception("the supervisor's loop failed, and goes on: %r", exc)
@@ -352,25 +310,13 @@ class Supervisor:
 
     # -- the control socket -----------------------------------------------------------------------
 
-    def handle(self, request: dict):
-        command = request.get("command")
-        if command == "stats":
-            return {"ok": True, "stats": self.stats(bool(request.get("zero")))}
-        if command == "sessions":
-            return self.sessions(request)
-        if command == "events":
-            return error_answer("fw events does not work with fw run --queues yet: each worker keeps its own "
-                                "sessions; use `fw run --log` for the events of every worker", 1)
-        if command == "kill":
-            try:
-                SessionFilter(request.get("filter") or {})
-            except ValueError as exc:
-                return error_answer(f"bad filter: {exc}", 2)
-            answers = self.ask_all({"command": "kill", "filter": request.get("filter")})
-            return {"ok": True, "killed": sum(a.get("killed", 0) for a in answers.values())}
-        if command == "reload":
-            return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
-        return error_answer(f"unknown command {command!r}", 2)
+    def kill(self, selected, spec) -> int:
+        answers = self.ask_all({"command": "kill", "filter": spec})
+        return sum(a.get("killed", 0) for a in answers.values())
+
+    def events(self, request: dict):
+        return error_answer("fw events does not work with fw run --queues yet: each worker keeps its own "
+                            "sessions; use `fw run --log` for the events of every worker", 1)
 
     def ask_all(self, request: dict) -> dict[int, dict]:
         """Each running worker's answer to `request`, by queue (a worker that fails is left out)."""
@@ -424,18 +370,10 @@ class Supervisor:
     def reload(self, path: str | None = None, dry_run: bool = False) -> dict:
         """Check the policy here (errors as `fw policy check` shows them), then reload every worker
         (`dry_run`: ask each what a re-check would close, and put their answers together)."""
-        from fw.policy import PolicyError  # noqa: PLC0415
-
         path = path or self.policy_path
-        try:
-            policy = self.load_policy(path)
-        except PolicyError as exc:
-            self.counters["reload_failures"] += 1
-            return error_answer(f"{path}: invalid policy, the running policy stays", 2,
-                                diagnostics=[d.format() for d in exc.diagnostics])
-        except Exception as exc:  # noqa: BLE001
-            self.counters["reload_failures"] += 1
-            return error_answer(f"{path}: cannot load the policy ({exc}); the running policy stays", 1)
+        policy, failure = self._load_for_reload(path)
+        if policy is None:
+            return failure
         answers = self.ask_all({"command": "reload", "path": path, "dry_run": dry_run})
         if dry_run:
             return {"ok": True, "dry_run": True, "policy": path, "summary": policy.summary(),

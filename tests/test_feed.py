@@ -1,7 +1,7 @@
 """fw.feed: the events `fw events` and `fw top` show, from a real engine's decisions (issue 17).
 
-An Engine over policies/lab.yaml judges a TCP handshake and a refused packet; the feed's tap turns
-the decisions into `new`, `update` and `drop` events; kills and expiries into `destroy`. The stream
+An Engine over policies/lab.yaml judges a TCP handshake and a refused packet; the engine's session
+effects become `new`, `update` and `destroy` events (kills and expiries too), the tap's drops `drop`. The stream
 (what the control socket sends) is read as a follower would. The control socket's parking of a
 follower is tested with a real ControlServer and client over an abstract unix socket (root).
 """
@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from fw.decision import LogEvent
 from fw.engine import Engine, EngineConfig
 from fw.feed import DROPS_PER_SECOND, EventFeed
 from fw.policy import load_policy
@@ -31,10 +29,17 @@ def engine() -> Engine:
     return Engine(load_policy(str(ROOT / "policies" / "lab.yaml")), EngineConfig(events=True))
 
 
+def judge(engine: Engine, feed: EventFeed, packet: bytes, now: float) -> None:
+    """What the daemon does for one packet: the tap sees the decision, the sinks its effects."""
+    decision = engine.process(packet, now)
+    feed.observe(decision)
+    feed.effects(decision.effects)
+
+
 def handshake(engine: Engine, feed: EventFeed) -> None:
     for now, packet in enumerate([seg(CLIENT, SERVER, "S", seq=100), seg(SERVER, CLIENT, "SA", seq=500, ack=101),
                                   seg(CLIENT, SERVER, "A", seq=101, ack=501)]):
-        feed.observe(engine.process(packet, float(now)))
+        judge(engine, feed, packet, float(now))
 
 
 def test_a_handshake_is_a_new_session_and_two_state_changes(engine: Engine) -> None:
@@ -47,7 +52,7 @@ def test_a_handshake_is_a_new_session_and_two_state_changes(engine: Engine) -> N
                          "dst": "203.0.113.10", "sport": 40000, "dport": 80, "state": "SYN_SENT",
                          "rule": "allow-web", "flow_id": events[0]["flow_id"], "reason": "rule:allow-web"}
     assert events[2]["old_state"] == "SYN_RECV"
-    feed.observe(engine.process(seg(CLIENT, SERVER, "PA", seq=101, ack=501, payload=b"x"), 4.0))
+    judge(engine, feed, seg(CLIENT, SERVER, "PA", seq=101, ack=501, payload=b"x"), 4.0)
     assert len(feed.since(0)) == 3  # an established packet changes nothing
 
 
@@ -55,14 +60,10 @@ def test_a_kill_and_an_expiry_are_destroys(engine: Engine) -> None:
     feed = EventFeed()
     handshake(engine, feed)
     session = next(iter(engine.sessions))
-    engine.kill(session, 5.0)
-    feed.closed(session, "killed")
+    feed.effects(engine.kill(session, 5.0))
     assert feed.since(3)[0]["type"] == "destroy" and feed.since(3)[0]["reason"] == "killed"
-    assert not feed.states  # forgotten with the session
-    feed.observe(engine.process(udp_pkt("198.51.100.10:5353", "203.0.113.10:53", b"q"), 10.0))
-    for effect in engine.expire(10_000.0):
-        if isinstance(effect, LogEvent):  # the engine's effects also tell of the session (SessionClosed)
-            feed.log_event(effect.event)
+    judge(engine, feed, udp_pkt("198.51.100.10:5353", "203.0.113.10:53", b"q"), 10.0)
+    feed.effects(engine.expire(10_000.0))
     ended = feed.since(0)[-1]
     assert (ended["type"], ended["proto"], ended["dport"], ended["reason"]) == ("destroy", "udp", 53, "timeout")
 
@@ -80,28 +81,10 @@ def test_drops_come_with_their_reason_and_a_flood_is_summed(engine: Engine) -> N
                         "count": 30, "summary": True}]
 
 
-def test_session_effects_take_over_from_the_tap(engine: Engine) -> None:
-    @dataclass
-    class SessionOpened:
-        session: object
-
-    @dataclass
-    class SessionChanged:
-        session: object
-        old_state: str
-
-    @dataclass
-    class SessionClosed:
-        session: object
-        why: str
-
+def test_the_tap_makes_no_session_events(engine: Engine) -> None:
     feed = EventFeed()
-    decision = engine.process(seg(CLIENT, SERVER, "S", seq=100), 0.0)
-    feed.effects((SessionOpened(decision.session),))
-    feed.observe(decision)  # the tap no longer makes session events
-    feed.effects((SessionChanged(decision.session, "NONE"), SessionClosed(decision.session, "timeout")))
-    assert [(e["type"], e.get("reason"), e.get("old_state")) for e in feed.since(0)] == [
-        ("new", "rule:allow-web", None), ("update", None, "NONE"), ("destroy", "timeout", None)]
+    feed.observe(engine.process(seg(CLIENT, SERVER, "S", seq=100), 0.0))
+    assert feed.since(0) == []  # sessions come from the effects alone: no per-packet state watch
 
 
 def lines(stream) -> list:

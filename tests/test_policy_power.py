@@ -83,6 +83,7 @@ def test_per_source_and_total_session_counts_refuse_and_release(tmp_path):
     assert (over.verdict, over.reason, over.effects) == ("drop", "limit:web", ())  # drop: the default `over`
     assert engine.process(syn(b, 1000), 1.0).reason == "rule:web"  # another source has its own count
     assert engine.process(syn(b, 1001), 1.0).reason == "limit:web"  # the rule's total (3) is reached
+    assert engine.counters["inserts"] == 3  # the two refused opened nothing (the driver counts verdicts)
     assert_counts(engine)
     # A retransmitted SYN of a counted session is that session, not a new one.
     assert engine.process(syn(a, 1000), 1.5).reason == "established"
@@ -280,7 +281,8 @@ def test_a_spoofed_packet_is_dropped_before_the_session_lookup(tmp_path):
     assert engine.process(reply, 1.0, "wan", "lan").reason == "established"
     # The client's address arriving on the wan, even for its own session: spoofed.
     forged = seg(client, server, "A", seq=101, ack=501)
-    assert engine.process(forged, 1.1, "wan", "lan").reason == "spoof"
+    spoofed = engine.process(forged, 1.1, "wan", "lan")
+    assert (spoofed.verdict, spoofed.reason, spoofed.session, spoofed.effects) == ("drop", "spoof", None, ())
     assert engine.process(forged, 1.2, "lan", "wan").reason == "established"
     v6 = icmp_echo_pkt("2001:db8:1::10", "2001:db8:2::10", 7, 1)
     assert engine.process(v6, 1.3, "wan", "lan").reason == "spoof"

@@ -7,7 +7,6 @@ which removes the iptables rules a crashed daemon left (fw.drivers.iptables).
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -73,8 +72,7 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
 
     Example: fw run --policy policies/lab.yaml --log /var/log/fw/eve.json
     """
-    from fw.daemon import Daemon, DaemonConfig, DaemonError
-    from fw.engine import EngineConfig
+    from fw.daemon import DaemonConfig, DaemonError
 
     listen = _listen(metrics_listen) if metrics_listen else None
     queue_range, hook_names = _queues(queue, queues), _hooks(hooks)
@@ -89,32 +87,13 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     config = DaemonConfig(policy_path=source, queues=queue_range,
                           fail_open=fail_open, log_path=log_path, hooks=hook_names,
                           backend=None if backend == "auto" else backend, offload=offload)
-    records = None
-    if config.queues[0] != config.queues[1]:  # one worker process per queue (fw.workers)
-        from fw.workers import Supervisor
-
-        daemon = Supervisor(config, loader)
-    else:
-        from fw.engine import Engine
-        from fw.records import Records
-        from fw.workers import attach_offload
-
-        engine = Engine(policy, EngineConfig(events=True, offload=offload))
-        gc.freeze()  # the policy's objects out of the cyclic collector's way
-        records = Records(engine, store, metrics_listen=listen)
-        records.restore()
-        daemon = Daemon(config, engine, loader)
+    daemon, records = _daemon(config, policy, store, loader, listen)
     try:
         daemon.start()
     except DaemonError as error:
         raise Failure(str(error), error.exit_code) from None
     try:
-        if isinstance(daemon, Daemon):
-            from fw.feed import attach_feed
-
-            attach_offload(daemon)
-            records.attach(daemon)
-            attach_feed(daemon)
+        _attach(daemon, records, listen)
     except OSError as error:
         daemon.close()
         raise Failure(f"--metrics {metrics_listen}: {error.strerror or error}") from None
@@ -134,6 +113,37 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         click.echo("fw stopped; its rules are removed", err=True)
 
 
+def _daemon(config, policy, store, loader, listen):
+    """The daemon of `fw run`: one queue (the engine and its records built here), or a supervisor
+    of one worker per queue, each built the same way (fw.runner) in its own process."""
+    if config.queues[0] != config.queues[1]:
+        from fw.workers import Supervisor
+
+        return Supervisor(config, loader, store.url), None
+    from fw import runner
+    from fw.daemon import Daemon
+
+    engine, records = runner.build(policy, store, config.offload, metrics_listen=listen)
+    return Daemon(config, engine, loader), records
+
+
+def _attach(daemon, records, listen) -> None:
+    """What a started daemon gets: offload and records (one queue: fw.runner; workers attach their
+    own), metrics (a supervisor serves its workers' summed numbers). OSError: --metrics' address."""
+    if records is not None:
+        from fw import runner
+        from fw.feed import attach_feed
+
+        runner.attach(daemon, records)
+        attach_feed(daemon)
+    elif listen is not None:
+        from fw.metrics import Metrics
+
+        metrics = Metrics.from_stats(daemon.stats)
+        metrics.serve(*listen)
+        daemon.services.append(metrics)
+
+
 def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file, sync_hold_ms, sync_defer):
     """The checked --sync options (fw.sync.SyncConfig), or None without --sync; bad ones exit 2."""
     from fw.sync import SyncConfig, read_key_file
@@ -144,8 +154,10 @@ def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file
         return None
     if not node_id or not sync_key_file:
         raise click.UsageError("--sync needs --node-id NAME and --sync-key-file PATH (messages are authenticated)")
-    if queue_range[0] != queue_range[1] or offload:
-        raise click.UsageError("--sync works with one queue and without --offload for now")
+    if queue_range[0] != queue_range[1]:
+        raise click.UsageError("--sync does not work with --queues yet (one queue only)")
+    if offload:
+        raise click.UsageError("--sync does not work with --offload yet")
     try:
         config = SyncConfig(sync_url, node_id, read_key_file(sync_key_file), cluster or "fw",
                             50 if sync_hold_ms is None else sync_hold_ms, sync_defer)

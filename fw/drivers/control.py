@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from fw.drivers.iptables import netns_inode
+from fw.packet.constants import PROTO_NAMES, PROTOCOLS
 
 MAX_REQUEST = 64 * 1024
 REQUEST_SECONDS = 10.0  # a client that does not finish its request in this time is dropped
@@ -345,12 +346,7 @@ def is_root() -> bool:
 
 # -- sessions as the operator sees them ----------------------------------------------------------
 
-def _protocols() -> tuple[dict, dict]:
-    """(number -> name, name -> number): fw.packet.constants' one protocol table, imported when
-    needed (fw.packet loads the whole packet layer; `fw sessions` and `fw stats` start without it)."""
-    from fw.packet.constants import PROTO_NAMES, PROTOCOLS  # noqa: PLC0415
-
-    return PROTO_NAMES, PROTOCOLS
+PROTO_NUMBERS = PROTOCOLS  # names a filter accepts (fw.packet.constants: the one protocol table)
 FLAG_NAMES = ((1, "ASSURED"), (2, "SEEN_REPLY"), (4, "RELATED"), (8, "LOOSE"), (64, "OFFLOADED"))  # 64: --offload
 PORTED = (6, 17)
 
@@ -375,7 +371,7 @@ def session_view(session, now: float, flow_id: Callable) -> dict:
     alg = session.alg
     return {
         "id": flow_id(session),
-        "proto": _protocols()[0].get(proto, str(proto)),
+        "proto": PROTO_NAMES.get(proto, str(proto)),
         "family": session.family,
         "state": session.state_name,
         "original": original,
@@ -465,7 +461,7 @@ class SessionFilter:
         self.all = bool(spec.get("all"))
         proto = spec.get("proto")
         if proto is not None:
-            proto = _protocols()[1].get(str(proto).lower(), int(proto) if str(proto).isdigit() else -1)
+            proto = PROTO_NUMBERS.get(str(proto).lower(), int(proto) if str(proto).isdigit() else -1)
             if not 0 <= proto <= 255:
                 raise ValueError(f"proto: unknown protocol {spec['proto']!r}")
         self.proto = proto

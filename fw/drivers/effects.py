@@ -65,8 +65,8 @@ class Effects:
         self.counters: Counter = Counter()
         self.last_error: str | None = None
         self.event_sinks: list = []  # more places events go (the store's writer): sink(event)
-        self.handlers: dict[type, list] = {}  # effect kind -> [handler(effect)]
         self.effect_sinks: list = []  # told of every tuple of effects first (fw.feed): sink(effects)
+        self.handlers: dict[type, list] = {}  # effect kind -> [handler(effect)]
 
     def on(self, kind: type, handler) -> None:
         """Call `handler(effect)` for every effect of this kind (in subscription order)."""

@@ -33,7 +33,7 @@ def run(*args: str):
     (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--queues", "0-1"],
      "one queue"),
     (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--offload"],
-     "without --offload"),
+     "does not work with --offload"),
     (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "/nonexistent/key"],
      "cannot read the sync key file"),
     (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--sync-hold-ms", "-1"],

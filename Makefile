@@ -28,7 +28,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 # Deployment (docs/deploy.md): the systemd service, the Vagrant lab VMs, and the checks of both.
-.PHONY: install-service deploy-check lab-vms lab-vms-down
+.PHONY: install-service deploy-check lab-box lab-vms lab-vms-check lab-vms-down
 POLICY ?= policies/lab.yaml
 
 install-service:
@@ -37,8 +37,17 @@ install-service:
 deploy-check:
 	$(PY) -m pytest -q tests/test_deploy*.py
 
+# The Vagrant lab booted here, offline, on libvirt: the host's packages (scripts/lab-host.sh, not
+# part of `make install`) and the box (cached), the three VMs, their end-to-end check (then down).
+lab-box:
+	scripts/lab-host.sh install
+	PYTHON=$(PY) scripts/lab-box.sh
+
 lab-vms:
-	cd vagrant && vagrant up
+	scripts/lab-vms.sh up
+
+lab-vms-check:
+	scripts/lab-vms.sh check
 
 lab-vms-down:
-	cd vagrant && vagrant destroy -f
+	scripts/lab-vms.sh down

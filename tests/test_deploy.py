@@ -257,17 +257,33 @@ def test_every_listed_package_exists_in_the_apt_sources() -> None:
 @pytest.mark.root
 def test_install_system_packages_skips_without_root() -> None:
     """As `make install` did: not root -> say what is skipped and succeed (the venv comes next)."""
+    missing = "fw-no-such-package"  # one the machine lacks, or the script has nothing to skip
+    done = install_system_packages_as_nobody(
+        (REPO / "scripts" / "apt-packages.txt").read_text() + f"{missing} client\n", "client")
+    assert done.returncode == 0, done.stderr
+    wanted = " ".join([*packages("client"), missing])
+    assert done.stdout == f"not root or no apt-get: skipping system packages ({wanted})\n"
+
+
+@pytest.mark.root
+def test_install_system_packages_needs_nothing_when_all_are_installed() -> None:
+    """The lab's offline box: every package there, so no apt-get (it has no network) and no root."""
+    done = install_system_packages_as_nobody("bash client\ncoreutils client\n", "client")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "install-system-packages: all 2 packages are installed\n"
+
+
+def install_system_packages_as_nobody(package_list: str, *roles: str) -> subprocess.CompletedProcess:
+    """scripts/install-system-packages.sh ROLES as nobody, with `package_list` as its list."""
     shared = Path(tempfile.mkdtemp(prefix="fw-deploy-"))  # where nobody may read the script
     try:
         shared.chmod(0o755)
-        for name in ("install-system-packages.sh", "apt-packages.txt"):
-            shutil.copy(REPO / "scripts" / name, shared / name)
-        done = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                    shared / "install-system-packages.sh", "client"])
+        shutil.copy(REPO / "scripts" / "install-system-packages.sh", shared)
+        (shared / "apt-packages.txt").write_text(package_list)
+        return run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    shared / "install-system-packages.sh", *roles])
     finally:
         shutil.rmtree(shared)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == f"not root or no apt-get: skipping system packages ({' '.join(packages('client'))})\n"
 
 
 # -- the systemd unit --------------------------------------------------------------------------------

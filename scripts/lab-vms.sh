@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# The Vagrant lab's three VMs on libvirt, from the offline box of scripts/lab-box.sh, and their check.
+#
+#   scripts/lab-vms.sh up      boot server, fw, client (make lab-vms); provision them as
+#                              vagrant/Vagrantfile says (fw.service runs `fw run` on the fw VM)
+#   scripts/lab-vms.sh check   the end-to-end check from the client VM (make lab-vms-check), then down
+#   scripts/lab-vms.sh down    destroy the VMs, the lab's networks and volumes; stop the daemons
+#                              that scripts/lab-host.sh started (make lab-vms-down)
+#   scripts/lab-vms.sh networks   print the libvirt networks `up` defines (XML)
+#
+# Nothing leaves this machine: the script defines the three libvirt networks itself before Vagrant
+# looks for them, all without forwarding: fw-lab-mgmt for Vagrant's ssh (203.0.113.128/25, the half
+# of the lab's WAN range that the lab leaves free; this host is .129, DHCP for the VMs, no DNS) and
+# the lab's fw-lab-lan and fw-lab-wan (no host address at all). The domain
+# type is kvm where a timed probe boot of the box's kernel works under KVM, else qemu (TCG).
+# Every step prints its time; a failure prints one line, then tears everything down.
+#
+# FW_LAB_DOMAIN_TYPE=kvm|qemu skips the probe; FW_LAB_BOOT_TIMEOUT (s, default 900) is how long a
+# VM may take to come up (`vagrant up`: boot, ssh, its networks, the rsync of the repository); FW_LAB_STATE (default /run/fw-lab) keeps the logs and the ssh config.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+state=${FW_LAB_STATE:-/run/fw-lab}
+log=$state/vagrant.log
+export FW_LAB_BOX=${FW_LAB_BOX:-fw-lab/bookworm64}
+export FW_LAB_MANAGEMENT=isolated FW_LAB_CONSOLE_DIR=$state
+export FW_LAB_BOOT_TIMEOUT=${FW_LAB_BOOT_TIMEOUT:-900}
+export VAGRANT_DEFAULT_PROVIDER=libvirt FW_LAB_RUN=$state
+MACHINES=(server fw client)
+NETWORKS=(fw-lab-mgmt fw-lab-lan fw-lab-wan)
+VIRSH=(virsh -q -c qemu:///system)
+
+say() { echo "lab-vms: $*"; }
+refuse() {  # MESSAGE: one line; nothing was started
+    echo "lab-vms: $*" >&2
+    exit 1
+}
+fail() {  # MESSAGE: one line, then nothing left running
+    echo "lab-vms: $*" >&2
+    teardown >/dev/null 2>&1 || true
+    exit 1
+}
+vagrant_in_lab() { (cd "$repo/vagrant" && vagrant "$@") >>"$log" 2>&1; }
+
+require_tools() {
+    command -v vagrant >/dev/null || refuse "no vagrant (scripts/lab-host.sh install)"
+    if ! command -v virsh >/dev/null || ! command -v libvirtd >/dev/null; then
+        refuse "no libvirt: virsh or libvirtd is not installed (scripts/lab-host.sh install)"
+    fi
+    vagrant plugin list 2>/dev/null | grep -q '^vagrant-libvirt' ||
+        refuse "no vagrant-libvirt plugin (scripts/lab-host.sh install)"
+}
+
+box_dir() {  # the cached box of the current inputs, if Vagrant holds that very box
+    local key installed vagrant_box
+    key=$("$repo/scripts/lab-box.sh" --key)
+    vagrant_box="${VAGRANT_HOME:-$HOME/.vagrant.d}/boxes/${FW_LAB_BOX//\//-VAGRANTSLASH-}/0/libvirt"
+    [ -f "$vagrant_box/fw-lab-key" ] || refuse "no box $FW_LAB_BOX in Vagrant: run make lab-box"
+    installed=$(cat "$vagrant_box/fw-lab-key")
+    [ "$installed" = "$key" ] ||
+        refuse "stale box: $FW_LAB_BOX was built from other inputs ($installed, now $key): run make lab-box"
+    echo "${FW_LAB_CACHE:-/var/cache/fw-lab}/box-$key"
+}
+
+network_xml() {  # NAME: isolated (no <forward>); the management network alone has the host and DHCP
+    local name=$1
+    echo "<network><name>$name</name><bridge name='${name//-/}' stp='off' delay='0'/>"
+    if [ "$name" = fw-lab-mgmt ]; then
+        echo "<dns enable='no'/><ip address='203.0.113.129' netmask='255.255.255.128'>"
+        echo "<dhcp><range start='203.0.113.140' end='203.0.113.250'/></dhcp></ip>"
+    fi
+    echo "</network>"
+}
+
+create_networks() {
+    local name xml
+    for name in "${NETWORKS[@]}"; do
+        xml=$state/$name.xml
+        network_xml "$name" >"$xml"
+        "${VIRSH[@]}" net-create "$xml" >/dev/null || fail "libvirt refused the network $name"
+        if "${VIRSH[@]}" net-dumpxml "$name" | grep -q '<forward'; then
+            fail "the network $name forwards: refusing to boot"
+        fi
+    done
+    say "networks ${NETWORKS[*]}: isolated (no forwarding)"
+}
+
+domain_type() {  # BOX_DIR: kvm or qemu, from a timed probe boot of the box's kernel
+    local type
+    if [ -n "${FW_LAB_DOMAIN_TYPE:-}" ]; then
+        echo "$FW_LAB_DOMAIN_TYPE"
+        return
+    fi
+    type=$("$repo/scripts/lab-host.sh" accel "$1/vmlinuz" "$1/initrd.img" 2>"$state/accel.log") ||
+        fail "$(sed 's/^lab-host: //' "$state/accel.log" | tail -n 1)"
+    sed 's/^lab-host: /lab-vms: /' "$state/accel.log" >&2
+    echo "$type"
+}
+
+on() {  # MACHINE COMMAND: run it on the VM over ssh (Vagrant's ssh config, without Vagrant's start-up)
+    ssh -F "$state/ssh-config" -o LogLevel=ERROR -o ConnectTimeout=60 \
+        -o ControlMaster=auto -o "ControlPath=$state/ssh-%h" -o ControlPersist=300 "$1" "$2"
+}
+
+up() {
+    local dir start=$SECONDS t machine
+    [ "$(id -u)" = 0 ] || refuse "needs root (libvirt's system instance)"
+    install -d "$state"
+    : >"$log"
+    require_tools
+    dir=$(box_dir)
+    "$repo/scripts/lab-host.sh" start >>"$log" 2>"$state/host.log" ||
+        refuse "$(sed 's/^lab-host: //' "$state/host.log" | tail -n 1)"
+    if "${VIRSH[@]}" list --all --name | grep -q '^fw-lab-' ||
+        "${VIRSH[@]}" net-list --all --name | grep -q '^fw-lab-'; then
+        refuse "the lab is up already (virsh list --all, virsh net-list --all): make lab-vms-down first"
+    fi
+    FW_LAB_DOMAIN_TYPE=$(domain_type "$dir")
+    export FW_LAB_DOMAIN_TYPE
+    create_networks
+    for machine in "${MACHINES[@]}"; do
+        t=$SECONDS
+        timeout --kill-after=60 "$FW_LAB_BOOT_TIMEOUT" "$0" vagrant up --no-provision "$machine" ||
+            fail "the VM $machine did not come up in $((SECONDS - t)) s (log: $log; console: $state/$machine.console)"
+        say "$machine booted in $((SECONDS - t)) s (domain type $FW_LAB_DOMAIN_TYPE)"
+    done
+    for machine in "${MACHINES[@]}"; do
+        t=$SECONDS
+        vagrant_in_lab provision "$machine" || fail "provisioning $machine failed (log: $log)"
+        say "$machine provisioned in $((SECONDS - t)) s"
+    done
+    (cd "$repo/vagrant" && vagrant ssh-config) >"$state/ssh-config" 2>>"$log" || fail "vagrant ssh-config failed"
+    on fw 'sudo fw stats' >>"$log" 2>&1 || fail "fw does not answer on the fw VM (sudo fw stats)"
+    say "up in $((SECONDS - start)) s: fw runs on the fw VM; make lab-vms-check, make lab-vms-down"
+}
+
+expect() {  # WHAT GOT WANTED: one line, ok or the failure
+    if [ "$2" = "$3" ]; then
+        say "ok: $1"
+    else
+        fail "check failed: $1: got '$2', wanted '$3'"
+    fi
+}
+
+check_web() {
+    local url
+    for url in http://203.0.113.10/ 'http://[2001:db8:2::10]/'; do
+        expect "curl $url from the client, through fw" \
+            "$(on client "curl -sS --max-time 20 '$url'" 2>&1)" "hello from the server, through fw"
+    done
+}
+
+check_ftp() {
+    local sum host mode
+    sum=$(on server 'sha256sum /srv/ftp/pub/1M.bin' | cut -c1-64)
+    for host in 203.0.113.10 '[2001:db8:2::10]'; do
+        for mode in on off; do
+            expect "FTP download of 1M.bin from $host, passive-mode $mode, its sha256" \
+                "$(on client "timeout 120 lftp -e 'set net:max-retries 1; set net:timeout 20; \
+                    set ftp:passive-mode $mode; cat pub/1M.bin; bye' '$host' | sha256sum" | cut -c1-64)" "$sum"
+        done
+    done
+}
+
+check_blocked() {
+    # A port lab.yaml does not open: the SYN is dropped, so curl times out (28), not refused (7).
+    expect "client to 203.0.113.10:8000 is dropped (curl times out)" \
+        "$(on client 'curl -sS --max-time 5 -o /dev/null http://203.0.113.10:8000/ 2>/dev/null; echo $?')" 28
+    expect "server to the client's ssh is dropped" \
+        "$(on server 'nc -z -w 5 198.51.100.10 22 2>/dev/null; echo $?')" 1
+}
+
+check_sessions() {  # a slow FTP download, seen live in the fw VM's session table
+    local download found="" deadline=$((SECONDS + 60))
+    on client "lftp -e 'set net:limit-rate 65536; cat pub/1M.bin; bye' 203.0.113.10 >/dev/null" &
+    download=$!
+    while [ -z "$found" ] && [ $SECONDS -lt $deadline ]; do
+        found=$(on fw 'sudo fw sessions' | grep -E 'ESTABLISHED src=198\.51\.100\.10 dst=203\.0\.113\.10 sport=[0-9]+ dport=21 ' || true)
+        [ -n "$found" ] || sleep 1
+    done
+    wait "$download" || true
+    [ -n "$found" ] || fail "check failed: fw sessions on the fw VM never showed the client's FTP session"
+    say "ok: fw sessions on the fw VM shows the FTP session: $found"
+}
+
+check() {
+    local start=$SECONDS
+    [ -f "$state/ssh-config" ] || refuse "the lab is not up: make lab-vms first"
+    check_web
+    check_ftp
+    check_blocked
+    check_sessions
+    say "check passed in $((SECONDS - start)) s; tearing down"
+    down
+}
+
+teardown() {
+    local name
+    if command -v virsh >/dev/null && "${VIRSH[@]}" version >/dev/null 2>&1; then
+        vagrant_in_lab destroy -f || true
+        for name in $("${VIRSH[@]}" list --all --name | grep '^fw-lab-' || true); do
+            "${VIRSH[@]}" destroy "$name" >/dev/null 2>&1 || true
+            "${VIRSH[@]}" undefine "$name" --remove-all-storage >/dev/null 2>&1 || true
+        done
+        for name in "${NETWORKS[@]}"; do
+            "${VIRSH[@]}" net-destroy "$name" >/dev/null 2>&1 || true
+            "${VIRSH[@]}" net-undefine "$name" >/dev/null 2>&1 || true
+        done
+        for name in $("${VIRSH[@]}" vol-list default 2>/dev/null | awk '$1 ~ /^fw-lab-/ { print $1 }'); do
+            "${VIRSH[@]}" vol-delete --pool default "$name" >/dev/null || true
+        done
+    fi
+    for name in "$state"/ssh-*; do  # the ssh connections `on` keeps open
+        if [ -S "$name" ]; then ssh -o "ControlPath=$name" -O exit fw-lab >/dev/null 2>&1 || true; fi
+    done
+    "$repo/scripts/lab-host.sh" stop
+    rm -f "$state/ssh-config"
+}
+
+down() {
+    local start=$SECONDS
+    install -d "$state"
+    teardown
+    say "down in $((SECONDS - start)) s: no fw-lab domain, network or volume left"
+}
+
+networks() {  # the XML of the networks `up` defines
+    local name
+    for name in "${NETWORKS[@]}"; do network_xml "$name"; done
+}
+
+case "${1:-}" in
+vagrant) shift; vagrant_in_lab "$@" ;;  # `up` runs it under timeout
+up) up ;;
+networks) networks ;;
+check) check ;;
+down) down ;;
+*) echo "usage: $0 up|check|down|networks" >&2; exit 2 ;;
+esac

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Vagrant lab's three VMs on libvirt, from the offline box of scripts/lab-box.sh, and their check.
 #
-#   scripts/lab-vms.sh up      boot server, fw, client (make lab-vms); provision them as
-#                              vagrant/Vagrantfile says (fw.service runs `fw run` on the fw VM)
+#   scripts/lab-vms.sh up      boot server, fw, client (make lab-vms), in parallel; provision them
+#                              (in parallel) as vagrant/Vagrantfile says (fw.service runs `fw run`)
 #   scripts/lab-vms.sh check   the end-to-end check from the client VM (make lab-vms-check), then down
 #   scripts/lab-vms.sh down    destroy the VMs, the lab's networks and volumes; stop the daemons
 #                              that scripts/lab-host.sh started (make lab-vms-down)
@@ -15,8 +15,8 @@
 # type is kvm where a timed probe boot of the box's kernel works under KVM, else qemu (TCG).
 # Every step prints its time; a failure prints one line, then tears everything down.
 #
-# FW_LAB_DOMAIN_TYPE=kvm|qemu skips the probe; FW_LAB_BOOT_TIMEOUT (s, default 900) is how long a
-# VM may take to come up (`vagrant up`: boot, ssh, its networks, the rsync of the repository); FW_LAB_STATE (default /run/fw-lab) keeps the logs and the ssh config.
+# FW_LAB_DOMAIN_TYPE=kvm|qemu skips the probe; FW_LAB_BOOT_TIMEOUT (s, default 1800) is how long
+# the VMs may take to come up, together (`vagrant up`: boot, ssh, networks, the repository's rsync); FW_LAB_STATE (default /run/fw-lab) keeps the logs and the ssh config.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +24,7 @@ state=${FW_LAB_STATE:-/run/fw-lab}
 log=$state/vagrant.log
 export FW_LAB_BOX=${FW_LAB_BOX:-fw-lab/bookworm64}
 export FW_LAB_MANAGEMENT=isolated FW_LAB_CONSOLE_DIR=$state
-export FW_LAB_BOOT_TIMEOUT=${FW_LAB_BOOT_TIMEOUT:-900}
+export FW_LAB_BOOT_TIMEOUT=${FW_LAB_BOOT_TIMEOUT:-1800}
 export VAGRANT_DEFAULT_PROVIDER=libvirt FW_LAB_RUN=$state
 MACHINES=(server fw client)
 NETWORKS=(fw-lab-mgmt fw-lab-lan fw-lab-wan)
@@ -102,8 +102,58 @@ on() {  # MACHINE COMMAND: run it on the VM over ssh (Vagrant's ssh config, with
         -o ControlMaster=auto -o "ControlPath=$state/ssh-%h" -o ControlPersist=300 "$1" "$2"
 }
 
+boot_all() {  # one `vagrant up`: vagrant-libvirt boots the VMs in parallel; its lines timestamped
+    local start=$SECONDS machine first ready late=()
+    (
+        cd "$repo/vagrant"
+        status=0
+        timeout --kill-after=60 "$FW_LAB_BOOT_TIMEOUT" vagrant up --no-provision 2>&1 || status=$?
+        echo "$status" >"$state/up.status"
+    ) | while IFS= read -r line; do printf '%(%s)T %s\n' -1 "$line"; done >"$state/up.log"
+    cat "$state/up.log" >>"$log"
+    for machine in "${MACHINES[@]}"; do
+        first=$(awk -v m="==> $machine:" 'index($0, m) { print $1; exit }' "$state/up.log")
+        ready=$(awk -v m="==> $machine: Machine booted and ready!" 'index($0, m) { print $1; exit }' "$state/up.log")
+        if [ -z "$first" ] || [ -z "$ready" ]; then
+            late+=("$machine")
+        else
+            say "$machine booted in $((ready - first)) s (domain type $FW_LAB_DOMAIN_TYPE)"
+        fi
+    done
+    if [ ${#late[@]} -gt 0 ]; then
+        late=("${late[@]/%/,}")
+        late[-1]=${late[-1]%,}
+        fail "the VM ${late[*]} did not come up in $((SECONDS - start)) s (log: $state/up.log; console: $state/NAME.console)"
+    fi
+    [ "$(cat "$state/up.status")" = 0 ] || fail "vagrant up failed (log: $state/up.log)"
+    say "all up in $((SECONDS - start)) s (booted, networks configured, repository copied to /vagrant)"
+}
+
+provision_all() {  # the three `vagrant provision` at once, each timed, each with its log
+    local machine result failed=()
+    for machine in "${MACHINES[@]}"; do
+        (
+            t=$SECONDS
+            status=0
+            (cd "$repo/vagrant" && vagrant provision "$machine") >"$state/provision-$machine.log" 2>&1 || status=$?
+            echo "$status $((SECONDS - t))" >"$state/provision-$machine.status"
+        ) &
+    done
+    wait
+    for machine in "${MACHINES[@]}"; do
+        read -r -a result <"$state/provision-$machine.status"
+        cat "$state/provision-$machine.log" >>"$log"
+        if [ "${result[0]}" = 0 ]; then
+            say "$machine provisioned in ${result[1]} s"
+        else
+            failed+=("$machine")
+        fi
+    done
+    [ ${#failed[@]} -eq 0 ] || fail "provisioning ${failed[*]} failed (log: $state/provision-${failed[0]}.log)"
+}
+
 up() {
-    local dir start=$SECONDS t machine
+    local dir start=$SECONDS
     [ "$(id -u)" = 0 ] || refuse "needs root (libvirt's system instance)"
     install -d "$state"
     : >"$log"
@@ -118,17 +168,8 @@ up() {
     FW_LAB_DOMAIN_TYPE=$(domain_type "$dir")
     export FW_LAB_DOMAIN_TYPE
     create_networks
-    for machine in "${MACHINES[@]}"; do
-        t=$SECONDS
-        timeout --kill-after=60 "$FW_LAB_BOOT_TIMEOUT" "$0" vagrant up --no-provision "$machine" ||
-            fail "the VM $machine did not come up in $((SECONDS - t)) s (log: $log; console: $state/$machine.console)"
-        say "$machine booted in $((SECONDS - t)) s (domain type $FW_LAB_DOMAIN_TYPE)"
-    done
-    for machine in "${MACHINES[@]}"; do
-        t=$SECONDS
-        vagrant_in_lab provision "$machine" || fail "provisioning $machine failed (log: $log)"
-        say "$machine provisioned in $((SECONDS - t)) s"
-    done
+    boot_all
+    provision_all
     (cd "$repo/vagrant" && vagrant ssh-config) >"$state/ssh-config" 2>>"$log" || fail "vagrant ssh-config failed"
     on fw 'sudo fw stats' >>"$log" 2>&1 || fail "fw does not answer on the fw VM (sudo fw stats)"
     say "up in $((SECONDS - start)) s: fw runs on the fw VM; make lab-vms-check, make lab-vms-down"
@@ -230,7 +271,6 @@ networks() {  # the XML of the networks `up` defines
 }
 
 case "${1:-}" in
-vagrant) shift; vagrant_in_lab "$@" ;;  # `up` runs it under timeout
 up) up ;;
 networks) networks ;;
 check) check ;;

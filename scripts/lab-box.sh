@@ -28,7 +28,7 @@ disk_size=4G
 # What a Vagrant guest needs (beyond the roles' packages): boot, ssh, sudo, rsync, networkd's DHCP.
 GUEST_PACKAGES=(linux-image-amd64 initramfs-tools systemd-sysv udev dbus openssh-server sudo rsync
                 iputils-ping netbase ca-certificates less)
-KERNEL_CMDLINE="root=/dev/vda rw console=ttyS0 net.ifnames=0"
+KERNEL_CMDLINE="root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
 
 say() { echo "lab-box: $*"; }
 die() { echo "lab-box: $*" >&2; exit 1; }
@@ -84,9 +84,15 @@ configure_guest() {  # ROOT WHEELS: what Vagrant expects of a box, and pip witho
     local root=$1 wheels=$2
     echo fw-lab >"$root/etc/hostname"
     echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" >"$root/etc/fstab"
-    : >"$root/etc/machine-id"   # each VM its own at first boot (and so its own DHCP lease)
-    printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' >"$root/etc/systemd/network/99-management.network"
+    # Each VM its own machine-id at first boot (systemd would copy dbus's), and so its own DHCP lease;
+    # the lease follows the interface's MAC address anyway.
+    : >"$root/etc/machine-id"
+    rm -f "$root/var/lib/dbus/machine-id"
+    printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nClientIdentifier=mac\n' \
+        >"$root/etc/systemd/network/99-management.network"
     chroot "$root" systemctl -q enable systemd-networkd ssh
+    # What a lab VM needs not do at boot, under TCG: ext4 scrubbing, trims, man-db, apt.
+    chroot "$root" systemctl -q mask e2scrub_reap.service e2scrub_all.timer fstrim.timer man-db.timer
     # Servers start where provisioning says (provision-server.sh), not on every VM.
     chroot "$root" systemctl -q disable nginx vsftpd iperf3 2>/dev/null || true
     chroot "$root" systemctl -q mask apt-daily.timer apt-daily-upgrade.timer

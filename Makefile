@@ -41,7 +41,7 @@ deploy-check:
 # part of `make install`) and the box (cached), the three VMs, their end-to-end check (then down).
 lab-box:
 	scripts/lab-host.sh install
-	PYTHON=$(PY) scripts/lab-box.sh
+	scripts/lab-box.sh
 
 lab-vms:
 	scripts/lab-vms.sh up

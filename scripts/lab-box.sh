@@ -6,8 +6,9 @@
 # The VMs of the lab never reach a network beyond this machine, so everything they need is baked in:
 # debootstrap (minbase) of Debian 12, then, in a chroot with services kept from starting, the packages
 # of the roles fw, server and client (scripts/apt-packages.txt) and what Vagrant needs in a guest
-# (ssh with Vagrant's insecure key, sudo, rsync, systemd-networkd); the wheels of fw's dependencies
-# from the host's pip, in /opt/fw-lab/wheels, with /etc/pip.conf pointing pip there (no index).
+# (ssh with Vagrant's insecure key, sudo, rsync, systemd-networkd); the wheels of fw's dependencies,
+# built by the box's own pip (markers follow its Python) in /opt/fw-lab/wheels, checked by an
+# offline `pip install` of this checkout there, and /etc/pip.conf pointing pip there (no index).
 # The tree becomes an ext4 image without mounting (`mkfs.ext4 -d`), converted to qcow2; the kernel
 # and initrd are booted directly (the box's Vagrantfile names them), so the image has no boot loader.
 #
@@ -66,10 +67,27 @@ build_rootfs() {  # ROOT: debootstrap, then the packages in a chroot where no se
     rm -f "$root/usr/sbin/policy-rc.d" "$root/etc/resolv.conf"
 }
 
-build_wheels() {  # DIR: wheels of fw's dependencies and of its build back end, from the host's pip
-    local dir=$1 requirements
+build_wheels() {  # ROOT: wheels of fw's dependencies and build back end, by the box's own Python
+    # (environment markers follow its exact version: Debian's 3.11.2 needs wheels the host's
+    # Python may not), in /opt/fw-lab/wheels; then `pip install` of this checkout from them alone.
+    local root=$1 requirements
     mapfile -t requirements < <(dependencies)
-    "${PYTHON:-python3}" -m pip wheel -q --wheel-dir "$dir" "${requirements[@]}" "setuptools>=68" wheel pip
+    cp /etc/resolv.conf "$root/etc/resolv.conf"
+    mount -t proc proc "$root/proc"
+    rm -rf "$root/tmp/fw-src"
+    install -d "$root/tmp/fw-src"
+    cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/fw" "$root/tmp/fw-src/"
+    # shellcheck disable=SC2016  # expanded by the chroot's shell
+    if ! chroot "$root" sh -c 'python3 -m venv /tmp/wheels-venv &&
+        /tmp/wheels-venv/bin/pip wheel -q --wheel-dir /opt/fw-lab/wheels "$@" &&
+        python3 -m venv /tmp/offline-venv &&
+        /tmp/offline-venv/bin/pip install -q --no-index --find-links /opt/fw-lab/wheels /tmp/fw-src' \
+        sh "${requirements[@]}" "setuptools>=68" wheel pip >>"$log" 2>&1; then
+        umount "$root/proc"
+        die "the wheels of fw's dependencies, or fw's offline install from them, failed (see $log)"
+    fi
+    umount "$root/proc"
+    rm -rf "$root/tmp/wheels-venv" "$root/tmp/offline-venv" "$root/tmp/fw-src" "$root/etc/resolv.conf"
 }
 
 vagrant_keys() {  # the directory of Vagrant's insecure key pair
@@ -80,8 +98,8 @@ vagrant_keys() {  # the directory of Vagrant's insecure key pair
     echo "$dir"
 }
 
-configure_guest() {  # ROOT WHEELS: what Vagrant expects of a box, and pip without an index
-    local root=$1 wheels=$2
+configure_guest() {  # ROOT: what Vagrant expects of a box, and pip without an index
+    local root=$1
     echo fw-lab >"$root/etc/hostname"
     echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" >"$root/etc/fstab"
     # Each VM its own machine-id at first boot (systemd would copy dbus's), and so its own DHCP lease;
@@ -102,8 +120,6 @@ configure_guest() {  # ROOT WHEELS: what Vagrant expects of a box, and pip witho
     echo "vagrant ALL=(ALL) NOPASSWD:ALL" >"$root/etc/sudoers.d/vagrant"
     chmod 0440 "$root/etc/sudoers.d/vagrant"
     echo "UseDNS no" >"$root/etc/ssh/sshd_config.d/vagrant.conf"
-    install -d "$root/opt/fw-lab"
-    cp -r "$wheels" "$root/opt/fw-lab/wheels"
     printf '[global]\nno-index = true\nfind-links = /opt/fw-lab/wheels\n' >"$root/etc/pip.conf"
 }
 
@@ -155,8 +171,8 @@ else
     say "building box $key: debootstrap of $suite from $mirror (log: $log)"
     build_rootfs "$work/root"
     say "packages installed ($((SECONDS - start)) s); wheels of fw's dependencies"
-    build_wheels "$work/wheels"
-    configure_guest "$work/root" "$work/wheels"
+    build_wheels "$work/root"
+    configure_guest "$work/root"
     install -d "$work/box"
     package_box "$work/root" "$work/box" "$key" "$dir"
     mv "$work/box" "$dir"

@@ -29,7 +29,7 @@ fi
 echo "lab-ci: the lab's inputs ($hash) have not passed here yet: booting the VM lab"
 start=$SECONDS
 scripts/lab-host.sh install
-PYTHON=${PYTHON:-.venv/bin/python} scripts/lab-box.sh
+scripts/lab-box.sh
 FW_LAB_VMS=1 "${PYTHON:-.venv/bin/python}" -m pytest -q -p no:cacheprovider tests/test_lab_vms_boot.py
 install -d "$cache"
 echo "$hash" >"$stamp"

@@ -4,7 +4,8 @@
 #   scripts/lab-host.sh install          the packages of scripts/lab-host-packages.txt (not part of
 #                                        `make install`: `make lab-box` runs it)
 #   scripts/lab-host.sh start            start virtlogd and libvirtd unless they run (no systemd here)
-#   scripts/lab-host.sh stop             stop the daemons that `start` started (their pid files)
+#   scripts/lab-host.sh stop             stop the daemons that `start` started (their pid files), and
+#                                        remove the empty LIBVIRT_* chains such a libvirtd leaves
 #   scripts/lab-host.sh accel KERNEL INITRD
 #                                        print the libvirt domain type: kvm or qemu (TCG)
 #
@@ -57,8 +58,25 @@ stop_daemons() {
         if kill "$pid" 2>/dev/null; then
             while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
             echo "lab-host: stopped $name (pid $pid)"
+            [ "$name" != libvirtd ] || remove_libvirt_chains
         fi
         rm -f "$RUN/$name.pid"
+    done
+}
+
+remove_libvirt_chains() {  # what a libvirtd leaves in the host's iptables: its LIBVIRT_* chains, if empty
+    local tool table chain rule
+    for tool in iptables ip6tables; do
+        for table in filter nat mangle; do
+            for chain in $("$tool" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^LIBVIRT_/ { print $2 }'); do
+                if "$tool" -t "$table" -S "$chain" | grep -q '^-A'; then continue; fi  # holds rules: not ours to drop
+                "$tool" -t "$table" -S | grep -- "-j $chain\$" | while read -r rule; do
+                    # shellcheck disable=SC2086  # the rule's words, as iptables -S printed them
+                    "$tool" -t "$table" -D ${rule#-A }
+                done
+                "$tool" -t "$table" -X "$chain"
+            done
+        done
     done
 }
 

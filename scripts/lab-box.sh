@@ -77,8 +77,12 @@ build_wheels() {  # ROOT: wheels of fw's dependencies and build back end, by the
     rm -rf "$root/tmp/fw-src"
     install -d "$root/tmp/fw-src"
     cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/fw" "$root/tmp/fw-src/"
+    # The host's CA certificates (a proxy between it and PyPI may sign with its own CA); none of
+    # the host's other pip settings (PIP_* in the environment: paths of the host).
+    cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$root/tmp/fw-host-ca.crt"
     # shellcheck disable=SC2016  # expanded by the chroot's shell
-    if ! chroot "$root" sh -c 'python3 -m venv /tmp/wheels-venv &&
+    if ! chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_CERT=/tmp/fw-host-ca.crt \
+        sh -c 'python3 -m venv /tmp/wheels-venv &&
         /tmp/wheels-venv/bin/pip wheel -q --wheel-dir /opt/fw-lab/wheels "$@" &&
         python3 -m venv /tmp/offline-venv &&
         /tmp/offline-venv/bin/pip install -q --no-index --find-links /opt/fw-lab/wheels /tmp/fw-src' \
@@ -87,7 +91,8 @@ build_wheels() {  # ROOT: wheels of fw's dependencies and build back end, by the
         die "the wheels of fw's dependencies, or fw's offline install from them, failed (see $log)"
     fi
     umount "$root/proc"
-    rm -rf "$root/tmp/wheels-venv" "$root/tmp/offline-venv" "$root/tmp/fw-src" "$root/etc/resolv.conf"
+    rm -rf "$root/tmp/wheels-venv" "$root/tmp/offline-venv" "$root/tmp/fw-src" "$root/tmp/fw-host-ca.crt" \
+        "$root/etc/resolv.conf"
 }
 
 vagrant_keys() {  # the directory of Vagrant's insecure key pair

@@ -233,7 +233,8 @@ check_sessions() {  # a slow FTP download, seen live in the fw VM's session tabl
     on client "lftp -e 'set net:limit-rate 16384; cat pub/1M.bin; bye' 203.0.113.10 >/dev/null" &
     download=$!
     while [ -z "$found" ] && [ $SECONDS -lt $deadline ]; do
-        found=$(on fw 'sudo fw sessions' | grep -E 'ESTABLISHED src=198\.51\.100\.10 dst=203\.0\.113\.10 sport=[0-9]+ dport=21 ' || true)
+        found=$(on fw 'sudo fw sessions 2>/dev/null' |
+            grep -E '^tcp +198\.51\.100\.10:[0-9]+ +203\.0\.113\.10:21 +ESTABLISHED ' || true)
         [ -n "$found" ] || sleep 1
     done
     kill "$download" 2>/dev/null || true  # seen: the rest of the download is not needed

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI's run of the Vagrant lab booted here (.ci/run, after `make test`), when its inputs changed.
+# The Vagrant lab booted here, when its inputs changed (meant for CI after `make test`; not called by
+# .ci/run until it has passed end to end once: docs/deploy.md).
 #
 #   scripts/lab-ci.sh [--always]
 #

@@ -1,7 +1,7 @@
 """The Vagrant lab booted for real: three VMs from the offline box, provisioned, checked, torn down.
 
 Slow (tens of minutes under TCG), so outside the normal suite: it runs with FW_LAB_VMS=1, as root,
-once `make lab-box` has built the box (scripts/lab-ci.sh does both, in CI when the lab's inputs
+once `make lab-box` has built the box (scripts/lab-ci.sh does both, when the lab's inputs
 changed). A VM that does not come up in time gives its one line and leaves nothing behind; then
 `make lab-vms` and `make lab-vms-check` pass, print their timings, and leave nothing behind either.
 "Nothing" is seen from the host itself, not through libvirt (which is stopped by then): no qemu

@@ -99,74 +99,95 @@ def rewrite(data: bytes, packet, manip: Manip, *, partial: bool = False,
 
 
 class Translation:
-    """One session direction's rewrite, compiled once: the new header bytes and the checksum
-    differences are constants of the session, so an established packet costs two slice writes
-    and two checksum updates. The packet must carry `old` (the session lookup guarantees it);
-    anything but a complete TCP/UDP packet goes through `rewrite`.
+    """One session direction's rewrite, compiled once when the session opens.
+
+    `apply(data, packet, partial=False)` gives the translated bytes of `data` (parsed as `packet`,
+    a packet of this session direction: the lookup guarantees it carries `old`). It is a closure
+    made here for the session's family and protocol, not a method: every packet of a translated
+    session comes through it, and a closure reads its constants (the new header bytes, the two
+    checksum differences) from cells, without attribute lookups or further calls. A complete
+    TCP/UDP packet with a bare IP header (no IPv4 options, no IPv6 extension headers: nearly all)
+    costs one struct unpack of its head, one pack, and one concatenation with the rest;
+    IPv4 options or IPv6 extension headers take a `bytes.join` of slices; anything else (a partial
+    checksum, a fragment, a packet the capture cut, other protocols) goes through `rewrite`.
     """
 
-    __slots__ = ("family", "proto", "manip", "_addresses", "_at", "_ports", "_ip_delta",
-                 "_l4_delta", "_udp", "_both", "_plain_l4", "_head", "_head_end")
+    __slots__ = ("family", "proto", "manip", "apply")
 
     def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
         """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
         self.family = family
         self.proto = proto
-        self.manip = Manip(*new)
-        self._at = _ADDRESS_AT[family][0]
-        self._addresses = new[0] + new[1]
-        self._ports = _PORTS.pack(new[2], new[3])
-        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(self._addresses, "big")
-        self._ip_delta = address_delta if family == 4 else 0
-        self._l4_delta = address_delta + old[2] + old[3] - new[2] - new[3]
-        self._udp = proto == 17
-        self._both = self._addresses + self._ports  # adjacent when the IP header is bare
-        self._plain_l4 = 20 if family == 4 else 40
-        # A bare IP header's packet: everything up to the L4 checksum in one unpack and one pack
-        # (IPv4: before / header checksum / addresses+ports / between / L4 checksum).
-        between = "2s" if self._udp else "12s"
-        self._head = Struct(f"!10sH12s{between}H" if family == 4 else f"!8s36s{between}H")
-        self._head_end = self._head.size
+        self.manip = manip = Manip(*new)
+        addresses = new[0] + new[1]
+        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(addresses, "big")
+        if proto != 6 and proto != 17:
+            self.apply = _general(manip)
+        else:
+            self.apply = _compiled(family, proto == 17, manip, addresses + _PORTS.pack(new[2], new[3]),
+                                   address_delta if family == 4 else 0,
+                                   address_delta + old[2] + old[3] - new[2] - new[3])
 
-    def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
-        """`data` (parsed as `packet`, a packet of this session direction) translated.
 
-        Written for speed (every packet of a translated session comes here): the new packet is
-        one `bytes.join` of the unchanged slices and the new fields, the checksums read and
-        written as plain integers."""
-        proto = packet.proto
-        if (partial or (proto != 6 and proto != 17) or packet.is_fragment
-                or len(data) < packet.ip_len):
-            return rewrite(data, packet, self.manip, partial=partial)
+def _general(manip: Manip):
+    """`Translation.apply` for what has no compiled path: `rewrite` with the session's manip."""
+
+    def apply(data: bytes, packet, partial: bool = False) -> bytes:
+        return rewrite(data, packet, manip, partial=partial)
+
+    return apply
+
+
+def _compiled(family: int, udp: bool, manip: Manip, header: bytes, ip_delta: int, l4_delta: int):
+    """`Translation.apply` for TCP/UDP: `header` is the new addresses and ports (adjacent when the
+    IP header is bare), the deltas RFC 1624's (old sum - new sum) of the IPv4 header's and the L4
+    checksum's changed words. A zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF."""
+    bare = 20 if family == 4 else 40
+    addresses, ports = header[:-4], header[-4:]
+    between = "2s" if udp else "12s"  # the L4 bytes from the ports to the checksum
+    if family == 4:  # before / IP header checksum / addresses+ports / between / L4 checksum
+        unpack, pack = Struct(f"!10sH12x{between}H").unpack_from, Struct(f"!10sH12s{between}H").pack
+    else:            # before / addresses+ports / between / L4 checksum
+        unpack, pack = Struct(f"!8s36x{between}H").unpack_from, Struct(f"!8s36s{between}H").pack
+    head_end = bare + (8 if udp else 18)
+
+    def apply(data: bytes, packet, partial: bool = False) -> bytes:
+        if packet.l4_offset != bare or partial or packet.is_fragment or len(data) < packet.ip_len:
+            return _unusual(data, packet, partial)
+        if family == 4:
+            before, ip_check, middle, check = unpack(data)
+            if udp:
+                check = ((check + l4_delta) % 0xFFFF or 0xFFFF) if check else 0
+            else:
+                check = (check + l4_delta) % 0xFFFF
+            return pack(before, (ip_check + ip_delta) % 0xFFFF, header, middle, check) + data[head_end:]
+        before, middle, check = unpack(data)
+        if udp:
+            check = ((check + l4_delta) % 0xFFFF or 0xFFFF) if check else 0
+        else:
+            check = (check + l4_delta) % 0xFFFF
+        return pack(before, header, middle, check) + data[head_end:]
+
+    def _unusual(data: bytes, packet, partial: bool) -> bytes:
+        """IPv4 options or IPv6 extension headers: slices joined; the rest: `rewrite`."""
+        if partial or packet.is_fragment or len(data) < packet.ip_len:
+            return rewrite(data, packet, manip, partial=partial)
         l4 = packet.l4_offset
-        if l4 == self._plain_l4:
-            return self._apply_bare(data)
-        at = l4 + 6 if self._udp else l4 + 16
-        check = self._l4_check(data[at] << 8 | data[at + 1])
+        at = l4 + 6 if udp else l4 + 16
+        check = data[at] << 8 | data[at + 1]
+        if not udp:
+            check = (check + l4_delta) % 0xFFFF
+        elif check:
+            check = (check + l4_delta) % 0xFFFF or 0xFFFF
         tail = (data[l4 + 4:at], check.to_bytes(2, "big"), data[at + 2:])
-        if self._at == 12:                  # IPv4 with options: the header checksum, then the addresses
-            ip_check = ((data[10] << 8 | data[11]) + self._ip_delta) % 0xFFFF
-            head = (data[:10], ip_check.to_bytes(2, "big"), self._addresses, data[20:l4])
-        else:                               # IPv6 with extension headers
-            head = (data[:8], self._addresses, data[40:l4])
-        return b"".join((*head, self._ports, *tail))
+        if family == 4:   # the header checksum, the addresses, the options
+            ip_check = ((data[10] << 8 | data[11]) + ip_delta) % 0xFFFF
+            head = (data[:10], ip_check.to_bytes(2, "big"), addresses, data[20:l4])
+        else:             # the addresses, the extension headers
+            head = (data[:8], addresses, data[40:l4])
+        return b"".join((*head, ports, *tail))
 
-    def _apply_bare(self, data: bytes) -> bytes:
-        """`apply` for a packet whose IP header has no options or extension headers."""
-        if self._at == 12:
-            before, ip_check, _old, between, check = self._head.unpack_from(data)
-            return self._head.pack(before, (ip_check + self._ip_delta) % 0xFFFF, self._both, between,
-                                   self._l4_check(check)) + data[self._head_end:]
-        before, _old, between, check = self._head.unpack_from(data)
-        return self._head.pack(before, self._both, between, self._l4_check(check)) + data[self._head_end:]
-
-    def _l4_check(self, check: int) -> int:
-        """The L4 checksum updated (a zero UDP checksum, none, stays zero; a computed 0 is 0xFFFF)."""
-        if not self._udp:
-            return (check + self._l4_delta) % 0xFFFF
-        if not check:
-            return 0
-        return (check + self._l4_delta) % 0xFFFF or 0xFFFF
+    return apply
 
 
 def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:

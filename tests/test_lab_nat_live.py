@@ -205,3 +205,30 @@ def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_
     # the server's replies only once (their destination is all that changes, before routing)
     assert 5 <= second <= 12, accepted
     assert "nat:no-session" not in after["drops"] and "nat:rewrite" not in after["drops"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_path_mtu_discovery_through_masquerade_with_the_firewall_as_the_smaller_hop(nat_lab, tmp_path, family):
+    """The firewall's lan is the smaller hop (1280 bytes: below that Linux takes IPv6 off the
+    interface, and its addresses with it): its own "fragmentation needed" / "packet too big"
+    quotes the server's packet as it was between the passes (to the client's address); the server
+    knows it as sent to the firewall's, so the quoted header must be translated back, or the
+    server never learns the path MTU and the download stalls."""
+    lab = nat_lab.lab
+    folder = tmp_path / "www"
+    folder.mkdir()
+    (folder / "big.bin").write_bytes(random_bytes(family, 2 * 2**20))
+    server = netns.Background(lab, "server", [sys.executable, "-m", "http.server", "--bind", "::",
+                                              "--directory", folder, 8080], 60, capture=False)
+    netns.wait_for_port(lab, "server", 8080)
+    before = nat_lab.stats()["engine"].get("nat_own_errors", 0)
+    lab.run(lab.firewall, ["ip", "link", "set", "dev", "lan", "mtu", "1280"])
+    try:
+        done = netns.curl(lab, netns.url(SERVER[family], 8080, "/big.bin"), max_time=20,
+                          extra=("-o", str(tmp_path / "got.bin")))
+    finally:
+        lab.run(lab.firewall, ["ip", "link", "set", "dev", "lan", "mtu", "1500"])
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    assert sha256(tmp_path / "got.bin") == sha256(folder / "big.bin")
+    assert nat_lab.stats()["engine"].get("nat_own_errors", 0) > before

@@ -179,7 +179,8 @@ def _listen(text: str) -> tuple[str, int]:
         raise click.BadParameter(str(error), param_hint="--metrics") from None
 
 
-NAT_HOOKS = ("PREROUTING", "POSTROUTING")  # the two passes (fw/engine_nat_passes.py), replacing FORWARD
+# the two passes (fw/engine_nat_passes.py), replacing FORWARD, and the firewall's own ICMP errors
+NAT_HOOKS = ("PREROUTING", "POSTROUTING", "ERRORS")
 NAT_NOT_HOOKED = ("the policy translates addresses (nat), and this daemon was started without NAT's hooks "
                   "(its policy did not translate): restart fw run with it")
 

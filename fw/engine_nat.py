@@ -197,17 +197,22 @@ class Nat:
                 pools[spec] = by_name[_pool_name(entry.name, entry.type, family)] = pool
         self.pools, self.by_name = pools, by_name
 
+    def destination(self, pkt, dport: int, iif, src: int | None = None):
+        """The destination decision (SPEC: before routing; `iif` may match, `oif` never): the
+        first matching dnat entry -> (entry, new dst, new dport), or (None, dst, dport). The one
+        place a destination is chosen: virtual servers plug in here."""
+        if src is None:
+            src = int.from_bytes(pkt.src, "big")
+        dnat = _first(self.entries, ("dnat",), pkt.family, pkt, src, int.from_bytes(pkt.dst, "big"), iif, None)
+        if dnat is None:
+            return None, pkt.dst, dport
+        return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
+
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict) -> Binding | str | None:
         """The binding of a new session the rules accepted, None (no entry applies), or EXHAUSTED."""
         family, proto = pkt.family, pkt.proto
         src = int.from_bytes(pkt.src, "big")
-        dst = int.from_bytes(pkt.dst, "big")
-        dnat = _first(self.entries, ("dnat",), family, pkt, src, dst, iif, None)
-        new_dst, new_dport = pkt.dst, dport
-        if dnat is not None:
-            new_dst = dnat.to_first
-            if dnat.to_port is not None:
-                new_dport = dnat.to_port
+        dnat, new_dst, new_dport = self.destination(pkt, dport, iif, src)
         view = _Translated(pkt, new_dport) if new_dport != dport else pkt
         masquerade = None
         if self.route is not None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from fw.conntrack.table import flow_key
 from fw.decision import ACCEPT, DROP, Decision, RewritePacket, SetMark
-from fw.engine_nat import _first
 from fw.nat.rewrite import Manip, RewriteError, rewrite
 from fw.packet import MalformedPacket, parse
 
@@ -155,11 +154,7 @@ def _concerns_nat(engine, data: bytes, iif) -> bool:
         return True
     if (proto, pkt.src, pkt.dst, pkt.dport) in engine.expectations:
         return True
-    entries = engine.nat.entries
-    if not entries:
-        return False
-    src, dst = int.from_bytes(pkt.src, "big"), int.from_bytes(pkt.dst, "big")
-    return _first(entries, ("dnat",), pkt.family, pkt, src, dst, iif, None) is not None
+    return bool(engine.nat.entries) and engine.nat.destination(pkt, dport, iif)[0] is not None
 
 
 def after_routing(engine, data: bytes, partial: bool) -> Decision:

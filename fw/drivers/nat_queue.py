@@ -24,6 +24,7 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from fw.drivers.nfqueue import PacketHandler
@@ -43,10 +44,22 @@ class NatPacketHandler(PacketHandler):
         self.routes = routes
         routes.names = self.ifname
         engine.nat.route = routes.route
+        self.counters: Counter = Counter()  # partial_checksums (computed whole), tcp_gso_partial (left)
+
+    def stats(self) -> dict:
+        """The `nat` section of `fw stats`: checksum states seen, route lookups made."""
+        return {**{key: 0 for key in ("partial_checksums", "tcp_gso_partial")}, **self.counters,
+                "route_lookups": self.routes.lookups}
 
     def judge(self, packet, data: bytes):
         hook = packet.hook
-        partial = bool(packet.checksum_not_ready) and not (packet.gso and _proto(data) == TCP)
+        partial = False
+        if packet.checksum_not_ready:
+            if packet.gso and _proto(data) == TCP:
+                self.counters["tcp_gso_partial"] += 1
+            else:
+                partial = True
+                self.counters["partial_checksums"] += 1
         if hook == NF_INET_POST_ROUTING:
             decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev),
                                            hook=AFTER_ROUTING, partial=partial)

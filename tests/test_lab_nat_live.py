@@ -53,8 +53,8 @@ FIVE_MB = 5 * 2**20 + 4321
 class Running:
     """The module's daemon and its `fw` commands."""
 
-    def __init__(self, lab: Lab, process, log: Path):
-        self.lab, self.process, self.log = lab, process, log
+    def __init__(self, lab: Lab, process, log: Path, policy: Path):
+        self.lab, self.process, self.log, self.policy = lab, process, log, policy
 
     def stats(self) -> dict:
         from fw.lab import fw_argv
@@ -80,7 +80,7 @@ def nat_lab(lab_prefix, tmp_path_factory):
         built.run("server", ["ip", "addr", "add", f"{FORWARDED}/24", "dev", "eth0"])
         process = start_daemon(built, policy, log, "--log", str(folder / "eve.json"))
         wait_daemon_ready(built, process, 30)
-        yield Running(built, process, log)
+        yield Running(built, process, log, policy)
     finally:
         status = None
         if process is not None:
@@ -234,3 +234,22 @@ def test_path_mtu_discovery_through_masquerade_with_the_firewall_as_the_smaller_
     assert done.returncode == 0, done.stderr
     assert sha256(tmp_path / "got.bin") == sha256(folder / "big.bin")
     assert nat_lab.stats()["engine"].get("nat_own_errors", 0) > before
+
+
+def test_the_example_gateway_policy_works_as_written_after_a_reload(nat_lab, tmp_path):
+    """policies/examples/nat-gateway.yaml, reloaded into the running daemon (its NAT hooks stay):
+    the inside goes out masqueraded, the port forward reaches the inside web server."""
+    from fw.lab import fw_argv
+
+    lab = nat_lab.lab
+    example = Path(__file__).resolve().parent.parent / "policies" / "examples" / "nat-gateway.yaml"
+    lab.run(lab.firewall, fw_argv("reload", str(example)))
+    try:
+        outside = HttpServer(lab, "server", tmp_path / "out", 8080)
+        assert fetch(lab, "client", SERVER[6], 8080) == "hello through NAT\n"
+        assert outside.peers() == [FIREWALL_WAN[6]]
+        inside = HttpServer(lab, "client", tmp_path / "in", 8080)
+        assert fetch(lab, "server", FIREWALL_WAN[4], 8080) == "hello through NAT\n"
+        assert inside.peers() == [SERVER[4]]
+    finally:
+        lab.run(lab.firewall, fw_argv("reload", str(nat_lab.policy)))

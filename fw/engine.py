@@ -58,7 +58,6 @@ from fw.decision import (
     Decision,
     LogEvent,
     OffloadSession,
-    RewritePacket,
     SendPacket,
     SessionChanged,
     SessionClosed,
@@ -222,11 +221,10 @@ class Engine:
                         if binding.ftp is not None or extra.alg is not None:
                             return self.translate(decision, binding, original, now)
                         try:  # translate()'s common case, written out (every packet of the session)
-                            data = (binding.forward if original else binding.backward).apply(
-                                self._data, pkt, self.partial)
+                            decision.effects = (binding.forward if original else binding.backward).leave(
+                                self._data, pkt, effects, self.partial)
                         except RewriteError:
                             return self.translate(decision, binding, original, now)
-                        decision.effects = effects + (RewritePacket(data),)
                         return decision
                     if extra.alg is not None and pkt.payload_len:
                         decision.effects = effects + self.feed_alg(session, pkt, original, now)

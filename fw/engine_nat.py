@@ -53,8 +53,9 @@ class Binding:
     ICMP echo: the id in both port places.
     """
 
-    __slots__ = ("proto", "family", "orig", "reply", "alias", "alias_side", "names", "forward", "backward",
-                 "held", "ftp", "ports", "middle", "_halves")
+    # What every packet reads first, in the object's first cache line.
+    __slots__ = ("ftp", "alias", "alias_side", "forward", "backward", "proto", "family", "orig", "reply",
+                 "names", "held", "ports", "middle", "_halves")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto

@@ -33,6 +33,7 @@ from __future__ import annotations
 from struct import Struct
 from typing import NamedTuple
 
+from fw.decision import RewritePacket
 from fw.packet.checksum import checksum_of_sum, pseudo_header_sum, udp_fold, update_sum, word_sum
 from fw.packet.constants import ICMP_QUERIES, ICMPV6_QUERIES
 
@@ -41,6 +42,7 @@ _PORTS = Struct("!HH")
 _read16 = _U16.unpack_from
 _write16 = _U16.pack_into
 _from_bytes = int.from_bytes
+_new_effect = RewritePacket.__new__
 
 # family -> (source address offset, length); the destination follows the source directly.
 _ADDRESS_AT = {4: (12, 4), 6: (8, 16)}
@@ -99,95 +101,99 @@ def rewrite(data: bytes, packet, manip: Manip, *, partial: bool = False,
 
 
 class Translation:
-    """One session direction's rewrite, compiled once when the session opens.
+    """One session direction's rewrite, compiled once when the session opens: the new addresses
+    and ports as one bytes object, the two checksum differences reduced to 16 bits.
 
-    `apply(data, packet, partial=False)` gives the translated bytes of `data` (parsed as `packet`,
-    a packet of this session direction: the lookup guarantees it carries `old`). It is a closure
-    made here for the session's family and protocol, not a method: every packet of a translated
-    session comes through it, and a closure reads its constants (the new header bytes, the two
-    checksum differences) from cells, without attribute lookups or further calls. A complete
-    TCP/UDP packet with a bare IP header (no IPv4 options, no IPv6 extension headers: nearly all)
-    costs one struct unpack of its head, one pack, and one concatenation with the rest;
-    IPv4 options or IPv6 extension headers take a `bytes.join` of slices; anything else (a partial
-    checksum, a fragment, a packet the capture cut, other protocols) goes through `rewrite`.
+    `leave(data, packet, effects, partial=False)` gives `effects` and a RewritePacket with the
+    translated bytes of `data` (parsed as `packet`, a packet of this session direction: the lookup
+    guarantees it carries `old`); `apply` gives the bytes alone. Every packet of a translated
+    session comes here, so the common case is short: a complete TCP/UDP packet with a
+    bare IP header (no IPv4 options, no IPv6 extension headers) costs one struct unpack of its head,
+    one pack and one concatenation with the rest; the structs are shared by every session of a
+    kind (a session's own data is this object and its `header`, so little memory per packet).
+    IPv4 options or IPv6 extension headers take a `bytes.join` of slices (`_slices`); anything
+    else (a partial checksum, a fragment, a packet the capture cut, other protocols) goes through
+    `rewrite` with `manip`.
     """
 
-    __slots__ = ("family", "proto", "manip", "apply")
+    __slots__ = ("family", "bare", "unpack", "pack", "header", "ip_delta", "l4_delta", "udp", "zero", "end",
+                 "manip", "proto")
 
     def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
         """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
         self.family = family
         self.proto = proto
-        self.manip = manip = Manip(*new)
-        addresses = new[0] + new[1]
-        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(addresses, "big")
-        if proto != 6 and proto != 17:
-            self.apply = _general(manip)
+        self.manip = Manip(*new)
+        self.udp = proto == 17
+        self.header = new[0] + new[1] + _PORTS.pack(new[2], new[3])
+        # RFC 1624's old sum - new sum of the changed words, kept mod 0xFFFF (a small int).
+        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(new[0] + new[1], "big")
+        self.ip_delta = address_delta % 0xFFFF if family == 4 else 0
+        self.l4_delta = (address_delta + old[2] + old[3] - new[2] - new[3]) % 0xFFFF
+        self.zero = 0xFFFF if self.udp else 0  # what a computed 0 is sent as
+        if proto == 6 or proto == 17:
+            self.bare, self.unpack, self.pack = _BARE[family, proto]
+            self.end = self.bare + _HEAD_END[self.udp]  # the rest of the packet is copied as it is
         else:
-            self.apply = _compiled(family, proto == 17, manip, addresses + _PORTS.pack(new[2], new[3]),
-                                   address_delta if family == 4 else 0,
-                                   address_delta + old[2] + old[3] - new[2] - new[3])
+            self.bare, self.unpack, self.pack, self.end = -1, None, None, 0
 
-
-def _general(manip: Manip):
-    """`Translation.apply` for what has no compiled path: `rewrite` with the session's manip."""
-
-    def apply(data: bytes, packet, partial: bool = False) -> bytes:
-        return rewrite(data, packet, manip, partial=partial)
-
-    return apply
-
-
-def _compiled(family: int, udp: bool, manip: Manip, header: bytes, ip_delta: int, l4_delta: int):
-    """`Translation.apply` for TCP/UDP: `header` is the new addresses and ports (adjacent when the
-    IP header is bare), the deltas RFC 1624's (old sum - new sum) of the IPv4 header's and the L4
-    checksum's changed words. A zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF."""
-    bare = 20 if family == 4 else 40
-    addresses, ports = header[:-4], header[-4:]
-    between = "2s" if udp else "12s"  # the L4 bytes from the ports to the checksum
-    if family == 4:  # before / IP header checksum / addresses+ports / between / L4 checksum
-        unpack, pack = Struct(f"!10sH12x{between}H").unpack_from, Struct(f"!10sH12s{between}H").pack
-    else:            # before / addresses+ports / between / L4 checksum
-        unpack, pack = Struct(f"!8s36x{between}H").unpack_from, Struct(f"!8s36s{between}H").pack
-    head_end = bare + (8 if udp else 18)
-
-    def apply(data: bytes, packet, partial: bool = False) -> bytes:
-        if packet.l4_offset != bare or partial or packet.is_fragment or len(data) < packet.ip_len:
-            return _unusual(data, packet, partial)
-        if family == 4:
-            before, ip_check, middle, check = unpack(data)
-            if udp:
-                check = ((check + l4_delta) % 0xFFFF or 0xFFFF) if check else 0
-            else:
-                check = (check + l4_delta) % 0xFFFF
-            return pack(before, (ip_check + ip_delta) % 0xFFFF, header, middle, check) + data[head_end:]
-        before, middle, check = unpack(data)
-        if udp:
-            check = ((check + l4_delta) % 0xFFFF or 0xFFFF) if check else 0
+    def leave(self, data: bytes, packet, effects: tuple = (), partial: bool = False) -> tuple:
+        """`effects` and a RewritePacket with `data` translated (class docstring): the established
+        path's whole rewrite in one call (the effect made without an `__init__` frame)."""
+        if packet.l4_offset != self.bare or partial or packet.is_fragment or len(data) < packet.ip_len:
+            new = self._unusual(data, packet, partial)
+        elif self.family == 4:
+            before, ip_check, between, check = self.unpack(data)
+            if check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
+                check = (check + self.l4_delta) % 0xFFFF or self.zero
+            new = self.pack(before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check) \
+                + data[self.end:]
         else:
-            check = (check + l4_delta) % 0xFFFF
-        return pack(before, header, middle, check) + data[head_end:]
+            before, between, check = self.unpack(data)
+            if check or not self.udp:
+                check = (check + self.l4_delta) % 0xFFFF or self.zero
+            new = self.pack(before, self.header, between, check) + data[self.end:]
+        effect = _new_effect(RewritePacket)
+        effect.data = new
+        return effects + (effect,)
 
-    def _unusual(data: bytes, packet, partial: bool) -> bytes:
+    def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
+        """`data` translated: the bytes of `leave`'s RewritePacket."""
+        return self.leave(data, packet, (), partial)[0].data
+
+    def _unusual(self, data: bytes, packet, partial: bool) -> bytes:
         """IPv4 options or IPv6 extension headers: slices joined; the rest: `rewrite`."""
-        if partial or packet.is_fragment or len(data) < packet.ip_len:
-            return rewrite(data, packet, manip, partial=partial)
+        if self.unpack is None or partial or packet.is_fragment or len(data) < packet.ip_len:
+            return rewrite(data, packet, self.manip, partial=partial)
         l4 = packet.l4_offset
-        at = l4 + 6 if udp else l4 + 16
+        at = l4 + 6 if self.udp else l4 + 16
         check = data[at] << 8 | data[at + 1]
-        if not udp:
-            check = (check + l4_delta) % 0xFFFF
+        if not self.udp:
+            check = (check + self.l4_delta) % 0xFFFF
         elif check:
-            check = (check + l4_delta) % 0xFFFF or 0xFFFF
-        tail = (data[l4 + 4:at], check.to_bytes(2, "big"), data[at + 2:])
-        if family == 4:   # the header checksum, the addresses, the options
-            ip_check = ((data[10] << 8 | data[11]) + ip_delta) % 0xFFFF
-            head = (data[:10], ip_check.to_bytes(2, "big"), addresses, data[20:l4])
-        else:             # the addresses, the extension headers
-            head = (data[:8], addresses, data[40:l4])
-        return b"".join((*head, ports, *tail))
+            check = (check + self.l4_delta) % 0xFFFF or 0xFFFF
+        tail = (self.header[-4:], data[l4 + 4:at], check.to_bytes(2, "big"), data[at + 2:])
+        if self.family == 4:   # the header checksum, the addresses, the options
+            ip_check = ((data[10] << 8 | data[11]) + self.ip_delta) % 0xFFFF
+            return b"".join((data[:10], ip_check.to_bytes(2, "big"), self.header[:8], data[20:l4], *tail))
+        return b"".join((data[:8], self.header[:32], data[40:l4], *tail))  # the extension headers kept
 
-    return apply
+
+# The L4 bytes from the ports to the checksum, per transport (UDP: its length; TCP: seq to window).
+_BETWEEN = {False: "12s", True: "2s"}
+_HEAD_END = {False: 18, True: 8}  # from the L4 header's start to the end of its checksum
+
+
+def _bare_structs(family: int, udp: bool) -> tuple:
+    """(L4 offset, unpack, pack) of a bare IP header's packet, up to the L4 checksum: IPv4 as
+    before / header checksum / addresses+ports / between / L4 checksum, IPv6 without the checksum."""
+    between = _BETWEEN[udp]
+    if family == 4:
+        return 20, Struct(f"!10sH12x{between}H").unpack_from, Struct(f"!10sH12s{between}H").pack
+    return 40, Struct(f"!8s36x{between}H").unpack_from, Struct(f"!8s36s{between}H").pack
+
+
+_BARE = {(family, proto): _bare_structs(family, proto == 17) for family in (4, 6) for proto in (6, 17)}
 
 
 def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:

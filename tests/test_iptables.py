@@ -325,11 +325,15 @@ def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
     assert script[-4:] == [f"-I PREROUTING 1 {tag} -j FW-PREROUTING", f"-I POSTROUTING 1 {tag} -j FW-POSTROUTING",
                            f"-I OUTPUT 1 {tag} -j FW-ERRORS", "COMMIT"]
     assert chain_rules(NAT_HOOKING, "ERRORS", 4) == [
-        f"-A FW-ERRORS -m mark --mark 0x6677 {tag} -j RETURN",  # the daemon's own resets and unreachables
+        # the daemon's own packets (health checks, sync, resets): their replies exempt before routing
+        f"-A FW-ERRORS -m mark --mark 0x6677 {tag} -j CONNMARK --set-mark 0x6677",
+        f"-A FW-ERRORS -m mark --mark 0x6677 {tag} -j RETURN",
         f"-A FW-ERRORS -m conntrack ! --ctstatus CONFIRMED {tag} -j RETURN",  # the kernel would drop those
         *(f"-A FW-ERRORS -p icmp -m icmp --icmp-type {t} {tag} -j NFQUEUE --queue-num 0" for t in (3, 11, 12))]
     assert chain_rules(NAT_HOOKING, "POSTROUTING", 4) == [
+        f"-A FW-POSTROUTING -m mark --mark 0x6677 {tag} -j RETURN",  # the daemon's own: never a second pass
         f"-A FW-POSTROUTING -m mark --mark 0x20000000/0x20000000 {tag} -j NFQUEUE --queue-num 0"]
+    assert f"-A FW-PREROUTING -m connmark --mark 0x6677 {tag} -j RETURN" in chain_rules(NAT_HOOKING, "PREROUTING", 4)
     before = chain_rules(NAT_HOOKING, "PREROUTING", 6)
     assert before[0] == f"-A FW-PREROUTING -i lo {tag} -j RETURN"
     assert (f"-A FW-PREROUTING -m addrtype --dst-type LOCAL -m conntrack --ctstate ESTABLISHED,RELATED "

@@ -85,6 +85,10 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     nat = _translation(policy, fail_open, queue_range)  # bad usage (exit 2) before the privilege check
     if nat:
         hook_names = NAT_HOOKS + tuple(hook for hook in hook_names if hook != "FORWARD")
+        from fw.drivers.local_ports import overlaps
+
+        for line in overlaps(policy.nat):  # translated ports vs the host's own (docs/nat.md)
+            click.echo(f"warning: {line}", err=True)
     else:
         loader = _without_translation(loader)
     if os.geteuid() != 0:

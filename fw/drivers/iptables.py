@@ -104,15 +104,19 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     """The rules of our chain for `hook`, as restore lines."""
     chain, tag, mark = CHAIN_OF_HOOK[hook], f"-m comment --comment {TAG}", f"0x{hooking.mark:x}"
     rules = []
-    if hook == "POSTROUTING":  # the second pass: only what the first marked
+    if hook == "POSTROUTING":  # the second pass: only what the first marked, never the daemon's own
         nat = f"0x{hooking.nat_mark:x}"
-        return [f"-A {chain} -m mark --mark {nat}/{nat} {tag} {_queue_target(hooking)}"]
+        return [f"-A {chain} -m mark --mark {mark} {tag} -j RETURN",
+                f"-A {chain} -m mark --mark {nat}/{nat} {tag} {_queue_target(hooking)}"]
     if hook == "ERRORS":  # the firewall's own ICMP errors (quoting a packet between the NAT passes)
         proto, match, types = ICMP_ERROR_TYPES[family]
         # The kernel will not queue an error whose conntrack entry (its packet's) is unconfirmed and
         # shared (nf_ct_drop_unconfirmed: the error of a flow's first packet, a traceroute probe):
         # those pass as they are (they quote the packet's source as it arrived: right for snat).
-        return [f"-A {chain} -m mark --mark {mark} {tag} -j RETURN",
+        # The daemon's own packets (sockets with SO_MARK: health checks, sync, the forward link,
+        # resets) pass, their connection marked so that FW-PREROUTING lets its replies by.
+        return [f"-A {chain} -m mark --mark {mark} {tag} -j CONNMARK --set-mark {mark}",
+                f"-A {chain} -m mark --mark {mark} {tag} -j RETURN",
                 f"-A {chain} -m conntrack ! --ctstatus CONFIRMED {tag} -j RETURN"] + [
             f"-A {chain} -p {proto} -m {match} --{match.replace('6', 'v6')}-type {t} {tag} {_queue_target(hooking)}"
             for t in types]

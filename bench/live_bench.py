@@ -66,8 +66,13 @@ CONNTRACK_RULES = [
     ["-A", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-j", "ACCEPT"],
     ["-A", "FORWARD", "-j", "DROP"],
 ]
+# NAT: the same policy with the clients masqueraded toward the server (fw run's two passes: every
+# packet of a translated session crosses the queue twice, before and after routing, and the
+# figures include both trips; `daemon.queue_trips` counts them).
+NAT_POLICY = POLICY + "nat:\n  - {name: bench-out, type: masquerade, src: 198.51.100.0/24, oif: wan}\n"
+NAT_PATH = "fw run, masquerade"
 PATHS = ("kernel forwarding", "kernel conntrack", "bare loop", "bare loop GSO", "fw run",
-         "bare loop GSO, 2 queues", "fw run --queues 0-1", "fw run --offload")
+         "bare loop GSO, 2 queues", "fw run --queues 0-1", "fw run --offload", NAT_PATH)
 
 
 def unavailable_reason() -> str | None:
@@ -89,6 +94,8 @@ class Bench:
         self.lab, self.seconds, self.runs, self.folder = lab, seconds, runs, folder
         self.policy = folder / "policy.yaml"
         self.policy.write_text(POLICY)
+        self.nat_policy = folder / "nat-policy.yaml"
+        self.nat_policy.write_text(NAT_POLICY)
         self.port = TCP_PORT
         self.firewall_pids: list[int] = []  # the queue readers of the path measured, for cpu_use
 
@@ -200,6 +207,8 @@ class Bench:
                 return self.measure(path)
             if path.startswith("bare loop"):
                 return self.bare(path, gso="GSO" in path, queues=2 if "2 queues" in path else 1)
+            if path == NAT_PATH:
+                return self.daemon(path, [], self.nat_policy)
             return self.daemon(path, path.split()[2:])
         finally:
             self.reset()
@@ -220,15 +229,16 @@ class Bench:
             for loop in loops:
                 _end(loop)
 
-    def daemon(self, path: str, args: list[str]) -> dict:
+    def daemon(self, path: str, args: list[str], policy: Path | None = None) -> dict:
         log = self.folder / f"daemon-{len(list(self.folder.glob('daemon-*')))}.log"
-        process = start_daemon(self.lab, self.policy, log, *args)
+        process = start_daemon(self.lab, policy or self.policy, log, *args)
         try:
             wait_daemon_ready(self.lab, process, 20)
             self.firewall_pids = [process.pid]
             row = self.measure(path)
             stats = json.loads(self.lab.run("fw", fw_argv("stats", "--json")).stdout)
             row["daemon"] = {"packets": stats["packets"]["total"], "drops": stats["drops"],
+                             "queue_trips": stats["packets"]["total"],  # NAT: both passes counted
                              "overflows": sum(q["overflows"] for q in stats["queues"].values()),
                              "offloaded": stats.get("offload", {}).get("offloaded", 0)}
             return row
@@ -339,6 +349,10 @@ def ratios(rows: dict[str, dict]) -> dict:
         "tcp: fw run / bare loop GSO (target >= 0.8)": ratio("tcp_gbit", "fw run", "bare loop GSO"),
         "udp: fw run / bare loop GSO (target >= 0.75)": ratio("udp_pps", "fw run", "bare loop GSO"),
         "udp: fw run --queues 0-1 / fw run (target >= 1.4)": ratio("udp_pps", "fw run --queues 0-1", "fw run"),
+        "tcp: fw run, masquerade / bare loop GSO (target >= 0.7)": ratio("tcp_gbit", NAT_PATH, "bare loop GSO"),
+        "udp: fw run, masquerade / bare loop GSO (target >= 0.7)": ratio("udp_pps", NAT_PATH, "bare loop GSO"),
+        "tcp: fw run, masquerade / fw run": ratio("tcp_gbit", NAT_PATH, "fw run"),
+        "udp: fw run, masquerade / fw run": ratio("udp_pps", NAT_PATH, "fw run"),
         "tcp: fw run --offload / kernel conntrack (target >= 0.9)":
             ratio("tcp_gbit", "fw run --offload", "kernel conntrack"),
         "tcp: bare loop GSO / bare loop": ratio("tcp_gbit", "bare loop GSO", "bare loop"),

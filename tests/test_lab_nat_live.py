@@ -296,3 +296,16 @@ def test_the_firewalls_resets_reach_both_ends_through_masquerade(nat_lab):
     assert client.stdout.split() == ["reset"]
     assert server.stdout.decode().split() == [FIREWALL_WAN[4], "reset"]
     assert nat_lab.stats()["engine"]["timeout_resets"] >= 1
+
+
+def test_the_firewalls_own_traffic_is_passed_not_judged(nat_lab, tmp_path):
+    """A web server on the firewall itself (its lan address): no rule allows it and the default is
+    drop, but the firewall's own traffic is not the NAT's: the first packets (until the kernel
+    sees the connection established) pass as `to-firewall`, the rest skip the queue."""
+    lab = nat_lab.lab
+    before = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("to-firewall", 0)
+    own = HttpServer(lab, lab.firewall, tmp_path / "own", 8088)
+    assert fetch(lab, "client", "198.51.100.1", 8088) == "hello through NAT\n"
+    assert own.peers() == [CLIENT[4]]
+    passed = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("to-firewall", 0) - before
+    assert 1 <= passed <= 3  # the SYN, and the ACK that completes the handshake for the kernel

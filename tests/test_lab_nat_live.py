@@ -224,6 +224,13 @@ def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_
     assert "nat:no-session" not in after["drops"] and "nat:rewrite" not in after["drops"]
     # veth hands packets over with partial checksums (CHECKSUM_PARTIAL): the rewritten ones computed whole
     assert after["nat"]["partial_checksums"] > 0 and after["nat"]["route_lookups"] > 0, after["nat"]
+    from fw.lab import fw_argv
+
+    text = nat_lab.lab.run(nat_lab.lab.firewall, fw_argv("stats")).stdout
+    assert "partial checksums computed" in text.splitlines()[-1]
+    listed = json.loads(nat_lab.lab.run(nat_lab.lab.firewall, fw_argv("sessions", "--json", "dport=8080")).stdout)
+    masqueraded = [v for v in listed["sessions"] if v.get("nat") == "nat:outbound" and v["family"] == 4]
+    assert masqueraded and all(v["reply"]["dst"] == FIREWALL_WAN[4] for v in masqueraded)
 
 
 @pytest.mark.parametrize("family", [4, 6])

@@ -17,6 +17,7 @@ a wrong one is dropped, and the transfer would stall.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ sets:
   clients: [198.51.100.0/24, "2001:db8:1::/64"]
 rules:
   - {name: ftp, action: accept, proto: tcp, src: $clients, dport: [21, 2121], alg: ftp}
+  - {name: tftp, action: accept, proto: udp, src: $clients, dport: 69, alg: tftp}
   - name: idle
     action: accept
     proto: tcp
@@ -326,3 +328,22 @@ def test_the_firewalls_own_traffic_is_passed_not_judged(nat_lab, tmp_path):
     assert own.peers() == [CLIENT[4]]
     passed = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("to-firewall", 0) - before
     assert 1 <= passed <= 3  # the SYN, and the ACK that completes the handshake for the kernel
+
+
+@pytest.mark.skipif(shutil.which("in.tftpd") is None or shutil.which("tftp") is None,
+                    reason="tftpd-hpa and tftp-hpa are not installed (scripts/apt-packages.txt)")
+def test_tftp_through_masquerade(nat_lab, tmp_path):
+    """The server answers from a new port to the firewall's address: an expectation of the TFTP
+    ALG (in the server side's terms) admits it, and the data session follows its request's
+    translation back to the client."""
+    from tests.test_lab_tftp import TftpServer, fetch, served
+
+    root, data = served(tmp_path)
+    out = tmp_path / "fetched.bin"
+    before = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("related:tftp", 0)
+    with TftpServer(nat_lab.lab, root, 4):
+        client = fetch(nat_lab.lab, 4, "image.bin", out)
+        output, _ = client.communicate(timeout=60)
+    assert client.returncode == 0, output
+    assert sha256(out.read_bytes()) == sha256(data)
+    assert nat_lab.stats()["packets"]["by_verdict"]["accept"]["related:tftp"] == before + 1

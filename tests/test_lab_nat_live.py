@@ -4,7 +4,7 @@ One lab and one daemon for the module (client 198.51.100.10 on `lan`, server 203
 the server has a second address 203.0.113.11 for the port forwards). The policy masquerades the
 clients toward 203.0.113.10 (IPv4 and IPv6), forwards the firewall's lan address 198.51.100.1
 ports 8081 and 2121 to 203.0.113.11 (port forwards into the server side, no source translation),
-[2001:db8:1::1]:8081 to the masqueraded server (both translations), and its wan address
+[2001:db8:1::1]:8081 and 2121 to the masqueraded server (both translations), and its wan address
 203.0.113.1 port 8082 to the client's port 8080 (into the client side). What is
 checked is what each end sees: curl through masquerade (the server sees the firewall's address),
 both port forwards (the servers see the real client, the client its forwarded address), echo and a
@@ -51,6 +51,7 @@ nat:
   - {name: ftp-fwd, type: dnat, proto: tcp, dst: 198.51.100.1, dport: 2121, to: "203.0.113.11:21"}
   - {name: into-client, type: dnat, proto: tcp, dst: 203.0.113.1, dport: 8082, to: "198.51.100.10:8080"}
   - {name: web-fwd6, type: dnat, proto: tcp, dst: "2001:db8:1::1", dport: 8081, to: "[2001:db8:2::10]:8080"}
+  - {name: ftp-fwd6, type: dnat, proto: tcp, dst: "2001:db8:1::1", dport: 2121, to: "[2001:db8:2::10]:21"}
   - {name: outbound, type: masquerade, src: $clients, dst: [203.0.113.10, "2001:db8:2::10"], oif: wan}
 """
 CLIENT = {4: "198.51.100.10", 6: "2001:db8:1::10"}
@@ -176,6 +177,10 @@ FTP_CASES = [  # (server address, port, passive, what vsftpd's log shows of the 
                  id="masquerade-eprt-ipv6"),
     pytest.param("198.51.100.1", 2121, True, "PASV", id="port-forward-pasv"),
     pytest.param("198.51.100.1", 2121, False, "PORT 198,51,100,10,", id="port-forward-port"),
+    # both translations (a port forward to the masqueraded server), IPv6
+    pytest.param("2001:db8:1::1", 2121, True, "EPSV", id="forward-and-masquerade-epsv-ipv6"),
+    pytest.param("2001:db8:1::1", 2121, False, "EPRT |2|2001:0db8:0002:0000:0000:0000:0000:0001|",
+                 id="forward-and-masquerade-eprt-ipv6"),
 ]
 
 
@@ -205,7 +210,7 @@ def test_lftp_through_nat(nat_lab, ftp_server, tmp_path, address, port, passive,
     assert after["packets"]["by_verdict"]["accept"]["related:ftp"] > 0
     # active: the server was told the client's address as it sees it (masquerade: the firewall's)
     assert server.data_commands()[-1].startswith(announced), server.data_commands()[-1]
-    if port == 2121 and passive:  # the port forward's 227 names 198.51.100.1 instead of 203.0.113.11
+    if port == 2121 and passive and ":" not in address:  # 227 names 198.51.100.1, not 203.0.113.11
         assert engine.get("nat_alg_rewrites", 0) > before.get("nat_alg_rewrites", 0)
 
 

@@ -65,6 +65,7 @@ class DaemonConfig:
     control_address: bytes | None = None
     install_rules: bool = True
     offload: bool = False  # --offload: established TCP flows accepted by the kernel (fw.drivers.offload)
+    sync: dict | None = None  # --sync, for the workers of --queues (fw.sync.SyncConfig.for_worker())
 
     @property
     def mode(self) -> str:

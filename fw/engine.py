@@ -537,10 +537,15 @@ class Engine:
 
     def adopt(self, session: Session, now: float) -> tuple:
         """Put a session made elsewhere (snapshot, HA peer) into the table, replacing one with its
-        key. Returns the effects (SessionClosed of the one replaced)."""
+        key. Returns the effects (SessionClosed of the one replaced; OffloadSession when that one
+        was offloaded and this one may be: a peer's news of a session must not end its offload)."""
         old = self.table.sessions.get(session.key)
         effects = NO_EFFECTS if old is None else (self._close(old, now, "replaced"),)
         session.flags &= ~(HALF_OPEN | OFFLOADED)
+        if old is not None and old.flags & OFFLOADED and session.state is tcpmod.TcpState.ESTABLISHED \
+                and self.config.offload and may_offload(session):
+            session.liberal = True  # the one it replaces was offloaded here: so is this one (HA sync)
+            effects += (OffloadSession(session),)
         if session.tcp is not None and session.state in EMBRYONIC and self.limits.active:
             session.flags |= HALF_OPEN
             self.limits.half_open_started(session.src, now)

@@ -76,7 +76,7 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
 
     listen = _listen(metrics_listen) if metrics_listen else None
     queue_range, hook_names = _queues(queue, queues), _hooks(hooks)
-    sync_config = _sync_config(queue_range, offload, **sync)
+    sync_config = _sync_config(**sync)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     store, policy, source, loader = _policy_source(policy_path, db)
@@ -86,7 +86,8 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     config = DaemonConfig(policy_path=source, queues=queue_range,
                           fail_open=fail_open, log_path=log_path, hooks=hook_names,
-                          backend=None if backend == "auto" else backend, offload=offload)
+                          backend=None if backend == "auto" else backend, offload=offload,
+                          sync=sync_config.for_worker() if sync_config is not None else None)
     daemon, records = _daemon(config, policy, store, loader, listen)
     try:
         daemon.start()
@@ -97,7 +98,9 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     except OSError as error:
         daemon.close()
         raise Failure(f"--metrics {metrics_listen}: {error.strerror or error}") from None
-    if sync_config is not None:
+    if sync_config is not None and records is None:  # each worker of --queues attached its own
+        click.echo(f"{sync_config.describe()}, in each worker", err=True)
+    elif sync_config is not None:
         from fw.sync import attach_sync
 
         try:
@@ -144,7 +147,7 @@ def _attach(daemon, records, listen) -> None:
         daemon.services.append(metrics)
 
 
-def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file, sync_hold_ms, sync_defer):
+def _sync_config(sync_url, node_id, cluster, sync_key_file, sync_hold_ms, sync_defer):
     """The checked --sync options (fw.sync.SyncConfig), or None without --sync; bad ones exit 2."""
     from fw.sync import SyncConfig, read_key_file
 
@@ -154,13 +157,10 @@ def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file
         return None
     if not node_id or not sync_key_file:
         raise click.UsageError("--sync needs --node-id NAME and --sync-key-file PATH (messages are authenticated)")
-    if queue_range[0] != queue_range[1]:
-        raise click.UsageError("--sync does not work with --queues yet (one queue only)")
-    if offload:
-        raise click.UsageError("--sync does not work with --offload yet")
     try:
         config = SyncConfig(sync_url, node_id, read_key_file(sync_key_file), cluster or "fw",
-                            50 if sync_hold_ms is None else sync_hold_ms, sync_defer)
+                            50 if sync_hold_ms is None else sync_hold_ms, sync_defer,
+                            key_file=os.path.abspath(sync_key_file))
         config.check()
     except ValueError as error:
         raise click.UsageError(str(error)) from None

@@ -81,14 +81,17 @@ datagram, icmp = engine_trackers.datagram, engine_trackers.icmp
 
 
 class EngineConfig:
-    """What the driver tells the engine (not policy): whether events are wanted, and whether the
-    kernel can pass established sessions (then the engine emits OffloadSession for those that may go)."""
+    """What the driver tells the engine (not policy): whether events are wanted, whether the
+    kernel can pass established sessions (then the engine emits OffloadSession for those that may
+    go), and `nat_slice` (node, nodes): the share of every NAT port range this engine hands out
+    (active/active HA: fw.sync.slices gives it from the node id; (0, 1): the whole range)."""
 
-    __slots__ = ("events", "offload")
+    __slots__ = ("events", "offload", "nat_slice")
 
-    def __init__(self, events: bool = True, offload: bool = False):
+    def __init__(self, events: bool = True, offload: bool = False, nat_slice: tuple[int, int] = (0, 1)):
         self.events = events
         self.offload = offload
+        self.nat_slice = nat_slice
 
 
 class Engine:
@@ -105,7 +108,7 @@ class Engine:
         self.limits = SourceLimits({})
         self.rule_limits = RuleLimits()
         self.timeout_scale = 1.0
-        self.nat = engine_nat.Nat()
+        self.nat = engine_nat.Nat(*self.config.nat_slice)
         self.swap_policy(policy)
 
     # -- policy -------------------------------------------------------------------------------

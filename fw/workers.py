@@ -116,7 +116,8 @@ class IcmpForwarder:
 def worker_spec(config: DaemonConfig, queue: int, policy_path: str, store_url: str | None = None) -> dict:
     return {"policy": policy_path, "queue": queue, "first": config.queues[0], "last": config.queues[1],
             "fail_open": config.fail_open, "log": config.log_path, "offload": config.offload,
-            "queue_options": dict(config.queue_options.__dict__), "db": store_url, "sync": config.sync}
+            "queue_options": dict(config.queue_options.__dict__), "db": store_url, "sync": config.sync,
+            "nat_slice": list(config.nat_slice)}
 
 
 def worker_main(spec: dict) -> int:
@@ -142,7 +143,8 @@ def worker_main(spec: dict) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return 1
-    engine, records = runner.build(policy, store, spec["offload"], queue=number)
+    engine, records = runner.build(policy, store, spec["offload"], queue=number,
+                                   nat_slice=tuple(spec.get("nat_slice", (0, 1))))
     config = DaemonConfig(policy_path=spec["policy"], queues=(number, number), fail_open=spec["fail_open"],
                           log_path=spec["log"], queue_options=QueueOptions(**spec["queue_options"]),
                           control_address=worker_address(number), install_rules=False, offload=spec["offload"])

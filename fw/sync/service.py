@@ -317,7 +317,10 @@ class SyncService:
             log.debug("sync: unusable %s message from %s: %r", message.type, message.node, exc)
             return
         if key is not None:
-            for held in self.held.for_key(key):
+            waiting = self.held.for_key(key)
+            if message.type == "session" and message.body.get("expectations") and len(self.held):
+                waiting += self.held.for_hosts(key[1], key[2])  # data connections they admit
+            for held in waiting:
                 self._release(held, now, final=False)
 
     def _release_deferred(self, held: Held, now: float, acked: bool) -> None:

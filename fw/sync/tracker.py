@@ -100,11 +100,16 @@ def key_from_list(raw) -> tuple:
 
 
 def make_liberal(session) -> None:
+    """A session of a sync cluster: liberal TCP windows, and an ALG that takes the replies whose
+    commands it may never see (fw.alg.ftp's `unpaired`): each node may see one direction only."""
     track = session.tcp
     if track is not None and not track.liberal:
         data = tcpmod.to_dict(track)
         data["liberal"] = True
         session.tcp = tcpmod.from_dict(data)
+    alg = session.alg
+    if alg is not None and getattr(alg, "unpaired", True) is False:
+        alg.unpaired = True
 
 
 def _seq_after(a: int, b: int) -> bool:

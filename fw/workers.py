@@ -162,7 +162,11 @@ def worker_main(spec: dict) -> int:
         daemon.stats_sections["forwarding"] = lambda: dict(forwarder.counters)
         runner.attach(daemon, records)
         if spec.get("sync"):
-            _attach_sync(daemon, spec["sync"], number, forwarder)
+            try:
+                _attach_sync(daemon, spec["sync"], number, forwarder)
+            except (OSError, ValueError) as exc:  # the key file went away since fw run read it
+                log.error("--sync: %s", exc)
+                return 2
         daemon.run()
     finally:
         daemon.close()

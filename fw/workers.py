@@ -182,16 +182,21 @@ def _attach_sync(daemon, sync: dict, number: int, forwarder: IcmpForwarder) -> N
     from fw.sync import SyncConfig, attach_sync  # noqa: PLC0415
 
     service = attach_sync(daemon, SyncConfig.in_worker(sync, number))
-    handler, hold = daemon.handler, service.on_decision
-    handler.redirect = None
+    daemon.handler.redirect = None
+    daemon.handler.defer = round_then_hold(forwarder, service.on_decision)
+    log.info("%s", service.describe())
+
+
+def round_then_hold(forwarder, hold):
+    """PacketHandler.defer for a worker with sync: a dropped packet the forwarder hands to the next
+    queue (an ICMP error whose session is not here) goes; anything else is sync's to hold or not."""
 
     def defer(packet, data: bytes, decision) -> bool:
         if decision.verdict != ACCEPT and forwarder(packet, decision):
             return True
         return hold(packet, data, decision)
 
-    handler.defer = defer
-    log.info("%s", service.describe())
+    return defer
 
 
 def _die_with_parent() -> None:

@@ -13,11 +13,20 @@ import struct
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fw.lab import Lab
-from fw.workers import FORWARD_MARK, NF_QUEUE, IcmpForwarder, merge_stats, next_queue, verdict_message
+from fw.workers import (
+    FORWARD_MARK,
+    NF_QUEUE,
+    IcmpForwarder,
+    merge_stats,
+    next_queue,
+    round_then_hold,
+    verdict_message,
+)
 from tests import netns
 
 SOURCES = [f"198.51.100.{n}" for n in range(101, 117)]
@@ -85,6 +94,28 @@ def test_an_icmp_error_goes_round_the_queues_once():
     assert first.target(0x12345678) == (3, 2)  # a mark of someone else's is not ours
     assert IcmpForwarder(0, 0, 1, None).target(0) == (1, 0)
     assert IcmpForwarder(1, 0, 1, None).target(FORWARD_MARK | 0) is None
+
+
+def test_with_sync_an_icmp_error_goes_round_the_queues_before_it_may_be_held():
+    calls = []
+
+    def forwarder(packet, decision):
+        calls.append(("round", decision.reason))
+        return decision.reason == "invalid:no-session"  # handed on: the next queue decides
+
+    def hold(packet, data, decision):
+        calls.append(("hold", decision.reason))
+        return False
+
+    defer = round_then_hold(forwarder, hold)
+    no_session = SimpleNamespace(verdict="drop", reason="invalid:no-session")
+    assert defer(None, b"", no_session) is True and calls == [("round", "invalid:no-session")]
+    calls.clear()
+    assert defer(None, b"", SimpleNamespace(verdict="drop", reason="default")) is False
+    assert calls == [("round", "default"), ("hold", "default")]
+    calls.clear()
+    defer(None, b"", SimpleNamespace(verdict="accept", reason="established"))
+    assert calls == [("hold", "established")]  # accepted: never handed on
 
 
 def test_worker_stats_are_summed():

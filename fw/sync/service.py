@@ -21,6 +21,12 @@ packet's verdict is counted once, when it is given for good (the packet handler'
 the reason of the judgement that decided it). With `--sync-defer` the
 first packet of a new session waits (up to the hold time) until Redis accepted the announcement.
 
+Peers: heard within PEER_TIMEOUT, a peer is alive; `on_peers(listener)` tells the live set when it
+changes (the forwarding's Owners view takes it). A peer heard once and silent since is gone: the
+first accepted packet of one of its sessions here claims the session (fw.sync.tracker `claim`:
+we own it from then on, and a claim wins over older ones, so the gone node, back, does not take
+it back). One attribute test per accepted packet while every peer is alive.
+
 Everything from Redis arrives as events (fw.sync.link) in a deque and a byte on the wake-up
 socket; an alarm thread writes a byte at the next deadline (the oldest held packet, the next
 sweep slice), so holds end on time although the daemon's own tick is once a second. Redis away:

@@ -29,6 +29,14 @@ nf_conntrack_tcp_be_liberal). A peer's session (`apply`) is merged with ours if 
 larger counters, per direction the window data that went furthest, our ALG parser (it has seen our
 direction's stream), and, for the same incarnation (same creation time), never an older state than
 ours (TCP states and UDP's UNREPLIED/REPLIED are ranked by progress). Then `engine.adopt()`.
+
+Ownership. A session's owner is the node that saw its first packet, until a node takes it over
+(`claim`: its owner died, the service saw a packet of it here): the session is announced again
+(`claimed`) with our name and the claim's wall-clock time, kept in its Entry and sent in every
+announcement of it. Between two owners of the same incarnation the winning claim is
+fw.sync.forwarding.owner.claim_wins' (the later, then the lower node id; no claim is 0), applied
+to the merged session; when ours wins against a peer's news, we announce it again so the peer
+comes round. So a node that comes back with old copies does not take back what moved.
 """
 
 from __future__ import annotations

@@ -455,6 +455,7 @@ def _merge_sync(summed: dict, sections: list[dict]) -> dict:
     """The workers' sync sections: counters summed; loaded when every worker loaded the snapshot,
     a peer as lately heard as any worker heard it (its session count: that worker's view)."""
     summed["loaded"] = all(section.get("loaded") for section in sections)
+    summed["mode"] = sections[0].get("mode") if sections else summed.get("mode")  # the same in every worker
     peers: dict = {}
     for section in sections:
         for name, peer in section.get("peers", {}).items():

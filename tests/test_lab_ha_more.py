@@ -222,6 +222,7 @@ def test_sync_with_two_workers_on_each_node(cluster, tmp_path, record_property):
     owners = {s["owner"] for s in cluster.sessions(fw2) if s["rule"] in ("allow-web", "udp-probe")}
     assert owners == {"fw1"}  # (web sessions may have timed out already: 4 s once established)
     assert two["drops"].get("invalid:no-session", 0) == 0
+    assert "sync: node fw2, cluster workers-offload" in fw2.fw("stats").stdout  # the workers' line, merged
 
 
 def test_an_offloaded_session_is_announced_and_its_expiry_synced(cluster):

@@ -136,13 +136,14 @@ def test_worker_stats_are_summed():
 
 def test_the_workers_sync_sections_merge_as_one_nodes():
     def section(loaded, heard, held, worst):
-        return {"node": "fw1", "loaded": loaded, "announced": {"new": 2},
+        return {"node": "fw1", "loaded": loaded, "announced": {"new": 2}, "mode": {"hold_ms": 50, "defer": False},
                 "peers": {"fw2": {"last_heard": heard, "sessions": 4, "alive": True}},
                 "hold": {"held": held, "wait": {"count": held, "median_ms": 1.0, "worst_ms": worst}},
                 "defer": {"deferred": 0, "wait": {"count": 0, "median_ms": 0.0, "worst_ms": 0.0}}}
 
     merged = merge_stats([{"sync": section(True, 0.7, 3, 2.0)}, {"sync": section(False, 0.2, 5, 9.0)}], {})["sync"]
     assert merged["node"] == "fw1" and merged["announced"] == {"new": 4} and merged["loaded"] is False
+    assert merged["mode"] == {"hold_ms": 50, "defer": False}
     assert merged["peers"] == {"fw2": {"last_heard": 0.2, "sessions": 4, "alive": True}}  # not summed
     assert merged["hold"] == {"held": 8, "wait": {"count": 8, "median_ms": 1.0, "worst_ms": 9.0}}
 

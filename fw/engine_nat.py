@@ -6,7 +6,10 @@ never `oif`) and then at most one source translation (the first matching `snat` 
 the translated destination). `masquerade` needs the outgoing interface's address, which only the
 live daemon can give: it never applies here yet (nor in replay, as SPEC says). The source port (an
 ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
-else the next free one; none free: the session is refused as `nat:exhausted`.
+else the next free one; none free: the session is refused as `nat:exhausted`. In an active/active
+HA cluster (`Nat(node, nodes)`, from EngineConfig.nat_slice) every pool hands out ports from this
+node's slice of its range only, so two nodes translating to one address never pick the same port;
+a peer's synced session claims its port in our pools only if it lies in our slice (it does not).
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -28,7 +31,9 @@ from fw import engine_nat_ftp
 from fw.conntrack.table import flow_key, orientation
 from fw.decision import DROP, RewritePacket
 from fw.nat.ports import Pool
-from fw.nat.rewrite import Manip, RewriteError, Translation
+from fw.nat.rewrite import Manip, RewriteError, Translation, rewrite
+
+_KEEP = Manip()
 
 TCP, ICMP, ICMPV6 = 6, 1, 58
 EXHAUSTED = "nat:exhausted"
@@ -54,8 +59,8 @@ class Binding:
     """
 
     # What every packet reads first, in the object's first cache line.
-    __slots__ = ("ftp", "alias", "alias_side", "forward", "backward", "proto", "family", "orig", "reply",
-                 "names", "held", "ports", "middle", "_halves")
+    __slots__ = ("ftp", "alias", "alias_side", "forward", "backward", "after", "mid", "proto", "family", "orig",
+                 "reply", "names", "held", "ports", "middle")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -75,7 +80,8 @@ class Binding:
         self.forward = Translation(family, proto, orig, (t, s, tp, sp))
         self.backward = Translation(family, proto, reply, (d, c, dp, cp))
         self.middle = None  # hairpin: (dict, key) of the tuple between the two passes (fw.engine_nat_passes)
-        self._halves = None
+        self.after = None  # two passes (`split`): per direction the source half, or None
+        self.mid = None  # two passes: per direction the tuple between the passes
 
     @property
     def dnat(self) -> bool:
@@ -98,7 +104,10 @@ class Binding:
         return None
 
     def rewrite(self, data: bytes, pkt, original: bool, partial: bool = False) -> bytes:
-        return (self.forward if original else self.backward).apply(data, pkt, partial)
+        translation = self.forward if original else self.backward
+        if translation is None:  # two passes, nothing to change before routing
+            return rewrite(data, pkt, _KEEP, partial=True) if partial else data
+        return translation.apply(data, pkt, partial)
 
     def between(self, original: bool) -> tuple:
         """(src, dst, sport, dport) a packet of that direction carries between the two live passes:
@@ -111,21 +120,21 @@ class Binding:
             return c, s, cp, cp if echo else sp
         return s, c, cp if echo else sp, cp
 
-    def halves(self) -> tuple:
-        """(undo, after) per direction, compiled on first use: `undo` takes a packet translated
-        whole back to `between` (its source as it arrived), `after` does the source half after
-        routing; None where that direction's source does not change (no second pass)."""
-        if self._halves is None:
-            family, proto = self.family, self.proto
-            result = []
-            for original, changes in ((True, self.snat), (False, self.dnat)):
-                if not changes:
-                    result.append((None, None))
-                    continue
-                whole, middle = self.left(original), self.between(original)
-                result.append((Translation(family, proto, whole, middle), Translation(family, proto, middle, whole)))
-            self._halves = tuple(result)
-        return self._halves
+    def split(self) -> None:
+        """Compile for the live daemon's two passes (fw.engine_nat_passes): `forward`/`backward`
+        become the before-routing halves (to `between`; None where nothing changes then), `after`
+        the after-routing ones (None where the source does not change: no second pass)."""
+        if self.mid is not None:
+            return
+        family, proto = self.family, self.proto
+        self.mid = (self.between(True), self.between(False))
+        before, after = [], []
+        for original, arriving, source_changes in ((True, self.orig, self.snat), (False, self.reply, self.dnat)):
+            middle = self.mid[0 if original else 1]
+            before.append(None if middle == arriving else Translation(family, proto, arriving, middle))
+            after.append(Translation(family, proto, middle, self.left(original)) if source_changes else None)
+        self.forward, self.backward = before
+        self.after = tuple(after)
 
     def left(self, original: bool) -> tuple:
         """(src, dst, sport, dport) a packet of that direction leaves with."""
@@ -174,7 +183,9 @@ def _tuple(raw) -> tuple:
 class Nat:
     """The policy's nat entries and their pools (kept across reloads while an entry's pool is the same)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: int = 0, nodes: int = 1) -> None:
+        Pool(4, node=node, nodes=nodes)  # ValueError now for a node that is not among the nodes
+        self.node, self.nodes = node, nodes  # this node's slice of every port range (HA active/active)
         self.entries: tuple = ()
         self.pools: dict[tuple, Pool] = {}
         self.by_name: dict[str, Pool] = {}
@@ -184,6 +195,7 @@ class Nat:
         # `masquerade` entries apply (fw.drivers.routes).
         self.route = None
         self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
+        self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
 
     def configure(self, entries) -> None:
         self.entries = tuple(entries)
@@ -194,7 +206,8 @@ class Nat:
             families = (entry.family,) if entry.type == "snat" else (4, 6)
             for family in families:
                 spec = (entry.type, family, entry.to_first, entry.to_last, entry.ports)
-                pool = self.pools.get(spec) or Pool(family, entry.to_first, entry.to_last, entry.ports)
+                pool = self.pools.get(spec) or Pool(family, entry.to_first, entry.to_last, entry.ports,
+                                                    node=self.node, nodes=self.nodes)
                 pools[spec] = by_name[_pool_name(entry.name, entry.type, family)] = pool
         self.pools, self.by_name = pools, by_name
 
@@ -253,7 +266,11 @@ class Nat:
         return Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
 
     def remember(self, session, binding: Binding) -> None:
-        """A hairpin session (both halves) is found between the passes by a third key."""
+        """A new or adopted session's binding in the live daemon's two passes: split, and for
+        hairpin sessions (both halves) a third key to be found by between the passes."""
+        if not self.two_passes:
+            return
+        binding.split()
         if binding.dnat and binding.snat:
             c, s, cp, sp = binding.between(True)
             key = flow_key(binding.proto, c, s, cp, sp)
@@ -342,8 +359,11 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
     alg = decision.session.extra.alg  # a translated session has its extra
     if alg is not None and (pkt.payload_len or pkt.proto != TCP):
         decision.effects = decision.effects + engine.feed_alg(decision.session, pkt, original, now)
+    translation = binding.forward if original else binding.backward
+    if translation is None:  # two passes: nothing to change before routing
+        return decision
     try:
-        data = (binding.forward if original else binding.backward).apply(engine.data, pkt, engine.partial)
+        data = translation.apply(engine.data, pkt, engine.partial)
     except RewriteError:
         engine.counters["nat_rewrite_errors"] += 1
         decision.verdict, decision.reason = DROP, "nat:rewrite"

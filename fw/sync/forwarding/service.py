@@ -188,9 +188,15 @@ class ForwardService:
 
     def tick(self, now: float) -> None:
         """Peers heard by sync and the directory's addresses into the routes and the engine."""
-        heard = [name for name, peer in self.sync.peers.items() if now - peer["heard"] < PEER_TIMEOUT]
+        alive = getattr(self.sync, "alive", None)  # a sync that keeps the set of live peers itself
+        if alive is None:
+            alive = [name for name, peer in self.sync.peers.items() if now - peer["heard"] < PEER_TIMEOUT]
+        self.peers_changed(alive)
+
+    def peers_changed(self, alive) -> None:
+        """The live peers (from the tick, or told by sync as soon as they change)."""
         node = self.node
-        node.peers_heard(heard)
+        node.peers_heard(alive)
         owners = node.owners
         reachable = frozenset(peer for peer in owners.alive if peer in owners.addresses)
         if len(reachable) < len(owners.alive):
@@ -236,6 +242,9 @@ def attach_forwarding(daemon, sync, config: ForwardConfig) -> ForwardService:
     daemon.handler.defer = service.on_decision
     daemon.services.append(service)
     daemon.stats_sections["forward"] = service.stats
+    on_peers = getattr(sync, "on_peers", None)
+    if on_peers is not None:  # told at once when a peer goes silent, not at the next tick
+        on_peers(service.peers_changed)
     for other in daemon.services:
         add_source = getattr(other, "add_source", None)
         if add_source is not None:

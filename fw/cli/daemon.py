@@ -84,7 +84,7 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     listen = _listen(metrics_listen) if metrics_listen else None
     queue_range, hook_names = _queues(queue, queues), _hooks(hooks)
     sync_config = _sync_config(queue_range, offload, **sync)
-    forward_config = _forward_config(sync_config, forward_to_owner, forward_listen)
+    forward_config = _forward_config(sync_config, queue_range, forward_to_owner, forward_listen)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     store, policy, source, loader = _policy_source(policy_path, db)
@@ -184,7 +184,7 @@ def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file
     return config
 
 
-def _forward_config(sync_config, forward_to_owner: bool, forward_listen: str | None):
+def _forward_config(sync_config, queue_range, forward_to_owner: bool, forward_listen: str | None):
     """The checked --forward-to-owner options (fw.sync.forwarding.node.ForwardConfig), or None."""
     if not forward_to_owner:
         if forward_listen is not None:
@@ -192,6 +192,8 @@ def _forward_config(sync_config, forward_to_owner: bool, forward_listen: str | N
         return None
     if sync_config is None:
         raise click.UsageError("--forward-to-owner goes with --sync URL (owners are known from the sync)")
+    if queue_range[0] != queue_range[1]:
+        raise click.UsageError("--forward-to-owner does not work with --queues yet (one queue only)")
     from fw.sync.forwarding.endpoint import parse_address
     from fw.sync.forwarding.node import ForwardConfig, default_listen
 

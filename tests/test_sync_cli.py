@@ -44,6 +44,8 @@ def run(*args: str):
       "--forward-listen", "fw1:6380"], "'fw1' is not an IP address"),
     (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--forward-to-owner",
       "--forward-listen", "192.0.2.1:70000"], "the port is not 1 to 65535"),
+    (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--forward-to-owner",
+      "--queues", "0-1"], "does not work with --queues yet (one queue only)"),
     (["--sync", "unix:///run/redis.sock", "--node-id", "fw1", "--sync-key-file", "KEY", "--forward-to-owner"],
      "--forward-listen is needed when Redis is reached over a unix socket"),
 ])  # fmt: skip

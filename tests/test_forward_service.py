@@ -136,3 +136,23 @@ def test_the_owner_judges_a_forwarded_packet_and_sends_it_on_one_hop_later(rig):
     assert rig.effects.sender.sent[0][8] == SYN_ACK[8] - 1  # the TTL, one hop later
     assert [event.get("ha") for event in rig.events if event["event_type"] == "drop"] == [
         {"forwarded_by": "fw1", "decided_by": "fw2"}]
+
+
+def test_a_packet_sync_held_goes_to_its_owner_or_is_judged_here(rig):
+    from fw.sync.hold import Held  # noqa: PLC0415
+
+    node = Node()
+    service = attach(rig, node)
+    rig.handler(Packet(SYN))
+    for session in rig.engine.table.values():
+        session.owner = "fw1"
+    rig.engine.decide_at_owners({"fw1"})
+    held = Held(Packet(SYN_ACK), SYN_ACK, "wan", "lan", None, 1.0, 1.05)
+    decision = rig.engine.process(SYN_ACK, 1.01, "wan", "lan")
+    assert service.forward_held(held, decision) and held.packet.verdicts == [DROP]
+    assert node.sent == [("fw1", SYN_ACK, 2)]
+    node.works = False
+    again = Held(Packet(SYN_ACK), SYN_ACK, "wan", "lan", None, 1.0, 1.05)
+    decision = rig.engine.process(SYN_ACK, 1.02, "wan", "lan")
+    assert not service.forward_held(again, decision) and again.packet.verdicts == []
+    assert (decision.verdict, decision.reason) == (ACCEPT, "established")  # judged here: sync gives the verdict

@@ -13,6 +13,8 @@ Sending side, per packet (`on_decision`, before the hold):
 - the engine dropped it for want of a session (`invalid:no-session`, `default`, a refusing rule,
   a fragment with no first fragment), not a pure SYN (a new connection is nobody else's), and one
   peer is alive with an address: it goes to that peer (a SYN-ACK that beat the sync);
+- a packet sync held (several peers alive, none known to own it) whose session's news names
+  another owner goes there when it is judged again (`forward_held`, sync's hook);
 - if nothing could be sent (socket buffer full, too large), or the route says decide here, the
   packet is judged here after all (`Engine.process_forwarded`: whoever owns its session) and that
   decision goes on to sync's hold and to the verdict, as without forwarding.
@@ -100,7 +102,16 @@ class ForwardService:
             log.error("owner forwarding failed on a packet: %r", exc)
         return self.hold(packet, data, decision) if self.hold is not None else False
 
-    def _send(self, route, packet, data: bytes) -> bool:
+    def forward_held(self, held, decision) -> bool:
+        """SyncService.forward_held: a packet sync held (several peers, none known to own it) whose
+        owner's news came: it goes to the owner; if it cannot, it is judged here (the decision replaced)."""
+        if self._send(self.node.route_session(decision.effects[0].node, False), held.packet, held.data,
+                      held.iif, held.oif):  # fmt: skip
+            return True
+        self._judge_here(held.packet, held.data, decision, held.iif, held.oif)
+        return False
+
+    def _send(self, route, packet, data: bytes, iif=None, oif=None) -> bool:
         if route.kind != FORWARD:
             return False
         handler = self.handler
@@ -109,19 +120,20 @@ class ForwardService:
             mark = packet.get_mark()
         except (AttributeError, OSError):
             pass
-        if not self.node.forward(route, data, getattr(packet, "hook", UNKNOWN_HOOK), handler.ifname(packet.indev),
-                                 handler.ifname(packet.outdev), mark):  # fmt: skip
+        if iif is None and oif is None:
+            iif, oif = handler.ifname(packet.indev), handler.ifname(packet.outdev)
+        if not self.node.forward(route, data, getattr(packet, "hook", UNKNOWN_HOOK), iif, oif, mark):
             self.counters["fallback"] += 1
             return False
         packet.drop()
         self.counters["handed:" + route.reason] += 1
         return True
 
-    def _judge_here(self, packet, data: bytes, decision) -> None:
+    def _judge_here(self, packet, data: bytes, decision, iif=None, oif=None) -> None:
         """The owner could not be reached: this decision is replaced by our own judgement."""
-        handler = self.handler
-        mine = self.engine.process_forwarded(data, self.clock(), handler.ifname(packet.indev),
-                                             handler.ifname(packet.outdev))  # fmt: skip
+        if iif is None and oif is None:
+            iif, oif = self.handler.ifname(packet.indev), self.handler.ifname(packet.outdev)
+        mine = self.engine.process_forwarded(data, self.clock(), iif, oif)
         decision.verdict, decision.reason, decision.packet = mine.verdict, mine.reason, mine.packet
         decision.session, decision.effects = mine.session, mine.effects
 
@@ -240,6 +252,7 @@ def attach_forwarding(daemon, sync, config: ForwardConfig) -> ForwardService:
     service = ForwardService(daemon, sync, node)
     daemon.loop.watch(node.fileno(), select.POLLIN, service.on_readable)
     daemon.handler.defer = service.on_decision
+    sync.forward_held = service.forward_held
     daemon.services.append(service)
     daemon.stats_sections["forward"] = service.stats
     on_peers = getattr(sync, "on_peers", None)

@@ -156,3 +156,14 @@ def test_a_packet_sync_held_goes_to_its_owner_or_is_judged_here(rig):
     decision = rig.engine.process(SYN_ACK, 1.02, "wan", "lan")
     assert not service.forward_held(again, decision) and again.packet.verdicts == []
     assert (decision.verdict, decision.reason) == (ACCEPT, "established")  # judged here: sync gives the verdict
+
+
+def test_the_stats_line_with_the_daemons_counters():
+    from fw.sync.forwarding.report import stats_line  # noqa: PLC0415
+
+    section = {"sent": {"sent": 7, "failed:ENOBUFS": 2}, "received": {"datagrams": 5, "accepted": 4,
+               "refused": {"forged": 1, "replayed": 0}}, "handed": {"owner": 5, "only-peer": 2}, "fallback": 2,
+               "decided": {"accept": {"established": 3}, "drop": {"default": 1}}, "sent_on": 3}  # fmt: skip
+    assert stats_line(section) == (
+        "forward: sent 7 (segmented 0, failed: ENOBUFS 2), received 4 of 5 datagrams, refused: forged 1; "
+        "handed to owners 7 (decided here instead 2), judged for peers: accepted 3 (sent on 3), dropped 1")

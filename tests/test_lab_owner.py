@@ -69,7 +69,8 @@ def nodes(cluster, request):
 
 def pair(cluster: Cluster, fw1_url: str | None = None) -> tuple[netns.Daemon, netns.Daemon]:
     """fw1 and fw2 started at once (a start takes seconds under load), ready, forwarding to each other."""
-    fw1, fw2 = start(cluster, "fw1", fw1_url, ready=False), start(cluster, "fw2", ready=False)
+    fw1 = start(cluster, "fw1", fw1_url, "--metrics", "127.0.0.1:9180", ready=False)
+    fw2 = start(cluster, "fw2", ready=False)
     fw1.wait_ready(30)
     fw2.wait_ready(30)
     cluster.wait_peers(fw1, fw2, timeout=20)
@@ -112,6 +113,8 @@ def test_with_fw1s_sync_delayed_200_ms_every_fetch_goes_through_and_attacks_are_
         results = fetches(nodes, 20, max_time=5)
         over_ipv6 = [netns.curl(lab, netns.url("2001:db8:2::10", 8080, "/page.txt"), max_time=5) for _ in range(3)]
         one, two = nodes.stats(fw1), nodes.stats(fw2)
+        time.sleep(1.1)  # the metrics are copied on the loop's tick
+        metrics = lab.run("fw1", ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9180/metrics"]).stdout
         attacked, anomalies = attack(nodes, fw2)  # fw2 then stopped (fw1's window there is spoilt)
     finally:
         proxy.stop()
@@ -138,6 +141,7 @@ def test_with_fw1s_sync_delayed_200_ms_every_fetch_goes_through_and_attacks_are_
     assert not any(one["forward"]["received"]["refused"].values())
     assert "rule:allow-web" not in two["packets"]["by_verdict"]["accept"]  # fw2 decided none of them itself
     assert two["drops"].get("invalid:no-session", 0) == 0
+    assert 'fw_forward_received_total{peer="fw2"}' in metrics and "fw_forward_peers 1.0" in metrics
     # Forged and replayed datagrams (and the other attacks) are refused, counted, reported.
     assert attacked["received"]["refused"] == {"too-large": 1, "malformed": 1, "unknown-node": 1, "replayed": 3,
                                                "forged": 1, "stale": 0, "rate": 0}  # fmt: skip

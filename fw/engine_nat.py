@@ -6,7 +6,10 @@ never `oif`) and then at most one source translation (the first matching `snat` 
 the translated destination). `masquerade` needs the outgoing interface's address, which only the
 live daemon can give: it never applies here yet (nor in replay, as SPEC says). The source port (an
 ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
-else the next free one; none free: the session is refused as `nat:exhausted`.
+else the next free one; none free: the session is refused as `nat:exhausted`. In an active/active
+HA cluster (`Nat(node, nodes)`, from EngineConfig.nat_slice) every pool hands out ports from this
+node's slice of its range only, so two nodes translating to one address never pick the same port;
+a peer's synced session claims its port in our pools only if it lies in our slice (it does not).
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -144,7 +147,9 @@ def _tuple(raw) -> tuple:
 class Nat:
     """The policy's nat entries and their pools (kept across reloads while an entry's pool is the same)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: int = 0, nodes: int = 1) -> None:
+        Pool(4, node=node, nodes=nodes)  # ValueError now for a node that is not among the nodes
+        self.node, self.nodes = node, nodes  # this node's slice of every port range (HA active/active)
         self.entries: tuple = ()
         self.pools: dict[tuple, Pool] = {}
         self.by_name: dict[str, Pool] = {}
@@ -156,7 +161,8 @@ class Nat:
             if entry.type != "snat":
                 continue
             spec = (entry.family, entry.to_first, entry.to_last, entry.ports)
-            pool = self.pools.get(spec) or Pool(entry.family, entry.to_first, entry.to_last, entry.ports)
+            pool = self.pools.get(spec) or Pool(entry.family, entry.to_first, entry.to_last, entry.ports,
+                                                node=self.node, nodes=self.nodes)
             pools[spec] = by_name[entry.name] = pool
         self.pools, self.by_name = pools, by_name
 

@@ -188,3 +188,6 @@ def test_the_owner_killed_mid_download_the_peer_carries_the_session_to_its_end(n
     assert output.split()[0] == hashlib.sha256(hashlib.sha256(b"big").digest() * (BIG // 32)).hexdigest()
     assert after["forward"]["decide_at"] == []  # fw1 is not heard: nothing more goes to it
     assert after["packets"]["by_verdict"]["accept"].get("established", 0) > before + 10  # fw2 decided the rest
+    assert after["sync"]["claimed"]["taken"] >= 1  # and claimed the dead owner's session
+    sessions = json.loads(fw2.fw("sessions", "--json").stdout)["sessions"]
+    assert [s["owner"] for s in sessions if s["rule"] == "allow-web"] == ["fw2"]

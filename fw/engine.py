@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fw import engine_nat, engine_nat_ftp, engine_state, engine_trackers
+from fw import engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
@@ -117,6 +117,7 @@ class Engine:
         self.timeout_scale = 1.0
         self.nat = engine_nat.Nat(*self.config.nat_slice)
         self.forward_to = NOBODY  # owners whose sessions' packets are theirs to decide (decide_at_owners)
+        self.partial = False  # the packet's L4 checksum is partial (the live NAT passes say so)
         self.swap_policy(policy)
 
     # -- policy -------------------------------------------------------------------------------
@@ -160,7 +161,12 @@ class Engine:
 
     # -- the packet path ----------------------------------------------------------------------
 
-    def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None) -> Decision:
+    def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None,
+                hook: str | None = None, partial: bool = False) -> Decision:
+        """One packet. `hook` None: the one pass of replay and of a daemon without NAT; the live
+        NAT passes (`hook` before or after routing, `partial` checksums) are fw/engine_nat_passes.py's."""
+        if hook is not None:
+            return engine_nat_passes.process(self, data, now, iif, oif, hook, partial)
         self._data = data  # the raw bytes, for an ICMP unreachable that quotes them
         try:
             pkt = parse(data)
@@ -246,8 +252,11 @@ class Engine:
                     if binding is not None:
                         if binding.ftp is not None or extra.alg is not None:
                             return self.translate(decision, binding, original, now)
+                        translation = binding.forward if original else binding.backward
+                        if translation is None:  # the live daemon's two passes: nothing before routing
+                            return decision
                         try:  # translate()'s common case, written out (every packet of the session)
-                            data = (binding.forward if original else binding.backward).apply(self._data, pkt)
+                            data = translation.apply(self._data, pkt, self.partial)
                         except RewriteError:
                             return self.translate(decision, binding, original, now)
                         decision.effects = effects + (RewritePacket(data),)
@@ -362,6 +371,7 @@ class Engine:
             session.nat = binding
             if binding.alias is not None:
                 self.table.add_alias(session, binding.alias)
+            self.nat.remember(session, binding)
             if session.alg is not None:  # the ALG judges and expects in the server side's terms
                 session.alg.peers.translated = binding.peers()
                 if session.alg.name == "ftp":
@@ -587,6 +597,7 @@ class Engine:
             self.nat.claim(binding)
             if binding.alias is not None:
                 self.table.add_alias(session, binding.alias)
+            self.nat.remember(session, binding)
         return effects
 
     def recheck(self, now: float) -> tuple:

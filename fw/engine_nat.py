@@ -31,7 +31,9 @@ from fw import engine_nat_ftp
 from fw.conntrack.table import flow_key, orientation
 from fw.decision import DROP, RewritePacket
 from fw.nat.ports import Pool
-from fw.nat.rewrite import Manip, RewriteError, Translation
+from fw.nat.rewrite import Manip, RewriteError, Translation, rewrite
+
+_KEEP = Manip()
 
 TCP, ICMP, ICMPV6 = 6, 1, 58
 EXHAUSTED = "nat:exhausted"
@@ -57,7 +59,7 @@ class Binding:
     """
 
     __slots__ = ("proto", "family", "orig", "reply", "alias", "alias_side", "names", "forward", "backward",
-                 "held", "ftp", "ports")
+                 "held", "ftp", "ports", "middle", "after", "mid")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -76,6 +78,9 @@ class Binding:
         self.alias_side = orientation(alias, s, sp)  # the engine's `side` of a reply packet
         self.forward = Translation(family, proto, orig, (t, s, tp, sp))
         self.backward = Translation(family, proto, reply, (d, c, dp, cp))
+        self.middle = None  # hairpin: (dict, key) of the tuple between the two passes (fw.engine_nat_passes)
+        self.after = None  # two passes (`split`): per direction the source half, or None
+        self.mid = None  # two passes: per direction the tuple between the passes
 
     @property
     def dnat(self) -> bool:
@@ -97,8 +102,38 @@ class Binding:
             return False
         return None
 
-    def rewrite(self, data: bytes, pkt, original: bool) -> bytes:
-        return (self.forward if original else self.backward).apply(data, pkt)
+    def rewrite(self, data: bytes, pkt, original: bool, partial: bool = False) -> bytes:
+        translation = self.forward if original else self.backward
+        if translation is None:  # two passes, nothing to change before routing
+            return rewrite(data, pkt, _KEEP, partial=True) if partial else data
+        return translation.apply(data, pkt, partial)
+
+    def between(self, original: bool) -> tuple:
+        """(src, dst, sport, dport) a packet of that direction carries between the two live passes:
+        its destination translated (before routing), its source not yet (after routing). ICMP echo:
+        the id in both port places."""
+        c, d, cp, dp = self.orig
+        s, t, sp, tp = self.reply
+        echo = self.proto == ICMP or self.proto == ICMPV6
+        if original:
+            return c, s, cp, cp if echo else sp
+        return s, c, cp if echo else sp, cp
+
+    def split(self) -> None:
+        """Compile for the live daemon's two passes (fw.engine_nat_passes): `forward`/`backward`
+        become the before-routing halves (to `between`; None where nothing changes then), `after`
+        the after-routing ones (None where the source does not change: no second pass)."""
+        if self.mid is not None:
+            return
+        family, proto = self.family, self.proto
+        self.mid = (self.between(True), self.between(False))
+        before, after = [], []
+        for original, arriving, source_changes in ((True, self.orig, self.snat), (False, self.reply, self.dnat)):
+            middle = self.mid[0 if original else 1]
+            before.append(None if middle == arriving else Translation(family, proto, arriving, middle))
+            after.append(Translation(family, proto, middle, self.left(original)) if source_changes else None)
+        self.forward, self.backward = before
+        self.after = tuple(after)
 
     def left(self, original: bool) -> tuple:
         """(src, dst, sport, dport) a packet of that direction leaves with."""
@@ -153,32 +188,59 @@ class Nat:
         self.entries: tuple = ()
         self.pools: dict[tuple, Pool] = {}
         self.by_name: dict[str, Pool] = {}
+        # The live daemon's input (None in replay): route(family, dst) -> (oif, preferred source
+        # address) as the kernel would route a packet to `dst`, or None. With it, a new session's
+        # source translation is decided on the route to its translated destination and
+        # `masquerade` entries apply (fw.drivers.routes).
+        self.route = None
+        self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
+        self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
 
     def configure(self, entries) -> None:
         self.entries = tuple(entries)
         pools, by_name = {}, {}
         for entry in self.entries:
-            if entry.type != "snat":
+            if entry.type == "dnat":
                 continue
-            spec = (entry.family, entry.to_first, entry.to_last, entry.ports)
-            pool = self.pools.get(spec) or Pool(entry.family, entry.to_first, entry.to_last, entry.ports,
-                                                node=self.node, nodes=self.nodes)
-            pools[spec] = by_name[entry.name] = pool
+            families = (entry.family,) if entry.type == "snat" else (4, 6)
+            for family in families:
+                spec = (entry.type, family, entry.to_first, entry.to_last, entry.ports)
+                pool = self.pools.get(spec) or Pool(family, entry.to_first, entry.to_last, entry.ports,
+                                                    node=self.node, nodes=self.nodes)
+                pools[spec] = by_name[_pool_name(entry.name, entry.type, family)] = pool
         self.pools, self.by_name = pools, by_name
+
+    def destination(self, pkt, dport: int, iif, src: int | None = None):
+        """The destination decision (SPEC: before routing; `iif` may match, `oif` never): the
+        first matching dnat entry -> (entry, new dst, new dport), or (None, dst, dport). The one
+        place a destination is chosen: virtual servers plug in here."""
+        if src is None:
+            src = int.from_bytes(pkt.src, "big")
+        dnat = _first(self.entries, ("dnat",), pkt.family, pkt, src, int.from_bytes(pkt.dst, "big"), iif, None)
+        if dnat is None:
+            return None, pkt.dst, dport
+        return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
 
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict) -> Binding | str | None:
         """The binding of a new session the rules accepted, None (no entry applies), or EXHAUSTED."""
         family, proto = pkt.family, pkt.proto
         src = int.from_bytes(pkt.src, "big")
-        dst = int.from_bytes(pkt.dst, "big")
-        dnat = _first(self.entries, ("dnat",), family, pkt, src, dst, iif, None)
-        new_dst, new_dport = pkt.dst, dport
-        if dnat is not None:
-            new_dst = dnat.to_first
-            if dnat.to_port is not None:
-                new_dport = dnat.to_port
+        dnat, new_dst, new_dport = self.destination(pkt, dport, iif, src)
         view = _Translated(pkt, new_dport) if new_dport != dport else pkt
-        snat = _first(self.entries, ("snat",), family, view, src, int.from_bytes(new_dst, "big"), iif, oif)
+        masquerade = None
+        if self.route is not None:
+            route = self.route(family, new_dst) if new_dst != pkt.dst or oif is None else None
+            if route is not None:
+                oif = route[0]
+            types = ("snat", "masquerade")
+        else:
+            types = ("snat",)
+        snat = _first(self.entries, types, family, view, src, int.from_bytes(new_dst, "big"), iif, oif)
+        if snat is not None and snat.type == "masquerade":
+            route = self.route(family, new_dst)
+            masquerade = route[1] if route is not None else None
+            if masquerade is None:
+                return EXHAUSTED  # no address to masquerade as (no route, or none on its interface)
         if dnat is None and snat is None:
             return None
         echo = proto == ICMP or proto == ICMPV6
@@ -187,24 +249,39 @@ class Nat:
             if flow_key(proto, new_dst, address, new_dport, port) in sessions:
                 return EXHAUSTED  # the untranslated source is in use toward the new destination
         else:
-            pool = self.by_name[snat.name]
+            name = _pool_name(snat.name, snat.type, family)
+            pool = self.by_name[name]
 
             def taken(candidate: bytes, number: int) -> bool:
                 return flow_key(proto, new_dst, candidate, number if echo else new_dport, number) in sessions
 
-            found = pool.allocate(proto, pkt.src, sport, taken)
+            found = pool.allocate(proto, pkt.src, sport, taken, masquerade)
             if found is None:
                 return EXHAUSTED
             address, port = found
-            held = (pool, proto, address, port, snat.name)
+            held = (pool, proto, address, port, name)
         names = ",".join("nat:" + entry.name for entry in (dnat, snat) if entry is not None)
         reply = (new_dst, address, port if echo else new_dport, port)
         return Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
+
+    def remember(self, session, binding: Binding) -> None:
+        """A new or adopted session's binding in the live daemon's two passes: split, and for
+        hairpin sessions (both halves) a third key to be found by between the passes."""
+        if not self.two_passes:
+            return
+        binding.split()
+        if binding.dnat and binding.snat:
+            c, s, cp, sp = binding.between(True)
+            key = flow_key(binding.proto, c, s, cp, sp)
+            self.middle[key] = session
+            binding.middle = (self.middle, key)
 
     def claim(self, binding: Binding) -> None:
         """A restored or synced binding: its pool port handed out again (its entry still exists)."""
         name = binding.held[4] if binding.held is not None else None
         pool = self.by_name.get(name) if name is not None else None
+        if pool is None and name is not None:  # a snapshot of an snat entry's pool (named as its entry)
+            pool = self.by_name.get(_pool_name(name, "snat", binding.family))
         if pool is None:
             binding.held = None
             return
@@ -213,8 +290,17 @@ class Nat:
         binding.held = (pool, binding.proto, address, port, name)
 
 
+def _pool_name(name: str, kind: str, family: int) -> str:
+    """The pool's key: an snat entry's name; a masquerade entry has one pool per family."""
+    return name if kind == "snat" else f"{name}/ipv{family}"
+
+
 def release(binding: Binding) -> None:
-    """The session is gone: its pool port is free again."""
+    """The session is gone: its pool port is free again (and its hairpin key forgotten)."""
+    if binding.middle is not None:
+        middle, key = binding.middle
+        middle.pop(key, None)
+        binding.middle = None
     held = binding.held
     if held is not None and held[0] is not None:
         held[0].release(held[1], held[2], held[3])
@@ -272,8 +358,11 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
     alg = decision.session.extra.alg  # a translated session has its extra
     if alg is not None and (pkt.payload_len or pkt.proto != TCP):
         decision.effects = decision.effects + engine.feed_alg(decision.session, pkt, original, now)
+    translation = binding.forward if original else binding.backward
+    if translation is None:  # two passes: nothing to change before routing
+        return decision
     try:
-        data = (binding.forward if original else binding.backward).apply(engine.data, pkt)
+        data = translation.apply(engine.data, pkt, engine.partial)
     except RewriteError:
         engine.counters["nat_rewrite_errors"] += 1
         decision.verdict, decision.reason = DROP, "nat:rewrite"

@@ -15,7 +15,9 @@ The Prometheus HTTP thread reads `totals()`-shaped copies only (made on the loop
 Metric names (all prefixed fw_): sessions, sessions_limit, expectations, packets_total{verdict,
 reason}, rule_packets_total{rule}, rule_bytes_total{rule}, rule_sessions_total{rule},
 expectations_made_total, session_events_total{event} (inserts, expiries, evictions, killed, ...),
-reloads_total{result}, events_written_total, events_lost_total, policy_info{revision}.
+reloads_total{result}, events_written_total, events_lost_total, policy_info{revision}. Services
+add families of their own with `add_source(build)`: `build()` runs on the loop's tick and returns
+finished families (owner forwarding's fw_forward_*, fw.sync.forwarding.report).
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.snapshot: dict = {}
+        self.sources: list[Callable[[], list]] = []
+        self.families: list = []
         self.server = None
         self._thread = None
         self.tick(0.0)
@@ -139,9 +143,14 @@ class Metrics:
         """Metrics whose numbers come from a `fw stats --json`-shaped dict (see snapshot_of_stats)."""
         return cls(read=lambda: snapshot_of_stats(get_stats()))
 
+    def add_source(self, build: Callable[[], list]) -> None:
+        """More metric families: `build()` is called on each tick (the loop's thread)."""
+        self.sources.append(build)
+
     def tick(self, now: float) -> None:
         """Copy the numbers (on the daemon's loop thread) into a new snapshot."""
         self.snapshot = self.read()
+        self.families = [family for build in self.sources for family in build()]
 
     def read_engine(self) -> dict:
         engine = self.engine
@@ -196,6 +205,7 @@ class Metrics:
         family = GaugeMetricFamily("fw_policy_info", "The policy revision in force.", labels=("revision",))
         family.add_metric((s["revision"] or "",), 1)
         yield family
+        yield from self.families
 
     def close(self) -> None:
         if self.server is not None:

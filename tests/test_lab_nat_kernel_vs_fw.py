@@ -12,7 +12,8 @@ the equivalent policy (a masquerade entry out of `wan`, a dnat entry, the FTP AL
   the address its PORT commands carried (rewritten to the firewall's) and whether their port is the
   one the client announced (lftp's debug output), the address vsftpd sent in its 227 and the one
   the client was told (through the port forward: rewritten to the address the client reached).
-Both runs must give the same observations (about 7 s on an idle machine).
+Both runs must give the same observations (about 7 s on an idle machine). `fw run` warns that the
+masquerade entry's ports overlap ip_local_port_range (fw/drivers/local_ports.py).
 """
 
 from __future__ import annotations
@@ -150,5 +151,8 @@ def test_fw_run_translates_as_the_kernels_own_nat(nat_lab):
     finally:
         process.terminate()
         status = process.wait(15)
-    assert status == 0, log.read_text(errors="replace")[-2000:]
+    output = log.read_text(errors="replace")
+    assert status == 0, output[-2000:]
     assert daemon == kernel
+    # the masquerade entry's default ports (1024-65535) overlap the namespace's ephemeral range
+    assert "warning: nat entry 'outbound'" in output and "ip_local_port_range" in output

@@ -111,13 +111,14 @@ class Translation:
     bare IP header (no IPv4 options, no IPv6 extension headers) costs one struct unpack of its head,
     one pack and one concatenation with the rest; the structs are shared by every session of a
     kind (a session's own data is this object and its `header`, so little memory per packet).
-    IPv4 options or IPv6 extension headers take a `bytes.join` of slices (`_slices`); anything
-    else (a partial checksum, a fragment, a packet the capture cut, other protocols) goes through
-    `rewrite` with `manip`.
+    A partial checksum (`partial`) is computed whole in the same pass (`_whole`: one `word_sum` over
+    the segment as it came, corrected by constants). IPv4 options or IPv6 extension headers take a
+    `bytes.join` of slices (`_unusual`); anything else (a fragment, a packet the capture cut, other
+    protocols, options or extension headers with a partial checksum) goes through `rewrite`.
     """
 
     __slots__ = ("family", "bare", "unpack", "pack", "header", "ip_delta", "l4_delta", "udp", "zero", "end",
-                 "manip", "proto")
+                 "pseudo", "manip", "proto")
 
     def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
         """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
@@ -131,6 +132,9 @@ class Translation:
         self.ip_delta = address_delta % 0xFFFF if family == 4 else 0
         self.l4_delta = (address_delta + old[2] + old[3] - new[2] - new[3]) % 0xFFFF
         self.zero = 0xFFFF if self.udp else 0  # what a computed 0 is sent as
+        # A partial checksum computed whole: the new pseudo-header (less its length) and the ports' change.
+        self.pseudo = _from_bytes(new[0], "big") + _from_bytes(new[1], "big") + proto + new[2] + new[3] \
+            - old[2] - old[3]
         if proto == 6 or proto == 17:
             self.bare, self.unpack, self.pack = _BARE[family, proto]
             self.end = self.bare + _HEAD_END[self.udp]  # the rest of the packet is copied as it is
@@ -140,17 +144,21 @@ class Translation:
     def leave(self, data: bytes, packet, effects: tuple = (), partial: bool = False) -> tuple:
         """`effects` and a RewritePacket with `data` translated (class docstring): the established
         path's whole rewrite in one call (the effect made without an `__init__` frame)."""
-        if packet.l4_offset != self.bare or partial or packet.is_fragment or len(data) < packet.ip_len:
+        if packet.l4_offset != self.bare or packet.is_fragment or len(data) < packet.ip_len:
             new = self._unusual(data, packet, partial)
         elif self.family == 4:
             before, ip_check, between, check = self.unpack(data)
-            if check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
+            if partial:
+                check = self._whole(data, packet.ip_len, check)
+            elif check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
                 check = (check + self.l4_delta) % 0xFFFF or self.zero
             new = self.pack(before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check) \
                 + data[self.end:]
         else:
             before, between, check = self.unpack(data)
-            if check or not self.udp:
+            if partial:
+                check = self._whole(data, packet.ip_len, check)
+            elif check or not self.udp:
                 check = (check + self.l4_delta) % 0xFFFF or self.zero
             new = self.pack(before, self.header, between, check) + data[self.end:]
         effect = _new_effect(RewritePacket)
@@ -160,6 +168,15 @@ class Translation:
     def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
         """`data` translated: the bytes of `leave`'s RewritePacket."""
         return self.leave(data, packet, (), partial)[0].data
+
+    def _whole(self, data: bytes, end: int, partial_check: int) -> int:
+        """The whole L4 checksum of the translated segment, for a packet whose field holds only the
+        kernel's partial sum (NFQA_SKB_CSUMNOTREADY): the sum of the segment as it came, less that
+        field and the old ports, plus the new ports and the new pseudo-header (`pseudo`)."""
+        l4 = self.bare
+        total = word_sum(memoryview(data)[l4:end]) - partial_check + self.pseudo + (end - l4)
+        check = -total % 0xFFFF
+        return check or self.zero
 
     def _unusual(self, data: bytes, packet, partial: bool) -> bytes:
         """IPv4 options or IPv6 extension headers: slices joined; the rest: `rewrite`."""

@@ -10,7 +10,8 @@ The other effects go to whoever subscribed to their kind (`Effects.on(kind, hand
 offload driver takes OffloadSession and SessionClosed, HA sync the session effects. Session
 effects nobody subscribed to are dropped quietly (most daemons run without sync or offload);
 other kinds without a handler are counted as `unsupported:KIND`, not fatal. SetMark and
-RewritePacket act on the packet's verdict, so fw.drivers.nfqueue's PacketHandler applies them.
+RewritePacket act on the packet's verdict, so fw.drivers.nfqueue's PacketHandler applies them
+(and calls this only when a decision has other effects too: NAT's passes mostly have none).
 """
 
 from __future__ import annotations

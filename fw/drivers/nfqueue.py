@@ -335,12 +335,14 @@ class PacketHandler:
         except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
             return self._fail(packet, data, "engine", exc)
         later = None
+        applied = 0  # SetMark and RewritePacket effects given to the verdict: nothing else does them
+        effects = decision.effects
         try:
             if self.defer is not None and self.defer(packet, data, decision):
                 pass  # kept: its verdict comes later
             elif decision.verdict == ACCEPT:  # (a defer hook may have judged it again: owner forwarding)
                 self.verdicts.accepted[decision.reason] += 1
-                if decision.effects and self._on_packet(packet, decision.effects):
+                if effects and (applied := self._on_packet(packet, effects)):
                     packet.accept()  # changed: not in a batch, which would send the original
                 elif self.accept_later and self.defer is None:
                     later = ACCEPT_LATER
@@ -352,9 +354,9 @@ class PacketHandler:
         except Exception as exc:  # noqa: BLE001
             self.errors["verdict"] += 1
             self.on_error("verdict", exc, data)
-        if decision.effects:
+        if len(effects) > applied:  # others than the packet's own (NAT's passes: usually none)
             try:
-                self.on_effects(decision.effects)
+                self.on_effects(effects)
             except Exception as exc:  # noqa: BLE001
                 self.errors["effects"] += 1
                 self.on_error("effects", exc, data)
@@ -369,18 +371,18 @@ class PacketHandler:
         """The mark a SetMark gives the packet (fw.drivers.nat_queue keeps the packet's other bits)."""
         return mark
 
-    def _on_packet(self, packet, effects) -> bool:
-        """Apply SetMark and RewritePacket to the packet; True if there was one."""
-        changed = False
+    def _on_packet(self, packet, effects) -> int:
+        """Apply SetMark and RewritePacket to the packet; how many there were (0: unchanged)."""
+        applied = 0
         for effect in effects:
             kind = type(effect)
             if kind is SetMark:
                 packet.set_mark(self.new_mark(packet, effect.mark))
-                changed = True
+                applied += 1
             elif kind is RewritePacket:
                 packet.set_payload(effect.data)
-                changed = True
-        return changed
+                applied += 1
+        return applied
 
     def _fail(self, packet, data: bytes, where: str, exc: BaseException) -> str | None:
         self.errors[where] += 1

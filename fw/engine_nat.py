@@ -1,12 +1,14 @@
 """The engine's NAT: which new sessions translate, the binding they keep, and each packet rewritten.
 
 How it works. The rules decide on the packet as it arrived; for a session they accepted, `Nat.bind`
-picks at most one destination translation (the first matching `dnat` entry: it may match `iif`,
-never `oif`) and then at most one source translation (the first matching `snat` entry, matched on
-the translated destination). `masquerade` needs the outgoing interface's address, which only the
-live daemon can give: it never applies here yet (nor in replay, as SPEC says). The source port (an
-ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
-else the next free one; none free: the session is refused as `nat:exhausted`.
+picks at most one destination translation (a virtual server at the packet's destination address,
+proto and port: fw/engine_lb.py picks its real server; else the first matching `dnat` entry: it
+may match `iif`, never `oif`) and then at most one source translation (the first matching `snat`
+entry, matched on the translated destination; a virtual server with `full_nat` brings its own).
+`masquerade` needs the outgoing interface's address, which only the live daemon can give: it
+never applies here yet (nor in replay, as SPEC says). The source port (an ICMP echo id) comes
+from the entry's fw.nat.ports.Pool: kept when the translated tuple is free, else the next free one;
+none free: the session is refused as `nat:exhausted`.
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -27,6 +29,7 @@ from __future__ import annotations
 from fw import engine_nat_ftp
 from fw.conntrack.table import flow_key, orientation
 from fw.decision import DROP, RewritePacket
+from fw.engine_lb import AllDown, LoadBalancer
 from fw.nat.ports import Pool
 from fw.nat.rewrite import Manip, RewriteError, Translation
 
@@ -54,7 +57,7 @@ class Binding:
     """
 
     __slots__ = ("proto", "family", "orig", "reply", "alias", "alias_side", "names", "forward", "backward",
-                 "held", "ftp", "ports")
+                 "held", "ftp", "ports", "lb")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -65,6 +68,7 @@ class Binding:
         self.held = held  # (pool, proto, address, port) the session holds, released when it goes
         self.ftp = None  # fw.nat.ftp.FtpNatSession of a translated FTP control session
         self.ports: dict | None = None  # (dst, dport) a data session arrives for -> (dst, dport) it leaves for
+        self.lb: tuple | None = None  # a balanced session: (LoadBalancer, (virtual server, real server))
         c, d, cp, dp = orig
         s, t, sp, tp = reply
         primary = flow_key(proto, c, d, cp, dp)
@@ -117,7 +121,8 @@ class Binding:
         return {"orig": _plain(self.orig), "reply": _plain(self.reply), "names": self.names,
                 "pool": self.held[4] if self.held is not None else None,
                 "ftp": self.ftp.to_dict() if self.ftp is not None else None,
-                "ports": [[a.hex(), p, b.hex(), q] for (a, p), (b, q) in (self.ports or {}).items()]}
+                "ports": [[a.hex(), p, b.hex(), q] for (a, p), (b, q) in (self.ports or {}).items()],
+                **({"lb": list(self.lb[1])} if self.lb is not None else {})}
 
     @classmethod
     def from_dict(cls, proto: int, family: int, data: dict) -> Binding:
@@ -129,6 +134,8 @@ class Binding:
             binding.ftp = FtpNatSession.from_dict(data["ftp"])
         ports = data.get("ports") or ()
         binding.ports = {(bytes.fromhex(a), int(p)): (bytes.fromhex(b), int(q)) for a, p, b, q in ports} or None
+        if data.get("lb") is not None:  # the engine that adopts it links its LoadBalancer
+            binding.lb = (None, tuple(str(name) for name in data["lb"]))
         return binding
 
 
@@ -148,9 +155,13 @@ class Nat:
         self.entries: tuple = ()
         self.pools: dict[tuple, Pool] = {}
         self.by_name: dict[str, Pool] = {}
+        self.lb = LoadBalancer()
+        self.active = False  # anything to translate: nat entries or virtual servers
 
-    def configure(self, entries) -> None:
+    def configure(self, entries, virtual_servers=()) -> None:
+        self.lb.configure(virtual_servers)
         self.entries = tuple(entries)
+        self.active = bool(self.entries) or self.lb.active
         pools, by_name = {}, {}
         for entry in self.entries:
             if entry.type != "snat":
@@ -158,45 +169,86 @@ class Nat:
             spec = (entry.family, entry.to_first, entry.to_last, entry.ports)
             pool = self.pools.get(spec) or Pool(entry.family, entry.to_first, entry.to_last, entry.ports)
             pools[spec] = by_name[entry.name] = pool
+        for spec in self.lb.services.specs.values():
+            if spec.full_nat:  # full_nat's pool, found again by this name after a restore
+                by_name["lb:" + spec.name] = self.lb.source_pool(spec)
         self.pools, self.by_name = pools, by_name
 
-    def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict) -> Binding | str | None:
-        """The binding of a new session the rules accepted, None (no entry applies), or EXHAUSTED."""
+    def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
+        """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
+        an engine_lb.AllDown (a virtual server with no real server available)."""
         family, proto = pkt.family, pkt.proto
         src = int.from_bytes(pkt.src, "big")
         dst = int.from_bytes(pkt.dst, "big")
-        dnat = _first(self.entries, ("dnat",), family, pkt, src, dst, iif, None)
+        choice = self.lb.choose(pkt, sport, dport, now) if self.lb.active else None
+        dnat = None
         new_dst, new_dport = pkt.dst, dport
-        if dnat is not None:
-            new_dst = dnat.to_first
-            if dnat.to_port is not None:
-                new_dport = dnat.to_port
+        if choice is not None:
+            if choice.__class__ is AllDown:
+                return choice
+            new_dst, new_dport = choice.server.packed, choice.server.port
+        else:
+            dnat = _first(self.entries, ("dnat",), family, pkt, src, dst, iif, None)
+            if dnat is not None:
+                new_dst = dnat.to_first
+                if dnat.to_port is not None:
+                    new_dport = dnat.to_port
+        full_nat = choice is not None and choice.spec.full_nat
         view = _Translated(pkt, new_dport) if new_dport != dport else pkt
-        snat = _first(self.entries, ("snat",), family, view, src, int.from_bytes(new_dst, "big"), iif, oif)
-        if dnat is None and snat is None:
+        snat = None if full_nat else _first(self.entries, ("snat",), family, view, src,
+                                            int.from_bytes(new_dst, "big"), iif, oif)
+        if dnat is None and snat is None and choice is None:
             return None
         echo = proto == ICMP or proto == ICMPV6
-        if snat is None:
+        if full_nat:
+            pool = self.lb.source_pool(choice.spec)
+            found = self._allocate(pool, pkt, sport, new_dst, new_dport, sessions)
+            if found is None:
+                self.lb.closed(choice.key, 0)
+                return EXHAUSTED
+            address, port = found
+            held = (pool, proto, address, port, "lb:" + choice.spec.name)
+        elif snat is None:
             address, port, held = pkt.src, sport, None
             if flow_key(proto, new_dst, address, new_dport, port) in sessions:
+                if choice is not None:
+                    self.lb.closed(choice.key, 0)
                 return EXHAUSTED  # the untranslated source is in use toward the new destination
         else:
             pool = self.by_name[snat.name]
-
-            def taken(candidate: bytes, number: int) -> bool:
-                return flow_key(proto, new_dst, candidate, number if echo else new_dport, number) in sessions
-
-            found = pool.allocate(proto, pkt.src, sport, taken)
+            found = self._allocate(pool, pkt, sport, new_dst, new_dport, sessions)
             if found is None:
+                if choice is not None:
+                    self.lb.closed(choice.key, 0)
                 return EXHAUSTED
             address, port = found
             held = (pool, proto, address, port, snat.name)
         names = ",".join("nat:" + entry.name for entry in (dnat, snat) if entry is not None)
+        if choice is not None:
+            names = choice.names + ("," + names if names else "")
         reply = (new_dst, address, port if echo else new_dport, port)
-        return Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
+        binding = Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
+        if choice is not None:
+            binding.lb = (self.lb, choice.key)
+        return binding
+
+    @staticmethod
+    def _allocate(pool: Pool, pkt, sport: int, new_dst: bytes, new_dport: int, sessions: dict):
+        """(address, port) from `pool` for a session toward new_dst:new_dport, or None."""
+        proto = pkt.proto
+        echo = proto == ICMP or proto == ICMPV6
+
+        def taken(candidate: bytes, number: int) -> bool:
+            return flow_key(proto, new_dst, candidate, number if echo else new_dport, number) in sessions
+
+        return pool.allocate(proto, pkt.src, sport, taken)
 
     def claim(self, binding: Binding) -> None:
-        """A restored or synced binding: its pool port handed out again (its entry still exists)."""
+        """A restored or synced binding: its pool port handed out again (its entry still exists),
+        a balanced one counted on its real server."""
+        if binding.lb is not None:
+            binding.lb = (self.lb, binding.lb[1])
+            self.lb.adopted(binding.lb[1])
         name = binding.held[4] if binding.held is not None else None
         pool = self.by_name.get(name) if name is not None else None
         if pool is None:
@@ -207,8 +259,13 @@ class Nat:
         binding.held = (pool, binding.proto, address, port, name)
 
 
-def release(binding: Binding) -> None:
-    """The session is gone: its pool port is free again."""
+def release(binding: Binding, session_bytes: int = 0) -> None:
+    """The session is gone: its pool port is free again, its real server one session lighter."""
+    if binding.lb is not None:
+        balancer, key = binding.lb
+        binding.lb = None
+        if balancer is not None:
+            balancer.closed(key, session_bytes)
     held = binding.held
     if held is not None and held[0] is not None:
         held[0].release(held[1], held[2], held[3])

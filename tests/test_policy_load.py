@@ -177,7 +177,7 @@ def test_every_error_is_reported_not_only_the_first():
 @pytest.mark.parametrize("text, message", [
     ("", "no 'version' (add 'version: 1')"),
     ("- a list\n", "a policy file must be a mapping of version, defaults, sets, zones, timeouts, "
-                   "timeout_overrides, options, rules, nat"),
+                   "timeout_overrides, options, rules, nat, virtual_servers"),
     ("version: 1\nversion: 1\n", "duplicate key 'version'"),
     ("version: !!python/object:os.system 1\n",
      "unsupported YAML tag 'tag:yaml.org,2002:python/object:os.system'"),

@@ -20,16 +20,17 @@ may not arrive on its interface is dropped as `spoof` before any lookup (fw.poli
 
 Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
 expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; NAT in
-fw/engine_nat.py and fw/engine_nat_ftp.py; virtual servers (the load balancer) in fw/engine_lb.py;
-snapshots in fw/engine_state.py; expectations in fw/conntrack/expect.py; the table, its timer wheel
-(`touch`) and eviction order in fw/conntrack/table.py; TCP's state machine in fw/conntrack/tcp.py.
+fw/engine_nat.py and fw/engine_nat_ftp.py (the live passes in fw/engine_nat_passes.py); virtual
+servers (the load balancer) in fw/engine_lb.py; snapshots in fw/engine_state.py; expectations in
+fw/conntrack/expect.py; the table, its timer wheel (`touch`) and eviction order in
+fw/conntrack/table.py; TCP's state machine in fw/conntrack/tcp.py.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from fw import engine_lb, engine_nat, engine_nat_ftp, engine_state, engine_trackers
+from fw import engine_lb, engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
@@ -106,6 +107,7 @@ class Engine:
         self.rule_limits = RuleLimits()
         self.timeout_scale = 1.0
         self.nat = engine_nat.Nat()
+        self.partial = False  # the packet's L4 checksum is partial (the live NAT passes say so)
         self.swap_policy(policy)
 
     # -- policy -------------------------------------------------------------------------------
@@ -140,7 +142,12 @@ class Engine:
 
     # -- the packet path ----------------------------------------------------------------------
 
-    def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None) -> Decision:
+    def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None,
+                hook: str | None = None, partial: bool = False) -> Decision:
+        """One packet. `hook` None: the one pass of replay and of a daemon without NAT; the live
+        NAT passes (`hook` before or after routing, `partial` checksums) are fw/engine_nat_passes.py's."""
+        if hook is not None:
+            return engine_nat_passes.process(self, data, now, iif, oif, hook, partial)
         self._data = data  # the raw bytes, for an ICMP unreachable that quotes them
         try:
             pkt = parse(data)
@@ -216,7 +223,8 @@ class Engine:
                         if binding.ftp is not None or extra.alg is not None:
                             return self.translate(decision, binding, original, now)
                         try:  # translate()'s common case, written out (every packet of the session)
-                            data = (binding.forward if original else binding.backward).apply(self._data, pkt)
+                            data = (binding.forward if original else binding.backward).apply(
+                                self._data, pkt, self.partial)
                         except RewriteError:
                             return self.translate(decision, binding, original, now)
                         decision.effects = effects + (RewritePacket(data),)
@@ -336,6 +344,7 @@ class Engine:
             session.nat = binding
             if binding.alias is not None:
                 self.table.add_alias(session, binding.alias)
+            self.nat.remember(session, binding)
             if session.alg is not None:  # the ALG judges and expects in the server side's terms
                 session.alg.peers.translated = binding.peers()
                 if session.alg.name == "ftp":
@@ -558,6 +567,7 @@ class Engine:
             self.nat.claim(binding)
             if binding.alias is not None:
                 self.table.add_alias(session, binding.alias)
+            self.nat.remember(session, binding)
         return effects
 
     def recheck(self, now: float) -> tuple:

@@ -5,10 +5,10 @@ picks at most one destination translation (a virtual server at the packet's dest
 proto and port: fw/engine_lb.py picks its real server; else the first matching `dnat` entry: it
 may match `iif`, never `oif`) and then at most one source translation (the first matching `snat`
 entry, matched on the translated destination; a virtual server with `full_nat` brings its own).
-`masquerade` needs the outgoing interface's address, which only the live daemon can give: it
-never applies here yet (nor in replay, as SPEC says). The source port (an ICMP echo id) comes
-from the entry's fw.nat.ports.Pool: kept when the translated tuple is free, else the next free one;
-none free: the session is refused as `nat:exhausted`.
+`masquerade` needs the outgoing interface's address, which only the
+live daemon can give: it never applies here yet (nor in replay, as SPEC says). The source port (an
+ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
+else the next free one; none free: the session is refused as `nat:exhausted`.
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -57,7 +57,7 @@ class Binding:
     """
 
     __slots__ = ("proto", "family", "orig", "reply", "alias", "alias_side", "names", "forward", "backward",
-                 "held", "ftp", "ports", "lb")
+                 "held", "ftp", "ports", "middle", "_halves", "lb")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -68,7 +68,6 @@ class Binding:
         self.held = held  # (pool, proto, address, port) the session holds, released when it goes
         self.ftp = None  # fw.nat.ftp.FtpNatSession of a translated FTP control session
         self.ports: dict | None = None  # (dst, dport) a data session arrives for -> (dst, dport) it leaves for
-        self.lb: tuple | None = None  # a balanced session: (LoadBalancer, (virtual server, real server))
         c, d, cp, dp = orig
         s, t, sp, tp = reply
         primary = flow_key(proto, c, d, cp, dp)
@@ -77,6 +76,9 @@ class Binding:
         self.alias_side = orientation(alias, s, sp)  # the engine's `side` of a reply packet
         self.forward = Translation(family, proto, orig, (t, s, tp, sp))
         self.backward = Translation(family, proto, reply, (d, c, dp, cp))
+        self.middle = None  # hairpin: (dict, key) of the tuple between the two passes (fw.engine_nat_passes)
+        self._halves = None
+        self.lb: tuple | None = None  # a balanced session: (LoadBalancer, (virtual server, real server))
 
     @property
     def dnat(self) -> bool:
@@ -98,8 +100,35 @@ class Binding:
             return False
         return None
 
-    def rewrite(self, data: bytes, pkt, original: bool) -> bytes:
-        return (self.forward if original else self.backward).apply(data, pkt)
+    def rewrite(self, data: bytes, pkt, original: bool, partial: bool = False) -> bytes:
+        return (self.forward if original else self.backward).apply(data, pkt, partial)
+
+    def between(self, original: bool) -> tuple:
+        """(src, dst, sport, dport) a packet of that direction carries between the two live passes:
+        its destination translated (before routing), its source not yet (after routing). ICMP echo:
+        the id in both port places."""
+        c, d, cp, dp = self.orig
+        s, t, sp, tp = self.reply
+        echo = self.proto == ICMP or self.proto == ICMPV6
+        if original:
+            return c, s, cp, cp if echo else sp
+        return s, c, cp if echo else sp, cp
+
+    def halves(self) -> tuple:
+        """(undo, after) per direction, compiled on first use: `undo` takes a packet translated
+        whole back to `between` (its source as it arrived), `after` does the source half after
+        routing; None where that direction's source does not change (no second pass)."""
+        if self._halves is None:
+            family, proto = self.family, self.proto
+            result = []
+            for original, changes in ((True, self.snat), (False, self.dnat)):
+                if not changes:
+                    result.append((None, None))
+                    continue
+                whole, middle = self.left(original), self.between(original)
+                result.append((Translation(family, proto, whole, middle), Translation(family, proto, middle, whole)))
+            self._halves = tuple(result)
+        return self._halves
 
     def left(self, original: bool) -> tuple:
         """(src, dst, sport, dport) a packet of that direction leaves with."""
@@ -155,6 +184,12 @@ class Nat:
         self.entries: tuple = ()
         self.pools: dict[tuple, Pool] = {}
         self.by_name: dict[str, Pool] = {}
+        # The live daemon's input (None in replay): route(family, dst) -> (oif, preferred source
+        # address) as the kernel would route a packet to `dst`, or None. With it, a new session's
+        # source translation is decided on the route to its translated destination and
+        # `masquerade` entries apply (fw.drivers.routes).
+        self.route = None
+        self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
         self.lb = LoadBalancer()
         self.active = False  # anything to translate: nat entries or virtual servers
 
@@ -164,11 +199,13 @@ class Nat:
         self.active = bool(self.entries) or self.lb.active
         pools, by_name = {}, {}
         for entry in self.entries:
-            if entry.type != "snat":
+            if entry.type == "dnat":
                 continue
-            spec = (entry.family, entry.to_first, entry.to_last, entry.ports)
-            pool = self.pools.get(spec) or Pool(entry.family, entry.to_first, entry.to_last, entry.ports)
-            pools[spec] = by_name[entry.name] = pool
+            families = (entry.family,) if entry.type == "snat" else (4, 6)
+            for family in families:
+                spec = (entry.type, family, entry.to_first, entry.to_last, entry.ports)
+                pool = self.pools.get(spec) or Pool(family, entry.to_first, entry.to_last, entry.ports)
+                pools[spec] = by_name[_pool_name(entry.name, entry.type, family)] = pool
         for spec in self.lb.services.specs.values():
             if spec.full_nat:  # full_nat's pool, found again by this name after a restore
                 by_name["lb:" + spec.name] = self.lb.source_pool(spec)
@@ -177,7 +214,7 @@ class Nat:
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
         """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
         an engine_lb.AllDown (a virtual server with no real server available)."""
-        family, proto = pkt.family, pkt.proto
+        family = pkt.family
         src = int.from_bytes(pkt.src, "big")
         dst = int.from_bytes(pkt.dst, "big")
         choice = self.lb.choose(pkt, sport, dport, now) if self.lb.active else None
@@ -193,55 +230,90 @@ class Nat:
                 new_dst = dnat.to_first
                 if dnat.to_port is not None:
                     new_dport = dnat.to_port
-        full_nat = choice is not None and choice.spec.full_nat
+        binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport)
+        if choice is not None:
+            if binding.__class__ is Binding:
+                binding.lb = (self.lb, choice.key)
+            else:
+                self.lb.closed(choice.key, 0)  # not opened after all
+        return binding
+
+    def _source(self, pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport):
+        """The source half of `bind`, on the translated destination: a Binding, None or EXHAUSTED."""
+        family, proto = pkt.family, pkt.proto
+        src = int.from_bytes(pkt.src, "big")
         view = _Translated(pkt, new_dport) if new_dport != dport else pkt
-        snat = None if full_nat else _first(self.entries, ("snat",), family, view, src,
-                                            int.from_bytes(new_dst, "big"), iif, oif)
+        if choice is not None and choice.spec.full_nat:
+            return self._full_nat(pkt, sport, dport, choice, new_dst, new_dport, sessions)
+        masquerade = None
+        if self.route is not None:
+            route = self.route(family, new_dst) if new_dst != pkt.dst or oif is None else None
+            if route is not None:
+                oif = route[0]
+            types = ("snat", "masquerade")
+        else:
+            types = ("snat",)
+        snat = _first(self.entries, types, family, view, src, int.from_bytes(new_dst, "big"), iif, oif)
+        if snat is not None and snat.type == "masquerade":
+            route = self.route(family, new_dst)
+            masquerade = route[1] if route is not None else None
+            if masquerade is None:
+                return EXHAUSTED  # no address to masquerade as (no route, or none on its interface)
         if dnat is None and snat is None and choice is None:
             return None
         echo = proto == ICMP or proto == ICMPV6
-        if full_nat:
-            pool = self.lb.source_pool(choice.spec)
-            found = self._allocate(pool, pkt, sport, new_dst, new_dport, sessions)
-            if found is None:
-                self.lb.closed(choice.key, 0)
-                return EXHAUSTED
-            address, port = found
-            held = (pool, proto, address, port, "lb:" + choice.spec.name)
-        elif snat is None:
+        if snat is None:
             address, port, held = pkt.src, sport, None
             if flow_key(proto, new_dst, address, new_dport, port) in sessions:
-                if choice is not None:
-                    self.lb.closed(choice.key, 0)
                 return EXHAUSTED  # the untranslated source is in use toward the new destination
         else:
-            pool = self.by_name[snat.name]
-            found = self._allocate(pool, pkt, sport, new_dst, new_dport, sessions)
+            name = _pool_name(snat.name, snat.type, family)
+            pool = self.by_name[name]
+
+            def taken(candidate: bytes, number: int) -> bool:
+                return flow_key(proto, new_dst, candidate, number if echo else new_dport, number) in sessions
+
+            found = pool.allocate(proto, pkt.src, sport, taken, masquerade)
             if found is None:
-                if choice is not None:
-                    self.lb.closed(choice.key, 0)
                 return EXHAUSTED
             address, port = found
-            held = (pool, proto, address, port, snat.name)
+            held = (pool, proto, address, port, name)
         names = ",".join("nat:" + entry.name for entry in (dnat, snat) if entry is not None)
         if choice is not None:
             names = choice.names + ("," + names if names else "")
         reply = (new_dst, address, port if echo else new_dport, port)
-        binding = Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
-        if choice is not None:
-            binding.lb = (self.lb, choice.key)
-        return binding
+        return Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
 
-    @staticmethod
-    def _allocate(pool: Pool, pkt, sport: int, new_dst: bytes, new_dport: int, sessions: dict):
-        """(address, port) from `pool` for a session toward new_dst:new_dport, or None."""
+    def _full_nat(self, pkt, sport, dport, choice, new_dst, new_dport, sessions):
+        """A virtual server's `full_nat`: the source becomes the firewall's address toward the real
+        server (the route's preferred source, as masquerade, when the live daemon gives routes; the
+        virtual address in replay), its port from the virtual server's pool."""
+        address = None
+        if self.route is not None:
+            route = self.route(pkt.family, new_dst)
+            address = route[1] if route is not None else None
+            if address is None:
+                return EXHAUSTED
+        pool = self.lb.source_pool(choice.spec)
         proto = pkt.proto
-        echo = proto == ICMP or proto == ICMPV6
 
         def taken(candidate: bytes, number: int) -> bool:
-            return flow_key(proto, new_dst, candidate, number if echo else new_dport, number) in sessions
+            return flow_key(proto, new_dst, candidate, new_dport, number) in sessions
 
-        return pool.allocate(proto, pkt.src, sport, taken)
+        found = pool.allocate(proto, pkt.src, sport, taken, address)
+        if found is None:
+            return EXHAUSTED
+        held = (pool, proto, found[0], found[1], "lb:" + choice.spec.name)
+        reply = (new_dst, found[0], new_dport, found[1])
+        return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
+
+    def remember(self, session, binding: Binding) -> None:
+        """A hairpin session (both halves) is found between the passes by a third key."""
+        if binding.dnat and binding.snat:
+            c, s, cp, sp = binding.between(True)
+            key = flow_key(binding.proto, c, s, cp, sp)
+            self.middle[key] = session
+            binding.middle = (self.middle, key)
 
     def claim(self, binding: Binding) -> None:
         """A restored or synced binding: its pool port handed out again (its entry still exists),
@@ -251,6 +323,8 @@ class Nat:
             self.lb.adopted(binding.lb[1])
         name = binding.held[4] if binding.held is not None else None
         pool = self.by_name.get(name) if name is not None else None
+        if pool is None and name is not None:  # a snapshot of an snat entry's pool (named as its entry)
+            pool = self.by_name.get(_pool_name(name, "snat", binding.family))
         if pool is None:
             binding.held = None
             return
@@ -259,13 +333,23 @@ class Nat:
         binding.held = (pool, binding.proto, address, port, name)
 
 
+def _pool_name(name: str, kind: str, family: int) -> str:
+    """The pool's key: an snat entry's name; a masquerade entry has one pool per family."""
+    return name if kind == "snat" else f"{name}/ipv{family}"
+
+
 def release(binding: Binding, session_bytes: int = 0) -> None:
-    """The session is gone: its pool port is free again, its real server one session lighter."""
+    """The session is gone: its pool port is free again (and its hairpin key forgotten), its real
+    server one session lighter."""
     if binding.lb is not None:
         balancer, key = binding.lb
         binding.lb = None
         if balancer is not None:
             balancer.closed(key, session_bytes)
+    if binding.middle is not None:
+        middle, key = binding.middle
+        middle.pop(key, None)
+        binding.middle = None
     held = binding.held
     if held is not None and held[0] is not None:
         held[0].release(held[1], held[2], held[3])
@@ -324,7 +408,7 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
     if alg is not None and (pkt.payload_len or pkt.proto != TCP):
         decision.effects = decision.effects + engine.feed_alg(decision.session, pkt, original, now)
     try:
-        data = (binding.forward if original else binding.backward).apply(engine.data, pkt)
+        data = (binding.forward if original else binding.backward).apply(engine.data, pkt, engine.partial)
     except RewriteError:
         engine.counters["nat_rewrite_errors"] += 1
         decision.verdict, decision.reason = DROP, "nat:rewrite"

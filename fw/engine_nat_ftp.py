@@ -74,8 +74,9 @@ def segment(engine, decision, binding, original: bool, now: float):
             shifted = (seq + ftp.seqadj.corrections[direction].seq_offset(seq)) & MASK
             decision.effects = decision.effects + engine.feed_alg(session, pkt, original, now, payload, shifted)
     try:
-        packet = parse(data) if data is not engine.data else pkt
-        data = binding.rewrite(data, packet, original)
+        unchanged = data is engine.data  # else with_payload computed the whole checksum
+        packet = pkt if unchanged else parse(data)
+        data = binding.rewrite(data, packet, original, unchanged and engine.partial)
         if ftp.seqadj.active:
             data = ftp.seqadj.adjust(data, parse(data) if packet is pkt else packet, direction)
     except (RewriteError, ValueError):

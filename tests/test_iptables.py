@@ -311,3 +311,70 @@ def test_cleanup_refuses_while_a_daemon_holds_the_namespace(ns):
     time.sleep(0.1)
     assert ns.run(*fw_command("cleanup")).returncode == 0
 
+
+
+# -- NAT: the mangle table's two passes ----------------------------------------------------------------
+
+NAT_HOOKING = Hooking(hooks=("PREROUTING", "POSTROUTING"), nat_mark=0x20000000)
+
+
+def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
+    script = install_script(NAT_HOOKING, 4).splitlines()
+    assert script[0] == "*mangle" and "*filter" not in script
+    tag = "-m comment --comment fw-daemon"
+    assert script[-3:] == [f"-I PREROUTING 1 {tag} -j FW-PREROUTING", f"-I POSTROUTING 1 {tag} -j FW-POSTROUTING",
+                           "COMMIT"]
+    assert chain_rules(NAT_HOOKING, "POSTROUTING", 4) == [
+        f"-A FW-POSTROUTING -m mark --mark 0x20000000/0x20000000 {tag} -j NFQUEUE --queue-num 0"]
+    before = chain_rules(NAT_HOOKING, "PREROUTING", 6)
+    assert before[0] == f"-A FW-PREROUTING -i lo {tag} -j RETURN"
+    assert (f"-A FW-PREROUTING -m addrtype --dst-type LOCAL -m conntrack --ctstate ESTABLISHED,RELATED "
+            f"--ctdir REPLY {tag} -j RETURN") in before
+    assert before[-1] == f"-A FW-PREROUTING {tag} -j NFQUEUE --queue-num 0"
+    assert NAT_HOOKING.first_pass == "PREROUTING" and Hooking().first_pass == "FORWARD"
+
+
+NAT_INSTALL = """
+from fw.drivers.iptables import Hooking, Installation
+rules = Installation(Hooking(hooks=("INPUT", "PREROUTING", "POSTROUTING"), nat_mark=0x20000000), "{backend}")
+rules.install()
+print("installed", flush=True)
+{after}
+"""
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_nat_rules_go_exactly_and_a_killed_runs_with_fw_cleanup(ns, backend):
+    """(An operator's mangle rule, kept: iptables-legacy cannot remove a table once it exists.)"""
+    add_foreign_rules(ns, backend)
+    for tool in (f"iptables-{backend}", f"ip6tables-{backend}"):
+        ns.run(tool, "-t", "mangle", "-A", "PREROUTING", "-m", "comment", "--comment", "operator", "-j", "RETURN")
+    before = ns.save(backend)
+    during = ns.python(NAT_INSTALL.format(backend=backend, after=f"""
+import subprocess
+print(subprocess.run(["iptables-{backend}-save"], capture_output=True, text=True).stdout)
+rules.remove()
+""")).stdout
+    assert "-A PREROUTING -m comment --comment fw-daemon -j FW-PREROUTING\n-A PREROUTING -m comment " \
+           "--comment operator -j RETURN" in during
+    assert "-A INPUT -m comment --comment fw-daemon -j FW-INPUT" in during
+    assert ns.save(backend) == before
+    process = ns.popen(sys.executable, "-c", NAT_INSTALL.format(backend=backend, after="import time; time.sleep(60)"))
+    try:
+        assert process.stdout.readline().strip() == "installed"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+    assert ":FW-POSTROUTING" in ns.save(backend)
+    done = ns.run(*fw_command("cleanup")).stdout
+    assert "chain FW-PREROUTING" in done and "chain FW-INPUT" in done
+    assert ns.save(backend) == before
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_a_fresh_nft_namespace_is_empty_again_after_nat_rules(ns):
+    ns.python(NAT_INSTALL.format(backend="nft", after="rules.remove()"))
+    assert ns.run("nft", "list", "ruleset").stdout == ""

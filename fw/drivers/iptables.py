@@ -1,7 +1,11 @@
 """The daemon's iptables rules: install them, remove them, clean up what a crashed run left.
 
-How it works: the daemon owns the filter-table chains FW-FORWARD, FW-INPUT and FW-OUTPUT (IPv4 and
-IPv6) and one jump rule into each from its built-in chain, inserted first. Every rule it writes
+How it works: the daemon owns the filter-table chains FW-FORWARD, FW-INPUT and FW-OUTPUT and, for a
+policy that translates (NAT), the mangle-table chains FW-PREROUTING and FW-POSTROUTING (IPv4 and
+IPv6), and one jump rule into each from its built-in chain, inserted first. With NAT the first pass
+is FW-PREROUTING (before routing: every packet that arrives, but loopback and the replies of the
+firewall's own connections), replacing FW-FORWARD; FW-POSTROUTING queues only the packets the first
+pass marked (`Hooking.nat_mark`), the second pass of translated sessions (fw/engine_nat_passes.py). Every rule it writes
 carries the comment `fw-daemon` (the tag). Each change is one `iptables-restore -w --noflush`
 transaction per family, built from what `iptables-save` shows at that moment: a restore that
 deletes a missing rule fails whole, so only rules that are there are deleted, verbatim as saved.
@@ -27,9 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TAG = "fw-daemon"
-HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+HOOKS = ("FORWARD", "INPUT", "OUTPUT", "PREROUTING", "POSTROUTING")
 CHAIN_OF_HOOK = {hook: f"FW-{hook}" for hook in HOOKS}
 OUR_CHAINS = frozenset(CHAIN_OF_HOOK.values())
+TABLES = ("filter", "mangle")
+TABLE_OF_HOOK = {"FORWARD": "filter", "INPUT": "filter", "OUTPUT": "filter",
+                 "PREROUTING": "mangle", "POSTROUTING": "mangle"}
+BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
+           "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")}
+CHAINS_OF_TABLE = {table: frozenset(CHAIN_OF_HOOK[h] for h in HOOKS if TABLE_OF_HOOK[h] == table)
+                   for table in TABLES}
 BACKENDS = ("nft", "legacy")
 FAMILIES = (4, 6)
 DEFAULT_MARK = 0x6677  # "fw": SO_MARK of the daemon's own packets, exempt from the queue
@@ -53,6 +64,12 @@ class Hooking:
     families: tuple[int, ...] = FAMILIES
     offload: bool = False  # the fast path of fw.drivers.offload before the queue
     offload_mark: int = 0x40000000  # connmark bit of offloaded connections
+    nat_mark: int = 0  # NAT: the packet mark bit of the second pass (FW-POSTROUTING queues only those)
+
+    @property
+    def first_pass(self) -> str:
+        """The hook where packets are judged: FORWARD, or PREROUTING with NAT."""
+        return "PREROUTING" if "PREROUTING" in self.hooks else "FORWARD"
 
 
 def host_backend() -> str:
@@ -85,6 +102,15 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     """The rules of our chain for `hook`, as restore lines."""
     chain, tag, mark = CHAIN_OF_HOOK[hook], f"-m comment --comment {TAG}", f"0x{hooking.mark:x}"
     rules = []
+    if hook == "POSTROUTING":  # the second pass: only what the first marked
+        nat = f"0x{hooking.nat_mark:x}"
+        return [f"-A {chain} -m mark --mark {nat}/{nat} {tag} {_queue_target(hooking)}"]
+    if hook == "PREROUTING":
+        rules.append(f"-A {chain} -i lo {tag} -j RETURN")
+        rules.append(f"-A {chain} -m connmark --mark {mark} {tag} -j RETURN")
+        # Replies of the firewall's own connections (kernel conntrack saw them leave): not NAT's.
+        rules.append(f"-A {chain} -m addrtype --dst-type LOCAL -m conntrack --ctstate ESTABLISHED,RELATED "
+                     f"--ctdir REPLY {tag} -j RETURN")
     if hook == "INPUT":
         rules.append(f"-A {chain} -i lo {tag} -j RETURN")
         rules.append(f"-A {chain} -m connmark --mark {mark} {tag} -j RETURN")
@@ -97,7 +123,7 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     # A conntrack match (no target: it only counts) makes the kernel track this namespace and so
     # reassemble fragments (nf_defrag) before they reach our queue: the engine sees whole packets.
     rules.append(f"-A {chain} -m conntrack --ctstate {ALL_CTSTATES} {tag}")
-    if hooking.offload and hook == "FORWARD":
+    if hooking.offload and hook == hooking.first_pass:
         # The fast path (fw.drivers.offload): an offloaded connection's packets, as long as the kernel's
         # own tracker finds them valid, skip the queue; SYN and FIN still reach the engine, and so do
         # RSTs the kernel finds out of window (a valid RST ends the flow; the daemon reads that back).
@@ -110,19 +136,29 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     return rules
 
 
-def install_script(hooking: Hooking, family: int, replacing: FilterTable | None = None) -> str:
-    """Our chains and jumps; `replacing` a crashed run's, whose jumps and chains go in the same commit."""
-    lines = ["*filter"]
-    if replacing is not None:
-        chains = {CHAIN_OF_HOOK[hook] for hook in hooking.hooks}
-        lines += ["-D" + rule[2:] for rule in replacing.our_jumps()]
-        old = sorted(c for c in replacing.ours() if c not in chains)  # those we declare again are flushed
-        lines += [f"-F {c}" for c in old] + [f"-X {c}" for c in old]
-    lines += [f":{CHAIN_OF_HOOK[hook]} - [0:0]" for hook in hooking.hooks]
-    for hook in hooking.hooks:
-        lines += chain_rules(hooking, hook, family)
-    lines += [f"-I {hook} 1 -m comment --comment {TAG} -j {CHAIN_OF_HOOK[hook]}" for hook in hooking.hooks]
-    return "\n".join(lines + ["COMMIT", ""])
+def install_script(hooking: Hooking, family: int, replacing: FilterTable | dict | None = None) -> str:
+    """Our chains and jumps, a section per table; `replacing` a crashed run's (a table, or tables
+    by name), whose jumps and chains go in the same commit."""
+    if isinstance(replacing, FilterTable):
+        replacing = {replacing.name: replacing}
+    lines: list[str] = []
+    chains = {CHAIN_OF_HOOK[hook] for hook in hooking.hooks}
+    for table in TABLES:
+        hooks = [hook for hook in hooking.hooks if TABLE_OF_HOOK[hook] == table]
+        old_table = (replacing or {}).get(table)
+        jumps = old_table.our_jumps() if old_table is not None else []
+        old = sorted(c for c in old_table.ours() if c not in chains) if old_table is not None else []
+        if not hooks and not jumps and not old:
+            continue
+        lines.append(f"*{table}")
+        lines += ["-D" + rule[2:] for rule in jumps]
+        lines += [f"-F {c}" for c in old] + [f"-X {c}" for c in old]  # those we declare again are flushed
+        lines += [f":{CHAIN_OF_HOOK[hook]} - [0:0]" for hook in hooks]
+        for hook in hooks:
+            lines += chain_rules(hooking, hook, family)
+        lines += [f"-I {hook} 1 -m comment --comment {TAG} -j {CHAIN_OF_HOOK[hook]}" for hook in hooks]
+        lines.append("COMMIT")
+    return "\n".join(lines + [""])
 
 
 # -- reading what is there ---------------------------------------------------------------------
@@ -130,32 +166,33 @@ def install_script(hooking: Hooking, family: int, replacing: FilterTable | None 
 
 @dataclass
 class FilterTable:
-    """The filter table as iptables-save prints it: chains and their rules (restore lines)."""
+    """One table (filter, or mangle) as iptables-save prints it: chains and their rules (restore lines)."""
 
     present: bool = False
     policies: dict[str, str] = field(default_factory=dict)
     rules: dict[str, list[str]] = field(default_factory=dict)
+    name: str = "filter"
 
     @classmethod
-    def parse(cls, text: str) -> FilterTable:
-        table, current = cls(), None
+    def parse(cls, text: str, name: str = "filter") -> FilterTable:
+        table, current = cls(name=name), None
         for line in text.splitlines():
             if line.startswith("*"):
                 current = line[1:].strip()
-                table.present = table.present or current == "filter"
-            elif current != "filter" or not line or line.startswith("#"):
+                table.present = table.present or current == name
+            elif current != name or not line or line.startswith("#"):
                 continue
             elif line.startswith(":"):
-                name, policy = line[1:].split()[:2]
-                table.policies[name] = policy
-                table.rules.setdefault(name, [])
+                chain, policy = line[1:].split()[:2]
+                table.policies[chain] = policy
+                table.rules.setdefault(chain, [])
             elif line.startswith("-A "):
                 table.rules.setdefault(line.split()[1], []).append(line)
         return table
 
     def ours(self) -> list[str]:
         """Our chains present here (their name is ours and every rule is tagged)."""
-        return [c for c in OUR_CHAINS if self.rules.get(c) and all(_tagged(r) for r in self.rules[c])]
+        return [c for c in CHAINS_OF_TABLE[self.name] if self.rules.get(c) and all(_tagged(r) for r in self.rules[c])]
 
     def foreign_with_our_name(self) -> list[str]:
         ours = self.ours()
@@ -173,7 +210,8 @@ class FilterTable:
 
     def is_empty(self) -> bool:
         """Only built-in chains, all without rules and with policy ACCEPT."""
-        return all(c in HOOKS and not self.rules[c] and self.policies[c] == "ACCEPT" for c in self.rules)
+        builtin = BUILTIN[self.name]
+        return all(c in builtin and not self.rules[c] and self.policies[c] == "ACCEPT" for c in self.rules)
 
 
 def _tagged(rule: str) -> bool:
@@ -194,7 +232,7 @@ def removal_script(table: FilterTable) -> str | None:
     jumps, chains = table.our_jumps(), sorted(table.ours())
     if not jumps and not chains:
         return None
-    lines = ["*filter"] + ["-D" + rule[2:] for rule in jumps]
+    lines = [f"*{table.name}"] + ["-D" + rule[2:] for rule in jumps]
     lines += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains]
     return "\n".join(lines + ["COMMIT", ""])
 
@@ -217,29 +255,34 @@ class Tool:
             self.family == 4 or os.path.exists("/proc/sys/net/ipv6")
         )
 
-    def save(self) -> FilterTable:
+    def save(self, table: str = "filter") -> FilterTable:
+        return self.save_all()[table]
+
+    def save_all(self) -> dict[str, FilterTable]:
+        """Our tables (filter, mangle) from one iptables-save."""
         # Not `-t filter`: iptables-legacy-save would instantiate a missing table and
         # iptables-nft-save would print one that is not there.
-        return FilterTable.parse(self._run([self.base + "-save"]))
+        text = self._run([self.base + "-save"])
+        return {name: FilterTable.parse(text, name) for name in TABLES}
 
     def restore(self, script: str) -> None:
         self._run([self.base + "-restore", "-w", "5", "--noflush"], script)
 
-    def delete_base_chain(self, chain: str) -> None:
-        self._run([self.base, "-w", "5", "-t", "filter", "-X", chain])
+    def delete_base_chain(self, chain: str, table: str = "filter") -> None:
+        self._run([self.base, "-w", "5", "-t", table, "-X", chain])
 
-    def nft_base_chains(self) -> set[str] | None:
-        """Base chains of the nft filter table that exist (None: no table, or no `nft` to ask)."""
+    def nft_base_chains(self, table: str = "filter") -> set[str] | None:
+        """Base chains of the nft table that exist (None: no table, or no `nft` to ask)."""
         if self.backend != "nft" or not shutil.which("nft"):
             return None
-        proc = subprocess.run(["nft", "list", "table", NFT_FAMILY[self.family], "filter"],
+        proc = subprocess.run(["nft", "list", "table", NFT_FAMILY[self.family], table],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             return None
-        return {hook for hook in HOOKS if f"chain {hook} {{" in proc.stdout}
+        return {hook for hook in BUILTIN[table] if f"chain {hook} {{" in proc.stdout}
 
-    def delete_nft_table(self) -> None:
-        self._run(["nft", "delete", "table", NFT_FAMILY[self.family], "filter"])
+    def delete_nft_table(self, table: str = "filter") -> None:
+        self._run(["nft", "delete", "table", NFT_FAMILY[self.family], table])
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
         try:
@@ -317,34 +360,41 @@ class Installation:
         return stale + cleanup(tuple(b for b in BACKENDS if b != self.backend))
 
     def _install_family(self, tool: Tool, replace_stale: bool, previous: dict) -> list[str]:
-        table = tool.save()
-        foreign = table.foreign_with_our_name()
+        tables = tool.save_all()
+        foreign = sorted({c for table in tables.values() for c in table.foreign_with_our_name()})
         if foreign:
             raise IptablesError(f"{tool}: chain {', '.join(foreign)} exists and was not created by fw; "
                                 "rename or delete it")
-        stale = [f"{tool}: rule {r}" for r in table.our_jumps()] + [f"{tool}: chain {c}" for c in table.ours()]
+        stale = [f"{tool}: rule {r}" for t in tables.values() for r in t.our_jumps()]
+        stale += [f"{tool}: chain {c}" for t in tables.values() for c in t.ours()]
         if stale and not replace_stale:
             raise IptablesError(f"{tool}: rules of another fw run are installed (run `fw cleanup`)")
         if self.backend == "nft":
-            base = tool.nft_base_chains() if table.present else set()
-            created = {"table": not table.present,
-                       "chains": sorted(set(self.hooking.hooks) - base) if base is not None else []}
-            if stale and previous.get("backend") == self.backend:  # what the crashed run had created
-                before = previous.get("created", {}).get(str(tool.family)) or {}
-                created = {"table": created["table"] or bool(before.get("table")),
-                           "chains": sorted(set(created["chains"]) | set(before.get("chains", ())))}
-            self.created[str(tool.family)] = created
+            for name in sorted({TABLE_OF_HOOK[hook] for hook in self.hooking.hooks}):
+                self._note_created(tool, tables[name], stale, previous)
             _write_state({"backend": self.backend, "created": self.created})
         self.installed.append(tool)  # before the restore: a half-done install is still removed
-        tool.restore(install_script(self.hooking, tool.family, replacing=table if stale else None))
+        tool.restore(install_script(self.hooking, tool.family, replacing=tables if stale else None))
         return stale
+
+    def _note_created(self, tool: Tool, table: FilterTable, stale: list, previous: dict) -> None:
+        """What iptables-nft will create for our jumps in `table` (and a crashed run had created)."""
+        key = state_key(tool.family, table.name)
+        hooks = {hook for hook in self.hooking.hooks if TABLE_OF_HOOK[hook] == table.name}
+        base = tool.nft_base_chains(table.name) if table.present else set()
+        created = {"table": not table.present, "chains": sorted(hooks - base) if base is not None else []}
+        if stale and previous.get("backend") == self.backend:
+            before = previous.get("created", {}).get(key) or {}
+            created = {"table": created["table"] or bool(before.get("table")),
+                       "chains": sorted(set(created["chains"]) | set(before.get("chains", ())))}
+        self.created[key] = created
 
     def remove(self) -> list[str]:
         """Remove our rules (and what nft created for them); returns what was removed."""
         removed, errors = [], []
         for tool in reversed(self.installed):
             try:
-                removed += remove_ours(tool, self.created.get(str(tool.family)))
+                removed += remove_ours(tool, self.created)
             except IptablesError as exc:
                 errors.append(str(exc))
         self.installed = []
@@ -354,29 +404,37 @@ class Installation:
         return removed
 
 
+def state_key(family: int, table: str) -> str:
+    """Where the state file notes what nft created: "4" for filter (as before NAT), "4/mangle"."""
+    return str(family) if table == "filter" else f"{family}/{table}"
+
+
 def remove_ours(tool: Tool, created: dict | None = None) -> list[str]:
-    """Remove every rule and chain of ours that `tool` shows; tidy up what nft made for them."""
-    table = tool.save()
-    removed = [f"{tool}: rule {r}" for r in table.our_jumps()] + [f"{tool}: chain {c}" for c in table.ours()]
-    script = removal_script(table)
-    if script:
-        tool.restore(script)
-    if created and tool.backend == "nft":
-        removed += _tidy_nft(tool, created)
+    """Remove every rule and chain of ours that `tool` shows, in every table; tidy up what nft
+    made for them (`created`: the state file's, by state_key)."""
+    removed = []
+    for name, table in tool.save_all().items():
+        removed += [f"{tool}: rule {r}" for r in table.our_jumps()] + [f"{tool}: chain {c}" for c in table.ours()]
+        script = removal_script(table)
+        if script:
+            tool.restore(script)
+        made = (created or {}).get(state_key(tool.family, name))
+        if made and tool.backend == "nft":
+            removed += _tidy_nft(tool, made, name)
     return removed
 
 
-def _tidy_nft(tool: Tool, created: dict) -> list[str]:
+def _tidy_nft(tool: Tool, created: dict, name: str) -> list[str]:
     removed = []
-    table = tool.save()
-    existing = tool.nft_base_chains() or set()
+    table = tool.save(name)
+    existing = tool.nft_base_chains(name) or set()
     for chain in created.get("chains", ()):
         if chain in existing and not table.rules.get(chain) and table.policies.get(chain) == "ACCEPT":
-            tool.delete_base_chain(chain)
+            tool.delete_base_chain(chain, name)
             removed.append(f"{tool}: empty base chain {chain} it had created")
-    if created.get("table") and tool.nft_base_chains() is not None and tool.save().is_empty():
-        tool.delete_nft_table()
-        removed.append(f"{tool}: empty table {NFT_FAMILY[tool.family]} filter it had created")
+    if created.get("table") and tool.nft_base_chains(name) is not None and tool.save(name).is_empty():
+        tool.delete_nft_table(name)
+        removed.append(f"{tool}: empty table {NFT_FAMILY[tool.family]} {name} it had created")
     return removed
 
 
@@ -389,7 +447,7 @@ def cleanup(backends: tuple[str, ...] = BACKENDS) -> list[str]:
             tool = Tool(backend, family)
             if not tool.available():
                 continue
-            created = state.get("created", {}).get(str(family)) if state.get("backend") == backend else None
+            created = state.get("created", {}) if state.get("backend") == backend else None
             try:
                 removed += remove_ours(tool, created)
             except IptablesError as exc:

@@ -1,0 +1,210 @@
+"""The live daemon's NAT: each packet of a translated session in two passes, before and after routing.
+
+Why two passes (SPEC "Translation"): the kernel drops before routing a packet whose source is one of
+its own addresses (masquerade, and the replies of a port forward to the firewall's address), and it
+never routes again a packet whose destination changed after routing. So destinations are rewritten
+before routing (mangle PREROUTING) and sources after it (mangle POSTROUTING), as Linux's own NAT.
+
+How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here when `hook` is set:
+- `BEFORE_ROUTING` (every packet the firewall forwards, and those to its own addresses that concern
+  NAT, see below): the engine's one pass runs as in replay (rules on the packet as it arrived,
+  tracking, ALGs, FTP rewrites and seqadj, the whole translation with `partial` checksums
+  computed), then the source half is taken back (`Binding.halves()`: `undo`), so the packet leaves
+  this pass with its destination translated and its source as it arrived (`Binding.between`).
+  When its source is still to change, the verdict carries `SetMark(NAT_MARK)`: the POSTROUTING
+  queue rule matches that bit, so only translated sessions' packets cross the queue twice.
+  The source translation of a new session is decided here too, on the route to its translated
+  destination (`Nat.route`, the driver's input): the same choice as after routing, known earlier.
+- `TO_FIREWALL`: the same, for a packet routed to the firewall's own address; one that belongs to
+  no session, meets no expectation and no `dnat` entry is not the NAT's (the firewall's own
+  traffic, judged by the INPUT hook if any): accepted untouched, reason `to-firewall`.
+- `AFTER_ROUTING` (marked packets only): one lookup by the `between` tuple (the session's own keys,
+  and for hairpin sessions `Nat.middle`), the source half applied (`after`), nothing tracked or
+  counted again: reason `nat:after-routing`. A marked packet whose session went away between the
+  passes is dropped (`nat:no-session`): it must not leave half translated.
+ICMP errors: the outer source (the router, hidden behind the translated address) changes in the
+second pass, the rest in the first.
+"""
+
+from __future__ import annotations
+
+from fw.conntrack.table import flow_key
+from fw.decision import ACCEPT, DROP, Decision, RewritePacket, SetMark
+from fw.engine_nat import _first
+from fw.nat.rewrite import Manip, RewriteError, rewrite
+from fw.packet import MalformedPacket, parse
+
+BEFORE_ROUTING = "prerouting"
+TO_FIREWALL = "prerouting-local"
+AFTER_ROUTING = "postrouting"
+HOOKS = (BEFORE_ROUTING, TO_FIREWALL, AFTER_ROUTING)
+NAT_MARK = 0x20000000  # the packet mark bit of packets that take the second pass
+AFTER_REASON = "nat:after-routing"
+TO_FIREWALL_REASON = "to-firewall"
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
+ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}
+
+
+def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool) -> Decision:
+    """One packet at one of the live hooks (module docstring)."""
+    if hook == AFTER_ROUTING:
+        return after_routing(engine, data, partial)
+    if hook == TO_FIREWALL and not _concerns_nat(engine, data, iif):
+        return Decision(ACCEPT, TO_FIREWALL_REASON)
+    if hook != BEFORE_ROUTING and hook != TO_FIREWALL:
+        raise ValueError(f"unknown hook {hook!r}")
+    engine.partial = partial
+    try:
+        decision = engine.process(data, now, iif, oif)
+    finally:
+        engine.partial = False
+    session = decision.session
+    if decision.verdict != ACCEPT or session is None or session.nat is None:
+        return decision
+    return _before_routing(decision, session.nat, data)
+
+
+def _before_routing(decision: Decision, binding, data: bytes) -> Decision:
+    """The one-pass result with its source half taken back, marked for the second pass."""
+    effects = decision.effects
+    at = _rewrite_at(effects)
+    if at is None:
+        return decision
+    pkt = decision.packet
+    translated = effects[at].data
+    try:
+        if pkt.inner is not None and pkt.proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[pkt.proto]:
+            if not _error_source_changes(binding, pkt):
+                return decision
+            new = rewrite(translated, parse(translated), Manip(src=pkt.src), inner=None)
+        else:
+            original = binding.direction(pkt.src, pkt.dst, *_ports(pkt))
+            if original is None:
+                return decision
+            undo = binding.halves()[0 if original else 1][0]
+            if undo is None:
+                return decision
+            same = len(translated) == len(data)  # same layout: the parsed offsets hold
+            new = undo.apply(translated, pkt if same else parse(translated))
+    except (RewriteError, MalformedPacket):
+        decision.verdict, decision.reason = DROP, "nat:rewrite"
+        return decision
+    kept = effects[:at] + effects[at + 1:]
+    if new != data:
+        kept += (RewritePacket(new),)
+    decision.effects = kept + (SetMark(NAT_MARK),)
+    return decision
+
+
+def _rewrite_at(effects: tuple) -> int | None:
+    for index in range(len(effects) - 1, -1, -1):
+        if type(effects[index]) is RewritePacket:
+            return index
+    return None
+
+
+def _ports(pkt) -> tuple[int, int]:
+    proto = pkt.proto
+    if proto == TCP or proto == UDP:
+        return pkt.sport, pkt.dport
+    if proto == ICMP or proto == ICMPV6:
+        return pkt.icmp_id, pkt.icmp_id
+    return 0, 0
+
+
+def _quoted(pkt) -> tuple:
+    inner = pkt.inner
+    if inner.proto == ICMP or inner.proto == ICMPV6:
+        return inner.src, inner.dst, inner.icmp_id, inner.icmp_id
+    return inner.src, inner.dst, inner.sport, inner.dport
+
+
+def _error_source_changes(binding, pkt) -> bool:
+    """Whether the one pass changed an ICMP error's outer source (fw.engine_nat.error_rewrite)."""
+    quoted = _quoted(pkt)
+    if quoted == binding.left(True):
+        return binding.dnat
+    if quoted == binding.left(False):
+        return binding.snat
+    return False
+
+
+def _concerns_nat(engine, data: bytes, iif) -> bool:
+    """Whether a packet for the firewall's own address is the NAT's: a reply to a translated
+    address, a data connection an ALG expects, or a `dnat` entry's (a port forward)."""
+    try:
+        pkt = parse(data)
+    except MalformedPacket:
+        return False
+    proto = pkt.proto
+    if pkt.inner is not None and proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[proto]:
+        src, dst, sport, dport = _quoted(pkt)
+        return flow_key(pkt.inner.proto, src, dst, sport, dport) in engine.table.sessions
+    sport, dport = _ports(pkt)
+    if flow_key(proto, pkt.src, pkt.dst, sport, dport) in engine.table.sessions:
+        return True
+    if (proto, pkt.src, pkt.dst, pkt.dport) in engine.expectations:
+        return True
+    entries = engine.nat.entries
+    if not entries:
+        return False
+    src, dst = int.from_bytes(pkt.src, "big"), int.from_bytes(pkt.dst, "big")
+    return _first(entries, ("dnat",), pkt.family, pkt, src, dst, iif, None) is not None
+
+
+def after_routing(engine, data: bytes, partial: bool) -> Decision:
+    """A marked packet after routing: its source half (module docstring)."""
+    try:
+        pkt = parse(data)
+    except MalformedPacket:
+        return Decision(DROP, "malformed")
+    proto = pkt.proto
+    if pkt.inner is not None and proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[proto]:
+        return _error_after_routing(engine, pkt, data)
+    sport, dport = _ports(pkt)
+    key = flow_key(proto, pkt.src, pkt.dst, sport, dport)
+    session = engine.table.sessions.get(key) or engine.nat.middle.get(key)
+    binding = session.nat if session is not None else None
+    if binding is None:
+        engine.counters["nat_lost_between_passes"] += 1
+        return Decision(DROP, "nat:no-session", pkt)
+    four = (pkt.src, pkt.dst, sport, dport)
+    halves = binding.halves()
+    if four == binding.between(True):
+        after = halves[0][1]
+    elif four == binding.between(False):
+        after = halves[1][1]
+    else:
+        return Decision(DROP, "invalid:state", pkt, session)
+    if after is None:
+        return Decision(ACCEPT, AFTER_REASON, pkt, session)
+    try:
+        new = after.apply(data, pkt, partial)
+    except RewriteError:
+        engine.counters["nat_rewrite_errors"] += 1
+        return Decision(DROP, "nat:rewrite", pkt, session)
+    return Decision(ACCEPT, AFTER_REASON, pkt, session, (RewritePacket(new),))
+
+
+def _error_after_routing(engine, pkt, data: bytes) -> Decision:
+    """An ICMP error's outer source: the address the quoted packet's receiver knows."""
+    src, dst, sport, dport = _quoted(pkt)
+    session = engine.table.sessions.get(flow_key(pkt.inner.proto, src, dst, sport, dport))
+    binding = session.nat if session is not None else None
+    if binding is None:
+        engine.counters["nat_lost_between_passes"] += 1
+        return Decision(DROP, "nat:no-session", pkt)
+    quoted = (src, dst, sport, dport)
+    if quoted == binding.orig:          # travels to the client: from the address it reached
+        source = binding.orig[1]
+    elif quoted == binding.reply:       # travels to the server: from the translated source
+        source = binding.reply[1]
+    else:
+        return Decision(ACCEPT, AFTER_REASON, pkt, session)
+    try:
+        new = rewrite(data, pkt, Manip(src=source))
+    except RewriteError:
+        engine.counters["nat_rewrite_errors"] += 1
+        return Decision(DROP, "nat:rewrite", pkt, session)
+    return Decision(ACCEPT, AFTER_REASON, pkt, session, (RewritePacket(new),))

@@ -1,0 +1,185 @@
+"""The live daemon's two NAT passes (fw/engine_nat_passes.py) against the engine's one pass.
+
+Every packet goes through an engine at the before-routing hook and, when marked, again at the
+after-routing hook; what leaves must be byte for byte what the one-pass engine (replay) gives, and
+between the passes the packet must carry its source as it arrived (the kernel drops a packet with
+one of its own addresses as source before routing) and its destination translated (routing
+follows it). Masquerade takes the address the driver's route input gives."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from fw.decision import RewritePacket, SetMark
+from fw.engine_nat_passes import AFTER_REASON, AFTER_ROUTING, BEFORE_ROUTING, NAT_MARK, TO_FIREWALL
+from fw.nat.rewrite import l4_checksum_valid
+from fw.packet import flow_text, parse
+from tests.packets import icmp_echo_pkt, icmp_error_pkt, seg, udp_pkt
+from tests.test_engine_nat import INSIDE, POLICY, PUBLIC, make_engine
+
+HAIRPIN = POLICY + '  - {name: hairpin, type: snat, src: 198.51.100.0/24, dst: 198.51.100.20, to: 203.0.113.1}\n'
+MASQUERADE = """
+version: 1
+defaults: {action: drop}
+rules:
+  - {name: out, action: accept, src: 198.51.100.0/24}
+nat:
+  - {name: outbound, type: masquerade, src: 198.51.100.0/24, oif: wan}
+"""
+
+
+def address(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+def rewritten(decision) -> bytes | None:
+    found = [e.data for e in decision.effects if type(e) is RewritePacket]
+    return found[-1] if found else None
+
+
+def marked(decision) -> bool:
+    return any(type(e) is SetMark and e.mark & NAT_MARK for e in decision.effects)
+
+
+class TwoPasses:
+    """An engine driven as the daemon drives it: (first decision, bytes between, bytes out)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __call__(self, data: bytes, now: float = 100.0, local: bool = False, partial: bool = False):
+        first = self.engine.process(data, now, "lan", None, hook=TO_FIREWALL if local else BEFORE_ROUTING,
+                                    partial=partial)
+        if first.verdict != "accept":
+            return first, None, None
+        between = rewritten(first) or data
+        if not marked(first):
+            return first, between, between
+        second = self.engine.process(between, now, None, "wan", hook=AFTER_ROUTING)
+        assert (second.verdict, second.reason) == ("accept", AFTER_REASON), second
+        return first, between, rewritten(second) or between
+
+
+def same_as_one_pass(tmp_path, text, packets, own=(PUBLIC,)):
+    """Each packet through both engines: the same verdicts and bytes out; between the passes no
+    source is one of the firewall's `own` addresses."""
+    one, two = make_engine(tmp_path, text), TwoPasses(make_engine(tmp_path, text))
+    results = []
+    for data in packets:
+        expected = one.process(data, 100.0)
+        first, between, leaving = two(data)
+        assert (first.verdict, first.reason) == (expected.verdict, expected.reason)
+        if expected.verdict == "accept":
+            assert leaving == (rewritten(expected) or data)
+            assert address(parse(between).src) not in own, flow_text(parse(between))
+        results.append((first, between, leaving))
+    return results
+
+
+def test_snat_source_after_routing(tmp_path):
+    c, s = "198.51.100.10:40000", "192.0.2.80:80"
+    results = same_as_one_pass(tmp_path, POLICY, [
+        seg(c, s, "S", seq=100),
+        seg(s, f"{PUBLIC}:40000", "SA", seq=300, ack=101),
+        seg(c, s, "A", seq=101, ack=301),
+        seg(s, f"{PUBLIC}:40000", "PA", seq=301, ack=101, payload=b"hello"),
+    ])
+    (syn, between, leaving), (synack, back, _), *_ = results
+    assert flow_text(parse(between)) == "tcp 198.51.100.10:40000 -> 192.0.2.80:80"  # untouched before routing
+    assert flow_text(parse(leaving)) == "tcp 203.0.113.1:40000 -> 192.0.2.80:80"
+    assert marked(syn) and not marked(synack)  # the reply's destination is all it changes
+    assert flow_text(parse(back)) == "tcp 192.0.2.80:80 -> 198.51.100.10:40000"
+
+
+def test_port_forward_reply_source_after_routing(tmp_path):
+    client = "192.0.2.7:5555"
+    results = same_as_one_pass(tmp_path, POLICY, [
+        seg(client, f"{PUBLIC}:8080", "S", seq=10),
+        seg(f"{INSIDE}:80", client, "SA", seq=70, ack=11),
+        udp_pkt("192.0.2.7:3000", f"{PUBLIC}:53", b"q"),
+        udp_pkt(f"{INSIDE}:53", "192.0.2.7:3000", b"a"),
+    ])
+    (syn, between, _), (synack, back, leaving), *_ = results
+    assert not marked(syn) and marked(synack)
+    assert flow_text(parse(between)) == "tcp 192.0.2.7:5555 -> 198.51.100.20:80"  # routed to the inside
+    assert flow_text(parse(back)) == "tcp 198.51.100.20:80 -> 192.0.2.7:5555"
+    assert flow_text(parse(leaving)) == "tcp 203.0.113.1:8080 -> 192.0.2.7:5555"
+
+
+def test_hairpin_finds_its_session_between_the_passes(tmp_path):
+    c = "198.51.100.30:41000"
+    results = same_as_one_pass(tmp_path, HAIRPIN, [
+        seg(c, f"{PUBLIC}:8080", "S", seq=1),
+        seg(f"{INSIDE}:80", f"{PUBLIC}:41000", "SA", seq=9, ack=2),
+        seg(c, f"{PUBLIC}:8080", "A", seq=2, ack=10),
+    ])
+    (_, between, leaving), (_, back, returned), _ = results
+    assert flow_text(parse(between)) == "tcp 198.51.100.30:41000 -> 198.51.100.20:80"
+    assert flow_text(parse(leaving)) == "tcp 203.0.113.1:41000 -> 198.51.100.20:80"
+    assert flow_text(parse(back)) == "tcp 198.51.100.20:80 -> 198.51.100.30:41000"
+    assert flow_text(parse(returned)) == "tcp 203.0.113.1:8080 -> 198.51.100.30:41000"
+
+
+def test_echo_and_errors_through_snat(tmp_path):
+    c, s = "198.51.100.10", "192.0.2.80"
+    probe = udp_pkt(f"{c}:40100", f"{s}:33434", b"probe")
+    translated = udp_pkt(f"{PUBLIC}:40100", f"{s}:33434", b"probe")
+    same_as_one_pass(tmp_path, POLICY, [
+        icmp_echo_pkt(c, s, 0x4242, 1),
+        icmp_echo_pkt(s, PUBLIC, 0x4242, 1, reply=True),
+        probe,
+        icmp_error_pkt(s, PUBLIC, 3, 3, translated),
+    ])
+
+
+def test_error_about_a_forwarded_packet_gets_its_source_after_routing(tmp_path):
+    client = "192.0.2.7:5555"
+    engine = TwoPasses(make_engine(tmp_path))
+    engine(udp_pkt(client, f"{PUBLIC}:53", b"q"))
+    forwarded = udp_pkt(client, f"{INSIDE}:53", b"q")
+    first, between, leaving = engine(icmp_error_pkt(INSIDE, "192.0.2.7", 3, 3, forwarded))
+    assert first.reason == "related:icmp" and marked(first)
+    assert address(parse(between).src) == INSIDE      # not the firewall's own address before routing
+    error = parse(leaving)
+    assert (address(error.src), address(error.dst)) == (PUBLIC, "192.0.2.7")
+    assert flow_text(error.inner) == "udp 192.0.2.7:5555 -> 203.0.113.1:53"
+
+
+def test_masquerade_takes_the_routes_address(tmp_path):
+    engine = make_engine(tmp_path, MASQUERADE)
+    def route(family, dst):
+        return ("wan", bytes([203, 0, 113, 1]))
+
+    engine.nat.route = route
+    two = TwoPasses(engine)
+    first, between, leaving = two(seg("198.51.100.10:40000", "192.0.2.80:80", "S", seq=1))
+    assert first.reason == "rule:out" and first.session.nat.names == "nat:outbound"
+    assert flow_text(parse(leaving)) == "tcp 203.0.113.1:40000 -> 192.0.2.80:80"
+    _, back, _ = two(seg("192.0.2.80:80", f"{PUBLIC}:40000", "SA", seq=5, ack=2), local=True)
+    assert flow_text(parse(back)) == "tcp 192.0.2.80:80 -> 198.51.100.10:40000"
+    # the firewall's own traffic is not the NAT's: passed untouched, not judged
+    own = two(seg("192.0.2.80:22", f"{PUBLIC}:50000", "A", seq=5, ack=2), local=True)[0]
+    assert (own.verdict, own.reason, own.session) == ("accept", "to-firewall", None)
+    # no route input (replay): masquerade does not apply
+    replayed = make_engine(tmp_path, MASQUERADE).process(seg("198.51.100.10:40001", "192.0.2.80:80", "S"), 1.0)
+    assert replayed.reason == "rule:out" and replayed.session.nat is None
+
+
+def test_a_partial_checksum_leaves_complete(tmp_path):
+    """With NFQA_SKB_CSUMNOTREADY the L4 field holds only the pseudo-header sum: the packet must
+    leave with the whole checksum computed (the verdict makes the kernel take the field as final)."""
+    packet = bytearray(seg("198.51.100.10:40000", "192.0.2.80:80", "PA", seq=1, payload=b"x" * 300))
+    packet[36:38] = b"\x12\x34"  # whatever the field holds: not a valid checksum
+    engine = make_engine(tmp_path, POLICY.replace("defaults: {action: drop}", "options: {tcp_loose: true}\n"
+                                                 "defaults: {action: drop}"))
+    first, _between, leaving = TwoPasses(engine)(bytes(packet), partial=True)
+    assert first.verdict == "accept", first
+    assert l4_checksum_valid(leaving, parse(leaving))
+
+
+@pytest.mark.parametrize("hook", ["before", "elsewhere"])
+def test_an_unknown_hook_is_refused(tmp_path, hook):
+    with pytest.raises(ValueError):
+        make_engine(tmp_path).process(udp_pkt("198.51.100.10:1", "192.0.2.1:2"), 1.0, hook=hook)

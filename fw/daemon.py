@@ -65,6 +65,7 @@ class DaemonConfig:
     control_address: bytes | None = None
     install_rules: bool = True
     offload: bool = False  # --offload: established TCP flows accepted by the kernel (fw.drivers.offload)
+    nat: bool = False  # the policy translates: two passes (mangle PREROUTING/POSTROUTING), fw/engine_nat_passes.py
 
     @property
     def mode(self) -> str:
@@ -185,9 +186,12 @@ class DaemonBase:
 
     def _install_rules(self) -> None:
         config = self.config
+        from fw.engine_nat_passes import NAT_MARK  # noqa: PLC0415
+
         self.rules = iptables.Installation(iptables.Hooking(
             queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
-            families=config.families, offload=config.offload), config.backend)
+            families=config.families, offload=config.offload, nat_mark=NAT_MARK if config.nat else 0),
+            config.backend)
         stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
         if stale:
             log.warning("removed %d rules and chains left by an earlier run", len(stale))
@@ -262,6 +266,7 @@ class Daemon(DaemonBase):
         self.effects: Effects | None = None
         self.handler: PacketHandler | None = None
         self.feed = None  # fw.feed.EventFeed once attached: `fw events`, `fw top`
+        self.routes = None  # fw.drivers.routes.Routes of a daemon that translates
         self._baseline: dict[int, Counter] = {}  # kernel queue counters at start or at --zero
 
     # -- start and stop -------------------------------------------------------------------------
@@ -273,12 +278,23 @@ class Daemon(DaemonBase):
             self.control = ControlServer(self.handle, config.control_address)
             eve = EveLog(config.log_path) if config.log_path else None
             self.effects = Effects(RawSender(config.mark), eve)
-            self.handler = PacketHandler(self.engine, config.fail_open, self.effects, self._packet_error)
+            queue_class = Queue
+            if config.nat:  # the NAT passes need the hook and the checksum state: our own binding
+                from fw.drivers.nat_queue import NatPacketHandler  # noqa: PLC0415
+                from fw.drivers.nfqueue_socket import SocketQueue  # noqa: PLC0415
+                from fw.drivers.routes import Routes  # noqa: PLC0415
+
+                self.routes = Routes()
+                self.handler = NatPacketHandler(self.engine, config.fail_open, self.effects, self._packet_error,
+                                                self.routes)
+                queue_class = SocketQueue
+            else:
+                self.handler = PacketHandler(self.engine, config.fail_open, self.effects, self._packet_error)
             options = QueueOptions(**{**config.queue_options.__dict__, "fail_open": config.fail_open})
             self.handler.accept_later = options.verdict_batch > 1  # accepts go out in batches
             first, last = config.queues
             for number in range(first, last + 1):
-                self.queues.append(Queue(number, self.handler, options))
+                self.queues.append(queue_class(number, self.handler, options))
                 self.loop.watch(self.queues[-1].fileno(), select.POLLIN,
                                 lambda events, q=self.queues[-1]: self._drain(q))
             counters = read_queue_counters()
@@ -299,7 +315,8 @@ class Daemon(DaemonBase):
         config, first, last = self.config, *self.config.queues
         queues = f"queue {first}" if first == last else f"queues {first}-{last}"
         families = "+".join(f"IPv{f}" for f in config.families)
-        return (f"fw running ({self.mode_text}); {queues}, hooks {','.join(config.hooks)}, {families}, "
+        nat = " (NAT: two passes)" if config.nat else ""
+        return (f"fw running ({self.mode_text}); {queues}, hooks {','.join(config.hooks)}{nat}, {families}, "
                 f"iptables-{self.rules.backend}; policy {self.policy_path} "
                 f"({self.engine.policy.summary()}); control {self.control.name}")
 
@@ -323,6 +340,9 @@ class Daemon(DaemonBase):
         if self.effects is not None:
             self.effects.close()
             self.effects = None
+        if self.routes is not None:
+            self.routes.close()
+            self.routes = None
         self._close_signals()
 
     # -- the loop -------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The `nat` key in a whole policy (merged across files, in the revision) and `fw run`'s refusal of a
-translating policy until the daemon applies NAT (SPEC: `--fail-open` with one is always refused)."""
+"""The `nat` key in a whole policy (merged across files, in the revision) and what `fw run` refuses
+with a translating policy (SPEC: `--fail-open`; `--queues` for now; a reload into one when the
+daemon was started without NAT's hooks)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from fw.cli import main
-from fw.cli.daemon import NAT_NOT_LIVE, _without_translation
+from fw.cli.daemon import NAT_NOT_HOOKED, _without_translation
 from fw.policy import PolicyError, load_policy
 
 BASE = """
@@ -52,7 +53,8 @@ def test_the_revision_changes_with_nat_only_when_there_is_some(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], NAT_NOT_LIVE),
+    (["--queues", "0-1"], "--queues is refused with a policy that translates addresses (nat): "
+                          "use one queue (--queue N)"),
     (["--fail-open"], "--fail-open is refused with a policy that translates addresses (nat): "
                       "untranslated traffic would leak while no daemon listens"),
 ])
@@ -68,4 +70,4 @@ def test_a_reload_into_a_translating_policy_is_refused(tmp_path):
     assert load(write(tmp_path, "plain.yaml", BASE)).rules
     with pytest.raises(PolicyError) as caught:
         load(write(tmp_path, "nat.yaml", BASE + NAT))
-    assert NAT_NOT_LIVE in caught.value.format()
+    assert NAT_NOT_HOOKED in caught.value.format()

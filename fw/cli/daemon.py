@@ -80,13 +80,16 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     store, policy, source, loader = _policy_source(policy_path, db)
-    _refuse_translation(policy, fail_open)  # bad usage (exit 2) before the privilege check
-    loader = _without_translation(loader)
+    nat = _translation(policy, fail_open, queue_range)  # bad usage (exit 2) before the privilege check
+    if nat:
+        hook_names = NAT_HOOKS + tuple(hook for hook in hook_names if hook != "FORWARD")
+    else:
+        loader = _without_translation(loader)
     if os.geteuid() != 0:
         raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     config = DaemonConfig(policy_path=source, queues=queue_range,
                           fail_open=fail_open, log_path=log_path, hooks=hook_names,
-                          backend=None if backend == "auto" else backend, offload=offload)
+                          backend=None if backend == "auto" else backend, offload=offload, nat=nat)
     daemon, records = _daemon(config, policy, store, loader, listen)
     try:
         daemon.start()
@@ -176,29 +179,35 @@ def _listen(text: str) -> tuple[str, int]:
         raise click.BadParameter(str(error), param_hint="--metrics") from None
 
 
-NAT_NOT_LIVE = ("the policy translates addresses (nat): fw run does not apply NAT yet "
-                "(the engine and fw replay do; the daemon's NAT hooks are still to come)")
+NAT_HOOKS = ("PREROUTING", "POSTROUTING")  # the two passes (fw/engine_nat_passes.py), replacing FORWARD
+NAT_NOT_HOOKED = ("the policy translates addresses (nat), and this daemon was started without NAT's hooks "
+                  "(its policy did not translate): restart fw run with it")
 
 
-def _refuse_translation(policy, fail_open: bool) -> None:
-    """SPEC: --fail-open with a translating policy is refused (untranslated traffic would leak);
-    and until the daemon hooks NAT in, any translating policy is."""
+def _translation(policy, fail_open: bool, queue_range: tuple[int, int]) -> bool:
+    """Whether the daemon translates (its policy has `nat`). SPEC: --fail-open with such a policy
+    is refused (untranslated traffic would leak); --queues too, for now (a translated reply hashes
+    to another worker than its session's)."""
     if not getattr(policy, "translates", False):
-        return
+        return False
     if fail_open:
         raise Failure("--fail-open is refused with a policy that translates addresses (nat): "
                       "untranslated traffic would leak while no daemon listens", 2)
-    raise Failure(NAT_NOT_LIVE, 2)
+    if queue_range[0] != queue_range[1]:
+        raise Failure("--queues is refused with a policy that translates addresses (nat): "
+                      "use one queue (--queue N)", 2)
+    return True
 
 
 def _without_translation(loader):
-    """The daemon's policy loader (reload), refusing a policy that translates (NAT_NOT_LIVE)."""
+    """The policy loader (reload) of a daemon started without NAT's hooks: it refuses a policy that
+    translates (NAT_NOT_HOOKED)."""
     from fw.policy import ERROR, Diagnostic, PolicyError
 
     def load(*args, **kwargs):
         policy = loader(*args, **kwargs)
         if getattr(policy, "translates", False):
-            raise PolicyError([Diagnostic(ERROR, str(args[0]) if args else "policy", NAT_NOT_LIVE)])
+            raise PolicyError([Diagnostic(ERROR, str(args[0]) if args else "policy", NAT_NOT_HOOKED)])
         return policy
 
     return load

@@ -327,8 +327,7 @@ class PacketHandler:
         data = b""
         try:
             data = packet.get_payload()
-            decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
-                                           self.ifname(packet.outdev))
+            decision = self.judge(packet, data)
             verdict = decision.verdict
             if self.observe is not None:
                 self.observe(decision)
@@ -360,14 +359,22 @@ class PacketHandler:
                 self.on_error("effects", exc, data)
         return later
 
+    def judge(self, packet, data: bytes):
+        """The engine's Decision for the packet (fw.drivers.nat_queue adds the NAT passes' inputs)."""
+        return self.engine.process(data, self.clock(), self.ifname(packet.indev), self.ifname(packet.outdev))
+
     @staticmethod
-    def _on_packet(packet, effects) -> bool:
+    def new_mark(packet, mark: int) -> int:
+        """The mark a SetMark gives the packet (fw.drivers.nat_queue keeps the packet's other bits)."""
+        return mark
+
+    def _on_packet(self, packet, effects) -> bool:
         """Apply SetMark and RewritePacket to the packet; True if there was one."""
         changed = False
         for effect in effects:
             kind = type(effect)
             if kind is SetMark:
-                packet.set_mark(effect.mark)
+                packet.set_mark(self.new_mark(packet, effect.mark))
                 changed = True
             elif kind is RewritePacket:
                 packet.set_payload(effect.data)

@@ -17,7 +17,8 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
   Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT) to one buffer, which goes to the kernel in one send
-  when `verdict_batch` packets have one and at the end of every drain. Accepts the callback leaves
+  when `verdict_batch` packets have one and at the end of every drain, or before it would pass
+  MAX_DATAGRAM bytes (rewritten 64 KiB packets). Accepts the callback leaves
   to the queue (ACCEPT_LATER) become one NFQNL_MSG_VERDICT_BATCH "accept every packet up to id N",
   appended after the single verdicts before it, so the kernel, which handles a datagram's messages
   in order, has dropped those first. A verdict given outside a drain (fw.sync's held packets) is
@@ -67,6 +68,9 @@ NF_DROP, NF_ACCEPT, NF_QUEUE, NF_REPEAT = 0, 1, 3, 4
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 MSG_TRUNC = 0x20
 DEFAULT_OPTIONS = QueueOptions()
+# A netlink datagram longer than the socket's send buffer (net.core.wmem_default, 208 KiB here)
+# fails with EMSGSIZE: verdicts with payloads (NAT) are sent before the buffer would reach this.
+MAX_DATAGRAM = 160 * 1024
 HEADROOM = 1024  # room in a receive slot for the netlink headers and the attributes before the payload
 
 _NLMSG = struct.Struct("=IHHII")
@@ -412,7 +416,11 @@ class SocketQueue:
             out += self._template
             _VERDICT_INTO(out, len(out) - 8, verdict, packet.id)
         else:
-            out += verdict_message(self.number, packet.id, verdict, packet.new_mark, packet.new_payload)
+            message = verdict_message(self.number, packet.id, verdict, packet.new_mark, packet.new_payload)
+            if len(out) + len(message) > MAX_DATAGRAM:  # NAT's 64 KiB payloads: a datagram's size is capped
+                self._send_out()
+                out = self._out
+            out += message
         self._given += 1
         if not self._draining or self._given >= self.options.verdict_batch:
             self.accept_waiting()
@@ -424,6 +432,9 @@ class SocketQueue:
             _VERDICT_INTO(self._out, len(self._out) - 8, NF_ACCEPT, self._accept_through)
             self._accept_through = None
             self.batches += 1
+        self._send_out()
+
+    def _send_out(self) -> None:
         if self._out:
             out, self._out, self._given = self._out, bytearray(), 0
             self._sock.send(out)

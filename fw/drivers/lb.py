@@ -78,7 +78,7 @@ class LbService:
                 continue
             vs_name, server = change.server
             log.info("virtual server %s: real server %s is %s (%s)", vs_name, server, change.new, change.why)
-            self._event(vs_name, server, change.new, change.old, change.why)
+            self._event(vs_name, server, change.new, change.old, change.why, now)
 
     def tick(self, now: float) -> None:
         """Once a second from the loop (the checker is also polled when its fd or next_due says)."""
@@ -121,19 +121,19 @@ class LbService:
             known = "; ".join(f"{row['name']}: " + ", ".join(s["server"] for s in row["real_servers"])
                               for row in self.lb.status())
             return error_answer(f"{exc.args[0] if exc.args else exc} (virtual servers: {known or 'none'})", 2)
-        self._event(name, server, "drained" if what == "drain" else "enabled", None, f"fw lb {what}")
+        self._event(name, server, "drained" if what == "drain" else "enabled", None, f"fw lb {what}", self.clock())
         log.info("virtual server %s: real server %s %s on request", name, server,
                  "drained" if what == "drain" else "enabled")
         return {"ok": True, "virtual_server": name, "server": server, "action": what}
 
-    def _event(self, vs_name: str, server: str, state: str, old, why: str) -> None:
+    def _event(self, vs_name: str, server: str, state: str, old, why: str, now: float) -> None:
         effects = self.daemon.effects
         if effects is None:
             return
         body = {"virtual_server": vs_name, "real_server": server, "state": state, "why": why}
         if old is not None:
             body["old"] = old
-        effects((LogEvent({"event_type": "lb", "lb": body}),))
+        effects((LogEvent({"event_type": "lb", "time": now, "lb": body}),))
 
     def close(self) -> None:
         self.daemon.loop.unwatch(self.checker.fileno())

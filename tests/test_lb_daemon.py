@@ -153,3 +153,19 @@ def test_server_names_are_taken_as_the_balancer_writes_them():
     assert canonical_server("[2001:0db8::0021]:80") == "[2001:db8::21]:80"
     assert canonical_server("203.0.113.21:8080") == "203.0.113.21:8080"
     assert canonical_server("nonsense") == "nonsense"
+
+
+@pytest.mark.parametrize("extra", [["--queues", "0-1"], ["--fail-open"]])
+def test_fw_run_refuses_virtual_servers_where_it_refuses_nat(tmp_path, extra):
+    """--queues (a reply from a real server hashes to another worker than its session's) and
+    --fail-open (untranslated traffic would leak) are refused in one line, exit 2."""
+    from click.testing import CliRunner
+
+    from fw.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(policy_text([(8080, 1)]))
+    result = CliRunner().invoke(main, ["run", "--policy", str(path), *extra])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "refused" in result.stderr
+

@@ -4,7 +4,8 @@ Each is a client of the control socket of the daemon in this network namespace (
 `lb-drain`, `lb-enable`, answered by fw.drivers.lb). `fw lb` prints one block per virtual server
 and one line per real server (health, weight, active sessions, sessions opened, bytes of its ended
 sessions, last check), or the daemon's answer with `--json`. Drain and enable last until the next
-reload. With `--queues` every worker balances on its own: the rows carry each worker's `queue`.
+reload. Under a supervisor of workers (`--queues`, refused with virtual servers for now) every
+worker would balance on its own: the rows carry each worker's `queue`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def lb_group(ctx, as_json: bool) -> None:
     """List the daemon's virtual servers and their real servers.
 
     Health is up, down (health checks) or drained (weight 0: `fw lb drain`); ACTIVE are the sessions
-    open now, OPENED those it was ever given, BYTES those of its ended sessions. Per node, and per
-    worker with --queues.
+    open now, OPENED those it was ever given, BYTES those of its ended sessions. Health, drain and
+    counts are this daemon's own (each node balances on its own).
 
     Example: fw lb --json
     """

@@ -213,8 +213,9 @@ class Policy:
         return None
 
     def summary(self) -> str:
-        rules, sets = len(self.rules), len(self.sets)
-        return (f"{rules} rule{'s' if rules != 1 else ''}, {sets} set{'s' if sets != 1 else ''}, "
+        rules, sets, virtual = len(self.rules), len(self.sets), len(self.virtual_servers)
+        balanced = f"{virtual} virtual server{'s' if virtual != 1 else ''}, " if virtual else ""
+        return (f"{rules} rule{'s' if rules != 1 else ''}, {sets} set{'s' if sets != 1 else ''}, {balanced}"
                 f"default {self.default_action}, revision {self.revision}")
 
     def __repr__(self) -> str:

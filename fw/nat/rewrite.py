@@ -98,6 +98,13 @@ def rewrite(data: bytes, packet, manip: Manip, *, partial: bool = False,
     return bytes(buf)
 
 
+# A bare IP header's packet up to its L4 checksum, by (family, udp): one Struct each, shared (a
+# Struct per session cost about as much as the rest of a Translation).
+_HEADS = {(family, udp): Struct(f"!10sH12s{'2s' if udp else '12s'}H" if family == 4
+                                 else f"!8s36s{'2s' if udp else '12s'}H")
+          for family in (4, 6) for udp in (False, True)}
+
+
 class Translation:
     """One session direction's rewrite, compiled once: the new header bytes and the checksum
     differences are constants of the session, so an established packet costs two slice writes
@@ -124,8 +131,7 @@ class Translation:
         self._plain_l4 = 20 if family == 4 else 40
         # A bare IP header's packet: everything up to the L4 checksum in one unpack and one pack
         # (IPv4: before / header checksum / addresses+ports / between / L4 checksum).
-        between = "2s" if self._udp else "12s"
-        self._head = Struct(f"!10sH12s{between}H" if family == 4 else f"!8s36s{between}H")
+        self._head = _HEADS[family, self._udp]
         self._head_end = self._head.size
 
     def apply(self, data: bytes, packet, partial: bool = False) -> bytes:

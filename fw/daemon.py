@@ -287,6 +287,7 @@ class Daemon(DaemonBase):
                 self.routes = Routes()
                 self.handler = NatPacketHandler(self.engine, config.fail_open, self.effects, self._packet_error,
                                                 self.routes)
+                self.stats_sections["nat"] = self.handler.stats
                 queue_class = SocketQueue
             else:
                 self.handler = PacketHandler(self.engine, config.fail_open, self.effects, self._packet_error)

@@ -113,6 +113,10 @@ class LoadBalancer:
         balancer.opened(server)
         return Choice(spec, server)
 
+    def serves(self, pkt, dport: int) -> bool:
+        """Whether a virtual server is at the packet's destination (nothing is chosen)."""
+        return (pkt.proto == TCP or pkt.proto == UDP) and self.services.lookup(pkt.dst, pkt.proto, dport) is not None
+
     def source_pool(self, spec) -> Pool:
         return self.pools[(spec.family, ipaddress.ip_address(spec.address).packed)]
 

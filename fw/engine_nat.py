@@ -211,25 +211,28 @@ class Nat:
                 by_name["lb:" + spec.name] = self.lb.source_pool(spec)
         self.pools, self.by_name = pools, by_name
 
+    def destination(self, pkt, dport: int, iif, src: int | None = None):
+        """The destination decision (SPEC: before routing; `iif` may match, `oif` never): the
+        first matching dnat entry -> (entry, new dst, new dport), or (None, dst, dport). The one
+        place a dnat destination is chosen; `bind` asks the virtual servers first."""
+        if src is None:
+            src = int.from_bytes(pkt.src, "big")
+        dnat = _first(self.entries, ("dnat",), pkt.family, pkt, src, int.from_bytes(pkt.dst, "big"), iif, None)
+        if dnat is None:
+            return None, pkt.dst, dport
+        return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
+
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
         """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
         an engine_lb.AllDown (a virtual server with no real server available)."""
-        family = pkt.family
-        src = int.from_bytes(pkt.src, "big")
-        dst = int.from_bytes(pkt.dst, "big")
         choice = self.lb.choose(pkt, sport, dport, now) if self.lb.active else None
         dnat = None
-        new_dst, new_dport = pkt.dst, dport
-        if choice is not None:
+        if choice is not None:  # a virtual server at this destination: its real server (SPEC: first)
             if choice.__class__ is AllDown:
                 return choice
             new_dst, new_dport = choice.server.packed, choice.server.port
         else:
-            dnat = _first(self.entries, ("dnat",), family, pkt, src, dst, iif, None)
-            if dnat is not None:
-                new_dst = dnat.to_first
-                if dnat.to_port is not None:
-                    new_dport = dnat.to_port
+            dnat, new_dst, new_dport = self.destination(pkt, dport, iif)
         binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport)
         if choice is not None:
             if binding.__class__ is Binding:

@@ -22,6 +22,11 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
   and for hairpin sessions `Nat.middle`), the source half applied (`after`), nothing tracked or
   counted again: reason `nat:after-routing`. A marked packet whose session went away between the
   passes is dropped (`nat:no-session`): it must not leave half translated.
+- `FROM_FIREWALL`: an ICMP error the firewall itself sends while forwarding (fragmentation needed,
+  time exceeded: mangle OUTPUT). It quotes the packet as it was between the passes; its sender
+  knows it by other addresses (a masqueraded server sent it to the firewall's address): the quoted
+  header is put back to what the sender sent (path-MTU discovery and traceroute through NAT). Any
+  other error passes as it is (`from-firewall`).
 ICMP errors: the outer source (the router, hidden behind the translated address) changes in the
 second pass, the rest in the first.
 """
@@ -30,17 +35,18 @@ from __future__ import annotations
 
 from fw.conntrack.table import flow_key
 from fw.decision import ACCEPT, DROP, Decision, RewritePacket, SetMark
-from fw.engine_nat import _first
 from fw.nat.rewrite import Manip, RewriteError, rewrite
 from fw.packet import MalformedPacket, parse
 
 BEFORE_ROUTING = "prerouting"
 TO_FIREWALL = "prerouting-local"
 AFTER_ROUTING = "postrouting"
-HOOKS = (BEFORE_ROUTING, TO_FIREWALL, AFTER_ROUTING)
+FROM_FIREWALL = "output-error"
+HOOKS = (BEFORE_ROUTING, TO_FIREWALL, AFTER_ROUTING, FROM_FIREWALL)
 NAT_MARK = 0x20000000  # the packet mark bit of packets that take the second pass
 AFTER_REASON = "nat:after-routing"
 TO_FIREWALL_REASON = "to-firewall"
+FROM_FIREWALL_REASON = "from-firewall"
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
 ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}
@@ -50,6 +56,8 @@ def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool)
     """One packet at one of the live hooks (module docstring)."""
     if hook == AFTER_ROUTING:
         return after_routing(engine, data, partial)
+    if hook == FROM_FIREWALL:
+        return own_error(engine, data)
     if hook == TO_FIREWALL and not _concerns_nat(engine, data, iif):
         return Decision(ACCEPT, TO_FIREWALL_REASON)
     if hook != BEFORE_ROUTING and hook != TO_FIREWALL:
@@ -132,7 +140,7 @@ def _error_source_changes(binding, pkt) -> bool:
 
 def _concerns_nat(engine, data: bytes, iif) -> bool:
     """Whether a packet for the firewall's own address is the NAT's: a reply to a translated
-    address, a data connection an ALG expects, or a `dnat` entry's (a port forward)."""
+    address, a data connection an ALG expects, a virtual server's, or a `dnat` entry's (a port forward)."""
     try:
         pkt = parse(data)
     except MalformedPacket:
@@ -146,11 +154,9 @@ def _concerns_nat(engine, data: bytes, iif) -> bool:
         return True
     if (proto, pkt.src, pkt.dst, pkt.dport) in engine.expectations:
         return True
-    entries = engine.nat.entries
-    if not entries:
-        return False
-    src, dst = int.from_bytes(pkt.src, "big"), int.from_bytes(pkt.dst, "big")
-    return _first(entries, ("dnat",), pkt.family, pkt, src, dst, iif, None) is not None
+    if engine.nat.lb.active and engine.nat.lb.serves(pkt, dport):  # a virtual address of the firewall's
+        return True
+    return bool(engine.nat.entries) and engine.nat.destination(pkt, dport, iif)[0] is not None
 
 
 def after_routing(engine, data: bytes, partial: bool) -> Decision:
@@ -208,3 +214,36 @@ def _error_after_routing(engine, pkt, data: bytes) -> Decision:
         engine.counters["nat_rewrite_errors"] += 1
         return Decision(DROP, "nat:rewrite", pkt, session)
     return Decision(ACCEPT, AFTER_REASON, pkt, session, (RewritePacket(new),))
+
+
+def own_error(engine, data: bytes) -> Decision:
+    """The firewall's own ICMP error about a packet between the passes: its quoted header as the
+    packet's sender sent it (module docstring)."""
+    try:
+        pkt = parse(data)
+    except MalformedPacket:
+        return Decision(ACCEPT, FROM_FIREWALL_REASON)
+    proto = pkt.proto
+    if pkt.inner is None or proto not in ICMP_ERRORS or pkt.icmp_type not in ICMP_ERRORS[proto]:
+        return Decision(ACCEPT, FROM_FIREWALL_REASON, pkt)
+    src, dst, sport, dport = quoted = _quoted(pkt)
+    key = flow_key(pkt.inner.proto, src, dst, sport, dport)
+    session = engine.table.sessions.get(key) or engine.nat.middle.get(key)
+    binding = session.nat if session is not None else None
+    if binding is None:
+        return Decision(ACCEPT, FROM_FIREWALL_REASON, pkt)
+    if quoted == binding.between(True):
+        sent = binding.orig
+    elif quoted == binding.between(False):
+        sent = binding.reply
+    else:
+        return Decision(ACCEPT, FROM_FIREWALL_REASON, pkt, session)
+    if sent == quoted:
+        return Decision(ACCEPT, FROM_FIREWALL_REASON, pkt, session)
+    try:
+        new = rewrite(data, pkt, Manip(), inner=Manip(*sent))
+    except RewriteError:
+        engine.counters["nat_rewrite_errors"] += 1
+        return Decision(ACCEPT, FROM_FIREWALL_REASON, pkt, session)
+    engine.counters["nat_own_errors"] += 1
+    return Decision(ACCEPT, "related:icmp", pkt, session, (RewritePacket(new),))

@@ -13,7 +13,7 @@ import ipaddress
 import pytest
 
 from fw.decision import RewritePacket, SetMark
-from fw.engine_nat_passes import AFTER_REASON, AFTER_ROUTING, BEFORE_ROUTING, NAT_MARK, TO_FIREWALL
+from fw.engine_nat_passes import AFTER_REASON, AFTER_ROUTING, BEFORE_ROUTING, FROM_FIREWALL, NAT_MARK, TO_FIREWALL
 from fw.nat.rewrite import l4_checksum_valid
 from fw.packet import flow_text, parse
 from tests.packets import icmp_echo_pkt, icmp_error_pkt, seg, udp_pkt
@@ -183,3 +183,24 @@ def test_a_partial_checksum_leaves_complete(tmp_path):
 def test_an_unknown_hook_is_refused(tmp_path, hook):
     with pytest.raises(ValueError):
         make_engine(tmp_path).process(udp_pkt("198.51.100.10:1", "192.0.2.1:2"), 1.0, hook=hook)
+
+
+def test_the_firewalls_own_error_quotes_what_the_sender_sent(tmp_path):
+    """A "fragmentation needed" the firewall sends about a server's packet between the passes (its
+    destination already the client's): the server knows the packet as sent to the NAT address."""
+    engine = make_engine(tmp_path)
+    two = TwoPasses(engine)
+    c, s = "198.51.100.10:40000", "192.0.2.80:80"
+    two(seg(c, s, "S", seq=1))
+    _, between, _ = two(seg(s, f"{PUBLIC}:40000", "SA", seq=9, ack=2), local=True)
+    assert flow_text(parse(between)) == "tcp 192.0.2.80:80 -> 198.51.100.10:40000"
+    own = icmp_error_pkt("198.51.100.1", "192.0.2.80", 3, 4, between)
+    decision = engine.process(own, 100.0, None, "wan", hook=FROM_FIREWALL)
+    assert (decision.verdict, decision.reason) == ("accept", "related:icmp")
+    error = parse(rewritten(decision))
+    assert (address(error.src), address(error.dst)) == ("198.51.100.1", "192.0.2.80")
+    assert flow_text(error.inner) == "tcp 192.0.2.80:80 -> 203.0.113.1:40000"
+    # an error about anything else passes as it is
+    other = icmp_error_pkt("198.51.100.1", "192.0.2.99", 11, 0, seg("192.0.2.99:5", c, "S"))
+    passed = engine.process(other, 100.0, None, "wan", hook=FROM_FIREWALL)
+    assert (passed.verdict, passed.reason, passed.effects) == ("accept", "from-firewall", ())

@@ -315,15 +315,19 @@ def test_cleanup_refuses_while_a_daemon_holds_the_namespace(ns):
 
 # -- NAT: the mangle table's two passes ----------------------------------------------------------------
 
-NAT_HOOKING = Hooking(hooks=("PREROUTING", "POSTROUTING"), nat_mark=0x20000000)
+NAT_HOOKING = Hooking(hooks=("PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000)
 
 
 def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
     script = install_script(NAT_HOOKING, 4).splitlines()
     assert script[0] == "*mangle" and "*filter" not in script
     tag = "-m comment --comment fw-daemon"
-    assert script[-3:] == [f"-I PREROUTING 1 {tag} -j FW-PREROUTING", f"-I POSTROUTING 1 {tag} -j FW-POSTROUTING",
-                           "COMMIT"]
+    assert script[-4:] == [f"-I PREROUTING 1 {tag} -j FW-PREROUTING", f"-I POSTROUTING 1 {tag} -j FW-POSTROUTING",
+                           f"-I OUTPUT 1 {tag} -j FW-ERRORS", "COMMIT"]
+    assert chain_rules(NAT_HOOKING, "ERRORS", 4) == [
+        f"-A FW-ERRORS -m mark --mark 0x6677 {tag} -j RETURN",  # the daemon's own resets and unreachables
+        f"-A FW-ERRORS -m conntrack ! --ctstatus CONFIRMED {tag} -j RETURN",  # the kernel would drop those
+        *(f"-A FW-ERRORS -p icmp -m icmp --icmp-type {t} {tag} -j NFQUEUE --queue-num 0" for t in (3, 11, 12))]
     assert chain_rules(NAT_HOOKING, "POSTROUTING", 4) == [
         f"-A FW-POSTROUTING -m mark --mark 0x20000000/0x20000000 {tag} -j NFQUEUE --queue-num 0"]
     before = chain_rules(NAT_HOOKING, "PREROUTING", 6)
@@ -336,7 +340,8 @@ def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
 
 NAT_INSTALL = """
 from fw.drivers.iptables import Hooking, Installation
-rules = Installation(Hooking(hooks=("INPUT", "PREROUTING", "POSTROUTING"), nat_mark=0x20000000), "{backend}")
+rules = Installation(Hooking(hooks=("INPUT", "PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000),
+                     "{backend}")
 rules.install()
 print("installed", flush=True)
 {after}
@@ -350,7 +355,8 @@ def test_nat_rules_go_exactly_and_a_killed_runs_with_fw_cleanup(ns, backend):
     """(An operator's mangle rule, kept: iptables-legacy cannot remove a table once it exists.)"""
     add_foreign_rules(ns, backend)
     for tool in (f"iptables-{backend}", f"ip6tables-{backend}"):
-        ns.run(tool, "-t", "mangle", "-A", "PREROUTING", "-m", "comment", "--comment", "operator", "-j", "RETURN")
+        for chain in ("PREROUTING", "OUTPUT"):
+            ns.run(tool, "-t", "mangle", "-A", chain, "-m", "comment", "--comment", "operator", "-j", "RETURN")
     before = ns.save(backend)
     during = ns.python(NAT_INSTALL.format(backend=backend, after=f"""
 import subprocess
@@ -369,7 +375,7 @@ rules.remove()
         process.communicate(timeout=10)
     assert ":FW-POSTROUTING" in ns.save(backend)
     done = ns.run(*fw_command("cleanup")).stdout
-    assert "chain FW-PREROUTING" in done and "chain FW-INPUT" in done
+    assert "chain FW-PREROUTING" in done and "chain FW-INPUT" in done and "chain FW-ERRORS" in done
     assert ns.save(backend) == before
 
 

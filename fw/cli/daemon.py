@@ -66,7 +66,8 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
-    IPv6, and removes them on SIGTERM/SIGINT. SIGHUP reloads the policy and reopens the log.
+    IPv6, and removes them on SIGTERM/SIGINT. A policy that translates (nat) is hooked before and
+    after routing instead (mangle PREROUTING/POSTROUTING), without --fail-open or --queues. SIGHUP reloads the policy and reopens the log.
     Fail-closed unless --fail-open. One daemon per network namespace. Sessions are snapshotted
     on exit (and every minute) and restored on start; events go to the store.
 
@@ -179,7 +180,8 @@ def _listen(text: str) -> tuple[str, int]:
         raise click.BadParameter(str(error), param_hint="--metrics") from None
 
 
-NAT_HOOKS = ("PREROUTING", "POSTROUTING")  # the two passes (fw/engine_nat_passes.py), replacing FORWARD
+# the two passes (fw/engine_nat_passes.py), replacing FORWARD, and the firewall's own ICMP errors
+NAT_HOOKS = ("PREROUTING", "POSTROUTING", "ERRORS")
 NAT_NOT_HOOKED = ("the policy translates addresses (nat), and this daemon was started without NAT's hooks "
                   "(its policy did not translate): restart fw run with it")
 

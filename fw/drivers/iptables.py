@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TAG = "fw-daemon"
-HOOKS = ("FORWARD", "INPUT", "OUTPUT", "PREROUTING", "POSTROUTING")
+HOOKS = ("FORWARD", "INPUT", "OUTPUT", "PREROUTING", "POSTROUTING", "ERRORS")
 CHAIN_OF_HOOK = {hook: f"FW-{hook}" for hook in HOOKS}
+BUILTIN_OF_HOOK = {"ERRORS": "OUTPUT"}  # the firewall's own ICMP errors, in mangle OUTPUT (NAT)
 OUR_CHAINS = frozenset(CHAIN_OF_HOOK.values())
 TABLES = ("filter", "mangle")
 TABLE_OF_HOOK = {"FORWARD": "filter", "INPUT": "filter", "OUTPUT": "filter",
-                 "PREROUTING": "mangle", "POSTROUTING": "mangle"}
+                 "PREROUTING": "mangle", "POSTROUTING": "mangle", "ERRORS": "mangle"}
+ICMP_ERROR_TYPES = {4: ("icmp", "icmp", (3, 11, 12)), 6: ("ipv6-icmp", "icmp6", (1, 2, 3, 4))}
 BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
            "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")}
 CHAINS_OF_TABLE = {table: frozenset(CHAIN_OF_HOOK[h] for h in HOOKS if TABLE_OF_HOOK[h] == table)
@@ -105,6 +107,15 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     if hook == "POSTROUTING":  # the second pass: only what the first marked
         nat = f"0x{hooking.nat_mark:x}"
         return [f"-A {chain} -m mark --mark {nat}/{nat} {tag} {_queue_target(hooking)}"]
+    if hook == "ERRORS":  # the firewall's own ICMP errors (quoting a packet between the NAT passes)
+        proto, match, types = ICMP_ERROR_TYPES[family]
+        # The kernel will not queue an error whose conntrack entry (its packet's) is unconfirmed and
+        # shared (nf_ct_drop_unconfirmed: the error of a flow's first packet, a traceroute probe):
+        # those pass as they are (they quote the packet's source as it arrived: right for snat).
+        return [f"-A {chain} -m mark --mark {mark} {tag} -j RETURN",
+                f"-A {chain} -m conntrack ! --ctstatus CONFIRMED {tag} -j RETURN"] + [
+            f"-A {chain} -p {proto} -m {match} --{match.replace('6', 'v6')}-type {t} {tag} {_queue_target(hooking)}"
+            for t in types]
     if hook == "PREROUTING":
         rules.append(f"-A {chain} -i lo {tag} -j RETURN")
         rules.append(f"-A {chain} -m connmark --mark {mark} {tag} -j RETURN")
@@ -136,6 +147,11 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     return rules
 
 
+def builtin_of(hook: str) -> str:
+    """The built-in chain that jumps to our chain for `hook`."""
+    return BUILTIN_OF_HOOK.get(hook, hook)
+
+
 def install_script(hooking: Hooking, family: int, replacing: FilterTable | dict | None = None) -> str:
     """Our chains and jumps, a section per table; `replacing` a crashed run's (a table, or tables
     by name), whose jumps and chains go in the same commit."""
@@ -156,7 +172,7 @@ def install_script(hooking: Hooking, family: int, replacing: FilterTable | dict 
         lines += [f":{CHAIN_OF_HOOK[hook]} - [0:0]" for hook in hooks]
         for hook in hooks:
             lines += chain_rules(hooking, hook, family)
-        lines += [f"-I {hook} 1 -m comment --comment {TAG} -j {CHAIN_OF_HOOK[hook]}" for hook in hooks]
+        lines += [f"-I {builtin_of(hook)} 1 -m comment --comment {TAG} -j {CHAIN_OF_HOOK[hook]}" for hook in hooks]
         lines.append("COMMIT")
     return "\n".join(lines + [""])
 
@@ -380,7 +396,7 @@ class Installation:
     def _note_created(self, tool: Tool, table: FilterTable, stale: list, previous: dict) -> None:
         """What iptables-nft will create for our jumps in `table` (and a crashed run had created)."""
         key = state_key(tool.family, table.name)
-        hooks = {hook for hook in self.hooking.hooks if TABLE_OF_HOOK[hook] == table.name}
+        hooks = {builtin_of(hook) for hook in self.hooking.hooks if TABLE_OF_HOOK[hook] == table.name}
         base = tool.nft_base_chains(table.name) if table.present else set()
         created = {"table": not table.present, "chains": sorted(hooks - base) if base is not None else []}
         if stale and previous.get("backend") == self.backend:

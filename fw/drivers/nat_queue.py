@@ -5,7 +5,9 @@ How it works. The queue is fw.drivers.nfqueue_socket's SocketQueue (netfilterque
 the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
 - the hook: PREROUTING is the first pass (`BEFORE_ROUTING`, or `TO_FIREWALL` when the route of its
   destination is local, broadcast or multicast); POSTROUTING the second (`AFTER_ROUTING`), which
-  only marked packets reach (fw.drivers.iptables); INPUT and OUTPUT (--hooks) the engine's one pass;
+  only marked packets reach (fw.drivers.iptables); an ICMP error at OUTPUT is the firewall's own
+  (`FROM_FIREWALL`: mangle OUTPUT queues those); INPUT and OUTPUT (--hooks) the engine's one pass
+  (with NAT, the firewall's own ICMP errors are not judged by --hooks output: they pass);
 - before routing the output interface is not known yet: the engine gets the route's (rules may
   match `oif`), from fw.drivers.routes (cached, forgotten every second); the engine's `Nat.route`
   input is the same lookup, for a new session's translated destination and masquerade's address;
@@ -22,13 +24,15 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from fw.drivers.nfqueue import PacketHandler
-from fw.engine_nat_passes import AFTER_ROUTING, BEFORE_ROUTING, TO_FIREWALL
+from fw.engine_nat_passes import AFTER_ROUTING, BEFORE_ROUTING, FROM_FIREWALL, TO_FIREWALL
 
-NF_INET_PRE_ROUTING, NF_INET_POST_ROUTING = 0, 4
+NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 3, 4
 TCP = 6
+ICMP_ERRORS = {1: frozenset((3, 11, 12)), 58: frozenset((1, 2, 3, 4))}
 
 
 class NatPacketHandler(PacketHandler):
@@ -40,10 +44,22 @@ class NatPacketHandler(PacketHandler):
         self.routes = routes
         routes.names = self.ifname
         engine.nat.route = routes.route
+        self.counters: Counter = Counter()  # partial_checksums (computed whole), tcp_gso_partial (left)
+
+    def stats(self) -> dict:
+        """The `nat` section of `fw stats`: checksum states seen, route lookups made."""
+        return {**{key: 0 for key in ("partial_checksums", "tcp_gso_partial")}, **self.counters,
+                "route_lookups": self.routes.lookups}
 
     def judge(self, packet, data: bytes):
         hook = packet.hook
-        partial = bool(packet.checksum_not_ready) and not (packet.gso and _proto(data) == TCP)
+        partial = False
+        if packet.checksum_not_ready:
+            if packet.gso and _proto(data) == TCP:
+                self.counters["tcp_gso_partial"] += 1
+            else:
+                partial = True
+                self.counters["partial_checksums"] += 1
         if hook == NF_INET_POST_ROUTING:
             decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev),
                                            hook=AFTER_ROUTING, partial=partial)
@@ -53,6 +69,8 @@ class NatPacketHandler(PacketHandler):
             decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
                                            None if route is None else route.oif,
                                            hook=TO_FIREWALL if local else BEFORE_ROUTING, partial=partial)
+        elif hook == NF_INET_LOCAL_OUT and _icmp_error(data):
+            decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev), hook=FROM_FIREWALL)
         else:
             return super().judge(packet, data)
         if packet.truncated and decision.reason == "nat:rewrite":
@@ -67,6 +85,13 @@ class NatPacketHandler(PacketHandler):
     def forget_interfaces(self) -> None:
         super().forget_interfaces()
         self.routes.forget()
+
+
+def _icmp_error(data: bytes) -> bool:
+    """Whether the packet is an ICMP (ICMPv6) error: the firewall's own, in mangle OUTPUT."""
+    proto = _proto(data)
+    start = (data[0] & 0x0F) * 4 if proto == 1 else 40
+    return proto in ICMP_ERRORS and len(data) > start and data[start] in ICMP_ERRORS[proto]
 
 
 def _proto(data: bytes) -> int | None:

@@ -2,7 +2,7 @@
 
 A `Backend` runs `python -c SERVER` (optionally inside a network namespace): a TCP listener that
 accepts and closes, an HTTP server answering every GET with a fixed status and its own name (`/slow/N`: its
-name, then N KiB slowly, 50 KiB a second: a long download), or a
+name, then N KiB slowly, 50 KiB a second: a long download; `/peer`: its name and the peer's address), or a
 `hang` listener that never accepts (the kernel completes handshakes; nothing ever answers). It
 prints its port once listening; `kill()` is SIGKILL (a crash), `start()` brings it back on the same
 port. The `backend` fixture (conftest.py) kills every one a test started.
@@ -23,6 +23,13 @@ family = socket.AF_INET6 if ":" in host else socket.AF_INET
 if kind == "http":
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/peer":  # who connected: the client's address as this server sees it
+                body = (name + "\n" + self.client_address[0] + "\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if self.path.startswith("/slow/"):  # /slow/N: its name, then N KiB, one every 20 ms
                 chunks = int(self.path.split("/")[2])
                 head = (name + "\n").encode()

@@ -10,7 +10,8 @@ answering server's name counted). Checked, on what the client and the EVE log se
 - web2 killed: its `lb` down event within interval x (fall + 1) + timeout of the kill; after it, no
   request reaches web2 and every one succeeds; restarted: up within interval x (rise + 1);
 - `fw lb drain` of the server a long download runs on: the download runs to its end, new requests
-  avoid the drained server; `fw lb enable` brings it back; `fw lb` and `fw lb --json` show it all.
+  avoid the drained server; `fw lb enable` brings it back; `fw lb` and `fw lb --json` show it all;
+- a second virtual server (port 81, full_nat): the real server sees the firewall's address.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ POLICY = f"""\
 version: 1
 defaults: {{action: drop}}
 rules:
-  - {{name: web, action: accept, proto: tcp, dst: {VIP}, dport: 80}}
+  - {{name: web, action: accept, proto: tcp, dst: {VIP}, dport: [80, 81]}}
 virtual_servers:
   - name: web
     address: {VIP}
@@ -46,22 +47,32 @@ virtual_servers:
     health: {{type: http, path: /, interval: {INTERVAL}, timeout: {TIMEOUT}, rise: {RISE}, fall: {FALL}}}
     real_servers:
 """ + "".join(f"      - {{address: {address}, port: 8080, weight: {weight}}}\n"
-              for address, weight in SERVERS.values())
+              for address, weight in SERVERS.values()) + f"""\
+  - name: one-arm
+    address: {VIP}
+    proto: tcp
+    port: 81
+    scheduler: maglev
+    full_nat: true
+    real_servers:
+      - {{address: 203.0.113.21, port: 8080}}
+"""
 # The client: N requests, one connection each; prints {"names": {name: count}, "errors": n}.
 CLIENT = r"""
 import collections, http.client, json, sys
 host, count, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+port = int(sys.argv[4]) if len(sys.argv) > 4 else 80
 names, errors = collections.Counter(), 0
 for _ in range(count):
     try:
-        connection = http.client.HTTPConnection(host, 80, timeout=10)
+        connection = http.client.HTTPConnection(host, port, timeout=10)
         connection.request("GET", path)
         response = connection.getresponse()
         body = response.read()
         connection.close()
         if path.startswith("/slow/"):
             size = len(body)
-        names[body.decode().split("\n")[0]] += 1
+        names[" ".join(body.decode().split("\n")[:2]) if path == "/peer" else body.decode().split("\n")[0]] += 1
     except OSError as error:
         errors += 1
         print(repr(error), file=sys.stderr)
@@ -79,11 +90,12 @@ class Running:
         return self.lab.run(self.lab.firewall, fw_argv(*args)).stdout
 
     def lb(self) -> dict:
-        [row] = json.loads(self.fw("lb", "--json"))["virtual_servers"]
+        rows = json.loads(self.fw("lb", "--json"))["virtual_servers"]
+        [row] = [row for row in rows if row["name"] == "web"]
         return {s["server"]: s for s in row["real_servers"]}
 
-    def requests(self, count: int, path: str = "/") -> dict:
-        done = self.lab.run("client", [sys.executable, "-c", CLIENT, VIP, str(count), path], timeout=240)
+    def requests(self, count: int, path: str = "/", port: int = 80) -> dict:
+        done = self.lab.run("client", [sys.executable, "-c", CLIENT, VIP, str(count), path, str(port)], timeout=240)
         return json.loads(done.stdout)
 
     def background(self, path: str) -> netns.Background:
@@ -204,3 +216,10 @@ def test_drain_keeps_a_long_download_and_sends_new_requests_elsewhere(lb_lab):
     assert lb_lab.lb()[drained]["health"] == "up"
     states = [body["state"] for _when, body in lb_lab.events() if body["real_server"] == drained]
     assert states[-2:] == ["drained", "enabled"]
+
+
+def test_full_nat_gives_the_real_server_the_firewalls_address(lb_lab):
+    """One-arm: the real server sees the firewall's address on its side (the route's preferred
+    source toward it), not the client's; the client sees the virtual address answer."""
+    result = lb_lab.requests(5, "/peer", port=81)
+    assert result == {"names": {"web1 203.0.113.1": 5}, "errors": 0}, result

@@ -82,7 +82,7 @@ class LoadBalancer:
         """A new policy's virtual servers. Counts of (virtual server, real server) pairs that stay
         carry over; drain and health start afresh (the daemon re-applies what its checker knows)."""
         old = self.services
-        services = VirtualServers(specs)
+        services = VirtualServers(specs, old)  # maglev: the old tables answer while new ones are built
         for name, balancer in services.balancers.items():
             before = old.balancers.get(name)
             for server in balancer.servers:

@@ -295,3 +295,21 @@ def test_replay_names_the_real_server_on_the_first_packet(tmp_path):
     assert rows[0]["nat"] == "tcp 198.51.100.10:40000 -> 203.0.113.21:8080"
     assert "translation" not in rows[1] and rows[1]["nat"] == f"tcp {VIP}:80 -> 198.51.100.10:40000"
     assert rows[2]["translation"] == "lb:web:203.0.113.22:8080"
+
+
+def test_a_reload_answers_from_the_old_maglev_table_while_the_new_one_is_built():
+    """No table is built at once at a reload (a pause in the packet loop): the old one answers, by
+    server name, and a server gone from the policy is passed over; the new one comes in slices."""
+    flows = client_flows(2000, seed=SEED + 5)
+    engine = engine_for(policy_text((1, 1, 1, 1), "maglev"))
+    before = [opened_on(syn(engine, s, p)) for s, p in flows]
+    engine.swap_policy(load_policy_sources([("lb.yaml", policy_text((1, 1, 1), "maglev"))]))  # .24 leaves
+    scheduler = engine.nat.lb.services.balancers["web"].scheduler
+    assert scheduler.builder is not None and not scheduler.builder.done  # pending, not built at once
+    during = [scheduler.pick(parse(seg(f"{s}:{p}", f"{VIP}:80", "S")).src, p).name for s, p in flows]
+    gone = "203.0.113.24:8080"
+    assert gone not in during
+    assert all(a == b for a, b in zip(before, during, strict=True) if a != gone)
+    while not engine.nat.lb.work():
+        pass
+    assert scheduler.builder is None and gone not in scheduler.table.counts()

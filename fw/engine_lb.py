@@ -76,6 +76,7 @@ class LoadBalancer:
         self.services = VirtualServers(())
         self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
         self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
+        self.choices: dict = {}  # RealServer -> its Choice (made once per configuration)
         self.active = False
 
     def configure(self, specs) -> None:
@@ -95,7 +96,7 @@ class LoadBalancer:
                 packed = ipaddress.ip_address(spec.address).packed
                 key = (spec.family, packed)
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, DEFAULT_PORTS)
-        self.services, self.pools = services, pools
+        self.services, self.pools, self.choices = services, pools, {}
         self.active = bool(len(services))
 
     def choose(self, pkt, sport: int, dport: int, now: float):
@@ -111,7 +112,10 @@ class LoadBalancer:
         if server is None:
             return REFUSE[spec.when_all_down]
         balancer.opened(server)
-        return Choice(spec, server)
+        choice = self.choices.get(server)
+        if choice is None:
+            choice = self.choices[server] = Choice(spec, server)
+        return choice
 
     def serves(self, pkt, dport: int) -> bool:
         """Whether a virtual server is at the packet's destination (nothing is chosen)."""

@@ -34,6 +34,13 @@ sets:
   clients: [198.51.100.0/24, "2001:db8:1::/64"]
 rules:
   - {name: ftp, action: accept, proto: tcp, src: $clients, dport: [21, 2121], alg: ftp}
+  - name: idle
+    action: accept
+    proto: tcp
+    src: $clients
+    dport: 9009
+    timeouts: {tcp_established: 2}
+    rst_on_timeout: true
   - {name: out, action: accept, src: $clients}
   - {name: into-client, action: accept, proto: tcp, dst: 203.0.113.1, dport: 8082}
 nat:
@@ -149,11 +156,14 @@ def test_echo_and_traceroute_through_masquerade(nat_lab, family):
                     {"from": SERVER[family], "kind": "unreachable", "quoted": "own"}]
 
 
-FTP_CASES = [
-    pytest.param(SERVER[4], 21, True, id="masquerade-passive"),
-    pytest.param(SERVER[4], 21, False, id="masquerade-active"),
-    pytest.param("198.51.100.1", 2121, True, id="port-forward-passive"),
-    pytest.param("198.51.100.1", 2121, False, id="port-forward-active"),
+FTP_CASES = [  # (server address, port, passive, what vsftpd's log shows of the data command)
+    pytest.param(SERVER[4], 21, True, "PASV", id="masquerade-pasv"),
+    pytest.param(SERVER[4], 21, False, "PORT 203,0,113,1,", id="masquerade-port"),
+    pytest.param(SERVER[6], 21, True, "EPSV", id="masquerade-epsv-ipv6"),
+    pytest.param(SERVER[6], 21, False, "EPRT |2|2001:0db8:0002:0000:0000:0000:0000:0001|",  # as nf_nat_ftp writes
+                 id="masquerade-eprt-ipv6"),
+    pytest.param("198.51.100.1", 2121, True, "PASV", id="port-forward-pasv"),
+    pytest.param("198.51.100.1", 2121, False, "PORT 198,51,100,10,", id="port-forward-port"),
 ]
 
 
@@ -166,14 +176,14 @@ def ftp_server(nat_lab, tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize(("address", "port", "passive"), FTP_CASES)
-def test_lftp_through_nat(nat_lab, ftp_server, tmp_path, address, port, passive):
+@pytest.mark.parametrize(("address", "port", "passive", "announced"), FTP_CASES)
+def test_lftp_through_nat(nat_lab, ftp_server, tmp_path, address, port, passive, announced):
     server, served = ftp_server
     received = tmp_path / "received"
     received.mkdir()
-    url = f"ftp://{address}:{port}"
+    host = f"[{address}]" if ":" in address else address
     before = nat_lab.stats()["engine"]
-    done = ftp_lab.lftp(nat_lab.lab, url, [f"get -O {received} five.bin"], passive=passive)
+    done = ftp_lab.lftp(nat_lab.lab, f"ftp://{host}:{port}", [f"get -O {received} five.bin"], passive=passive)
     assert done.returncode == 0, f"lftp failed: {done.stdout}{done.stderr}"
     assert sha256(received / "five.bin") == sha256(served)
     after = nat_lab.stats()
@@ -181,13 +191,10 @@ def test_lftp_through_nat(nat_lab, ftp_server, tmp_path, address, port, passive)
     assert engine.get("nat_rewrite_errors", 0) == 0 and engine.get("nat_lost_between_passes", 0) == 0
     assert after["errors"]["loop"] == 0  # e.g. verdicts with 64 KiB payloads in one datagram: EMSGSIZE
     assert after["packets"]["by_verdict"]["accept"]["related:ftp"] > 0
-    command = server.data_commands()[-1]
-    masquerade = port == 21
-    if not passive:  # the server was told the client's address as it sees it
-        assert command.startswith("PORT 203,0,113,1," if masquerade else "PORT 198,51,100,10,"), command
-    else:  # a port forward's 227 names the forwarded address (198.51.100.1) instead of 203.0.113.11
-        rewrites = engine.get("nat_alg_rewrites", 0) - before.get("nat_alg_rewrites", 0)
-        assert (command, rewrites >= 1) == ("PASV", not masquerade or rewrites >= 1)
+    # active: the server was told the client's address as it sees it (masquerade: the firewall's)
+    assert server.data_commands()[-1].startswith(announced), server.data_commands()[-1]
+    if port == 2121 and passive:  # the port forward's 227 names 198.51.100.1 instead of 203.0.113.11
+        assert engine.get("nat_alg_rewrites", 0) > before.get("nat_alg_rewrites", 0)
 
 
 def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_path):
@@ -253,3 +260,39 @@ def test_the_example_gateway_policy_works_as_written_after_a_reload(nat_lab, tmp
         assert inside.peers() == [SERVER[4]]
     finally:
         lab.run(lab.firewall, fw_argv("reload", str(nat_lab.policy)))
+
+
+IDLE_END = """
+import socket, sys
+try:
+    if sys.argv[1] == "server":
+        listener = socket.create_server(("::", 9009), family=socket.AF_INET6, dualstack_ipv6=True)
+        listener.settimeout(20)
+        conn, peer = listener.accept()
+        print(peer[0].removeprefix("::ffff:"), flush=True)
+    else:
+        conn = socket.create_connection((sys.argv[2], 9009), timeout=10)
+        conn.sendall(b"hello")
+    conn.settimeout(15)
+    while conn.recv(100):
+        pass
+    print("eof")
+except ConnectionResetError:
+    print("reset")
+except TimeoutError:
+    print("timeout")
+"""
+
+
+def test_the_firewalls_resets_reach_both_ends_through_masquerade(nat_lab):
+    """An idle session with rst_on_timeout expires: the firewall sends each end a RST with the
+    addresses that end knows (the client: the server's; the server: the firewall's) and the
+    sequence number it expects; both kernels accept it (a wrong address or number is ignored)."""
+    lab = nat_lab.lab
+    server = netns.Background(lab, "server", [sys.executable, "-c", IDLE_END, "server"], 30)
+    netns.wait_for_port(lab, "server", 9009)
+    client = lab.run("client", [sys.executable, "-c", IDLE_END, "client", SERVER[4]], timeout=30)
+    server.wait(30)
+    assert client.stdout.split() == ["reset"]
+    assert server.stdout.decode().split() == [FIREWALL_WAN[4], "reset"]
+    assert nat_lab.stats()["engine"]["timeout_resets"] >= 1

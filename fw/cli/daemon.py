@@ -67,9 +67,10 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
     IPv6, and removes them on SIGTERM/SIGINT. A policy that translates (nat) is hooked before and
-    after routing instead (mangle PREROUTING/POSTROUTING), without --fail-open or --queues. SIGHUP reloads the policy and reopens the log.
-    Fail-closed unless --fail-open. One daemon per network namespace. Sessions are snapshotted
-    on exit (and every minute) and restored on start; events go to the store.
+    after routing instead (mangle PREROUTING/POSTROUTING), without --fail-open or --queues.
+    SIGHUP reloads the policy and reopens the log. Fail-closed unless --fail-open. One daemon per
+    network namespace. Sessions are snapshotted on exit (and every minute) and restored on start;
+    events go to the store.
 
     Example: fw run --policy policies/lab.yaml --log /var/log/fw/eve.json
     """

@@ -222,9 +222,11 @@ class Engine:
                     if binding is not None:
                         if binding.ftp is not None or extra.alg is not None:
                             return self.translate(decision, binding, original, now)
+                        translation = binding.forward if original else binding.backward
+                        if translation is None:  # the live daemon's two passes: nothing before routing
+                            return decision
                         try:  # translate()'s common case, written out (every packet of the session)
-                            data = (binding.forward if original else binding.backward).apply(
-                                self._data, pkt, self.partial)
+                            data = translation.apply(self._data, pkt, self.partial)
                         except RewriteError:
                             return self.translate(decision, binding, original, now)
                         decision.effects = effects + (RewritePacket(data),)

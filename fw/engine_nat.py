@@ -31,7 +31,9 @@ from fw.conntrack.table import flow_key, orientation
 from fw.decision import DROP, RewritePacket
 from fw.engine_lb import AllDown, LoadBalancer
 from fw.nat.ports import Pool
-from fw.nat.rewrite import Manip, RewriteError, Translation
+from fw.nat.rewrite import Manip, RewriteError, Translation, rewrite
+
+_KEEP = Manip()
 
 TCP, ICMP, ICMPV6 = 6, 1, 58
 EXHAUSTED = "nat:exhausted"
@@ -57,7 +59,7 @@ class Binding:
     """
 
     __slots__ = ("proto", "family", "orig", "reply", "alias", "alias_side", "names", "forward", "backward",
-                 "held", "ftp", "ports", "middle", "_halves", "lb")
+                 "held", "ftp", "ports", "middle", "after", "mid", "lb")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -77,7 +79,8 @@ class Binding:
         self.forward = Translation(family, proto, orig, (t, s, tp, sp))
         self.backward = Translation(family, proto, reply, (d, c, dp, cp))
         self.middle = None  # hairpin: (dict, key) of the tuple between the two passes (fw.engine_nat_passes)
-        self._halves = None
+        self.after = None  # two passes (`split`): per direction the source half, or None
+        self.mid = None  # two passes: per direction the tuple between the passes
         self.lb: tuple | None = None  # a balanced session: (LoadBalancer, (virtual server, real server))
 
     @property
@@ -101,7 +104,10 @@ class Binding:
         return None
 
     def rewrite(self, data: bytes, pkt, original: bool, partial: bool = False) -> bytes:
-        return (self.forward if original else self.backward).apply(data, pkt, partial)
+        translation = self.forward if original else self.backward
+        if translation is None:  # two passes, nothing to change before routing
+            return rewrite(data, pkt, _KEEP, partial=True) if partial else data
+        return translation.apply(data, pkt, partial)
 
     def between(self, original: bool) -> tuple:
         """(src, dst, sport, dport) a packet of that direction carries between the two live passes:
@@ -114,21 +120,21 @@ class Binding:
             return c, s, cp, cp if echo else sp
         return s, c, cp if echo else sp, cp
 
-    def halves(self) -> tuple:
-        """(undo, after) per direction, compiled on first use: `undo` takes a packet translated
-        whole back to `between` (its source as it arrived), `after` does the source half after
-        routing; None where that direction's source does not change (no second pass)."""
-        if self._halves is None:
-            family, proto = self.family, self.proto
-            result = []
-            for original, changes in ((True, self.snat), (False, self.dnat)):
-                if not changes:
-                    result.append((None, None))
-                    continue
-                whole, middle = self.left(original), self.between(original)
-                result.append((Translation(family, proto, whole, middle), Translation(family, proto, middle, whole)))
-            self._halves = tuple(result)
-        return self._halves
+    def split(self) -> None:
+        """Compile for the live daemon's two passes (fw.engine_nat_passes): `forward`/`backward`
+        become the before-routing halves (to `between`; None where nothing changes then), `after`
+        the after-routing ones (None where the source does not change: no second pass)."""
+        if self.mid is not None:
+            return
+        family, proto = self.family, self.proto
+        self.mid = (self.between(True), self.between(False))
+        before, after = [], []
+        for original, arriving, source_changes in ((True, self.orig, self.snat), (False, self.reply, self.dnat)):
+            middle = self.mid[0 if original else 1]
+            before.append(None if middle == arriving else Translation(family, proto, arriving, middle))
+            after.append(Translation(family, proto, middle, self.left(original)) if source_changes else None)
+        self.forward, self.backward = before
+        self.after = tuple(after)
 
     def left(self, original: bool) -> tuple:
         """(src, dst, sport, dport) a packet of that direction leaves with."""
@@ -190,6 +196,7 @@ class Nat:
         # `masquerade` entries apply (fw.drivers.routes).
         self.route = None
         self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
+        self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
         self.lb = LoadBalancer()
         self.active = False  # anything to translate: nat entries or virtual servers
 
@@ -311,7 +318,11 @@ class Nat:
         return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
 
     def remember(self, session, binding: Binding) -> None:
-        """A hairpin session (both halves) is found between the passes by a third key."""
+        """A new or adopted session's binding in the live daemon's two passes: split, and for
+        hairpin sessions (both halves) a third key to be found by between the passes."""
+        if not self.two_passes:
+            return
+        binding.split()
         if binding.dnat and binding.snat:
             c, s, cp, sp = binding.between(True)
             key = flow_key(binding.proto, c, s, cp, sp)
@@ -410,8 +421,11 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
     alg = decision.session.extra.alg  # a translated session has its extra
     if alg is not None and (pkt.payload_len or pkt.proto != TCP):
         decision.effects = decision.effects + engine.feed_alg(decision.session, pkt, original, now)
+    translation = binding.forward if original else binding.backward
+    if translation is None:  # two passes: nothing to change before routing
+        return decision
     try:
-        data = (binding.forward if original else binding.backward).apply(engine.data, pkt, engine.partial)
+        data = translation.apply(engine.data, pkt, engine.partial)
     except RewriteError:
         engine.counters["nat_rewrite_errors"] += 1
         decision.verdict, decision.reason = DROP, "nat:rewrite"

@@ -8,11 +8,14 @@ before routing (mangle PREROUTING) and sources after it (mangle POSTROUTING), as
 How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here when `hook` is set:
 - `BEFORE_ROUTING` (every packet the firewall forwards, and those to its own addresses that concern
   NAT, see below): the engine's one pass runs as in replay (rules on the packet as it arrived,
-  tracking, ALGs, FTP rewrites and seqadj, the whole translation with `partial` checksums
-  computed), then the source half is taken back (`Binding.halves()`: `undo`), so the packet leaves
-  this pass with its destination translated and its source as it arrived (`Binding.between`).
-  When its source is still to change, the verdict carries `SetMark(NAT_MARK)`: the POSTROUTING
-  queue rule matches that bit, so only translated sessions' packets cross the queue twice.
+  tracking, ALGs, FTP rewrites and seqadj, `partial` checksums computed), but with each binding
+  compiled for two passes (`Binding.split`, done by `use_two_passes` for the sessions already
+  there and by `Nat.remember` for new and adopted ones): its translations are the before-routing
+  halves, so the packet leaves this pass with its destination translated and its source as it
+  arrived (`Binding.between`); nothing is rewritten where nothing changes before routing (a
+  masqueraded client's packets). When its source is still to change, the verdict carries
+  `SetMark(NAT_MARK)`: the POSTROUTING queue rule matches that bit, so only translated sessions'
+  packets cross the queue twice.
   The source translation of a new session is decided here too, on the route to its translated
   destination (`Nat.route`, the driver's input): the same choice as after routing, known earlier.
 - `TO_FIREWALL`: the same, for a packet routed to the firewall's own address; one that belongs to
@@ -45,6 +48,7 @@ FROM_FIREWALL = "output-error"
 HOOKS = (BEFORE_ROUTING, TO_FIREWALL, AFTER_ROUTING, FROM_FIREWALL)
 NAT_MARK = 0x20000000  # the packet mark bit of packets that take the second pass
 AFTER_REASON = "nat:after-routing"
+MARKED = SetMark(NAT_MARK)
 TO_FIREWALL_REASON = "to-firewall"
 FROM_FIREWALL_REASON = "from-firewall"
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
@@ -62,46 +66,54 @@ def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool)
         return Decision(ACCEPT, TO_FIREWALL_REASON)
     if hook != BEFORE_ROUTING and hook != TO_FIREWALL:
         raise ValueError(f"unknown hook {hook!r}")
+    if not engine.nat.two_passes:
+        use_two_passes(engine)
     engine.partial = partial
     try:
         decision = engine.process(data, now, iif, oif)
     finally:
         engine.partial = False
     session = decision.session
-    if decision.verdict != ACCEPT or session is None or session.nat is None:
-        return decision
-    return _before_routing(decision, session.nat, data)
-
-
-def _before_routing(decision: Decision, binding, data: bytes) -> Decision:
-    """The one-pass result with its source half taken back, marked for the second pass."""
-    effects = decision.effects
-    at = _rewrite_at(effects)
-    if at is None:
+    extra = session.extra if session is not None else None
+    binding = extra.nat if extra is not None else None
+    if binding is None or decision.verdict != ACCEPT:
         return decision
     pkt = decision.packet
+    if pkt.inner is not None and pkt.proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[pkt.proto]:
+        return _error_before_routing(decision, binding)
+    after = binding.after
+    if after[0] is None and after[1] is None:
+        return decision
+    original = binding.direction(pkt.src, pkt.dst, *_ports(pkt))
+    if original is not None and after[0 if original else 1] is not None:
+        decision.effects = decision.effects + (MARKED,)
+    return decision
+
+
+def use_two_passes(engine) -> None:
+    """From now on the engine's bindings are compiled for two passes (the sessions already there,
+    restored from a snapshot before the first packet, too)."""
+    nat = engine.nat
+    nat.two_passes = True
+    for session in engine.table.values():
+        if session.nat is not None:
+            nat.remember(session, session.nat)
+
+
+def _error_before_routing(decision: Decision, binding) -> Decision:
+    """An ICMP error translated whole, but for its outer source (after routing: marked)."""
+    effects = decision.effects
+    at = _rewrite_at(effects)
+    pkt = decision.packet
+    if at is None or not _error_source_changes(binding, pkt):
+        return decision
     translated = effects[at].data
     try:
-        if pkt.inner is not None and pkt.proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[pkt.proto]:
-            if not _error_source_changes(binding, pkt):
-                return decision
-            new = rewrite(translated, parse(translated), Manip(src=pkt.src), inner=None)
-        else:
-            original = binding.direction(pkt.src, pkt.dst, *_ports(pkt))
-            if original is None:
-                return decision
-            undo = binding.halves()[0 if original else 1][0]
-            if undo is None:
-                return decision
-            same = len(translated) == len(data)  # same layout: the parsed offsets hold
-            new = undo.apply(translated, pkt if same else parse(translated))
+        new = rewrite(translated, parse(translated), Manip(src=pkt.src), inner=None)
     except (RewriteError, MalformedPacket):
         decision.verdict, decision.reason = DROP, "nat:rewrite"
         return decision
-    kept = effects[:at] + effects[at + 1:]
-    if new != data:
-        kept += (RewritePacket(new),)
-    decision.effects = kept + (SetMark(NAT_MARK),)
+    decision.effects = effects[:at] + effects[at + 1:] + (RewritePacket(new), MARKED)
     return decision
 
 
@@ -165,22 +177,30 @@ def after_routing(engine, data: bytes, partial: bool) -> Decision:
         pkt = parse(data)
     except MalformedPacket:
         return Decision(DROP, "malformed")
-    proto = pkt.proto
-    if pkt.inner is not None and proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[proto]:
+    proto, src, dst = pkt.proto, pkt.src, pkt.dst
+    if proto == TCP or proto == UDP:
+        sport, dport = pkt.sport, pkt.dport
+    elif pkt.inner is not None and proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[proto]:
         return _error_after_routing(engine, pkt, data)
-    sport, dport = _ports(pkt)
-    key = flow_key(proto, pkt.src, pkt.dst, sport, dport)
+    else:
+        sport, dport = _ports(pkt)
+    if src < dst or (src == dst and sport <= dport):
+        key = (proto, src, dst, sport, dport)
+    else:
+        key = (proto, dst, src, dport, sport)
     session = engine.table.sessions.get(key) or engine.nat.middle.get(key)
     binding = session.nat if session is not None else None
     if binding is None:
         engine.counters["nat_lost_between_passes"] += 1
         return Decision(DROP, "nat:no-session", pkt)
-    four = (pkt.src, pkt.dst, sport, dport)
-    halves = binding.halves()
-    if four == binding.between(True):
-        after = halves[0][1]
-    elif four == binding.between(False):
-        after = halves[1][1]
+    mid = binding.mid
+    if mid is None:  # not split: no packet of it was marked
+        return Decision(DROP, "invalid:state", pkt, session)
+    four = (src, dst, sport, dport)
+    if four == mid[0]:
+        after = binding.after[0]
+    elif four == mid[1]:
+        after = binding.after[1]
     else:
         return Decision(DROP, "invalid:state", pkt, session)
     if after is None:

@@ -57,7 +57,10 @@ class TwoPasses:
         between = rewritten(first) or data
         if not marked(first):
             return first, between, between
-        second = self.engine.process(between, now, None, "wan", hook=AFTER_ROUTING)
+        # a verdict with a new payload makes the kernel take the checksum as final; without one it
+        # stays partial for the second pass
+        second = self.engine.process(between, now, None, "wan", hook=AFTER_ROUTING,
+                                     partial=partial and rewritten(first) is None)
         assert (second.verdict, second.reason) == ("accept", AFTER_REASON), second
         return first, between, rewritten(second) or between
 

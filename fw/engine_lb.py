@@ -81,7 +81,8 @@ class LoadBalancer:
 
     def configure(self, specs) -> None:
         """A new policy's virtual servers. Counts of (virtual server, real server) pairs that stay
-        carry over; drain and health start afresh (the daemon re-applies what its checker knows)."""
+        carry over, and persistence's remembered clients; drain and health start afresh (the daemon
+        re-applies what its checker knows)."""
         old = self.services
         services = VirtualServers(specs, old)  # maglev: the old tables answer while new ones are built
         for name, balancer in services.balancers.items():
@@ -90,6 +91,8 @@ class LoadBalancer:
                 kept = before.scheduler.by_name.get(server.name) if before is not None else None
                 if kept is not None:
                     server.active, server.opened = kept.active, kept.opened
+            if before is not None and before.affinity is not None and balancer.affinity is not None:
+                balancer.affinity.entries = before.affinity.entries  # clients keep their servers
         pools = {}
         for spec in services.specs.values():
             if spec.full_nat:

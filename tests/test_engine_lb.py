@@ -212,8 +212,8 @@ def test_counts_per_real_server_opened_active_and_bytes():
     assert (row["opened"], row["active"], row["bytes"]) == (1, 0, 80)  # two 40-byte segments
 
 
-def test_a_reload_keeps_counts_and_sessions_and_resets_drain():
-    text = policy_text((1, 1), "rr")
+def test_a_reload_keeps_counts_sessions_and_clients_and_resets_drain():
+    text = policy_text((1, 1), "rr", "persistence: 60")
     engine = engine_for(text)
     server = opened_on(syn(engine, "198.51.100.10", 40000))
     engine.nat.lb.drain("web", server)
@@ -221,6 +221,7 @@ def test_a_reload_keeps_counts_and_sessions_and_resets_drain():
     rows = {s["server"]: s for s in engine.nat.lb.status()[0]["real_servers"]}
     assert rows[server]["active"] == 1 and rows[server]["health"] == "up"
     assert engine.process(seg("198.51.100.10:40000", f"{VIP}:80", "A", seq=1001, ack=1), 1.5).session is not None
+    assert opened_on(syn(engine, "198.51.100.10", 40001)) == server  # persistence survived the reload
 
 
 def test_snapshots_keep_the_real_server_and_count_it():

@@ -12,7 +12,8 @@ answering server's name counted). Checked, on what the client and the EVE log se
 - `fw lb drain` of the server a long download runs on: the download runs to its end, new requests
   avoid the drained server; `fw lb enable` brings it back; `fw lb` and `fw lb --json` show it all;
 - a second virtual server (port 81, full_nat): the real server sees the firewall's address;
-- UDP virtual servers over IPv4 and IPv6 (port 53 to an echo server's 5353).
+- UDP virtual servers over IPv4 and IPv6 (port 53 to an echo server's 5353);
+- a virtual server on the firewall's own lan address.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ defaults: {{action: drop}}
 rules:
   - {{name: web, action: accept, proto: tcp, dst: {VIP}, dport: [80, 81]}}
   - {{name: dns, action: accept, proto: udp, dst: [{VIP}, "{VIP6}"], dport: 53}}
+  - {{name: local, action: accept, proto: tcp, dst: 198.51.100.1, dport: 8088}}
 virtual_servers:
   - name: web
     address: {VIP}
@@ -59,6 +61,12 @@ virtual_servers:
     full_nat: true
     real_servers:
       - {{address: 203.0.113.21, port: 8080}}
+  - name: local
+    address: 198.51.100.1
+    proto: tcp
+    port: 8088
+    real_servers:
+      - {{address: 203.0.113.22, port: 8080}}
   - name: dns
     address: {VIP}
     proto: udp
@@ -110,8 +118,8 @@ class Running:
         [row] = [row for row in rows if row["name"] == "web"]
         return {s["server"]: s for s in row["real_servers"]}
 
-    def requests(self, count: int, path: str = "/", port: int = 80) -> dict:
-        done = self.lab.run("client", [sys.executable, "-c", CLIENT, VIP, str(count), path, str(port)], timeout=240)
+    def requests(self, count: int, path: str = "/", port: int = 80, host: str = VIP) -> dict:
+        done = self.lab.run("client", [sys.executable, "-c", CLIENT, host, str(count), path, str(port)], timeout=240)
         return json.loads(done.stdout)
 
     def background(self, path: str) -> netns.Background:
@@ -249,3 +257,8 @@ def test_udp_virtual_servers_over_ipv4_and_ipv6(lb_lab, vip):
     payloads = [f"query {i}".encode() for i in range(5)]
     assert netns.udp_exchange(lb_lab.lab, vip, 53, payloads) == payloads
     assert echo.json() == {"echoed": 5}
+
+
+def test_a_virtual_address_of_the_firewalls_own_is_balanced(lb_lab):
+    """The firewall's lan address, port 8088: balanced to web2, not passed to the firewall itself."""
+    assert lb_lab.requests(3, port=8088, host="198.51.100.1") == {"names": {"web2": 3}, "errors": 0}

@@ -254,3 +254,15 @@ def test_a_kill_filter_selects_by_address_port_and_rule(terms, selected):
 def test_a_bad_filter_is_refused_with_a_reason(terms, message):
     with pytest.raises(ValueError, match=message):
         parse_filter(terms)
+
+
+def test_a_translated_session_shows_the_reply_tuple_as_it_arrives():
+    from fw.engine_nat import Binding
+
+    session = web_session()
+    public = bytes([192, 0, 2, 1])
+    session.nat = Binding(6, 4, (CLIENT, SERVER, 40000, 80), (SERVER, public, 80, 20000), "nat:outbound")
+    view = session_view(session, 100.0, lambda s: 42)
+    assert (view["reply"]["src"], view["reply"]["dst"], view["reply"]["sport"], view["reply"]["dport"]) == \
+        ("203.0.113.10", "192.0.2.1", 80, 20000)
+    assert view["nat"] == "nat:outbound" and view["original"]["src"] == "198.51.100.10"

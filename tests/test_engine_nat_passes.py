@@ -207,3 +207,22 @@ def test_the_firewalls_own_error_quotes_what_the_sender_sent(tmp_path):
     other = icmp_error_pkt("198.51.100.1", "192.0.2.99", 11, 0, seg("192.0.2.99:5", c, "S"))
     passed = engine.process(other, 100.0, None, "wan", hook=FROM_FIREWALL)
     assert (passed.verdict, passed.reason, passed.effects) == ("accept", "from-firewall", ())
+
+
+def test_a_restarted_daemon_goes_on_with_the_restored_sessions(tmp_path):
+    """Sessions restored from a snapshot (before the first packet, as fw.runner does) are split
+    for two passes on the first hooked packet; the hairpin one is found between the passes."""
+    first = TwoPasses(make_engine(tmp_path, HAIRPIN))
+    c = "198.51.100.30:41000"
+    first(seg(c, f"{PUBLIC}:8080", "S", seq=1))
+    first(seg(f"{INSIDE}:80", f"{PUBLIC}:41000", "SA", seq=9, ack=2))
+    first(seg("198.51.100.10:40000", "192.0.2.80:80", "S", seq=100))
+    saved = first.engine.snapshot(0.0)
+    again = make_engine(tmp_path, HAIRPIN)
+    assert again.restore(saved, 100.0, 0.0) == 2
+    two = TwoPasses(again)
+    _, between, leaving = two(seg(c, f"{PUBLIC}:8080", "A", seq=2, ack=10))
+    assert flow_text(parse(between)) == "tcp 198.51.100.30:41000 -> 198.51.100.20:80"
+    assert flow_text(parse(leaving)) == "tcp 203.0.113.1:41000 -> 198.51.100.20:80"
+    _, _, leaving = two(seg("192.0.2.80:80", f"{PUBLIC}:40000", "SA", seq=5, ack=101), local=True)
+    assert flow_text(parse(leaving)) == "tcp 192.0.2.80:80 -> 198.51.100.10:40000"

@@ -332,8 +332,9 @@ def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
         f"-A FW-POSTROUTING -m mark --mark 0x20000000/0x20000000 {tag} -j NFQUEUE --queue-num 0"]
     before = chain_rules(NAT_HOOKING, "PREROUTING", 6)
     assert before[0] == f"-A FW-PREROUTING -i lo {tag} -j RETURN"
-    assert (f"-A FW-PREROUTING -m addrtype --dst-type LOCAL -m conntrack --ctstate ESTABLISHED,RELATED "
-            f"--ctdir REPLY {tag} -j RETURN") in before
+    local = "-A FW-PREROUTING -m addrtype --dst-type LOCAL -m conntrack"
+    assert f"{local} --ctstate ESTABLISHED {tag} -j RETURN" in before
+    assert f"{local} --ctstate RELATED --ctdir REPLY {tag} -j RETURN" in before
     assert before[-1] == f"-A FW-PREROUTING {tag} -j NFQUEUE --queue-num 0"
     assert NAT_HOOKING.first_pass == "PREROUTING" and Hooking().first_pass == "FORWARD"
 

@@ -4,7 +4,8 @@ One lab and one daemon for the module (client 198.51.100.10 on `lan`, server 203
 the server has a second address 203.0.113.11 for the port forwards). The policy masquerades the
 clients toward 203.0.113.10 (IPv4 and IPv6), forwards the firewall's lan address 198.51.100.1
 ports 8081 and 2121 to 203.0.113.11 (port forwards into the server side, no source translation),
-and its wan address 203.0.113.1 port 8082 to the client's port 8080 (into the client side). What is
+[2001:db8:1::1]:8081 to the masqueraded server (both translations), and its wan address
+203.0.113.1 port 8082 to the client's port 8080 (into the client side). What is
 checked is what each end sees: curl through masquerade (the server sees the firewall's address),
 both port forwards (the servers see the real client, the client its forwarded address), echo and a
 traceroute (the firewall's own hop, then the server's port unreachable translated back to the
@@ -47,6 +48,7 @@ nat:
   - {name: web-fwd, type: dnat, proto: tcp, dst: 198.51.100.1, dport: 8081, to: "203.0.113.11:8080"}
   - {name: ftp-fwd, type: dnat, proto: tcp, dst: 198.51.100.1, dport: 2121, to: "203.0.113.11:21"}
   - {name: into-client, type: dnat, proto: tcp, dst: 203.0.113.1, dport: 8082, to: "198.51.100.10:8080"}
+  - {name: web-fwd6, type: dnat, proto: tcp, dst: "2001:db8:1::1", dport: 8081, to: "[2001:db8:2::10]:8080"}
   - {name: outbound, type: masquerade, src: $clients, dst: [203.0.113.10, "2001:db8:2::10"], oif: wan}
 """
 CLIENT = {4: "198.51.100.10", 6: "2001:db8:1::10"}
@@ -137,6 +139,14 @@ def test_port_forward_into_the_server_side(nat_lab, tmp_path):
     assert server.peers() == [CLIENT[4]]  # a destination translation only
 
 
+def test_both_translations_at_once_ipv6(nat_lab, tmp_path):
+    """The IPv6 forward targets the masqueraded server: destination and source both translated
+    (hairpin-like), the session found between the passes by its third key."""
+    server = HttpServer(nat_lab.lab, "server", tmp_path / "www", 8080)
+    assert fetch(nat_lab.lab, "client", "2001:db8:1::1", 8081) == "hello through NAT\n"
+    assert server.peers() == [FIREWALL_WAN[6]]
+
+
 def test_port_forward_into_the_client_side(nat_lab, tmp_path):
     inside = HttpServer(nat_lab.lab, "client", tmp_path / "www", 8080)
     assert fetch(nat_lab.lab, "server", FIREWALL_WAN[4], 8082) == "hello through NAT\n"
@@ -214,6 +224,13 @@ def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_
     assert "nat:no-session" not in after["drops"] and "nat:rewrite" not in after["drops"]
     # veth hands packets over with partial checksums (CHECKSUM_PARTIAL): the rewritten ones computed whole
     assert after["nat"]["partial_checksums"] > 0 and after["nat"]["route_lookups"] > 0, after["nat"]
+    from fw.lab import fw_argv
+
+    text = nat_lab.lab.run(nat_lab.lab.firewall, fw_argv("stats")).stdout
+    assert "partial checksums computed" in text.splitlines()[-1]
+    listed = json.loads(nat_lab.lab.run(nat_lab.lab.firewall, fw_argv("sessions", "--json", "dport=8080")).stdout)
+    masqueraded = [v for v in listed["sessions"] if v.get("nat") == "nat:outbound" and v["family"] == 4]
+    assert masqueraded and all(v["reply"]["dst"] == FIREWALL_WAN[4] for v in masqueraded)
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -296,3 +313,16 @@ def test_the_firewalls_resets_reach_both_ends_through_masquerade(nat_lab):
     assert client.stdout.split() == ["reset"]
     assert server.stdout.decode().split() == [FIREWALL_WAN[4], "reset"]
     assert nat_lab.stats()["engine"]["timeout_resets"] >= 1
+
+
+def test_the_firewalls_own_traffic_is_passed_not_judged(nat_lab, tmp_path):
+    """A web server on the firewall itself (its lan address): no rule allows it and the default is
+    drop, but the firewall's own traffic is not the NAT's: the first packets (until the kernel
+    sees the connection established) pass as `to-firewall`, the rest skip the queue."""
+    lab = nat_lab.lab
+    before = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("to-firewall", 0)
+    own = HttpServer(lab, lab.firewall, tmp_path / "own", 8088)
+    assert fetch(lab, "client", "198.51.100.1", 8088) == "hello through NAT\n"
+    assert own.peers() == [CLIENT[4]]
+    passed = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("to-firewall", 0) - before
+    assert 1 <= passed <= 3  # the SYN, and the ACK that completes the handshake for the kernel

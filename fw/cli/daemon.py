@@ -266,6 +266,10 @@ def stats_command(as_json: bool, zero: bool) -> None:
                      f"{queue['waiting']} waiting")
     errors = {k: v for k, v in stats["errors"].items() if v}
     lines.append("errors: " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
+    if "nat" in stats:
+        nat = stats["nat"]
+        lines.append(f"nat: {nat['partial_checksums']} partial checksums computed, {nat['tcp_gso_partial']} "
+                     f"TCP GSO packets left to the kernel, {nat['route_lookups']} route lookups")
     if "sync" in stats:
         from fw.sync import stats_line
 

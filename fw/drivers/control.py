@@ -366,10 +366,18 @@ def session_view(session, now: float, flow_id: Callable) -> dict:
         reply.update(sport=session.dport, dport=session.sport)
     elif proto in (1, 58):
         original["id"] = reply["id"] = session.sport
+    binding = session.nat
+    if binding is not None:  # NAT: the reply as it arrives, to the translated address (as conntrack -L)
+        s, t, sp, tp = binding.reply
+        reply.update(src=_address(s), dst=_address(t))
+        if proto in PORTED:
+            reply.update(sport=sp, dport=tp)
+        elif proto in (1, 58):
+            reply["id"] = sp
     original.update(packets=session.orig_packets, bytes=session.orig_bytes)
     reply.update(packets=session.reply_packets, bytes=session.reply_bytes)
     alg = session.alg
-    return {
+    view = {
         "id": flow_id(session),
         "proto": PROTO_NAMES.get(proto, str(proto)),
         "family": session.family,
@@ -385,6 +393,9 @@ def session_view(session, now: float, flow_id: Callable) -> dict:
         "policy_rev": session.policy_rev,
         "owner": session.owner,  # the HA node that announced it (fw run --sync), else None
     }
+    if binding is not None:
+        view["nat"] = binding.names
+    return view
 
 
 FILTER_KEYS = ("proto", "src", "dst", "addr", "sport", "dport", "port", "state", "rule", "owner")

@@ -119,9 +119,13 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     if hook == "PREROUTING":
         rules.append(f"-A {chain} -i lo {tag} -j RETURN")
         rules.append(f"-A {chain} -m connmark --mark {mark} {tag} -j RETURN")
-        # Replies of the firewall's own connections (kernel conntrack saw them leave): not NAT's.
-        rules.append(f"-A {chain} -m addrtype --dst-type LOCAL -m conntrack --ctstate ESTABLISHED,RELATED "
-                     f"--ctdir REPLY {tag} -j RETURN")
+        # The firewall's own connections (kernel conntrack saw both directions): not NAT's. A
+        # translated flow never is ESTABLISHED to the kernel (it never sees its translated tuple
+        # leave), and ICMP errors about one are RELATED in the ORIGINAL direction: only those in
+        # the REPLY direction (about the firewall's own packets) skip the queue.
+        local = f"-A {chain} -m addrtype --dst-type LOCAL -m conntrack"
+        rules.append(f"{local} --ctstate ESTABLISHED {tag} -j RETURN")
+        rules.append(f"{local} --ctstate RELATED --ctdir REPLY {tag} -j RETURN")
     if hook == "INPUT":
         rules.append(f"-A {chain} -i lo {tag} -j RETURN")
         rules.append(f"-A {chain} -m connmark --mark {mark} {tag} -j RETURN")

@@ -22,10 +22,10 @@ The names, not the objects, identify a server, so a reload (new balancers) keeps
 servers it keeps, and a session whose server left the policy is only forgotten.
 
 full_nat's source: SPEC says "the firewall's address". The engine has no routes, so it takes the
-virtual server's own address (an address the firewall answers for, from the policy: the same in
-replay and live), its port from a pool over 1024-65535 per virtual address (kept when free, as NAT
-does). A live daemon with its second NAT pass may choose the route's source address instead, as
-masquerade does (docs/lb.md).
+virtual server's own address (an address the firewall answers for, from the policy); the live
+daemon's NAT passes give routes, and then it is the route's preferred source toward the real
+server, as masquerade's. The port comes from a pool per virtual address over FULL_NAT_PORTS
+(the client's port kept when it is in that range and free, else the next free one).
 
 Nothing here reads a clock or does I/O: `now` comes with the packet; health (`apply`), drain and
 enable, `work` (Maglev tables rebuilt in slices) and `expire` (persistence) are the driver's calls,
@@ -38,10 +38,14 @@ import ipaddress
 
 from fw.lb.maglev import DEFAULT_BUDGET
 from fw.lb.service import VirtualServers
-from fw.nat.ports import DEFAULT_PORTS, Pool
+from fw.nat.ports import Pool
 
 TCP, UDP = 6, 17
 ALL_DOWN = "lb:all-down"
+# full_nat's source ports: below Linux's default ephemeral range (ip_local_port_range 32768-60999),
+# so that the firewall's own connections to a real server (its health checks) never hold the port
+# a balanced session's replies come back to.
+FULL_NAT_PORTS = (1024, 32767)
 
 
 class Choice:
@@ -98,7 +102,7 @@ class LoadBalancer:
             if spec.full_nat:
                 packed = ipaddress.ip_address(spec.address).packed
                 key = (spec.family, packed)
-                pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, DEFAULT_PORTS)
+                pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS)
         self.services, self.pools, self.choices = services, pools, {}
         self.active = bool(len(services))
 

@@ -177,14 +177,17 @@ def test_full_nat_sources_become_the_virtual_address_and_replies_come_back():
     engine = engine_for(policy_text((1,), "rr", "full_nat: true"))
     decision = syn(engine, "198.51.100.10", 40000)
     [data] = [e.data for e in decision.effects if isinstance(e, RewritePacket)]
-    assert flow_text(parse(data)) == f"tcp {VIP}:40000 -> 203.0.113.21:8080"
+    assert flow_text(parse(data)) == f"tcp {VIP}:1024 -> 203.0.113.21:8080"  # below the ephemeral ports
     assert decision.session.nat.names == "lb:web:203.0.113.21:8080"
-    reply = engine.process(seg("203.0.113.21:8080", f"{VIP}:40000", "SA", seq=5000, ack=1001), 1.1)
+    reply = engine.process(seg("203.0.113.21:8080", f"{VIP}:1024", "SA", seq=5000, ack=1001), 1.1)
     [back] = [e.data for e in reply.effects if isinstance(e, RewritePacket)]
     assert flow_text(parse(back)) == f"tcp {VIP}:80 -> 198.51.100.10:40000"
     second = syn(engine, "198.51.100.11", 40000)  # the same source port from another client: the next one
     [data] = [e.data for e in second.effects if isinstance(e, RewritePacket)]
-    assert flow_text(parse(data)) == f"tcp {VIP}:40001 -> 203.0.113.21:8080"
+    assert flow_text(parse(data)) == f"tcp {VIP}:1025 -> 203.0.113.21:8080"
+    third = syn(engine, "198.51.100.12", 20000)  # a port in the range is kept
+    [data] = [e.data for e in third.effects if isinstance(e, RewritePacket)]
+    assert flow_text(parse(data)) == f"tcp {VIP}:20000 -> 203.0.113.21:8080"
 
 
 def test_udp_and_ipv6_virtual_servers():

@@ -157,13 +157,15 @@ def _concerns_nat(engine, data: bytes, iif) -> bool:
         pkt = parse(data)
     except MalformedPacket:
         return False
-    proto = pkt.proto
+    proto, sessions = pkt.proto, engine.table.sessions
     if pkt.inner is not None and proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[proto]:
         src, dst, sport, dport = _quoted(pkt)
-        return flow_key(pkt.inner.proto, src, dst, sport, dport) in engine.table.sessions
+        session = sessions.get(flow_key(pkt.inner.proto, src, dst, sport, dport))
+        return session is not None and session.nat is not None
     sport, dport = _ports(pkt)
-    if flow_key(proto, pkt.src, pkt.dst, sport, dport) in engine.table.sessions:
-        return True
+    session = sessions.get(flow_key(proto, pkt.src, pkt.dst, sport, dport))
+    if session is not None:  # a session of the firewall's own (--hooks input) is INPUT's to track
+        return session.nat is not None
     if (proto, pkt.src, pkt.dst, pkt.dport) in engine.expectations:
         return True
     if engine.nat.lb.active and engine.nat.lb.serves(pkt, dport):  # a virtual address of the firewall's

@@ -4,7 +4,7 @@ One lab and one daemon for the module (client 198.51.100.10 on `lan`, server 203
 the server has a second address 203.0.113.11 for the port forwards). The policy masquerades the
 clients toward 203.0.113.10 (IPv4 and IPv6), forwards the firewall's lan address 198.51.100.1
 ports 8081 and 2121 to 203.0.113.11 (port forwards into the server side, no source translation),
-[2001:db8:1::1]:8081 to the masqueraded server (both translations), and its wan address
+[2001:db8:1::1]:8081 and 2121 to the masqueraded server (both translations), and its wan address
 203.0.113.1 port 8082 to the client's port 8080 (into the client side). What is
 checked is what each end sees: curl through masquerade (the server sees the firewall's address),
 both port forwards (the servers see the real client, the client its forwarded address), echo and a
@@ -17,6 +17,7 @@ a wrong one is dropped, and the transfer would stall.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ sets:
   clients: [198.51.100.0/24, "2001:db8:1::/64"]
 rules:
   - {name: ftp, action: accept, proto: tcp, src: $clients, dport: [21, 2121], alg: ftp}
+  - {name: tftp, action: accept, proto: udp, src: $clients, dport: 69, alg: tftp}
   - name: idle
     action: accept
     proto: tcp
@@ -49,6 +51,7 @@ nat:
   - {name: ftp-fwd, type: dnat, proto: tcp, dst: 198.51.100.1, dport: 2121, to: "203.0.113.11:21"}
   - {name: into-client, type: dnat, proto: tcp, dst: 203.0.113.1, dport: 8082, to: "198.51.100.10:8080"}
   - {name: web-fwd6, type: dnat, proto: tcp, dst: "2001:db8:1::1", dport: 8081, to: "[2001:db8:2::10]:8080"}
+  - {name: ftp-fwd6, type: dnat, proto: tcp, dst: "2001:db8:1::1", dport: 2121, to: "[2001:db8:2::10]:21"}
   - {name: outbound, type: masquerade, src: $clients, dst: [203.0.113.10, "2001:db8:2::10"], oif: wan}
 """
 CLIENT = {4: "198.51.100.10", 6: "2001:db8:1::10"}
@@ -174,6 +177,10 @@ FTP_CASES = [  # (server address, port, passive, what vsftpd's log shows of the 
                  id="masquerade-eprt-ipv6"),
     pytest.param("198.51.100.1", 2121, True, "PASV", id="port-forward-pasv"),
     pytest.param("198.51.100.1", 2121, False, "PORT 198,51,100,10,", id="port-forward-port"),
+    # both translations (a port forward to the masqueraded server), IPv6
+    pytest.param("2001:db8:1::1", 2121, True, "EPSV", id="forward-and-masquerade-epsv-ipv6"),
+    pytest.param("2001:db8:1::1", 2121, False, "EPRT |2|2001:0db8:0002:0000:0000:0000:0000:0001|",
+                 id="forward-and-masquerade-eprt-ipv6"),
 ]
 
 
@@ -203,7 +210,7 @@ def test_lftp_through_nat(nat_lab, ftp_server, tmp_path, address, port, passive,
     assert after["packets"]["by_verdict"]["accept"]["related:ftp"] > 0
     # active: the server was told the client's address as it sees it (masquerade: the firewall's)
     assert server.data_commands()[-1].startswith(announced), server.data_commands()[-1]
-    if port == 2121 and passive:  # the port forward's 227 names 198.51.100.1 instead of 203.0.113.11
+    if port == 2121 and passive and ":" not in address:  # 227 names 198.51.100.1, not 203.0.113.11
         assert engine.get("nat_alg_rewrites", 0) > before.get("nat_alg_rewrites", 0)
 
 
@@ -326,3 +333,22 @@ def test_the_firewalls_own_traffic_is_passed_not_judged(nat_lab, tmp_path):
     assert own.peers() == [CLIENT[4]]
     passed = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("to-firewall", 0) - before
     assert 1 <= passed <= 3  # the SYN, and the ACK that completes the handshake for the kernel
+
+
+@pytest.mark.skipif(shutil.which("in.tftpd") is None or shutil.which("tftp") is None,
+                    reason="tftpd-hpa and tftp-hpa are not installed (scripts/apt-packages.txt)")
+def test_tftp_through_masquerade(nat_lab, tmp_path):
+    """The server answers from a new port to the firewall's address: an expectation of the TFTP
+    ALG (in the server side's terms) admits it, and the data session follows its request's
+    translation back to the client."""
+    from tests.test_lab_tftp import TftpServer, fetch, served
+
+    root, data = served(tmp_path)
+    out = tmp_path / "fetched.bin"
+    before = nat_lab.stats()["packets"]["by_verdict"]["accept"].get("related:tftp", 0)
+    with TftpServer(nat_lab.lab, root, 4):
+        client = fetch(nat_lab.lab, 4, "image.bin", out)
+        output, _ = client.communicate(timeout=60)
+    assert client.returncode == 0, output
+    assert sha256(out.read_bytes()) == sha256(data)
+    assert nat_lab.stats()["packets"]["by_verdict"]["accept"]["related:tftp"] == before + 1

@@ -12,7 +12,8 @@ from fw.policy.intervals import IntervalSet
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["policies/lab.yaml", "policies/examples/web-server.yaml",
            "policies/examples/workstation.yaml", "policies/examples/ftp-server.yaml",
-           "policies/examples/corpus-ftp.yaml", "policies/examples/nat-gateway.yaml"]
+           "policies/examples/corpus-ftp.yaml", "policies/examples/nat-gateway.yaml",
+           "policies/examples/load-balancer.yaml"]
 
 
 def load_text(text: str, name: str = "test.yaml"):

@@ -199,6 +199,7 @@ def test_a_thousand_requests_spread_by_weight(lb_lab):
     assert sum(row["opened"] - before[name] for name, row in after.items()) == 1000
     text = lb_lab.fw("lb")
     assert "web: tcp 203.0.113.100:80, scheduler wrr" in text and "203.0.113.23:8080" in text
+    assert "virtual servers: web 203.0.113.100:80: 203.0.113.21:8080 up" in lb_lab.fw("stats")
 
 
 def test_a_killed_server_is_marked_down_avoided_and_brought_back(lb_lab):

@@ -274,6 +274,10 @@ def stats_command(as_json: bool, zero: bool) -> None:
         from fw.sync import stats_line
 
         lines.append(stats_line(stats["sync"]))
+    if stats.get("virtual_servers"):
+        from fw.topdata import virtual_server_text
+
+        lines.append("virtual servers: " + virtual_server_text(stats["virtual_servers"]))
     click.echo("\n".join(lines))
 
 

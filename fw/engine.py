@@ -82,14 +82,17 @@ datagram, icmp = engine_trackers.datagram, engine_trackers.icmp
 
 
 class EngineConfig:
-    """What the driver tells the engine (not policy): whether events are wanted, and whether the
-    kernel can pass established sessions (then the engine emits OffloadSession for those that may go)."""
+    """What the driver tells the engine (not policy): whether events are wanted, whether the
+    kernel can pass established sessions (then the engine emits OffloadSession for those that may
+    go), and `nat_slice` (node, nodes): the share of every NAT port range this engine hands out
+    (active/active HA: fw.sync.slices gives it from the node id; (0, 1): the whole range)."""
 
-    __slots__ = ("events", "offload")
+    __slots__ = ("events", "offload", "nat_slice")
 
-    def __init__(self, events: bool = True, offload: bool = False):
+    def __init__(self, events: bool = True, offload: bool = False, nat_slice: tuple[int, int] = (0, 1)):
         self.events = events
         self.offload = offload
+        self.nat_slice = nat_slice
 
 
 class Engine:
@@ -106,7 +109,7 @@ class Engine:
         self.limits = SourceLimits({})
         self.rule_limits = RuleLimits()
         self.timeout_scale = 1.0
-        self.nat = engine_nat.Nat()
+        self.nat = engine_nat.Nat(*self.config.nat_slice)
         self.partial = False  # the packet's L4 checksum is partial (the live NAT passes say so)
         self.swap_policy(policy)
 
@@ -555,10 +558,15 @@ class Engine:
 
     def adopt(self, session: Session, now: float) -> tuple:
         """Put a session made elsewhere (snapshot, HA peer) into the table, replacing one with its
-        key. Returns the effects (SessionClosed of the one replaced)."""
+        key. Returns the effects (SessionClosed of the one replaced; OffloadSession when that one
+        was offloaded and this one may be: a peer's news of a session must not end its offload)."""
         old = self.table.sessions.get(session.key)
         effects = NO_EFFECTS if old is None else (self._close(old, now, "replaced"),)
         session.flags &= ~(HALF_OPEN | OFFLOADED)
+        if old is not None and old.flags & OFFLOADED and session.state is tcpmod.TcpState.ESTABLISHED \
+                and self.config.offload and may_offload(session):
+            session.liberal = True  # the one it replaces was offloaded here: so is this one (HA sync)
+            effects += (OffloadSession(session),)
         if session.tcp is not None and session.state in EMBRYONIC and self.limits.active:
             session.flags |= HALF_OPEN
             self.limits.half_open_started(session.src, now)

@@ -76,7 +76,8 @@ REFUSE = {"reject": AllDown("reject"), "drop": AllDown("drop")}
 class LoadBalancer:
     """The virtual servers of the policy in force, in one engine (worker)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: int = 0, nodes: int = 1) -> None:
+        self.node, self.nodes = node, nodes  # full_nat's ports: this node's slice (HA active/active)
         self.services = VirtualServers(())
         self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
         self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
@@ -102,7 +103,8 @@ class LoadBalancer:
             if spec.full_nat:
                 packed = ipaddress.ip_address(spec.address).packed
                 key = (spec.family, packed)
-                pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS)
+                pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
+                                                         node=self.node, nodes=self.nodes)
         self.services, self.pools, self.choices = services, pools, {}
         self.active = bool(len(services))
 

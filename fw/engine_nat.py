@@ -2,13 +2,16 @@
 
 How it works. The rules decide on the packet as it arrived; for a session they accepted, `Nat.bind`
 picks at most one destination translation (a virtual server at the packet's destination address,
-proto and port: fw/engine_lb.py picks its real server; else the first matching `dnat` entry: it
-may match `iif`, never `oif`) and then at most one source translation (the first matching `snat`
-entry, matched on the translated destination; a virtual server with `full_nat` brings its own).
-`masquerade` needs the outgoing interface's address, which only the
-live daemon can give: it never applies here yet (nor in replay, as SPEC says). The source port (an
-ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
-else the next free one; none free: the session is refused as `nat:exhausted`.
+proto and port: fw/engine_lb.py picks its real server; else the first matching `dnat` entry: it may
+match `iif`, never `oif`) and then at most one source translation (the first matching `snat` entry,
+matched on the translated destination; a virtual server with `full_nat` brings its own).
+`masquerade` needs the outgoing interface's address, which only the live daemon can give (`route`:
+never in replay, as SPEC says). The source port (an ICMP echo id) comes from the entry's
+fw.nat.ports.Pool: kept when the translated tuple is free, else the next free one; none free: the
+session is refused as `nat:exhausted`. In an active/active HA cluster (`Nat(node, nodes)`, from
+EngineConfig.nat_slice) every pool hands out ports from this node's slice of its range only, so two
+nodes translating to one address never pick the same port; a peer's synced session claims its port
+in our pools only if it lies in our slice (it does not).
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -186,7 +189,9 @@ def _tuple(raw) -> tuple:
 class Nat:
     """The policy's nat entries and their pools (kept across reloads while an entry's pool is the same)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: int = 0, nodes: int = 1) -> None:
+        Pool(4, node=node, nodes=nodes)  # ValueError now for a node that is not among the nodes
+        self.node, self.nodes = node, nodes  # this node's slice of every port range (HA active/active)
         self.entries: tuple = ()
         self.pools: dict[tuple, Pool] = {}
         self.by_name: dict[str, Pool] = {}
@@ -197,7 +202,7 @@ class Nat:
         self.route = None
         self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
         self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
-        self.lb = LoadBalancer()
+        self.lb = LoadBalancer(node, nodes)
         self.active = False  # anything to translate: nat entries or virtual servers
 
     def configure(self, entries, virtual_servers=()) -> None:
@@ -211,7 +216,8 @@ class Nat:
             families = (entry.family,) if entry.type == "snat" else (4, 6)
             for family in families:
                 spec = (entry.type, family, entry.to_first, entry.to_last, entry.ports)
-                pool = self.pools.get(spec) or Pool(family, entry.to_first, entry.to_last, entry.ports)
+                pool = self.pools.get(spec) or Pool(family, entry.to_first, entry.to_last, entry.ports,
+                                                    node=self.node, nodes=self.nodes)
                 pools[spec] = by_name[_pool_name(entry.name, entry.type, family)] = pool
         for spec in self.lb.services.specs.values():
             if spec.full_nat:  # full_nat's pool, found again by this name after a restore

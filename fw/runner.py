@@ -14,13 +14,15 @@ from __future__ import annotations
 import gc
 
 
-def build(policy, store, offload: bool = False, queue: int | None = None, metrics_listen=None):
-    """(engine, records) for a daemon (queue None) or the worker of `queue`."""
+def build(policy, store, offload: bool = False, queue: int | None = None, metrics_listen=None,
+          nat_slice: tuple[int, int] = (0, 1)):
+    """(engine, records) for a daemon (queue None) or the worker of `queue`; `nat_slice`: this
+    node's share of the NAT port ranges (active/active HA, fw.sync.slices)."""
     from fw.engine import Engine, EngineConfig  # noqa: PLC0415
     from fw.records import Records  # noqa: PLC0415
     from fw.store import SnapshotStore, default_snapshot_path  # noqa: PLC0415
 
-    engine = Engine(policy, EngineConfig(events=True, offload=offload))
+    engine = Engine(policy, EngineConfig(events=True, offload=offload, nat_slice=tuple(nat_slice)))
     gc.freeze()  # the policy's objects out of the cyclic collector's way
     snapshots = SnapshotStore(default_snapshot_path(queue)) if queue is not None else None
     records = Records(engine, store, snapshots, metrics_listen=metrics_listen)

@@ -29,6 +29,11 @@ every worker; SIGHUP is passed on to the workers, which also reopen their logs).
 is started again (its sessions are lost; after 1 s, doubling up to 30 s while it keeps dying);
 workers die with the supervisor (PR_SET_PDEATHSIG). Stopping removes the rules first, then stops the
 workers, which give their queued packets a verdict.
+
+With `--sync` each worker runs its own sync service (`_attach_sync`): it announces the sessions it
+opens (owned by the node's id, sent as a sender of its own: fw.sync.codec's `w`) and applies every
+peer's session, since which worker a peer's flow reaches here is the kernel's hash, seeded at
+random at boot. A restarted worker loads the cluster's snapshot, its own lost sessions included.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import time
 from collections import Counter
 
 from fw.daemon import DaemonBase, DaemonConfig, DaemonError
+from fw.decision import ACCEPT
 from fw.drivers import iptables
 from fw.drivers.control import VIEW_SORT_KEYS, ControlError, ControlServer, call, error_answer
 from fw.drivers.nfqueue import NF_QUEUE, verdict_message
@@ -111,7 +117,8 @@ class IcmpForwarder:
 def worker_spec(config: DaemonConfig, queue: int, policy_path: str, store_url: str | None = None) -> dict:
     return {"policy": policy_path, "queue": queue, "first": config.queues[0], "last": config.queues[1],
             "fail_open": config.fail_open, "log": config.log_path, "offload": config.offload,
-            "queue_options": dict(config.queue_options.__dict__), "db": store_url}
+            "queue_options": dict(config.queue_options.__dict__), "db": store_url, "sync": config.sync,
+            "nat_slice": list(config.nat_slice)}
 
 
 def worker_main(spec: dict) -> int:
@@ -137,7 +144,8 @@ def worker_main(spec: dict) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return 1
-    engine, records = runner.build(policy, store, spec["offload"], queue=number)
+    engine, records = runner.build(policy, store, spec["offload"], queue=number,
+                                   nat_slice=tuple(spec.get("nat_slice", (0, 1))))
     config = DaemonConfig(policy_path=spec["policy"], queues=(number, number), fail_open=spec["fail_open"],
                           log_path=spec["log"], queue_options=QueueOptions(**spec["queue_options"]),
                           control_address=worker_address(number), install_rules=False, offload=spec["offload"])
@@ -154,10 +162,42 @@ def worker_main(spec: dict) -> int:
         daemon.handler.redirect = forwarder
         daemon.stats_sections["forwarding"] = lambda: dict(forwarder.counters)
         runner.attach(daemon, records)
+        if spec.get("sync"):
+            try:
+                _attach_sync(daemon, spec["sync"], number, forwarder)
+            except (OSError, ValueError) as exc:  # the key file went away since fw run read it
+                log.error("--sync: %s", exc)
+                return 2
         daemon.run()
     finally:
         daemon.close()
     return 0
+
+
+def _attach_sync(daemon, sync: dict, number: int, forwarder: IcmpForwarder) -> None:
+    """--sync in a worker: a sync service of its own (a sender of its own in the cluster, owner of
+    its sessions under the node's id), which applies every peer's session, since the kernel's
+    balancing hash (seeded at random at boot) does not tell which worker a peer's flow will reach
+    here. An ICMP error is handed round the queues before sync may hold it: the worker holding its
+    session is first looked for, and only the last worker of the round holds it for a peer's news."""
+    from fw.sync import SyncConfig, attach_sync  # noqa: PLC0415
+
+    service = attach_sync(daemon, SyncConfig.in_worker(sync, number))
+    daemon.handler.redirect = None
+    daemon.handler.defer = round_then_hold(forwarder, service.on_decision)
+    log.info("%s", service.describe())
+
+
+def round_then_hold(forwarder, hold):
+    """PacketHandler.defer for a worker with sync: a dropped packet the forwarder hands to the next
+    queue (an ICMP error whose session is not here) goes; anything else is sync's to hold or not."""
+
+    def defer(packet, data: bytes, decision) -> bool:
+        if decision.verdict != ACCEPT and forwarder(packet, decision):
+            return True
+        return hold(packet, data, decision)
+
+    return defer
 
 
 def _die_with_parent() -> None:
@@ -426,6 +466,8 @@ def merge_stats(rows: list[dict], fields: dict) -> dict:
             else:
                 merged[key] = _add(merged.get(key), value)
     merged.setdefault("queues", {})
+    if "sync" in merged:
+        merged["sync"] = _merge_sync(merged["sync"], [row["sync"] for row in rows if "sync" in row])
     merged.update(fields)
     return merged
 
@@ -442,6 +484,25 @@ def merge_lb(into: list | None, rows: list) -> list:
                 for key in ("active", "opened", "bytes"):
                     kept[key] = kept.get(key, 0) + server.get(key, 0)
     return into
+
+
+def _merge_sync(summed: dict, sections: list[dict]) -> dict:
+    """The workers' sync sections: counters summed; loaded when every worker loaded the snapshot,
+    a peer as lately heard as any worker heard it (its session count: that worker's view)."""
+    summed["loaded"] = all(section.get("loaded") for section in sections)
+    summed["mode"] = sections[0].get("mode") if sections else summed.get("mode")  # the same in every worker
+    peers: dict = {}
+    for section in sections:
+        for name, peer in section.get("peers", {}).items():
+            if name not in peers or peer["last_heard"] < peers[name]["last_heard"]:
+                peers[name] = peer
+    summed["peers"] = peers
+    for name in ("hold", "defer"):  # medians and worsts are not sums: the worst worker's
+        waits = [section[name]["wait"] for section in sections if name in section]
+        if waits:
+            worst = max(waits, key=lambda wait: wait.get("worst_ms") or 0)
+            summed[name]["wait"] = {**worst, "count": sum(wait.get("count", 0) for wait in waits)}
+    return summed
 
 
 def _add(into, value):

@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from fw.conntrack.table import Session
+from fw.conntrack import serial
+from fw.conntrack.table import OFFLOADED, Session
 from fw.conntrack.tcp import TcpState
 from fw.decision import (
     NO_EFFECTS,
@@ -161,3 +162,24 @@ def policy_of(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(textwrap.dedent(POLICY))
     return load_policy(path)
+
+
+def test_a_peers_copy_of_an_offloaded_session_stays_offloaded(tmp_path):
+    """HA sync replaces a session with the merged copy a peer sent (adopt): when the one it
+    replaces was offloaded here, the engine asks for the new one's offload again, after its close
+    (fw.drivers.offload clears the mark, then sets it)."""
+    engine = engine_for(tmp_path, offload=True)
+    ack = handshake(engine)[2]
+    ours = ack.session
+    ours.flags |= OFFLOADED  # as fw.drivers.offload marks it
+    copy = serial.session_from_dict(serial.session_to_dict(ours, 0.0), 0.0)
+    effects = engine.adopt(copy, 2.0)
+    assert kinds(effects) == ["SessionClosed", "OffloadSession"] and effects[1].session is copy
+    assert copy.liberal and not copy.flags & OFFLOADED  # set by the offload driver once its mark is on
+    again = serial.session_from_dict(serial.session_to_dict(copy, 0.0), 0.0)
+    assert kinds(engine.adopt(again, 3.0)) == ["SessionClosed"]  # the one replaced was not offloaded
+    plain = engine_for(tmp_path)
+    session = handshake(plain)[2].session
+    session.flags |= OFFLOADED
+    assert kinds(plain.adopt(serial.session_from_dict(serial.session_to_dict(session, 0.0), 0.0), 2.0)) == \
+        ["SessionClosed"]  # without --offload, never

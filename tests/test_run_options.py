@@ -3,8 +3,8 @@ daemon, fw.runner) or it is refused at start with one line and exit status 2.
 
 Works: --metrics (the supervisor serves its workers' summed numbers), the store (events and rule
 counters from every worker, a snapshot file per queue restored on the next start), --db (the
-workers load the store's active revision), --offload. Refused: --sync with --queues, --sync with
---offload (not done yet).
+workers load the store's active revision), --offload, --sync (each worker a sync sender of its
+own: tests/test_lab_ha_more.py runs it in the HA lab).
 """
 
 from __future__ import annotations
@@ -16,25 +16,28 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from fw.cli import main
+from fw.daemon import DaemonConfig
 from fw.lab import Lab, fw_argv, wait_daemon_ready
+from fw.sync import SyncConfig, read_key_file
+from fw.workers import worker_spec
 from tests import netns
 from tests.test_workers import POLICY, SOURCES, exchange
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--queues", "0-1"], "Error: --sync does not work with --queues yet (one queue only)"),
-    (["--offload"], "Error: --sync does not work with --offload yet"),
-])
-def test_sync_with_queues_or_offload_is_refused_in_one_line(tmp_path, extra, message):
+def test_sync_options_reach_every_worker_and_the_key_is_read_again_from_its_file(tmp_path):
+    """The supervisor tells each worker where the key is (its spec is JSON on a command line: the
+    key itself never goes there); each worker is a sender of its own (its queue)."""
     key = tmp_path / "key"
     key.write_bytes(b"k" * 32)
-    result = CliRunner().invoke(main, ["run", "--policy", "policies/lab.yaml", "--sync", "redis://127.0.0.1:1/0",
-                                       "--node-id", "a", "--sync-key-file", str(key), *extra])
-    assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1] == message
+    key.chmod(0o600)
+    config = SyncConfig("redis://:pw@192.0.2.100:6379/0", "fw1", read_key_file(str(key)), "lab", 20, True,
+                        key_file=str(key))
+    spec = worker_spec(DaemonConfig("p.yaml", queues=(0, 1), sync=config.for_worker()), 1, "p.yaml")
+    assert "k" * 32 not in json.dumps(spec)
+    worker = SyncConfig.in_worker(json.loads(json.dumps(spec))["sync"], 1)
+    assert (worker.url, worker.node, worker.key, worker.cluster, worker.hold_ms, worker.defer, worker.worker) == \
+        (config.url, "fw1", b"k" * 32, "lab", 20, True, 1)
 
 
 def stats(fw) -> dict:

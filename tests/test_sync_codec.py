@@ -141,7 +141,27 @@ def test_sequence_numbers_are_per_node():
     guard, receiver = ReplayGuard(), node("fw3")
     guard.check(receiver.open(node("fw1").seal("hello", {}, NOW)), NOW)
     guard.check(receiver.open(node("fw2").seal("hello", {}, NOW)), NOW)  # same seq, other node
-    assert guard.last == {"fw1": 1001, "fw2": 1001}
+    assert guard.last == {("fw1", None): 1001, ("fw2", None): 1001}
+
+
+def test_each_worker_of_a_node_is_a_sender_of_its_own():
+    """fw run --queues: every worker seals with its queue in `w`, under the node's name; their
+    sequences interleave on the way, so each has its own replay state. `w` is authenticated."""
+    guard, receiver = ReplayGuard(), node("fw3")
+    q0, q1 = Codec(KEY, "lab", "fw1", 5000, worker=0), Codec(KEY, "lab", "fw1", 1000, worker=1)
+    first = receiver.open(q0.seal("hello", {}, NOW))
+    assert (first.node, first.worker) == ("fw1", 0)
+    guard.check(first, NOW)
+    guard.check(receiver.open(q1.seal("hello", {}, NOW)), NOW)  # lower seq, other worker: fine
+    assert guard.last == {("fw1", 0): 5001, ("fw1", 1): 1001}
+    replayed = q1.seal("hello", {}, NOW)
+    guard.check(receiver.open(replayed), NOW)
+    with pytest.raises(Refused, match="replay"):
+        guard.check(receiver.open(replayed), NOW)
+    moved = replayed.replace(b'"w":1', b'"w":0')  # to another worker's stream: the MAC says no
+    assert moved != replayed and refusal(receiver, moved) == "mac"
+    for bad in (b'"w":-1', b'"w":"1"', b'"w":70000', b'"w":true'):
+        assert refusal(receiver, replayed.replace(b'"w":1', bad)) == "malformed"
 
 
 def test_old_or_future_messages_are_stale():

@@ -37,6 +37,7 @@ sets:
 rules:
   - {name: allow-web, action: accept, proto: tcp, src: $clients, dport: 80}
   - {name: allow-dns, action: accept, proto: udp, src: $clients, dport: 53}
+  - {name: allow-ftp, action: accept, proto: tcp, src: $clients, dport: 21, alg: ftp}
 """
 
 need_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

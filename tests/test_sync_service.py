@@ -210,3 +210,60 @@ def test_a_held_packet_asks_the_peers_for_its_session(nodes):
     assert pump([fw1, fw2], lambda: answer.verdict is not None, 2)
     assert answer.verdict == "accept"
     assert fw2.stats["requests"]["sent"] == 1 and fw1.stats["announced"]["requested"] == 1
+
+
+def test_a_dead_owners_sessions_are_claimed_and_the_owners_view_follows(nodes, monkeypatch):
+    """fw1 dies: fw2's live peers (on_peers, the forwarding's Owners view) drop it, so nothing
+    would be forwarded to it; the next packet of its session makes fw2 the owner; fw1 back
+    loads the snapshot and finds the session fw2's."""
+    from fw.sync import service as service_module
+    from fw.sync.forwarding.owner import FORWARD, LOCAL, Owners
+
+    monkeypatch.setattr(service_module, "PEER_TIMEOUT", 1.0)
+    monkeypatch.setattr(service_module, "HELLO_EVERY", 0.2)
+    fw1, fw2 = nodes("fw1"), nodes("fw2")
+    wait_ready(fw1, fw2)
+    owners, seen = Owners("fw2"), []
+    fw2.service.on_peers(lambda alive: (seen.append(alive), owners.update(alive, {"fw1": ("192.0.2.1", 6380)})))
+    fw1.packet(SYN)
+    assert pump([fw1, fw2], lambda: fw2.session(KEY) is not None and "fw1" in owners.alive)
+    assert fw2.packet(SYN_ACK).verdict == "accept"
+    assert pump([fw1, fw2], lambda: fw1.session(KEY).state == TcpState.SYN_RECV)
+    assert owners.for_session(fw2.session(KEY).owner, False).kind == FORWARD  # fw1's, alive
+    fw1.close()
+    assert pump([fw2], lambda: "fw1" not in owners.alive, timeout=5)
+    assert owners.for_session(fw2.session(KEY).owner, False)[:2] == (LOCAL, "owner-dead")
+    assert fw2.packet(ACK).verdict == "accept"  # fw2 now sees the client's side too
+    assert fw2.session(KEY).owner == "fw2" and fw2.stats["claimed"]["taken"] == 1
+    assert owners.for_session(fw2.session(KEY).owner, False)[:2] == (LOCAL, "ours")
+    back = nodes("fw1")
+    wait_ready(back, fw2)
+    assert back.session(KEY).owner == "fw2"  # the claim came with the snapshot
+    assert back.packet(GET).verdict == "accept"  # fw2 is alive: fw1 decides, claims nothing
+    assert back.session(KEY).owner == "fw2" and back.stats["claimed"]["taken"] == 0
+    assert pump([back, fw2], lambda: seen[-1] == frozenset({"fw1"}))  # alive again: forwarded to again
+
+
+def test_a_data_connection_waiting_at_one_node_goes_when_the_peer_s_227_arrives(nodes):
+    """Passive FTP across asymmetric paths: the PASV crosses fw1, the 227 fw2; the client's data
+    SYN reaches fw1 before fw2's news of the expectation: held, then let through as soon as the
+    announcement with the expectation arrives (not at the end of the hold)."""
+    fw1, fw2 = nodes("fw1", hold_ms=2000), nodes("fw2", hold_ms=2000)
+    wait_ready(fw1, fw2)
+    ctl_c, ctl_s = "198.51.100.10:40021", "203.0.113.10:21"
+    control = flow_key(6, ipaddress.ip_address("198.51.100.10").packed, ipaddress.ip_address("203.0.113.10").packed,
+                       40021, 21)  # fmt: skip
+    fw1.packet(seg(ctl_c, ctl_s, "S", seq=100))
+    assert pump([fw1, fw2], lambda: fw2.session(control) is not None)
+    assert fw2.packet(seg(ctl_s, ctl_c, "SA", seq=5000, ack=101)).verdict == "accept"
+    assert pump([fw1, fw2], lambda: fw1.session(control).state == TcpState.SYN_RECV)
+    assert fw1.packet(seg(ctl_c, ctl_s, "A", seq=101, ack=5001)).verdict == "accept"
+    assert fw1.packet(seg(ctl_c, ctl_s, "PA", seq=101, ack=5001, payload=b"PASV\r\n")).verdict == "accept"
+    reply = b"227 Entering Passive Mode (203,0,113,10,117,50).\r\n"
+    assert fw2.packet(seg(ctl_s, ctl_c, "PA", seq=5001, ack=107, payload=reply)).verdict == "accept"
+    data = fw1.packet(seg("198.51.100.10:45000", "203.0.113.10:30002", "S", seq=1))
+    started = time.monotonic()
+    assert data.verdict is None  # held: the expectation is on its way
+    assert pump([fw1, fw2], lambda: data.verdict is not None)
+    assert data.verdict == "accept" and data.when - started < 1.0
+    assert dict(fw1.handler.verdicts.accepted).get("related:ftp") == 1

@@ -1,12 +1,20 @@
-"""NAT port slices for active/active HA: the slice index from the node id, and the pools of two
-nodes (fw.nat.ports) never handing out the same port."""
+"""NAT port slices for active/active HA: the slice index from the node id, the pools of two
+nodes (fw.nat.ports) never handing out the same port, and two engines (EngineConfig.nat_slice)
+translating to one address."""
 
 from __future__ import annotations
 
 import pytest
 
+from fw.conntrack import serial
+from fw.decision import RewritePacket
+from fw.engine import Engine, EngineConfig
+from fw.engine_nat import Nat
 from fw.nat.ports import node_slice
+from fw.packet import parse
+from fw.policy import load_policy
 from fw.sync.slices import slice_index
+from tests.packets import seg
 
 
 def test_the_index_comes_from_the_node_ids_trailing_number():
@@ -22,3 +30,76 @@ def test_node_ids_that_give_no_slice_are_refused(node, count):
 def test_two_nodes_take_disjoint_halves_of_the_range():
     fw1, fw2 = (node_slice((1024, 65535), slice_index(node, 2), 2) for node in ("fw1", "fw2"))
     assert fw1 == (1024, 33279) and fw2 == (33280, 65535)
+
+
+SLICED_POLICY = """
+version: 1
+defaults: {action: drop}
+rules:
+  - {name: out, action: accept, src: 198.51.100.0/24}
+nat:
+  - {name: outbound, type: snat, src: 198.51.100.0/24, to: 203.0.113.1, ports: "20000-20019"}
+"""
+
+
+def sliced_engine(tmp_path, node: str, nodes: int = 2):
+    path = tmp_path / f"{node}.yaml"
+    path.write_text(SLICED_POLICY)
+    return Engine(load_policy(path), EngineConfig(events=False, nat_slice=(slice_index(node, nodes), nodes)))
+
+
+def test_two_engines_translating_to_one_address_never_hand_out_the_same_port(tmp_path):
+    """Active/active NAT: fw1 and fw2 both translate to 203.0.113.1:20000-20019. Each draws from
+    its own half (fw1 20000-20009, fw2 20010-20019), the client's own port included when it lies in
+    the other half; a session synced from the peer keeps its port and takes none of ours; each is
+    exhausted after its own ten ports."""
+    fw1, fw2 = sliced_engine(tmp_path, "fw1"), sliced_engine(tmp_path, "fw2")
+    ports = {}
+    for name, engine in (("fw1", fw1), ("fw2", fw2)):
+        got = []
+        for n in range(11):
+            client = f"198.51.100.{10 + n}:{20000 + n}"  # ports in both halves: kept only in one's own
+            decision = engine.process(seg(client, "192.0.2.80:80", "S"), 1.0 + n)
+            if n == 10:
+                assert (decision.verdict, decision.reason) == ("drop", "nat:exhausted")
+                continue
+            left = parse(next(e.data for e in decision.effects if type(e) is RewritePacket))
+            assert left.src == bytes([203, 0, 113, 1])
+            got.append(left.sport)
+        ports[name] = got
+    assert sorted(ports["fw1"]) == list(range(20000, 20010))
+    assert sorted(ports["fw2"]) == list(range(20010, 20020))
+    assert not set(ports["fw1"]) & set(ports["fw2"])
+    # fw1's session, synced to a third engine in fw2's slice: it keeps its port, fw2's pool keeps its own
+    fw2b = sliced_engine(tmp_path, "fw2")
+    session = next(iter(fw1.table.values()))
+    record = serial.session_to_dict(session, 0.0)
+    fw2b.adopt(serial.session_from_dict(record, 0.0), 2.0)
+    decision = fw2b.process(seg("198.51.100.99:20000", "192.0.2.80:80", "S"), 3.0)
+    left = parse(next(e.data for e in decision.effects if type(e) is RewritePacket))
+    assert 20010 <= left.sport <= 20019
+
+
+def test_a_node_outside_the_slices_is_refused_by_the_engine():
+    with pytest.raises(ValueError, match="not among"):
+        Nat(2, 2)
+
+
+def test_fw_run_takes_the_slice_from_the_node_id_with_sync():
+    """fw run's choice (fw.cli.daemon.nat_slice_of): no sync, the whole range; with sync, the node
+    id's slice of 2 (or --nat-slices); an id without a number only matters when NAT does."""
+    import click
+
+    from fw.cli.daemon import nat_slice_of
+    from fw.sync import SyncConfig
+
+    def config(node):
+        return SyncConfig("redis://192.0.2.100:6379/0", node, b"k" * 16)
+
+    assert nat_slice_of(None, None, True) == (0, 1)
+    assert nat_slice_of(config("fw2"), None, True) == (1, 2)
+    assert nat_slice_of(config("edge-3"), 4, False) == (2, 4)
+    assert nat_slice_of(config("alpha"), None, False) == (0, 1)  # no NAT: any node id will do
+    for node, slices, translates in (("alpha", None, True), ("fw3", None, True), ("alpha", 2, False)):
+        with pytest.raises(click.UsageError, match="--node-id"):
+            nat_slice_of(config(node), slices, translates)

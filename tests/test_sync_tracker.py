@@ -227,3 +227,64 @@ def test_a_peer_that_asks_for_a_session_gets_it(pair):
     fw2.tracker.request(WEB)
     fw2.deliver(fw1, T0 + 301.1)
     assert fw1.outbox == []  # asked again at once: answered at most every 0.2 s
+
+
+def test_a_227_seen_without_its_pasv_opens_the_expectation_the_peer_needs(pair):
+    """Passive mode across asymmetric paths: the PASV crosses fw1, the 227 fw2. fw2's ALG judges
+    the reply alone (unpaired: a sync cluster's sessions), the expectation travels to fw1, where
+    the client's data connection arrives."""
+    fw1, fw2 = pair
+    ctl_c, ctl_s = "198.51.100.10:40002", "203.0.113.10:21"
+    handshake(fw1, fw2, sport=40002, dport=21)
+    fw1.packet(seg(ctl_c, ctl_s, "PA", seq=101, ack=5001, payload=b"PASV\r\n"), T0 + 1)
+    assert fw1.outbox == []  # a command opens nothing by itself
+    reply = b"227 Entering Passive Mode (203,0,113,10,117,50).\r\n"  # port 30002
+    fw2.packet(seg(ctl_s, ctl_c, "PA", seq=5001, ack=107, payload=reply), T0 + 1)
+    assert [i.body["why"] for i in fw2.outbox] == ["expectations"]
+    fw2.deliver(fw1, T0 + 1)
+    data = fw1.packet(seg("198.51.100.10:45000", "203.0.113.10:30002", "S", seq=1), T0 + 2)
+    assert (data.verdict, data.reason) == ("accept", "related:ftp")
+    lone = fw1.packet(seg(ctl_s, ctl_c, "PA", seq=5001, ack=107, payload=reply), T0 + 3)
+    assert lone.verdict == "accept"  # the control session goes on whatever its ALG said
+
+
+def claim_setup(pair):
+    fw1, fw2 = pair
+    handshake(fw1, fw2)
+    return fw1, fw2, fw2.engine.table.sessions[WEB]
+
+
+def test_a_claim_moves_the_session_and_a_node_coming_back_does_not_take_it_back(pair, tmp_path):
+    fw1, fw2, session = claim_setup(pair)
+    assert session.owner == "fw1"
+    snapshot = fw1.engine.snapshot(1_790_000_000.0)  # what fw1 will find in its own file
+    assert fw2.tracker.claim(session, T0 + 10)  # fw1 died; a packet of its session came to fw2
+    assert session.owner == "fw2" and fw2.outbox[-1].body["why"] == "claimed"
+    claimed = fw2.outbox[-1].body["claimed"]
+    back = Side("fw1", tmp_path)  # fw1 comes back: its old copy, then the cluster's news
+    back.engine.restore(snapshot, T0 + 20, 1_790_000_000.0)
+    back.tracker.seed(T0 + 20)
+    fw2.deliver(back, T0 + 20)
+    ours = back.engine.table.sessions[WEB]
+    assert ours.owner == "fw2" and back.tracker.known[ours].claimed == claimed
+    assert back.outbox == []  # nothing to contest: fw1 agrees
+    # fw1's stale news (owner fw1, no claim) reaches fw2: fw2 keeps its claim and says so again
+    stale = Side("fw1", tmp_path)
+    stale.engine.restore(snapshot, T0 + 21, 1_790_000_000.0)
+    stale.tracker.seed(T0 + 21)
+    stale.tracker.sweep(T0 + 21, connected=True)
+    assert [i.body["session"]["owner"] for i in stale.outbox] == ["fw1"]
+    stale.deliver(fw2, T0 + 21)
+    assert fw2.engine.table.sessions[WEB].owner == "fw2"
+    assert [(i.body["why"], i.body["claimed"]) for i in fw2.outbox] == [("claimed", claimed)]
+    fw2.deliver(stale, T0 + 22)
+    assert stale.engine.table.sessions[WEB].owner == "fw2"  # and the stale node comes round
+
+
+def test_between_two_claims_the_later_wins_everywhere(pair):
+    fw1, fw2, _ = claim_setup(pair)
+    fw1.tracker.claim(fw1.engine.table.sessions[WEB], T0 + 5)  # both claimed it during a split
+    fw2.tracker.claim(fw2.engine.table.sessions[WEB], T0 + 6)  # later
+    fw1.deliver(fw2, T0 + 7)
+    fw2.deliver(fw1, T0 + 7)
+    assert fw1.engine.table.sessions[WEB].owner == fw2.engine.table.sessions[WEB].owner == "fw2"

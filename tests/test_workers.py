@@ -13,11 +13,20 @@ import struct
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fw.lab import Lab
-from fw.workers import FORWARD_MARK, NF_QUEUE, IcmpForwarder, merge_stats, next_queue, verdict_message
+from fw.workers import (
+    FORWARD_MARK,
+    NF_QUEUE,
+    IcmpForwarder,
+    merge_stats,
+    next_queue,
+    round_then_hold,
+    verdict_message,
+)
 from tests import netns
 
 SOURCES = [f"198.51.100.{n}" for n in range(101, 117)]
@@ -87,6 +96,28 @@ def test_an_icmp_error_goes_round_the_queues_once():
     assert IcmpForwarder(1, 0, 1, None).target(FORWARD_MARK | 0) is None
 
 
+def test_with_sync_an_icmp_error_goes_round_the_queues_before_it_may_be_held():
+    calls = []
+
+    def forwarder(packet, decision):
+        calls.append(("round", decision.reason))
+        return decision.reason == "invalid:no-session"  # handed on: the next queue decides
+
+    def hold(packet, data, decision):
+        calls.append(("hold", decision.reason))
+        return False
+
+    defer = round_then_hold(forwarder, hold)
+    no_session = SimpleNamespace(verdict="drop", reason="invalid:no-session")
+    assert defer(None, b"", no_session) is True and calls == [("round", "invalid:no-session")]
+    calls.clear()
+    assert defer(None, b"", SimpleNamespace(verdict="drop", reason="default")) is False
+    assert calls == [("round", "default"), ("hold", "default")]
+    calls.clear()
+    defer(None, b"", SimpleNamespace(verdict="accept", reason="established"))
+    assert calls == [("hold", "established")]  # accepted: never handed on
+
+
 def test_worker_stats_are_summed():
     one = {"version": 1, "pid": 10, "mode": "fail-closed", "packets": {"total": 5, "accept": 4, "drop": 1,
            "by_verdict": {"accept": {"established": 4}, "drop": {"default": 1}}},
@@ -101,6 +132,20 @@ def test_worker_stats_are_summed():
     assert merged["queues"] == {"0": {"overflows": 0}, "1": {"overflows": 4}}
     assert merged["engine"] == {"inserts": 5, "icmp_forwarded": 1}
     assert merged["pid"] == 1 and merged["workers"] == []
+
+
+def test_the_workers_sync_sections_merge_as_one_nodes():
+    def section(loaded, heard, held, worst):
+        return {"node": "fw1", "loaded": loaded, "announced": {"new": 2}, "mode": {"hold_ms": 50, "defer": False},
+                "peers": {"fw2": {"last_heard": heard, "sessions": 4, "alive": True}},
+                "hold": {"held": held, "wait": {"count": held, "median_ms": 1.0, "worst_ms": worst}},
+                "defer": {"deferred": 0, "wait": {"count": 0, "median_ms": 0.0, "worst_ms": 0.0}}}
+
+    merged = merge_stats([{"sync": section(True, 0.7, 3, 2.0)}, {"sync": section(False, 0.2, 5, 9.0)}], {})["sync"]
+    assert merged["node"] == "fw1" and merged["announced"] == {"new": 4} and merged["loaded"] is False
+    assert merged["mode"] == {"hold_ms": 50, "defer": False}
+    assert merged["peers"] == {"fw2": {"last_heard": 0.2, "sessions": 4, "alive": True}}  # not summed
+    assert merged["hold"] == {"held": 8, "wait": {"count": 8, "median_ms": 1.0, "worst_ms": 9.0}}
 
 
 # -- in the lab -------------------------------------------------------------------------------------

@@ -19,6 +19,13 @@ A 227/229 with no PASV/EPSV outstanding is refused as "malformed" (and logged): 
 server, a desynchronised stream or injected text, and an operator wants to see all three. Replies
 with nothing pending (the 220 greeting, an unsolicited 421) consume nothing.
 
+`unpaired` (set by HA sync, fw.sync.tracker, on the sessions of a sync cluster): a firewall on an
+asymmetric path may see the server's replies but never the client's commands, which cross its
+peer. There a 227/229 with no PASV/EPSV outstanding is judged on its own (the address must be the
+server's, the port 1024 or above), as nf_conntrack_ftp judges every one; one that meets its command
+is paired as always. Its expectation travels to the peer with the session (the client's data
+connection crosses the peer too).
+
 EPSV ALL (RFC 2428 4) takes effect when the client sends it, so that a PORT pipelined behind it is
 refused too; a final reply other than 2yz to it lifts it again. Afterwards PORT, EPRT and PASV are
 refused as "epsv-all". A command refused on sight is queued as "!VERB", so the reply it draws is
@@ -61,7 +68,7 @@ class FtpAlg:
     name = "ftp"
     SPEC: AlgSpec  # set below the class
     __slots__ = ("family", "client", "server", "peers", "_streams", "_pending", "_dropped", "_epsv_all",
-                 "_multiline", "_first_line")  # fmt: skip
+                 "_multiline", "_first_line", "unpaired")  # fmt: skip
 
     def __init__(self, family: int, client: bytes, server: bytes) -> None:
         self.family = family
@@ -74,6 +81,7 @@ class FtpAlg:
         self._epsv_all = False
         self._multiline: bytes | None = None  # the code of a multi-line reply in progress
         self._first_line: bytes | None = None  # its first line (a 227 may carry the numbers there)
+        self.unpaired = False  # HA sync: a 227/229 without its command is judged alone (see above)
 
     def feed(self, from_client: bool, seq: int, payload: bytes) -> list[Expectation | Refusal]:
         """Payload of one TCP segment of the control session; seq is its first payload byte's."""
@@ -196,6 +204,8 @@ class FtpAlg:
             return
         command, handler = announcing
         entry = self._take(command)
+        if entry is None and self.unpaired:
+            entry = command  # the command crossed the peer (an asymmetric path): judged on its own
         if entry is None:
             out.append(Refusal("malformed", command, f"no {command} outstanding: " + shorten(line)))
         elif entry != command:
@@ -271,6 +281,7 @@ class FtpAlg:
             "epsv_all": self._epsv_all,
             "multiline": None if self._multiline is None else self._multiline.decode("ascii"),
             "first_line": None if self._first_line is None else self._first_line.hex(),
+            **({"unpaired": True} if self.unpaired else {}),
         }  # fmt: skip
 
     @classmethod
@@ -284,6 +295,7 @@ class FtpAlg:
         alg._epsv_all = bool(d["epsv_all"])
         alg._multiline = None if d["multiline"] is None else d["multiline"].encode("ascii")[:3]
         alg._first_line = None if d["first_line"] is None else bytes.fromhex(d["first_line"])
+        alg.unpaired = bool(d.get("unpaired", False))
         return alg
 
     def __repr__(self) -> str:

@@ -61,8 +61,10 @@ def _hooks(text: str) -> tuple[str, ...]:
 @click.option("--sync-key-file", metavar="PATH", help="The cluster's shared HMAC key (with --sync).")
 @click.option("--sync-hold-ms", type=click.IntRange(0, 10000), help="Hold a packet N ms for a peer's session (50).")
 @click.option("--sync-defer", is_flag=True, help="A new session's first packet waits for Redis to take its news.")
+@click.option("--nat-slices", type=click.IntRange(1, 64),
+              help="With --sync: NAT port ranges cut in N slices, one per node by its id's number (2).")
 def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_listen, hooks, backend, offload,
-                **sync) -> None:
+                nat_slices, **sync) -> None:
     """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
@@ -78,11 +80,14 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
 
     listen = _listen(metrics_listen) if metrics_listen else None
     queue_range, hook_names = _queues(queue, queues), _hooks(hooks)
-    sync_config = _sync_config(queue_range, offload, **sync)
+    sync_config = _sync_config(**sync)
+    if nat_slices is not None and sync_config is None:
+        raise click.UsageError("--nat-slices goes with --sync URL")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     store, policy, source, loader = _policy_source(policy_path, db)
     nat = _translation(policy, fail_open, queue_range)  # bad usage (exit 2) before the privilege check
+    nat_slice = nat_slice_of(sync_config, nat_slices, getattr(policy, "translates", False))
     if nat:
         hook_names = NAT_HOOKS + tuple(hook for hook in hook_names if hook != "FORWARD")
     else:
@@ -91,7 +96,9 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     config = DaemonConfig(policy_path=source, queues=queue_range,
                           fail_open=fail_open, log_path=log_path, hooks=hook_names,
-                          backend=None if backend == "auto" else backend, offload=offload, nat=nat)
+                          backend=None if backend == "auto" else backend, offload=offload, nat=nat,
+                          sync=sync_config.for_worker() if sync_config is not None else None,
+                          nat_slice=nat_slice)
     daemon, records = _daemon(config, policy, store, loader, listen)
     try:
         daemon.start()
@@ -102,7 +109,9 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     except OSError as error:
         daemon.close()
         raise Failure(f"--metrics {metrics_listen}: {error.strerror or error}") from None
-    if sync_config is not None:
+    if sync_config is not None and records is None:  # each worker of --queues attached its own
+        click.echo(f"{sync_config.describe()}, in each worker", err=True)
+    elif sync_config is not None:
         from fw.sync import attach_sync
 
         try:
@@ -128,7 +137,7 @@ def _daemon(config, policy, store, loader, listen):
     from fw import runner
     from fw.daemon import Daemon
 
-    engine, records = runner.build(policy, store, config.offload, metrics_listen=listen)
+    engine, records = runner.build(policy, store, config.offload, metrics_listen=listen, nat_slice=config.nat_slice)
     return Daemon(config, engine, loader), records
 
 
@@ -149,7 +158,7 @@ def _attach(daemon, records, listen) -> None:
         daemon.services.append(metrics)
 
 
-def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file, sync_hold_ms, sync_defer):
+def _sync_config(sync_url, node_id, cluster, sync_key_file, sync_hold_ms, sync_defer):
     """The checked --sync options (fw.sync.SyncConfig), or None without --sync; bad ones exit 2."""
     from fw.sync import SyncConfig, read_key_file
 
@@ -159,17 +168,32 @@ def _sync_config(queue_range, offload, sync_url, node_id, cluster, sync_key_file
         return None
     if not node_id or not sync_key_file:
         raise click.UsageError("--sync needs --node-id NAME and --sync-key-file PATH (messages are authenticated)")
-    if queue_range[0] != queue_range[1]:
-        raise click.UsageError("--sync does not work with --queues yet (one queue only)")
-    if offload:
-        raise click.UsageError("--sync does not work with --offload yet")
     try:
         config = SyncConfig(sync_url, node_id, read_key_file(sync_key_file), cluster or "fw",
-                            50 if sync_hold_ms is None else sync_hold_ms, sync_defer)
+                            50 if sync_hold_ms is None else sync_hold_ms, sync_defer,
+                            key_file=os.path.abspath(sync_key_file))
         config.check()
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     return config
+
+
+def nat_slice_of(sync_config, nat_slices: int | None, translates: bool) -> tuple[int, int]:
+    """(node, nodes): this node's slice of every NAT port range. With --sync, node i of N from
+    the node id's trailing number (fw.sync.slices: fw1 -> 0 of 2), so that nodes translating to one
+    address never hand out the same port; (0, 1), the whole range, without. A node id that gives no
+    slice is a usage error when the policy translates or --nat-slices was given."""
+    from fw.sync.slices import slice_index
+
+    if sync_config is None:
+        return (0, 1)
+    count = nat_slices or 2
+    try:
+        return (slice_index(sync_config.node, count), count)
+    except ValueError as error:
+        if translates or nat_slices is not None:
+            raise click.UsageError(f"--node-id: {error}") from None
+        return (0, 1)
 
 
 def _listen(text: str) -> tuple[str, int]:

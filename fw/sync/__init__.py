@@ -3,7 +3,8 @@
 How it is cut (docs/sync.md tells the whole story):
 - `codec`: messages on the wire: canonical JSON, HMAC-SHA256, version, cluster, replay checks.
 - `tracker`: which of our sessions changed (new, state, expectations, refreshes, removals) and how a
-  peer's session is merged into our table (engine.adopt).
+  peer's session is merged into our table (engine.adopt); who owns a session (claims after a
+  node died).
 - `hold`: packets whose verdict waits for a peer's announcement (or, with --sync-defer, for Redis).
 - `link`: the Redis writer and reader threads (pub/sub for updates, a hash for the snapshot).
 - `service`: the daemon side: the packet hook, holds and releases, the wake-up socket, stats.
@@ -18,7 +19,8 @@ __all__ = ["SyncConfig", "read_key_file", "attach_sync"]
 
 
 def attach_sync(daemon, config: SyncConfig):
-    """Hook sync into a started single-queue daemon; returns the SyncService."""
+    """Hook sync into a started daemon (a single-queue one, or a worker of --queues: each has its
+    own); returns the SyncService."""
     from fw.sync.service import attach_sync as attach  # noqa: PLC0415  (redis only when sync is on)
 
     return attach(daemon, config)

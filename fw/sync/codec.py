@@ -3,17 +3,18 @@
 How it works. A message is one JSON object: `v` (FORMAT_VERSION), `cluster`, `node` (the sender),
 `seq` (the sender's counter, rising by one per message; it starts at the sender's wall clock in
 microseconds, so a restarted node goes on above its old numbers), `ts` (wall clock, seconds),
-`type` (session | remove | request | hello) and `body`, plus `mac`: HMAC-SHA256 with the cluster's shared key
-over the canonical JSON (sorted keys, no spaces, ASCII) of every other field. The receiver parses,
-re-serialises canonically and compares MACs in constant time, so whitespace or key order cannot
-matter and a duplicated key cannot smuggle anything past the MAC.
+`type` (session | remove | request | hello) and `body`, and, from a worker of `fw run --queues`, `w`
+(its queue: each worker is a sender of its own, with its own sequence), plus `mac`: HMAC-SHA256
+with the cluster's shared key over the canonical JSON (sorted keys, no spaces, ASCII) of every
+other field. The receiver parses, re-serialises canonically and compares MACs in constant time,
+so whitespace or key order cannot matter and a duplicated key cannot smuggle anything past the MAC.
 
 `Codec.open` checks, in this order, each failure a `Refused` with its reason (the counters' names):
 `oversize` (more than MAX_MESSAGE bytes), `malformed` (not JSON, not an object, a field missing or
 of the wrong type, NaN/Infinity), `version`, `cluster`, `mac`. `ReplayGuard.check` then refuses
 `stale` (a timestamp outside the window around our clock: live messages +-REPLAY_WINDOW, snapshot
 entries up to SNAPSHOT_MAX_AGE old) and `replay` (a live message whose seq is not above the last
-one seen from its node). Pure: no I/O; clocks are arguments.
+one seen from its sender: a node, or one worker of a node). Pure: no I/O; clocks are arguments.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TYPES = frozenset(("session", "remove", "request", "hello"))
 NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # node and cluster names
 FIELDS = {"v": int, "cluster": str, "node": str, "seq": int, "ts": (int, float), "type": str, "body": dict,
           "mac": str}  # fmt: skip
+WORKER_FIELD = "w"  # optional: the queue of the sending worker (fw run --queues)
 
 
 class Refused(Exception):
@@ -51,6 +53,12 @@ class Message:
     ts: float
     type: str
     body: dict
+    worker: int | None = None  # the sending worker's queue, None from a single-queue node
+
+    @property
+    def sender(self) -> tuple[str, int | None]:
+        """Whose sequence the message follows: the node, or one of its workers."""
+        return (self.node, self.worker)
 
 
 def canonical(fields: dict) -> bytes:
@@ -73,12 +81,13 @@ def load_key(data: bytes) -> bytes:
 class Codec:
     """Seals our messages and opens (authenticates) everyone's, for one cluster and one key."""
 
-    def __init__(self, key: bytes, cluster: str, node: str, first_seq: int):
+    def __init__(self, key: bytes, cluster: str, node: str, first_seq: int, worker: int | None = None):
         if not NAME.fullmatch(cluster) or not NAME.fullmatch(node):
             raise ValueError("cluster and node names are 1-64 of A-Z a-z 0-9 _ . : -")
         self.key = key
         self.cluster = cluster
         self.node = node
+        self.worker = worker
         self.seq = first_seq
 
     def _mac(self, fields: dict) -> str:
@@ -89,6 +98,8 @@ class Codec:
         self.seq += 1
         fields = {"v": FORMAT_VERSION, "cluster": self.cluster, "node": self.node, "seq": self.seq,
                   "ts": round(now_wall, 6), "type": kind, "body": body}  # fmt: skip
+        if self.worker is not None:
+            fields[WORKER_FIELD] = self.worker
         text = canonical(fields)
         mac = hmac.new(self.key, text, hashlib.sha256).hexdigest()
         return text[:-1] + b',"mac":"' + mac.encode() + b'"}'  # the receiver re-serialises anyway
@@ -107,7 +118,11 @@ class Codec:
             value = fields.get(name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise Refused("malformed", f"field {name!r} missing or not {getattr(kind, '__name__', 'a number')}")
-        if len(fields) != len(FIELDS) or not math.isfinite(fields["ts"]) or fields["type"] not in TYPES:
+        worker = fields.get(WORKER_FIELD)
+        if worker is not None and (type(worker) is not int or not 0 <= worker <= 65535):
+            raise Refused("malformed", "field 'w' is not a queue number")
+        expected_fields = len(FIELDS) + (worker is not None)
+        if len(fields) != expected_fields or not math.isfinite(fields["ts"]) or fields["type"] not in TYPES:
             raise Refused("malformed", "unknown fields, a bad timestamp or an unknown type")
         if fields["v"] != FORMAT_VERSION:
             raise Refused("version", f"format {fields['v']}, we speak {FORMAT_VERSION}")
@@ -120,16 +135,17 @@ class Codec:
             raise Refused("malformed", "a number out of range") from None
         if not hmac.compare_digest(mac, expected):
             raise Refused("mac", f"from {fields['node']!r}")
-        return Message(fields["node"], fields["seq"], float(fields["ts"]), fields["type"], fields["body"])
+        return Message(fields["node"], fields["seq"], float(fields["ts"]), fields["type"], fields["body"], worker)
 
 
 class ReplayGuard:
-    """Refuses stale and replayed messages: per sending node, the highest seq seen so far."""
+    """Refuses stale and replayed messages: per sender (a node, or a worker of one), the highest seq
+    seen so far."""
 
     def __init__(self, window: float = REPLAY_WINDOW, snapshot_age: float = SNAPSHOT_MAX_AGE):
         self.window = window
         self.snapshot_age = snapshot_age
-        self.last: dict[str, int] = {}
+        self.last: dict[tuple[str, int | None], int] = {}
 
     def check(self, message: Message, now_wall: float, snapshot: bool = False) -> None:
         """Live messages: fresh and in sequence. Snapshot entries (read back from the cluster's
@@ -141,7 +157,8 @@ class ReplayGuard:
             return
         if abs(age) > self.window:
             raise Refused("stale", f"{age:.1f} s off our clock")
-        last = self.last.get(message.node)
+        sender = message.sender
+        last = self.last.get(sender)
         if last is not None and message.seq <= last:
             raise Refused("replay", f"seq {message.seq} from {message.node!r}, already at {last}")
-        self.last[message.node] = message.seq
+        self.last[sender] = message.seq

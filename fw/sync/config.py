@@ -30,6 +30,27 @@ class SyncConfig:
     defer: bool = False
     max_held: int = 1024
     max_held_bytes: int = 4 << 20
+    worker: int | None = None  # the queue of a worker of `fw run --queues` (a sender of its own)
+    key_file: str | None = None  # where the key came from (a worker reads it again)
+
+    def describe(self) -> str:
+        """The start-up line of `fw run --sync` (the password hidden)."""
+        from fw.sync.link import redacted  # noqa: PLC0415  (redis only when sync is on)
+
+        mode = f"hold {self.hold_ms} ms" + (", defer" if self.defer else "")
+        return f"sync {redacted(self.url)} as node {self.node} of cluster {self.cluster} ({mode})"
+
+    def for_worker(self) -> dict:
+        """What a worker of `--queues` is told (fw.workers: its spec is JSON; the key is read again
+        from its file, never passed on a command line)."""
+        return {"url": self.url, "node": self.node, "key_file": self.key_file, "cluster": self.cluster,
+                "hold_ms": self.hold_ms, "defer": self.defer}
+
+    @classmethod
+    def in_worker(cls, spec: dict, queue: int) -> SyncConfig:
+        """The config of the worker of `queue` from for_worker()'s dict (ValueError: the key file)."""
+        return cls(spec["url"], spec["node"], read_key_file(spec["key_file"]), spec["cluster"], spec["hold_ms"],
+                   spec["defer"], worker=queue, key_file=spec["key_file"])
 
     def check(self) -> None:
         if urlsplit(self.url).scheme not in SCHEMES:

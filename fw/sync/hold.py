@@ -94,6 +94,14 @@ class HoldQueue:
             self._done(held)
         return waiting
 
+    def for_hosts(self, low: bytes, high: bytes) -> list[Held]:
+        """Take out the packets waiting for any session between these two addresses (a peer's
+        FTP expectation arrived: a data connection's first packet may be waiting for it)."""
+        taken = []
+        for key in [key for key in self._by_key if key[1] == low and key[2] == high]:
+            taken.extend(self.for_key(key))
+        return taken
+
     def for_ticket(self, ticket: int) -> Held | None:
         held = self._by_ticket.pop(ticket, None)
         if held is not None:

@@ -2,7 +2,9 @@
 
 How it works. Keys, per cluster C: the channels `fw:C:sync:NODE` carry every message of node NODE
 (pub/sub: the lowest latency; a node that was away catches up from the snapshot instead; one
-channel per node, so that a node skips its own messages by the channel's name, unparsed), the hash
+channel per node, so that a node skips its own messages by the channel's name, unparsed; with
+`--queues`, one per worker, `fw:C:sync:NODE/qN`, and a worker skips its node's other workers'
+channels too: their sessions' packets never reach it), the hash
 `fw:C:sessions` holds one signed session message per flow (field: the flow key as text), the
 snapshot a joining or returning node loads.
 
@@ -67,6 +69,12 @@ def redacted(url: str) -> str:
     host = f"[{host}]" if ":" in host else host
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def channel_of(cluster: str, node: str, worker: int | None = None) -> str:
+    """The pub/sub channel of a node (`fw:C:sync:NODE`), or of one of its workers (`...:NODE/qN`,
+    a name no node id can take: `/` is not allowed in one)."""
+    return f"fw:{cluster}:sync:{node}" + (f"/q{worker}" if worker is not None else "")
 
 
 class MarkedConnection(Connection):
@@ -138,7 +146,8 @@ class RedisLink:
                  acks: bool = False, make_client: Callable[[str, int], redis.Redis] = client_for):
         self.url = url
         self.acks = acks  # report the tickets of what was written (--sync-defer)
-        self.channel = f"fw:{cluster}:sync:{codec.node}"
+        self.cluster = cluster
+        self.channel = channel_of(cluster, codec.node, codec.worker)
         self.pattern = f"fw:{cluster}:sync:*"
         self.hash = f"fw:{cluster}:sessions"
         self.codec = codec
@@ -259,7 +268,9 @@ class RedisLink:
     # -- the reader -----------------------------------------------------------------------------
 
     def _reader(self) -> None:
-        backoff, own = Backoff(), self.channel.encode()
+        backoff = Backoff()
+        node_channel = channel_of(self.cluster, self.codec.node).encode()
+        own, workers = node_channel, node_channel + b"/"
         while not self._stopping.is_set():
             client = pubsub = None
             try:
@@ -274,7 +285,8 @@ class RedisLink:
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message.get("type") == "pmessage":
-                        if message["channel"] == own:
+                        channel = message["channel"]
+                        if channel == own or channel.startswith(workers):
                             self._count("own")
                         else:
                             self._received(message["data"])

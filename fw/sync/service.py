@@ -21,6 +21,12 @@ packet's verdict is counted once, when it is given for good (the packet handler'
 the reason of the judgement that decided it). With `--sync-defer` the
 first packet of a new session waits (up to the hold time) until Redis accepted the announcement.
 
+Peers: heard within PEER_TIMEOUT, a peer is alive; `on_peers(listener)` tells the live set when it
+changes (the forwarding's Owners view takes it). A peer heard once and silent since is gone: the
+first accepted packet of one of its sessions here claims the session (fw.sync.tracker `claim`:
+we own it from then on, and a claim wins over older ones, so the gone node, back, does not take
+it back). One attribute test per accepted packet while every peer is alive.
+
 Everything from Redis arrives as events (fw.sync.link) in a deque and a byte on the wake-up
 socket; an alarm thread writes a byte at the next deadline (the oldest held packet, the next
 sweep slice), so holds end on time although the daemon's own tick is once a second. Redis away:
@@ -35,6 +41,7 @@ import select
 import socket
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 
 from fw.conntrack.table import flow_key
 from fw.decision import ACCEPT, NO_EFFECTS, SESSION_EFFECTS, SessionChanged, SessionClosed, SessionOpened
@@ -87,7 +94,7 @@ class SyncService:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        codec = Codec(config.key, config.cluster, config.node, first_seq=int(time.time() * 1e6))
+        codec = Codec(config.key, config.cluster, config.node, first_seq=int(time.time() * 1e6), worker=config.worker)
         self.link = RedisLink(config.url, config.cluster, codec, self._deliver, mark, acks=config.defer)
         self.tracker = SessionSync(engine, config.node, self.link.submit, lambda: self._offset,
                                    dispatch=handler.on_effects)
@@ -95,6 +102,9 @@ class SyncService:
         self.alarm = Alarm(self._ring)
         self._next_hello = self._next_sweep = 0.0
         self._asked: dict = {}  # flow key -> when we last asked the peers for its session
+        self.alive: frozenset[str] = frozenset()  # peers heard within PEER_TIMEOUT
+        self._gone: frozenset[str] = frozenset()  # peers heard once, silent since: their sessions are claimed
+        self._peer_listeners: list[Callable[[frozenset], None]] = []
         self._asked_since, self._asked_count = 0.0, 0
 
     def subscribe(self, effects) -> None:
@@ -103,6 +113,31 @@ class SyncService:
         effects.on(SessionOpened, tracker.on_opened)
         effects.on(SessionChanged, tracker.on_changed)
         effects.on(SessionClosed, tracker.on_closed)
+
+    def on_peers(self, listener: Callable[[frozenset], None]) -> None:
+        """Call `listener(alive)` whenever the set of live peers changes (and once now): e.g.
+        fw.sync.forwarding's `ForwardingNode.peers_heard`, so that nothing is forwarded to a
+        node that died, and packets of its sessions are decided (and claimed) here."""
+        self._peer_listeners.append(listener)
+        listener(self.alive)
+
+    def _check_peers(self, now: float) -> None:
+        me = self.config.node
+        alive = frozenset(name for name, peer in self.peers.items()
+                          if now - peer["heard"] < PEER_TIMEOUT and name != me)
+        if alive == self.alive:
+            return
+        self.alive = alive
+        self._gone = frozenset(self.peers) - alive - {me}
+        for name in sorted(self._gone):
+            log.info("sync: peer %s not heard for %.1f s: its sessions are ours on their next packet", name,
+                     PEER_TIMEOUT)
+        for listener in self._peer_listeners:
+            try:
+                listener(alive)
+            except Exception as exc:  # noqa: BLE001
+                self.counters["errors"] += 1
+                log.error("sync: a peer listener failed: %r", exc)
 
     def start(self) -> None:
         self.tracker.seed(self.clock())
@@ -113,9 +148,7 @@ class SyncService:
         return self._wake_r.fileno()
 
     def describe(self) -> str:
-        config = self.config
-        mode = f"hold {config.hold_ms} ms" + (", defer" if config.defer else "")
-        return f"sync {redacted(config.url)} as node {config.node} of cluster {config.cluster} ({mode})"
+        return self.config.describe()
 
     # -- the packet hook ------------------------------------------------------------------------
 
@@ -123,6 +156,8 @@ class SyncService:
         """PacketHandler.defer: True if we keep the packet (its verdict comes later). Never raises."""
         try:
             if decision.verdict == ACCEPT:
+                if self._gone and (session := decision.session) is not None and session.owner in self._gone:
+                    self.tracker.claim(session, self.clock())  # its owner died: the session is ours now
                 if self.config.defer and decision.effects:
                     return self._defer_opened(packet, data, decision)
                 return False
@@ -232,6 +267,7 @@ class SyncService:
             self._event(event, now)
         if self._events:
             self._ring()  # more next turn: packets get their share of the loop in between
+        self._check_peers(now)
         for held in self.held.due(now):
             if held.ticket is not None:
                 self._release_deferred(held, now, acked=False)
@@ -276,7 +312,9 @@ class SyncService:
             peer["heard"] = now
         if message.type == "hello":
             sessions = message.body.get("sessions")
-            peer["sessions"] = sessions if isinstance(sessions, int) else 0
+            counts = peer.setdefault("by_worker", {})  # a node with --queues: each worker says hello
+            counts[message.worker] = sessions if isinstance(sessions, int) else 0
+            peer["sessions"] = sum(counts.values())
             return
         try:
             key = self.tracker.apply(message.node, message.type, message.body, now)
@@ -285,7 +323,10 @@ class SyncService:
             log.debug("sync: unusable %s message from %s: %r", message.type, message.node, exc)
             return
         if key is not None:
-            for held in self.held.for_key(key):
+            waiting = self.held.for_key(key)
+            if message.type == "session" and message.body.get("expectations") and len(self.held):
+                waiting += self.held.for_hosts(key[1], key[2])  # data connections they admit
+            for held in waiting:
                 self._release(held, now, final=False)
 
     def _release_deferred(self, held: Held, now: float, acked: bool) -> None:
@@ -368,8 +409,10 @@ class SyncService:
             "node": self.config.node, "cluster": self.config.cluster, "url": redacted(self.config.url),
             "mode": {"hold_ms": self.config.hold_ms, "defer": self.config.defer}, "loaded": self.loaded,
             "redis": self.link.stats(),
-            "peers": {name: {"last_heard": round(now - peer["heard"], 3), "sessions": peer["sessions"]}
-                      for name, peer in self.peers.items()},
+            "peers": {name: {"last_heard": round(now - peer["heard"], 3), "sessions": peer["sessions"],
+                             "alive": name in self.alive} for name, peer in self.peers.items()},
+            "claimed": {"taken": self.tracker.counters["claimed"], "kept": self.tracker.counters["claims_kept"],
+                        "lost": self.tracker.counters["claims_lost"]},
             "tracked": len(self.known),
             "announced": _prefixed(self.tracker.counters, "announced:"),
             "applied": _prefixed(self.tracker.counters, "applied:"),

@@ -29,6 +29,14 @@ nf_conntrack_tcp_be_liberal). A peer's session (`apply`) is merged with ours if 
 larger counters, per direction the window data that went furthest, our ALG parser (it has seen our
 direction's stream), and, for the same incarnation (same creation time), never an older state than
 ours (TCP states and UDP's UNREPLIED/REPLIED are ranked by progress). Then `engine.adopt()`.
+
+Ownership. A session's owner is the node that saw its first packet, until a node takes it over
+(`claim`: its owner died, the service saw a packet of it here): the session is announced again
+(`claimed`) with our name and the claim's wall-clock time, kept in its Entry and sent in every
+announcement of it. Between two owners of the same incarnation the winning claim is
+fw.sync.forwarding.owner.claim_wins' (the later, then the lower node id; no claim is 0), applied
+to the merged session; when ours wins against a peer's news, we announce it again so the peer
+comes round. So a node that comes back with old copies does not take back what moved.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from collections.abc import Callable
 from fw.conntrack import serial
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.table import HALF_OPEN, LIBERAL, RELATED, REPLIED, REVERSED, UNREPLIED
+from fw.sync.forwarding.owner import Claim, claim_wins
 
 SWEEP_PERIOD = 2.0  # seconds for a full pass over the sessions we track
 SWEEP_SLICE = 0.1  # seconds between two slices of the pass (the service calls sweep() this often)
@@ -56,7 +65,7 @@ RANK = {tcpmod.TcpState.NONE: 0, tcpmod.TcpState.SYN_SENT: 1, tcpmod.TcpState.SY
 
 
 class Entry:
-    __slots__ = ("state", "expectations", "deadline", "sent", "epoch", "answered")
+    __slots__ = ("state", "expectations", "deadline", "sent", "epoch", "answered", "claimed")
 
     def __init__(self, state, expectations, deadline: float, sent: float, epoch: int):
         self.state = state  # as last announced (or adopted)
@@ -65,6 +74,7 @@ class Entry:
         self.sent = sent  # engine time of the last announcement
         self.epoch = epoch  # -1: never announced (or the announcement was not taken)
         self.answered = -1e9  # engine time of the last answer to a peer's request
+        self.claimed = 0.0  # wall clock of the session's owner's claim (0: the owner that opened it)
 
 
 class Outgoing:
@@ -98,11 +108,16 @@ def key_from_list(raw) -> tuple:
 
 
 def make_liberal(session) -> None:
+    """A session of a sync cluster: liberal TCP windows, and an ALG that takes the replies whose
+    commands it may never see (fw.alg.ftp's `unpaired`): each node may see one direction only."""
     track = session.tcp
     if track is not None and not track.liberal:
         data = tcpmod.to_dict(track)
         data["liberal"] = True
         session.tcp = tcpmod.from_dict(data)
+    alg = session.alg
+    if alg is not None and getattr(alg, "unpaired", True) is False:
+        alg.unpaired = True
 
 
 def _seq_after(a: int, b: int) -> bool:
@@ -136,6 +151,7 @@ class SessionSync:
         self.epoch = 0
         self.tickets = 0
         self._pending: list = []
+        self._contested = False  # applying a peer's news: our claim to the session won against theirs
 
     def seed(self, now: float) -> None:
         """Track what is already in the table (restored from a snapshot file): announced by sweeps."""
@@ -190,6 +206,8 @@ class SessionSync:
         body = {"why": why, "session": serial.session_to_dict(session, offset),
                 "expectations": [serial.expectation_to_dict(k, engine_expectations[k], offset)
                                  for k in keys or () if k in engine_expectations]}  # fmt: skip
+        if entry.claimed:
+            body["claimed"] = entry.claimed
         entry.state = session.state
         entry.expectations = frozenset(keys) if keys is not None else None
         entry.deadline = session.deadline
@@ -201,6 +219,20 @@ class SessionSync:
         entry.epoch = -1  # announced again by a sweep once the writer takes messages
         self.counters["unsent"] += 1
         return 0
+
+    def claim(self, session, now: float) -> int:
+        """Take over a session whose owner is gone (a packet of it was judged here): we are its
+        owner from now on, with a claim of this wall-clock time, which wins over older claims
+        (fw.sync.forwarding.owner.claim_wins) wherever the news goes, the old owner's node included
+        when it comes back. Returns the announcement's ticket (0: not taken)."""
+        entry = self.known.get(session)
+        if entry is None:
+            return 0
+        session.owner = self.node
+        entry.claimed = now + self.offset()
+        self.counters["claimed"] += 1
+        self.counters["announced:claimed"] += 1
+        return self.announce(session, entry, "claimed", now)
 
     def sweep(self, now: float, connected: bool) -> None:
         """One slice of the pass over the sessions we track (see the module's docstring)."""
@@ -287,19 +319,25 @@ class SessionSync:
             self.counters["applied:expired"] += 1
             return None
         table = self.engine.table
+        theirs.owner = theirs.owner or node
+        claim = Claim(theirs.owner, float(body.get("claimed") or 0.0))
         ours = table.sessions.get(theirs.key)
+        self._contested = False
         if ours is not None and abs(ours.created - theirs.created) < SAME_INCARNATION:
+            claim = self._owner(ours, claim, now)
             if RANK.get(theirs.state, 0) < RANK.get(ours.state, 0):  # older news than ours
                 ours.deadline = max(ours.deadline, theirs.deadline)
                 self._take_counters(ours, theirs)
                 self._restore_expectations(expectations, now, offset)
                 self.counters["applied:older"] += 1
+                if self._contested and ours in self.known:
+                    self.announce(ours, self.known[ours], "claimed", now)
                 return theirs.key
         kept = []
         if ours is not None:
             kept = self._merge(ours, theirs, offset)
             self.known.pop(ours, None)
-        theirs.owner = theirs.owner or node
+        theirs.owner = claim.owner
         make_liberal(theirs)
         self.dispatch(self.engine.adopt(theirs, now))
         if parent is not None:
@@ -308,10 +346,34 @@ class SessionSync:
             self._used_expectation(theirs)
         self._restore_expectations(kept + expectations, now, offset)
         keys = theirs.expectations
-        self.known[theirs] = Entry(theirs.state, frozenset(keys) if keys is not None else None,
-                                   theirs.deadline, now, self.epoch)  # fmt: skip
+        entry = self.known[theirs] = Entry(theirs.state, frozenset(keys) if keys is not None else None,
+                                           theirs.deadline, now, self.epoch)  # fmt: skip
+        entry.claimed = claim.claimed
+        if self._contested:
+            self.announce(theirs, entry, "claimed", now)
         self.counters["applied:session"] += 1
         return theirs.key
+
+    def _owner(self, ours, theirs: Claim, now: float) -> Claim:
+        """Whose session it is, ours or their news of it (the same incarnation): the winning claim
+        (claim_wins: the later, then the lower node id), set on our copy. When ours wins against a
+        different owner, we announce it again (`_contested`, after the merge) so that the peer comes
+        round: a node that comes back with an old copy does not take back a session that moved."""
+        entry = self.known.get(ours)
+        mine = Claim(ours.owner or self.node, entry.claimed if entry is not None else 0.0)
+        if mine.owner == theirs.owner:
+            winner = Claim(mine.owner, max(mine.claimed, theirs.claimed))
+        elif claim_wins(mine, theirs):
+            winner = theirs
+            self.counters["claims_lost"] += 1
+        else:
+            winner = mine
+            self.counters["claims_kept"] += 1
+            self._contested = True
+        ours.owner = winner.owner
+        if entry is not None:
+            entry.claimed = winner.claimed
+        return winner
 
     @staticmethod
     def _take_counters(ours, theirs) -> None:

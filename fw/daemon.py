@@ -65,9 +65,9 @@ class DaemonConfig:
     control_address: bytes | None = None
     install_rules: bool = True
     offload: bool = False  # --offload: established TCP flows accepted by the kernel (fw.drivers.offload)
-    nat: bool = False  # the policy translates: two passes (mangle PREROUTING/POSTROUTING), fw/engine_nat_passes.py
     sync: dict | None = None  # --sync, for the workers of --queues (fw.sync.SyncConfig.for_worker())
     nat_slice: tuple[int, int] = (0, 1)  # (node, nodes): this node's share of NAT port ranges (--sync)
+    nat: bool = False  # the policy translates: two passes (mangle PREROUTING/POSTROUTING), fw/engine_nat_passes.py
 
     @property
     def mode(self) -> str:

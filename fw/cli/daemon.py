@@ -87,7 +87,7 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     store, policy, source, loader = _policy_source(policy_path, db)
     nat = _translation(policy, fail_open, queue_range)  # bad usage (exit 2) before the privilege check
-    nat_slice = nat_slice_of(sync_config, nat_slices, getattr(policy, "translates", False))
+    nat_slice = nat_slice_of(sync_config, nat_slices, nat)
     if nat:
         hook_names = NAT_HOOKS + tuple(hook for hook in hook_names if hook != "FORWARD")
     else:
@@ -96,9 +96,9 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         raise Failure("fw run must run as root (NFQUEUE, iptables and raw sockets need it)")
     config = DaemonConfig(policy_path=source, queues=queue_range,
                           fail_open=fail_open, log_path=log_path, hooks=hook_names,
-                          backend=None if backend == "auto" else backend, offload=offload, nat=nat,
+                          backend=None if backend == "auto" else backend, offload=offload,
                           sync=sync_config.for_worker() if sync_config is not None else None,
-                          nat_slice=nat_slice)
+                          nat_slice=nat_slice, nat=nat)
     daemon, records = _daemon(config, policy, store, loader, listen)
     try:
         daemon.start()

@@ -83,7 +83,7 @@ virtual_servers:
 """
 # The client: N requests, one connection each; prints {"names": {name: count}, "errors": n}.
 CLIENT = r"""
-import collections, http.client, json, sys
+import collections, http.client, json, sys, time
 host, count, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 port = int(sys.argv[4]) if len(sys.argv) > 4 else 80
 names, errors = collections.Counter(), 0
@@ -100,6 +100,7 @@ for _ in range(count):
     except OSError as error:
         errors += 1
         print(repr(error), file=sys.stderr)
+        print(time.time(), repr(error), file=sys.stderr)
 print(json.dumps({"names": names, "errors": errors, **({"bytes": size} if path.startswith("/slow/") else {})}))
 """
 
@@ -120,7 +121,10 @@ class Running:
 
     def requests(self, count: int, path: str = "/", port: int = 80, host: str = VIP) -> dict:
         done = self.lab.run("client", [sys.executable, "-c", CLIENT, host, str(count), path, str(port)], timeout=240)
-        return json.loads(done.stdout)
+        result = json.loads(done.stdout)
+        if result["errors"]:
+            sys.stderr.write(f"--- client errors ---\n{done.stderr}\n")
+        return result
 
     def background(self, path: str) -> netns.Background:
         return netns.Background(self.lab, "client", [sys.executable, "-c", CLIENT, VIP, "1", path], 120)

@@ -8,6 +8,8 @@
   when run from the repository's root.
 Figures are the median of 5 runs, in microseconds of this process's CPU time (user and system) per
 packet; the proxy's round trips are wall-clock milliseconds.
+`python -m bench.forward_bench --lab` (root) runs bench.forward_lab instead: forwarding against the
+hold in the HA lab, live daemons, fw1's sync delayed 0, 20 and 200 ms.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import select
 import statistics
+import sys
 import time
 
 from fw.packet import build
@@ -107,6 +110,11 @@ def bench_proxy() -> dict:
 
 
 def main() -> None:
+    if "--lab" in sys.argv[1:]:
+        from bench import forward_lab  # noqa: PLC0415
+
+        forward_lab.main()
+        return
     results = {f"{size} B": {"seal_us": bench_seal(size), "verify_us": bench_verify(size),
                              "loopback_send_receive_us": bench_loopback(size)} for size in SIZES}  # fmt: skip
     results["gso_64k_to_1448_us"] = bench_gso()

@@ -19,6 +19,9 @@ for a packet that merely passes (the established path allocates nothing but its 
   `EngineConfig.offload` asks for it).
 - `RewritePacket(data)`: the packet must leave as these bytes (NAT).
 - `SetMark(mark)`: the verdict carries this packet mark.
+- `ForwardToOwner(node)`: the packet belongs to a session that `node` decides (HA owner
+  forwarding, `Engine.decide_at_owners`): the driver sends it there; its verdict here is drop and
+  the session was not touched.
 
 Verdicts are counted where the final verdict is given (the driver: `Verdicts.count`), not by the
 engine: a driver that holds a packet or hands it to another queue counts it when it is decided.
@@ -112,6 +115,13 @@ class SetMark:
     """The packet's verdict carries this mark."""
 
     mark: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardToOwner:
+    """This packet's session is owned by `node`, which decides it (fw.sync.forwarding.service)."""
+
+    node: str
 
 
 SESSION_EFFECTS = (SessionOpened, SessionChanged, SessionClosed, OffloadSession)

@@ -18,6 +18,11 @@ may not arrive on its interface is dropped as `spoof` before any lookup (fw.poli
 `limit` and `log_limit` are met only when it would open a session or log (fw.conntrack.rule_limits);
 `recheck(now)` closes what a new policy refuses (fw.policy.recheck).
 
+HA owner forwarding (`fw run --forward-to-owner`): the driver names the peers that decide their own
+sessions (`decide_at_owners`); a packet of a session one of them owns is answered DROP `owner:NODE`
+with a `ForwardToOwner(NODE)` effect, before the session is touched (its owner judges it). A packet
+that came forwarded goes through `process_forwarded`: judged here, whoever owns its session.
+
 Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
 expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; NAT in
 fw/engine_nat.py and fw/engine_nat_ftp.py (the live passes in fw/engine_nat_passes.py); virtual
@@ -57,6 +62,7 @@ from fw.decision import (
     DROP,
     NO_EFFECTS,
     Decision,
+    ForwardToOwner,
     LogEvent,
     OffloadSession,
     RewritePacket,
@@ -73,6 +79,7 @@ from fw.packet import build as pktbuild
 from fw.policy.recheck import refused_by
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+NOBODY: frozenset = frozenset()
 SYN, RST, ACK = 2, 4, 16
 EMBRYONIC = frozenset((tcpmod.TcpState.SYN_SENT, tcpmod.TcpState.SYN_RECV, tcpmod.TcpState.SYN_SENT2))
 EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at least one session)
@@ -110,6 +117,7 @@ class Engine:
         self.rule_limits = RuleLimits()
         self.timeout_scale = 1.0
         self.nat = engine_nat.Nat(*self.config.nat_slice)
+        self.forward_to = NOBODY  # owners whose sessions' packets are theirs to decide (decide_at_owners)
         self.partial = False  # the packet's L4 checksum is partial (the live NAT passes say so)
         self.swap_policy(policy)
 
@@ -133,6 +141,15 @@ class Engine:
         self.spoof = policy.zones if policy.zones.checks else None  # checked before any lookup
         self._rescale()
         self.counters["policy_swaps"] += 1
+
+    def decide_at_owners(self, nodes) -> None:
+        """From the next packet on, a packet of a session owned by one of `nodes` is not judged here:
+        DROP `owner:NODE` with ForwardToOwner(NODE), the session untouched (HA owner forwarding)."""
+        self.forward_to = frozenset(nodes) or NOBODY
+
+    def elsewhere(self, pkt, session: Session) -> Decision:
+        owner = session.owner
+        return Decision(DROP, "owner:" + owner, pkt, session, (ForwardToOwner(owner),))
 
     @property
     def sessions(self) -> SessionTable:
@@ -173,6 +190,15 @@ class Engine:
             self.fragments.remember(pkt, decision.session, now)
         return decision
 
+    def process_forwarded(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None) -> Decision:
+        """A packet another node forwarded to us: judged here whoever owns its session (never sent on
+        to another owner: no loops)."""
+        forward_to, self.forward_to = self.forward_to, NOBODY
+        try:
+            return self.process(data, now, iif, oif)
+        finally:
+            self.forward_to = forward_to
+
     @staticmethod
     def _verdict(verdict, reason, pkt=None, session=None, effects=NO_EFFECTS) -> Decision:
         return Decision(verdict, reason, pkt, session, effects)
@@ -191,6 +217,8 @@ class Engine:
         session = self.table.sessions.get(key)
         if session is not None:
             extra = session.extra
+            if extra is not None and extra.owner in self.forward_to:
+                return self.elsewhere(pkt, session)
             if extra is not None and extra.nat is not None:  # translated: the key it came by says the way
                 binding = extra.nat
                 if key == session.key and binding.alias is not None:

@@ -52,6 +52,8 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
     if session is None:
         return engine.open_session(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
     extra = session.extra
+    if extra is not None and extra.owner in engine.forward_to:
+        return engine.elsewhere(pkt, session)
     if extra is not None and extra.nat is not None:
         original = extra.nat.direction(src, dst, sport, dport)
         if original is None:
@@ -99,6 +101,8 @@ def icmp(engine, pkt, now: float, iif, oif) -> Decision:
         if icmp_type == reply:
             return Decision(DROP, "invalid:no-session", pkt)
         return engine.open_session(pkt, key, UNREPLIED, now, iif, oif, ident, ident)
+    if session.owner in engine.forward_to:
+        return engine.elsewhere(pkt, session)
     binding = session.nat
     original = pkt.src == session.src if binding is None else binding.direction(pkt.src, pkt.dst, ident, ident)
     if original is None or original != (icmp_type == request):
@@ -126,6 +130,8 @@ def icmp_error(engine, pkt) -> Decision:
     session = engine.table.sessions.get(flow_key(proto, inner.src, inner.dst, sport, dport))
     if session is None:
         return Decision(DROP, "invalid:no-session", pkt)
+    if session.owner in engine.forward_to:
+        return engine.elsewhere(pkt, session)
     binding = session.nat
     if binding is not None:
         return translated_error(engine, pkt, session, binding, (inner.src, inner.dst, sport, dport))

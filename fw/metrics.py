@@ -17,8 +17,10 @@ reason}, rule_packets_total{rule}, rule_bytes_total{rule}, rule_sessions_total{r
 expectations_made_total, session_events_total{event} (inserts, expiries, evictions, killed, ...),
 reloads_total{result}, events_written_total, events_lost_total, policy_info{revision}; per
 virtual and real server (labels virtual_server, real_server): lb_up (1: up, 0: down or drained),
-lb_sessions (active), lb_opened_total, lb_bytes_total (bytes of
-its ended sessions, both directions).
+lb_sessions (active), lb_opened_total, lb_bytes_total (bytes of its ended sessions, both
+directions). Services add families of their own with `add_source(build)`: `build()` runs on the
+loop's tick and returns finished families (owner forwarding's fw_forward_*,
+fw.sync.forwarding.report).
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.snapshot: dict = {}
+        self.sources: list[Callable[[], list]] = []
+        self.families: list = []
         self.server = None
         self._thread = None
         self.tick(0.0)
@@ -142,9 +146,14 @@ class Metrics:
         """Metrics whose numbers come from a `fw stats --json`-shaped dict (see snapshot_of_stats)."""
         return cls(read=lambda: snapshot_of_stats(get_stats()))
 
+    def add_source(self, build: Callable[[], list]) -> None:
+        """More metric families: `build()` is called on each tick (the loop's thread)."""
+        self.sources.append(build)
+
     def tick(self, now: float) -> None:
         """Copy the numbers (on the daemon's loop thread) into a new snapshot."""
         self.snapshot = self.read()
+        self.families = [family for build in self.sources for family in build()]
 
     def read_engine(self) -> dict:
         engine = self.engine
@@ -201,6 +210,7 @@ class Metrics:
         family.add_metric((s["revision"] or "",), 1)
         yield family
         yield from lb_families(s.get("lb") or [])
+        yield from self.families
 
     def close(self) -> None:
         if self.server is not None:

@@ -147,3 +147,23 @@ def test_any_split_reassembles_and_checks_out(addresses, length, mss, seq, flags
             union |= p.flags
         assert union == flags  # no flag lost, none made up
         assert not any(p.flags & (FIN | PSH) for p in parsed[:-1]) and not any(p.flags & CWR for p in parsed[1:])
+
+
+@pytest.mark.parametrize("addresses", [V4, V6])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_finish_computes_a_partial_checksum_in_full(addresses, proto):
+    """NFQUEUE hands CHECKSUM_PARTIAL packets up with the pseudo-header's sum only: finish() makes
+    the checksum a receiver checks out of it, and leaves a right one as it is."""
+    from fw.packet.checksum import checksum_of_sum, pseudo_header_sum  # noqa: PLC0415
+    from fw.packet.gso import finish  # noqa: PLC0415
+
+    if proto == "tcp":
+        right, at = big_tcp(addresses, os.urandom(301)), 16
+    else:
+        right, at = build.udp(*addresses, 5000, 53, os.urandom(301)), 6
+    off = 20 if ":" not in addresses[0] else 40
+    src, dst = (right[12:16], right[16:20]) if off == 20 else (right[8:24], right[24:40])
+    pseudo = (~checksum_of_sum(pseudo_header_sum(src, dst, 6 if proto == "tcp" else 17, len(right) - off))) & 0xFFFF
+    partial = right[:off + at] + pseudo.to_bytes(2, "big") + right[off + at + 2:]
+    assert partial != right and finish(partial) == right and finish(right) == right
+    assert finish(b"\x45" + bytes(30)) == b"\x45" + bytes(30)  # not TCP or UDP: as it is

@@ -226,3 +226,28 @@ def scrape_of(metrics: Metrics) -> dict:
         return scrape(address)
     finally:
         metrics.close()
+
+
+def test_a_services_families_are_served_from_the_last_tick(engine):
+    """Owner forwarding's `forward` section as fw_forward_* families (Metrics.add_source)."""
+    from fw.sync.forwarding.report import metric_families  # noqa: PLC0415
+
+    section = {"sent": {"sent": 7, "bytes": 900, "failed:ENOBUFS": 2}, "handed": {"owner": 5, "only-peer": 2},
+               "received": {"by_sender": {"fw2": 4}, "refused": {"forged": 1, "replayed": 3}},
+               "decided": {"accept": {"established": 3}, "drop": {"invalid:no-session": 1}}, "sent_on": 3,
+               "decide_at": ["fw2"]}  # fmt: skip
+    metrics = Metrics(engine)
+    metrics.add_source(lambda: metric_families(section))
+    address = metrics.serve("127.0.0.1", 0)
+    try:
+        metrics.tick(1.0)
+        samples = scrape(address)
+    finally:
+        metrics.close()
+    assert samples[("fw_forward_sent_total", ())] == 7 and samples[("fw_forward_sent_bytes_total", ())] == 900
+    assert samples[("fw_forward_send_failed_total", (("errno", "ENOBUFS"),))] == 2
+    assert samples[("fw_forward_handed_total", (("route", "only-peer"),))] == 2
+    assert samples[("fw_forward_received_total", (("peer", "fw2"),))] == 4
+    assert samples[("fw_forward_refused_total", (("reason", "replayed"),))] == 3
+    assert samples[("fw_forward_decided_total", (("reason", "invalid:no-session"), ("verdict", "drop")))] == 1
+    assert samples[("fw_forward_sent_on_total", ())] == 3 and samples[("fw_forward_peers", ())] == 1

@@ -37,6 +37,16 @@ def run(*args: str):
      "cannot read the sync key file"),
     (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--sync-hold-ms", "-1"],
      "--sync-hold-ms"),
+    (["--forward-to-owner"], "--forward-to-owner goes with --sync URL"),
+    (["--forward-listen", "192.0.2.1:6380"], "--forward-listen goes with --forward-to-owner"),
+    (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--forward-to-owner",
+      "--forward-listen", "fw1:6380"], "'fw1' is not an IP address"),
+    (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--forward-to-owner",
+      "--forward-listen", "192.0.2.1:70000"], "the port is not 1 to 65535"),
+    (["--sync", "redis://192.0.2.100:6379/0", "--node-id", "fw1", "--sync-key-file", "KEY", "--forward-to-owner",
+      "--queues", "0-1"], "does not work with --queues yet (one queue only)"),
+    (["--sync", "unix:///run/redis.sock", "--node-id", "fw1", "--sync-key-file", "KEY", "--forward-to-owner"],
+     "--forward-listen is needed when Redis is reached over a unix socket"),
 ])  # fmt: skip
 def test_bad_sync_options_exit_2_before_anything_starts(args, message, key_file):
     result = run(*[str(key_file) if arg == "KEY" else arg for arg in args])

@@ -212,6 +212,31 @@ def test_a_held_packet_asks_the_peers_for_its_session(nodes):
     assert fw2.stats["requests"]["sent"] == 1 and fw1.stats["announced"]["requested"] == 1
 
 
+def test_a_held_packet_whose_session_is_another_owners_goes_to_that_owner(nodes):
+    """--forward-to-owner with several peers: a reply no session explains is held as ever; when its
+    session's news comes naming another owner, the engine says ForwardToOwner and the packet goes
+    to the owner (sync's forward_held hook) instead of waiting on."""
+    fw1, fw2 = nodes("fw1"), nodes("fw2")
+    wait_ready(fw1, fw2)
+    taken = []
+
+    def forward_held(held, decision):
+        taken.append((decision.reason, held.data))
+        held.packet.drop()
+        return True
+
+    fw2.service.forward_held = forward_held
+    fw2.engine.decide_at_owners({"fw1"})
+    fw1.packet(SYN)
+    reply = fw2.packet(SYN_ACK)
+    assert reply.verdict is None
+    assert pump([fw1, fw2], lambda: reply.verdict is not None)
+    assert taken == [("owner:fw1", SYN_ACK)] and reply.verdict == "drop"
+    hold = fw2.stats["hold"]
+    assert (hold["held"], hold["forwarded"], hold["accepted"], hold["dropped"], hold["waiting"]) == (1, 1, 0, 0, 0)
+    assert fw2.session(KEY).state == TcpState.SYN_SENT  # untouched here: its owner judges the SYN-ACK
+
+
 def test_a_dead_owners_sessions_are_claimed_and_the_owners_view_follows(nodes, monkeypatch):
     """fw1 dies: fw2's live peers (on_peers, the forwarding's Owners view) drop it, so nothing
     would be forwarded to it; the next packet of its session makes fw2 the owner; fw1 back

@@ -63,8 +63,12 @@ def _hooks(text: str) -> tuple[str, ...]:
 @click.option("--sync-defer", is_flag=True, help="A new session's first packet waits for Redis to take its news.")
 @click.option("--nat-slices", type=click.IntRange(1, 64),
               help="With --sync: NAT port ranges cut in N slices, one per node by its id's number (2).")
+@click.option("--forward-to-owner", is_flag=True,
+              help="Send a packet of a session another node owns to that node (UDP on the sync link), not hold it.")
+@click.option("--forward-listen", metavar="ADDR:PORT",
+              help="Where forwarded packets arrive (default: our address toward Redis, UDP 6380).")
 def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_listen, hooks, backend, offload,
-                nat_slices, **sync) -> None:
+                nat_slices, forward_to_owner, forward_listen, **sync) -> None:
     """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
@@ -73,6 +77,9 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     SIGHUP reloads the policy and reopens the log. Fail-closed unless --fail-open. One daemon per
     network namespace. Sessions are snapshotted on exit (and every minute) and restored on start;
     events go to the store.
+
+    With --sync, HA session sync (docs/sync.md); with --forward-to-owner as well, a packet of a
+    session another node owns is sent to it to decide (docs/forwarding.md).
 
     Example: fw run --policy policies/lab.yaml --log /var/log/fw/eve.json
     """
@@ -83,6 +90,7 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     sync_config = _sync_config(**sync)
     if nat_slices is not None and sync_config is None:
         raise click.UsageError("--nat-slices goes with --sync URL")
+    forward_config = _forward_config(sync_config, queue_range, forward_to_owner, forward_listen)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fw[%(process)d] %(levelname)s: %(message)s")
     store, policy, source, loader = _policy_source(policy_path, db)
@@ -115,10 +123,19 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         from fw.sync import attach_sync
 
         try:
-            click.echo(attach_sync(daemon, sync_config).describe(), err=True)
+            service = attach_sync(daemon, sync_config)
+            click.echo(service.describe(), err=True)
         except OSError as error:
             daemon.close()
             raise Failure(f"--sync: {error}") from None
+        if forward_config is not None:
+            from fw.sync.forwarding.service import attach_forwarding
+
+            try:
+                click.echo(attach_forwarding(daemon, service, forward_config).describe(), err=True)
+            except OSError as error:
+                daemon.close()
+                raise Failure(f"--forward-listen: cannot listen there: {error.strerror or error}") from None
     click.echo(daemon.describe(), err=True)
     try:
         daemon.run()
@@ -175,6 +192,31 @@ def _sync_config(sync_url, node_id, cluster, sync_key_file, sync_hold_ms, sync_d
         config.check()
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    return config
+
+
+def _forward_config(sync_config, queue_range, forward_to_owner: bool, forward_listen: str | None):
+    """The checked --forward-to-owner options (fw.sync.forwarding.node.ForwardConfig), or None."""
+    if not forward_to_owner:
+        if forward_listen is not None:
+            raise click.UsageError("--forward-listen goes with --forward-to-owner")
+        return None
+    if sync_config is None:
+        raise click.UsageError("--forward-to-owner goes with --sync URL (owners are known from the sync)")
+    if queue_range[0] != queue_range[1]:
+        raise click.UsageError("--forward-to-owner does not work with --queues yet (one queue only)")
+    from fw.sync.forwarding.endpoint import parse_address
+    from fw.sync.forwarding.node import ForwardConfig, default_listen
+
+    try:
+        address = parse_address(forward_listen) if forward_listen is not None else default_listen(sync_config.url)
+        config = ForwardConfig(listen=address)
+        config.check()
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--forward-listen") from None
+    except OSError as error:  # no route toward Redis to take our address from
+        raise click.UsageError(f"--forward-to-owner: no address toward Redis ({error.strerror or error}); "
+                               "give --forward-listen ADDR:PORT") from None
     return config
 
 
@@ -298,6 +340,10 @@ def stats_command(as_json: bool, zero: bool) -> None:
         from fw.sync import stats_line
 
         lines.append(stats_line(stats["sync"]))
+    if "forward" in stats:
+        from fw.sync.forwarding.report import stats_line as forward_line
+
+        lines.append(forward_line(stats["forward"]))
     if stats.get("virtual_servers"):
         from fw.topdata import virtual_server_text
 

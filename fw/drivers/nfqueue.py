@@ -315,7 +315,9 @@ class PacketHandler:
         # observe(decision): told of every decision (per-rule counters of fw.metrics), if set.
         self.observe: Callable | None = None
         # defer(packet, data, decision) -> bool: True if it keeps the packet and gives its verdict
-        # later itself (fw.sync holds a packet that waits for a peer's session). Must not raise.
+        # later itself (fw.sync holds a packet that waits for a peer's session; owner forwarding
+        # sends it to its owner). Returning False it may have replaced the decision's verdict,
+        # reason and effects (owner forwarding judged the packet here after all). Must not raise.
         self.defer: Callable | None = None
         # accept_later: an accepted packet's verdict is left to the Queue, which sends it with the
         # next ones in one batch (one syscall for up to QueueOptions.verdict_batch packets). Off
@@ -328,7 +330,6 @@ class PacketHandler:
         try:
             data = packet.get_payload()
             decision = self.judge(packet, data)
-            verdict = decision.verdict
             if self.observe is not None:
                 self.observe(decision)
         except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
@@ -337,7 +338,7 @@ class PacketHandler:
         try:
             if self.defer is not None and self.defer(packet, data, decision):
                 pass  # kept: its verdict comes later
-            elif verdict == ACCEPT:
+            elif decision.verdict == ACCEPT:  # (a defer hook may have judged it again: owner forwarding)
                 self.verdicts.accepted[decision.reason] += 1
                 if decision.effects and self._on_packet(packet, decision.effects):
                     packet.accept()  # changed: not in a batch, which would send the original

@@ -12,17 +12,24 @@ are copied in front of each `mss`-byte slice of the payload. In each copy:
 `header_room(data)` is how many bytes of IP and TCP headers each segment carries, so that a caller
 with a size limit (an MTU minus a tunnel's overhead) can choose `mss = limit - header_room(data)`.
 A packet whose payload already fits is returned as it is. What cannot be split raises ValueError:
-not TCP, an IP fragment, an IPv6 fragment header, a capture shorter than the IP length. Pure.
+not TCP, an IP fragment, an IPv6 fragment header, a capture shorter than the IP length.
+
+`finish(data)`: a TCP or UDP packet with its checksum computed in full, as the kernel's
+skb_checksum_help does before a CHECKSUM_PARTIAL packet leaves for a device that cannot finish it.
+NFQUEUE with the GSO flag hands such packets up as they are (a local sender's, or one that crossed
+a veth: the field holds only the pseudo-header's sum); a copy sent out of a raw socket elsewhere
+(owner forwarding) must carry the real checksum or its receiver drops it. Pure.
 """
 
 from __future__ import annotations
 
 import struct
 
-from fw.packet.checksum import checksum
+from fw.packet.checksum import checksum, checksum_of_sum, pseudo_header_sum, word_sum
 from fw.packet.constants import CWR, FIN, PSH
 
-PROTO_TCP = 6
+PROTO_TCP, PROTO_UDP = 6, 17
+CHECKSUM_AT = {PROTO_TCP: 16, PROTO_UDP: 6}  # the checksum field's offset in the transport header
 IPV6_COPIED_HEADERS = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -137,3 +144,35 @@ def _ip(header: bytearray, off: int, tcp_length: int, ident: int) -> bytes:
     else:
         _U16.pack_into(header, 4, off - 40 + tcp_length)
     return bytes(header)
+
+
+def _transport(data: bytes) -> tuple[int, int, int] | None:
+    """(protocol, transport offset, end) of an unfragmented IPv4/IPv6 packet, else None."""
+    version = data[0] >> 4 if data else 0
+    if version == 4 and len(data) >= 20:
+        if _U16.unpack_from(data, 6)[0] & 0x3FFF:
+            return None
+        return data[9], (data[0] & 0x0F) * 4, min(_U16.unpack_from(data, 2)[0] or len(data), len(data))
+    if version == 6 and len(data) >= 40:
+        end = min(40 + _U16.unpack_from(data, 4)[0], len(data)) if _U16.unpack_from(data, 4)[0] else len(data)
+        next_header, off = data[6], 40
+        while next_header in IPV6_COPIED_HEADERS and off + 8 <= end:
+            next_header, off = data[off], off + (data[off + 1] + 1) * 8
+        return next_header, off, end
+    return None
+
+
+def finish(data: bytes) -> bytes:
+    """`data` with its TCP or UDP checksum computed in full; other packets as they are."""
+    layout = _transport(data)
+    if layout is None or layout[0] not in CHECKSUM_AT:
+        return data
+    proto, off, end = layout
+    at = off + CHECKSUM_AT[proto]
+    if at + 2 > end:
+        return data
+    packet = bytearray(data[:end])
+    _U16.pack_into(packet, at, 0)
+    total = pseudo_header_sum(*_addresses(data), proto, end - off) + word_sum(memoryview(packet)[off:end])
+    _U16.pack_into(packet, at, checksum_of_sum(total) or 0xFFFF)  # UDP: 0 would mean "no checksum"
+    return bytes(packet)

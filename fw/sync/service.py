@@ -44,7 +44,15 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from fw.conntrack.table import flow_key
-from fw.decision import ACCEPT, NO_EFFECTS, SESSION_EFFECTS, SessionChanged, SessionClosed, SessionOpened
+from fw.decision import (
+    ACCEPT,
+    NO_EFFECTS,
+    SESSION_EFFECTS,
+    ForwardToOwner,
+    SessionChanged,
+    SessionClosed,
+    SessionOpened,
+)
 from fw.sync.codec import Codec
 from fw.sync.config import SyncConfig
 from fw.sync.hold import Alarm, Held, HoldQueue, Waits
@@ -102,6 +110,11 @@ class SyncService:
         self.alarm = Alarm(self._ring)
         self._next_hello = self._next_sweep = 0.0
         self._asked: dict = {}  # flow key -> when we last asked the peers for its session
+        # forward_held(held, decision) -> bool: a held packet judged again turned out to belong to
+        # another node's session (the engine's ForwardToOwner: --forward-to-owner). True if it took
+        # the packet (sent it to the owner, gave its verdict); False, having replaced the decision
+        # with this node's own judgement, if the owner could not be reached.
+        self.forward_held: Callable | None = None
         self.alive: frozenset[str] = frozenset()  # peers heard within PEER_TIMEOUT
         self._gone: frozenset[str] = frozenset()  # peers heard once, silent since: their sessions are claimed
         self._peer_listeners: list[Callable[[frozenset], None]] = []
@@ -350,6 +363,11 @@ class SyncService:
             self._verdict(held, handler.fail_verdict)
             handler.on_error("engine", exc, held.data)
             return
+        effects = decision.effects
+        if effects and type(effects[0]) is ForwardToOwner and self.forward_held is not None \
+                and self.forward_held(held, decision):
+            self.counters["held_forwarded"] += 1
+            return
         verdict = decision.verdict
         if verdict != ACCEPT and not final and now < held.deadline:
             self.held.put_back(held)  # not decided yet: nothing counted; what happened to sessions is told
@@ -421,7 +439,8 @@ class SyncService:
             "removals_ignored": self.tracker.counters["removals_ignored"],
             "snapshot_sessions": counters["snapshot_sessions"],
             "hold": {"held": counters["held"], "accepted": counters["held_accepted"],
-                     "dropped": counters["held_dropped"], "full": counters["hold_full"], "waiting": len(self.held),
+                     "dropped": counters["held_dropped"], "forwarded": counters["held_forwarded"],
+                     "full": counters["hold_full"], "waiting": len(self.held),
                      "wait": self.hold_waits.as_dict()},
             "defer": {"deferred": counters["deferred"], "timeouts": counters["defer_timeouts"],
                       "wait": self.defer_waits.as_dict()},

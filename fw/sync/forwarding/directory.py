@@ -132,14 +132,20 @@ class DirectoryThread:
         self.peers: dict[str, tuple[str, int]] = {}
         self.counters: Counter = Counter()
         self._stopping = threading.Event()
+        self._soon = threading.Event()  # wake(): a round now, not at the next refresh
         self._thread = threading.Thread(target=self._run, name="fw-forward-directory", daemon=True)
 
     def start(self) -> DirectoryThread:
         self._thread.start()
         return self
 
+    def wake(self) -> None:
+        """Read the peers now (sync hears a peer whose address we lack: it has just started)."""
+        self._soon.set()
+
     def close(self, withdraw: bool = True, timeout: float = 3.0) -> None:
         self._stopping.set()
+        self._soon.set()
         self._thread.join(timeout)
         if withdraw:
             try:
@@ -160,7 +166,8 @@ class DirectoryThread:
                 while not self._stopping.is_set():
                     self._round(client)
                     backoff.reset()
-                    self._stopping.wait(self.refresh)
+                    self._soon.wait(self.refresh)
+                    self._soon.clear()
             except (RedisError, OSError, ValueError) as error:
                 self.counters["errors"] += 1
                 log.debug("forwarding directory: %s", error)

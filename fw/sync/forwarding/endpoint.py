@@ -8,7 +8,8 @@ Gate; it returns the admitted ones and counts the rest. `Sender.send()` seals a 
 (wire.Sealer) and sends it without waiting: a full socket buffer or an unreachable peer is counted
 and the packet is given up (the caller then decides it locally or drops it). `Sender.forward()` first
 splits a TCP packet that would not fit the sync link's MTU in one datagram (GSO super-packets,
-fw.packet.gso) and sends each segment flagged SEGMENT. A sender may share the receiver's socket,
+fw.packet.gso) and sends each segment flagged SEGMENT; a packet that fits gets its transport checksum computed in
+full (gso.finish: NFQUEUE hands up CHECKSUM_PARTIAL packets as they are). A sender may share the receiver's socket,
 so that its datagrams leave from the published listen address.
 """
 
@@ -169,15 +170,15 @@ class Sender:
         split first, each segment in its own datagram. The number of datagrams sent; 0 if none
         could go (a packet too large that cannot be split is counted `too-large`)."""
         room = self.mtu - (48 if ":" in address[0] else 28) - OVERHEAD_MAX
-        if len(packet) <= room:
-            return int(self.send(address, packet, hook, iif, oif, mark))
+        if len(packet) <= room:  # its checksum may be the pseudo-header's only (CHECKSUM_PARTIAL)
+            return int(self.send(address, gso.finish(packet), hook, iif, oif, mark))
         try:
             segments = gso.segment(packet, room - gso.header_room(packet))
         except ValueError:  # not TCP, or cut: as it is if the receiver takes it (IP fragments on the link)
             if len(packet) > self.max_packet:
                 self.counters["too-large"] += 1
                 return 0
-            return int(self.send(address, packet, hook, iif, oif, mark))
+            return int(self.send(address, gso.finish(packet), hook, iif, oif, mark))
         self.counters["segmented"] += 1
         sent = 0
         for piece in segments:

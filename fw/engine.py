@@ -85,6 +85,7 @@ EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at le
 GENERIC_TIMEOUT = engine_trackers.GENERIC_TIMEOUT
 ESTABLISHED = engine_trackers.ESTABLISHED
 datagram, icmp = engine_trackers.datagram, engine_trackers.icmp
+_new_decision = object.__new__  # the established path fills its Decision's slots itself (no __init__ frame)
 
 
 class EngineConfig:
@@ -235,10 +236,12 @@ class Engine:
             old_state = session.state
             problem = tcp_update(session, pkt, original)
             if problem is None:
-                state = session.state
-                effects = NO_EFFECTS if state is old_state else self._tcp_state(session, old_state, original)
+                effects = NO_EFFECTS if session.state is old_state else self._tcp_state(session, old_state, original)
                 timeouts = session.profile.timeouts
-                self.table.touch(session, now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale)
+                deadline = now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale
+                session.deadline = deadline  # table.touch, written out
+                if deadline < session.slot - 1:
+                    self.table.reschedule(session)
                 if original:
                     session.orig_packets += 1
                     session.orig_bytes += pkt.ip_len
@@ -246,7 +249,12 @@ class Engine:
                     session.reply_packets += 1
                     session.reply_bytes += pkt.ip_len
                 session.last_seen = now
-                decision = Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
+                decision = _new_decision(Decision)  # Decision(ACCEPT, ...) without its __init__ call
+                decision.verdict = ACCEPT
+                decision.reason = ESTABLISHED
+                decision.packet = pkt
+                decision.session = session
+                decision.effects = effects
                 if extra is not None:
                     binding = extra.nat
                     if binding is not None:

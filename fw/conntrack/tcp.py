@@ -175,6 +175,9 @@ _CLASS_OF = tuple(flag_class(f) if f & CHECKED_FLAGS in VALID_FLAGS else -1 for 
 _SWITCH = frozenset((sSS, sSR, sTW, sCL, sS2, sIG, sIV))
 
 
+_SYN_FIN = (0, 1, 1, 2)  # sequence space taken by the flags, by flags & (SYN | FIN)
+
+
 def before(seq1: int, seq2: int) -> bool:
     """seq1 comes before seq2, mod 2**32 (the kernel's before())."""
     return (seq1 - seq2) & SEQ_MASK >= SEQ_HALF
@@ -330,8 +333,8 @@ def tcp_update(track: Any, pkt, original: bool) -> str | None:
     a <= b is written (b - a) & SEQ_MASK < SEQ_HALF and a < b (a - b) & SEQ_MASK >= SEQ_HALF. This is
     the established path: it is written out in one function on purpose (a call costs as much as a check).
     """
-    flags = pkt.flags
-    index = _CLASS_OF[flags & 0xFF]
+    flags = pkt.flags  # the header's flag byte (parse gives 0-255)
+    index = _CLASS_OF[flags]
     if index < 0:
         return INVALID_FLAGS
     direction = 0 if original else 1
@@ -349,7 +352,7 @@ def tcp_update(track: Any, pkt, original: bool) -> str | None:
     seq = pkt.seq
     ack = sack = pkt.ack
     win = pkt.window
-    end = (seq + pkt.payload_len + ((flags >> 1) & 1) + (flags & 1)) & mask
+    end = (seq + pkt.payload_len + _SYN_FIN[flags & 3]) & mask
     if pkt.sack and (track.o_flags if direction else track.r_flags) & SACK_PERM:
         for _left, right in pkt.sack:
             if (sack - right) & mask >= half:

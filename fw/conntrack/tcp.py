@@ -293,6 +293,11 @@ def _put(track: Any, values) -> None:
      track.retrans, track.last_packet, track.liberal) = values  # fmt: skip
 
 
+def copy_fields(target: Any, source: Any) -> None:
+    """Give `target` the FIELDS of `source` (what `target.data = source.data` does, in one call)."""
+    _put(target, _get(source))
+
+
 def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:
     """A track for a packet with no session (the kernel's tcp_new, then tcp_packet), or a reason.
 

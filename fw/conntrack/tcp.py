@@ -309,11 +309,17 @@ def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:
         return INVALID_FLAGS
     new_state = TCP_TRANSITIONS[ORIGINAL][index][sNO]
     if new_state is sSS:
+        # What tcp_update does with a SYN on a new track, written out (every new TCP session pays
+        # for it; tests/test_tcp_table.py checks it against tcp_update): the SYN always passes the
+        # window checks, and the receiver's right edge becomes the SYN's window (never scaled).
         track = TcpTrack()
         track.o_end = track.o_maxend = _seq_end(pkt)
-        track.o_maxwin = pkt.window or 1
+        track.o_maxwin = track.r_maxend = pkt.window or 1
         track.o_flags, track.o_scale = _offered(pkt)
-    elif new_state is sES and liberal:
+        track.last_packet = TCP_SYN_SET << 1 | ORIGINAL
+        track.state = sSS
+        return track
+    if new_state is sES and liberal:
         track = TcpTrack(liberal=True)
         end, window = _seq_end(pkt), pkt.window or 1
         track.o_end, track.o_maxwin, track.o_maxend = end, window, (end + window) & SEQ_MASK

@@ -4,7 +4,10 @@ How it works: one pass with precompiled `struct` unpackers over the bytes, no co
 is cut out of `data` only when asked for: a 64 KiB GSO packet is not copied for the engine, which
 reads `payload_len`). `parse` reads the IP header (IPv6: walks the extension headers), fills the IP
 fields of a fresh `Packet`, then hands the L4 part to one function per protocol (`_tcp`, `_udp`,
-`_icmp`, `_no_l4`); each fills every L4 field, so a Packet never has an unset slot.
+`_icmp`, `_no_l4`); each fills every L4 field, so a Packet never has an unset slot. Most packets
+take a fast path first: IPv4 without options, TCP or UDP, not a fragment, both headers unpacked
+in one call and every field stored in `parse` itself; whatever it does not take goes the general
+way (`_parse`); for the packets both take they give the same Packet or the same error.
 
 Lengths ("track by headers and lengths"): `end` is where the packet's bytes stop, the IP length
 or the capture, whichever is shorter. Headers must lie completely before `end`, or the packet is

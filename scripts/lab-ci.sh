@@ -52,7 +52,7 @@ if [ -n "$budget" ] && [ "$budget" -lt "$needs" ]; then
 fi
 start=$SECONDS
 deadline=$((start + ${budget:-86400}))
-echo "lab-ci: the lab's inputs ($hash) have not passed here yet: booting the VM lab (at most $((deadline - start)) s)"
+echo "lab-ci: the lab's inputs ($hash) have not passed here yet: booting the VM lab${budget:+ (at most $budget s)}"
 
 step() {  # WHAT COMMAND...: run it within what is left of the budget; a failure tears the lab down
     local what=$1 status=0

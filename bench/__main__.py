@@ -2,10 +2,11 @@
 and, with the live part, its plots (bench/throughput.png, cpu.png, latency.png: bench/plots.py).
 
 Two parts. The offline engine (bench/engine_bench.py: packets already in memory, one core, no
-kernel) always runs. The live lab (bench/live_bench.py: iperf3, UDP and ping through `fw run`, a
-bare NFQUEUE loop, kernel forwarding and kernel conntrack, in namespaces of its own) runs when we
-are root and the lab tools are there; otherwise the reason it was skipped is printed and written.
-`--quick` is the smoke test: small offline runs, no live part.
+kernel; the load balancer's engine figures from bench/lb_bench.py) always runs. The live lab
+(bench/live_bench.py: iperf3, UDP and ping through `fw run`, a bare NFQUEUE loop, kernel forwarding
+and kernel conntrack, in namespaces of its own) runs when we are root and the lab tools are there;
+otherwise the reason it was skipped is printed and written. `--quick` is the smoke test: small
+offline runs, no live part.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import engine_bench, memory_bench
+from bench import engine_bench, lb_bench, memory_bench
 
 
 def offline(quick: bool) -> tuple[list[dict], dict]:
@@ -36,7 +37,23 @@ def offline(quick: bool) -> tuple[list[dict], dict]:
     ratios = {f"new_session_cost_{n}_vs_10_rules": round(by_name[f"new sessions, {n} rules"]["us_per_packet"] / ten, 2)
               for n in (1000, 10000)}
     ratios["established_nat_vs_plain_same_run"] = nat["ratio"]
-    return results, ratios
+    results_lb, ratios_lb = load_balancer(quick)
+    return results + results_lb, {**ratios, **ratios_lb}
+
+
+def load_balancer(quick: bool) -> tuple[list[dict], dict]:
+    """bench/lb_bench.py's engine figures: balanced new sessions beside plain ones (same run), the
+    Maglev build at 1,000 real servers, the worst packet-loop turn while such a table is rebuilt."""
+    servers = 10 if quick else 100
+    balanced = lb_bench.bench_balanced_new_sessions(servers, 2000 if quick else 20_000, rounds=1 if quick else 2)
+    build = lb_bench.bench_build(100 if quick else 1000, 10007 if quick else 100003)
+    rebuild = lb_bench.bench_rebuild_latency(100 if quick else 1000)
+    ratios = {"balanced_new_sessions_vs_plain_same_run": balanced["ratio"],
+              "maglev_build_servers": 100 if quick else 1000, "maglev_build_cpu_seconds": build["cpu_seconds"],
+              "maglev_build_longest_step_cpu_ms": build["longest_step_cpu_ms"],
+              "maglev_rebuild_worst_loop_turn_cpu_ms": rebuild["worst_turn_cpu_ms"],
+              "loop_worst_turn_without_rebuild_cpu_ms": rebuild["worst_turn_without_rebuild_cpu_ms"]}
+    return [balanced["plain"], balanced["balanced"]], ratios
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,8 @@ FLOWS = 500
 POOL = 12_000  # packets built for every run, whatever COUNT
 
 
-CACHE = Path(tempfile.gettempdir()) / "fw-instructions-packets.pickle"
+# The packets, built once per --callgrind run for its two child runs (a file of this process's own).
+CACHE_ENV = "FW_INSTRUCTIONS_PACKETS"
 
 
 def build_packets() -> dict:
@@ -54,8 +55,9 @@ def build_packets() -> dict:
 
 
 def packets() -> dict:
-    if CACHE.exists():
-        return pickle.loads(CACHE.read_bytes())
+    cache = os.environ.get(CACHE_ENV)
+    if cache:
+        return pickle.loads(Path(cache).read_bytes())
     return build_packets()
 
 
@@ -97,8 +99,6 @@ def run_nat_established(count: int) -> None:
     from bench.engine_bench import NAT_ENTRY  # noqa: PLC0415
 
     built = packets()
-    if "nat_setup" not in built:  # a cache written by an older version of this module
-        built = build_packets()
     eng = engine(extra=NAT_ENTRY)
     for data in built["nat_setup"]:
         eng.process(data, 1000.0)
@@ -136,7 +136,7 @@ WORKLOADS = {
 }
 
 
-def instructions(workload: str, count: int) -> int:
+def instructions(workload: str, count: int, cache: Path) -> int:
     """Instructions of one run of `workload` with `count` packets, counted by callgrind."""
     with tempfile.TemporaryDirectory() as folder:
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out",
@@ -144,7 +144,7 @@ def instructions(workload: str, count: int) -> int:
         if workload.endswith("driver"):
             argv = ["unshare", "-n", *argv]
         done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parent.parent,
-                              env={**os.environ, "PYTHONHASHSEED": "0"})
+                              env={**os.environ, "PYTHONHASHSEED": "0", CACHE_ENV: str(cache)})
         found = re.search(r"Collected : (\d+)", done.stderr)
         if done.returncode or not found:
             raise SystemExit(f"callgrind run failed:\n{done.stderr[-2000:]}")
@@ -160,9 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.callgrind:
         WORKLOADS[args.workload](args.count)
         return
-    CACHE.write_bytes(pickle.dumps(build_packets()))
-    base = instructions(args.workload, 0)
-    total = instructions(args.workload, args.count)
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Path(folder) / "packets.pickle"
+        cache.write_bytes(pickle.dumps(build_packets()))
+        base = instructions(args.workload, 0, cache)
+        total = instructions(args.workload, args.count, cache)
     print(f"{args.workload}: {(total - base) / args.count:,.0f} instructions per packet "
           f"({total - base:,} for {args.count} packets)")
 

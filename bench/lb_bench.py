@@ -7,6 +7,12 @@
   (Maglev promises about 1/N at most; ideally 0), over the whole hash space (every slot) and over
   100,000 random flows.
 - The cost of one pick, for every scheduler, at 100 real servers.
+- Through the engine (`python -m bench` shows these in its table): new sessions per second to a
+  maglev virtual server of 100 real servers beside new sessions without a virtual server, the same
+  SYNs, alternately in one process (`bench_balanced_new_sessions`); the worst turn of a packet loop
+  (a batch of established packets, then one slice of the table being built, as fw.daemon runs it)
+  while a 1,000-server table is rebuilt after a server went down, beside the worst turn without a
+  rebuild (`bench_rebuild_latency`).
 Times are CPU time of this process (the machine's cores are shared: wall clock would count the
 waits for a core), but the whole build's wall clock is given too; the disruption fractions are exact.
 `--quick` is a smoke test (small tables); `--json FILE` writes the figures.
@@ -19,7 +25,11 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
+from tempfile import mkdtemp
 
+from fw.decision import Verdicts
+from fw.engine import Engine, EngineConfig
 from fw.lb.balancer import Balancer
 from fw.lb.maglev import DEFAULT_BUDGET, MaglevBuilder, build_table, default_table_size
 from fw.lb.schedulers import SCHEDULERS
@@ -85,6 +95,81 @@ def bench_pick(scheduler: str, servers: int = 100, picks: int = 20_000) -> dict:
         balancer.opened(balancer.choose(src, sport, 0.0))
     elapsed = time.process_time() - started
     return {"name": f"pick, {scheduler}, {servers} servers", "us_per_pick": round(elapsed / picks * 1e6, 2)}
+
+
+def vs_policy(servers: int, folder: Path, port: int = 80) -> Path:
+    """engine_bench's 10-rule policy plus a maglev virtual server at its server's address and `port`."""
+    from bench.engine_bench import SERVER, policy_with_rules  # noqa: PLC0415
+
+    members = "\n".join(f"      - {{address: {s.address}, port: 8080}}" for s in real_servers(servers))
+    extra = (f"virtual_servers:\n  - name: web\n    address: {SERVER}\n    proto: tcp\n    port: {port}\n"
+             f"    scheduler: maglev\n    real_servers:\n{members}\n")
+    return policy_with_rules(10, folder, extra)
+
+
+def bench_balanced_new_sessions(servers: int = 100, sessions: int = 20_000, rounds: int = 2) -> dict:
+    """New sessions/s (CPU time) to a maglev virtual server and to the same address without one."""
+    from bench.engine_bench import SERVER, SYN, _rate, client_address, policy_with_rules, timed  # noqa: PLC0415
+    from fw.packet import build  # noqa: PLC0415
+    from fw.policy import load_policy  # noqa: PLC0415
+
+    syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80, 1000, 0, SYN) for i in range(sessions)]
+    cases = {"new sessions, no virtual server": load_policy(policy_with_rules(10, Path(mkdtemp()))),
+             f"new sessions, maglev virtual server, {servers} real servers": load_policy(vs_policy(servers,
+                                                                                                   Path(mkdtemp())))}
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, policy in cases.items():
+            engine = Engine(policy, EngineConfig(events=False))
+            verdicts = Verdicts()
+            elapsed = timed(engine, syns, verdicts=verdicts, clock=time.process_time)
+            assert verdicts.accepted["rule:web"] == sessions, f"{name}: not every SYN was accepted"
+            best[name] = min(best.get(name, elapsed), elapsed)
+    plain, balanced = (_rate(name, sessions, best[name]) for name in cases)
+    return {"plain": plain, "balanced": balanced,
+            "ratio": round(balanced["packets_per_second"] / plain["packets_per_second"], 3)}
+
+
+def bench_rebuild_latency(servers: int = 1000, batch: int = 64, budget: int = DEFAULT_BUDGET) -> dict:
+    """The worst turn (CPU ms) of a packet loop (a batch of established packets, then one slice of
+    pending table work) while a `servers`-server Maglev table is rebuilt, and without a rebuild."""
+    from bench.engine_bench import established_stream, timed  # noqa: PLC0415
+    from fw.policy import load_policy  # noqa: PLC0415
+
+    engine = Engine(load_policy(vs_policy(servers, Path(mkdtemp()), port=443)), EngineConfig(events=False))
+    setup, traffic = established_stream(200, 50)  # to port 80: sessions of the rules, the loop's packets
+    verdicts = Verdicts()
+    timed(engine, setup, verdicts=verdicts)
+    assert verdicts.accepted["rule:web"] == 200, "the loop's sessions did not open"
+    lb = engine.nat.lb
+
+    def loop(turns: int | None) -> tuple[float, int]:
+        worst, count, position = 0.0, 0, 0
+        while turns is None or count < turns:
+            started = time.process_time()
+            timed(engine, traffic[position:position + batch])
+            more = not lb.work(budget)
+            worst = max(worst, time.process_time() - started)
+            position = (position + batch) % (len(traffic) - batch)
+            count += 1
+            if turns is None and not more:
+                break
+        return worst, count
+
+    quiet, _ = loop(200)
+    build_started = time.process_time()
+    lb.apply(_Change(("web", real_servers(servers)[servers // 2].name)))
+    during, turns = loop(None)
+    return {"name": f"packet loop during a maglev rebuild, {servers} servers", "batch": batch, "budget": budget,
+            "worst_turn_cpu_ms": round(during * 1000, 2), "worst_turn_without_rebuild_cpu_ms": round(quiet * 1000, 2),
+            "turns": turns, "rebuild_cpu_seconds": round(time.process_time() - build_started, 3)}
+
+
+class _Change:
+    """A health checker's change (fw.lb.health.HealthChange's fields): the server went down."""
+
+    def __init__(self, key):
+        self.server, self.old, self.new, self.why = key, "up", "down", "bench"
 
 
 def run(quick: bool = False) -> list[dict]:

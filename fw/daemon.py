@@ -143,6 +143,9 @@ class DaemonBase:
         self.services: list = []  # things with tick(now) and close(): control, metrics, sync, offload
         self.reload_hooks: list = []  # hook(policy or None, path, error or None) after each reload
         self.stats_sections: dict = {}  # name -> () -> dict: more sections of `fw stats` (rules, store)
+        self.commands: dict = {}  # more control commands: name -> handler(request) -> answer (`lb`, ...)
+        self.wakeups: list = []  # () -> monotonic time (or None) the loop must wake at (health checks)
+        self.background: list = []  # () -> more to do?: work in slices between batches (Maglev tables)
         self.control: ControlServer | None = None
         self.rules: iptables.Installation | None = None
         self._stop = False
@@ -220,6 +223,8 @@ class DaemonBase:
             return {"ok": True, "killed": self.kill(selected, request.get("filter"))}
         if command == "reload":
             return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
+        if command in self.commands:
+            return self.commands[command](request)
         return error_answer(f"unknown command {command!r}", 2)
 
     def _load_for_reload(self, path: str):
@@ -347,9 +352,18 @@ class Daemon(DaemonBase):
 
     def run(self) -> None:
         next_tick = time.monotonic() + TICK_SECONDS
+        pending = False
         while not self._stop:
             try:
-                self.loop.run_once(next_tick - time.monotonic())
+                wake = next_tick
+                for due in self.wakeups:
+                    when = due()
+                    if when is not None and when < wake:
+                        wake = when
+                self.loop.run_once(0 if pending else wake - time.monotonic())
+                pending = False
+                for work in self.background:  # one slice each, between two batches
+                    pending = work() or pending
                 if self._reload:
                     self._reload = False
                     self.reload()

@@ -25,7 +25,8 @@ that came forwarded goes through `process_forwarded`: judged here, whoever owns 
 
 Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
 expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; NAT in
-fw/engine_nat.py and fw/engine_nat_ftp.py; snapshots in fw/engine_state.py; expectations in
+fw/engine_nat.py and fw/engine_nat_ftp.py (the live passes in fw/engine_nat_passes.py); virtual
+servers (the load balancer) in fw/engine_lb.py; snapshots in fw/engine_state.py; expectations in
 fw/conntrack/expect.py; the table, its timer wheel (`touch`) and eviction order in
 fw/conntrack/table.py; TCP's state machine in fw/conntrack/tcp.py.
 """
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fw import engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
+from fw import engine_lb, engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
@@ -84,6 +85,7 @@ EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at le
 GENERIC_TIMEOUT = engine_trackers.GENERIC_TIMEOUT
 ESTABLISHED = engine_trackers.ESTABLISHED
 datagram, icmp = engine_trackers.datagram, engine_trackers.icmp
+_new_decision = object.__new__  # the established path fills its Decision's slots itself (no __init__ frame)
 
 
 class EngineConfig:
@@ -132,7 +134,7 @@ class Engine:
         self.adaptive_start = int(options.get("adaptive_start") or self.max_sessions * 6 // 10)
         self.adaptive_end = int(options.get("adaptive_end") or self.max_sessions * 12 // 10)
         self.limits.configure(options)
-        self.nat.configure(getattr(policy, "nat", ()))
+        self.nat.configure(getattr(policy, "nat", ()), getattr(policy, "virtual_servers", ()))
         limited = self.rule_limits.rules or any(rule.limit is not None for rule in policy.rules)
         self.rule_limits = RuleLimits(policy, self.table.values() if limited else ())
         self.log_limits = LogLimits(policy, self.counters)
@@ -234,10 +236,12 @@ class Engine:
             old_state = session.state
             problem = tcp_update(session, pkt, original)
             if problem is None:
-                state = session.state
-                effects = NO_EFFECTS if state is old_state else self._tcp_state(session, old_state, original)
+                effects = NO_EFFECTS if session.state is old_state else self._tcp_state(session, old_state, original)
                 timeouts = session.profile.timeouts
-                self.table.touch(session, now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale)
+                deadline = now + timeouts[tcp_timeout_key(session, timeouts)] * self.timeout_scale
+                session.deadline = deadline  # table.touch, written out
+                if deadline < session.slot - 1:
+                    self.table.reschedule(session)
                 if original:
                     session.orig_packets += 1
                     session.orig_bytes += pkt.ip_len
@@ -245,7 +249,12 @@ class Engine:
                     session.reply_packets += 1
                     session.reply_bytes += pkt.ip_len
                 session.last_seen = now
-                decision = Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
+                decision = _new_decision(Decision)  # Decision(ACCEPT, ...) without its __init__ call
+                decision.verdict = ACCEPT
+                decision.reason = ESTABLISHED
+                decision.packet = pkt
+                decision.session = session
+                decision.effects = effects
                 if extra is not None:
                     binding = extra.nat
                     if binding is not None:
@@ -328,11 +337,16 @@ class Engine:
             parent_nat = expectation.parent.nat
             if parent_nat is not None:
                 binding = engine_nat.follow_session(self.table.sessions, parent_nat, pkt, sport, dport)
-        elif self.nat.entries:
-            binding = self.nat.bind(pkt, sport, dport, iif, oif, self.table.sessions)
+        elif self.nat.active:
+            binding = self.nat.bind(pkt, sport, dport, iif, oif, self.table.sessions, now)
             if binding is engine_nat.EXHAUSTED:
                 self.counters["nat_exhausted"] += 1
                 return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
+            if binding.__class__ is engine_lb.AllDown:  # a virtual server with no real server up
+                self.counters["lb_all_down"] += 1
+                refused = self._refuse(pkt, binding.action, binding.reason, log, now)
+                refused.effects = evicted + refused.effects
+                return refused
         if binding is not None and pkt.is_fragment:
             engine_nat.release(binding)
             self.counters["nat_fragments"] += 1
@@ -504,6 +518,8 @@ class Engine:
         if self.expectations:
             self.expectations.expire(now)
         self.limits.prune(now)
+        if self.nat.lb.active:
+            self.nat.lb.expire(now)  # persistence
         self._rescale()
         return tuple(effects)
 
@@ -555,7 +571,7 @@ class Engine:
         NAT port."""
         extra = session.extra
         if extra is not None and extra.nat is not None:
-            engine_nat.release(extra.nat)
+            engine_nat.release(extra.nat, session.orig_bytes + session.reply_bytes)
         if session.expectations:
             self.expectations.forget(session)
         if session.flags & HALF_OPEN:

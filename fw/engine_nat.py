@@ -1,15 +1,17 @@
 """The engine's NAT: which new sessions translate, the binding they keep, and each packet rewritten.
 
 How it works. The rules decide on the packet as it arrived; for a session they accepted, `Nat.bind`
-picks at most one destination translation (the first matching `dnat` entry: it may match `iif`,
-never `oif`) and then at most one source translation (the first matching `snat` entry, matched on
-the translated destination). `masquerade` needs the outgoing interface's address, which only the
-live daemon can give: it never applies here yet (nor in replay, as SPEC says). The source port (an
-ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
-else the next free one; none free: the session is refused as `nat:exhausted`. In an active/active
-HA cluster (`Nat(node, nodes)`, from EngineConfig.nat_slice) every pool hands out ports from this
-node's slice of its range only, so two nodes translating to one address never pick the same port;
-a peer's synced session claims its port in our pools only if it lies in our slice (it does not).
+picks at most one destination translation (a virtual server at the packet's destination address,
+proto and port: fw/engine_lb.py picks its real server; else the first matching `dnat` entry: it may
+match `iif`, never `oif`) and then at most one source translation (the first matching `snat` entry,
+matched on the translated destination; a virtual server with `full_nat` brings its own).
+`masquerade` needs the outgoing interface's address, which only the live daemon can give (`route`:
+never in replay, as SPEC says). The source port (an ICMP echo id) comes from the entry's
+fw.nat.ports.Pool: kept when the translated tuple is free, else the next free one; none free: the
+session is refused as `nat:exhausted`. In an active/active HA cluster (`Nat(node, nodes)`, from
+EngineConfig.nat_slice) every pool hands out ports from this node's slice of its range only, so two
+nodes translating to one address never pick the same port; a peer's synced session claims its port
+in our pools only if it lies in our slice (it does not).
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -30,6 +32,7 @@ from __future__ import annotations
 from fw import engine_nat_ftp
 from fw.conntrack.table import flow_key, orientation
 from fw.decision import DROP, RewritePacket
+from fw.engine_lb import AllDown, LoadBalancer
 from fw.nat.ports import Pool
 from fw.nat.rewrite import Manip, RewriteError, Translation, rewrite
 
@@ -60,7 +63,7 @@ class Binding:
 
     # What every packet reads first, in the object's first cache line.
     __slots__ = ("ftp", "alias", "alias_side", "forward", "backward", "after", "mid", "proto", "family", "orig",
-                 "reply", "names", "held", "ports", "middle")
+                 "reply", "names", "held", "ports", "middle", "lb")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -82,6 +85,7 @@ class Binding:
         self.middle = None  # hairpin: (dict, key) of the tuple between the two passes (fw.engine_nat_passes)
         self.after = None  # two passes (`split`): per direction the source half, or None
         self.mid = None  # two passes: per direction the tuple between the passes
+        self.lb: tuple | None = None  # a balanced session: (LoadBalancer, (virtual server, real server))
 
     @property
     def dnat(self) -> bool:
@@ -156,7 +160,8 @@ class Binding:
         return {"orig": _plain(self.orig), "reply": _plain(self.reply), "names": self.names,
                 "pool": self.held[4] if self.held is not None else None,
                 "ftp": self.ftp.to_dict() if self.ftp is not None else None,
-                "ports": [[a.hex(), p, b.hex(), q] for (a, p), (b, q) in (self.ports or {}).items()]}
+                "ports": [[a.hex(), p, b.hex(), q] for (a, p), (b, q) in (self.ports or {}).items()],
+                **({"lb": list(self.lb[1])} if self.lb is not None else {})}
 
     @classmethod
     def from_dict(cls, proto: int, family: int, data: dict) -> Binding:
@@ -168,6 +173,8 @@ class Binding:
             binding.ftp = FtpNatSession.from_dict(data["ftp"])
         ports = data.get("ports") or ()
         binding.ports = {(bytes.fromhex(a), int(p)): (bytes.fromhex(b), int(q)) for a, p, b, q in ports} or None
+        if data.get("lb") is not None:  # the engine that adopts it links its LoadBalancer
+            binding.lb = (None, tuple(str(name) for name in data["lb"]))
         return binding
 
 
@@ -196,9 +203,13 @@ class Nat:
         self.route = None
         self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
         self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
+        self.lb = LoadBalancer(node, nodes)
+        self.active = False  # anything to translate: nat entries or virtual servers
 
-    def configure(self, entries) -> None:
+    def configure(self, entries, virtual_servers=()) -> None:
+        self.lb.configure(virtual_servers)
         self.entries = tuple(entries)
+        self.active = bool(self.entries) or self.lb.active
         pools, by_name = {}, {}
         for entry in self.entries:
             if entry.type == "dnat":
@@ -209,12 +220,15 @@ class Nat:
                 pool = self.pools.get(spec) or Pool(family, entry.to_first, entry.to_last, entry.ports,
                                                     node=self.node, nodes=self.nodes)
                 pools[spec] = by_name[_pool_name(entry.name, entry.type, family)] = pool
+        for spec in self.lb.services.specs.values():
+            if spec.full_nat:  # full_nat's pool, found again by this name after a restore
+                by_name["lb:" + spec.name] = self.lb.source_pool(spec)
         self.pools, self.by_name = pools, by_name
 
     def destination(self, pkt, dport: int, iif, src: int | None = None):
         """The destination decision (SPEC: before routing; `iif` may match, `oif` never): the
         first matching dnat entry -> (entry, new dst, new dport), or (None, dst, dport). The one
-        place a destination is chosen: virtual servers plug in here."""
+        place a dnat destination is chosen; `bind` asks the virtual servers first."""
         if src is None:
             src = int.from_bytes(pkt.src, "big")
         dnat = _first(self.entries, ("dnat",), pkt.family, pkt, src, int.from_bytes(pkt.dst, "big"), iif, None)
@@ -222,12 +236,32 @@ class Nat:
             return None, pkt.dst, dport
         return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
 
-    def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict) -> Binding | str | None:
-        """The binding of a new session the rules accepted, None (no entry applies), or EXHAUSTED."""
+    def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
+        """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
+        an engine_lb.AllDown (a virtual server with no real server available)."""
+        choice = self.lb.choose(pkt, sport, dport, now) if self.lb.active else None
+        dnat = None
+        if choice is not None:  # a virtual server at this destination: its real server (SPEC: first)
+            if choice.__class__ is AllDown:
+                return choice
+            new_dst, new_dport = choice.server.packed, choice.server.port
+        else:
+            dnat, new_dst, new_dport = self.destination(pkt, dport, iif)
+        binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport)
+        if choice is not None:
+            if binding.__class__ is Binding:
+                binding.lb = (self.lb, choice.key)
+            else:
+                self.lb.closed(choice.key, 0)  # not opened after all
+        return binding
+
+    def _source(self, pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport):
+        """The source half of `bind`, on the translated destination: a Binding, None or EXHAUSTED."""
         family, proto = pkt.family, pkt.proto
         src = int.from_bytes(pkt.src, "big")
-        dnat, new_dst, new_dport = self.destination(pkt, dport, iif, src)
         view = _Translated(pkt, new_dport) if new_dport != dport else pkt
+        if choice is not None and choice.spec.full_nat:
+            return self._full_nat(pkt, sport, dport, choice, new_dst, new_dport, sessions)
         masquerade = None
         if self.route is not None:
             route = self.route(family, new_dst) if new_dst != pkt.dst or oif is None else None
@@ -242,7 +276,7 @@ class Nat:
             masquerade = route[1] if route is not None else None
             if masquerade is None:
                 return EXHAUSTED  # no address to masquerade as (no route, or none on its interface)
-        if dnat is None and snat is None:
+        if dnat is None and snat is None and choice is None:
             return None
         echo = proto == ICMP or proto == ICMPV6
         if snat is None:
@@ -262,8 +296,33 @@ class Nat:
             address, port = found
             held = (pool, proto, address, port, name)
         names = ",".join("nat:" + entry.name for entry in (dnat, snat) if entry is not None)
+        if choice is not None:
+            names = choice.names + ("," + names if names else "")
         reply = (new_dst, address, port if echo else new_dport, port)
         return Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
+
+    def _full_nat(self, pkt, sport, dport, choice, new_dst, new_dport, sessions):
+        """A virtual server's `full_nat`: the source becomes the firewall's address toward the real
+        server (the route's preferred source, as masquerade, when the live daemon gives routes; the
+        virtual address in replay), its port from the virtual server's pool."""
+        address = None
+        if self.route is not None:
+            route = self.route(pkt.family, new_dst)
+            address = route[1] if route is not None else None
+            if address is None:
+                return EXHAUSTED
+        pool = self.lb.source_pool(choice.spec)
+        proto = pkt.proto
+
+        def taken(candidate: bytes, number: int) -> bool:
+            return flow_key(proto, new_dst, candidate, new_dport, number) in sessions
+
+        found = pool.allocate(proto, pkt.src, sport, taken, address)
+        if found is None:
+            return EXHAUSTED
+        held = (pool, proto, found[0], found[1], "lb:" + choice.spec.name)
+        reply = (new_dst, found[0], new_dport, found[1])
+        return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
 
     def remember(self, session, binding: Binding) -> None:
         """A new or adopted session's binding in the live daemon's two passes: split, and for
@@ -278,7 +337,11 @@ class Nat:
             binding.middle = (self.middle, key)
 
     def claim(self, binding: Binding) -> None:
-        """A restored or synced binding: its pool port handed out again (its entry still exists)."""
+        """A restored or synced binding: its pool port handed out again (its entry still exists),
+        a balanced one counted on its real server."""
+        if binding.lb is not None:
+            binding.lb = (self.lb, binding.lb[1])
+            self.lb.adopted(binding.lb[1])
         name = binding.held[4] if binding.held is not None else None
         pool = self.by_name.get(name) if name is not None else None
         if pool is None and name is not None:  # a snapshot of an snat entry's pool (named as its entry)
@@ -296,8 +359,14 @@ def _pool_name(name: str, kind: str, family: int) -> str:
     return name if kind == "snat" else f"{name}/ipv{family}"
 
 
-def release(binding: Binding) -> None:
-    """The session is gone: its pool port is free again (and its hairpin key forgotten)."""
+def release(binding: Binding, session_bytes: int = 0) -> None:
+    """The session is gone: its pool port is free again (and its hairpin key forgotten), its real
+    server one session lighter."""
+    if binding.lb is not None:
+        balancer, key = binding.lb
+        binding.lb = None
+        if balancer is not None:
+            balancer.closed(key, session_bytes)
     if binding.middle is not None:
         middle, key = binding.middle
         middle.pop(key, None)

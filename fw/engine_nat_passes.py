@@ -152,7 +152,7 @@ def _error_source_changes(binding, pkt) -> bool:
 
 def _concerns_nat(engine, data: bytes, iif) -> bool:
     """Whether a packet for the firewall's own address is the NAT's: a reply to a translated
-    address, a data connection an ALG expects, or a `dnat` entry's (a port forward)."""
+    address, a data connection an ALG expects, a virtual server's, or a `dnat` entry's (a port forward)."""
     try:
         pkt = parse(data)
     except MalformedPacket:
@@ -167,6 +167,8 @@ def _concerns_nat(engine, data: bytes, iif) -> bool:
     if session is not None:  # a session of the firewall's own (--hooks input) is INPUT's to track
         return session.nat is not None
     if (proto, pkt.src, pkt.dst, pkt.dport) in engine.expectations:
+        return True
+    if engine.nat.lb.active and engine.nat.lb.serves(pkt, dport):  # a virtual address of the firewall's
         return True
     return bool(engine.nat.entries) and engine.nat.destination(pkt, dport, iif)[0] is not None
 

@@ -15,9 +15,12 @@ The Prometheus HTTP thread reads `totals()`-shaped copies only (made on the loop
 Metric names (all prefixed fw_): sessions, sessions_limit, expectations, packets_total{verdict,
 reason}, rule_packets_total{rule}, rule_bytes_total{rule}, rule_sessions_total{rule},
 expectations_made_total, session_events_total{event} (inserts, expiries, evictions, killed, ...),
-reloads_total{result}, events_written_total, events_lost_total, policy_info{revision}. Services
-add families of their own with `add_source(build)`: `build()` runs on the loop's tick and returns
-finished families (owner forwarding's fw_forward_*, fw.sync.forwarding.report).
+reloads_total{result}, events_written_total, events_lost_total, policy_info{revision}; per
+virtual and real server (labels virtual_server, real_server): lb_up (1: up, 0: down or drained),
+lb_sessions (active), lb_opened_total, lb_bytes_total (bytes of its ended sessions, both
+directions). Services add families of their own with `add_source(build)`: `build()` runs on the
+loop's tick and returns finished families (owner forwarding's fw_forward_*,
+fw.sync.forwarding.report).
 """
 
 from __future__ import annotations
@@ -168,6 +171,7 @@ class Metrics:
             "reloads": {"ok": self.daemon_counters["reloads"], "failed": self.daemon_counters["reload_failures"]},
             "events_written": writer.get("written", 0), "events_lost": writer.get("lost", 0),
             "revision": engine.policy.revision,
+            "lb": lb_values(engine.nat.lb.status()) if engine.nat.lb.active else [],
         }
 
     def collect(self):
@@ -205,6 +209,7 @@ class Metrics:
         family = GaugeMetricFamily("fw_policy_info", "The policy revision in force.", labels=("revision",))
         family.add_metric((s["revision"] or "",), 1)
         yield family
+        yield from lb_families(s.get("lb") or [])
         yield from self.families
 
     def close(self) -> None:
@@ -234,4 +239,27 @@ def snapshot_of_stats(stats: dict) -> dict:
         "reloads": {"ok": policy.get("reloads", 0), "failed": policy.get("reload_failures", 0)},
         "events_written": store.get("written", 0), "events_lost": store.get("lost", 0),
         "revision": policy.get("revision") or (summary[-1] if summary else ""),
+        "lb": lb_values(stats.get("virtual_servers") or []),
     }
+
+
+LB_FAMILIES = (
+    ("up", GaugeMetricFamily, "Whether the real server may get new sessions (health up, weight > 0)."),
+    ("sessions", GaugeMetricFamily, "Sessions open on the real server."),
+    ("opened", CounterMetricFamily, "Sessions the real server was given."),
+    ("bytes", CounterMetricFamily, "Bytes (IP total length, both directions) of its ended sessions."),
+)
+
+
+def lb_values(rows: list[dict]) -> list[tuple]:
+    """(virtual server, real server, up, sessions, opened, bytes) of `fw lb --json` rows."""
+    return [(row["name"], s["server"], int(s["health"] == "up"), s["active"], s["opened"], s.get("bytes", 0))
+            for row in rows for s in row["real_servers"]]
+
+
+def lb_families(values: list[tuple]):
+    for position, (name, kind, text) in enumerate(LB_FAMILIES, start=2):
+        family = kind(f"fw_lb_{name}", text, labels=("virtual_server", "real_server"))
+        for value in values:
+            family.add_metric(value[:2], value[position])
+        yield family

@@ -2,10 +2,11 @@
 with one queue (fw.cli.daemon) and in each worker of `--queues A-B` (fw.workers).
 
 How it works. `build` makes the engine (events on, offload as asked), the store's records around it
-(events and per-rule counters to the store, periodic snapshots: one file per queue for a worker)
-and restores the last snapshot before the first packet. `attach` hooks a started daemon: the
-offload service (--offload) and the records (and the metrics endpoint when it serves one). The
-supervisor of workers serves --metrics itself, from its workers' summed `fw stats`.
+(events and per-rule counters to the store, periodic snapshots: one file per queue for a worker) and
+restores the last snapshot before the first packet. `attach` hooks a started daemon: the offload
+service (--offload), the load balancer's (fw.drivers.lb) and the records (and the metrics endpoint
+when it serves one). The supervisor of workers serves --metrics itself, from its workers' summed `fw
+stats`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ def build(policy, store, offload: bool = False, queue: int | None = None, metric
 
 
 def attach(daemon, records) -> None:
-    """Hook offload (if asked) and the records into a started daemon. OSError if the metrics
-    address cannot be bound."""
+    """Hook offload (if asked), the load balancer's service (health checks, `fw lb`) and the records
+    into a started daemon. OSError if the metrics address cannot be bound."""
+    from fw.drivers.lb import attach_lb  # noqa: PLC0415
+
+    attach_lb(daemon)
     if daemon.config.offload:
         from fw.drivers.offload import OffloadService  # noqa: PLC0415
 

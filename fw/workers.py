@@ -20,14 +20,15 @@ queue it came to first (FORWARD_MARK | queue); the kernel queues it again at the
 worker that holds the session accepts it (`related:icmp`). When it comes round to its first queue,
 nobody holds the session: it is dropped as `invalid:no-session`. A forwarded packet keeps that mark.
 
-With `--metrics` the supervisor serves the workers' `fw stats` summed (fw.metrics.Metrics.from_stats).
-The supervisor answers `fw stats` (every worker's counters summed, per-queue rows side by side, a
-`workers` list), `fw sessions` (the workers' tables one after another, each session with its
-`queue`), `fw sessions kill` and `fw reload` (checked here first, then sent to every worker; SIGHUP
-is passed on to the workers, which also reopen their logs). A worker that dies is started again
-(its sessions are lost; after 1 s, doubling up to 30 s while it keeps dying); workers die with the
-supervisor (PR_SET_PDEATHSIG). Stopping removes the rules first, then stops the workers, which
-give their queued packets a verdict.
+With `--metrics` the supervisor serves the workers' `fw stats` summed
+(fw.metrics.Metrics.from_stats). The supervisor answers `fw stats` (every worker's counters summed,
+per-queue rows side by side, a `workers` list), `fw sessions` (the workers' tables one after
+another, each session with its `queue`), `fw lb` (each worker's virtual servers with its `queue`;
+drain and enable go to all), `fw sessions kill` and `fw reload` (checked here first, then sent to
+every worker; SIGHUP is passed on to the workers, which also reopen their logs). A worker that dies
+is started again (its sessions are lost; after 1 s, doubling up to 30 s while it keeps dying);
+workers die with the supervisor (PR_SET_PDEATHSIG). Stopping removes the rules first, then stops the
+workers, which give their queued packets a verdict.
 
 With `--sync` each worker runs its own sync service (`_attach_sync`): it announces the sessions it
 opens (owned by the node's id, sent as a sender of its own: fw.sync.codec's `w`) and applies every
@@ -240,6 +241,7 @@ class Supervisor(DaemonBase):
         self.store_url = store_url
         self.workers = [Worker(n) for n in range(config.queues[0], config.queues[1] + 1)]
         self.summary = ""
+        self.commands.update({"lb": self.lb_status, "lb-drain": self.lb_change, "lb-enable": self.lb_change})
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -373,6 +375,23 @@ class Supervisor(DaemonBase):
                     log.warning("worker %d did not answer %s: %s", worker.queue, request.get("command"), exc)
         return answers
 
+    def lb_status(self, request: dict) -> dict:
+        """`fw lb`: every worker's virtual servers (each balances on its own), with its queue."""
+        rows = []
+        for queue, answer in sorted(self.ask_all({"command": "lb"}).items()):
+            if not answer.get("ok"):
+                return answer
+            rows.extend({**row, "queue": queue} for row in answer.get("virtual_servers", ()))
+        return {"ok": True, "virtual_servers": rows}
+
+    def lb_change(self, request: dict) -> dict:
+        """`fw lb drain|enable`: sent to every worker; the first refusal is the answer."""
+        answers = self.ask_all(request)
+        for _queue, answer in sorted(answers.items()):
+            if not answer.get("ok"):
+                return answer
+        return {"ok": True, "workers": sorted(answers), **{k: request.get(k) for k in ("name", "server")}}
+
     def stats(self, zero: bool = False) -> dict:
         answers = self.ask_all({"command": "stats", "zero": zero})
         return merge_stats([a["stats"] for a in answers.values() if a.get("ok")], self.summary_fields(answers))
@@ -442,6 +461,8 @@ def merge_stats(rows: list[dict], fields: dict) -> dict:
                 continue
             if key == "queues":
                 merged.setdefault("queues", {}).update(value)
+            elif key == "virtual_servers":
+                merged[key] = merge_lb(merged.get(key), value)
             else:
                 merged[key] = _add(merged.get(key), value)
     merged.setdefault("queues", {})
@@ -449,6 +470,20 @@ def merge_stats(rows: list[dict], fields: dict) -> dict:
         merged["sync"] = _merge_sync(merged["sync"], [row["sync"] for row in rows if "sync" in row])
     merged.update(fields)
     return merged
+
+
+def merge_lb(into: list | None, rows: list) -> list:
+    """Workers' `lb` rows as one: per real server, counts summed; health as the first worker sees it."""
+    if into is None:
+        return [{**row, "real_servers": [dict(s) for s in row["real_servers"]]} for row in rows]
+    servers = {(row["name"], s["server"]): s for row in into for s in row["real_servers"]}
+    for row in rows:
+        for server in row["real_servers"]:
+            kept = servers.get((row["name"], server["server"]))
+            if kept is not None:
+                for key in ("active", "opened", "bytes"):
+                    kept[key] = kept.get(key, 0) + server.get(key, 0)
+    return into
 
 
 def _merge_sync(summed: dict, sections: list[dict]) -> dict:

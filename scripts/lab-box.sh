@@ -111,7 +111,10 @@ configure_guest() {  # ROOT: what Vagrant expects of a box, and pip without an i
     # the lease follows the interface's MAC address anyway.
     : >"$root/etc/machine-id"
     rm -f "$root/var/lib/dbus/machine-id"
-    printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nClientIdentifier=mac\n' \
+    # Vagrant restarts systemd-networkd after it sets the hostname: the address and the lease must
+    # outlive that (no DHCPRELEASE, addresses kept), or vagrant-libvirt finds no lease for the VM,
+    # and under TCG the new one comes too late for Vagrant ("not ready for guest communication").
+    printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\nKeepConfiguration=dhcp\n\n[DHCPv4]\nClientIdentifier=mac\nSendRelease=no\n' \
         >"$root/etc/systemd/network/99-management.network"
     chroot "$root" systemctl -q enable systemd-networkd ssh
     # What a lab VM needs not do at boot, under TCG: ext4 scrubbing, trims, man-db, apt.

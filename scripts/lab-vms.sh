@@ -93,7 +93,6 @@ domain_type() {  # BOX_DIR: kvm or qemu, from a timed probe boot of the box's ke
     fi
     type=$("$repo/scripts/lab-host.sh" accel "$1/vmlinuz" "$1/initrd.img" 2>"$state/accel.log") ||
         fail "$(sed 's/^lab-host: //' "$state/accel.log" | tail -n 1)"
-    sed 's/^lab-host: /lab-vms: /' "$state/accel.log" >&2
     echo "$type"
 }
 
@@ -180,8 +179,11 @@ up() {
         "${VIRSH[@]}" net-list --all --name | grep -q '^fw-lab-'; then
         refuse "the lab is up already (virsh list --all, virsh net-list --all): make lab-vms-down first"
     fi
+    rm -f "$state/accel.log"
     FW_LAB_DOMAIN_TYPE=$(domain_type "$dir")
     export FW_LAB_DOMAIN_TYPE
+    # What the probe found: progress, on stdout (stderr is for the one line of a failure).
+    if [ -f "$state/accel.log" ]; then sed 's/^lab-host: /lab-vms: /' "$state/accel.log"; fi
     create_networks
     boot_all
     (cd "$repo/vagrant" && vagrant ssh-config) >"$state/ssh-config" 2>>"$log" || fail "vagrant ssh-config failed"

@@ -1,7 +1,8 @@
 """Real servers for the load balancer's tests: small TCP and HTTP servers in child processes.
 
 A `Backend` runs `python -c SERVER` (optionally inside a network namespace): a TCP listener that
-accepts and closes, an HTTP server answering every GET with a fixed status and its own name, or a
+accepts and closes, an HTTP server answering every GET with a fixed status and its own name (`/slow/N`: its
+name, then N KiB slowly, 50 KiB a second: a long download; `/peer`: its name and the peer's address), or a
 `hang` listener that never accepts (the kernel completes handshakes; nothing ever answers). It
 prints its port once listening; `kill()` is SIGKILL (a crash), `start()` brings it back on the same
 port. The `backend` fixture (conftest.py) kills every one a test started.
@@ -16,12 +17,31 @@ import subprocess
 import sys
 
 SERVER = r"""
-import http.server, socket, sys
+import http.server, socket, sys, time
 kind, host, port, status, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 if kind == "http":
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/peer":  # who connected: the client's address as this server sees it
+                body = (name + "\n" + self.client_address[0] + "\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if self.path.startswith("/slow/"):  # /slow/N: its name, then N KiB, one every 20 ms
+                chunks = int(self.path.split("/")[2])
+                head = (name + "\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(head) + chunks * 1024))
+                self.end_headers()
+                self.wfile.write(head)
+                self.wfile.flush()
+                for _ in range(chunks):
+                    time.sleep(0.02)
+                    self.wfile.write(b"x" * 1024)
+                return
             body = (name + "\n").encode()
             self.send_response(status if self.path != "/other" else 404)
             self.send_header("Content-Length", str(len(body)))

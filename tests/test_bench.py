@@ -36,7 +36,11 @@ def test_quick_bench_prints_the_table_and_writes_json(tmp_path: Path):
         assert row["packets"] == 10000 and row["packets_per_second"] > 0 and row["us_per_packet"] > 0
     assert rows["memory per session, 10000 sessions"]["sessions"] == 10000
     assert set(document["ratios"]) == {"new_session_cost_1000_vs_10_rules", "new_session_cost_10000_vs_10_rules",
-                                       "established_nat_vs_plain_same_run"}
+                                       "established_nat_vs_plain_same_run", "balanced_new_sessions_vs_plain_same_run",
+                                       "maglev_build_servers", "maglev_build_cpu_seconds",
+                                       "maglev_build_longest_step_cpu_ms", "maglev_rebuild_worst_loop_turn_cpu_ms",
+                                       "loop_worst_turn_without_rebuild_cpu_ms"}
+    assert 0 < document["ratios"]["balanced_new_sessions_vs_plain_same_run"] < 2
     assert rows["established, snat"]["packets"] == 200000
     assert document["ratios"]["established_nat_vs_plain_same_run"] > 0
 

@@ -21,8 +21,8 @@ LAB_POLICY = str(Path(__file__).resolve().parent.parent / "policies" / "lab.yaml
 HEAVY = {"sqlalchemy", "alembic", "scapy", "textual", "rich", "prometheus_client", "yaml", "netfilterqueue",
          "redis", "psycopg", "matplotlib"}
 LIGHT_FW = {"fw", "fw.cli", "fw.cli.commands", "fw.cli.common", "fw.cli.daemon", "fw.cli.events", "fw.cli.lab",
-            "fw.cli.policy", "fw.cli.replay", "fw.cli.sessions", "fw.cli.store", "fw.cli.top", "fw.drivers",
-            "fw.drivers.control", "fw.drivers.iptables",
+            "fw.cli.lb", "fw.cli.policy", "fw.cli.replay", "fw.cli.sessions", "fw.cli.store", "fw.cli.top",
+            "fw.drivers", "fw.drivers.control", "fw.drivers.iptables",
             # the protocol-name table (fw.packet.constants) loads the package: plain struct code, ~7 ms
             "fw.packet", "fw.packet.build", "fw.packet.checksum", "fw.packet.constants", "fw.packet.parse",
             "fw.packet.text"}

@@ -165,3 +165,26 @@ def test_lab_host_packages_exist_and_stay_out_of_make_install() -> None:
     if not found:
         pytest.skip("apt has no package lists here (apt-get update)")
     assert set(listed) - found == set()
+
+
+LAB_CI = REPO / "scripts" / "lab-ci.sh"
+
+
+def test_lab_ci_runs_the_lab_only_when_its_inputs_changed_and_time_is_left(tmp_path: Path) -> None:
+    """CI's step: too little of CI's time left is one line and no run (exit 0, no stamp); inputs
+    that passed here already are one line and no run; anything else is its usage."""
+    cache = {"FW_LAB_CACHE": str(tmp_path)}
+    short = run([LAB_CI, "--budget", "600"], env={**cache, "FW_LAB_CI_NEEDS": "3600"})
+    assert short.returncode == 0, short.stderr
+    found = re.fullmatch(r"lab-ci: the lab's inputs \(([0-9a-f]{16})\) have not passed here, but 600 s are left "
+                         r"and the lab needs up to 3600 s: VM lab not run \(scripts/lab-ci.sh runs it\)\n",
+                         short.stdout)
+    assert found, short.stdout
+    assert not (tmp_path / "ci-passed").exists()
+    (tmp_path / "ci-passed").write_text(found.group(1) + "\n")
+    passed = run([LAB_CI, "--budget", "600"], env=cache)
+    assert passed.returncode == 0 and passed.stdout == (
+        f"lab-ci: the lab's inputs ({found.group(1)}) passed here already: VM lab skipped (--always runs it)\n")
+    for argv in (["--budget"], ["--budget", "soon"], ["--sometimes"]):
+        done = run([LAB_CI, *argv], env=cache)
+        assert done.returncode == 2 and done.stderr.startswith("usage: "), argv

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fw.packet import MalformedPacket, Packet, build, flow_text, parse
 from fw.packet.constants import ACK, PSH, SYN
-from fw.packet.parse import FIELDS
+from fw.packet.parse import FIELDS, _parse
 from tests.packets import icmp_echo_pkt, icmp_error_pkt, seg, udp_pkt
 
 C, S, C6, S6 = "198.51.100.10", "203.0.113.10", "2001:db8:1::10", "2001:db8:2::10"
@@ -22,6 +22,8 @@ VALID = [
     seg(f"{C}:40000", f"{S}:80", "S", seq=100, mss=1460, sack_perm=True, ts=(1, 0), wscale=7),
     seg(f"{C}:40000", f"{S}:80", "PA", seq=101, ack=301, ts=(5, 6), payload=b"GET / HTTP/1.1\r\n"),
     seg(f"{C}:40000", f"{S}:80", "A", ts=(5, 6), sack=[(1, 2), (3, 4)]),
+    seg(f"{C}:40000", f"{S}:80", "A", seq=101, ack=301),
+    seg(f"{C}:40000", f"{S}:80", "FA", seq=101, ack=301, ts=(7, 8)),
     seg(f"[{C6}]:40000", f"[{S6}]:80", "SA", seq=7, ack=8, mss=1440),
     udp_pkt(f"{C}:5000", f"{S}:53", b"\x12\x34query"),
     udp_pkt(f"[{C6}]:5000", f"[{S6}]:53", b"answer"),
@@ -62,13 +64,27 @@ def check_sound(packet: Packet, data: bytes) -> None:
         assert parse(unreachable).inner.src == packet.src
 
 
+def fields(packet: Packet | None) -> tuple | None:
+    if packet is None:
+        return None
+    return tuple(fields(packet.inner) if name == "inner" else getattr(packet, name) for name in FIELDS)
+
+
 def parse_or_malformed(data: bytes) -> None:
+    """parse's fast path gives what the general way gives (the same Packet or the same error)."""
     try:
         packet = parse(data)
     except MalformedPacket as error:
         assert error.detail
+        try:
+            _parse(data, len(data))
+        except MalformedPacket as general:
+            assert general.detail == error.detail
+        else:
+            raise AssertionError("the general way parses what the fast path refused") from None
         return
     check_sound(packet, data)
+    assert fields(packet) == fields(_parse(data, len(data)))
 
 
 FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

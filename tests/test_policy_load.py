@@ -12,7 +12,8 @@ from fw.policy.intervals import IntervalSet
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["policies/lab.yaml", "policies/examples/web-server.yaml",
            "policies/examples/workstation.yaml", "policies/examples/ftp-server.yaml",
-           "policies/examples/corpus-ftp.yaml", "policies/examples/nat-gateway.yaml"]
+           "policies/examples/corpus-ftp.yaml", "policies/examples/nat-gateway.yaml",
+           "policies/examples/load-balancer.yaml"]
 
 
 def load_text(text: str, name: str = "test.yaml"):
@@ -177,7 +178,7 @@ def test_every_error_is_reported_not_only_the_first():
 @pytest.mark.parametrize("text, message", [
     ("", "no 'version' (add 'version: 1')"),
     ("- a list\n", "a policy file must be a mapping of version, defaults, sets, zones, timeouts, "
-                   "timeout_overrides, options, rules, nat"),
+                   "timeout_overrides, options, rules, nat, virtual_servers"),
     ("version: 1\nversion: 1\n", "duplicate key 'version'"),
     ("version: !!python/object:os.system 1\n",
      "unsupported YAML tag 'tag:yaml.org,2002:python/object:os.system'"),

@@ -2,7 +2,7 @@
 
 `tests/lb_golden/bad-N.yaml` beside `bad-N.err` (the exact diagnostics expected, every error at
 once, as tests/policy_golden does for whole policies); `good-N.yaml` parse without a diagnostic.
-The key is not in the policy schema yet, so the files are composed and the list parsed directly.
+The files are composed and the list parsed directly; whole policies are loaded at the end.
 """
 
 from __future__ import annotations
@@ -82,9 +82,15 @@ def test_the_schedulers_are_the_balancers():
     assert NAMES == tuple(SCHEDULERS)
 
 
-def test_the_policy_does_not_know_the_key_yet():
-    """Until the engine balances traffic, a policy with virtual_servers is refused, not ignored."""
+def test_the_policy_takes_virtual_servers_from_every_file_of_a_folder():
+    """`virtual_servers` lists concatenate across files (as `nat`); names and addresses stay unique."""
     text = (ROOT / GOLDEN / "good-1.yaml").read_text()
+    other = ("virtual_servers:\n  - {name: web2, address: 203.0.113.101, proto: tcp, port: 80,\n"
+             "     real_servers: [{address: 203.0.113.40}]}\n")
+    policy = load_policy_sources([("a.yaml", "version: 1\n" + text), ("b.yaml", other)])
+    assert [vs.name for vs in policy.virtual_servers] == ["web", "dns6", "api", "web2"]
+    assert policy.translates
+    again = other.replace("web2", "web")
     with pytest.raises(PolicyError) as caught:
-        load_policy_sources([("p.yaml", "version: 1\n" + text)])
-    assert "unknown key 'virtual_servers'" in caught.value.diagnostics[0].message
+        load_policy_sources([("a.yaml", "version: 1\n" + text), ("b.yaml", again)])
+    assert "'web'" in caught.value.diagnostics[0].message and caught.value.diagnostics[0].file == "b.yaml"

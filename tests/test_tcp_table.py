@@ -165,3 +165,27 @@ def test_invalid_cells_leave_a_deep_copy_equal():
     snapshot = copy.deepcopy(tcp.to_dict(track))
     assert tcp.tcp_update(track, packet(True, "A", 1001, 5001), True) == "invalid:state"
     assert tcp.to_dict(track) == snapshot
+
+
+def syn_the_long_way(pkt) -> tcp.TcpTrack:
+    """A new track for a SYN as tcp_new made it before its SYN case was written out: the
+    originator's values, then tcp_update."""
+    track = tcp.TcpTrack()
+    track.o_end = track.o_maxend = tcp._seq_end(pkt)
+    track.o_maxwin = pkt.window or 1
+    track.o_flags, track.o_scale = tcp._offered(pkt)
+    assert tcp.tcp_update(track, pkt, True) is None
+    return track
+
+
+@pytest.mark.parametrize("flags", ["S", "SU", "SP", "SEC"])
+@pytest.mark.parametrize("seq", [0, 1000, 0x7FFFFFFF, 0xFFFFFFFF])
+@pytest.mark.parametrize("win", [0, 1, 512, 65535])
+@pytest.mark.parametrize("options", [{}, {"mss": 1460, "wscale": 7, "sack_perm": True, "ts": (1, 0)},
+                                     {"wscale": 20}, {"sack_perm": True}])
+@pytest.mark.parametrize("payload", [b"", b"x" * 100])
+def test_tcp_new_on_a_syn_is_tcp_update_on_a_new_track(flags, seq, win, options, payload):
+    pkt = parse(seg(C, S, flags, seq=seq, win=win, payload=payload, **options))
+    track, expected = tcp.tcp_new(pkt), syn_the_long_way(pkt)
+    assert track.state is expected.state is TcpState.SYN_SENT
+    assert track.data == expected.data

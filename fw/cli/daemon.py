@@ -348,6 +348,10 @@ def stats_command(as_json: bool, zero: bool) -> None:
         from fw.sync.forwarding.report import stats_line as forward_line
 
         lines.append(forward_line(stats["forward"]))
+    if stats.get("virtual_servers"):
+        from fw.topdata import virtual_server_text
+
+        lines.append("virtual servers: " + virtual_server_text(stats["virtual_servers"]))
     click.echo("\n".join(lines))
 
 

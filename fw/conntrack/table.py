@@ -30,7 +30,7 @@ import heapq
 from collections.abc import Iterator
 from itertools import islice
 
-from fw.conntrack.tcp import FIELDS, TrackFields
+from fw.conntrack.tcp import FIELDS, TrackFields, copy_fields
 
 UNREPLIED = "UNREPLIED"
 REPLIED = "REPLIED"
@@ -198,8 +198,8 @@ class TcpSession(Session, TrackFields):
     __slots__ = tuple(name for name in FIELDS if name != "liberal")
 
     def __init__(self, key: tuple, track, now: float, flags: int = 0, profile: Profile = NO_PROFILE):
-        super().__init__(key, track.state, now, flags, profile)
-        self.data = track.data
+        Session.__init__(self, key, track.state, now, flags, profile)
+        copy_fields(self, track)  # self.data = track.data, without the property's two calls
 
     @property
     def liberal(self) -> bool:

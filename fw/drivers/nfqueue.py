@@ -34,11 +34,13 @@ import errno
 import ipaddress
 import socket
 import struct
+import sys
 import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FunctionType, MethodType
 
 from fw.decision import ACCEPT, DROP, RewritePacket, SetMark, Verdicts
 from fw.packet.constants import PROTO_NAMES
@@ -54,6 +56,7 @@ NFQA_VERDICT_HDR, NFQA_MARK = 2, 3
 NF_ACCEPT, NF_QUEUE = 1, 3
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLMSG_ERROR = 2
+_TYPE_LOW_BYTE = 4 if sys.byteorder == "little" else 5  # where nlmsg_type's low byte is (host order)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 RECV_BUFFER = 128 * 1024
@@ -155,7 +158,8 @@ class _Reader:
                     continue
                 raise
             message = self.view[:size].tobytes()
-            failure = netlink_error(message)
+            # Most messages are packets: the full check only when the type's low byte is NLMSG_ERROR's.
+            failure = netlink_error(message) if self.buffer[_TYPE_LOW_BYTE] == NLMSG_ERROR else None
             if failure is None:
                 self.left -= 1
                 self.handled += 1
@@ -181,6 +185,9 @@ class Queue:
         self.number = number
         self.options = options
         self.callback = callback
+        # What _on_packet calls: an object's bound __call__ is called without the type's slot lookup.
+        self._handle = callback if isinstance(callback, (FunctionType, MethodType)) else callback.__call__
+        self._batch_size = options.verdict_batch
         self.batches = 0  # NFQNL_MSG_VERDICT_BATCH messages sent
         self._accept_through: int | None = None  # highest packet id waiting to be accepted
         self._waiting = 0
@@ -242,10 +249,10 @@ class Queue:
         return reader.handled - before
 
     def _on_packet(self, packet) -> None:
-        if self.callback(packet) is ACCEPT_LATER:
+        if self._handle(packet) is ACCEPT_LATER:
             self._accept_through = packet.id
             self._waiting += 1
-            if self._waiting >= self.options.verdict_batch:
+            if self._waiting >= self._batch_size:
                 self.accept_waiting()
 
     def accept_waiting(self) -> None:
@@ -364,7 +371,12 @@ class PacketHandler:
 
     def judge(self, packet, data: bytes):
         """The engine's Decision for the packet (fw.drivers.nat_queue adds the NAT passes' inputs)."""
-        return self.engine.process(data, self.clock(), self.ifname(packet.indev), self.ifname(packet.outdev))
+        names = self._ifnames
+        try:  # ifname(), written out for the names already known
+            iif, oif = names[packet.indev], names[packet.outdev]
+        except KeyError:
+            iif, oif = self.ifname(packet.indev), self.ifname(packet.outdev)
+        return self.engine.process(data, self.clock(), iif, oif)
 
     @staticmethod
     def new_mark(packet, mark: int) -> int:

@@ -22,11 +22,12 @@ class Balancer:
     """Real servers of one virtual server; `servers` are (address, port, weight) triples."""
 
     def __init__(self, name: str, servers, scheduler: str = "wlc", persistence: float = 0,
-                 table_size: int | None = None):
+                 table_size: int | None = None, previous: Balancer | None = None):
         self.name = name
         real = [RealServer(address, port, weight) for address, port, weight in servers]
         self.configured = {s.name: s.weight for s in real}  # what `enable` restores
-        self.scheduler = make_scheduler(scheduler, real, table_size)
+        self.scheduler = make_scheduler(scheduler, real, table_size,
+                                        previous.scheduler if previous is not None else None)
         self.affinity = Affinity(persistence) if persistence else None
 
     @property

@@ -185,14 +185,16 @@ class Maglev(Scheduler):
     name = "maglev"
     consistent = True
 
-    def __init__(self, servers=(), table_size: int | None = None):
+    def __init__(self, servers=(), table_size: int | None = None, previous: MaglevTable | None = None):
         self.table_size = table_size
         self.table: MaglevTable | None = None
         self.builder: MaglevBuilder | None = None
+        if previous is not None and previous.size == (table_size or default_table_size(len(servers))):
+            self.table = carried(previous, servers)  # answers (by name) until the new one is built
         super().__init__(servers)
 
     def changed(self) -> None:
-        """Start a new table; the first one is built at once (there is no old one to answer)."""
+        """Start a new table; the first one is built at once when there is no old one to answer."""
         size = self.table_size or default_table_size(len(self.servers))
         self.builder = MaglevBuilder([s for s in self.servers if s.available], size)
         if self.table is None:
@@ -235,16 +237,25 @@ class Maglev(Scheduler):
         return None  # only servers the old table does not know are available: wait for the new one
 
 
+def carried(table: MaglevTable, servers) -> MaglevTable:
+    """An old configuration's table for new server objects (a reload): each slot of a server still
+    configured names the new object (so it answers as the new one's health and weight say); a slot
+    of a server gone keeps the old object, which `pick` passes over (`_fall_through`)."""
+    by_name = {s.name: s for s in servers}
+    return MaglevTable(tuple(by_name.get(s.name, s) for s in table.servers), table.slots, table.size)
+
+
 SCHEDULERS = {
     "rr": RoundRobin, "wrr": WeightedRoundRobin, "lc": LeastConnection,
     "wlc": WeightedLeastConnection, "sh": SourceHash, "maglev": Maglev,
 }
 
 
-def make_scheduler(name: str, servers=(), table_size: int | None = None) -> Scheduler:
-    """The scheduler called `name` over `servers` (table_size: maglev only)."""
+def make_scheduler(name: str, servers=(), table_size: int | None = None, previous=None) -> Scheduler:
+    """The scheduler called `name` over `servers` (table_size, and `previous`: the scheduler this
+    one replaces at a reload, maglev only: its table answers while the new one is built)."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler '{name}' (expected {', '.join(SCHEDULERS)})")
     if name == "maglev":
-        return Maglev(servers, table_size)
+        return Maglev(servers, table_size, previous.table if isinstance(previous, Maglev) else None)
     return SCHEDULERS[name](servers)

@@ -1,12 +1,14 @@
 """All the virtual servers of a policy in one worker: found by destination, fed health, listed.
 
-How it works: `VirtualServers(specs)` takes the policy's parsed list (fw/policy/virtual_servers.py)
-and builds one `Balancer` per virtual server, plus a dict from (packed address, proto, port) to it,
-so the engine finds a new session's virtual server in one lookup (`lookup`). The daemon's health
-checker checks `health_targets()` (keys are (virtual server, real server) name pairs, so one real
-server behind two virtual servers is checked for each, with each one's `health`); each
-`HealthChange` is handed to every worker's `apply`. `drain`/`enable` are `fw lb drain`/`enable`,
-`work` and `expire` the background work, `status` the rows of `fw lb --json`. No I/O, no clock.
+How it works: `VirtualServers(specs, previous)` takes the policy's parsed list
+(fw/policy/virtual_servers.py) and builds one `Balancer` per virtual server (at a reload, a maglev
+one starts from the previous one's table, its new one built in slices by `work`), plus a dict from
+(packed address, proto, port) to it, so the engine finds a new session's virtual server in one
+lookup (`lookup`). The daemon's health checker checks `health_targets()` (keys are (virtual server,
+real server) name pairs, so one real server behind two virtual servers is checked for each, with
+each one's `health`); each `HealthChange` is handed to every worker's `apply`. `drain`/`enable` are
+`fw lb drain`/`enable`, `work` and `expire` the background work, `status` the rows of `fw lb
+--json`. No I/O, no clock.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from fw.packet.constants import PROTO_NAMES
 class VirtualServers:
     """The balancers of one policy, in one worker."""
 
-    def __init__(self, specs=()):
+    def __init__(self, specs=(), previous: VirtualServers | None = None):
         self.specs = {spec.name: spec for spec in specs}
+        before = previous.balancers if previous is not None else {}
         self.balancers = {
             spec.name: Balancer(spec.name, [(r.address, r.port, r.weight) for r in spec.real_servers],
-                                spec.scheduler, spec.persistence, spec.maglev_table_size)
+                                spec.scheduler, spec.persistence, spec.maglev_table_size, before.get(spec.name))
             for spec in self.specs.values()
         }
         self._by_destination = {

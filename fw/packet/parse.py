@@ -4,7 +4,10 @@ How it works: one pass with precompiled `struct` unpackers over the bytes, no co
 is cut out of `data` only when asked for: a 64 KiB GSO packet is not copied for the engine, which
 reads `payload_len`). `parse` reads the IP header (IPv6: walks the extension headers), fills the IP
 fields of a fresh `Packet`, then hands the L4 part to one function per protocol (`_tcp`, `_udp`,
-`_icmp`, `_no_l4`); each fills every L4 field, so a Packet never has an unset slot.
+`_icmp`, `_no_l4`); each fills every L4 field, so a Packet never has an unset slot. Most packets
+take a fast path first: IPv4 without options, TCP or UDP, not a fragment, both headers unpacked
+in one call and every field stored in `parse` itself; whatever it does not take goes the general
+way (`_parse`); for the packets both take they give the same Packet or the same error.
 
 Lengths ("track by headers and lengths"): `end` is where the packet's bytes stop, the IP length
 or the capture, whichever is shorter. Headers must lie completely before `end`, or the packet is
@@ -38,6 +41,9 @@ from typing import Final
 from fw.packet.constants import ICMP_ERRORS, ICMP_QUERIES, ICMPV6_ERRORS, ICMPV6_QUERIES
 
 _IPV4: Final = Struct("!BxHHHxB2x4s4s").unpack_from      # version+IHL, total length, id, frag, proto, src, dst
+# An IPv4 header without options and the fixed TCP header after it, in one call (the fast path);
+# for UDP the same bytes give the ports and, in `seq`'s high 16 bits, the UDP length.
+_IPV4_TCP: Final = Struct("!BxHHHxB2x4s4sHHIIBBH").unpack_from
 _IPV6: Final = Struct("!B3xHBx16s16s").unpack_from       # version.., payload length, next header, src, dst
 _IPV6_FRAGMENT: Final = Struct("!BxHI").unpack_from      # next header, offset+M, id
 _TCP: Final = Struct("!HHIIBBH").unpack_from             # ports, seq, ack, data offset, flags, window
@@ -130,10 +136,79 @@ _new_packet = Packet.__new__  # a Packet without __init__ (object.__new__, unles
 
 
 def parse(data: bytes) -> Packet:
-    """L3 bytes -> Packet; raises MalformedPacket for anything that is not a sound IP packet."""
+    """L3 bytes -> Packet; raises MalformedPacket for anything that is not a sound IP packet.
+
+    The common packets (IPv4 without options, not a fragment, TCP or UDP, lengths in order) take
+    a fast path: one unpack for both headers, the fields stored in one function. What it does not
+    take goes the general way (`_parse`), which gives the same Packet for the packets both take."""
     if data.__class__ is not bytes:
         data = bytes(data)
     n = len(data)
+    if n < 40:
+        return _parse(data, n)
+    vihl, total, _, frag, proto, src, dst, sport, dport, seq, ack, data_offset, flags, window = _IPV4_TCP(data)
+    if vihl != 0x45 or frag & 0x3FFF or total < 28:
+        return _parse(data, n)
+    end = total if total < n else n
+    if proto == 6:
+        hl = (data_offset >> 4) << 2
+        if hl == 20 and end >= 40:
+            p = _new_packet(Packet)
+            p.mss = p.wscale = p.tsval = p.tsecr = None
+            p.sack_perm = False
+            p.sack = ()
+        elif hl == 32 and end >= 52:
+            p = _new_packet(Packet)
+            kind, p.tsval, p.tsecr = _TCP_TS_BLOCK(data, 40)
+            if kind == NOP_NOP_TIMESTAMP:          # NOP NOP TS, the usual established segment
+                p.mss = p.wscale = None
+                p.sack_perm = False
+                p.sack = ()
+            else:
+                _tcp_options(p, data, 40, 52)
+        else:
+            return _parse(data, n)
+        p.seq = seq
+        p.ack = ack
+        p.flags = flags
+        p.window = window
+        p.payload_len = total - 20 - hl
+        p.payload_start = 20 + hl
+    elif proto == 17:
+        length = seq >> 16
+        if length < 8 or length > total - 20:
+            return _parse(data, n)
+        p = _new_packet(Packet)
+        p.seq = p.ack = p.flags = p.window = 0
+        p.mss = p.wscale = p.tsval = p.tsecr = None
+        p.sack_perm = False
+        p.sack = ()
+        p.payload_len = length - 8
+        p.payload_start = 28
+        end = min(end, 20 + length)
+    else:
+        return _parse(data, n)
+    p.family = 4
+    p.src = src
+    p.dst = dst
+    p.proto = proto
+    p.ip_len = total
+    p.l4_offset = 20
+    p.is_fragment = False
+    p.frag_offset = 0
+    p.more_fragments = False
+    p.frag_id = 0
+    p.sport = sport
+    p.dport = dport
+    p.icmp_type = p.icmp_code = p.inner = None
+    p.icmp_id = p.icmp_seq = 0
+    p.data = data
+    p.payload_end = end
+    return p
+
+
+def _parse(data: bytes, n: int) -> Packet:
+    """The general way: any IPv4 or IPv6 packet."""
     if n < 20:
         raise MalformedPacket("shorter than an IP header" if n else "empty packet")
     vihl, total, ident, frag, proto, src, dst = _IPV4(data)

@@ -1,7 +1,7 @@
 """From merged YAML nodes to a Policy: every section checked, every problem collected.
 
 How it works: `build` walks the sections in a fixed order (version, defaults, sets, timeouts,
-options, timeout_overrides, rules, nat), each parser reporting at the offending node and going on; sets
+options, timeout_overrides, rules, nat, virtual_servers), each parser reporting at the offending node and going on; sets
 come before rules because rules refer to them, whichever file defines them. Warnings that need the
 whole rule list (rules that never match, shadowed rules) come last, only for a policy without
 errors. The revision is the sha256 of the merged policy's values (comments, layout and the split
@@ -16,6 +16,7 @@ import json
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from fw.policy import fields, limits, nat, rules, schema
+from fw.policy import virtual_servers as vsmod
 from fw.policy import zones as zonemod
 from fw.policy.diagnostics import ERROR, Diagnostic
 from fw.policy.fields import INVALID
@@ -44,6 +45,10 @@ def build(merged: Merged, name: str, sink: list[Diagnostic]) -> Policy | None:
     for rep, node in merged.nat:
         entries = nat.nat_entries(rep, node, sets, nat_names, first_index=len(nat_list))
         nat_list.extend(() if entries is INVALID else entries)
+    vs_list, vs_seen = [], {"names": {}, "addresses": {}}
+    for rep, node in merged.virtual_servers:
+        entries = vsmod.virtual_servers(rep, node, vs_seen, nat_list)
+        vs_list.extend(() if entries is INVALID else entries)
     if any(d.severity == ERROR for d in sink):
         return None
     _share_equal_values(rule_list)
@@ -53,6 +58,7 @@ def build(merged: Merged, name: str, sink: list[Diagnostic]) -> Policy | None:
     return Policy(
         rules=rule_list, default_action=default_action, default_log=default_log,
         sets=sets, timeouts=timeouts, timeout_overrides=overrides, options=options, nat=nat_list,
+        virtual_servers=vs_list,
         revision=revision(merged), source_files=[rep.file for rep in merged.reporters],
         sources=[(rep.file, rep.text) for rep in merged.reporters], version=version,
         warnings=warnings, zones=zones, default_log_limit=default_log_limit,
@@ -165,6 +171,8 @@ def revision(merged: Merged) -> str:
     document["rules"] = [_plain(node) for _rep, node in merged.rules]
     if merged.nat:  # absent from the document otherwise: revisions of policies without NAT unchanged
         document["nat"] = [_plain(node) for _rep, node in merged.nat]
+    if merged.virtual_servers:
+        document["virtual_servers"] = [_plain(node) for _rep, node in merged.virtual_servers]
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

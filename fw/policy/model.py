@@ -147,7 +147,7 @@ class Policy:
 
     def __init__(self, *, rules, default_action, default_log=False, sets=None, timeouts=None,
                  timeout_overrides=(), options=None, revision="", source_files=(), sources=(),
-                 warnings=(), version=1, zones=None, default_log_limit=None, nat=()):
+                 warnings=(), version=1, zones=None, default_log_limit=None, nat=(), virtual_servers=()):
         self.version = version
         self.rules = tuple(rules)
         self.default_action = default_action
@@ -161,6 +161,7 @@ class Policy:
         self.sources = tuple(sources)  # (name, text) of each file, for the store
         self.warnings = tuple(warnings)
         self.nat = tuple(nat)  # fw.policy.nat.NatEntry, in order
+        self.virtual_servers = tuple(virtual_servers)  # fw.policy.virtual_servers.VirtualServer
         self.zones = zones if zones is not None else NO_ZONES  # fw.policy.zones.Zones
         self.default_log_limit = default_log_limit  # a Rate for the default action's log, or None
         self._index = RuleIndex(self.rules)
@@ -174,8 +175,8 @@ class Policy:
 
     @property
     def translates(self) -> bool:
-        """Whether the policy changes addresses (its `nat` list is not empty)."""
-        return bool(self.nat)
+        """Whether the policy changes addresses (a `nat` entry or a virtual server)."""
+        return bool(self.nat or self.virtual_servers)
 
     def rule(self, name: str) -> Rule | None:
         return self._by_name.get(name)
@@ -212,8 +213,9 @@ class Policy:
         return None
 
     def summary(self) -> str:
-        rules, sets = len(self.rules), len(self.sets)
-        return (f"{rules} rule{'s' if rules != 1 else ''}, {sets} set{'s' if sets != 1 else ''}, "
+        rules, sets, virtual = len(self.rules), len(self.sets), len(self.virtual_servers)
+        balanced = f"{virtual} virtual server{'s' if virtual != 1 else ''}, " if virtual else ""
+        return (f"{rules} rule{'s' if rules != 1 else ''}, {sets} set{'s' if sets != 1 else ''}, {balanced}"
                 f"default {self.default_action}, revision {self.revision}")
 
     def __repr__(self) -> str:

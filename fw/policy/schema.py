@@ -42,9 +42,11 @@ TIMEOUT_KEYS = (
     "icmp",
 ) + tuple(spec.timeout_key for spec in ALG_REGISTRY.values())  # ftp_expectation, tftp_expectation
 
-# Top-level keys; all but `sets`, `rules` and `nat` may appear in one file of a folder only.
-TOP_KEYS = ("version", "defaults", "sets", "zones", "timeouts", "timeout_overrides", "options", "rules", "nat")
-MERGED_KEYS = ("sets", "rules", "nat")  # nat: entries concatenate in file order, as rules
+# Top-level keys; all but `sets`, `rules`, `nat` and `virtual_servers` may appear in one file of a
+# folder only.
+TOP_KEYS = ("version", "defaults", "sets", "zones", "timeouts", "timeout_overrides", "options", "rules", "nat",
+            "virtual_servers")
+MERGED_KEYS = ("sets", "rules", "nat", "virtual_servers")  # lists: entries concatenate in file order
 DEFAULTS_KEYS = ("action", "log", "log_limit")
 DEFAULT_ACTION = "drop"
 DEFAULT_LOG = False

@@ -2,9 +2,9 @@
 
 How it works: each file is composed (not constructed) with PyYAML, so every value is a node that
 knows its line and column; syntax errors become located diagnostics. The top-level keys of all the
-files are then merged as SPEC says: `rules` (and `nat` entries) concatenate in file order, `sets` merge (a name defined
-twice is an error at the second place), and the other keys may each appear in one file only.
-The result, a `Merged`, still holds nodes; `build.py` turns them into a Policy.
+files are then merged as SPEC says: `rules` (and `nat` and `virtual_servers` entries) concatenate
+in file order, `sets` merge (a name defined twice is an error at the second place), and the other
+keys may each appear in one file only. The result, a `Merged`, still holds nodes; `build.py` turns them into a Policy.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Merged:
         self.sets: dict[str, tuple[Reporter, object, object]] = {}  # name -> (rep, key, value)
         self.rules: list[tuple[Reporter, object]] = []  # (rep, rule node), in file order
         self.nat: list[tuple[Reporter, object]] = []  # (rep, nat list node), in file order
+        self.virtual_servers: list[tuple[Reporter, object]] = []  # (rep, list node), in file order
         self.reporters: list[Reporter] = []
         self.broken = False  # a file could not be read as YAML: whole-policy checks are moot
 
@@ -168,6 +169,8 @@ def merge(sources: list[tuple[str, str]], sink: list[Diagnostic]) -> Merged:
                 _merge_rules(merged, rep, value)
             elif key == "nat":
                 merged.nat.append((rep, value))
+            elif key == "virtual_servers":
+                merged.virtual_servers.append((rep, value))
             elif key in merged.singles:
                 first_rep, first_key, _ = merged.singles[key]
                 if first_rep is not rep:  # twice in one file is a duplicate key, reported above

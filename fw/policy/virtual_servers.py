@@ -5,16 +5,16 @@ key of each entry is parsed by its own function, which reports at the node that 
 on, so one run reports every error; then the checks across keys (maglev_table_size against the
 scheduler and the number of real servers, health's path and expect only for http, real servers in
 the virtual address's family) and across entries (unique names, one virtual server per address,
-proto and port, unique real servers within one). It returns `VirtualServer`s, or INVALID.
+proto and port, unique real servers within one), and against the `nat` list: a `dnat` entry that
+would translate the virtual server's address, proto and port is an error (the virtual server would
+always win: SPEC decides destinations by virtual server first). It returns `VirtualServer`s, or
+INVALID.
 
 Defaults: scheduler `wlc` (IPVS's), persistence 0 (off), full_nat false, when_all_down reject, a
 real server's port is the virtual server's and its weight 1, no health check unless `health` is
 given (then interval 2, timeout 1, rise 2, fall 2; http: path "/", expect 200; the timeout may not
 exceed the interval, so one check ends before the next starts). `maglev_table_size` defaults to the
 smallest prime >= max(65537, 100 x the real servers), which is 65537 up to 655 real servers.
-
-The key is not in schema.TOP_KEYS yet: until the engine and daemon balance traffic, a policy with
-`virtual_servers` is refused as an unknown key, and this module is reached from its tests only.
 """
 
 from __future__ import annotations
@@ -89,20 +89,21 @@ class VirtualServer:
     line: int = 0
 
 
-def virtual_servers(rep: Reporter, node, seen: dict | None = None):
+def virtual_servers(rep: Reporter, node, seen: dict | None = None, nat=()):
     """The list of VirtualServers, or INVALID (every problem reported). `seen` carries names and
-    (address, proto, port) across the files of a folder."""
+    (address, proto, port) across the files of a folder; `nat` is the policy's parsed nat list."""
     if isinstance(node, ScalarNode) and node.tag == NULL:
         return []
     if not isinstance(node, SequenceNode):
         rep.error(node, "virtual_servers must be a list of virtual servers")
         return INVALID
     seen = {"names": {}, "addresses": {}} if seen is None else seen
-    result = [virtual_server(rep, item, seen) for item in node.value]
+    dnat = [entry for entry in nat if entry.type == "dnat"]
+    result = [virtual_server(rep, item, seen, dnat) for item in node.value]
     return INVALID if INVALID in result else result
 
 
-def virtual_server(rep: Reporter, node, seen: dict):
+def virtual_server(rep: Reporter, node, seen: dict, dnat=()):
     """One entry -> VirtualServer, or INVALID."""
     entries = {key: (key_node, value) for key, key_node, value in items(rep, node, KEYS, "a virtual server")}
     if not isinstance(node, MappingNode):
@@ -130,6 +131,7 @@ def virtual_server(rep: Reporter, node, seen: dict):
     values["maglev_table_size"] = _table_size(rep, entries, values["scheduler"], real)
     if address is not INVALID and proto is not INVALID and port is not INVALID:
         ok = _unique_address(rep, node, entries, (address, proto, port), label, seen["addresses"]) and ok
+        ok = _not_dnat(rep, entries, (address, proto, port), label, dnat) and ok
     if not ok or INVALID in (name, address, proto, port, real) or INVALID in values.values():
         return INVALID
     return VirtualServer(name, str(address), address.version, proto, port, tuple(real), **values,
@@ -308,4 +310,23 @@ def _unique_address(rep: Reporter, node, entries: dict, where: tuple, label: str
         return False
     name_node = entries["name"][1] if "name" in entries else node
     addresses[where] = (name_node.value if isinstance(name_node, ScalarNode) else "?", (rep, name_node))
+    return True
+
+
+def _not_dnat(rep: Reporter, entries: dict, where: tuple, label: str, dnat) -> bool:
+    """No dnat entry may name this virtual server's address (in its `dst`), proto and port."""
+    address, proto, port = where
+    value = int(address)
+    for entry in dnat:
+        selector = entry.selector
+        if selector.dst is None or value not in selector.dst.by_family[address.version]:
+            continue
+        if selector.proto not in (None, proto) or (selector.dport is not None and port not in selector.dport):
+            continue
+        place = f"line {entry.line}" if entry.file == rep.file else f"{entry.file}:{entry.line}"
+        proto_name = "tcp" if proto == PROTO_TCP else "udp"
+        rep.error(entries["address"][1], f"{label} has the address, proto and port of dnat entry "
+                                         f"'{entry.name}' ({place}): {proto_name} {address} port {port} "
+                                         f"would always go to the virtual server")
+        return False
     return True

@@ -1,0 +1,178 @@
+"""The engine's load balancer: a new session to a virtual server gets a real server, for life.
+
+How it works. `LoadBalancer` holds the policy's virtual servers in this engine (one
+fw.lb.service.VirtualServers: a Balancer per virtual server, found by destination in one dict
+lookup). NAT's destination decision (fw/engine_nat.py, `Nat.bind`) asks `choose` first, as SPEC
+says ("the virtual_servers entry whose address, proto and port the packet targets, else the first
+matching dnat entry"), and only for a TCP or UDP session the rules accepted:
+
+- no virtual server at that address, proto and port: None, NAT goes on with its dnat entries;
+- a real server (scheduler, persistence, drained and down servers skipped): a `Choice` whose
+  destination becomes the session's destination translation (binding names
+  `lb:<name>:<addr:port>`); with `full_nat: true` the source is translated too (below);
+- none available: an `AllDown` carrying `when_all_down` (reject: a TCP RST or ICMP unreachable
+  through the engine's reject path; drop), reason `lb:all-down`.
+
+A balanced session keeps its real server in its NAT Binding (`binding.lb`: this object and the
+(virtual server, real server) names) for its whole life, whatever health, drain or the scheduler do
+later. Counts per real server are engine state the driver reads (`status`, `counters`): `opened`
+when the binding is made, `active` until the session is released (`closed`, which also adds the
+session's bytes, both directions, to the server's `bytes`: bytes are known when a session ends).
+The names, not the objects, identify a server, so a reload (new balancers) keeps the counts of
+servers it keeps, and a session whose server left the policy is only forgotten.
+
+full_nat's source: SPEC says "the firewall's address". The engine has no routes, so it takes the
+virtual server's own address (an address the firewall answers for, from the policy); the live
+daemon's NAT passes give routes, and then it is the route's preferred source toward the real
+server, as masquerade's. The port comes from a pool per virtual address over FULL_NAT_PORTS
+(the client's port kept when it is in that range and free, else the next free one).
+
+Nothing here reads a clock or does I/O: `now` comes with the packet; health (`apply`), drain and
+enable, `work` (Maglev tables rebuilt in slices) and `expire` (persistence) are the driver's calls,
+made off the packet path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fw.lb.maglev import DEFAULT_BUDGET
+from fw.lb.service import VirtualServers
+from fw.nat.ports import Pool
+
+TCP, UDP = 6, 17
+ALL_DOWN = "lb:all-down"
+# full_nat's source ports: below Linux's default ephemeral range (ip_local_port_range 32768-60999),
+# so that the firewall's own connections to a real server (its health checks) never hold the port
+# a balanced session's replies come back to.
+FULL_NAT_PORTS = (1024, 32767)
+
+
+class Choice:
+    """A real server for a new session: its address and port, and what the binding keeps."""
+
+    __slots__ = ("spec", "server", "names", "key")
+
+    def __init__(self, spec, server):
+        self.spec = spec
+        self.server = server
+        self.names = f"lb:{spec.name}:{server.name}"
+        self.key = (spec.name, server.name)
+
+
+class AllDown:
+    """No real server available: the session is refused as `when_all_down` says."""
+
+    __slots__ = ("action", "reason")
+
+    def __init__(self, action: str):
+        self.action = action
+        self.reason = ALL_DOWN
+
+
+REFUSE = {"reject": AllDown("reject"), "drop": AllDown("drop")}
+
+
+class LoadBalancer:
+    """The virtual servers of the policy in force, in one engine (worker)."""
+
+    def __init__(self, node: int = 0, nodes: int = 1) -> None:
+        self.node, self.nodes = node, nodes  # full_nat's ports: this node's slice (HA active/active)
+        self.services = VirtualServers(())
+        self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
+        self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
+        self.choices: dict = {}  # RealServer -> its Choice (made once per configuration)
+        self.active = False
+
+    def configure(self, specs) -> None:
+        """A new policy's virtual servers. Counts of (virtual server, real server) pairs that stay
+        carry over, and persistence's remembered clients; drain and health start afresh (the daemon
+        re-applies what its checker knows)."""
+        old = self.services
+        services = VirtualServers(specs, old)  # maglev: the old tables answer while new ones are built
+        for name, balancer in services.balancers.items():
+            before = old.balancers.get(name)
+            for server in balancer.servers:
+                kept = before.scheduler.by_name.get(server.name) if before is not None else None
+                if kept is not None:
+                    server.active, server.opened = kept.active, kept.opened
+            if before is not None and before.affinity is not None and balancer.affinity is not None:
+                balancer.affinity.entries = before.affinity.entries  # clients keep their servers
+        pools = {}
+        for spec in services.specs.values():
+            if spec.full_nat:
+                packed = ipaddress.ip_address(spec.address).packed
+                key = (spec.family, packed)
+                pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
+                                                         node=self.node, nodes=self.nodes)
+        self.services, self.pools, self.choices = services, pools, {}
+        self.active = bool(len(services))
+
+    def choose(self, pkt, sport: int, dport: int, now: float):
+        """None (no virtual server here), a Choice, or an AllDown."""
+        proto = pkt.proto
+        if proto != TCP and proto != UDP:
+            return None
+        found = self.services.lookup(pkt.dst, proto, dport)
+        if found is None:
+            return None
+        spec, balancer = found
+        server = balancer.choose(pkt.src, sport, now)
+        if server is None:
+            return REFUSE[spec.when_all_down]
+        balancer.opened(server)
+        choice = self.choices.get(server)
+        if choice is None:
+            choice = self.choices[server] = Choice(spec, server)
+        return choice
+
+    def serves(self, pkt, dport: int) -> bool:
+        """Whether a virtual server is at the packet's destination (nothing is chosen)."""
+        return (pkt.proto == TCP or pkt.proto == UDP) and self.services.lookup(pkt.dst, pkt.proto, dport) is not None
+
+    def source_pool(self, spec) -> Pool:
+        return self.pools[(spec.family, ipaddress.ip_address(spec.address).packed)]
+
+    def closed(self, key: tuple, session_bytes: int) -> None:
+        """A balanced session ended (its binding released)."""
+        server = self._server(key)
+        if server is not None and server.active > 0:
+            server.active -= 1
+        self.closed_bytes[key] = self.closed_bytes.get(key, 0) + session_bytes
+
+    def adopted(self, key: tuple) -> None:
+        """A balanced session restored from a snapshot or taken from an HA peer: counted active."""
+        server = self._server(key)
+        if server is not None:
+            server.active += 1
+
+    def _server(self, key: tuple):
+        balancer = self.services.balancers.get(key[0])
+        return balancer.scheduler.by_name.get(key[1]) if balancer is not None else None
+
+    # -- the driver's calls (off the packet path) ----------------------------------------------
+
+    def apply(self, change) -> bool:
+        """A health checker's HealthChange for a (virtual server, real server) key."""
+        return self.services.apply(change)
+
+    def drain(self, vs_name: str, server_name: str) -> None:
+        self.services.drain(vs_name, server_name)
+
+    def enable(self, vs_name: str, server_name: str) -> None:
+        self.services.enable(vs_name, server_name)
+
+    def work(self, budget: int = DEFAULT_BUDGET) -> bool:
+        """One slice of pending Maglev builds; True when nothing is left."""
+        return self.services.work(budget)
+
+    def expire(self, now: float) -> int:
+        return self.services.expire(now)
+
+    def status(self, last_checks: dict | None = None) -> list[dict]:
+        """`fw lb --json` rows of this engine, each real server with its `bytes` too."""
+        rows = self.services.status(last_checks)
+        for row in rows:
+            for server in row["real_servers"]:
+                server["bytes"] = self.closed_bytes.get((row["name"], server["server"]), 0)
+        return rows

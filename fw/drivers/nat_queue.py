@@ -44,11 +44,11 @@ class NatPacketHandler(PacketHandler):
         self.routes = routes
         routes.names = self.ifname
         engine.nat.route = routes.route
-        self.counters: Counter = Counter()  # partial_checksums (computed whole), tcp_gso_partial (left)
+        self.counters: Counter = Counter()  # partial_checksums (computed whole), tcp_gso_partial (left), nat_too_long
 
     def stats(self) -> dict:
         """The `nat` section of `fw stats`: checksum states seen, route lookups made."""
-        return {**{key: 0 for key in ("partial_checksums", "tcp_gso_partial")}, **self.counters,
+        return {**{key: 0 for key in ("partial_checksums", "tcp_gso_partial", "nat_too_long")}, **self.counters,
                 "route_lookups": self.routes.lookups}
 
     def judge(self, packet, data: bytes):
@@ -74,7 +74,7 @@ class NatPacketHandler(PacketHandler):
         else:
             return super().judge(packet, data)
         if packet.truncated and decision.reason == "nat:rewrite":
-            self.engine.counters["nat_too_long"] += 1
+            self.counters["nat_too_long"] += 1
         return decision
 
     @staticmethod

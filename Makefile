@@ -3,14 +3,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # System packages: scripts/apt-packages.txt (shared with the Vagrant provisioning).
 
-.PHONY: install test lint bench lab lab-down clean
+.PHONY: install test test-pure lint bench lab lab-down clean
 
 install:
 	scripts/install-system-packages.sh dev
 	scripts/install-venv.sh $(VENV)
+	$(PY) build_compiled.py --strict
 
+# The suite against the compiled build, then the tests that need no lab against the pure-Python
+# modules (FW_PURE=1: fw/__init__.py), so both builds stay equal (docs/performance.md).
 test:
 	$(PY) -m pytest -q
+	$(MAKE) test-pure
+
+test-pure:
+	FW_PURE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not netns and not root"
 
 lint:
 	$(VENV)/bin/ruff check fw tests bench
@@ -25,6 +32,7 @@ lab-down:
 	$(VENV)/bin/fw lab down
 
 clean:
+	-$(PY) build_compiled.py --clean
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 # Deployment (docs/deploy.md): the systemd service, the Vagrant lab VMs, and the checks of both.

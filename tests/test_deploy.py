@@ -225,7 +225,8 @@ def test_scripts_are_executable_and_strict(script: Path) -> None:
 
 def test_make_install_runs_the_shared_scripts() -> None:
     done = run(["make", "--no-print-directory", "-n", "install"], cwd=REPO)
-    assert done.stdout.splitlines() == ["scripts/install-system-packages.sh dev", "scripts/install-venv.sh .venv"]
+    assert done.stdout.splitlines() == ["scripts/install-system-packages.sh dev", "scripts/install-venv.sh .venv",
+                                        ".venv/bin/python build_compiled.py --strict"]
 
 
 def packages(*roles: str) -> list[str]:

@@ -1,0 +1,78 @@
+"""Compile fw's hot modules with Cython, in place: `python build_compiled.py` (`make install` runs it).
+
+How it works: each module in COMPILED is an ordinary Python module (it runs and is tested as it
+is); Cython compiles it, with the types of a `.pxd` file beside it where there is one, into an
+extension module next to the `.py` (fw/packet/parse.cpython-311-x86_64-linux-gnu.so beside
+fw/packet/parse.py). Python's import system prefers the extension module, so the compiled build is
+the one that runs. `FW_PURE=1` in the environment makes `import fw` skip them (fw/__init__.py), so
+the same checkout runs and tests the pure-Python modules too (`make test-pure`).
+
+A module that fails to compile is reported and left pure (a machine without a C compiler still
+runs fw); `--strict` makes that an error (CI). `--clean` removes the extension modules.
+The generated C sources go to build/cython/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# The modules compiled, by path (the packet path's hot modules; docs/performance.md says what each gives).
+COMPILED: list[str] = [
+]
+
+
+def extension_files() -> list[Path]:
+    """The extension modules built beside COMPILED's sources (whatever their ABI tag)."""
+    found = []
+    for source in COMPILED:
+        path = ROOT / source
+        found.extend(path.parent.glob(path.stem + ".*.so"))
+    return found
+
+
+def clean() -> int:
+    for path in extension_files():
+        path.unlink()
+        print(f"removed {path.relative_to(ROOT)}")
+    return 0
+
+
+def build(strict: bool) -> int:
+    """Cythonize and build COMPILED in place; a failure leaves that module pure (or fails with --strict)."""
+    try:
+        from Cython.Build import cythonize
+        from setuptools import Distribution
+    except ImportError as error:
+        print(f"build_compiled: {error}: fw stays pure Python", file=sys.stderr)
+        return 1 if strict else 0
+    failed = []
+    for source in COMPILED:
+        try:
+            modules = cythonize([source], build_dir="build/cython", quiet=True,
+                                compiler_directives={"language_level": 3})
+            dist = Distribution({"ext_modules": modules, "script_args": ["build_ext", "--inplace", "-q"]})
+            dist.parse_command_line()
+            dist.run_commands()
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - any build failure leaves the module pure
+            failed.append(source)
+            print(f"build_compiled: {source} not compiled ({error}): it stays pure Python", file=sys.stderr)
+    print(f"build_compiled: {len(COMPILED) - len(failed)} of {len(COMPILED)} modules compiled")
+    return 1 if failed and strict else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--strict", action="store_true", help="a module that does not compile is an error")
+    parser.add_argument("--clean", action="store_true", help="remove the extension modules (fw runs pure)")
+    args = parser.parse_args(argv)
+    import os
+    os.chdir(ROOT)
+    return clean() if args.clean else build(args.strict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,8 +29,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from itertools import islice
-
-from fw.conntrack.tcp import FIELDS, TrackFields, copy_fields
+from operator import attrgetter
+from typing import NamedTuple
 
 UNREPLIED = "UNREPLIED"
 REPLIED = "REPLIED"
@@ -49,6 +49,48 @@ FLAG_NAMES = {ASSURED: "assured", SEEN_REPLY: "seen-reply", RELATED: "related", 
               HALF_OPEN: "half-open"}
 INTERN_LIMIT = 1 << 16  # values kept by SessionTable.intern before it starts over
 PROFILE_LIMIT = 4096  # profiles kept by SessionTable.profile before it starts over
+
+
+# A TCP track's fields besides its state (fw.conntrack.tcp says what they mean): both ends' window
+# data (o_ what the original sender showed, r_ the reply sender: the kernel's ip_ct_tcp_state, td_
+# dropped) and what the last packets showed (ip_ct_tcp's last_*: last_wscale is kept in last_flags'
+# high bits, last_dir and last_index in one `last_packet`, index << 1 | direction). `_put` assigns
+# them in this order. They live here, with the TcpSession that holds them: the tracker
+# (fw.conntrack.tcp) works on TcpSession and its TcpTrack.
+FIELDS = (
+    "o_end", "o_maxend", "o_maxwin", "o_maxack", "r_end", "r_maxend", "r_maxwin", "r_maxack",
+    "last_seq", "last_ack", "last_end",
+    "o_scale", "r_scale", "last_flags",
+    "last_win",
+    "o_flags", "r_flags", "retrans", "last_packet", "liberal",
+)  # fmt: skip
+_get = attrgetter(*FIELDS)  # a track's FIELDS as a tuple
+_PEER_NAMES = ("end", "maxend", "maxwin", "maxack", "scale", "flags")
+_SEEN = tuple(attrgetter(*(side + name for name in _PEER_NAMES)) for side in ("o_", "r_"))
+
+
+class TcpPeer(NamedTuple):
+    """What one end has shown us (the kernel's ip_ct_tcp_state): a read-only view, `track.seen`."""
+
+    td_end: int
+    td_maxend: int
+    td_maxwin: int
+    td_maxack: int
+    td_scale: int
+    flags: int
+
+
+def _put(track, values) -> None:
+    """Set a track's FIELDS from a sequence in FIELDS' order (`_get` reads them)."""
+    (track.o_end, track.o_maxend, track.o_maxwin, track.o_maxack, track.r_end, track.r_maxend, track.r_maxwin,
+     track.r_maxack, track.last_seq, track.last_ack, track.last_end, track.o_scale, track.r_scale,
+     track.last_flags, track.last_win, track.o_flags, track.r_flags,
+     track.retrans, track.last_packet, track.liberal) = values  # fmt: skip
+
+
+def copy_fields(target, source) -> None:
+    """Give `target` the FIELDS of `source` (what `target.data = source.data` does, in one call)."""
+    _put(target, _get(source))
 
 
 def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple:
@@ -191,9 +233,11 @@ class Session:
         return cls(key, state, now, orientation(key, src, sport))
 
 
-class TcpSession(Session, TrackFields):
+class TcpSession(Session):
     """A TCP session: the track's FIELDS are its own slots (`liberal` is the flag LIBERAL), its
-    `state` is the track's state."""
+    `state` is the track's state. The tracker (fw.conntrack.tcp) works on it; its TcpTrack (a
+    track not in the table yet) is a TcpSession too. Compiled (table.pxd), the fields are C
+    integers."""
 
     __slots__ = tuple(name for name in FIELDS if name != "liberal")
 
@@ -216,8 +260,32 @@ class TcpSession(Session, TrackFields):
     @tcp.setter
     def tcp(self, track) -> None:
         """Take another track's window data and state (an HA peer's, a merged one)."""
-        self.data = track.data
+        _put(self, _get(track))
         self.state = track.state
+
+    @property
+    def data(self) -> tuple:
+        """The plain values of FIELDS, in order; assigning another track's `data` copies its window."""
+        return _get(self)
+
+    @data.setter
+    def data(self, values) -> None:
+        _put(self, values)
+
+    @property
+    def last_dir(self) -> int:
+        """The direction of the last packet (ORIGINAL, REPLY)."""
+        return self.last_packet & 1
+
+    @property
+    def last_index(self) -> int:
+        """The flag class of the last packet."""
+        return self.last_packet >> 1
+
+    @property
+    def seen(self) -> tuple:
+        """(original sender, reply sender), read-only."""
+        return TcpPeer(*_SEEN[0](self)), TcpPeer(*_SEEN[1](self))
 
     def __repr__(self) -> str:
         return f"<TcpSession {self.key} {self.state.name}>"

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import IntEnum
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from types import FunctionType
-from typing import Any, NamedTuple
+from typing import Any
+
+from fw.conntrack.table import FIELDS, LIBERAL, TcpPeer, TcpSession, _get, _put, copy_fields  # noqa: F401  (this module's API too)
 
 
 class TcpState(IntEnum):
@@ -188,17 +190,7 @@ def after(seq1: int, seq2: int) -> bool:
     return (seq2 - seq1) & SEQ_MASK >= SEQ_HALF
 
 
-# A track's fields besides its state: both ends' window data (o_ what the original sender showed,
-# r_ the reply sender: the kernel's ip_ct_tcp_state, td_ dropped) and what the last packets showed
-# (ip_ct_tcp's last_*: last_wscale is kept in last_flags' high bits, last_dir and last_index in one
-# `last_packet`, index << 1 | direction). `_put` assigns them in this order.
-FIELDS = (
-    "o_end", "o_maxend", "o_maxwin", "o_maxack", "r_end", "r_maxend", "r_maxwin", "r_maxack",
-    "last_seq", "last_ack", "last_end",
-    "o_scale", "r_scale", "last_flags",
-    "last_win",
-    "o_flags", "r_flags", "retrans", "last_packet", "liberal",
-)  # fmt: skip
+# A track's fields besides its state: FIELDS (fw.conntrack.table, beside the TcpSession that holds them).
 _AT = {name: index for index, name in enumerate(FIELDS)}
 # Per-end fields: their index in FIELDS, by direction (ORIGINAL, REPLY).
 _END, _MAXEND, _MAXWIN, _MAXACK, _SCALE, _PFLAGS = (
@@ -213,97 +205,37 @@ _LIBERAL = _AT["liberal"]
 _NEW_VALUES = tuple(
     TCP_NONE_SET << 1 if name == "last_packet" else False if name == "liberal" else 0 for name in FIELDS
 )
-_get = attrgetter(*FIELDS)  # a track's FIELDS as a tuple
 # From such a tuple, by direction: the end's (end, maxend, maxwin, maxack, scale, flags).
 _PEER_OF = tuple(itemgetter(*(at[direction] for at in _PEER)) for direction in (ORIGINAL, REPLY))
 
 
-class TcpPeer(NamedTuple):
-    """What one end has shown us (the kernel's ip_ct_tcp_state): a read-only view, `track.seen`."""
-
-    td_end: int
-    td_maxend: int
-    td_maxwin: int
-    td_maxack: int
-    td_scale: int
-    flags: int
-
-
-class TrackFields:
-    """What every holder of FIELDS (a TcpTrack, a TcpSession) offers besides them."""
-
-    __slots__ = ()
-
-    # The types, for mypyc (annotations make no class attributes).
-    o_end: int
-    o_maxend: int
-    o_maxwin: int
-    o_maxack: int
-    r_end: int
-    r_maxend: int
-    r_maxwin: int
-    r_maxack: int
-    last_seq: int
-    last_ack: int
-    last_end: int
-    o_scale: int
-    r_scale: int
-    last_flags: int
-    last_win: int
-    o_flags: int
-    r_flags: int
-    retrans: int
-    last_packet: int
-    liberal: bool
-    state: Any
-
-    # Properties made of functions, not methods: mypyc compiles this class as a plain Python class,
-    # whose compiled methods would refuse a TcpSession as `self`, and supports no property setters.
-    data = property(lambda self: _get(self), lambda self, values: _put(self, values),
-                    doc="The plain values of FIELDS, in order; assigning another track's `data` copies its window.")
-    last_dir = property(lambda self: self.last_packet & 1, doc="The direction of the last packet (ORIGINAL, REPLY).")
-    last_index = property(lambda self: self.last_packet >> 1, doc="The flag class of the last packet.")
-    seen = property(lambda self: (TcpPeer(*_PEER_OF[ORIGINAL](_get(self))), TcpPeer(*_PEER_OF[REPLY](_get(self)))),
-                    doc="(original sender, reply sender), read-only.")
-
-
-class TcpTrack(TrackFields):
-    """The TCP part of a session (the kernel's ip_ct_tcp): the state and FIELDS, flat. A session
-    in the table is a TcpSession (fw.conntrack.table), which has the same fields: the functions
-    here take either.
+class TcpTrack(TcpSession):
+    """The TCP part of a session (the kernel's ip_ct_tcp): the state and FIELDS, flat, for a flow
+    not in the table yet (tcp_new's answer, a snapshot's or an HA peer's track). A TcpSession
+    (fw.conntrack.table) with no key: the functions here take either; a new session copies it.
 
     `liberal`: picked up mid-stream, window failures (not RSTs) are let through.
     """
 
-    __slots__ = ("state", *FIELDS)
+    __slots__ = ()
 
     def __init__(self, liberal: bool = False) -> None:
         self.state = sNO
+        self.flags = 0  # the session's other fields are not set: a track has none
         _put_new_track(self, _NEW_VALUES)
-        self.liberal = liberal
+        if liberal:
+            self.flags = LIBERAL
 
     def __repr__(self) -> str:
         return f"<TcpTrack {self.state.name} {to_dict(self)}>"
-
-
-def _put(track: Any, values) -> None:
-    """Set a track's FIELDS from a sequence in FIELDS' order (`_get` reads them)."""
-    (track.o_end, track.o_maxend, track.o_maxwin, track.o_maxack, track.r_end, track.r_maxend, track.r_maxwin,
-     track.r_maxack, track.last_seq, track.last_ack, track.last_end, track.o_scale, track.r_scale,
-     track.last_flags, track.last_win, track.o_flags, track.r_flags,
-     track.retrans, track.last_packet, track.liberal) = values  # fmt: skip
 
 
 # _put's code again, as a function of its own for TcpTrack.__init__: the interpreter specializes each
 # attribute store of a code object to one class, and every new session would otherwise store into
 # a new TcpTrack and then into its TcpSession through the same stores (each store then taking the
 # generic way: ~5,000 instructions more per new session, measured with callgrind).
-_put_new_track = FunctionType(_put.__code__.replace(co_name="_put_new_track", co_qualname="_put_new_track"), globals())
-
-
-def copy_fields(target: Any, source: Any) -> None:
-    """Give `target` the FIELDS of `source` (what `target.data = source.data` does, in one call)."""
-    _put(target, _get(source))
+_put_new_track = (FunctionType(_put.__code__.replace(co_name="_put_new_track", co_qualname="_put_new_track"), globals())
+                  if _put.__class__ is FunctionType else _put)  # compiled: the stores are C stores anyway
 
 
 def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:

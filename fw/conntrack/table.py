@@ -239,7 +239,7 @@ class TcpSession(Session):
     track not in the table yet) is a TcpSession too. Compiled (table.pxd), the fields are C
     integers."""
 
-    __slots__ = tuple(name for name in FIELDS if name != "liberal")
+    __slots__ = FIELDS[:-1]  # all but "liberal"
 
     def __init__(self, key: tuple, track, now: float, flags: int = 0, profile: Profile = NO_PROFILE):
         Session.__init__(self, key, track.state, now, flags, profile)

@@ -25,6 +25,10 @@ COMPILED: list[str] = [
     "fw/packet/parse.py",
     "fw/conntrack/table.py",
     "fw/conntrack/tcp.py",
+    "fw/engine.py",
+    "fw/decision.py",
+    "fw/policy/index.py",
+    "fw/policy/model.py",
 ]
 
 

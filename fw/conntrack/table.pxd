@@ -2,6 +2,7 @@
 # table.py stays ordinary Python and runs as it is with FW_PURE=1). Sessions are C structs: times
 # are doubles, counters and the TCP track's FIELDS C integers (no int object per number), so the
 # compiled tracker (fw/conntrack/tcp.pxd) reads and writes them directly.
+import cython
 
 cdef class Profile:
     cdef public object rule, policy_rev, timeouts, rst_on_timeout
@@ -24,3 +25,6 @@ cdef class TcpSession(Session):
     cdef public long o_scale, r_scale, last_flags
     cdef public long long last_win
     cdef public long o_flags, r_flags, retrans, last_packet
+
+@cython.locals(liberal=long)
+cpdef copy_fields(TcpSession target, TcpSession source)

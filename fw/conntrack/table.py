@@ -32,6 +32,11 @@ from itertools import islice
 from operator import attrgetter
 from typing import NamedTuple
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 UNREPLIED = "UNREPLIED"
 REPLIED = "REPLIED"
 
@@ -90,7 +95,21 @@ def _put(track, values) -> None:
 
 def copy_fields(target, source) -> None:
     """Give `target` the FIELDS of `source` (what `target.data = source.data` does, in one call)."""
-    _put(target, _get(source))
+    if not cython.compiled:
+        _put(target, _get(source))
+        return
+    # Compiled (table.pxd types both as TcpSession): C stores, no tuple of int objects in between.
+    target.o_end, target.o_maxend, target.o_maxwin, target.o_maxack = (
+        source.o_end, source.o_maxend, source.o_maxwin, source.o_maxack)
+    target.r_end, target.r_maxend, target.r_maxwin, target.r_maxack = (
+        source.r_end, source.r_maxend, source.r_maxwin, source.r_maxack)
+    target.last_seq, target.last_ack, target.last_end, target.last_win = (
+        source.last_seq, source.last_ack, source.last_end, source.last_win)
+    target.o_scale, target.r_scale, target.last_flags = source.o_scale, source.r_scale, source.last_flags
+    target.o_flags, target.r_flags, target.retrans, target.last_packet = (
+        source.o_flags, source.r_flags, source.retrans, source.last_packet)
+    liberal = LIBERAL
+    target.flags = (target.flags & ~liberal) | (source.flags & liberal)
 
 
 def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple:
@@ -242,7 +261,16 @@ class TcpSession(Session):
     __slots__ = FIELDS[:-1]  # all but "liberal"
 
     def __init__(self, key: tuple, track, now: float, flags: int = 0, profile: Profile = NO_PROFILE):
-        Session.__init__(self, key, track.state, now, flags, profile)
+        # Session.__init__ written out: every new TCP session would pay for the call.
+        self.key = key
+        self.state = track.state
+        self.deadline = now
+        self.slot = 0
+        self.orig_packets = self.orig_bytes = self.reply_packets = self.reply_bytes = 0
+        self.created = self.last_seen = now
+        self.flags = flags
+        self.profile = profile
+        self.extra = None
         copy_fields(self, track)  # self.data = track.data, without the property's two calls
 
     @property

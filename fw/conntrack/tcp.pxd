@@ -22,3 +22,9 @@ cpdef object tcp_new(Packet pkt, bint liberal=*)
 
 @cython.locals(retransmitting=bint)
 cpdef str timeout_key(TcpSession track, object timeouts=*)
+
+@cython.locals(flags=long)
+cpdef long long _seq_end(Packet pkt)
+
+@cython.locals(flags=long, scale=long)
+cpdef tuple _offered(Packet pkt)

@@ -39,6 +39,11 @@ from operator import itemgetter
 from types import FunctionType
 from typing import Any
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.conntrack.table import FIELDS, LIBERAL, TcpPeer, TcpSession, _get, _put, copy_fields  # noqa: F401  (this module's API too)
 
 
@@ -222,7 +227,10 @@ class TcpTrack(TcpSession):
     def __init__(self, liberal: bool = False) -> None:
         self.state = sNO
         self.flags = 0  # the session's other fields are not set: a track has none
-        _put_new_track(self, _NEW_VALUES)
+        if cython.compiled:  # a new C struct: the fields are 0 already
+            self.last_packet = TCP_NONE_SET << 1
+        else:
+            _put_new_track(self, _NEW_VALUES)
         if liberal:
             self.flags = LIBERAL
 

@@ -7,3 +7,10 @@ build (C stores when compiled, one attrgetter and an unpack when not). Cython's 
 """
 
 compiled = False
+long = int
+double = float
+
+
+def locals(**types):  # noqa: A001 - Cython's name
+    """`@cython.locals(name=type, ...)`: the types of a function's locals when compiled; nothing here."""
+    return lambda function: function

@@ -35,6 +35,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw import engine_lb, engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
@@ -74,6 +79,7 @@ from fw.events import session_event, verdict_event
 from fw.nat.ftp import FtpNatSession
 from fw.nat.rewrite import RewriteError
 from fw.packet import MalformedPacket, parse
+from fw.packet.parse import Packet
 from fw.packet import build as pktbuild
 from fw.policy.recheck import refused_by
 
@@ -162,6 +168,7 @@ class Engine:
 
     # -- the packet path ----------------------------------------------------------------------
 
+    @cython.locals(pkt=Packet, proto=cython.long)
     def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None,
                 hook: str | None = None, partial: bool = False) -> Decision:
         """One packet. `hook` None: the one pass of replay and of a daemon without NAT; the live
@@ -203,6 +210,8 @@ class Engine:
     def _verdict(verdict, reason, pkt=None, session=None, effects=NO_EFFECTS) -> Decision:
         return Decision(verdict, reason, pkt, session, effects)
 
+    @cython.locals(pkt=Packet, session=TcpSession, side=cython.long, sport=cython.long, dport=cython.long,
+                   deadline=cython.double)
     def _tcp(self, pkt, now, iif, oif) -> Decision:
         # The hot path: an established TCP packet. flow_key and the counting are written out
         # here on purpose (a Python call costs as much as a window check).

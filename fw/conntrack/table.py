@@ -70,6 +70,7 @@ FIELDS = (
     "o_flags", "r_flags", "retrans", "last_packet", "liberal",
 )  # fmt: skip
 _get = attrgetter(*FIELDS)  # a track's FIELDS as a tuple
+_get_fields = attrgetter(*FIELDS[:-1])  # all but `liberal`
 _PEER_NAMES = ("end", "maxend", "maxwin", "maxack", "scale", "flags")
 _SEEN = tuple(attrgetter(*(side + name for name in _PEER_NAMES)) for side in ("o_", "r_"))
 
@@ -85,18 +86,26 @@ class TcpPeer(NamedTuple):
     flags: int
 
 
-def _put(track, values) -> None:
-    """Set a track's FIELDS from a sequence in FIELDS' order (`_get` reads them)."""
+def _put_fields(track, values) -> None:
+    """Set a track's FIELDS but `liberal` (a flag of the session) from a sequence in FIELDS' order
+    (`_get_fields` reads them)."""
     (track.o_end, track.o_maxend, track.o_maxwin, track.o_maxack, track.r_end, track.r_maxend, track.r_maxwin,
      track.r_maxack, track.last_seq, track.last_ack, track.last_end, track.o_scale, track.r_scale,
      track.last_flags, track.last_win, track.o_flags, track.r_flags,
-     track.retrans, track.last_packet, track.liberal) = values  # fmt: skip
+     track.retrans, track.last_packet) = values  # fmt: skip
+
+
+def _put(track, values) -> None:
+    """Set a track's FIELDS from a sequence in FIELDS' order (`_get` reads them)."""
+    _put_fields(track, values[:-1])
+    track.liberal = values[-1]
 
 
 def copy_fields(target, source) -> None:
     """Give `target` the FIELDS of `source` (what `target.data = source.data` does, in one call)."""
     if not cython.compiled:
-        _put(target, _get(source))
+        _put_fields(target, _get_fields(source))
+        target.flags = target.flags & ~LIBERAL | source.flags & LIBERAL
         return
     # Compiled (table.pxd types both as TcpSession): C stores, no tuple of int objects in between.
     target.o_end, target.o_maxend, target.o_maxwin, target.o_maxack = (

@@ -44,7 +44,7 @@ try:
 except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
     from fw import cython_shadow as cython
 
-from fw.conntrack.table import FIELDS, LIBERAL, TcpPeer, TcpSession, _get, _put, copy_fields  # noqa: F401  (this module's API too)
+from fw.conntrack.table import FIELDS, LIBERAL, TcpPeer, TcpSession, _get, _put, _put_fields, copy_fields  # noqa: F401  (this module's API too)
 
 
 class TcpState(IntEnum):
@@ -210,6 +210,7 @@ _LIBERAL = _AT["liberal"]
 _NEW_VALUES = tuple(
     TCP_NONE_SET << 1 if name == "last_packet" else False if name == "liberal" else 0 for name in FIELDS
 )
+_NEW_FIELDS = _NEW_VALUES[:-1]  # all but liberal
 # From such a tuple, by direction: the end's (end, maxend, maxwin, maxack, scale, flags).
 _PEER_OF = tuple(itemgetter(*(at[direction] for at in _PEER)) for direction in (ORIGINAL, REPLY))
 
@@ -230,7 +231,7 @@ class TcpTrack(TcpSession):
         if cython.compiled:  # a new C struct: the fields are 0 already
             self.last_packet = TCP_NONE_SET << 1
         else:
-            _put_new_track(self, _NEW_VALUES)
+            _put_new_track(self, _NEW_FIELDS)
         if liberal:
             self.flags = LIBERAL
 
@@ -238,12 +239,12 @@ class TcpTrack(TcpSession):
         return f"<TcpTrack {self.state.name} {to_dict(self)}>"
 
 
-# _put's code again, as a function of its own for TcpTrack.__init__: the interpreter specializes each
+# _put_fields' code again, as a function of its own for TcpTrack.__init__: the interpreter specializes each
 # attribute store of a code object to one class, and every new session would otherwise store into
 # a new TcpTrack and then into its TcpSession through the same stores (each store then taking the
 # generic way: ~5,000 instructions more per new session, measured with callgrind).
-_put_new_track = (FunctionType(_put.__code__.replace(co_name="_put_new_track", co_qualname="_put_new_track"), globals())
-                  if _put.__class__ is FunctionType else _put)  # compiled: the stores are C stores anyway
+_put_new_track = (FunctionType(_put_fields.__code__.replace(co_name="_put_new_track", co_qualname="_put_new_track"),
+                               globals()) if _put_fields.__class__ is FunctionType else _put_fields)  # compiled: the stores are C stores anyway
 
 
 def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:

@@ -79,8 +79,8 @@ from fw.events import session_event, verdict_event
 from fw.nat.ftp import FtpNatSession
 from fw.nat.rewrite import RewriteError
 from fw.packet import MalformedPacket, parse
-from fw.packet.parse import Packet
 from fw.packet import build as pktbuild
+from fw.packet.parse import Packet
 from fw.policy.recheck import refused_by
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58

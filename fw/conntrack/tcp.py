@@ -244,7 +244,7 @@ class TcpTrack(TcpSession):
 # a new TcpTrack and then into its TcpSession through the same stores (each store then taking the
 # generic way: ~5,000 instructions more per new session, measured with callgrind).
 _put_new_track = (FunctionType(_put_fields.__code__.replace(co_name="_put_new_track", co_qualname="_put_new_track"),
-                               globals()) if _put_fields.__class__ is FunctionType else _put_fields)  # compiled: the stores are C stores anyway
+                               globals()) if _put_fields.__class__ is FunctionType else _put_fields)  # compiled: unused
 
 
 def tcp_new(pkt, liberal: bool = False) -> TcpTrack | str:

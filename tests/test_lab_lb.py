@@ -13,7 +13,8 @@ answering server's name counted). Checked, on what the client and the EVE log se
 - `fw lb drain` of the server a long download runs on: the download runs to its end, new requests
   avoid the drained server; `fw lb enable` brings it back; `fw lb` and `fw lb --json` show it all,
   `fw events --type lb` the drain;
-- a second virtual server (port 81, full_nat): the real server sees the firewall's address;
+- a second virtual server (port 81, full_nat): the real server sees the firewall's address (and
+  through the two-arm one, the client's);
 - UDP virtual servers over IPv4 and IPv6 (port 53 to an echo server's 5353);
 - a virtual server on the firewall's own lan address.
 """
@@ -272,6 +273,8 @@ def test_full_nat_gives_the_real_server_the_firewalls_address(lb_lab):
     source toward it), not the client's; the client sees the virtual address answer."""
     result = lb_lab.requests(5, "/peer", port=81)
     assert result == {"names": {"web1 203.0.113.1": 5}, "errors": 0}, result
+    two_arm = lb_lab.requests(6, "/peer")  # port 80 (two-arm): the client's own address
+    assert two_arm["errors"] == 0 and all(name.endswith(" 198.51.100.10") for name in two_arm["names"]), two_arm
 
 
 @pytest.mark.parametrize("vip", [VIP, VIP6])

@@ -197,18 +197,24 @@ def test_full_nat_sources_become_the_virtual_address_and_replies_come_back():
     assert flow_text(parse(data)) == f"tcp {VIP}:20000 -> 203.0.113.21:8080"
 
 
-def test_udp_and_ipv6_virtual_servers():
-    engine = engine_for(policy_text((1, 1), "maglev", vip="2001:db8:2::100", proto="udp", port=53,
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_udp_and_ipv6_virtual_servers(proto):
+    engine = engine_for(policy_text((1, 1), "maglev", vip="2001:db8:2::100", proto=proto, port=53,
                                     prefix="2001:db8:2::"))
-    decision = engine.process(udp_pkt("[2001:db8:1::10]:5353", "[2001:db8:2::100]:53", b"query"), 1.0)
+    client, vip = "[2001:db8:1::10]:5353", "[2001:db8:2::100]:53"
+    first = udp_pkt(client, vip, b"query") if proto == "udp" else seg(client, vip, "S", seq=1000)
+    decision = engine.process(first, 1.0)
     assert decision.verdict == "accept"
     names = decision.session.nat.names
     assert names in ("lb:web:[2001:db8:2::21]:8080", "lb:web:[2001:db8:2::22]:8080")
     server = names[len("lb:web:"):]
-    answer = engine.process(udp_pkt(server, "[2001:db8:1::10]:5353", b"answer"), 1.1)
+    [out] = [e.data for e in decision.effects if isinstance(e, RewritePacket)]
+    assert flow_text(parse(out)) == f"{proto} {client} -> {server}"
+    reply = udp_pkt(server, client, b"answer") if proto == "udp" else seg(server, client, "SA", seq=5000, ack=1001)
+    answer = engine.process(reply, 1.1)
     [back] = [e.data for e in answer.effects if isinstance(e, RewritePacket)]
     assert answer.reason == "established"
-    assert flow_text(parse(back)) == "udp [2001:db8:2::100]:53 -> [2001:db8:1::10]:5353"
+    assert flow_text(parse(back)) == f"{proto} {vip} -> {client}"
 
 
 def test_counts_per_real_server_opened_active_and_bytes():

@@ -6,7 +6,10 @@ namespace is set up, measured and reset:
 - `kernel forwarding`: no rules; `kernel conntrack`: ESTABLISHED,RELATED accepted, allow rules, drop;
 - `bare loop` / `bare loop GSO`: an accept-everything NFQUEUE loop (bench/live_tools.py bare-loop)
   without and with the GSO flag, one process per queue, `--queue-balance` when two;
-- `fw run` (GSO on, as always), `fw run --queues 0-1` (two workers), `fw run --offload`.
+- `fw run` (GSO on, as always), `fw run --queues 0-1` (two workers), `fw run --offload`;
+- `fw run, masquerade` (NAT_POLICY) and `fw run, virtual server` (LB_POLICY: the stream and the
+  flood sent to a virtual address, balanced over addresses of the server namespace).
+`python -m bench --paths NAME...` measures only some of them (run(paths=...)).
 Measures, each the median of RUNS runs of SECONDS: TCP throughput (one iperf3 stream, Gbit/s at
 the receiver), small UDP packets (64-byte datagrams from UDP_FLOWS client addresses, sent paced by
 one light sender, live_tools.py udp-flood, and counted by the server's kernel, which drops them:

@@ -230,3 +230,51 @@ def test_extended_passive_through_a_port_forward(engine):
     data = run(engine, seg("192.0.2.7:6001", "203.0.113.1:50001", "S", seq=1))
     assert data.reason == "related:ftp"
     leaves(data, "tcp 192.0.2.7:6001 -> 198.51.100.20:50001")
+
+
+LONGER_POLICY = """
+version: 1
+rules:
+  - {name: ftp-out, action: accept, proto: tcp, src: 10.0.0.0/24, dport: 21, alg: ftp, rst_on_timeout: true}
+nat:
+  - {name: outbound, type: snat, src: 10.0.0.0/24, to: 203.0.113.222}
+"""
+
+
+def test_a_longer_line_keeps_the_window_tracking_consistent_and_resets_exact(tmp_path):
+    """A rewrite that makes the line longer (+5 bytes): the server acknowledges beyond anything
+    the client sent in its own numbers; the tracker must see the ack in the client's numbers
+    (track_view) or it would refuse it, and the later segments move both ways. A reset at expiry
+    then carries the number each end expects in its own sequence space."""
+    from fw.decision import SendPacket
+    from fw.packet import parse
+
+    engine = make_engine(tmp_path, LONGER_POLICY, events=True)
+    client, server, seen = "10.0.0.1:40000", "192.0.2.21:21", "203.0.113.222:40000"
+    run(engine, seg(client, server, "S", seq=1000))
+    run(engine, seg(server, seen, "SA", seq=5000, ack=1001))
+    assert run(engine, seg(client, server, "A", seq=1001, ack=5001)).state == "ESTABLISHED"
+    line, rewritten = b"PORT 10,0,0,1,156,64\r\n", b"PORT 203,0,113,222,156,64\r\n"
+    delta = len(rewritten) - len(line)
+    assert delta == 5
+    port = run(engine, seg(client, server, "PA", seq=1001, ack=5001, payload=line))
+    assert tcp(port).load == rewritten
+    after = 1001 + len(line)
+    # the server acknowledges the longer line and answers; several rounds, both ways
+    for n in range(3):
+        command = f"NOOP{n}\r\n".encode()
+        server_seq = 5001 + 13 * n
+        answer = run(engine, seg(server, seen, "PA", seq=server_seq, ack=after + delta, payload=b"200 Done ok\r\n"))
+        assert answer.verdict == "accept", answer
+        assert tcp(answer).ack == after
+        sent = run(engine, seg(client, server, "PA", seq=after, ack=server_seq + 13, payload=command))
+        assert sent.verdict == "accept", sent
+        assert (tcp(sent).seq, tcp(sent).ack) == (after + delta, server_seq + 13)
+        after += len(command)
+    last = run(engine, seg(server, seen, "A", seq=5001 + 39, ack=after + delta))
+    assert last.verdict == "accept" and tcp(last).ack == after
+    # expiry with rst_on_timeout: the server expects the client's next byte in its numbers (+5)
+    resets = {parse(e.data).dst: parse(e.data) for e in engine.expire(10 ** 6) if isinstance(e, SendPacket)}
+    to_server, to_client = resets[bytes([192, 0, 2, 21])], resets[bytes([10, 0, 0, 1])]
+    assert (to_server.src, to_server.sport, to_server.seq) == (bytes([203, 0, 113, 222]), 40000, after + delta)
+    assert (to_client.src, to_client.sport, to_client.seq) == (bytes([192, 0, 2, 21]), 21, 5001 + 39)

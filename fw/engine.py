@@ -341,6 +341,8 @@ class Engine:
             binding = self.nat.bind(pkt, sport, dport, iif, oif, self.table.sessions, now)
             if binding is engine_nat.EXHAUSTED:
                 self.counters["nat_exhausted"] += 1
+                if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit
+                    evicted = evicted + (LogEvent(verdict_event(pkt, DROP, engine_nat.EXHAUSTED, now)),)
                 return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
             if binding.__class__ is engine_lb.AllDown:  # a virtual server with no real server up
                 self.counters["lb_all_down"] += 1

@@ -17,14 +17,16 @@ How it works, per accepted segment of a translated FTP control session (`segment
    ack and SACK blocks shifted (`SeqAdj.adjust`), every later segment both ways too.
 A segment that starts with an announcing line's first part is dropped (counted `nat_alg_split`):
 the sender sends the line again, whole. A malformed announcement or no free port: the segment is
-dropped as `nat:alg-rewrite` (counted); the control session goes on. `track_view` gives the TCP
+dropped as `nat:alg-rewrite` (counted, and logged as an ALG refusal: an `ftp` event whose
+`refused` is `nat:alg-rewrite`); the control session goes on. `track_view` gives the TCP
 tracker the segment's ack and SACK in the sender's own sequence space, as Linux's tcp_in_window
 takes the seqadj offset off, so the windows stay consistent.
 """
 
 from __future__ import annotations
 
-from fw.decision import DROP, RewritePacket
+from fw.alg.base import Refusal, shorten
+from fw.decision import DROP, LogEvent, RewritePacket
 from fw.nat.ftp import AlgRewriteError, SplitAnnouncement
 from fw.nat.rewrite import RewriteError, with_payload
 from fw.nat.seqadj import MASK
@@ -59,8 +61,13 @@ def segment(engine, decision, binding, original: bool, now: float):
         except SplitAnnouncement:
             engine.counters["nat_alg_split"] += 1
             return _drop(decision, REASON)
-        except AlgRewriteError:
+        except AlgRewriteError as exc:
             engine.counters["nat_alg_rewrite"] += 1
+            if engine.config.events and session.alg is not None:  # an `ftp` event, as ALG refusals
+                from fw.engine import alg_refusal_event  # (fw.engine imports this module)
+
+                refusal = Refusal(REASON, exc.command, shorten(exc.detail.encode(errors="replace")))
+                decision.effects = decision.effects + (LogEvent(alg_refusal_event(session, refusal, now)),)
             return _drop(decision, REASON)
         if result is not None:
             payload = result.line

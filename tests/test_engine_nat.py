@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.inet6 import IPerror6, IPv6
 
-from fw.decision import RewritePacket
+from fw.decision import LogEvent, RewritePacket
 from fw.engine import Engine, EngineConfig
 from fw.packet import flow_text, parse
 from fw.policy import load_policy
@@ -195,12 +195,15 @@ def test_exhausted_pool_drops_and_counts(tmp_path):
         version: 1
         rules: [{name: out, action: accept}]
         nat: [{name: tiny, type: snat, proto: udp, to: 203.0.113.1, ports: "5000-5001"}]
-    """)
+    """, events=True)
     for port in (6000, 6001):
         assert out(step(engine, udp_pkt(f"198.51.100.10:{port}", "192.0.2.80:53"))) is not None
     refused = step(engine, udp_pkt("198.51.100.10:6002", "192.0.2.80:53"))
     assert (refused.verdict, refused.reason, refused.session) == ("drop", "nat:exhausted", None)
     assert engine.counters["nat_exhausted"] == 1
+    (event,) = [e.event for e in refused.effects if type(e) is LogEvent]  # an EVE drop event
+    assert (event["event_type"], event["fw"], event["src_port"]) == (
+        "drop", {"verdict": "drop", "reason": "nat:exhausted"}, 6002)
     # a port in the range is kept when its translated tuple is free (as Linux), handed out or not
     kept = step(engine, udp_pkt("198.51.100.11:5000", "192.0.2.81:53"))
     leaves(kept, "udp 203.0.113.1:5000 -> 192.0.2.81:53")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from scapy.layers.inet import TCP
 
+from fw.decision import LogEvent
 from tests.packets import seg, udp_pkt
 from tests.test_engine_nat import leaves, make_engine, out
 from tests.test_engine_nat import step as run
@@ -145,6 +146,9 @@ def test_malformed_port_dropped_control_goes_on(engine):
     bad = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"PORT 1,2,3\r\n"))
     assert (bad.verdict, bad.reason) == ("drop", "nat:alg-rewrite")
     assert engine.counters["nat_alg_rewrite"] == 1
+    (event,) = [e.event for e in bad.effects if type(e) is LogEvent]
+    assert (event["event_type"], event["ftp"]["refused"], event["ftp"]["command"]) == ("ftp", "nat:alg-rewrite", "PORT")
+    assert event["src_ip"] == "198.51.100.10" and event["ftp"]["detail"] == "not h1,h2,h3,h4,p1,p2"
     fine = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"NOOP\r\n"))
     assert tcp(fine).load == b"NOOP\r\n"
 

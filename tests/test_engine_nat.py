@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
-from scapy.layers.inet6 import IPerror6, IPv6
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPerror6, IPv6
 
 from fw.decision import LogEvent, RewritePacket
 from fw.engine import Engine, EngineConfig
@@ -288,3 +288,48 @@ def test_translation_of_packets_with_ip_options_or_extension_headers(family, pro
     translation = Translation(family, 6 if proto == "tcp" else 17, (raw[0], raw[1], 40000, 80),
                               (raw[2], raw[1], 41000, 80))
     assert translation.apply(before, packet) == after
+
+
+def test_ipv6_port_forward_hairpin_echo_ids_errors_and_exhaustion(tmp_path):
+    """Each kind in IPv6 as in IPv4: a port forward both ways, hairpin (both at once), an echo's id
+    translated there and back, an ICMPv6 error about the forwarded packet from the inside, and a
+    pool of one port exhausted."""
+    engine = make_engine(tmp_path, """
+        version: 1
+        rules: [{name: all, action: accept}]
+        nat:
+          - {name: web6, type: dnat, proto: tcp, dst: "2001:db8:ff::1", dport: 8080, to: "[2001:db8:1::20]:80"}
+          - {name: hair6, type: snat, src: "2001:db8:1::/64", dst: "2001:db8:1::20", to: "2001:db8:ff::1"}
+          - {name: out6, type: snat, src: "2001:db8:1::/64", to: "2001:db8:ff::1", ports: "7000-7000"}
+    """, events=True)
+    outside, public, inside = "[2001:db8:2::7]:5555", "[2001:db8:ff::1]:8080", "[2001:db8:1::20]:80"
+    syn = step(engine, seg(outside, public, "S", seq=10))
+    assert syn.session.nat.names == "nat:web6"
+    leaves(syn, "tcp [2001:db8:2::7]:5555 -> [2001:db8:1::20]:80")
+    synack = step(engine, seg(inside, outside, "SA", seq=70, ack=11))
+    leaves(synack, "tcp [2001:db8:ff::1]:8080 -> [2001:db8:2::7]:5555")
+    # the inside router's error about the forwarded SYN goes out from the public address
+    forwarded = seg(outside, inside, "S", seq=10)
+    error = step(engine, icmp_error_pkt("2001:db8:1::fe", "2001:db8:2::7", 1, 4, forwarded))
+    packet = leaves(error, "icmpv6 2001:db8:ff::1 -> 2001:db8:2::7 type 1 code 4")
+    assert (packet[IPerror6].dst, packet[TCPerror].dport) == ("2001:db8:ff::1", 8080)
+    # hairpin: an inside client through the public address
+    hair = step(engine, seg("[2001:db8:1::30]:41000", public, "S", seq=1))
+    assert hair.session.nat.names == "nat:web6,nat:hair6"
+    leaves(hair, "tcp [2001:db8:ff::1]:41000 -> [2001:db8:1::20]:80")
+    leaves(step(engine, seg(inside, "[2001:db8:ff::1]:41000", "SA", seq=9, ack=2)),
+           "tcp [2001:db8:ff::1]:8080 -> [2001:db8:1::30]:41000")
+    # an echo takes the one port of out6 as its id, and its reply gets the client's id back
+    request = step(engine, icmp_echo_pkt("[2001:db8:1::10]:0", "[2001:db8:2::80]:0", ident=4000, seq=1))
+    assert leaves(request, "icmpv6 2001:db8:ff::1 -> 2001:db8:2::80 type 128 code 0")[ICMPv6EchoRequest].id == 7000
+    reply = step(engine, icmp_echo_pkt("[2001:db8:2::80]:0", "[2001:db8:ff::1]:0", ident=7000, seq=1, reply=True))
+    assert reply.state == "REPLIED"
+    assert leaves(reply, "icmpv6 2001:db8:2::80 -> 2001:db8:1::10 type 129 code 0")[ICMPv6EchoReply].id == 4000
+    # the pool's one port is the echo's: a UDP flow takes its own (per protocol); a second one has none
+    leaves(step(engine, udp_pkt("[2001:db8:1::10]:6000", "[2001:db8:2::80]:53")),
+           "udp [2001:db8:ff::1]:7000 -> [2001:db8:2::80]:53")
+    refused = step(engine, udp_pkt("[2001:db8:1::11]:6001", "[2001:db8:2::81]:53"))
+    assert (refused.verdict, refused.reason) == ("drop", "nat:exhausted")
+    assert engine.counters["nat_exhausted"] == 1
+    (event,) = [e.event for e in refused.effects if type(e) is LogEvent]
+    assert (event["src_ip"], event["fw"]["reason"]) == ("2001:db8:1::11", "nat:exhausted")

@@ -333,3 +333,18 @@ def test_ipv6_port_forward_hairpin_echo_ids_errors_and_exhaustion(tmp_path):
     assert engine.counters["nat_exhausted"] == 1
     (event,) = [e.event for e in refused.effects if type(e) is LogEvent]
     assert (event["src_ip"], event["fw"]["reason"]) == ("2001:db8:1::11", "nat:exhausted")
+
+
+def test_a_reload_keeps_translations_and_pools_and_a_changed_entry_takes_new_sessions(engine, tmp_path):
+    step(engine, seg(C, S, "S", seq=100))
+    leaves(step(engine, seg("198.51.100.12:999", S, "S", seq=1)), "tcp 203.0.113.1:1024 -> 192.0.2.80:80")
+    engine.swap_policy(make_engine(tmp_path, POLICY).policy)  # the same policy, loaded again
+    leaves(step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=300, ack=101)), "tcp 192.0.2.80:80 -> 198.51.100.10:40000")
+    # the pool was kept: 1024 is still handed out, to another server too
+    leaves(step(engine, seg("198.51.100.13:998", "192.0.2.81:80", "S", seq=1)), "tcp 203.0.113.1:1025 -> 192.0.2.81:80")
+    # the entry changed (another address and range): open sessions keep theirs, new ones take the new
+    changed = POLICY.replace("to: 203.0.113.1}", 'to: 203.0.113.9, ports: "30000-30009"}')
+    engine.swap_policy(make_engine(tmp_path, changed).policy)
+    leaves(step(engine, seg(C, S, "A", seq=101, ack=301)), "tcp 203.0.113.1:40000 -> 192.0.2.80:80")
+    leaves(step(engine, seg(S, f"{PUBLIC}:40000", "A", seq=301, ack=101)), "tcp 192.0.2.80:80 -> 198.51.100.10:40000")
+    leaves(step(engine, seg("198.51.100.14:40000", S, "S", seq=1)), "tcp 203.0.113.9:30000 -> 192.0.2.80:80")

@@ -16,7 +16,8 @@ How it works, per accepted segment of a translated FTP control session (`segment
 3. The packet leaves with the new payload (lengths, checksums), the binding's addresses, and seq,
    ack and SACK blocks shifted (`SeqAdj.adjust`), every later segment both ways too.
 A segment that starts with an announcing line's first part is dropped (counted `nat_alg_split`):
-the sender sends the line again, whole. A malformed announcement or no free port: the segment is
+the sender sends the line again, whole; one that has complete lines before it is cut after them
+(counted too). A malformed announcement or no free port: the segment is
 dropped as `nat:alg-rewrite` (counted, and logged as an ALG refusal: an `ftp` event whose
 `refused` is `nat:alg-rewrite`); the control session goes on. `track_view` gives the TCP
 tracker the segment's ack and SACK in the sender's own sequence space, as Linux's tcp_in_window
@@ -70,6 +71,8 @@ def segment(engine, decision, binding, original: bool, now: float):
                 decision.effects = decision.effects + (LogEvent(alg_refusal_event(session, refusal, now)),)
             return _drop(decision, REASON)
         if result is not None:
+            if len(result.line) - result.delta < len(payload):  # a split line's first part cut off
+                engine.counters["nat_alg_split"] += 1
             payload = result.line
             try:
                 data = with_payload(data, pkt, payload)

@@ -141,6 +141,30 @@ def test_split_port_command_first_part_dropped(engine):
     assert tcp(whole).load == PORT_OUT
 
 
+def test_a_split_line_after_complete_ones_is_cut_off_then_sent_whole(engine):
+    """NOOP and the first part of a PORT in one segment: the NOOP goes (the segment cut, counted),
+    the server acknowledges it, and the client sends the PORT again, whole, rewritten."""
+    open_control(engine)
+    first = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"NOOP\r\n" + PORT[:12]))
+    assert first.verdict == "accept" and (tcp(first).load, tcp(first).seq) == (b"NOOP\r\n", 1001)
+    assert engine.counters["nat_alg_split"] == 1
+    assert tcp(run(engine, seg(S, T, "A", seq=5001, ack=1007))).ack == 1007
+    whole = run(engine, seg(C, S, "PA", seq=1007, ack=5001, payload=PORT))
+    assert (tcp(whole).load, tcp(whole).seq) == (PORT_OUT, 1007)
+    assert tcp(run(engine, seg(S, T, "A", seq=5001, ack=1007 + len(PORT_OUT)))).ack == 1007 + len(PORT)
+
+
+def test_a_split_227_from_a_forwarded_server_is_dropped_then_rewritten_whole(engine):
+    run(engine, seg(OUTSIDE, PUBLIC, "S", seq=1000))
+    run(engine, seg(INSIDE, OUTSIDE, "SA", seq=5000, ack=1001))
+    run(engine, seg(OUTSIDE, PUBLIC, "A", seq=1001, ack=5001))
+    line = b"227 Entering Passive Mode (198,51,100,20,200,10).\r\n"
+    first = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1001, payload=line[:30]))
+    assert (first.verdict, first.reason, engine.counters["nat_alg_split"]) == ("drop", "nat:alg-rewrite", 1)
+    whole = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1001, payload=line))
+    assert tcp(whole).load == b"227 Entering Passive Mode (203,0,113,1,200,10).\r\n"
+
+
 def test_malformed_port_dropped_control_goes_on(engine):
     open_control(engine)
     bad = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"PORT 1,2,3\r\n"))

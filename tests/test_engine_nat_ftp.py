@@ -306,3 +306,30 @@ def test_a_longer_line_keeps_the_window_tracking_consistent_and_resets_exact(tmp
     to_server, to_client = resets[bytes([192, 0, 2, 21])], resets[bytes([10, 0, 0, 1])]
     assert (to_server.src, to_server.sport, to_server.seq) == (bytes([203, 0, 113, 222]), 40000, after + delta)
     assert (to_client.src, to_client.sport, to_client.seq) == (bytes([192, 0, 2, 21]), 21, 5001 + 39)
+
+
+TFTP_FORWARD = """
+version: 1
+defaults: {action: drop}
+rules:
+  - {name: tftp-in, action: accept, proto: udp, dst: [203.0.113.1, "2001:db8:ff::1"], dport: 69, alg: tftp}
+nat:
+  - {name: tftp-in, type: dnat, proto: udp, dst: 203.0.113.1, dport: 69, to: "198.51.100.20"}
+  - {name: tftp6-in, type: dnat, proto: udp, dst: "2001:db8:ff::1", dport: 69, to: "2001:db8:1::20"}
+"""
+
+
+@pytest.mark.parametrize(("client", "public", "inside"), [
+    ("192.0.2.7", "203.0.113.1", "198.51.100.20"), ("[2001:db8:2::7]", "[2001:db8:ff::1]", "[2001:db8:1::20]")])
+def test_tftp_to_a_forwarded_server(tmp_path, client, public, inside):
+    """The forwarded server answers from a new port: related (its expectation in the server side's
+    terms), and it leaves from the public address with that port; the client's ack goes back in."""
+    engine = make_engine(tmp_path, TFTP_FORWARD)
+    request = run(engine, udp_pkt(f"{client}:3000", f"{public}:69", b"\x00\x01file\x00octet\x00"))
+    leaves(request, f"udp {client}:3000 -> {inside}:69")
+    data = run(engine, udp_pkt(f"{inside}:4000", f"{client}:3000", b"\x00\x03\x00\x01data"))
+    assert (data.verdict, data.reason) == ("accept", "related:tftp")
+    leaves(data, f"udp {public}:4000 -> {client}:3000")
+    ack = run(engine, udp_pkt(f"{client}:3000", f"{public}:4000", b"\x00\x04\x00\x01"))
+    assert ack.state == "REPLIED"
+    leaves(ack, f"udp {client}:3000 -> {inside}:4000")

@@ -348,3 +348,18 @@ def test_a_reload_keeps_translations_and_pools_and_a_changed_entry_takes_new_ses
     leaves(step(engine, seg(C, S, "A", seq=101, ack=301)), "tcp 203.0.113.1:40000 -> 192.0.2.80:80")
     leaves(step(engine, seg(S, f"{PUBLIC}:40000", "A", seq=301, ack=101)), "tcp 192.0.2.80:80 -> 198.51.100.10:40000")
     leaves(step(engine, seg("198.51.100.14:40000", S, "S", seq=1)), "tcp 203.0.113.9:30000 -> 192.0.2.80:80")
+
+
+def test_a_killed_session_gives_back_both_keys_and_its_port(tmp_path):
+    engine = make_engine(tmp_path, """
+        version: 1
+        rules: [{name: out, action: accept}]
+        nat: [{name: tiny, type: snat, to: 203.0.113.1, ports: "5000-5000"}]
+    """)
+    syn = step(engine, seg("198.51.100.10:6000", S, "S", seq=1))
+    assert len(engine.table.sessions) == 2
+    assert step(engine, seg("198.51.100.11:6001", "192.0.2.81:80", "S", seq=1)).reason == "nat:exhausted"
+    engine.kill(syn.session, 101.0)
+    assert len(engine.table) == 0 and not engine.table.sessions
+    assert step(engine, seg(S, f"{PUBLIC}:5000", "SA", seq=1, ack=2)).reason == "invalid:no-session"
+    leaves(step(engine, seg("198.51.100.11:6001", "192.0.2.81:80", "S", seq=1)), "tcp 203.0.113.1:5000 -> 192.0.2.81:80")

@@ -105,6 +105,7 @@ def _chooser(engine, binding, original: bool):
     """`choose(announcement)` for FtpNatSession: the endpoint the other side is told (docstring)."""
     c, d, _cp, _dp = binding.orig
     s, t, _sp, _tp = binding.reply
+    pending = engine.expectations
 
     def choose(announcement):
         if original:   # PORT/EPRT: the server's side connects to the client's translated address
@@ -114,6 +115,14 @@ def _chooser(engine, binding, original: bool):
         address = announcement.address
         if address is not None and address != own:
             return address, announcement.port           # not the sender's own: left alone
+        # Announced before (a retransmission after a restart or a failover, which do not carry
+        # the memory of rewritten segments; or the same port again): the same translated port,
+        # so the same line length and shift, unless another session's expectation holds it now.
+        for chosen, announced in (binding.ports or {}).items():
+            if announced == (here, announcement.port):
+                held = pending.get((6, peer, *chosen))
+                if held is None or held.parent.nat is binding:
+                    return chosen
         port = _free_port(engine, peer, there, announcement.port)
         if port is None:
             return None

@@ -238,6 +238,25 @@ def test_snapshot_keeps_the_shift_and_the_data_port(engine, tmp_path):
     leaves(data, "tcp 192.0.2.21:20 -> 198.51.100.10:40000")
 
 
+def test_a_retransmission_after_a_restart_announces_the_same_port(engine, tmp_path):
+    """The restored session does not remember the rewritten segment, and the restored expectation
+    holds the port it announced: the retransmission must still say the same (else a line of
+    another length would not match the recorded shift). 40035 is "156,99": the next is "156,100"."""
+    open_control(engine)
+    line = b"PORT 198,51,100,10,156,99\r\n"  # 40035
+    first = tcp(run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=line)))
+    assert first.load == b"PORT 203,0,113,1,156,99\r\n"
+    fresh = make_engine(tmp_path, POLICY, events=True)
+    assert fresh.restore(engine.snapshot(0.0), 100.5, 0.0) == 1 and len(fresh.expectations) == 1
+    again = tcp(run(fresh, seg(C, S, "PA", seq=1001, ack=5001, payload=line), now=101.0))
+    assert (again.load, again.seq) == (first.load, first.seq)
+    later = run(fresh, seg(C, S, "PA", seq=1001 + len(line), ack=5001, payload=b"RETR f\r\n"), now=101.0)
+    assert tcp(later).seq == 1001 + len(first.load)
+    data = run(fresh, seg("192.0.2.21:20", "203.0.113.1:40035", "S", seq=77), now=101.0)
+    assert data.reason == "related:ftp"
+    leaves(data, "tcp 192.0.2.21:20 -> 198.51.100.10:40035")
+
+
 def test_a_reload_without_nat_keeps_open_sessions_translated(engine, tmp_path):
     open_control(engine)
     engine.swap_policy(make_engine(tmp_path, POLICY.split("nat:")[0]).policy)

@@ -260,3 +260,21 @@ def test_64k_gso_segments_both_ways_leave_whole_with_sound_checksums(tmp_path, f
             assert flow_text(packet).endswith(c)
         if not partial:
             assert leaving == expected
+
+
+@pytest.mark.parametrize(("client", "server"), [("198.51.100.10:5000", "192.0.2.80:53"),
+                                                ("[2001:db8:1::10]:5000", "[2001:db8:2::80]:53")])
+def test_a_partial_udp_checksum_leaves_complete_both_ways(tmp_path, client, server):
+    """UDP with NFQA_SKB_CSUMNOTREADY (the sender's stack left the pseudo-header sum): the datagram
+    and its answer leave with the whole checksum computed, IPv4 and IPv6."""
+    two = TwoPasses(make_engine(tmp_path))
+    head = 20 if "." in client else 40
+    nat = f"{PUBLIC}:5000" if "." in client else "[2001:db8:ff::1]:5000"
+    for data, flow_end in ((udp_pkt(client, server, b"q" * 200), f" -> {server}"),
+                           (udp_pkt(server, nat, b"a" * 300), f" -> {client}")):
+        garbled = bytearray(data)
+        garbled[head + 6:head + 8] = b"\x12\x34"
+        first, _between, leaving = two(bytes(garbled), partial=True)
+        assert first.verdict == "accept", first
+        packet = parse(leaving)
+        assert flow_text(packet).endswith(flow_end) and l4_checksum_valid(leaving, packet)

@@ -320,7 +320,7 @@ class Daemon(DaemonBase):
         config, first, last = self.config, *self.config.queues
         queues = f"queue {first}" if first == last else f"queues {first}-{last}"
         families = "+".join(f"IPv{f}" for f in config.families)
-        nat = " (NAT: two passes)" if config.nat else ""
+        nat = " (NAT: two passes, or one after routing)" if config.nat else ""
         return (f"fw running ({self.mode_text}); {queues}, hooks {','.join(config.hooks)}{nat}, {families}, "
                 f"iptables-{self.rules.backend}; policy {self.policy_path} "
                 f"({self.engine.policy.summary()}); control {self.control.name}")

@@ -74,10 +74,10 @@ ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}
 
 def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool) -> Decision:
     """One packet at one of the live hooks (module docstring)."""
-    if hook == AFTER_ROUTING:
-        return after_routing(engine, data, partial)
     if hook == ONE_PASS:
         return one_pass(engine, data, now, iif, oif, partial)
+    if hook == AFTER_ROUTING:
+        return after_routing(engine, data, partial)
     if hook == FROM_FIREWALL:
         return own_error(engine, data)
     if hook == TO_FIREWALL and not _concerns_nat(engine, data, iif):

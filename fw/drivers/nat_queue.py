@@ -93,8 +93,12 @@ class NatPacketHandler(PacketHandler):
         if hook == NF_INET_POST_ROUTING:
             if packet.get_mark() & UNJUDGED_MARK:
                 counters["one_pass"] += 1
-                decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
-                                               self.ifname(packet.outdev), hook=ONE_PASS, partial=partial)
+                names = self._ifnames
+                try:  # ifname(), written out for the names already known
+                    iif, oif = names[packet.indev], names[packet.outdev]
+                except KeyError:
+                    iif, oif = self.ifname(packet.indev), self.ifname(packet.outdev)
+                decision = self.engine.process(data, self.clock(), iif, oif, hook=ONE_PASS, partial=partial)
                 if decision.reason == FIRST_PASS_REASON:
                     self.kernel.clear(data, ONE_PASS_MARK)
             else:

@@ -379,3 +379,27 @@ def test_an_alg_session_and_errors_keep_two_passes(tmp_path):
     error = icmp_error_pkt("198.51.100.10", "192.0.2.80", 3, 3, udp_pkt("192.0.2.80:33434", "198.51.100.10:40100"))
     decision = driven.engine.process(error, 100.0, "lan", "wan", hook=ONE_PASS)
     assert (decision.verdict, decision.reason) == ("drop", FIRST_PASS_REASON)
+
+
+def test_one_pass_after_a_reload_and_a_kill(tmp_path):
+    """A reload that keeps the session: its packets go on in one pass, translated as before; a
+    reload whose recheck refuses it, or a kill: the next packet is judged as new, by the policy in
+    force (here refused by the rules, as it would be before routing)."""
+    engine = make_engine(tmp_path)
+    driven = OnePass(engine)
+    query = udp_pkt("198.51.100.10:3000", "192.0.2.53:53", b"q")
+    driven(query)
+    more = POLICY + "  - {name: more, type: snat, src: 10.0.0.0/8, to: 203.0.113.9}\n"
+    engine.swap_policy(make_engine(tmp_path, more).policy)
+    decision, leaving, hook = driven(query)
+    assert (hook, decision.verdict, decision.reason) == (ONE_PASS, "accept", "established")
+    assert flow_text(parse(leaving)) == "udp 203.0.113.1:3000 -> 192.0.2.53:53"
+    session = decision.session
+    engine.kill(session, 100.0)
+    decision, leaving, hook = driven(query)
+    assert (hook, decision.verdict, decision.reason) == (ONE_PASS, "accept", "rule:out")  # judged again: new
+    refusing = make_engine(tmp_path, POLICY.replace("- {name: out, action: accept, src: $inside}", ""))
+    engine.swap_policy(refusing.policy)
+    assert engine.recheck(100.0) and engine.counters["recheck_closed"] >= 1
+    decision, leaving, hook = driven(query)
+    assert (hook, decision.verdict, decision.reason) == (ONE_PASS, "drop", "default")

@@ -6,10 +6,11 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
 - the hook: PREROUTING is the first pass (`BEFORE_ROUTING`, or `TO_FIREWALL` when the route of its
   destination is local, broadcast or multicast); POSTROUTING the second (`AFTER_ROUTING`), which
   only marked packets reach (fw.drivers.iptables), or the only one (`ONE_PASS`) for a packet the
-  rules let by before routing (its mark has UNJUDGED_MARK: its connection's direction needs only the
-  source half; the input interface is the kernel's indev there too); an ICMP error at OUTPUT is the firewall's own
-  (`FROM_FIREWALL`: mangle OUTPUT queues those); INPUT and OUTPUT (--hooks) the engine's one pass
-  (with NAT, the firewall's own ICMP errors are not judged by --hooks output: they pass);
+  rules let by before routing (its mark has UNJUDGED_MARK: its connection's direction needs only
+  the source half; the input interface is the kernel's indev there too); an ICMP error at OUTPUT
+  is the firewall's own (`FROM_FIREWALL`: mangle OUTPUT queues those); INPUT and OUTPUT (--hooks)
+  the engine's one pass (with NAT, the firewall's own ICMP errors are not judged by --hooks
+  output: they pass);
 - before routing the output interface is not known yet: the engine gets the route's (rules may
   match `oif`), from fw.drivers.routes (cached, forgotten every second); the engine's `Nat.route`
   input is the same lookup, for a new session's translated destination and masquerade's address;

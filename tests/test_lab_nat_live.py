@@ -239,7 +239,7 @@ def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_
     # after routing; the server's replies only before routing (their destination is all that changes)
     one = after["nat"]["one_pass"] - trips["one_pass"]
     assert second == after["nat"]["second_pass"] - trips["second_pass"]
-    assert 3 <= second <= 6 and one >= 2 and 5 <= second + one <= 12, (accepted, after["nat"])
+    assert 3 <= second <= 6 and one >= 1 and 5 <= second + one <= 12, (accepted, after["nat"])
     assert after["nat"]["kernel_entries_deleted"] > trips["kernel_entries_deleted"]
     assert after["nat"]["kernel_errors"] == 0 and "nat:first-pass" not in after["drops"]
     assert "nat:no-session" not in after["drops"] and "nat:rewrite" not in after["drops"]

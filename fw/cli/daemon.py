@@ -263,11 +263,12 @@ def _translation(policy, fail_open: bool, queue_range: tuple[int, int]) -> bool:
     to another worker than its session's)."""
     if not getattr(policy, "translates", False):
         return False
+    keys = " and ".join(key for key in ("nat", "virtual_servers") if getattr(policy, key, None))
     if fail_open:
-        raise Failure("--fail-open is refused with a policy that translates addresses (nat): "
+        raise Failure(f"--fail-open is refused with a policy that translates addresses ({keys}): "
                       "untranslated traffic would leak while no daemon listens", 2)
     if queue_range[0] != queue_range[1]:
-        raise Failure("--queues is refused with a policy that translates addresses (nat): "
+        raise Failure(f"--queues is refused with a policy that translates addresses ({keys}): "
                       "use one queue (--queue N)", 2)
     return True
 

@@ -339,7 +339,9 @@ def stats_command(as_json: bool, zero: bool) -> None:
     lines.append("errors: " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
     if "nat" in stats:
         nat = stats["nat"]
-        lines.append(f"nat: {nat['partial_checksums']} partial checksums computed, {nat['tcp_gso_partial']} "
+        trips = (f"queue trips {nat['first_pass']} before routing, {nat['second_pass']} after (second pass), "
+                 f"{nat['one_pass']} after routing only; ") if "one_pass" in nat else ""
+        lines.append(f"nat: {trips}{nat['partial_checksums']} partial checksums computed, {nat['tcp_gso_partial']} "
                      f"TCP GSO packets left to the kernel, {nat['route_lookups']} route lookups")
     if "sync" in stats:
         from fw.sync import stats_line

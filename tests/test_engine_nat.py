@@ -149,6 +149,13 @@ def test_icmp_echo_id_translated(engine):
     reply = step(engine, icmp_echo_pkt(S, PUBLIC, ident=1024, seq=1, reply=True))
     assert reply.state == "REPLIED"
     assert leaves(reply, "icmp 192.0.2.80 -> 198.51.100.10 type 0 code 0")[ICMP].id == 7
+    # an id in the range is kept while its translated tuple is free, else the next free one
+    kept = step(engine, icmp_echo_pkt("198.51.100.11", S, ident=5000, seq=1))
+    assert leaves(kept, "icmp 203.0.113.1 -> 192.0.2.80 type 8 code 0")[ICMP].id == 5000
+    moved = step(engine, icmp_echo_pkt("198.51.100.12", S, ident=5000, seq=1))
+    assert leaves(moved, "icmp 203.0.113.1 -> 192.0.2.80 type 8 code 0")[ICMP].id == 5001
+    answer = step(engine, icmp_echo_pkt(S, PUBLIC, ident=5001, seq=1, reply=True))
+    assert leaves(answer, "icmp 192.0.2.80 -> 198.51.100.12 type 0 code 0")[ICMP].id == 5000
 
 
 def test_icmp_errors_quoting_translated_packets(engine):

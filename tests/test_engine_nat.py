@@ -371,3 +371,18 @@ def test_a_killed_session_gives_back_both_keys_and_its_port(tmp_path):
     assert step(engine, seg(S, f"{PUBLIC}:5000", "SA", seq=1, ack=2)).reason == "invalid:no-session"
     again = step(engine, seg("198.51.100.11:6001", "192.0.2.81:80", "S", seq=1))
     leaves(again, "tcp 203.0.113.1:5000 -> 192.0.2.81:80")
+
+
+def test_a_port_forward_whose_reply_tuple_is_in_use_is_refused_as_exhausted(tmp_path):
+    """A dnat takes no pool port, but its reply tuple must be free: the same client port already
+    talks to the inside server directly (an untranslated session with that key)."""
+    engine = make_engine(tmp_path, POLICY.replace(
+        "rules:\n", "rules:\n  - {name: direct, action: accept, proto: tcp, dst: 198.51.100.20, dport: 80}\n"))
+    client = "192.0.2.7:5555"
+    direct = step(engine, seg(client, f"{INSIDE}:80", "S", seq=1))  # no entry translates it
+    assert direct.verdict == "accept" and out(direct) is None
+    refused = step(engine, seg(client, f"{PUBLIC}:8080", "S", seq=1))
+    assert (refused.verdict, refused.reason, refused.session) == ("drop", "nat:exhausted", None)
+    assert engine.counters["nat_exhausted"] == 1 and len(engine.table) == 1
+    other = step(engine, seg("192.0.2.7:5556", f"{PUBLIC}:8080", "S", seq=1))
+    leaves(other, "tcp 192.0.2.7:5556 -> 198.51.100.20:80")

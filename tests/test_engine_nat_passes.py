@@ -455,3 +455,30 @@ def test_one_pass_after_a_reload_and_a_kill(tmp_path):
     assert engine.recheck(100.0) and engine.counters["recheck_closed"] >= 1
     decision, leaving, hook = driven(query)
     assert (hook, decision.verdict, decision.reason) == (ONE_PASS, "drop", "default")
+
+
+def test_masquerade_in_ipv6_and_only_out_of_its_interface(tmp_path):
+    """IPv6 masquerade takes the route's preferred source (RTA_PREFSRC) on the entry's oif; a
+    destination routed out of another interface is not masqueraded."""
+    engine = make_engine(tmp_path, MASQUERADE.replace("src: 198.51.100.0/24}", 'src: "2001:db8:1::/64"}').replace(
+        "src: 198.51.100.0/24, oif: wan}", 'src: "2001:db8:1::/64", oif: wan}'))
+    wan = ipaddress.ip_address("2001:db8:2::1").packed
+
+    def route(family, dst):
+        assert family == 6
+        return ("wan", wan) if dst[:6] == ipaddress.ip_address("2001:db8:2::").packed[:6] else ("dmz", None)
+
+    engine.nat.route = route
+    two = TwoPasses(engine)
+    client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:80"
+    first, between, leaving = two(seg(client, server, "S", seq=1))
+    assert first.session.nat.names == "nat:outbound" and between == seg(client, server, "S", seq=1)
+    assert flow_text(parse(leaving)) == "tcp [2001:db8:2::1]:40000 -> [2001:db8:2::80]:80"
+    assert l4_checksum_valid(leaving, parse(leaving))
+    _, back, _ = two(seg(server, "[2001:db8:2::1]:40000", "SA", seq=5, ack=2), local=True)
+    assert flow_text(parse(back)) == "tcp [2001:db8:2::80]:80 -> [2001:db8:1::10]:40000"
+    ping = two(icmp_echo_pkt(client, server, ident=4000, seq=1))[2]
+    assert flow_text(parse(ping)) == "icmpv6 2001:db8:2::1 -> 2001:db8:2::80 type 128 code 0"
+    other, _, out = two(seg(client, "[2001:db8:3::80]:80", "S", seq=1))
+    assert other.verdict == "accept" and other.session.nat is None
+    assert flow_text(parse(out)) == "tcp [2001:db8:1::10]:40000 -> [2001:db8:3::80]:80"

@@ -352,3 +352,27 @@ def test_tftp_to_a_forwarded_server(tmp_path, client, public, inside):
     ack = run(engine, udp_pkt(f"{client}:3000", f"{public}:4000", b"\x00\x04\x00\x01"))
     assert ack.state == "REPLIED"
     leaves(ack, f"udp {client}:3000 -> {inside}:4000")
+
+
+def test_a_recheck_after_a_reload_resets_both_ends_in_their_own_numbers(tmp_path):
+    """A reload whose rules refuse an open translated FTP control session (reload_recheck): it is
+    closed, each end gets a RST with the addresses it knows and the sequence number it expects
+    (after the PORT's shift), and its pool port goes back."""
+    from fw.decision import SendPacket
+    from fw.packet import parse
+
+    engine = make_engine(tmp_path, LONGER_POLICY)
+    client, server, seen = "10.0.0.1:40000", "192.0.2.21:21", "203.0.113.222:40000"
+    run(engine, seg(client, server, "S", seq=1000))
+    run(engine, seg(server, seen, "SA", seq=5000, ack=1001))
+    run(engine, seg(client, server, "A", seq=1001, ack=5001))
+    line = b"PORT 10,0,0,1,156,64\r\n"
+    run(engine, seg(client, server, "PA", seq=1001, ack=5001, payload=line))
+    run(engine, seg(server, seen, "A", seq=5001, ack=1001 + len(line) + 5))
+    engine.swap_policy(make_engine(tmp_path, LONGER_POLICY.replace("dport: 21,", "dport: 2121,")).policy)
+    effects = engine.recheck(200.0)
+    resets = {parse(e.data).dst: parse(e.data) for e in effects if isinstance(e, SendPacket)}
+    to_server, to_client = resets[bytes([192, 0, 2, 21])], resets[bytes([10, 0, 0, 1])]
+    assert (to_server.src, to_server.sport, to_server.seq) == (bytes([203, 0, 113, 222]), 40000, 1001 + len(line) + 5)
+    assert (to_client.src, to_client.sport, to_client.seq) == (bytes([192, 0, 2, 21]), 21, 5001)
+    assert len(engine.table) == 0 and not engine.table.sessions

@@ -376,3 +376,27 @@ def test_a_recheck_after_a_reload_resets_both_ends_in_their_own_numbers(tmp_path
     assert (to_server.src, to_server.sport, to_server.seq) == (bytes([203, 0, 113, 222]), 40000, 1001 + len(line) + 5)
     assert (to_client.src, to_client.sport, to_client.seq) == (bytes([192, 0, 2, 21]), 21, 5001)
     assert len(engine.table) == 0 and not engine.table.sessions
+
+
+def test_client_sack_blocks_about_a_forwarded_servers_shifted_data(engine):
+    """The other direction of test_sack_blocks_shifted_back: the forwarded server's 227 changed
+    length; the outside client's ack and SACK edges (its numbers) go back in the server's."""
+    open_forwarded = [seg(OUTSIDE, PUBLIC, "S", seq=1000, sack_perm=True),
+                      seg(INSIDE, OUTSIDE, "SA", seq=5000, ack=1001, sack_perm=True),
+                      seg(OUTSIDE, PUBLIC, "A", seq=1001, ack=5001),
+                      seg(OUTSIDE, PUBLIC, "PA", seq=1001, ack=5001, payload=b"PASV\r\n")]
+    for data in open_forwarded:
+        assert run(engine, data).verdict == "accept"
+    line = b"227 Entering Passive Mode (198,51,100,20,200,10).\r\n"
+    sent = tcp(run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1007, payload=line)))
+    delta = len(sent.load) - len(line)
+    assert delta == -2
+    after = 5001 + len(line)
+    run(engine, seg(INSIDE, OUTSIDE, "PA", seq=after + 10, ack=1007, payload=b"150 go\r\n"))  # a hole before it
+    start, end = after + 10 + delta, after + 18 + delta                                    # as the client saw it
+    sack = run(engine, seg(OUTSIDE, PUBLIC, "A", seq=1007, ack=after + delta, sack=((start, end),)))
+    assert sack.verdict == "accept", sack
+    back = tcp(sack)
+    assert back.ack == after
+    (blocks,) = [value for kind, value in back.options if kind == "SAck"]
+    assert blocks == (after + 10, after + 18)

@@ -260,6 +260,26 @@ def test_resets_at_expiry_use_each_sides_addresses_and_no_offload(tmp_path):
     assert {p.seq for p in resets} == {101, 301}
 
 
+def test_an_operators_kill_resets_both_ends_in_their_own_addresses(tmp_path):
+    from fw.decision import SendPacket, SessionClosed
+
+    engine = make_engine(tmp_path, POLICY.replace("{name: out, action: accept, src: $inside}",
+                                                  "{name: out, action: accept, src: $inside, rst_on_timeout: true}"))
+    step(engine, seg(C, S, "S", seq=100))
+    step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=300, ack=101))
+    step(engine, seg(C, S, "A", seq=101, ack=301))
+    session = next(iter(engine.table.values()))
+    effects = engine.kill(session, 101.0)
+    resets = [parse(e.data) for e in effects if isinstance(e, SendPacket)]
+    assert sorted(flow_text(p) for p in resets) == [
+        "tcp 192.0.2.80:80 -> 198.51.100.10:40000", "tcp 203.0.113.1:40000 -> 192.0.2.80:80"]
+    assert {p.seq for p in resets} == {101, 301}
+    assert isinstance(effects[-1], SessionClosed) and engine.counters["kill_resets"] == 1
+    step(engine, seg(C, S, "S", seq=500))  # a peer's removal or an offload reset sends none
+    assert not [e for e in engine.kill(next(iter(engine.table.values())), 102.0, "peer-removed")
+                if isinstance(e, SendPacket)]
+
+
 def test_icmpv6_error_through_snat(engine):
     client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:443"
     step(engine, seg(client, server, "S", seq=1))

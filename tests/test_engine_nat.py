@@ -275,9 +275,12 @@ def test_an_operators_kill_resets_both_ends_in_their_own_addresses(tmp_path):
         "tcp 192.0.2.80:80 -> 198.51.100.10:40000", "tcp 203.0.113.1:40000 -> 192.0.2.80:80"]
     assert {p.seq for p in resets} == {101, 301}
     assert isinstance(effects[-1], SessionClosed) and engine.counters["kill_resets"] == 1
-    step(engine, seg(C, S, "S", seq=500))  # a peer's removal or an offload reset sends none
-    assert not [e for e in engine.kill(next(iter(engine.table.values())), 102.0, "peer-removed")
-                if isinstance(e, SendPacket)]
+    step(engine, seg(C, S, "S", seq=500))  # the same connection again: a peer's removal sends none
+    step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=700, ack=501))
+    step(engine, seg(C, S, "A", seq=501, ack=701))
+    session = next(iter(engine.table.values()))
+    assert session.state.name == "ESTABLISHED"
+    assert not [e for e in engine.kill(session, 102.0, "peer-removed") if isinstance(e, SendPacket)]
 
 
 def test_icmpv6_error_through_snat(engine):

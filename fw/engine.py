@@ -23,6 +23,10 @@ sessions (`decide_at_owners`); a packet of a session one of them owns is answere
 with a `ForwardToOwner(NODE)` effect, before the session is touched (its owner judges it). A packet
 that came forwarded goes through `process_forwarded`: judged here, whoever owns its session.
 
+Compiled (build_compiled.py), the hot methods' locals are typed (`@cython.locals`, the classes from
+fw/engine.pxd; nothing when pure): the established TCP path reads the Packet and the TcpSession
+as C structs and calls the tracker in C.
+
 Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
 expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; NAT in
 fw/engine_nat.py and fw/engine_nat_ftp.py (the live passes in fw/engine_nat_passes.py); virtual

@@ -15,9 +15,11 @@ Memory (a table may hold a million sessions): a session keeps only what changes 
 tuple is the key (`src`, `proto`, ... are read from it); what the opening rule decided (rule,
 policy revision, timeouts, rst_on_timeout) is one `Profile` shared by the sessions opened alike;
 the rare parts (ALG, FTP parent and expectations, HA owner) are one `Extra`, None for most. A TCP
-session is a `TcpSession`: the TCP track's fields are its own (`session.tcp` is the session).
-Equal values share one object: a bucket's first item is its slot number, which its sessions
-point to, and addresses, ports and windows are interned when a session is created (`interned`).
+session is a `TcpSession`: the TCP track's fields (FIELDS, defined here) are its own
+(`session.tcp` is the session). Equal values share one object: a bucket's first item is its slot
+number, which its sessions point to, and addresses, ports and windows are interned when a session
+is created (`interned`). Compiled (build_compiled.py), table.pxd makes Session and TcpSession C
+structs: times are doubles, counters and the track's fields C integers (no objects to share).
 
 A translated session (NAT) is stored under a second key too, its reply tuple's (`add_alias`), so
 that its replies, which carry other addresses, find it in one lookup as well. The second key is in

@@ -11,13 +11,15 @@ keeps what that end has shown: td_end (highest seq+len sent), td_maxend (right e
 end's window), td_maxwin (largest window), td_maxack, td_scale, flags. Sequence numbers compare
 mod 2**32.
 
-Memory: a track is flat `__slots__` (`FIELDS`: o_ for what the original sender showed, r_ for the
-reply sender): a TcpTrack, or in the session table a TcpSession that carries them itself (the
-functions here take either), and a number equal to one already kept is stored as the same int
-object (every other int costs 28 bytes per session). The established path reads the fields it
-needs into locals and writes back what a valid packet changed; the rarer paths (the switch, a
-direction's first sight) work on a list copy (`_get`) and store it (`_put`) only when the packet
-is valid, so an invalid packet changes nothing.
+Memory: a track is flat `__slots__` (`FIELDS`, fw.conntrack.table: o_ for what the original sender
+showed, r_ for the reply sender): a TcpSession in the session table carries them itself, and a
+TcpTrack (a track not in the table yet) is a TcpSession without a key, so the functions here work
+on one class; a number equal to one already kept is stored as the same int object (every other
+int costs 28 bytes per session). Compiled (build_compiled.py, tcp.pxd), the fields are C integers
+and `tcp_update` does its arithmetic in C (64-bit, masked as here: the same results). The
+established path reads the fields it needs into locals and writes back what a valid packet
+changed; the rarer paths (the switch, a direction's first sight) work on a list copy (`_get`) and
+store it (`_put`) only when the packet is valid, so an invalid packet changes nothing.
 
 Deviations from the kernel (v6.x), each on purpose:
 - RSTs are judged by RFC 5961 section 3.2 in every synchronized state (the kernel spares only

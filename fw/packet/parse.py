@@ -28,6 +28,10 @@ is malformed (RFC 1122 3.2.2 forbids sending one). Offsets in `inner` count from
 packet's first byte; its `payload_len` is what its IP length leaves after the L4 header (taken
 as 20 bytes for a TCP header cut before its data offset).
 
+Compiled (build_compiled.py), parse.pxd makes Packet a C struct: its integer fields are C
+integers (the fields that may be None and the bytes stay objects), read by the compiled tracker
+without an int object each.
+
 IPv6 walks hop-by-hop (first only, RFC 8200 4.1), routing, destination options, fragment and AH
 headers; any other next header ends the walk and is `proto` (59: nothing follows). For a
 non-first IPv6 fragment, `proto` is the fragment header's next header.

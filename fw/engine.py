@@ -425,7 +425,8 @@ class Engine:
                setdefault(high_port, high_port))  # fmt: skip
         if track is None:
             return Session(key, state, now, flags)
-        track.o_maxwin = setdefault(track.o_maxwin, track.o_maxwin)  # a few window sizes are common
+        if not cython.compiled:  # compiled, the window is a C integer: nothing to share
+            track.o_maxwin = setdefault(track.o_maxwin, track.o_maxwin)  # a few window sizes are common
         return TcpSession(key, track, now, flags)
 
     def _flood(self, pkt, why: str, now: float) -> Decision:

@@ -152,10 +152,8 @@ def test_error_about_a_forwarded_packet_gets_its_source_after_routing(tmp_path):
 
 def test_masquerade_takes_the_routes_address(tmp_path):
     engine = make_engine(tmp_path, MASQUERADE)
-    def route(family, dst):
-        return ("wan", bytes([203, 0, 113, 1]))
-
-    engine.nat.route = route
+    # the driver's route snapshot: the new session's destination, routed out of wan from 203.0.113.1
+    engine.nat.routes = {(4, bytes([192, 0, 2, 80])): ("wan", bytes([203, 0, 113, 1]))}
     two = TwoPasses(engine)
     first, between, leaving = two(seg("198.51.100.10:40000", "192.0.2.80:80", "S", seq=1))
     assert first.reason == "rule:out" and first.session.nat.names == "nat:outbound"

@@ -9,8 +9,10 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
   (`FROM_FIREWALL`: mangle OUTPUT queues those); INPUT and OUTPUT (--hooks) the engine's one pass
   (with NAT, the firewall's own ICMP errors are not judged by --hooks output: they pass);
 - before routing the output interface is not known yet: the engine gets the route's (rules may
-  match `oif`), from fw.drivers.routes (cached, forgotten every second); the engine's `Nat.route`
-  input is the same lookup, for a new session's translated destination and masquerade's address;
+  match `oif`), from fw.drivers.routes (cached, forgotten every second); the engine's `Nat.routes`
+  input is that cache's snapshot (`Routes.table`: no I/O in the engine), holding the packet's own
+  destination and the policy's translated destinations (`Nat.route_targets`, pinned again after
+  each reload), for a new session's source translation and masquerade's address;
 - `partial`: NFQA_SKB_CSUMNOTREADY says the L4 checksum holds only the pseudo-header sum, and a
   verdict with a new payload makes the kernel take the field as final, so the engine computes the
   whole checksum of a packet it rewrites. Not for a TCP GSO packet: given back with a new payload,
@@ -43,7 +45,8 @@ class NatPacketHandler(PacketHandler):
         super().__init__(engine, fail_open, on_effects, on_error, clock)
         self.routes = routes
         routes.names = self.ifname
-        engine.nat.route = routes.route
+        engine.nat.routes = routes.table  # the engine's route input: a snapshot the driver keeps
+        self._targets = None  # the engine's Nat.route_targets pinned in `routes`
         self.counters: Counter = Counter()  # partial_checksums (computed whole), tcp_gso_partial (left), nat_too_long
 
     def stats(self) -> dict:
@@ -64,6 +67,10 @@ class NatPacketHandler(PacketHandler):
             decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev),
                                            hook=AFTER_ROUTING, partial=partial)
         elif hook == NF_INET_PRE_ROUTING:
+            targets = self.engine.nat.route_targets
+            if targets is not self._targets:  # a new policy: its translated destinations in the snapshot
+                self._targets = targets
+                self.routes.pin(targets)
             route = self.routes.of_packet(data)
             local = route is not None and route.local
             decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),

@@ -118,28 +118,31 @@ class Translation:
     """
 
     __slots__ = ("family", "bare", "unpack", "pack", "header", "ip_delta", "l4_delta", "udp", "zero", "end",
-                 "pseudo", "manip", "proto")
+                 "proto", "old", "new")
 
-    def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
-        """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
+    def __init__(self, family: int, proto: int, old: tuple, new: tuple, deltas: tuple | None = None) -> None:
+        """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after;
+        `deltas`: (ip_delta, l4_delta) when the caller knows them (`pair`)."""
         self.family = family
         self.proto = proto
-        self.manip = Manip(*new)
-        self.udp = proto == 17
+        self.old = old
+        self.new = new
+        udp = self.udp = proto == 17
         self.header = new[0] + new[1] + _PORTS.pack(new[2], new[3])
-        # RFC 1624's old sum - new sum of the changed words, kept mod 0xFFFF (a small int).
-        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(new[0] + new[1], "big")
-        self.ip_delta = address_delta % 0xFFFF if family == 4 else 0
-        self.l4_delta = (address_delta + old[2] + old[3] - new[2] - new[3]) % 0xFFFF
-        self.zero = 0xFFFF if self.udp else 0  # what a computed 0 is sent as
-        # A partial checksum computed whole: the new pseudo-header (less its length) and the ports' change.
-        self.pseudo = _from_bytes(new[0], "big") + _from_bytes(new[1], "big") + proto + new[2] + new[3] \
-            - old[2] - old[3]
-        if proto == 6 or proto == 17:
+        if deltas is None:
+            deltas = _deltas(family, old, new)
+        self.ip_delta, self.l4_delta = deltas
+        self.zero = 0xFFFF if udp else 0  # what a computed 0 is sent as
+        if proto == 6 or udp:
             self.bare, self.unpack, self.pack = _BARE[family, proto]
-            self.end = self.bare + _HEAD_END[self.udp]  # the rest of the packet is copied as it is
+            self.end = self.bare + (8 if udp else 18)  # the rest of the packet is copied as it is
         else:
             self.bare, self.unpack, self.pack, self.end = -1, None, None, 0
+
+    @property
+    def manip(self) -> Manip:
+        """The same change as a Manip (for `rewrite`)."""
+        return Manip(*self.new)
 
     def leave(self, data: bytes, packet, effects: tuple = (), partial: bool = False) -> tuple:
         """`effects` and a RewritePacket with `data` translated (class docstring): the established
@@ -174,7 +177,10 @@ class Translation:
         kernel's partial sum (NFQA_SKB_CSUMNOTREADY): the sum of the segment as it came, less that
         field and the old ports, plus the new ports and the new pseudo-header (`pseudo`)."""
         l4 = self.bare
-        total = word_sum(memoryview(data)[l4:end]) - partial_check + self.pseudo + (end - l4)
+        old, new = self.old, self.new
+        pseudo = _from_bytes(new[0], "big") + _from_bytes(new[1], "big") + self.proto + new[2] + new[3] \
+            - old[2] - old[3]  # the new pseudo-header (less its length) and the ports' change
+        total = word_sum(memoryview(data)[l4:end]) - partial_check + pseudo + (end - l4)
         check = -total % 0xFFFF
         return check or self.zero
 
@@ -196,9 +202,27 @@ class Translation:
         return b"".join((data[:8], self.header[:32], data[40:l4], *tail))  # the extension headers kept
 
 
+def _deltas(family: int, old: tuple, new: tuple) -> tuple[int, int]:
+    """(IPv4 header, L4) checksum differences of a translation: RFC 1624's old sum - new sum of
+    the changed words, kept mod 0xFFFF (small ints); the IPv6 header has no checksum."""
+    address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(new[0] + new[1], "big")
+    return (address_delta % 0xFFFF if family == 4 else 0,
+            (address_delta + old[2] + old[3] - new[2] - new[3]) % 0xFFFF)
+
+
+def pair(family: int, proto: int, orig: tuple, reply: tuple) -> tuple[Translation, Translation]:
+    """A session's two directions: `orig` (c, d, cp, dp) leaves as (t, s, tp, sp) and `reply`
+    (s, t, sp, tp) as (d, c, dp, cp). The reply's differences are the original's negated (the
+    words are the same, summed in another order), so they are computed once."""
+    c, d, cp, dp = orig
+    s, t, sp, tp = reply
+    ip_delta, l4_delta = _deltas(family, orig, reply)
+    return (Translation(family, proto, orig, (t, s, tp, sp), (ip_delta, l4_delta)),
+            Translation(family, proto, reply, (d, c, dp, cp), (-ip_delta % 0xFFFF, -l4_delta % 0xFFFF)))
+
+
 # The L4 bytes from the ports to the checksum, per transport (UDP: its length; TCP: seq to window).
 _BETWEEN = {False: "12s", True: "2s"}
-_HEAD_END = {False: 18, True: 8}  # from the L4 header's start to the end of its checksum
 
 
 def _bare_structs(family: int, udp: bool) -> tuple:

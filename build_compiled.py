@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent
 
 # The modules compiled, by path (the packet path's hot modules; docs/performance.md says what each gives).
 COMPILED: list[str] = [
+    "fw/nat/rewrite.py",
+    "fw/engine_nat.py",
 ]
 
 

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The engine's NAT: which new sessions translate, the binding they keep, and each packet rewritten.
 
 How it works. The rules decide on the packet as it arrived; for a session they accepted, `Nat.bind`

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Rewrite a packet's addresses and ports (ICMP query ids), checksums kept correct: NAT's hands.
 
 How it works. `rewrite(data, packet, manip)` copies the L3 bytes into a bytearray, puts the new

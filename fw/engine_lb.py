@@ -82,6 +82,7 @@ class LoadBalancer:
         self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
         self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
         self.choices: dict = {}  # RealServer -> its Choice (made once per configuration)
+        self.at: dict = {}  # (packed address, proto, port) -> (spec, Balancer): `choose`'s one lookup
         self.active = False
 
     def configure(self, specs) -> None:
@@ -106,6 +107,8 @@ class LoadBalancer:
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
                                                          node=self.node, nodes=self.nodes)
         self.services, self.pools, self.choices = services, pools, {}
+        self.at = {(ipaddress.ip_address(spec.address).packed, spec.proto, spec.port):
+                   (spec, services.balancers[spec.name]) for spec in services.specs.values()}
         self.active = bool(len(services))
 
     def choose(self, pkt, sport: int, dport: int, now: float):
@@ -113,7 +116,7 @@ class LoadBalancer:
         proto = pkt.proto
         if proto != TCP and proto != UDP:
             return None
-        found = self.services.lookup(pkt.dst, proto, dport)
+        found = self.at.get((pkt.dst, proto, dport))
         if found is None:
             return None
         spec, balancer = found

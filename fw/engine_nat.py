@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from fw import engine_nat_ftp
 from fw.conntrack.table import REVERSED, flow_key
-from fw.decision import DROP, RewritePacket
+from fw.decision import DROP
 from fw.engine_lb import AllDown, LoadBalancer
 from fw.nat.ports import Pool
 from fw.nat.rewrite import Manip, RewriteError, Translation, pair, rewrite
@@ -461,13 +461,10 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
     if translation is None:  # two passes: nothing to change before routing
         return decision
     try:
-        data = translation.apply(engine.data, pkt, engine.partial)
+        decision.effects = translation.leave(engine.data, pkt, decision.effects, engine.partial)
     except RewriteError:
         engine.counters["nat_rewrite_errors"] += 1
         decision.verdict, decision.reason = DROP, "nat:rewrite"
-        return decision
-    effects = decision.effects
-    decision.effects = (RewritePacket(data),) if not effects else effects + (RewritePacket(data),)
     return decision
 
 

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The engine's load balancer: a new session to a virtual server gets a real server, for life.
 
 How it works. `LoadBalancer` holds the policy's virtual servers in this engine (one
@@ -51,13 +52,14 @@ FULL_NAT_PORTS = (1024, 32767)
 class Choice:
     """A real server for a new session: its address and port, and what the binding keeps."""
 
-    __slots__ = ("spec", "server", "names", "key")
+    __slots__ = ("spec", "server", "names", "key", "link")
 
-    def __init__(self, spec, server):
+    def __init__(self, spec, server, balancer=None):
         self.spec = spec
         self.server = server
         self.names = f"lb:{spec.name}:{server.name}"
         self.key = (spec.name, server.name)
+        self.link = (balancer, self.key)  # a binding's `lb`, shared by the server's sessions
 
 
 class AllDown:
@@ -126,7 +128,7 @@ class LoadBalancer:
         balancer.opened(server)
         choice = self.choices.get(server)
         if choice is None:
-            choice = self.choices[server] = Choice(spec, server)
+            choice = self.choices[server] = Choice(spec, server, self)
         return choice
 
     def serves(self, pkt, dport: int) -> bool:

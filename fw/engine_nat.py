@@ -31,9 +31,10 @@ address on the other side; the announced port the one the ALG rewrite chose.
 from __future__ import annotations
 
 from fw import engine_nat_ftp
-from fw.conntrack.table import REVERSED, flow_key
+from fw.conntrack.table import REVERSED, Extra, flow_key
 from fw.decision import DROP
 from fw.engine_lb import AllDown, LoadBalancer
+from fw.nat.ftp import FtpNatSession
 from fw.nat.ports import Pool
 from fw.nat.rewrite import Manip, RewriteError, Translation, pair, rewrite
 
@@ -170,8 +171,6 @@ class Binding:
 
     @classmethod
     def from_dict(cls, proto: int, family: int, data: dict) -> Binding:
-        from fw.nat.ftp import FtpNatSession
-
         binding = cls(proto, family, _tuple(data["orig"]), _tuple(data["reply"]), str(data["names"]))
         binding.held = (None, None, None, None, data.get("pool"))  # the engine claims the port again
         if data.get("ftp") is not None:
@@ -271,7 +270,7 @@ class Nat:
         binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport)
         if choice is not None:
             if binding.__class__ is Binding:
-                binding.lb = (self.lb, choice.key)
+                binding.lb = choice.link  # (self.lb, choice.key), one tuple per server
             else:
                 self.lb.closed(choice.key, 0)  # not opened after all
         return binding
@@ -352,6 +351,23 @@ class Nat:
         held = (pool, proto, found[0], found[1], "lb:" + choice.spec.name)
         reply = (new_dst, found[0], new_dport, found[1])
         return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
+
+    def opened(self, session, binding: Binding, table) -> None:
+        """A new session's binding in place: in its `extra`, its reply key in the table, its
+        passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state)."""
+        extra = session.extra
+        if extra is None:
+            extra = session.extra = Extra()
+        extra.nat = binding
+        if binding.alias is not None:
+            table.add_alias(session, binding.alias)
+        if self.two_passes:
+            self.remember(session, binding)
+        alg = extra.alg
+        if alg is not None:  # the ALG judges and expects in the server side's terms
+            alg.peers.translated = binding.peers()
+            if alg.name == "ftp":
+                binding.ftp = FtpNatSession(binding.family)
 
     def remember(self, session, binding: Binding) -> None:
         """A new or adopted session's binding in the live daemon's two passes: split, and for

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Stable hashes: the same bytes give the same 64-bit number in every process and on every node.
 
 How it works: BLAKE2b with an 8-byte digest (hashlib, C speed), personalised per use so that the

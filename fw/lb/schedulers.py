@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Schedulers, as IPVS has them: one class each, `pick(src, sport)` and add/update/remove.
 
 How it works: a scheduler holds one virtual server's real servers in the order every node uses

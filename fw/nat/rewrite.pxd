@@ -14,4 +14,5 @@ cdef class Translation:
     cpdef tuple leave(self, data, packet, tuple effects=*, bint partial=*)
 
 
+@cython.locals(forward=Translation, backward=Translation, bare=int, end=int, zero=int, udp=bint)
 cpdef tuple pair(int family, int proto, tuple orig, tuple reply)

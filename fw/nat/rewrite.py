@@ -213,14 +213,44 @@ def _deltas(family: int, old: tuple, new: tuple) -> tuple[int, int]:
 
 def pair(family: int, proto: int, orig: tuple, reply: tuple) -> tuple[Translation, Translation]:
     """A session's two directions: `orig` (c, d, cp, dp) leaves as (t, s, tp, sp) and `reply`
-    (s, t, sp, tp) as (d, c, dp, cp). The reply's differences are the original's negated (the
-    words are the same, summed in another order), so they are computed once."""
+    (s, t, sp, tp) as (d, c, dp, cp); the same as two `Translation(...)`, made for every new
+    translated session, so without their `__init__` calls: the reply's differences are the
+    original's negated (the words are the same, summed in another order), computed once."""
     c, d, cp, dp = orig
     s, t, sp, tp = reply
-    ip_delta, l4_delta = _deltas(family, orig, reply)
-    return (Translation(family, proto, orig, (t, s, tp, sp), (ip_delta, l4_delta)),
-            Translation(family, proto, reply, (d, c, dp, cp), (-ip_delta % 0xFFFF, -l4_delta % 0xFFFF)))
-
+    address_delta = _from_bytes(c + d, "big") - _from_bytes(s + t, "big")
+    l4_delta = (address_delta + cp + dp - sp - tp) % 0xFFFF
+    ip_delta = address_delta % 0xFFFF if family == 4 else 0
+    udp = proto == 17
+    if proto == 6 or udp:
+        bare = 20 if family == 4 else 40
+        end = bare + (8 if udp else 18)
+    else:
+        bare, end = -1, 0
+    zero = 0xFFFF if udp else 0
+    forward = Translation.__new__(Translation)
+    forward.family = family
+    forward.proto = proto
+    forward.udp = udp
+    forward.zero = zero
+    forward.bare = bare
+    forward.end = end
+    forward.header = t + s + _PORTS.pack(tp, sp)
+    forward.ip_delta = ip_delta
+    forward.l4_delta = l4_delta
+    forward.ports = cp + dp
+    backward = Translation.__new__(Translation)
+    backward.family = family
+    backward.proto = proto
+    backward.udp = udp
+    backward.zero = zero
+    backward.bare = bare
+    backward.end = end
+    backward.header = d + c + _PORTS.pack(dp, cp)
+    backward.ip_delta = -ip_delta % 0xFFFF
+    backward.l4_delta = -l4_delta % 0xFFFF
+    backward.ports = sp + tp
+    return forward, backward
 
 # The L4 bytes from the ports to the checksum, per transport (UDP: its length; TCP: seq to window).
 _BETWEEN = {False: "12s", True: "2s"}

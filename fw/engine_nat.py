@@ -6,13 +6,13 @@ picks at most one destination translation (a virtual server at the packet's dest
 proto and port: fw/engine_lb.py picks its real server; else the first matching `dnat` entry: it may
 match `iif`, never `oif`) and then at most one source translation (the first matching `snat` entry,
 matched on the translated destination; a virtual server with `full_nat` brings its own).
-`masquerade` needs the outgoing interface's address, which only the live daemon can give (`route`:
-never in replay, as SPEC says). The source port (an ICMP echo id) comes from the entry's
-fw.nat.ports.Pool: kept when the translated tuple is free, else the next free one; none free: the
-session is refused as `nat:exhausted`. In an active/active HA cluster (`Nat(node, nodes)`, from
-EngineConfig.nat_slice) every pool hands out ports from this node's slice of its range only, so two
-nodes translating to one address never pick the same port; a peer's synced session claims its port
-in our pools only if it lies in our slice (it does not).
+`masquerade` needs the outgoing interface's address, which only the live daemon can give (`routes`,
+its route snapshot: a plain mapping read, no I/O; never in replay, as SPEC says). The source port
+(an ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
+else the next free one; none free: the session is refused as `nat:exhausted`. In an active/active HA
+cluster (`Nat(node, nodes)`, from EngineConfig.nat_slice) every pool hands out ports from this
+node's slice of its range only, so two nodes translating to one address never pick the same port; a
+peer's synced session claims its port in our pools only if it lies in our slice (it does not).
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -26,6 +26,12 @@ through a RewritePacket effect. ICMP errors quoting a translated packet get the 
 header translated (`error_rewrite`), as Linux's nf_nat_icmp_reply_translation. Data sessions an ALG
 expects follow their control session (`follow`): an address of one side becomes the same end's
 address on the other side; the announced port the one the ALG rewrite chose.
+
+A new translated session is on the new-session path, so its binding is made cheaply: the entries
+are sorted by kind when the policy is loaded (`dnats`, `snats`, `sources`; none of a kind: no scan),
+the names made without a join, the reply key and orientation written out, both Translations made
+at once by fw.nat.rewrite.pair, and `opened` puts it in place in one call. build_compiled.py
+compiles this module (fw/engine_nat.pxd: Binding a final cdef class); it runs unchanged as Python.
 """
 
 from __future__ import annotations

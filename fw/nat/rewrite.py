@@ -27,6 +27,10 @@ message (in both modes: the kernel does so too, and an ICMP error is at most 128
 Refused (RewriteError, for the engine to drop and count): fragments (conntrack reassembles before
 the queue, so none should arrive), a packet the capture cut short (a verdict with fewer bytes would
 truncate it in the kernel), an address of the other family.
+A session's two compiled directions (`Translation`) are made together by `pair` (one checksum
+difference, negated for the reply). build_compiled.py compiles this module (fw/nat/rewrite.pxd:
+Translation a final cdef class of numbers and one bytes object, so the cyclic collector does not
+track it, and `leave` typed); it runs unchanged as Python (FW_PURE=1).
 """
 
 from __future__ import annotations

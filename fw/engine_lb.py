@@ -122,10 +122,14 @@ class LoadBalancer:
         if found is None:
             return None
         spec, balancer = found
-        server = balancer.choose(pkt.src, sport, now)
+        if balancer.affinity is None:  # balancer.choose without persistence, written out
+            server = balancer.scheduler.pick(pkt.src, sport)
+        else:
+            server = balancer.choose(pkt.src, sport, now)
         if server is None:
             return REFUSE[spec.when_all_down]
-        balancer.opened(server)
+        server.active += 1  # balancer.opened(server)
+        server.opened += 1
         choice = self.choices.get(server)
         if choice is None:
             choice = self.choices[server] = Choice(spec, server, self)

@@ -14,5 +14,10 @@ cdef class Translation:
     cpdef tuple leave(self, data, packet, tuple effects=*, bint partial=*)
 
 
-@cython.locals(forward=Translation, backward=Translation, bare=int, end=int, zero=int, udp=bint)
+@cython.locals(bare=int, end=int, zero=int, udp=bint)
 cpdef tuple pair(int family, int proto, tuple orig, tuple reply)
+
+
+@cython.locals(made=Translation)
+cdef Translation _made(int family, int proto, bint udp, int zero, int bare, int end, bytes header, int ip_delta,
+                       int l4_delta, int ports)

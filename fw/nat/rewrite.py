@@ -232,29 +232,26 @@ def pair(family: int, proto: int, orig: tuple, reply: tuple) -> tuple[Translatio
     else:
         bare, end = -1, 0
     zero = 0xFFFF if udp else 0
-    forward = Translation.__new__(Translation)
-    forward.family = family
-    forward.proto = proto
-    forward.udp = udp
-    forward.zero = zero
-    forward.bare = bare
-    forward.end = end
-    forward.header = t + s + _PORTS.pack(tp, sp)
-    forward.ip_delta = ip_delta
-    forward.l4_delta = l4_delta
-    forward.ports = cp + dp
-    backward = Translation.__new__(Translation)
-    backward.family = family
-    backward.proto = proto
-    backward.udp = udp
-    backward.zero = zero
-    backward.bare = bare
-    backward.end = end
-    backward.header = d + c + _PORTS.pack(dp, cp)
-    backward.ip_delta = -ip_delta % 0xFFFF
-    backward.l4_delta = -l4_delta % 0xFFFF
-    backward.ports = sp + tp
-    return forward, backward
+    return (_made(family, proto, udp, zero, bare, end, t + s + _PORTS.pack(tp, sp), ip_delta, l4_delta, cp + dp),
+            _made(family, proto, udp, zero, bare, end, d + c + _PORTS.pack(dp, cp), -ip_delta % 0xFFFF,
+                  -l4_delta % 0xFFFF, sp + tp))
+
+
+def _made(family: int, proto: int, udp: bool, zero: int, bare: int, end: int, header: bytes, ip_delta: int,
+          l4_delta: int, ports: int) -> Translation:
+    """A Translation of these fields, without its `__init__` (`pair`)."""
+    made = Translation.__new__(Translation)
+    made.family = family
+    made.proto = proto
+    made.udp = udp
+    made.zero = zero
+    made.bare = bare
+    made.end = end
+    made.header = header
+    made.ip_delta = ip_delta
+    made.l4_delta = l4_delta
+    made.ports = ports
+    return made
 
 # The L4 bytes from the ports to the checksum, per transport (UDP: its length; TCP: seq to window).
 _BETWEEN = {False: "12s", True: "2s"}

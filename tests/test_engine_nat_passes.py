@@ -236,6 +236,58 @@ def test_a_restarted_daemon_goes_on_with_the_restored_sessions(tmp_path):
     assert flow_text(parse(leaving)) == "tcp 192.0.2.80:80 -> 198.51.100.10:40000"
 
 
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("partial", [False, True])
+def test_64k_gso_segments_both_ways_leave_whole_with_sound_checksums(tmp_path, family, partial):
+    """GSO/GRO packets of 64 KiB through an established snat session, both directions, both passes:
+    the whole payload kept, the translated addresses, the checksum sound (complete: updated;
+    partial: computed over the whole segment) and, complete, equal to the one pass's bytes."""
+    c, s, nat = (("198.51.100.10:40000", "192.0.2.80:80", f"{PUBLIC}:40000") if family == 4 else
+                 ("[2001:db8:1::10]:40000", "[2001:db8:2::80]:80", "[2001:db8:ff::1]:40000"))
+    one, two = make_engine(tmp_path), TwoPasses(make_engine(tmp_path))
+    for data in (seg(c, s, "S", seq=100), seg(s, nat, "SA", seq=300, ack=101), seg(c, s, "A", seq=101, ack=301)):
+        one.process(data, 100.0)
+        assert two(data)[0].verdict == "accept"
+    size = 65535 - 20 - (20 if family == 4 else 0)
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    for data, flow in ((seg(c, s, "PA", seq=101, ack=301, payload=body), f"tcp {nat.replace(':40000', '')}"),
+                       (seg(s, nat, "PA", seq=301, ack=101 + size, payload=body), None)):
+        sent = bytearray(data)
+        head = 20 if family == 4 else 40
+        if partial:
+            sent[head + 16:head + 18] = b"\x12\x34"  # the kernel's pseudo-header sum, whatever it is
+        expected = rewritten(one.process(data, 100.0))
+        first, _between, leaving = two(bytes(sent), partial=partial)
+        assert first.verdict == "accept", first
+        packet = parse(leaving)
+        assert len(leaving) == len(data) and packet.payload == body
+        assert l4_checksum_valid(leaving, packet)
+        if flow is not None:
+            assert flow_text(packet).startswith(flow)
+        else:
+            assert flow_text(packet).endswith(c)
+        if not partial:
+            assert leaving == expected
+
+
+@pytest.mark.parametrize(("client", "server"), [("198.51.100.10:5000", "192.0.2.80:53"),
+                                                ("[2001:db8:1::10]:5000", "[2001:db8:2::80]:53")])
+def test_a_partial_udp_checksum_leaves_complete_both_ways(tmp_path, client, server):
+    """UDP with NFQA_SKB_CSUMNOTREADY (the sender's stack left the pseudo-header sum): the datagram
+    and its answer leave with the whole checksum computed, IPv4 and IPv6."""
+    two = TwoPasses(make_engine(tmp_path))
+    head = 20 if "." in client else 40
+    nat = f"{PUBLIC}:5000" if "." in client else "[2001:db8:ff::1]:5000"
+    for data, flow_end in ((udp_pkt(client, server, b"q" * 200), f" -> {server}"),
+                           (udp_pkt(server, nat, b"a" * 300), f" -> {client}")):
+        garbled = bytearray(data)
+        garbled[head + 6:head + 8] = b"\x12\x34"
+        first, _between, leaving = two(bytes(garbled), partial=True)
+        assert first.verdict == "accept", first
+        packet = parse(leaving)
+        assert flow_text(packet).endswith(flow_end) and l4_checksum_valid(leaving, packet)
+
+
 # -- one pass after routing (ONE_PASS) ---------------------------------------------------------------
 
 
@@ -401,3 +453,30 @@ def test_one_pass_after_a_reload_and_a_kill(tmp_path):
     assert engine.recheck(100.0) and engine.counters["recheck_closed"] >= 1
     decision, leaving, hook = driven(query)
     assert (hook, decision.verdict, decision.reason) == (ONE_PASS, "drop", "default")
+
+
+def test_masquerade_in_ipv6_and_only_out_of_its_interface(tmp_path):
+    """IPv6 masquerade takes the route's preferred source (RTA_PREFSRC) on the entry's oif; a
+    destination routed out of another interface is not masqueraded."""
+    engine = make_engine(tmp_path, MASQUERADE.replace("src: 198.51.100.0/24}", 'src: "2001:db8:1::/64"}').replace(
+        "src: 198.51.100.0/24, oif: wan}", 'src: "2001:db8:1::/64", oif: wan}'))
+    wan = ipaddress.ip_address("2001:db8:2::1").packed
+
+    def route(family, dst):
+        assert family == 6
+        return ("wan", wan) if dst[:6] == ipaddress.ip_address("2001:db8:2::").packed[:6] else ("dmz", None)
+
+    engine.nat.route = route
+    two = TwoPasses(engine)
+    client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:80"
+    first, between, leaving = two(seg(client, server, "S", seq=1))
+    assert first.session.nat.names == "nat:outbound" and between == seg(client, server, "S", seq=1)
+    assert flow_text(parse(leaving)) == "tcp [2001:db8:2::1]:40000 -> [2001:db8:2::80]:80"
+    assert l4_checksum_valid(leaving, parse(leaving))
+    _, back, _ = two(seg(server, "[2001:db8:2::1]:40000", "SA", seq=5, ack=2), local=True)
+    assert flow_text(parse(back)) == "tcp [2001:db8:2::80]:80 -> [2001:db8:1::10]:40000"
+    ping = two(icmp_echo_pkt(client, server, ident=4000, seq=1))[2]
+    assert flow_text(parse(ping)) == "icmpv6 2001:db8:2::1 -> 2001:db8:2::80 type 128 code 0"
+    other, _, out = two(seg(client, "[2001:db8:3::80]:80", "S", seq=1))
+    assert other.verdict == "accept" and other.session.nat is None
+    assert flow_text(parse(out)) == "tcp [2001:db8:1::10]:40000 -> [2001:db8:3::80]:80"

@@ -462,11 +462,9 @@ def test_masquerade_in_ipv6_and_only_out_of_its_interface(tmp_path):
         "src: 198.51.100.0/24, oif: wan}", 'src: "2001:db8:1::/64", oif: wan}'))
     wan = ipaddress.ip_address("2001:db8:2::1").packed
 
-    def route(family, dst):
-        assert family == 6
-        return ("wan", wan) if dst[:6] == ipaddress.ip_address("2001:db8:2::").packed[:6] else ("dmz", None)
-
-    engine.nat.route = route
+    # the driver's route snapshot: the destinations below, one out of wan (from `wan`), one out of dmz
+    engine.nat.routes = {(6, ipaddress.ip_address("2001:db8:2::80").packed): ("wan", wan),
+                         (6, ipaddress.ip_address("2001:db8:3::80").packed): ("dmz", None)}
     two = TwoPasses(engine)
     client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:80"
     first, between, leaving = two(seg(client, server, "S", seq=1))

@@ -29,6 +29,16 @@ COMPILED: list[str] = [
     "fw/decision.py",
     "fw/policy/index.py",
     "fw/policy/model.py",
+    "fw/nat/rewrite.py",  # NAT (fw/nat/rewrite.pxd, fw/engine_nat.pxd: Translation, Binding)
+    "fw/engine_nat.py",
+    "fw/nat/ports.py",
+    "fw/packet/checksum.py",
+    "fw/engine_lb.py",  # the load balancer's new-session path and Maglev's table build
+    "fw/lb/balancer.py",
+    "fw/lb/schedulers.py",
+    "fw/lb/hashing.py",
+    "fw/lb/servers.py",
+    "fw/lb/maglev.py",
 ]
 
 

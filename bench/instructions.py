@@ -16,6 +16,9 @@ Workloads (the established ones: 500 TCP flows after their handshakes, data and 
   to the translated address, every packet leaves through a RewritePacket): against `established`,
   what translating an established packet costs;
 - `new`: Engine.process, SYNs each opening a session through a policy of 10 rules;
+- `new-web`, `new-dnat`, `new-maglev`: SYNs to the web rule's port 80 each opening a session: as
+  they are, through a `dnat` entry (a port forward) and through a maglev virtual server of 100
+  real servers (bench/lb_bench.py's `bench_balanced_new_sessions`): what making a NAT binding costs;
 - `driver`, `socket-driver`: the daemon's whole per-packet path in user space for established TCP
   packets: netlink messages as the kernel sends them (NFQUEUE packet messages) go through the
   NFQUEUE driver (netfilterqueue's, fw.drivers.nfqueue; or fw.drivers.nfqueue_socket), a
@@ -51,7 +54,9 @@ def build_packets() -> dict:
     nat_setup, nat_traffic = established_stream(flows=FLOWS, rounds=POOL // (2 * FLOWS), seen=NAT_ADDRESS)
     syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80 if i % 2 else 443, 1000, 0, SYN)
             for i in range(POOL // 2)]
-    return {"setup": setup, "traffic": traffic, "syns": syns, "nat_setup": nat_setup, "nat_traffic": nat_traffic}
+    web_syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80, 1000, 0, SYN) for i in range(POOL // 2)]
+    return {"setup": setup, "traffic": traffic, "syns": syns, "nat_setup": nat_setup, "nat_traffic": nat_traffic,
+            "web_syns": web_syns}
 
 
 def packets() -> dict:
@@ -116,6 +121,30 @@ def run_new(count: int) -> None:
     assert len(eng.table) == count, "SYNs did not all open a session"
 
 
+def run_new_web(count: int, extra: str = "", policy=None) -> None:
+    from fw.engine import Engine, EngineConfig  # noqa: PLC0415
+
+    syns = packets()["web_syns"]
+    eng = engine(extra=extra) if policy is None else Engine(policy, EngineConfig(events=False))
+    process = eng.process
+    for data in syns[:count]:
+        process(data, 1000.0)
+    assert len(eng.table) == count, "SYNs did not all open a session"
+
+
+def run_new_dnat(count: int) -> None:
+    from bench.engine_bench import SERVER  # noqa: PLC0415
+
+    run_new_web(count, f"nat:\n  - {{name: fwd, type: dnat, dst: {SERVER}, to: 10.0.0.5}}\n")
+
+
+def run_new_maglev(count: int) -> None:
+    from bench.lb_bench import vs_policy  # noqa: PLC0415
+    from fw.policy import load_policy  # noqa: PLC0415
+
+    run_new_web(count, policy=load_policy(vs_policy(100, Path(tempfile.mkdtemp()))))
+
+
 def run_driver(count: int, kind: str) -> None:
     from bench import replay_queue  # noqa: PLC0415
 
@@ -131,6 +160,9 @@ WORKLOADS = {
     "established": run_established,
     "nat-established": run_nat_established,
     "new": run_new,
+    "new-web": run_new_web,
+    "new-dnat": run_new_dnat,
+    "new-maglev": run_new_maglev,
     "driver": lambda count: run_driver(count, "netfilterqueue"),
     "socket-driver": lambda count: run_driver(count, "socket"),
 }

@@ -80,7 +80,6 @@ from fw.decision import (
     SessionOpened,
 )
 from fw.events import session_event, verdict_event
-from fw.nat.ftp import FtpNatSession
 from fw.nat.rewrite import RewriteError
 from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
@@ -395,14 +394,7 @@ class Engine:
         self.table.add(session)
         self.counters["inserts"] += 1
         if binding is not None:
-            session.nat = binding
-            if binding.alias is not None:
-                self.table.add_alias(session, binding.alias)
-            self.nat.remember(session, binding)
-            if session.alg is not None:  # the ALG judges and expects in the server side's terms
-                session.alg.peers.translated = binding.peers()
-                if session.alg.name == "ftp":
-                    binding.ftp = FtpNatSession(pkt.family)
+            self.nat.opened(session, binding, self.table)  # its keys, its ALG's view (fw/engine_nat.py)
             self.counters["nat_sessions"] += 1
         if len(self.table) > self.adaptive_start:
             self._rescale()

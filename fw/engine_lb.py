@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The engine's load balancer: a new session to a virtual server gets a real server, for life.
 
 How it works. `LoadBalancer` holds the policy's virtual servers in this engine (one
@@ -51,13 +52,14 @@ FULL_NAT_PORTS = (1024, 32767)
 class Choice:
     """A real server for a new session: its address and port, and what the binding keeps."""
 
-    __slots__ = ("spec", "server", "names", "key")
+    __slots__ = ("spec", "server", "names", "key", "link")
 
-    def __init__(self, spec, server):
+    def __init__(self, spec, server, balancer=None):
         self.spec = spec
         self.server = server
         self.names = f"lb:{spec.name}:{server.name}"
         self.key = (spec.name, server.name)
+        self.link = (balancer, self.key)  # a binding's `lb`, shared by the server's sessions
 
 
 class AllDown:
@@ -82,6 +84,7 @@ class LoadBalancer:
         self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
         self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
         self.choices: dict = {}  # RealServer -> its Choice (made once per configuration)
+        self.at: dict = {}  # (packed address, proto, port) -> (spec, Balancer): `choose`'s one lookup
         self.active = False
 
     def configure(self, specs) -> None:
@@ -106,6 +109,8 @@ class LoadBalancer:
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
                                                          node=self.node, nodes=self.nodes)
         self.services, self.pools, self.choices = services, pools, {}
+        self.at = {(ipaddress.ip_address(spec.address).packed, spec.proto, spec.port):
+                   (spec, services.balancers[spec.name]) for spec in services.specs.values()}
         self.active = bool(len(services))
 
     def choose(self, pkt, sport: int, dport: int, now: float):
@@ -113,17 +118,21 @@ class LoadBalancer:
         proto = pkt.proto
         if proto != TCP and proto != UDP:
             return None
-        found = self.services.lookup(pkt.dst, proto, dport)
+        found = self.at.get((pkt.dst, proto, dport))
         if found is None:
             return None
         spec, balancer = found
-        server = balancer.choose(pkt.src, sport, now)
+        if balancer.affinity is None:  # balancer.choose without persistence, written out
+            server = balancer.scheduler.pick(pkt.src, sport)
+        else:
+            server = balancer.choose(pkt.src, sport, now)
         if server is None:
             return REFUSE[spec.when_all_down]
-        balancer.opened(server)
+        server.active += 1  # balancer.opened(server)
+        server.opened += 1
         choice = self.choices.get(server)
         if choice is None:
-            choice = self.choices[server] = Choice(spec, server)
+            choice = self.choices[server] = Choice(spec, server, self)
         return choice
 
     def serves(self, pkt, dport: int) -> bool:

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The engine's NAT: which new sessions translate, the binding they keep, and each packet rewritten.
 
 How it works. The rules decide on the packet as it arrived; for a session they accepted, `Nat.bind`
@@ -5,13 +6,13 @@ picks at most one destination translation (a virtual server at the packet's dest
 proto and port: fw/engine_lb.py picks its real server; else the first matching `dnat` entry: it may
 match `iif`, never `oif`) and then at most one source translation (the first matching `snat` entry,
 matched on the translated destination; a virtual server with `full_nat` brings its own).
-`masquerade` needs the outgoing interface's address, which only the live daemon can give (`route`:
-never in replay, as SPEC says). The source port (an ICMP echo id) comes from the entry's
-fw.nat.ports.Pool: kept when the translated tuple is free, else the next free one; none free: the
-session is refused as `nat:exhausted`. In an active/active HA cluster (`Nat(node, nodes)`, from
-EngineConfig.nat_slice) every pool hands out ports from this node's slice of its range only, so two
-nodes translating to one address never pick the same port; a peer's synced session claims its port
-in our pools only if it lies in our slice (it does not).
+`masquerade` needs the outgoing interface's address, which only the live daemon can give (`routes`,
+its route snapshot: a plain mapping read, no I/O; never in replay, as SPEC says). The source port
+(an ICMP echo id) comes from the entry's fw.nat.ports.Pool: kept when the translated tuple is free,
+else the next free one; none free: the session is refused as `nat:exhausted`. In an active/active HA
+cluster (`Nat(node, nodes)`, from EngineConfig.nat_slice) every pool hands out ports from this
+node's slice of its range only, so two nodes translating to one address never pick the same port; a
+peer's synced session claims its port in our pools only if it lies in our slice (it does not).
 
 A translated session carries a `Binding` in its `extra`: the tuple each direction arrives with
 (original: client c:cp -> d:dp; reply: server s:sp -> t:tp), the compiled fw.nat.rewrite
@@ -25,16 +26,23 @@ through a RewritePacket effect. ICMP errors quoting a translated packet get the 
 header translated (`error_rewrite`), as Linux's nf_nat_icmp_reply_translation. Data sessions an ALG
 expects follow their control session (`follow`): an address of one side becomes the same end's
 address on the other side; the announced port the one the ALG rewrite chose.
+
+A new translated session is on the new-session path, so its binding is made cheaply: the entries
+are sorted by kind when the policy is loaded (`dnats`, `snats`, `sources`; none of a kind: no scan),
+the names made without a join, the reply key and orientation written out, both Translations made
+at once by fw.nat.rewrite.pair, and `opened` puts it in place in one call. build_compiled.py
+compiles this module (fw/engine_nat.pxd: Binding a final cdef class); it runs unchanged as Python.
 """
 
 from __future__ import annotations
 
 from fw import engine_nat_ftp
-from fw.conntrack.table import flow_key, orientation
-from fw.decision import DROP, RewritePacket
+from fw.conntrack.table import REVERSED, Extra, flow_key
+from fw.decision import DROP
 from fw.engine_lb import AllDown, LoadBalancer
+from fw.nat.ftp import FtpNatSession
 from fw.nat.ports import Pool
-from fw.nat.rewrite import Manip, RewriteError, Translation, rewrite
+from fw.nat.rewrite import Manip, RewriteError, Translation, pair, rewrite
 
 _KEEP = Manip()
 
@@ -76,12 +84,16 @@ class Binding:
         self.ports: dict | None = None  # (dst, dport) a data session arrives for -> (dst, dport) it leaves for
         c, d, cp, dp = orig
         s, t, sp, tp = reply
-        primary = flow_key(proto, c, d, cp, dp)
-        alias = flow_key(proto, s, t, sp, tp)
-        self.alias = None if alias == primary else alias
-        self.alias_side = orientation(alias, s, sp)  # the engine's `side` of a reply packet
-        self.forward = Translation(family, proto, orig, (t, s, tp, sp))
-        self.backward = Translation(family, proto, reply, (d, c, dp, cp))
+        # The reply's key (flow_key, orientation written out): the table's second key, unless it is the first.
+        if s < t or (s == t and sp <= tp):
+            alias, self.alias_side = (proto, s, t, sp, tp), 0  # the engine's `side` of a reply packet
+        else:
+            alias, self.alias_side = (proto, t, s, tp, sp), REVERSED
+        if c < d or (c == d and cp <= dp):
+            self.alias = None if alias == (proto, c, d, cp, dp) else alias
+        else:
+            self.alias = None if alias == (proto, d, c, dp, cp) else alias
+        self.forward, self.backward = pair(family, proto, orig, reply)
         self.middle = None  # hairpin: (dict, key) of the tuple between the two passes (fw.engine_nat_passes)
         self.after = None  # two passes (`split`): per direction the source half, or None
         self.mid = None  # two passes: per direction the tuple between the passes
@@ -165,8 +177,6 @@ class Binding:
 
     @classmethod
     def from_dict(cls, proto: int, family: int, data: dict) -> Binding:
-        from fw.nat.ftp import FtpNatSession
-
         binding = cls(proto, family, _tuple(data["orig"]), _tuple(data["reply"]), str(data["names"]))
         binding.held = (None, None, None, None, data.get("pool"))  # the engine claims the port again
         if data.get("ftp") is not None:
@@ -194,13 +204,19 @@ class Nat:
         Pool(4, node=node, nodes=nodes)  # ValueError now for a node that is not among the nodes
         self.node, self.nodes = node, nodes  # this node's slice of every port range (HA active/active)
         self.entries: tuple = ()
+        self.dnats: tuple = ()  # the entries by kind, in policy order (what `bind` scans)
+        self.snats: tuple = ()
+        self.sources: tuple = ()  # snat and masquerade entries
         self.pools: dict[tuple, Pool] = {}
         self.by_name: dict[str, Pool] = {}
-        # The live daemon's input (None in replay): route(family, dst) -> (oif, preferred source
-        # address) as the kernel would route a packet to `dst`, or None. With it, a new session's
-        # source translation is decided on the route to its translated destination and
-        # `masquerade` entries apply (fw.drivers.routes).
-        self.route = None
+        # The live daemon's input (None in replay): a route snapshot, {(family, dst): (oif,
+        # preferred source address) as the kernel routes a packet to `dst`, or None: not routed
+        # out}, kept by the driver (fw.drivers.routes: the packet's own destination, and
+        # `route_targets`, the translated destinations the policy can give). With it, a new
+        # session's source translation is decided on the route to its translated destination and
+        # `masquerade` entries apply. A plain mapping read: the engine does no I/O.
+        self.routes = None
+        self.route_targets: frozenset = frozenset()  # (family, address) of every dnat target and real server
         self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
         self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
         self.lb = LoadBalancer(node, nodes)
@@ -209,11 +225,12 @@ class Nat:
     def configure(self, entries, virtual_servers=()) -> None:
         self.lb.configure(virtual_servers)
         self.entries = tuple(entries)
+        self.dnats = tuple(entry for entry in self.entries if entry.type == "dnat")
+        self.snats = tuple(entry for entry in self.entries if entry.type == "snat")
+        self.sources = tuple(entry for entry in self.entries if entry.type != "dnat")
         self.active = bool(self.entries) or self.lb.active
         pools, by_name = {}, {}
-        for entry in self.entries:
-            if entry.type == "dnat":
-                continue
+        for entry in self.sources:
             families = (entry.family,) if entry.type == "snat" else (4, 6)
             for family in families:
                 spec = (entry.type, family, entry.to_first, entry.to_last, entry.ports)
@@ -224,14 +241,20 @@ class Nat:
             if spec.full_nat:  # full_nat's pool, found again by this name after a restore
                 by_name["lb:" + spec.name] = self.lb.source_pool(spec)
         self.pools, self.by_name = pools, by_name
+        self.route_targets = frozenset(
+            [(4 if len(entry.to_first) == 4 else 6, entry.to_first) for entry in self.dnats]
+            + [(spec.family, server.packed) for name, spec in self.lb.services.specs.items()
+               for server in self.lb.services.balancers[name].servers])
 
     def destination(self, pkt, dport: int, iif, src: int | None = None):
         """The destination decision (SPEC: before routing; `iif` may match, `oif` never): the
         first matching dnat entry -> (entry, new dst, new dport), or (None, dst, dport). The one
         place a dnat destination is chosen; `bind` asks the virtual servers first."""
+        if not self.dnats:
+            return None, pkt.dst, dport
         if src is None:
             src = int.from_bytes(pkt.src, "big")
-        dnat = _first(self.entries, ("dnat",), pkt.family, pkt, src, int.from_bytes(pkt.dst, "big"), iif, None)
+        dnat = _first(self.dnats, pkt.family, pkt, src, int.from_bytes(pkt.dst, "big"), iif, None)
         if dnat is None:
             return None, pkt.dst, dport
         return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
@@ -244,13 +267,16 @@ class Nat:
         if choice is not None:  # a virtual server at this destination: its real server (SPEC: first)
             if choice.__class__ is AllDown:
                 return choice
-            new_dst, new_dport = choice.server.packed, choice.server.port
-        else:
+            server = choice.server
+            new_dst, new_dport = server.packed, server.port
+        elif self.dnats:
             dnat, new_dst, new_dport = self.destination(pkt, dport, iif)
+        else:
+            new_dst, new_dport = pkt.dst, dport
         binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport)
         if choice is not None:
             if binding.__class__ is Binding:
-                binding.lb = (self.lb, choice.key)
+                binding.lb = choice.link  # (self.lb, choice.key), one tuple per server
             else:
                 self.lb.closed(choice.key, 0)  # not opened after all
         return binding
@@ -258,31 +284,39 @@ class Nat:
     def _source(self, pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport):
         """The source half of `bind`, on the translated destination: a Binding, None or EXHAUSTED."""
         family, proto = pkt.family, pkt.proto
-        src = int.from_bytes(pkt.src, "big")
-        view = _Translated(pkt, new_dport) if new_dport != dport else pkt
         if choice is not None and choice.spec.full_nat:
             return self._full_nat(pkt, sport, dport, choice, new_dst, new_dport, sessions)
         masquerade = None
-        if self.route is not None:
-            route = self.route(family, new_dst) if new_dst != pkt.dst or oif is None else None
-            if route is not None:
-                oif = route[0]
-            types = ("snat", "masquerade")
+        routes = self.routes
+        if routes is not None:
+            entries = self.sources
+            if entries and (new_dst != pkt.dst or oif is None):
+                route = routes.get((family, new_dst))
+                if route is not None:
+                    oif = route[0]
         else:
-            types = ("snat",)
-        snat = _first(self.entries, types, family, view, src, int.from_bytes(new_dst, "big"), iif, oif)
-        if snat is not None and snat.type == "masquerade":
-            route = self.route(family, new_dst)
-            masquerade = route[1] if route is not None else None
-            if masquerade is None:
-                return EXHAUSTED  # no address to masquerade as (no route, or none on its interface)
-        if dnat is None and snat is None and choice is None:
-            return None
+            entries = self.snats
+        snat = None
+        if entries:
+            view = _Translated(pkt, new_dport) if new_dport != dport else pkt
+            snat = _first(entries, family, view, int.from_bytes(pkt.src, "big"), int.from_bytes(new_dst, "big"),
+                          iif, oif)
+            if snat is not None and snat.type == "masquerade":
+                route = routes.get((family, new_dst))
+                masquerade = route[1] if route is not None else None
+                if masquerade is None:
+                    return EXHAUSTED  # no address to masquerade as (no route, or none on its interface)
         echo = proto == ICMP or proto == ICMPV6
         if snat is None:
+            if dnat is None and choice is None:
+                return None
             address, port, held = pkt.src, sport, None
             if flow_key(proto, new_dst, address, new_dport, port) in sessions:
                 return EXHAUSTED  # the untranslated source is in use toward the new destination
+            if choice is not None:
+                names = choice.names
+            else:
+                names = "nat:" + dnat.name
         else:
             name = _pool_name(snat.name, snat.type, family)
             pool = self.by_name[name]
@@ -295,9 +329,9 @@ class Nat:
                 return EXHAUSTED
             address, port = found
             held = (pool, proto, address, port, name)
-        names = ",".join("nat:" + entry.name for entry in (dnat, snat) if entry is not None)
-        if choice is not None:
-            names = choice.names + ("," + names if names else "")
+            names = "nat:" + snat.name if dnat is None else "nat:" + dnat.name + ",nat:" + snat.name
+            if choice is not None:
+                names = choice.names + "," + names
         reply = (new_dst, address, port if echo else new_dport, port)
         return Binding(proto, family, (pkt.src, pkt.dst, sport, dport), reply, names, held)
 
@@ -306,8 +340,8 @@ class Nat:
         server (the route's preferred source, as masquerade, when the live daemon gives routes; the
         virtual address in replay), its port from the virtual server's pool."""
         address = None
-        if self.route is not None:
-            route = self.route(pkt.family, new_dst)
+        if self.routes is not None:
+            route = self.routes.get((pkt.family, new_dst))
             address = route[1] if route is not None else None
             if address is None:
                 return EXHAUSTED
@@ -323,6 +357,23 @@ class Nat:
         held = (pool, proto, found[0], found[1], "lb:" + choice.spec.name)
         reply = (new_dst, found[0], new_dport, found[1])
         return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
+
+    def opened(self, session, binding: Binding, table) -> None:
+        """A new session's binding in place: in its `extra`, its reply key in the table, its
+        passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state)."""
+        extra = session.extra
+        if extra is None:
+            extra = session.extra = Extra()
+        extra.nat = binding
+        if binding.alias is not None:
+            table.add_alias(session, binding.alias)
+        if self.two_passes:
+            self.remember(session, binding)
+        alg = extra.alg
+        if alg is not None:  # the ALG judges and expects in the server side's terms
+            alg.peers.translated = binding.peers()
+            if alg.name == "ftp":
+                binding.ftp = FtpNatSession(binding.family)
 
     def remember(self, session, binding: Binding) -> None:
         """A new or adopted session's binding in the live daemon's two passes: split, and for
@@ -377,9 +428,9 @@ def release(binding: Binding, session_bytes: int = 0) -> None:
         binding.held = None
 
 
-def _first(entries, types, family, pkt, src, dst, iif, oif):
+def _first(entries, family, pkt, src, dst, iif, oif):
     for entry in entries:
-        if entry.type in types and entry.family in (None, family) \
+        if entry.family in (None, family) \
                 and entry.selector.matches(pkt, src, dst, iif, oif):
             return entry
     return None
@@ -432,13 +483,10 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
     if translation is None:  # two passes: nothing to change before routing
         return decision
     try:
-        data = translation.apply(engine.data, pkt, engine.partial)
+        decision.effects = translation.leave(engine.data, pkt, decision.effects, engine.partial)
     except RewriteError:
         engine.counters["nat_rewrite_errors"] += 1
         decision.verdict, decision.reason = DROP, "nat:rewrite"
-        return decision
-    effects = decision.effects
-    decision.effects = (RewritePacket(data),) if not effects else effects + (RewritePacket(data),)
     return decision
 
 

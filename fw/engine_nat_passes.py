@@ -17,7 +17,7 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
   `SetMark(NAT_MARK)`: the POSTROUTING queue rule matches that bit, so only translated sessions'
   packets cross the queue twice.
   The source translation of a new session is decided here too, on the route to its translated
-  destination (`Nat.route`, the driver's input): the same choice as after routing, known earlier.
+  destination (`Nat.routes`, the driver's route snapshot): the same choice as after routing, known earlier.
 - `TO_FIREWALL`: the same, for a packet routed to the firewall's own address; one that belongs to
   no session, meets no expectation and no `dnat` entry is not the NAT's (the firewall's own
   traffic, judged by the INPUT hook if any): accepted untouched, reason `to-firewall`.

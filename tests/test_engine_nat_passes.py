@@ -162,10 +162,8 @@ def test_error_about_a_forwarded_packet_gets_its_source_after_routing(tmp_path):
 
 def test_masquerade_takes_the_routes_address(tmp_path):
     engine = make_engine(tmp_path, MASQUERADE)
-    def route(family, dst):
-        return ("wan", bytes([203, 0, 113, 1]))
-
-    engine.nat.route = route
+    # the driver's route snapshot: the new session's destination, routed out of wan from 203.0.113.1
+    engine.nat.routes = {(4, bytes([192, 0, 2, 80])): ("wan", bytes([203, 0, 113, 1]))}
     two = TwoPasses(engine)
     first, between, leaving = two(seg("198.51.100.10:40000", "192.0.2.80:80", "S", seq=1))
     assert first.reason == "rule:out" and first.session.nat.names == "nat:outbound"
@@ -464,11 +462,9 @@ def test_masquerade_in_ipv6_and_only_out_of_its_interface(tmp_path):
         "src: 198.51.100.0/24, oif: wan}", 'src: "2001:db8:1::/64", oif: wan}'))
     wan = ipaddress.ip_address("2001:db8:2::1").packed
 
-    def route(family, dst):
-        assert family == 6
-        return ("wan", wan) if dst[:6] == ipaddress.ip_address("2001:db8:2::").packed[:6] else ("dmz", None)
-
-    engine.nat.route = route
+    # the driver's route snapshot: the destinations below, one out of wan (from `wan`), one out of dmz
+    engine.nat.routes = {(6, ipaddress.ip_address("2001:db8:2::80").packed): ("wan", wan),
+                         (6, ipaddress.ip_address("2001:db8:3::80").packed): ("dmz", None)}
     two = TwoPasses(engine)
     client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:80"
     first, between, leaving = two(seg(client, server, "S", seq=1))

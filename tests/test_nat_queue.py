@@ -8,7 +8,7 @@ import textwrap
 from fw.drivers.nat_queue import NatPacketHandler, _kernel_tuple
 from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO
 from fw.drivers.offload import CTA_TUPLE_PROTO, attributes, tuple_attrs
-from fw.drivers.routes import Route
+from fw.drivers.routes import Route, Routes
 from fw.engine import Engine, EngineConfig
 from fw.engine_nat_passes import NAT_MARK, ONE_PASS_MARK, UNJUDGED_MARK
 from fw.nat.rewrite import l4_checksum_valid
@@ -27,17 +27,11 @@ nat:
 PUBLIC = bytes([203, 0, 113, 1])
 
 
-class FakeRoutes:
-    lookups = 0
+class FakeRoutes(Routes):
+    """The kernel's answers made up: the firewall's PUBLIC address is local, the rest leaves by wan."""
 
-    def of_packet(self, data):
-        return Route(None, PUBLIC, True) if data[16:20] == PUBLIC else Route("wan", PUBLIC, False)
-
-    def route(self, family, dst):
-        return ("wan", PUBLIC)
-
-    def forget(self):
-        pass
+    def _ask(self, family, dst):
+        return Route(None, PUBLIC, True) if dst == PUBLIC else Route("wan", PUBLIC, False)
 
 
 class FakePacket:
@@ -174,3 +168,23 @@ def test_the_kernel_tuple_of_a_cleared_bit():
     top = attributes(attrs)
     assert attributes(top[CTA_TUPLE_PROTO]) == {1: b"\x01", 4: b"\x42\x42", 5: b"\x08", 6: b"\x00"}
     assert _kernel_tuple(icmp_echo_pkt("192.0.2.9", "198.51.100.10", 0x4242, 1, reply=True)) is None
+
+
+def test_the_engine_reads_its_routes_from_the_snapshot_the_driver_keeps(tmp_path):
+    dnat = POLICY + "  - {name: web, type: dnat, proto: tcp, dst: 203.0.113.1, dport: 80, to: 10.0.0.5}\n"
+    judge = handler(tmp_path, dnat)
+    target, server = (4, bytes([10, 0, 0, 5])), (4, bytes([192, 0, 2, 80]))
+    assert judge.engine.nat.route_targets == {target}
+    syn = FakePacket(seg("198.51.100.10:40000", "192.0.2.80:80", "S", seq=1), hook=0)
+    judge(syn)
+    # before judging: the packet's destination and the policy's dnat target, in the engine's snapshot
+    assert judge.engine.nat.routes is judge.routes.table
+    assert judge.routes.table[server] == ("wan", PUBLIC) and judge.routes.table[target] == ("wan", PUBLIC)
+    assert syn.verdict == "accept" and syn.new_mark & NAT_MARK  # masqueraded on the route's source
+    judge.forget_interfaces()  # every second: the cache goes, the policy's targets are asked again
+    assert set(judge.routes.table) == {target}
+    # without the destination's route in the snapshot, masquerade has no address: refused, no I/O
+    judge.engine.nat.routes = {}
+    refused = judge.engine.process(seg("198.51.100.10:40001", "192.0.2.81:80", "S", seq=1), 101.0, "lan", "wan",
+                                   hook="prerouting", partial=False)
+    assert refused.reason == "nat:exhausted"

@@ -12,8 +12,10 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
   the engine's one pass (with NAT, the firewall's own ICMP errors are not judged by --hooks
   output: they pass);
 - before routing the output interface is not known yet: the engine gets the route's (rules may
-  match `oif`), from fw.drivers.routes (cached, forgotten every second); the engine's `Nat.route`
-  input is the same lookup, for a new session's translated destination and masquerade's address;
+  match `oif`), from fw.drivers.routes (cached, forgotten every second); the engine's `Nat.routes`
+  input is that cache's snapshot (`Routes.table`: no I/O in the engine), holding the packet's own
+  destination and the policy's translated destinations (`Nat.route_targets`, pinned again after
+  each reload), for a new session's source translation and masquerade's address;
 - `partial`: NFQA_SKB_CSUMNOTREADY says the L4 checksum holds only the pseudo-header sum, and a
   verdict with a new payload makes the kernel take the field as final, so the engine computes the
   whole checksum of a packet it rewrites. Not for a TCP GSO packet: given back with a new payload,
@@ -70,7 +72,8 @@ class NatPacketHandler(PacketHandler):
         super().__init__(engine, fail_open, on_effects, on_error, clock)
         self.routes = routes
         routes.names = self.ifname
-        engine.nat.route = routes.route
+        engine.nat.routes = routes.table  # the engine's route input: a snapshot the driver keeps
+        self._targets = None  # the engine's Nat.route_targets pinned in `routes`
         # partial_checksums (computed whole), tcp_gso_partial (left), nat_too_long; trips per hook
         self.counters: Counter = Counter()
         self.kernel = KernelEntries()
@@ -99,6 +102,7 @@ class NatPacketHandler(PacketHandler):
                     iif, oif = names[packet.indev], names[packet.outdev]
                 except KeyError:
                     iif, oif = self.ifname(packet.indev), self.ifname(packet.outdev)
+                self._route(data)  # a session opened here again (masquerade) reads its route in the snapshot
                 decision = self.engine.process(data, self.clock(), iif, oif, hook=ONE_PASS, partial=partial)
                 if decision.reason == FIRST_PASS_REASON:
                     self.kernel.clear(data, ONE_PASS_MARK)
@@ -108,7 +112,7 @@ class NatPacketHandler(PacketHandler):
                                                hook=AFTER_ROUTING, partial=partial)
         elif hook == NF_INET_PRE_ROUTING:
             counters["first_pass"] += 1
-            route = self.routes.of_packet(data)
+            route = self._route(data)
             local = route is not None and route.local
             decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
                                            None if route is None else route.oif,
@@ -123,6 +127,16 @@ class NatPacketHandler(PacketHandler):
         if packet.truncated and decision.reason == "nat:rewrite":
             self.counters["nat_too_long"] += 1
         return decision
+
+    def _route(self, data: bytes):
+        """The route of the packet's destination (fw.drivers.routes.Route or None), with the
+        engine's route snapshot ready for it: that destination, and the translated destinations of
+        the engine's policy (pinned again when the policy changed)."""
+        targets = self.engine.nat.route_targets
+        if targets is not self._targets:
+            self._targets = targets
+            self.routes.pin(targets)
+        return self.routes.of_packet(data)
 
     def _established(self, decision) -> None:
         """A TCP session whose original direction may take one pass just became established: the

@@ -11,8 +11,12 @@ and addresses change), so a packet costs a dict lookup and a new destination one
 
 The NAT passes use it (fw/drivers/nat_queue.py): before routing, the interface a packet will
 leave by (rules may match `oif`) and whether it is for the firewall itself; for a new session's
-source translation, the route to its translated destination (`route`, the engine's
-`Nat.route` input), and masquerade's address.
+source translation, the route to its translated destination, and masquerade's address. The engine
+does no I/O: it reads `table`, a plain dict snapshot {(family, dst): (oif, preferred source) or
+None (not routed out)} of every answer kept, which is its `Nat.routes` input. What the engine may
+look up is in it before the packet is judged: the packet's own destination (`of_packet`, asked
+first) and the translated destinations the policy can give (`pin(Nat.route_targets)`: dnat
+targets and real servers, asked again after every `forget`).
 
 It is an output route lookup (as from the firewall itself): policy routing by input interface or
 source address is not taken into account.
@@ -85,11 +89,12 @@ class Routes:
     """Route lookups on one netlink socket, cached (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        self._sock.bind((0, 0))
-        self._sock.settimeout(1.0)
+        self._sock = None  # the netlink socket, opened at the first question
         self._seq = 0
         self._cache: dict[tuple[int, bytes], Route | None] = {}
+        # The engine's snapshot (Nat.routes): the same answers as (oif, src), None when not routed out.
+        self.table: dict[tuple[int, bytes], tuple[str | None, bytes | None] | None] = {}
+        self._pinned: frozenset = frozenset()  # (family, dst) kept in the snapshot across `forget`
         self.names = _if_name  # ifindex -> name (the daemon gives its cached one)
         self.lookups = 0  # round trips to the kernel
 
@@ -100,16 +105,21 @@ class Routes:
         except KeyError:
             pass
         if len(self._cache) >= CACHE_LIMIT:
-            self._cache.clear()
-        found = self._cache[key] = self._ask(family, dst)
+            self.forget()
+        return self._store(key)
+
+    def _store(self, key: tuple[int, bytes]) -> Route | None:
+        found = self._cache[key] = self._ask(*key)
+        self.table[key] = None if found is None or found.local else (found.oif, found.src)
         return found
 
-    def route(self, family: int, dst: bytes) -> tuple[str | None, bytes | None] | None:
-        """(oif, preferred source) for the engine's `Nat.route`; None when not routed out."""
-        found = self.lookup(family, dst)
-        if found is None or found.local:
-            return None
-        return found.oif, found.src
+    def pin(self, targets) -> None:
+        """Keep these (family, dst) in the snapshot, asked now and after every `forget` (the
+        engine's Nat.route_targets: the translated destinations its policy can give)."""
+        self._pinned = frozenset(targets)
+        for key in self._pinned:
+            if key not in self._cache:
+                self._store(key)
 
     def of_packet(self, data: bytes) -> Route | None:
         """The route of a packet's destination (IPv4 or IPv6 bytes)."""
@@ -125,6 +135,10 @@ class Routes:
             return None
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         self.lookups += 1
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            self._sock.bind((0, 0))
+            self._sock.settimeout(1.0)
         self._sock.send(request(family, dst, self._seq))
         while True:
             answer = self._sock.recv(65536)
@@ -139,8 +153,14 @@ class Routes:
             return parse_answer(answer, self.names)
 
     def forget(self) -> None:
-        """Routes, addresses and interfaces change: the daemon calls this every second."""
+        """Routes, addresses and interfaces change: the daemon calls this every second (the
+        pinned destinations are asked again at once: the engine reads them without asking)."""
         self._cache.clear()
+        self.table.clear()
+        for key in self._pinned:
+            self._store(key)
 
     def close(self) -> None:
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

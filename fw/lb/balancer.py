@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """One virtual server's balancing in one worker: its real servers, scheduler and persistence.
 
 How it works: `choose(src, sport, now)` answers a new flow with a real server, or None when none

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Maglev consistent hashing (Eisenbud et al., NSDI 2016, section 3.4): the lookup table.
 
 How it works: each real server has a permutation of the table's M slots (M prime), given by an

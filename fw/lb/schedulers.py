@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Schedulers, as IPVS has them: one class each, `pick(src, sport)` and add/update/remove.
 
 How it works: a scheduler holds one virtual server's real servers in the order every node uses
@@ -28,7 +29,7 @@ from itertools import accumulate
 from math import gcd
 from operator import attrgetter
 
-from fw.lb.hashing import FLOW, SOURCE, flow_key, stable_hash
+from fw.lb.hashing import FLOW, SOURCE, stable_hash
 from fw.lb.maglev import DEFAULT_BUDGET, MaglevBuilder, MaglevTable, default_table_size
 from fw.lb.servers import RealServer, in_order
 
@@ -219,9 +220,9 @@ class Maglev(Scheduler):
         table = self.table
         if not table.servers:
             return None
-        slot = stable_hash(flow_key(src, sport), FLOW) % table.size
+        slot = stable_hash(src + sport.to_bytes(2, "big"), FLOW) % table.size  # hashing.flow_key, written out
         server = table.servers[table.slots[slot]]
-        if server.available and self.by_name.get(server.name) is server:
+        if server.up and server.weight > 0 and self.by_name.get(server.name) is server:  # available
             return server
         return self._fall_through(table, slot)
 

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """A real server as the balancer of one worker sees it: address, port, weight, health, counts.
 
 How it works: a `RealServer` is a small mutable record. Its `name` ("addr:port", IPv6 in

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Pick the translated (address, port) of a new session from a pool: kept when free, else the next.
 
 How it works. A `Pool` is one `nat` entry's addresses (one, or a range a-b, IPv4 or IPv6; none for

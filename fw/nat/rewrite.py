@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Rewrite a packet's addresses and ports (ICMP query ids), checksums kept correct: NAT's hands.
 
 How it works. `rewrite(data, packet, manip)` copies the L3 bytes into a bytearray, puts the new
@@ -26,6 +27,10 @@ message (in both modes: the kernel does so too, and an ICMP error is at most 128
 Refused (RewriteError, for the engine to drop and count): fragments (conntrack reassembles before
 the queue, so none should arrive), a packet the capture cut short (a verdict with fewer bytes would
 truncate it in the kernel), an address of the other family.
+A session's two compiled directions (`Translation`) are made together by `pair` (one checksum
+difference, negated for the reply). build_compiled.py compiles this module (fw/nat/rewrite.pxd:
+Translation a final cdef class of numbers and one bytes object, so the cyclic collector does not
+track it, and `leave` typed); it runs unchanged as Python (FW_PURE=1).
 """
 
 from __future__ import annotations
@@ -117,29 +122,32 @@ class Translation:
     protocols, options or extension headers with a partial checksum) goes through `rewrite`.
     """
 
-    __slots__ = ("family", "bare", "unpack", "pack", "header", "ip_delta", "l4_delta", "udp", "zero", "end",
-                 "pseudo", "manip", "proto")
+    __slots__ = ("family", "proto", "udp", "header", "ip_delta", "l4_delta", "zero", "bare", "end", "ports")
 
-    def __init__(self, family: int, proto: int, old: tuple, new: tuple) -> None:
-        """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after."""
+    def __init__(self, family: int, proto: int, old: tuple, new: tuple, deltas: tuple | None = None) -> None:
+        """`old` and `new`: (src, dst, sport, dport) as the packet carries them before and after;
+        `deltas`: (ip_delta, l4_delta) when the caller knows them (`pair`). Only numbers and one
+        bytes object are kept (compiled, the object is then no business of the cyclic collector)."""
         self.family = family
         self.proto = proto
-        self.manip = Manip(*new)
-        self.udp = proto == 17
+        udp = self.udp = proto == 17
         self.header = new[0] + new[1] + _PORTS.pack(new[2], new[3])
-        # RFC 1624's old sum - new sum of the changed words, kept mod 0xFFFF (a small int).
-        address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(new[0] + new[1], "big")
-        self.ip_delta = address_delta % 0xFFFF if family == 4 else 0
-        self.l4_delta = (address_delta + old[2] + old[3] - new[2] - new[3]) % 0xFFFF
-        self.zero = 0xFFFF if self.udp else 0  # what a computed 0 is sent as
-        # A partial checksum computed whole: the new pseudo-header (less its length) and the ports' change.
-        self.pseudo = _from_bytes(new[0], "big") + _from_bytes(new[1], "big") + proto + new[2] + new[3] \
-            - old[2] - old[3]
-        if proto == 6 or proto == 17:
-            self.bare, self.unpack, self.pack = _BARE[family, proto]
-            self.end = self.bare + _HEAD_END[self.udp]  # the rest of the packet is copied as it is
+        if deltas is None:
+            deltas = _deltas(family, old, new)
+        self.ip_delta, self.l4_delta = deltas
+        self.zero = 0xFFFF if udp else 0  # what a computed 0 is sent as
+        self.ports = old[2] + old[3]  # for a partial checksum computed whole (`_whole`)
+        if proto == 6 or udp:
+            self.bare = 20 if family == 4 else 40  # the L4 offset of a bare IP header
+            self.end = self.bare + (8 if udp else 18)  # the rest of the packet is copied as it is
         else:
-            self.bare, self.unpack, self.pack, self.end = -1, None, None, 0
+            self.bare, self.end = -1, 0
+
+    @property
+    def manip(self) -> Manip:
+        """The same change as a Manip (for `rewrite`)."""
+        header, size = self.header, 4 if self.family == 4 else 16
+        return Manip(header[:size], header[size:2 * size], *_PORTS.unpack_from(header, 2 * size))
 
     def leave(self, data: bytes, packet, effects: tuple = (), partial: bool = False) -> tuple:
         """`effects` and a RewritePacket with `data` translated (class docstring): the established
@@ -147,20 +155,20 @@ class Translation:
         if packet.l4_offset != self.bare or packet.is_fragment or len(data) < packet.ip_len:
             new = self._unusual(data, packet, partial)
         elif self.family == 4:
-            before, ip_check, between, check = self.unpack(data)
+            before, ip_check, between, check = _UNPACK4[self.udp](data)
             if partial:
                 check = self._whole(data, packet.ip_len, check)
             elif check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
                 check = (check + self.l4_delta) % 0xFFFF or self.zero
-            new = self.pack(before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check) \
+            new = _PACK4[self.udp](before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check) \
                 + data[self.end:]
         else:
-            before, between, check = self.unpack(data)
+            before, between, check = _UNPACK6[self.udp](data)
             if partial:
                 check = self._whole(data, packet.ip_len, check)
             elif check or not self.udp:
                 check = (check + self.l4_delta) % 0xFFFF or self.zero
-            new = self.pack(before, self.header, between, check) + data[self.end:]
+            new = _PACK6[self.udp](before, self.header, between, check) + data[self.end:]
         effect = _new_effect(RewritePacket)
         effect.data = new
         return effects + (effect,)
@@ -174,13 +182,16 @@ class Translation:
         kernel's partial sum (NFQA_SKB_CSUMNOTREADY): the sum of the segment as it came, less that
         field and the old ports, plus the new ports and the new pseudo-header (`pseudo`)."""
         l4 = self.bare
-        total = word_sum(memoryview(data)[l4:end]) - partial_check + self.pseudo + (end - l4)
+        # The new pseudo-header (less its length) and the ports' change: the new addresses and
+        # ports are the header's words (their sum, mod 0xFFFF, is the number they spell).
+        pseudo = _from_bytes(self.header, "big") + self.proto - self.ports
+        total = word_sum(memoryview(data)[l4:end]) - partial_check + pseudo + (end - l4)
         check = -total % 0xFFFF
         return check or self.zero
 
     def _unusual(self, data: bytes, packet, partial: bool) -> bytes:
         """IPv4 options or IPv6 extension headers: slices joined; the rest: `rewrite`."""
-        if self.unpack is None or partial or packet.is_fragment or len(data) < packet.ip_len:
+        if self.bare < 0 or partial or packet.is_fragment or len(data) < packet.ip_len:
             return rewrite(data, packet, self.manip, partial=partial)
         l4 = packet.l4_offset
         at = l4 + 6 if self.udp else l4 + 16
@@ -196,21 +207,62 @@ class Translation:
         return b"".join((data[:8], self.header[:32], data[40:l4], *tail))  # the extension headers kept
 
 
+def _deltas(family: int, old: tuple, new: tuple) -> tuple[int, int]:
+    """(IPv4 header, L4) checksum differences of a translation: RFC 1624's old sum - new sum of
+    the changed words, kept mod 0xFFFF (small ints); the IPv6 header has no checksum."""
+    address_delta = _from_bytes(old[0] + old[1], "big") - _from_bytes(new[0] + new[1], "big")
+    return (address_delta % 0xFFFF if family == 4 else 0,
+            (address_delta + old[2] + old[3] - new[2] - new[3]) % 0xFFFF)
+
+
+def pair(family: int, proto: int, orig: tuple, reply: tuple) -> tuple[Translation, Translation]:
+    """A session's two directions: `orig` (c, d, cp, dp) leaves as (t, s, tp, sp) and `reply`
+    (s, t, sp, tp) as (d, c, dp, cp); the same as two `Translation(...)`, made for every new
+    translated session, so without their `__init__` calls: the reply's differences are the
+    original's negated (the words are the same, summed in another order), computed once."""
+    c, d, cp, dp = orig
+    s, t, sp, tp = reply
+    address_delta = _from_bytes(c + d, "big") - _from_bytes(s + t, "big")
+    l4_delta = (address_delta + cp + dp - sp - tp) % 0xFFFF
+    ip_delta = address_delta % 0xFFFF if family == 4 else 0
+    udp = proto == 17
+    if proto == 6 or udp:
+        bare = 20 if family == 4 else 40
+        end = bare + (8 if udp else 18)
+    else:
+        bare, end = -1, 0
+    zero = 0xFFFF if udp else 0
+    return (_made(family, proto, udp, zero, bare, end, t + s + _PORTS.pack(tp, sp), ip_delta, l4_delta, cp + dp),
+            _made(family, proto, udp, zero, bare, end, d + c + _PORTS.pack(dp, cp), -ip_delta % 0xFFFF,
+                  -l4_delta % 0xFFFF, sp + tp))
+
+
+def _made(family: int, proto: int, udp: bool, zero: int, bare: int, end: int, header: bytes, ip_delta: int,
+          l4_delta: int, ports: int) -> Translation:
+    """A Translation of these fields, without its `__init__` (`pair`)."""
+    made = Translation.__new__(Translation)
+    made.family = family
+    made.proto = proto
+    made.udp = udp
+    made.zero = zero
+    made.bare = bare
+    made.end = end
+    made.header = header
+    made.ip_delta = ip_delta
+    made.l4_delta = l4_delta
+    made.ports = ports
+    return made
+
 # The L4 bytes from the ports to the checksum, per transport (UDP: its length; TCP: seq to window).
 _BETWEEN = {False: "12s", True: "2s"}
-_HEAD_END = {False: 18, True: 8}  # from the L4 header's start to the end of its checksum
 
 
-def _bare_structs(family: int, udp: bool) -> tuple:
-    """(L4 offset, unpack, pack) of a bare IP header's packet, up to the L4 checksum: IPv4 as
-    before / header checksum / addresses+ports / between / L4 checksum, IPv6 without the checksum."""
-    between = _BETWEEN[udp]
-    if family == 4:
-        return 20, Struct(f"!10sH12x{between}H").unpack_from, Struct(f"!10sH12s{between}H").pack
-    return 40, Struct(f"!8s36x{between}H").unpack_from, Struct(f"!8s36s{between}H").pack
-
-
-_BARE = {(family, proto): _bare_structs(family, proto == 17) for family in (4, 6) for proto in (6, 17)}
+# A bare IP header's packet up to the L4 checksum, indexed by `udp` (False: TCP): IPv4 as before /
+# header checksum / addresses+ports / between / L4 checksum, IPv6 without the header checksum.
+_UNPACK4 = tuple(Struct(f"!10sH12x{_BETWEEN[udp]}H").unpack_from for udp in (False, True))
+_PACK4 = tuple(Struct(f"!10sH12s{_BETWEEN[udp]}H").pack for udp in (False, True))
+_UNPACK6 = tuple(Struct(f"!8s36x{_BETWEEN[udp]}H").unpack_from for udp in (False, True))
+_PACK6 = tuple(Struct(f"!8s36s{_BETWEEN[udp]}H").pack for udp in (False, True))
 
 
 def _set_addresses(buf: bytearray, base: int, family: int, manip: Manip) -> int:

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The Internet checksum (RFC 1071) and its incremental update (RFC 1624), fast and exact.
 
 How it works. The one's complement sum of 16-bit words is congruent modulo 0xFFFF to the number

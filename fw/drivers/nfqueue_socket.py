@@ -92,6 +92,9 @@ _NLMSG_LEN_INTO = struct.Struct("=I").pack_into
 _NLA_LEN_INTO = struct.Struct("=H").pack_into
 _PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
 _ERROR = struct.Struct("=i8xI").unpack_from  # errno, then the request's nlmsghdr: its seq
+_NLMSG_HEAD = struct.Struct("=IH").unpack_from  # (the pure module's reads; compiled, bytes are indexed)
+_NLA = struct.Struct("=HH").unpack_from
+_U32 = struct.Struct("!I").unpack_from
 _LITTLE = sys.byteorder == "little"  # netlink's headers are in host order, the attributes' values in network order
 # The hot path's constants under private names, which the pxd makes C integers (the public names stay
 # Python's: compiled, a comparison with a module global is a dictionary lookup and a conversion).
@@ -406,7 +409,9 @@ class SocketQueue:
         end = offset + length
         packets = 0
         while offset + 16 <= end:
-            if _LITTLE:
+            if not cython.compiled:  # in Python, unpack_from is cheaper than indexing byte by byte
+                size, kind = _NLMSG_HEAD(data, offset)
+            elif _LITTLE:
                 size = data[offset] | data[offset + 1] << 8 | data[offset + 2] << 16 | data[offset + 3] << 24
                 kind = data[offset + 4] | data[offset + 5] << 8
             else:
@@ -434,7 +439,10 @@ class SocketQueue:
         p.payload = b""
         p.queue = self
         while at + 4 <= end:
-            if _LITTLE:
+            if not cython.compiled:
+                size, kind = _NLA(data, at)
+                kind &= _TYPE_MASK
+            elif _LITTLE:
                 size = data[at] | data[at + 1] << 8
                 kind = (data[at + 2] | data[at + 3] << 8) & _TYPE_MASK
             else:
@@ -448,7 +456,10 @@ class SocketQueue:
                 else:
                     p.payload = self._receiver.view[at + 4:at + size].tobytes()
             elif size >= 8:  # the others are 32-bit values, the header's first field too
-                value = data[at + 4] << 24 | data[at + 5] << 16 | data[at + 6] << 8 | data[at + 7]
+                if cython.compiled:
+                    value = data[at + 4] << 24 | data[at + 5] << 16 | data[at + 6] << 8 | data[at + 7]
+                else:
+                    value = _U32(data, at + 4)[0]
                 if kind == _PACKET_HDR:
                     p.id = value
                     if size >= 11:

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent
 
 # The modules compiled, by path (the packet path's hot modules; docs/performance.md says what each gives).
 COMPILED: list[str] = [
+    "fw/drivers/nfqueue.py",
     "fw/drivers/nfqueue_socket.py",
 ]
 

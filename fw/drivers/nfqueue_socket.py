@@ -42,7 +42,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from types import FunctionType, MethodType
 
 try:
     import cython
@@ -65,6 +64,7 @@ from fw.drivers.nfqueue import (
     _attr,
     config_flags,
     config_message,
+    per_packet,
     read_queue_counters,
 )
 
@@ -302,8 +302,7 @@ class SocketQueue:
         self.number = number
         self.options = options
         self.callback = callback
-        # What _packet calls: an object's bound __call__ is called without the type's slot lookup.
-        self._handle = callback if isinstance(callback, (FunctionType, MethodType)) else callback.__call__
+        self._handle = per_packet(callback)  # what _packet calls
         self._verdict_batch = options.verdict_batch
         self.batches = 0  # NFQNL_MSG_VERDICT_BATCH messages sent
         self.sends = 0  # datagrams of verdicts sent

@@ -424,3 +424,24 @@ def print_table(live: dict) -> None:
         print(f"ratio {name}: {value}")
     for path, added in live["latency_added"].items():
         print(f"latency added by {path}: median {added['median_ms']} ms, p99 {added['p99_ms']} ms")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.live_bench --path "bare loop GSO" --path "fw run"`: only some paths (the machine is shared)."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m bench.live_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--path", action="append", dest="paths", help=f"one path (repeat; default: all): {PATHS}")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    paths = args.paths or list(PATHS)
+    if unknown := [path for path in paths if path not in PATHS]:
+        parser.error(f"unknown paths: {unknown}")
+    if reason := unavailable_reason():
+        raise SystemExit(f"live bench unavailable: {reason}")
+    print_table(run(seconds=args.seconds, runs=args.runs, paths=paths))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 # Types for the compiled build of nfqueue.py (build_compiled.py; Cython's pure-Python mode): the
 # PacketHandler, called for every packet, becomes an extension type with C fields (a Python
 # subclass such as fw.drivers.nat_queue's NatPacketHandler still overrides `judge` and `new_mark`).
-cimport cython as cy  # not `cython`: the module does not import it
+cimport cython as cy  # not `cython`: the module binds that name (a stand-in without Cython)
 
 
 cdef class PacketHandler:
@@ -11,3 +11,7 @@ cdef class PacketHandler:
     cdef public bint accept_later
 
     cpdef judge(self, packet, data)
+
+
+@cy.locals(items=dict)
+cdef _count(counter, key)

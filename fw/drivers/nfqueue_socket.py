@@ -8,14 +8,18 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
 - Binding: one NETLINK_NETFILTER socket; NFQNL_CFG_CMD_BIND for the queue, then the same
   NFQNL_MSG_CONFIG as the other driver (copy mode and range, queue length, flags GSO and FAIL_OPEN),
   each acknowledged before we go on (EBUSY: another process holds the queue).
-- Reading: recvmmsg(2) through ctypes, up to `batch_recv` netlink datagrams (one packet each) a
-  syscall, into one buffer of slots of the copy range plus headers; a datagram's length and
-  MSG_TRUNC come from the mmsghdr array with one `iter_unpack`. Each packet message's attributes
-  are read with `unpack_from` at their offsets: NFQA_PACKET_HDR (id, hw protocol, hook),
-  NFQA_MARK, NFQA_IFINDEX_INDEV/OUTDEV (and PHYS*), NFQA_SKB_INFO (CSUMNOTREADY, GSO,
-  CSUM_NOTVERIFIED), NFQA_CAP_LEN (the packet's length when the copy range cut it), NFQA_PAYLOAD
-  (copied out once, as bytes: the engine keeps it and fw.sync may hold the packet past the drain).
-  Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
+- Reading: recvmmsg(2), up to `batch_recv` netlink datagrams (one packet each) a syscall, into one
+  buffer of slots of the copy range plus headers; each datagram's length and MSG_TRUNC come from
+  the mmsghdr array. Each packet message's attributes are read at their offsets: NFQA_PACKET_HDR
+  (id, hw protocol, hook), NFQA_MARK, NFQA_IFINDEX_INDEV/OUTDEV (and PHYS*), NFQA_SKB_INFO
+  (CSUMNOTREADY, GSO, CSUM_NOTVERIFIED), NFQA_CAP_LEN (the packet's length when the copy range cut
+  it), NFQA_PAYLOAD (copied out once, as bytes: the engine keeps it and fw.sync may hold the packet
+  past the drain).
+- Compiled (build_compiled.py, with nfqueue_socket.pxd: the daemon's default binding then), the
+  classes are extension types with C fields, recvmmsg is called from C on the ctypes arrays'
+  address and the attributes are read byte by byte from a typed memoryview of the buffer; the pure
+  module calls recvmmsg through ctypes and reads with `unpack_from` (`cython.compiled` picks).
+- Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT; each a template whose lengths, id, verdict and mark
   are written in place, as building them attribute by attribute cost NAT's two passes a few us a

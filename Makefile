@@ -10,14 +10,25 @@ install:
 	scripts/install-venv.sh $(VENV)
 	$(PY) build_compiled.py --strict
 
-# The suite against the compiled build, then the tests that need no lab against the pure-Python
-# modules (FW_PURE=1: fw/__init__.py), so both builds stay equal (docs/performance.md).
+# The suite against the compiled build, then the tests of the modules build_compiled.py compiles and
+# of what builds on them (no lab) against the pure-Python modules (FW_PURE=1: fw/__init__.py), so
+# both builds stay equal (docs/performance.md). Every lab-free test pure: make test-pure PURE_TESTS=
+PURE_TESTS := tests/test_alg_ftp.py tests/test_alg_tftp.py tests/test_compiled_build.py \
+	tests/test_core_imports.py tests/test_engine.py tests/test_engine_effects.py \
+	tests/test_engine_fuzz.py tests/test_engine_lb.py tests/test_engine_nat.py \
+	tests/test_engine_nat_ftp.py tests/test_engine_nat_passes.py tests/test_engine_owner.py \
+	tests/test_gso.py tests/test_lb_schedulers.py tests/test_lifetime.py tests/test_nat_checksum.py \
+	tests/test_nat_ftp.py tests/test_nat_ports.py tests/test_nat_rewrite.py tests/test_nat_seqadj.py \
+	tests/test_offload.py tests/test_packet.py tests/test_packet_fuzz.py tests/test_packet_ttl.py \
+	tests/test_replay_corpus.py tests/test_replay_nat.py tests/test_session_memory.py \
+	tests/test_sync_codec.py tests/test_tcp_table.py tests/test_tcp_window.py
+
 test:
 	$(PY) -m pytest -q
 	$(MAKE) test-pure
 
 test-pure:
-	FW_PURE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not netns and not root"
+	FW_PURE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not netns and not root" $(PURE_TESTS)
 
 lint:
 	$(VENV)/bin/ruff check fw tests bench

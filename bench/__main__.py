@@ -6,7 +6,8 @@ kernel; the load balancer's engine figures from bench/lb_bench.py) always runs. 
 (bench/live_bench.py: iperf3, UDP and ping through `fw run`, a bare NFQUEUE loop, kernel forwarding
 and kernel conntrack, in namespaces of its own) runs when we are root and the lab tools are there;
 otherwise the reason it was skipped is printed and written. `--quick` is the smoke test: small
-offline runs, no live part.
+offline runs, no live part. `--paths NAME...` measures only those live paths (live_bench.PATHS'
+names), without the offline part.
 """
 
 from __future__ import annotations
@@ -63,10 +64,20 @@ def main(argv=None) -> int:
     parser.add_argument("--offline", action="store_true", help="skip the live lab part")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each live measurement")
     parser.add_argument("--runs", type=int, default=3, help="live runs per path (the median is kept)")
+    parser.add_argument("--paths", nargs="+", metavar="NAME",
+                        help="only these live paths, without the offline part (quoted: 'fw run, virtual server')")
     args = parser.parse_args(argv)
+    if args.paths:
+        from bench.live_bench import PATHS  # noqa: PLC0415
+
+        if unknown := [path for path in args.paths if path not in PATHS]:
+            parser.error(f"unknown path {unknown[0]!r}; the paths: {'; '.join(PATHS)}")
+        if args.quick or args.offline:
+            parser.error("--paths measures live paths: not with --quick or --offline")
     started = time.monotonic()
-    results, ratios = offline(args.quick)
-    print_table(results, ratios)
+    results, ratios = offline(args.quick) if not args.paths else ([], {})
+    if not args.paths:
+        print_table(results, ratios)
     document = {"python": platform.python_version(), "machine": platform.machine(),
                 "results": results, "ratios": ratios, "live": None, "live_skipped": None}
     if args.quick or args.offline:
@@ -79,7 +90,7 @@ def main(argv=None) -> int:
             document["live_skipped"] = reason
             print(f"live part skipped: {reason}")
         else:
-            live = live_bench.run(seconds=args.seconds, runs=args.runs)
+            live = live_bench.run(seconds=args.seconds, runs=args.runs, paths=args.paths or live_bench.PATHS)
             live_bench.print_table(live)
             document["live"] = live
     document["seconds"] = round(time.monotonic() - started, 1)

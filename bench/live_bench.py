@@ -6,7 +6,10 @@ namespace is set up, measured and reset:
 - `kernel forwarding`: no rules; `kernel conntrack`: ESTABLISHED,RELATED accepted, allow rules, drop;
 - `bare loop` / `bare loop GSO`: an accept-everything NFQUEUE loop (bench/live_tools.py bare-loop)
   without and with the GSO flag, one process per queue, `--queue-balance` when two;
-- `fw run` (GSO on, as always), `fw run --queues 0-1` (two workers), `fw run --offload`.
+- `fw run` (GSO on, as always), `fw run --queues 0-1` (two workers), `fw run --offload`;
+- `fw run, masquerade` (NAT_POLICY) and `fw run, virtual server` (LB_POLICY: the stream and the
+  flood sent to a virtual address, balanced over addresses of the server namespace).
+`python -m bench --paths NAME...` measures only some of them (run(paths=...)).
 Measures, each the median of RUNS runs of SECONDS: TCP throughput (one iperf3 stream, Gbit/s at
 the receiver), small UDP packets (64-byte datagrams from UDP_FLOWS client addresses, sent paced by
 one light sender, live_tools.py udp-flood, and counted by the server's kernel, which drops them:
@@ -71,8 +74,20 @@ CONNTRACK_RULES = [
 # figures include both trips; `daemon.queue_trips` counts them).
 NAT_POLICY = POLICY + "nat:\n  - {name: bench-out, type: masquerade, src: 198.51.100.0/24, oif: wan}\n"
 NAT_PATH = "fw run, masquerade"
+# The load balancer: the same policy with the client sending to a virtual address (VIP) whose
+# virtual servers (TCP on iperf3's port, UDP on each of the flood's ports) spread sessions with
+# maglev over REAL_SERVERS, addresses of the server namespace (two-arm: sources kept). The server's
+# counting rule matches the port, not the address, so it counts what reaches every real server.
+# Ping still goes to SERVER (ICMP is not balanced). A translating policy: fw run takes NAT's hooks.
+LB_PATH = "fw run, virtual server"
+VIP = "203.0.113.100"
+REAL_SERVERS = ["203.0.113.11", "203.0.113.12", "203.0.113.13"]
+LB_POLICY = POLICY + "virtual_servers:\n" + "".join(
+    f"  - {{name: bench-{proto}-{port}, address: {VIP}, proto: {proto}, port: {port}, scheduler: maglev,\n"
+    f"     real_servers: [{', '.join(f'{{address: {address}}}' for address in REAL_SERVERS)}]}}\n"
+    for proto, port in [("tcp", TCP_PORT)] + [("udp", UDP_PORT + n) for n in range(UDP_PORT_COUNT)])
 PATHS = ("kernel forwarding", "kernel conntrack", "bare loop", "bare loop GSO", "fw run",
-         "bare loop GSO, 2 queues", "fw run --queues 0-1", "fw run --offload", NAT_PATH)
+         "bare loop GSO, 2 queues", "fw run --queues 0-1", "fw run --offload", NAT_PATH, LB_PATH)
 
 
 def unavailable_reason() -> str | None:
@@ -96,7 +111,10 @@ class Bench:
         self.policy.write_text(POLICY)
         self.nat_policy = folder / "nat-policy.yaml"
         self.nat_policy.write_text(NAT_POLICY)
+        self.lb_policy = folder / "lb-policy.yaml"
+        self.lb_policy.write_text(LB_POLICY)
         self.port = TCP_PORT
+        self.address = SERVER  # where the TCP stream and the UDP flood go (the VIP for LB_PATH)
         self.firewall_pids: list[int] = []  # the queue readers of the path measured, for cpu_use
 
     def tool(self, name: str, *args) -> list[str]:
@@ -110,7 +128,7 @@ class Bench:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_listening(self.lab, "server", f"-Hltn sport = :{TCP_PORT}")
-            done = self.lab.run("client", ["iperf3", "-c", SERVER, "-p", TCP_PORT, "-t", f"{self.seconds:g}",
+            done = self.lab.run("client", ["iperf3", "-c", self.address, "-p", TCP_PORT, "-t", f"{self.seconds:g}",
                                            "-J", "--connect-timeout", "3000"],
                                 check=False, timeout=self.seconds + 30)
             result = json.loads(done.stdout or "{}")
@@ -125,7 +143,7 @@ class Bench:
         the middle of the run: `cpu_use`)."""
         self.lab.run("server", ["iptables", "-w", "5", "-t", "raw", "-Z", "PREROUTING"])
         sender = subprocess.Popen(self.tool("client", "udp-flood", "--sources", ",".join(SOURCES[:UDP_FLOWS]),
-                                            "--address", SERVER, "--ports", UDP_PORTS, "--rate", offered,
+                                            "--address", self.address, "--ports", UDP_PORTS, "--rate", offered,
                                             "--seconds", f"{self.seconds:g}", "--size", UDP_PAYLOAD,
                                             "--cpu", SENDER_CPU),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -209,6 +227,9 @@ class Bench:
                 return self.bare(path, gso="GSO" in path, queues=2 if "2 queues" in path else 1)
             if path == NAT_PATH:
                 return self.daemon(path, [], self.nat_policy)
+            if path == LB_PATH:
+                self.address = VIP
+                return self.daemon(path, [], self.lb_policy)
             return self.daemon(path, path.split()[2:])
         finally:
             self.reset()
@@ -241,6 +262,9 @@ class Bench:
                              "queue_trips": stats["packets"]["total"],  # NAT: both passes counted
                              "overflows": sum(q["overflows"] for q in stats["queues"].values()),
                              "offloaded": stats.get("offload", {}).get("offloaded", 0)}
+            if stats.get("virtual_servers"):  # LB_PATH: sessions opened per real server, all ports
+                row["daemon"]["real_servers_opened"] = opened_per_real_server(stats["virtual_servers"])
+                print(f"  {'':28} sessions opened per real server: {row['daemon']['real_servers_opened']}", flush=True)
             return row
         except LabError as error:
             raise LabError(f"{path}: {error}\n{log.read_text(errors='replace')[-2000:]}") from None
@@ -315,6 +339,16 @@ def _process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def opened_per_real_server(virtual_servers: list[dict]) -> dict[str, int]:
+    """Sessions opened per real server address, over every virtual server (fw stats' rows)."""
+    opened: dict[str, int] = {}
+    for row in virtual_servers:
+        for server in row["real_servers"]:
+            address = server["server"].rsplit(":", 1)[0]
+            opened[address] = opened.get(address, 0) + server["opened"]
+    return opened
+
+
 def received_datagrams(lab: Lab) -> int:
     """Datagrams the server's counting rule (RECEIVER_RULE, raw table) has seen since it was zeroed."""
     listing = lab.run("server", ["iptables", "-w", "5", "-t", "raw", "-nvxL", "PREROUTING"]).stdout
@@ -353,6 +387,11 @@ def ratios(rows: dict[str, dict]) -> dict:
         "udp: fw run, masquerade / bare loop GSO (target >= 0.7)": ratio("udp_pps", NAT_PATH, "bare loop GSO"),
         "tcp: fw run, masquerade / fw run": ratio("tcp_gbit", NAT_PATH, "fw run"),
         "udp: fw run, masquerade / fw run": ratio("udp_pps", NAT_PATH, "fw run"),
+        "tcp: fw run, virtual server / bare loop GSO (target >= 0.7)": ratio("tcp_gbit", LB_PATH, "bare loop GSO"),
+        "udp: fw run, virtual server / bare loop GSO (target >= 0.7)": ratio("udp_pps", LB_PATH, "bare loop GSO"),
+        "tcp: fw run, virtual server / fw run": ratio("tcp_gbit", LB_PATH, "fw run"),
+        "udp: fw run, virtual server / fw run": ratio("udp_pps", LB_PATH, "fw run"),
+        "udp flood: fw run, virtual server / bare loop GSO": ratio("udp_flood_pps", LB_PATH, "bare loop GSO"),
         "tcp: fw run --offload / kernel conntrack (target >= 0.9)":
             ratio("tcp_gbit", "fw run --offload", "kernel conntrack"),
         "tcp: bare loop GSO / bare loop": ratio("tcp_gbit", "bare loop GSO", "bare loop"),
@@ -390,6 +429,8 @@ def run(seconds: float = 3.0, runs: int = 3, paths=PATHS) -> dict:
         lab.up()
         for address in SOURCES:
             lab.run("client", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+        for address in REAL_SERVERS:  # LB_PATH's real servers
+            lab.run("server", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
         # The UDP receiver: the server's kernel counts the datagrams and drops them (no socket to feed).
         lab.run("server", ["iptables", "-w", "5", "-t", "raw", "-A", *RECEIVER_RULE])
         with tempfile.TemporaryDirectory(prefix="fw-bench-") as folder:

@@ -206,11 +206,13 @@ class DaemonBase:
 
     def _install_rules(self) -> None:
         config = self.config
-        from fw.engine_nat_passes import NAT_MARK  # noqa: PLC0415
+        from fw.engine_nat_passes import NAT_MARK, ONE_PASS_MARK, UNJUDGED_MARK  # noqa: PLC0415
 
+        nat = bool(config.nat)
         self.rules = iptables.Installation(iptables.Hooking(
             queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
-            families=config.families, offload=config.offload, nat_mark=NAT_MARK if config.nat else 0),
+            families=config.families, offload=config.offload, nat_mark=NAT_MARK if nat else 0,
+            one_pass_mark=ONE_PASS_MARK if nat else 0, unjudged_mark=UNJUDGED_MARK if nat else 0),
             config.backend)
         stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
         if stale:
@@ -336,7 +338,7 @@ class Daemon(DaemonBase):
         config, first, last = self.config, *self.config.queues
         queues = f"queue {first}" if first == last else f"queues {first}-{last}"
         families = "+".join(f"IPv{f}" for f in config.families)
-        nat = " (NAT: two passes)" if config.nat else ""
+        nat = " (NAT: two passes, or one after routing)" if config.nat else ""
         return (f"fw running ({self.mode_text}); {queues}, hooks {','.join(config.hooks)}{nat}, {families}, "
                 f"iptables-{self.rules.backend}; policy {self.policy_path} "
                 f"({self.engine.policy.summary()}); control {self.control.name}")

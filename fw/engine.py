@@ -341,6 +341,8 @@ class Engine:
             binding = self.nat.bind(pkt, sport, dport, iif, oif, self.table.sessions, now)
             if binding is engine_nat.EXHAUSTED:
                 self.counters["nat_exhausted"] += 1
+                if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit
+                    evicted = evicted + (LogEvent(verdict_event(pkt, DROP, engine_nat.EXHAUSTED, now)),)
                 return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
             if binding.__class__ is engine_lb.AllDown:  # a virtual server with no real server up
                 self.counters["lb_all_down"] += 1
@@ -632,10 +634,17 @@ class Engine:
 
     def kill(self, session: Session, now: float, why: str = "killed") -> tuple:
         """Remove one session at a driver's request (`why`: an operator's `killed`, a peer's
-        `peer-removed`, ...; counted under that word). Returns the effects."""
+        `peer-removed`, ...; counted under that word). Returns the effects. An operator's kill of
+        an established TCP session whose rule asks for `rst_on_timeout` resets both ends, as expiry
+        does (each end in its own addresses and sequence numbers, NAT and seqadj included)."""
+        resets = ()
+        if (why == "killed" and session.rst_on_timeout and session.proto == TCP
+                and session.state == tcpmod.TcpState.ESTABLISHED):
+            resets = self._resets_for(session)
+            self.counters["kill_resets"] += 1
         closed = self._close(session, now, why)
         self.counters[why] += 1
-        return (closed,)
+        return (*resets, closed)
 
 
 def may_offload(session: Session) -> bool:

@@ -16,15 +16,18 @@ How it works, per accepted segment of a translated FTP control session (`segment
 3. The packet leaves with the new payload (lengths, checksums), the binding's addresses, and seq,
    ack and SACK blocks shifted (`SeqAdj.adjust`), every later segment both ways too.
 A segment that starts with an announcing line's first part is dropped (counted `nat_alg_split`):
-the sender sends the line again, whole. A malformed announcement or no free port: the segment is
-dropped as `nat:alg-rewrite` (counted); the control session goes on. `track_view` gives the TCP
+the sender sends the line again, whole; one that has complete lines before it is cut after them
+(counted too). A malformed announcement or no free port: the segment is
+dropped as `nat:alg-rewrite` (counted, and logged as an ALG refusal: an `ftp` event whose
+`refused` is `nat:alg-rewrite`); the control session goes on. `track_view` gives the TCP
 tracker the segment's ack and SACK in the sender's own sequence space, as Linux's tcp_in_window
 takes the seqadj offset off, so the windows stay consistent.
 """
 
 from __future__ import annotations
 
-from fw.decision import DROP, RewritePacket
+from fw.alg.base import Refusal, shorten
+from fw.decision import DROP, LogEvent, RewritePacket
 from fw.nat.ftp import AlgRewriteError, SplitAnnouncement
 from fw.nat.rewrite import RewriteError, with_payload
 from fw.nat.seqadj import MASK
@@ -59,10 +62,17 @@ def segment(engine, decision, binding, original: bool, now: float):
         except SplitAnnouncement:
             engine.counters["nat_alg_split"] += 1
             return _drop(decision, REASON)
-        except AlgRewriteError:
+        except AlgRewriteError as exc:
             engine.counters["nat_alg_rewrite"] += 1
+            if engine.config.events and session.alg is not None:  # an `ftp` event, as ALG refusals
+                from fw.engine import alg_refusal_event  # (fw.engine imports this module)
+
+                refusal = Refusal(REASON, exc.command, shorten(exc.detail.encode(errors="replace")))
+                decision.effects = decision.effects + (LogEvent(alg_refusal_event(session, refusal, now)),)
             return _drop(decision, REASON)
         if result is not None:
+            if len(result.line) - result.delta < len(payload):  # a split line's first part cut off
+                engine.counters["nat_alg_split"] += 1
             payload = result.line
             try:
                 data = with_payload(data, pkt, payload)
@@ -95,6 +105,7 @@ def _chooser(engine, binding, original: bool):
     """`choose(announcement)` for FtpNatSession: the endpoint the other side is told (docstring)."""
     c, d, _cp, _dp = binding.orig
     s, t, _sp, _tp = binding.reply
+    pending = engine.expectations
 
     def choose(announcement):
         if original:   # PORT/EPRT: the server's side connects to the client's translated address
@@ -104,6 +115,14 @@ def _chooser(engine, binding, original: bool):
         address = announcement.address
         if address is not None and address != own:
             return address, announcement.port           # not the sender's own: left alone
+        # Announced before (a retransmission after a restart or a failover, which do not carry
+        # the memory of rewritten segments; or the same port again): the same translated port,
+        # so the same line length and shift, unless another session's expectation holds it now.
+        for chosen, announced in (binding.ports or {}).items():
+            if announced == (here, announcement.port):
+                held = pending.get((6, peer, *chosen))
+                if held is None or held.parent.nat is binding:
+                    return chosen
         port = _free_port(engine, peer, there, announcement.port)
         if port is None:
             return None

@@ -30,6 +30,17 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
   knows it by other addresses (a masqueraded server sent it to the firewall's address): the quoted
   header is put back to what the sender sent (path-MTU discovery and traceroute through NAT). Any
   other error passes as it is (`from-firewall`).
+- `ONE_PASS` (after routing, a packet not judged before routing): the whole job in one trip, for
+  a session direction that needs only the after-routing half (its before-routing half is None: the
+  original direction of snat/masquerade, the replies of a dnat) and has no ALG. The first pass
+  asks for it: its mark then also carries `ONE_PASS_MARK`, which the rules save into the kernel
+  conntrack entry's connmark; the entry's later packets are not queued before routing but marked
+  (`NAT_MARK | UNJUDGED_MARK`) and queued after routing only (fw.drivers.iptables). Here the
+  engine's one pass runs on the packet as it arrived (lookup, tracking, counters, drops, effects:
+  counted once) and the source half is applied in the same call. A packet that turns out to need
+  the first pass after all (its session went away and the policy now translates its destination,
+  an ALG, an ICMP error) is dropped as `nat:first-pass` (counted `nat_first_pass_needed`); the
+  driver clears the entry's bit, so the next one goes round the first pass.
 ICMP errors: the outer source (the router, hidden behind the translated address) changes in the
 second pass, the rest in the first.
 """
@@ -44,11 +55,16 @@ from fw.packet import MalformedPacket, parse
 BEFORE_ROUTING = "prerouting"
 TO_FIREWALL = "prerouting-local"
 AFTER_ROUTING = "postrouting"
+ONE_PASS = "postrouting-unjudged"
 FROM_FIREWALL = "output-error"
-HOOKS = (BEFORE_ROUTING, TO_FIREWALL, AFTER_ROUTING, FROM_FIREWALL)
+HOOKS = (BEFORE_ROUTING, TO_FIREWALL, AFTER_ROUTING, ONE_PASS, FROM_FIREWALL)
 NAT_MARK = 0x20000000  # the packet mark bit of packets that take the second pass
+ONE_PASS_MARK = 0x10000000  # packet mark: save into the connmark; connmark: "after routing only"
+UNJUDGED_MARK = 0x08000000  # packet mark the rules give a packet they let by before routing
 AFTER_REASON = "nat:after-routing"
+FIRST_PASS_REASON = "nat:first-pass"
 MARKED = SetMark(NAT_MARK)
+ONE_PASS_ASKED = SetMark(NAT_MARK | ONE_PASS_MARK)
 TO_FIREWALL_REASON = "to-firewall"
 FROM_FIREWALL_REASON = "from-firewall"
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
@@ -58,6 +74,8 @@ ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}
 
 def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool) -> Decision:
     """One packet at one of the live hooks (module docstring)."""
+    if hook == ONE_PASS:
+        return one_pass(engine, data, now, iif, oif, partial)
     if hook == AFTER_ROUTING:
         return after_routing(engine, data, partial)
     if hook == FROM_FIREWALL:
@@ -86,7 +104,48 @@ def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool)
         return decision
     original = binding.direction(pkt.src, pkt.dst, *_ports(pkt))
     if original is not None and after[0 if original else 1] is not None:
-        decision.effects = decision.effects + (MARKED,)
+        alone = (binding.forward if original else binding.backward) is None and binding.ftp is None \
+            and extra.alg is None  # nothing before routing: the next ones may come after routing only
+        decision.effects = decision.effects + (ONE_PASS_ASKED if alone else MARKED,)
+    return decision
+
+
+def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decision:
+    """A packet not judged before routing: judged here, and its source half applied (module docstring)."""
+    if not engine.nat.two_passes:
+        use_two_passes(engine)
+    engine.partial = partial
+    try:
+        decision = engine.process(data, now, iif, oif)
+    finally:
+        engine.partial = False
+    session = decision.session
+    extra = session.extra if session is not None else None
+    binding = extra.nat if extra is not None else None
+    if binding is None or decision.verdict != ACCEPT:
+        return decision
+    pkt = decision.packet
+    error = pkt.inner is not None and pkt.proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[pkt.proto]
+    original = None if error else binding.direction(pkt.src, pkt.dst, *_ports(pkt))
+    if original is None or (binding.forward if original else binding.backward) is not None \
+            or binding.ftp is not None or extra.alg is not None:
+        engine.counters["nat_first_pass_needed"] += 1
+        kept = tuple(e for e in decision.effects if type(e) is not RewritePacket and type(e) is not SetMark)
+        return Decision(DROP, FIRST_PASS_REASON, pkt, session, kept)
+    after = binding.after[0 if original else 1]
+    if after is None:  # nothing changes after routing either (a session the policy no longer translates this way)
+        return decision
+    effects = decision.effects
+    try:
+        at = _rewrite_at(effects) if effects else None
+        if at is None:
+            decision.effects = after.leave(data, pkt, effects, partial)
+        else:  # the one pass computed a partial checksum whole: a complete packet now
+            base = effects[at].data
+            decision.effects = effects[:at] + effects[at + 1:] + (RewritePacket(after.apply(base, parse(base))),)
+    except (RewriteError, MalformedPacket):
+        engine.counters["nat_rewrite_errors"] += 1
+        return Decision(DROP, "nat:rewrite", pkt, session)
     return decision
 
 

@@ -2,7 +2,8 @@
 
 How it works. `EventFeed` keeps the last few thousand operator events in a ring (a deque) with a
 sequence number each: `new` (a session opened), `update` (its state changed), `destroy` (it went:
-timeout, killed, ...) and `drop` (a packet refused, with its reason). A follower is a cursor into
+timeout, killed, ...), `drop` (a packet refused, with its reason) and `lb` (a real server's health
+or drain changed: the body of the EVE `lb` event). A follower is a cursor into
 the ring (the last sequence number it was sent), not a queue of its own: `fw events --follow` is
 an iterator that yields what is newer than its cursor and then `None` ("nothing now"), on which the
 control socket parks the connection until `publish` wakes it (fw.drivers.control). A follower that
@@ -11,6 +12,7 @@ falls further behind than the ring holds is told how many events it lost.
 Where the events come from, all on the daemon's loop, never another thread:
 - the engine's session effects (`SessionOpened`, `SessionChanged`, `SessionClosed`, fw/decision.py):
   opens, state changes and every way out of the table (expiry, kill, eviction, re-check, ...);
+- the load balancer's EVE `lb` events (fw/drivers/lb.py), which come as LogEvent effects;
 - drops, through the packet handler's `observe` tap: every dropped decision, but at most
   DROPS_PER_SECOND one by one per second; the rest are summed per reason into one `drop` event
   with `count` and `summary: true` at the next tick, so a flood costs the feed a counter
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterator
 from fw.events import address_text, flow_id
 from fw.packet.constants import PROTO_NAMES
 
-EVENT_TYPES = ("new", "update", "destroy", "drop")
+EVENT_TYPES = ("new", "update", "destroy", "drop", "lb")
 RING_SIZE = 4096
 DROPS_PER_SECOND = 50
 SESSION_EFFECTS = ("SessionOpened", "SessionChanged", "SessionClosed")
@@ -98,10 +100,12 @@ class EventFeed:
             self.dropped(decision)
 
     def effects(self, effects) -> None:
-        """The engine's session effects: new, update and destroy events."""
+        """The engine's session effects: new, update and destroy events; EVE `lb` events: lb."""
         for effect in effects:
             kind = type(effect).__name__
             if kind not in SESSION_EFFECTS:
+                if kind == "LogEvent" and effect.event.get("event_type") == "lb":
+                    self.publish("lb", dict(effect.event["lb"]))
                 continue
             if kind == "SessionOpened":
                 rule = effect.session.rule

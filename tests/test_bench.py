@@ -53,8 +53,12 @@ def test_live_ratios_are_taken_between_paths_of_the_run():
         "fw run": {"tcp_gbit": 4.5, "udp_pps": 40000, "ping": {"median_ms": 0.15, "p99_ms": 0.5}},
         "fw run --queues 0-1": {"tcp_gbit": 4.0, "udp_pps": 60000, "ping": {"median_ms": 0.2, "p99_ms": 0.6}},
         "fw run --offload": {"error": "failed"},
+        live_bench.LB_PATH: {"tcp_gbit": 3.5, "udp_pps": 42000, "ping": {"median_ms": 0.16, "p99_ms": 0.5}},
     }
     ratios = live_bench.ratios(rows)
+    assert ratios["tcp: fw run, virtual server / bare loop GSO (target >= 0.7)"] == 0.7
+    assert ratios["udp: fw run, virtual server / bare loop GSO (target >= 0.7)"] == 0.7
+    assert ratios["tcp: fw run, masquerade / bare loop GSO (target >= 0.7)"] is None  # not measured
     assert ratios["tcp: fw run / bare loop GSO (target >= 0.8)"] == 0.9
     assert ratios["udp: fw run / bare loop GSO (target >= 0.75)"] == 0.667
     assert ratios["udp: fw run --queues 0-1 / fw run (target >= 1.4)"] == 1.5
@@ -85,3 +89,30 @@ def test_cpu_use_splits_the_busy_cores_between_the_firewall_and_the_rest():
                    "firewall_us_per_packet": 8.0, "other_us_per_packet": 7.0}
     sample = live_bench.CpuSample.take([os.getpid()], 0)  # this machine's /proc
     assert sample.firewall > 0 and sample.busy >= sample.firewall and sample.idle >= 0
+
+
+def test_the_virtual_server_path_balances_the_stream_and_every_flood_port():
+    """LB_PATH's policy loads, and its virtual servers cover iperf3's port (TCP) and each of the
+    flood's ports (UDP) on the VIP, maglev over the real servers, which are not the counted SERVER
+    but share its counting rule (it matches ports only)."""
+    from fw.policy import load_policy_sources
+
+    policy = load_policy_sources([("lb.yaml", live_bench.LB_POLICY)])
+    covered = {(vs.proto, vs.port) for vs in policy.virtual_servers}
+    flood = {(17, live_bench.UDP_PORT + n) for n in range(live_bench.UDP_PORT_COUNT)}
+    assert covered == {(6, live_bench.TCP_PORT)} | flood
+    for vs in policy.virtual_servers:
+        assert vs.address == live_bench.VIP and vs.scheduler == "maglev"
+        assert sorted(server.address for server in vs.real_servers) == live_bench.REAL_SERVERS
+    assert live_bench.SERVER not in live_bench.REAL_SERVERS and "-s" not in live_bench.RECEIVER_RULE
+    rows = [{"real_servers": [{"server": "203.0.113.11:5201", "opened": 2},
+                              {"server": "203.0.113.12:5201", "opened": 1}]},
+            {"real_servers": [{"server": "203.0.113.11:9000", "opened": 5}]}]
+    assert live_bench.opened_per_real_server(rows) == {"203.0.113.11": 7, "203.0.113.12": 1}
+
+
+def test_paths_names_the_live_paths_to_measure():
+    done = subprocess.run([sys.executable, "-m", "bench", "--paths", "fw run", "no such path"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown path 'no such path'" in done.stderr
+    assert live_bench.LB_PATH in done.stderr

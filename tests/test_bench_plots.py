@@ -26,6 +26,7 @@ def small_results() -> dict:
     paths = {"kernel forwarding": row("kernel forwarding", 13.0, 199_000, 199_000, 0.0, 4.0, 0.05),
              "bare loop GSO": row("bare loop GSO", 9.0, 120_000, 140_000, 7.5, 6.5, 0.15),
              "fw run": row("fw run", 10.0, 125_000, 105_000, 6.9, 6.0, 0.28),
+             "fw run, virtual server": row("fw run, virtual server", 7.0, 90_000, 80_000, 9.1, 6.2, 0.3),
              "fw run --offload": {"path": "fw run --offload", "error": "iperf3 failed"}}
     return {"python": "3.11", "machine": "x86_64", "results": [], "ratios": {}, "live_skipped": None,
             "live": {"seconds_per_run": 3.0, "runs": 3, "cpus": 2, "paths": paths, "ratios": {},

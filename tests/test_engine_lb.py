@@ -162,15 +162,22 @@ def test_all_down_is_refused_as_when_all_down_says(proto, action):
 
 
 def test_health_down_servers_get_no_new_sessions():
+    """... while the sessions they have are kept (they may recover), translated and counted."""
     from fw.lb.health import HealthChange
 
     engine = engine_for(policy_text((1, 1, 1), "maglev"))
     down = "203.0.113.22:8080"
+    sport = next(p for p in range(40000, 41000) if opened_on(syn(engine, "198.51.100.10", p)) == down)
     assert engine.nat.lb.apply(HealthChange(("web", down), "up", "down", "connection refused"))
     while not engine.nat.lb.work():
         pass
     counts = shares(engine, client_flows(3000))
     assert down not in counts and len(counts) == 2
+    reply = engine.process(seg(down, f"198.51.100.10:{sport}", "SA", seq=5000, ack=1001), 1.1)
+    [back] = [e.data for e in reply.effects if isinstance(e, RewritePacket)]
+    assert reply.verdict == "accept" and flow_text(parse(back)) == f"tcp {VIP}:80 -> 198.51.100.10:{sport}"
+    row = {s["server"]: s for s in engine.nat.lb.status()[0]["real_servers"]}[down]
+    assert (row["health"], row["active"]) == ("down", 1)
 
 
 def test_full_nat_sources_become_the_virtual_address_and_replies_come_back():
@@ -190,18 +197,24 @@ def test_full_nat_sources_become_the_virtual_address_and_replies_come_back():
     assert flow_text(parse(data)) == f"tcp {VIP}:20000 -> 203.0.113.21:8080"
 
 
-def test_udp_and_ipv6_virtual_servers():
-    engine = engine_for(policy_text((1, 1), "maglev", vip="2001:db8:2::100", proto="udp", port=53,
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_udp_and_ipv6_virtual_servers(proto):
+    engine = engine_for(policy_text((1, 1), "maglev", vip="2001:db8:2::100", proto=proto, port=53,
                                     prefix="2001:db8:2::"))
-    decision = engine.process(udp_pkt("[2001:db8:1::10]:5353", "[2001:db8:2::100]:53", b"query"), 1.0)
+    client, vip = "[2001:db8:1::10]:5353", "[2001:db8:2::100]:53"
+    first = udp_pkt(client, vip, b"query") if proto == "udp" else seg(client, vip, "S", seq=1000)
+    decision = engine.process(first, 1.0)
     assert decision.verdict == "accept"
     names = decision.session.nat.names
     assert names in ("lb:web:[2001:db8:2::21]:8080", "lb:web:[2001:db8:2::22]:8080")
     server = names[len("lb:web:"):]
-    answer = engine.process(udp_pkt(server, "[2001:db8:1::10]:5353", b"answer"), 1.1)
+    [out] = [e.data for e in decision.effects if isinstance(e, RewritePacket)]
+    assert flow_text(parse(out)) == f"{proto} {client} -> {server}"
+    reply = udp_pkt(server, client, b"answer") if proto == "udp" else seg(server, client, "SA", seq=5000, ack=1001)
+    answer = engine.process(reply, 1.1)
     [back] = [e.data for e in answer.effects if isinstance(e, RewritePacket)]
     assert answer.reason == "established"
-    assert flow_text(parse(back)) == "udp [2001:db8:2::100]:53 -> [2001:db8:1::10]:5353"
+    assert flow_text(parse(back)) == f"{proto} {vip} -> {client}"
 
 
 def test_counts_per_real_server_opened_active_and_bytes():
@@ -225,6 +238,26 @@ def test_a_reload_keeps_counts_sessions_and_clients_and_resets_drain():
     assert rows[server]["active"] == 1 and rows[server]["health"] == "up"
     assert engine.process(seg("198.51.100.10:40000", f"{VIP}:80", "A", seq=1001, ack=1), 1.5).session is not None
     assert opened_on(syn(engine, "198.51.100.10", 40001)) == server  # persistence survived the reload
+
+
+def test_a_synced_session_stays_on_its_real_server_on_the_peer():
+    """HA sync sends a session as serial.session_to_dict (the snapshot's record, the binding's
+    `lb` key with it): the peer adopts it on the same real server, counts it, translates its
+    packets both ways, and its own new sessions are balanced as before."""
+    from fw.conntrack import serial
+
+    ours, peer = engine_for(policy_text((1, 1), "rr")), engine_for(policy_text((1, 1), "rr"))
+    decision = syn(ours, "198.51.100.10", 40000)
+    server = opened_on(decision)
+    peer.adopt(serial.session_from_dict(serial.session_to_dict(decision.session, 0.0), 0.0), 1.05)
+    assert {s["server"]: s for s in peer.nat.lb.status()[0]["real_servers"]}[server]["active"] == 1
+    reply = peer.process(seg(server, "198.51.100.10:40000", "SA", seq=5000, ack=1001), 1.1)
+    [back] = [e.data for e in reply.effects if isinstance(e, RewritePacket)]
+    assert reply.reason == "established" and flow_text(parse(back)) == f"tcp {VIP}:80 -> 198.51.100.10:40000"
+    ack = peer.process(seg("198.51.100.10:40000", f"{VIP}:80", "A", seq=1001, ack=5001), 1.2)
+    [forward] = [e.data for e in ack.effects if isinstance(e, RewritePacket)]
+    assert flow_text(parse(forward)) == f"tcp 198.51.100.10:40000 -> {server}"
+    assert {opened_on(syn(peer, "198.51.100.11", p)) for p in (1, 2)} == {"203.0.113.21:8080", "203.0.113.22:8080"}
 
 
 def test_snapshots_keep_the_real_server_and_count_it():

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
-from scapy.layers.inet6 import IPerror6, IPv6
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPerror6, IPv6
 
-from fw.decision import RewritePacket
+from fw.decision import LogEvent, RewritePacket
 from fw.engine import Engine, EngineConfig
 from fw.packet import flow_text, parse
 from fw.policy import load_policy
@@ -149,6 +149,13 @@ def test_icmp_echo_id_translated(engine):
     reply = step(engine, icmp_echo_pkt(S, PUBLIC, ident=1024, seq=1, reply=True))
     assert reply.state == "REPLIED"
     assert leaves(reply, "icmp 192.0.2.80 -> 198.51.100.10 type 0 code 0")[ICMP].id == 7
+    # an id in the range is kept while its translated tuple is free, else the next free one
+    kept = step(engine, icmp_echo_pkt("198.51.100.11", S, ident=5000, seq=1))
+    assert leaves(kept, "icmp 203.0.113.1 -> 192.0.2.80 type 8 code 0")[ICMP].id == 5000
+    moved = step(engine, icmp_echo_pkt("198.51.100.12", S, ident=5000, seq=1))
+    assert leaves(moved, "icmp 203.0.113.1 -> 192.0.2.80 type 8 code 0")[ICMP].id == 5001
+    answer = step(engine, icmp_echo_pkt(S, PUBLIC, ident=5001, seq=1, reply=True))
+    assert leaves(answer, "icmp 192.0.2.80 -> 198.51.100.12 type 0 code 0")[ICMP].id == 5000
 
 
 def test_icmp_errors_quoting_translated_packets(engine):
@@ -195,12 +202,15 @@ def test_exhausted_pool_drops_and_counts(tmp_path):
         version: 1
         rules: [{name: out, action: accept}]
         nat: [{name: tiny, type: snat, proto: udp, to: 203.0.113.1, ports: "5000-5001"}]
-    """)
+    """, events=True)
     for port in (6000, 6001):
         assert out(step(engine, udp_pkt(f"198.51.100.10:{port}", "192.0.2.80:53"))) is not None
     refused = step(engine, udp_pkt("198.51.100.10:6002", "192.0.2.80:53"))
     assert (refused.verdict, refused.reason, refused.session) == ("drop", "nat:exhausted", None)
     assert engine.counters["nat_exhausted"] == 1
+    (event,) = [e.event for e in refused.effects if type(e) is LogEvent]  # an EVE drop event
+    assert (event["event_type"], event["fw"], event["src_port"]) == (
+        "drop", {"verdict": "drop", "reason": "nat:exhausted"}, 6002)
     # a port in the range is kept when its translated tuple is free (as Linux), handed out or not
     kept = step(engine, udp_pkt("198.51.100.11:5000", "192.0.2.81:53"))
     leaves(kept, "udp 203.0.113.1:5000 -> 192.0.2.81:53")
@@ -250,6 +260,29 @@ def test_resets_at_expiry_use_each_sides_addresses_and_no_offload(tmp_path):
     assert {p.seq for p in resets} == {101, 301}
 
 
+def test_an_operators_kill_resets_both_ends_in_their_own_addresses(tmp_path):
+    from fw.decision import SendPacket, SessionClosed
+
+    engine = make_engine(tmp_path, POLICY.replace("{name: out, action: accept, src: $inside}",
+                                                  "{name: out, action: accept, src: $inside, rst_on_timeout: true}"))
+    step(engine, seg(C, S, "S", seq=100))
+    step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=300, ack=101))
+    step(engine, seg(C, S, "A", seq=101, ack=301))
+    session = next(iter(engine.table.values()))
+    effects = engine.kill(session, 101.0)
+    resets = [parse(e.data) for e in effects if isinstance(e, SendPacket)]
+    assert sorted(flow_text(p) for p in resets) == [
+        "tcp 192.0.2.80:80 -> 198.51.100.10:40000", "tcp 203.0.113.1:40000 -> 192.0.2.80:80"]
+    assert {p.seq for p in resets} == {101, 301}
+    assert isinstance(effects[-1], SessionClosed) and engine.counters["kill_resets"] == 1
+    step(engine, seg(C, S, "S", seq=500))  # the same connection again: a peer's removal sends none
+    step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=700, ack=501))
+    step(engine, seg(C, S, "A", seq=501, ack=701))
+    session = next(iter(engine.table.values()))
+    assert session.state.name == "ESTABLISHED"
+    assert not [e for e in engine.kill(session, 102.0, "peer-removed") if isinstance(e, SendPacket)]
+
+
 def test_icmpv6_error_through_snat(engine):
     client, server = "[2001:db8:1::10]:40000", "[2001:db8:2::80]:443"
     step(engine, seg(client, server, "S", seq=1))
@@ -285,3 +318,94 @@ def test_translation_of_packets_with_ip_options_or_extension_headers(family, pro
     translation = Translation(family, 6 if proto == "tcp" else 17, (raw[0], raw[1], 40000, 80),
                               (raw[2], raw[1], 41000, 80))
     assert translation.apply(before, packet) == after
+
+
+def test_ipv6_port_forward_hairpin_echo_ids_errors_and_exhaustion(tmp_path):
+    """Each kind in IPv6 as in IPv4: a port forward both ways, hairpin (both at once), an echo's id
+    translated there and back, an ICMPv6 error about the forwarded packet from the inside, and a
+    pool of one port exhausted."""
+    engine = make_engine(tmp_path, """
+        version: 1
+        rules: [{name: all, action: accept}]
+        nat:
+          - {name: web6, type: dnat, proto: tcp, dst: "2001:db8:ff::1", dport: 8080, to: "[2001:db8:1::20]:80"}
+          - {name: hair6, type: snat, src: "2001:db8:1::/64", dst: "2001:db8:1::20", to: "2001:db8:ff::1"}
+          - {name: out6, type: snat, src: "2001:db8:1::/64", to: "2001:db8:ff::1", ports: "7000-7000"}
+    """, events=True)
+    outside, public, inside = "[2001:db8:2::7]:5555", "[2001:db8:ff::1]:8080", "[2001:db8:1::20]:80"
+    syn = step(engine, seg(outside, public, "S", seq=10))
+    assert syn.session.nat.names == "nat:web6"
+    leaves(syn, "tcp [2001:db8:2::7]:5555 -> [2001:db8:1::20]:80")
+    synack = step(engine, seg(inside, outside, "SA", seq=70, ack=11))
+    leaves(synack, "tcp [2001:db8:ff::1]:8080 -> [2001:db8:2::7]:5555")
+    # the inside router's error about the forwarded SYN goes out from the public address
+    forwarded = seg(outside, inside, "S", seq=10)
+    error = step(engine, icmp_error_pkt("2001:db8:1::fe", "2001:db8:2::7", 1, 4, forwarded))
+    packet = leaves(error, "icmpv6 2001:db8:ff::1 -> 2001:db8:2::7 type 1 code 4")
+    assert (packet[IPerror6].dst, packet[TCPerror].dport) == ("2001:db8:ff::1", 8080)
+    # hairpin: an inside client through the public address
+    hair = step(engine, seg("[2001:db8:1::30]:41000", public, "S", seq=1))
+    assert hair.session.nat.names == "nat:web6,nat:hair6"
+    leaves(hair, "tcp [2001:db8:ff::1]:41000 -> [2001:db8:1::20]:80")
+    leaves(step(engine, seg(inside, "[2001:db8:ff::1]:41000", "SA", seq=9, ack=2)),
+           "tcp [2001:db8:ff::1]:8080 -> [2001:db8:1::30]:41000")
+    # an echo takes the one port of out6 as its id, and its reply gets the client's id back
+    request = step(engine, icmp_echo_pkt("[2001:db8:1::10]:0", "[2001:db8:2::80]:0", ident=4000, seq=1))
+    assert leaves(request, "icmpv6 2001:db8:ff::1 -> 2001:db8:2::80 type 128 code 0")[ICMPv6EchoRequest].id == 7000
+    reply = step(engine, icmp_echo_pkt("[2001:db8:2::80]:0", "[2001:db8:ff::1]:0", ident=7000, seq=1, reply=True))
+    assert reply.state == "REPLIED"
+    assert leaves(reply, "icmpv6 2001:db8:2::80 -> 2001:db8:1::10 type 129 code 0")[ICMPv6EchoReply].id == 4000
+    # the pool's one port is the echo's: a UDP flow takes its own (per protocol); a second one has none
+    leaves(step(engine, udp_pkt("[2001:db8:1::10]:6000", "[2001:db8:2::80]:53")),
+           "udp [2001:db8:ff::1]:7000 -> [2001:db8:2::80]:53")
+    refused = step(engine, udp_pkt("[2001:db8:1::11]:6001", "[2001:db8:2::81]:53"))
+    assert (refused.verdict, refused.reason) == ("drop", "nat:exhausted")
+    assert engine.counters["nat_exhausted"] == 1
+    (event,) = [e.event for e in refused.effects if type(e) is LogEvent]
+    assert (event["src_ip"], event["fw"]["reason"]) == ("2001:db8:1::11", "nat:exhausted")
+
+
+def test_a_reload_keeps_translations_and_pools_and_a_changed_entry_takes_new_sessions(engine, tmp_path):
+    step(engine, seg(C, S, "S", seq=100))
+    leaves(step(engine, seg("198.51.100.12:999", S, "S", seq=1)), "tcp 203.0.113.1:1024 -> 192.0.2.80:80")
+    engine.swap_policy(make_engine(tmp_path, POLICY).policy)  # the same policy, loaded again
+    leaves(step(engine, seg(S, f"{PUBLIC}:40000", "SA", seq=300, ack=101)), "tcp 192.0.2.80:80 -> 198.51.100.10:40000")
+    # the pool was kept: 1024 is still handed out, to another server too
+    leaves(step(engine, seg("198.51.100.13:998", "192.0.2.81:80", "S", seq=1)), "tcp 203.0.113.1:1025 -> 192.0.2.81:80")
+    # the entry changed (another address and range): open sessions keep theirs, new ones take the new
+    changed = POLICY.replace("to: 203.0.113.1}", 'to: 203.0.113.9, ports: "30000-30009"}')
+    engine.swap_policy(make_engine(tmp_path, changed).policy)
+    leaves(step(engine, seg(C, S, "A", seq=101, ack=301)), "tcp 203.0.113.1:40000 -> 192.0.2.80:80")
+    leaves(step(engine, seg(S, f"{PUBLIC}:40000", "A", seq=301, ack=101)), "tcp 192.0.2.80:80 -> 198.51.100.10:40000")
+    leaves(step(engine, seg("198.51.100.14:40000", S, "S", seq=1)), "tcp 203.0.113.9:30000 -> 192.0.2.80:80")
+
+
+def test_a_killed_session_gives_back_both_keys_and_its_port(tmp_path):
+    engine = make_engine(tmp_path, """
+        version: 1
+        rules: [{name: out, action: accept}]
+        nat: [{name: tiny, type: snat, to: 203.0.113.1, ports: "5000-5000"}]
+    """)
+    syn = step(engine, seg("198.51.100.10:6000", S, "S", seq=1))
+    assert len(engine.table.sessions) == 2
+    assert step(engine, seg("198.51.100.11:6001", "192.0.2.81:80", "S", seq=1)).reason == "nat:exhausted"
+    engine.kill(syn.session, 101.0)
+    assert len(engine.table) == 0 and not engine.table.sessions
+    assert step(engine, seg(S, f"{PUBLIC}:5000", "SA", seq=1, ack=2)).reason == "invalid:no-session"
+    again = step(engine, seg("198.51.100.11:6001", "192.0.2.81:80", "S", seq=1))
+    leaves(again, "tcp 203.0.113.1:5000 -> 192.0.2.81:80")
+
+
+def test_a_port_forward_whose_reply_tuple_is_in_use_is_refused_as_exhausted(tmp_path):
+    """A dnat takes no pool port, but its reply tuple must be free: the same client port already
+    talks to the inside server directly (an untranslated session with that key)."""
+    engine = make_engine(tmp_path, POLICY.replace(
+        "rules:\n", "rules:\n  - {name: direct, action: accept, proto: tcp, dst: 198.51.100.20, dport: 80}\n"))
+    client = "192.0.2.7:5555"
+    direct = step(engine, seg(client, f"{INSIDE}:80", "S", seq=1))  # no entry translates it
+    assert direct.verdict == "accept" and out(direct) is None
+    refused = step(engine, seg(client, f"{PUBLIC}:8080", "S", seq=1))
+    assert (refused.verdict, refused.reason, refused.session) == ("drop", "nat:exhausted", None)
+    assert engine.counters["nat_exhausted"] == 1 and len(engine.table) == 1
+    other = step(engine, seg("192.0.2.7:5556", f"{PUBLIC}:8080", "S", seq=1))
+    leaves(other, "tcp 192.0.2.7:5556 -> 198.51.100.20:80")

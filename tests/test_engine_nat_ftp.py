@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from scapy.layers.inet import TCP
 
+from fw.decision import LogEvent
 from tests.packets import seg, udp_pkt
 from tests.test_engine_nat import leaves, make_engine, out
 from tests.test_engine_nat import step as run
@@ -140,11 +141,38 @@ def test_split_port_command_first_part_dropped(engine):
     assert tcp(whole).load == PORT_OUT
 
 
+def test_a_split_line_after_complete_ones_is_cut_off_then_sent_whole(engine):
+    """NOOP and the first part of a PORT in one segment: the NOOP goes (the segment cut, counted),
+    the server acknowledges it, and the client sends the PORT again, whole, rewritten."""
+    open_control(engine)
+    first = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"NOOP\r\n" + PORT[:12]))
+    assert first.verdict == "accept" and (tcp(first).load, tcp(first).seq) == (b"NOOP\r\n", 1001)
+    assert engine.counters["nat_alg_split"] == 1
+    assert tcp(run(engine, seg(S, T, "A", seq=5001, ack=1007))).ack == 1007
+    whole = run(engine, seg(C, S, "PA", seq=1007, ack=5001, payload=PORT))
+    assert (tcp(whole).load, tcp(whole).seq) == (PORT_OUT, 1007)
+    assert tcp(run(engine, seg(S, T, "A", seq=5001, ack=1007 + len(PORT_OUT)))).ack == 1007 + len(PORT)
+
+
+def test_a_split_227_from_a_forwarded_server_is_dropped_then_rewritten_whole(engine):
+    run(engine, seg(OUTSIDE, PUBLIC, "S", seq=1000))
+    run(engine, seg(INSIDE, OUTSIDE, "SA", seq=5000, ack=1001))
+    run(engine, seg(OUTSIDE, PUBLIC, "A", seq=1001, ack=5001))
+    line = b"227 Entering Passive Mode (198,51,100,20,200,10).\r\n"
+    first = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1001, payload=line[:30]))
+    assert (first.verdict, first.reason, engine.counters["nat_alg_split"]) == ("drop", "nat:alg-rewrite", 1)
+    whole = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1001, payload=line))
+    assert tcp(whole).load == b"227 Entering Passive Mode (203,0,113,1,200,10).\r\n"
+
+
 def test_malformed_port_dropped_control_goes_on(engine):
     open_control(engine)
     bad = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"PORT 1,2,3\r\n"))
     assert (bad.verdict, bad.reason) == ("drop", "nat:alg-rewrite")
     assert engine.counters["nat_alg_rewrite"] == 1
+    (event,) = [e.event for e in bad.effects if type(e) is LogEvent]
+    assert (event["event_type"], event["ftp"]["refused"], event["ftp"]["command"]) == ("ftp", "nat:alg-rewrite", "PORT")
+    assert event["src_ip"] == "198.51.100.10" and event["ftp"]["detail"] == "not h1,h2,h3,h4,p1,p2"
     fine = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"NOOP\r\n"))
     assert tcp(fine).load == b"NOOP\r\n"
 
@@ -210,6 +238,25 @@ def test_snapshot_keeps_the_shift_and_the_data_port(engine, tmp_path):
     leaves(data, "tcp 192.0.2.21:20 -> 198.51.100.10:40000")
 
 
+def test_a_retransmission_after_a_restart_announces_the_same_port(engine, tmp_path):
+    """The restored session does not remember the rewritten segment, and the restored expectation
+    holds the port it announced: the retransmission must still say the same (else a line of
+    another length would not match the recorded shift). 40035 is "156,99": the next is "156,100"."""
+    open_control(engine)
+    line = b"PORT 198,51,100,10,156,99\r\n"  # 40035
+    first = tcp(run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=line)))
+    assert first.load == b"PORT 203,0,113,1,156,99\r\n"
+    fresh = make_engine(tmp_path, POLICY, events=True)
+    assert fresh.restore(engine.snapshot(0.0), 100.5, 0.0) == 1 and len(fresh.expectations) == 1
+    again = tcp(run(fresh, seg(C, S, "PA", seq=1001, ack=5001, payload=line), now=101.0))
+    assert (again.load, again.seq) == (first.load, first.seq)
+    later = run(fresh, seg(C, S, "PA", seq=1001 + len(line), ack=5001, payload=b"RETR f\r\n"), now=101.0)
+    assert tcp(later).seq == 1001 + len(first.load)
+    data = run(fresh, seg("192.0.2.21:20", "203.0.113.1:40035", "S", seq=77), now=101.0)
+    assert data.reason == "related:ftp"
+    leaves(data, "tcp 192.0.2.21:20 -> 198.51.100.10:40035")
+
+
 def test_a_reload_without_nat_keeps_open_sessions_translated(engine, tmp_path):
     open_control(engine)
     engine.swap_policy(make_engine(tmp_path, POLICY.split("nat:")[0]).policy)
@@ -230,3 +277,126 @@ def test_extended_passive_through_a_port_forward(engine):
     data = run(engine, seg("192.0.2.7:6001", "203.0.113.1:50001", "S", seq=1))
     assert data.reason == "related:ftp"
     leaves(data, "tcp 192.0.2.7:6001 -> 198.51.100.20:50001")
+
+
+LONGER_POLICY = """
+version: 1
+rules:
+  - {name: ftp-out, action: accept, proto: tcp, src: 10.0.0.0/24, dport: 21, alg: ftp, rst_on_timeout: true}
+nat:
+  - {name: outbound, type: snat, src: 10.0.0.0/24, to: 203.0.113.222}
+"""
+
+
+def test_a_longer_line_keeps_the_window_tracking_consistent_and_resets_exact(tmp_path):
+    """A rewrite that makes the line longer (+5 bytes): the server acknowledges beyond anything
+    the client sent in its own numbers; the tracker must see the ack in the client's numbers
+    (track_view) or it would refuse it, and the later segments move both ways. A reset at expiry
+    then carries the number each end expects in its own sequence space."""
+    from fw.decision import SendPacket
+    from fw.packet import parse
+
+    engine = make_engine(tmp_path, LONGER_POLICY, events=True)
+    client, server, seen = "10.0.0.1:40000", "192.0.2.21:21", "203.0.113.222:40000"
+    run(engine, seg(client, server, "S", seq=1000))
+    run(engine, seg(server, seen, "SA", seq=5000, ack=1001))
+    assert run(engine, seg(client, server, "A", seq=1001, ack=5001)).state == "ESTABLISHED"
+    line, rewritten = b"PORT 10,0,0,1,156,64\r\n", b"PORT 203,0,113,222,156,64\r\n"
+    delta = len(rewritten) - len(line)
+    assert delta == 5
+    port = run(engine, seg(client, server, "PA", seq=1001, ack=5001, payload=line))
+    assert tcp(port).load == rewritten
+    after = 1001 + len(line)
+    # the server acknowledges the longer line and answers; several rounds, both ways
+    for n in range(3):
+        command = f"NOOP{n}\r\n".encode()
+        server_seq = 5001 + 13 * n
+        answer = run(engine, seg(server, seen, "PA", seq=server_seq, ack=after + delta, payload=b"200 Done ok\r\n"))
+        assert answer.verdict == "accept", answer
+        assert tcp(answer).ack == after
+        sent = run(engine, seg(client, server, "PA", seq=after, ack=server_seq + 13, payload=command))
+        assert sent.verdict == "accept", sent
+        assert (tcp(sent).seq, tcp(sent).ack) == (after + delta, server_seq + 13)
+        after += len(command)
+    last = run(engine, seg(server, seen, "A", seq=5001 + 39, ack=after + delta))
+    assert last.verdict == "accept" and tcp(last).ack == after
+    # expiry with rst_on_timeout: the server expects the client's next byte in its numbers (+5)
+    resets = {parse(e.data).dst: parse(e.data) for e in engine.expire(10 ** 6) if isinstance(e, SendPacket)}
+    to_server, to_client = resets[bytes([192, 0, 2, 21])], resets[bytes([10, 0, 0, 1])]
+    assert (to_server.src, to_server.sport, to_server.seq) == (bytes([203, 0, 113, 222]), 40000, after + delta)
+    assert (to_client.src, to_client.sport, to_client.seq) == (bytes([192, 0, 2, 21]), 21, 5001 + 39)
+
+
+TFTP_FORWARD = """
+version: 1
+defaults: {action: drop}
+rules:
+  - {name: tftp-in, action: accept, proto: udp, dst: [203.0.113.1, "2001:db8:ff::1"], dport: 69, alg: tftp}
+nat:
+  - {name: tftp-in, type: dnat, proto: udp, dst: 203.0.113.1, dport: 69, to: "198.51.100.20"}
+  - {name: tftp6-in, type: dnat, proto: udp, dst: "2001:db8:ff::1", dport: 69, to: "2001:db8:1::20"}
+"""
+
+
+@pytest.mark.parametrize(("client", "public", "inside"), [
+    ("192.0.2.7", "203.0.113.1", "198.51.100.20"), ("[2001:db8:2::7]", "[2001:db8:ff::1]", "[2001:db8:1::20]")])
+def test_tftp_to_a_forwarded_server(tmp_path, client, public, inside):
+    """The forwarded server answers from a new port: related (its expectation in the server side's
+    terms), and it leaves from the public address with that port; the client's ack goes back in."""
+    engine = make_engine(tmp_path, TFTP_FORWARD)
+    request = run(engine, udp_pkt(f"{client}:3000", f"{public}:69", b"\x00\x01file\x00octet\x00"))
+    leaves(request, f"udp {client}:3000 -> {inside}:69")
+    data = run(engine, udp_pkt(f"{inside}:4000", f"{client}:3000", b"\x00\x03\x00\x01data"))
+    assert (data.verdict, data.reason) == ("accept", "related:tftp")
+    leaves(data, f"udp {public}:4000 -> {client}:3000")
+    ack = run(engine, udp_pkt(f"{client}:3000", f"{public}:4000", b"\x00\x04\x00\x01"))
+    assert ack.state == "REPLIED"
+    leaves(ack, f"udp {client}:3000 -> {inside}:4000")
+
+
+def test_a_recheck_after_a_reload_resets_both_ends_in_their_own_numbers(tmp_path):
+    """A reload whose rules refuse an open translated FTP control session (reload_recheck): it is
+    closed, each end gets a RST with the addresses it knows and the sequence number it expects
+    (after the PORT's shift), and its pool port goes back."""
+    from fw.decision import SendPacket
+    from fw.packet import parse
+
+    engine = make_engine(tmp_path, LONGER_POLICY)
+    client, server, seen = "10.0.0.1:40000", "192.0.2.21:21", "203.0.113.222:40000"
+    run(engine, seg(client, server, "S", seq=1000))
+    run(engine, seg(server, seen, "SA", seq=5000, ack=1001))
+    run(engine, seg(client, server, "A", seq=1001, ack=5001))
+    line = b"PORT 10,0,0,1,156,64\r\n"
+    run(engine, seg(client, server, "PA", seq=1001, ack=5001, payload=line))
+    run(engine, seg(server, seen, "A", seq=5001, ack=1001 + len(line) + 5))
+    engine.swap_policy(make_engine(tmp_path, LONGER_POLICY.replace("dport: 21,", "dport: 2121,")).policy)
+    effects = engine.recheck(200.0)
+    resets = {parse(e.data).dst: parse(e.data) for e in effects if isinstance(e, SendPacket)}
+    to_server, to_client = resets[bytes([192, 0, 2, 21])], resets[bytes([10, 0, 0, 1])]
+    assert (to_server.src, to_server.sport, to_server.seq) == (bytes([203, 0, 113, 222]), 40000, 1001 + len(line) + 5)
+    assert (to_client.src, to_client.sport, to_client.seq) == (bytes([192, 0, 2, 21]), 21, 5001)
+    assert len(engine.table) == 0 and not engine.table.sessions
+
+
+def test_client_sack_blocks_about_a_forwarded_servers_shifted_data(engine):
+    """The other direction of test_sack_blocks_shifted_back: the forwarded server's 227 changed
+    length; the outside client's ack and SACK edges (its numbers) go back in the server's."""
+    open_forwarded = [seg(OUTSIDE, PUBLIC, "S", seq=1000, sack_perm=True),
+                      seg(INSIDE, OUTSIDE, "SA", seq=5000, ack=1001, sack_perm=True),
+                      seg(OUTSIDE, PUBLIC, "A", seq=1001, ack=5001),
+                      seg(OUTSIDE, PUBLIC, "PA", seq=1001, ack=5001, payload=b"PASV\r\n")]
+    for data in open_forwarded:
+        assert run(engine, data).verdict == "accept"
+    line = b"227 Entering Passive Mode (198,51,100,20,200,10).\r\n"
+    sent = tcp(run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1007, payload=line)))
+    delta = len(sent.load) - len(line)
+    assert delta == -2
+    after = 5001 + len(line)
+    run(engine, seg(INSIDE, OUTSIDE, "PA", seq=after + 10, ack=1007, payload=b"150 go\r\n"))  # a hole before it
+    start, end = after + 10 + delta, after + 18 + delta                                    # as the client saw it
+    sack = run(engine, seg(OUTSIDE, PUBLIC, "A", seq=1007, ack=after + delta, sack=((start, end),)))
+    assert sack.verdict == "accept", sack
+    back = tcp(sack)
+    assert back.ack == after
+    (blocks,) = [value for kind, value in back.options if kind == "SAck"]
+    assert blocks == (after + 10, after + 18)

@@ -315,7 +315,8 @@ def test_cleanup_refuses_while_a_daemon_holds_the_namespace(ns):
 
 # -- NAT: the mangle table's two passes ----------------------------------------------------------------
 
-NAT_HOOKING = Hooking(hooks=("PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000)
+NAT_HOOKING = Hooking(hooks=("PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000,
+                      one_pass_mark=0x10000000, unjudged_mark=0x08000000)
 
 
 def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
@@ -332,7 +333,12 @@ def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
         *(f"-A FW-ERRORS -p icmp -m icmp --icmp-type {t} {tag} -j NFQUEUE --queue-num 0" for t in (3, 11, 12))]
     assert chain_rules(NAT_HOOKING, "POSTROUTING", 4) == [
         f"-A FW-POSTROUTING -m mark --mark 0x6677 {tag} -j RETURN",  # the daemon's own: never a second pass
+        # the first pass asked for one pass from now on: saved in the connection's mark
+        f"-A FW-POSTROUTING -m mark --mark 0x10000000/0x10000000 {tag} -j CONNMARK --or-mark 0x10000000",
         f"-A FW-POSTROUTING -m mark --mark 0x20000000/0x20000000 {tag} -j NFQUEUE --queue-num 0"]
+    two_passes_only = Hooking(hooks=NAT_HOOKING.hooks, nat_mark=0x20000000)
+    assert not any("CONNMARK" in rule for rule in chain_rules(two_passes_only, "POSTROUTING", 4))
+    assert not any("0x10000000" in rule for rule in chain_rules(two_passes_only, "PREROUTING", 4))
     assert f"-A FW-PREROUTING -m connmark --mark 0x6677 {tag} -j RETURN" in chain_rules(NAT_HOOKING, "PREROUTING", 4)
     before = chain_rules(NAT_HOOKING, "PREROUTING", 6)
     assert before[0] == f"-A FW-PREROUTING -i lo {tag} -j RETURN"
@@ -340,13 +346,17 @@ def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
     assert f"{local} --ctstate ESTABLISHED {tag} -j RETURN" in before
     assert f"{local} --ctstate RELATED --ctdir REPLY {tag} -j RETURN" in before
     assert before[-1] == f"-A FW-PREROUTING {tag} -j NFQUEUE --queue-num 0"
+    # a connection direction with the one-pass bit: not queued here, marked for the queue after routing
+    skip = (f"-A FW-PREROUTING -m connmark --mark 0x10000000/0x10000000 -m conntrack --ctstate NEW,ESTABLISHED "
+            f"--ctdir ORIGINAL -m addrtype ! --dst-type LOCAL {tag}")
+    assert before[-3:-1] == [f"{skip} -j MARK --or-mark 0x28000000", f"{skip} -j RETURN"]
     assert NAT_HOOKING.first_pass == "PREROUTING" and Hooking().first_pass == "FORWARD"
 
 
 NAT_INSTALL = """
 from fw.drivers.iptables import Hooking, Installation
-rules = Installation(Hooking(hooks=("INPUT", "PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000),
-                     "{backend}")
+rules = Installation(Hooking(hooks=("INPUT", "PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000,
+                             one_pass_mark=0x10000000, unjudged_mark=0x08000000), "{backend}")
 rules.install()
 print("installed", flush=True)
 {after}
@@ -366,11 +376,13 @@ def test_nat_rules_go_exactly_and_a_killed_runs_with_fw_cleanup(ns, backend):
     during = ns.python(NAT_INSTALL.format(backend=backend, after=f"""
 import subprocess
 print(subprocess.run(["iptables-{backend}-save"], capture_output=True, text=True).stdout)
+print(subprocess.run(["ip6tables-{backend}-save"], capture_output=True, text=True).stdout)
 rules.remove()
 """)).stdout
     assert "-A PREROUTING -m comment --comment fw-daemon -j FW-PREROUTING\n-A PREROUTING -m comment " \
            "--comment operator -j RETURN" in during
     assert "-A INPUT -m comment --comment fw-daemon -j FW-INPUT" in during
+    assert during.count("CONNMARK --set-xmark 0x10000000/0x10000000") == 2  # IPv4 and IPv6 took them
     assert ns.save(backend) == before
     process = ns.popen(sys.executable, "-c", NAT_INSTALL.format(backend=backend, after="import time; time.sleep(60)"))
     try:

@@ -7,11 +7,14 @@ small HTTP server answering with its name (tests/backends.py): web1 203.0.113.21
 rise 2, fall 2). The client requests with a script of its own (one new connection per request, the
 answering server's name counted). Checked, on what the client and the EVE log see:
 - 1,000 requests spread by weight, every one answered;
-- web2 killed: its `lb` down event within interval x (fall + 1) + timeout of the kill; after it, no
-  request reaches web2 and every one succeeds; restarted: up within interval x (rise + 1);
+- web2 killed while requests run: its `lb` down event within interval x (fall + 1) + timeout of the
+  kill; the requests sent to web2 in between may fail and are counted (each failure one of those);
+  after it, no request reaches web2 and every one succeeds; restarted: up within interval x (rise + 1);
 - `fw lb drain` of the server a long download runs on: the download runs to its end, new requests
-  avoid the drained server; `fw lb enable` brings it back; `fw lb` and `fw lb --json` show it all;
-- a second virtual server (port 81, full_nat): the real server sees the firewall's address;
+  avoid the drained server; `fw lb enable` brings it back; `fw lb` and `fw lb --json` show it all,
+  `fw events --type lb` the drain;
+- a second virtual server (port 81, full_nat): the real server sees the firewall's address (and
+  through the two-arm one, the client's);
 - UDP virtual servers over IPv4 and IPv6 (port 53 to an echo server's 5353);
 - a virtual server on the firewall's own lan address.
 """
@@ -35,6 +38,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.root]
 VIP = "203.0.113.100"
 VIP6 = "2001:db8:2::100"
 INTERVAL, TIMEOUT, RISE, FALL = 0.5, 0.25, 2, 2
+DURING = 200  # requests running across a server's death
 SERVERS = {"web1": ("203.0.113.21", 1), "web2": ("203.0.113.22", 2), "web3": ("203.0.113.23", 3)}
 POLICY = f"""\
 version: 1
@@ -126,8 +130,8 @@ class Running:
             sys.stderr.write(f"--- client errors ---\n{done.stderr}\n")
         return result
 
-    def background(self, path: str) -> netns.Background:
-        return netns.Background(self.lab, "client", [sys.executable, "-c", CLIENT, VIP, "1", path], 120)
+    def background(self, path: str, count: int = 1) -> netns.Background:
+        return netns.Background(self.lab, "client", [sys.executable, "-c", CLIENT, VIP, str(count), path], 120)
 
     def events(self) -> list[tuple[float, dict]]:
         """(wall time, lb body) of the EVE log's lb events."""
@@ -207,11 +211,25 @@ def test_a_thousand_requests_spread_by_weight(lb_lab):
 
 
 def test_a_killed_server_is_marked_down_avoided_and_brought_back(lb_lab):
+    """Requests run across the kill: one sent to web2 after it died and before it was marked down
+    fails (refused) and is counted; every failure is one of those, the rest are answered."""
     victim, key = lb_lab.servers["web2"], "203.0.113.22:8080"
+    before = {name: row["opened"] for name, row in lb_lab.lb().items()}
+    across = lb_lab.background("/", count=DURING)
+    deadline = time.monotonic() + 10
+    while sum(row["opened"] - before[name] for name, row in lb_lab.lb().items()) < 10:  # requests under way
+        assert time.monotonic() < deadline, "the requests did not start"
+        time.sleep(0.05)
     killed = time.time()
     victim.kill()
     down = lb_lab.wait_event(key, "down", killed)
     assert down - killed <= INTERVAL * (FALL + 1) + TIMEOUT + 0.3, down - killed  # 0.3 s: a loaded machine
+    result = across.json(120)
+    to_victim = lb_lab.lb()[key]["opened"] - before[key]
+    failed = result["errors"]
+    sys.stderr.write(f"requests across the kill: {DURING}, failed (sent to the dead web2): {failed}\n")
+    assert sum(result["names"].values()) + failed == DURING, result
+    assert failed <= to_victim - result["names"].get("web2", 0), (result, to_victim)
     result = lb_lab.requests(60)
     assert result["errors"] == 0 and "web2" not in result["names"], result
     assert lb_lab.lb()[key]["health"] == "down"
@@ -245,6 +263,9 @@ def test_drain_keeps_a_long_download_and_sends_new_requests_elsewhere(lb_lab):
     assert lb_lab.lb()[drained]["health"] == "up"
     states = [body["state"] for _when, body in lb_lab.events() if body["real_server"] == drained]
     assert states[-2:] == ["drained", "enabled"]
+    shown = lb_lab.fw("events", "--type", "lb").splitlines()  # the daemon's feed: fw events
+    assert any(line.endswith(f"[LB] web {drained} drained: fw lb drain") for line in shown), shown
+    assert not any("[NEW]" in line for line in shown), shown
 
 
 def test_full_nat_gives_the_real_server_the_firewalls_address(lb_lab):
@@ -252,6 +273,8 @@ def test_full_nat_gives_the_real_server_the_firewalls_address(lb_lab):
     source toward it), not the client's; the client sees the virtual address answer."""
     result = lb_lab.requests(5, "/peer", port=81)
     assert result == {"names": {"web1 203.0.113.1": 5}, "errors": 0}, result
+    two_arm = lb_lab.requests(6, "/peer")  # port 80 (two-arm): the client's own address
+    assert two_arm["errors"] == 0 and all(name.endswith(" 198.51.100.10") for name in two_arm["names"]), two_arm
 
 
 @pytest.mark.parametrize("vip", [VIP, VIP6])

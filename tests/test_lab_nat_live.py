@@ -223,7 +223,8 @@ def test_lftp_through_nat(nat_lab, ftp_server, tmp_path, address, port, passive,
 
 def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_path):
     server = HttpServer(nat_lab.lab, "server", tmp_path / "www", 8080)
-    before = nat_lab.stats()["packets"]["by_verdict"]["accept"]
+    stats = nat_lab.stats()
+    before, trips = stats["packets"]["by_verdict"]["accept"], stats["nat"]
     fetch(nat_lab.lab, "client", SERVER[4], 8080)
     fetch(nat_lab.lab, "client", "203.0.113.11", 8080)  # not translated (the masquerade names .10)
     server.peers()
@@ -232,9 +233,15 @@ def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_
     second = accepted.get("nat:after-routing", 0) - before.get("nat:after-routing", 0)
     first = accepted["rule:out"] - before.get("rule:out", 0)
     assert first == 2  # each connection's SYN judged once, before routing
-    # the masqueraded connection's client packets (at least SYN, ACK, request, FIN, ACK) pass twice;
-    # the server's replies only once (their destination is all that changes, before routing)
-    assert 5 <= second <= 12, accepted
+    # the masqueraded connection's client packets (at least SYN, ACK, request, FIN, ACK) are translated
+    # after routing: the first ones in a second pass (SYN, ACK: the kernel entry of the SYN is then
+    # deleted; the request: its new entry takes the one-pass bit), the later ones in their only trip,
+    # after routing; the server's replies only before routing (their destination is all that changes)
+    one = after["nat"]["one_pass"] - trips["one_pass"]
+    assert second == after["nat"]["second_pass"] - trips["second_pass"]
+    assert 3 <= second <= 6 and one >= 1 and 5 <= second + one <= 12, (accepted, after["nat"])
+    assert after["nat"]["kernel_entries_deleted"] > trips["kernel_entries_deleted"]
+    assert after["nat"]["kernel_errors"] == 0 and "nat:first-pass" not in after["drops"]
     assert "nat:no-session" not in after["drops"] and "nat:rewrite" not in after["drops"]
     # veth hands packets over with partial checksums (CHECKSUM_PARTIAL): the rewritten ones computed whole
     assert after["nat"]["partial_checksums"] > 0 and after["nat"]["route_lookups"] > 0, after["nat"]
@@ -245,6 +252,28 @@ def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_
     listed = json.loads(nat_lab.lab.run(nat_lab.lab.firewall, fw_argv("sessions", "--json", "dport=8080")).stdout)
     masqueraded = [v for v in listed["sessions"] if v.get("nat") == "nat:outbound" and v["family"] == 4]
     assert masqueraded and all(v["reply"]["dst"] == FIREWALL_WAN[4] for v in masqueraded)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_masqueraded_udp_flow_takes_one_trip_once_its_first_datagram_asked(nat_lab, family):
+    """After the first datagram (two passes: it asks, and the rules save the bit in its kernel entry),
+    the client's datagrams are judged and translated after routing only: one queue trip each."""
+    lab = nat_lab.lab
+    before = nat_lab.stats()
+    sender = ("import socket, sys, time\n"
+              "s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "s.bind(('', 0))\n"
+              "for n in range(6):\n"
+              "    s.sendto(b'datagram %d' % n, (sys.argv[1], 9999))\n"
+              "    time.sleep(0.05)\n")
+    lab.run("client", [sys.executable, "-c", sender, SERVER[family]])
+    after = nat_lab.stats()
+    trips = {key: after["nat"][key] - before["nat"][key] for key in ("first_pass", "second_pass", "one_pass")}
+    assert trips["one_pass"] >= 4 and trips["second_pass"] >= 1, trips
+    rule = after["packets"]["by_verdict"]["accept"].get("rule:out", 0) - before["packets"]["by_verdict"]["accept"].get(
+        "rule:out", 0)
+    assert rule == 1  # the flow judged once; its other datagrams: "established" wherever they were judged
+    assert "nat:first-pass" not in after["drops"]
 
 
 @pytest.mark.parametrize("family", [4, 6])

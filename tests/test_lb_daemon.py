@@ -108,7 +108,13 @@ def test_a_killed_server_goes_down_and_comes_back_within_the_bounds(lab):
 
 
 def test_drain_and_enable_over_the_control_commands(lab):
+    """... and their events in the EVE log and in `fw events` (the feed, type lb)."""
+    from fw.cli.events import event_line
+    from fw.feed import EventFeed, parse_request
+
     daemon, _service, servers, eve = lab
+    feed = EventFeed()
+    daemon.effects.effect_sinks.append(feed.effects)  # as fw.feed.attach_feed does
     name = f"127.0.0.1:{servers[1].port}"
     answer = daemon.handle({"command": "lb-drain", "name": "web", "server": name})
     assert answer["ok"] and health(daemon)[name] == "drained"
@@ -119,6 +125,11 @@ def test_drain_and_enable_over_the_control_commands(lab):
     assert health(daemon)[name] == "up"
     daemon.effects.log.flush()
     assert [e["state"] for e in events(eve)] == ["drained", "enabled"]
+    _follow, types, _since = parse_request({"types": ["lb"]})
+    shown = [json.loads(line) for chunk in feed.stream(False, types) for line in chunk.splitlines()][1:]
+    assert [(e["type"], e["virtual_server"], e["real_server"], e["state"]) for e in shown] == [
+        ("lb", "web", name, "drained"), ("lb", "web", name, "enabled")]
+    assert event_line(shown[0]).endswith(f"[LB] web {name} drained: fw lb drain")
 
 
 def test_a_reload_keeps_a_down_server_down_and_forgets_drain(lab):
@@ -136,11 +147,20 @@ def test_metrics_and_stats_carry_each_real_server(lab):
     engine = daemon.engine
     from tests.packets import seg
 
-    engine.process(seg("198.51.100.10:40000", "203.0.113.100:80", "S", seq=1), 1.0)
+    decision = engine.process(seg("198.51.100.10:40000", "203.0.113.100:80", "S", seq=1), 1.0)
     metrics = Metrics(engine)
     samples = [s.name for m in metrics.collect() for s in m.samples if m.name.startswith("fw_lb")]
     assert samples.count("fw_lb_up") == 3 and samples.count("fw_lb_opened_total") == 3
-    assert sum(s.value for m in metrics.collect() if m.name == "fw_lb_sessions" for s in m.samples) == 1
+    assert samples.count("fw_lb_bytes_total") == 3
+
+    def total(name: str) -> float:
+        return sum(s.value for m in metrics.collect() for s in m.samples if s.name == name)
+
+    assert (total("fw_lb_sessions"), total("fw_lb_opened_total"), total("fw_lb_up")) == (1, 1, 3)
+    daemon.handle({"command": "lb-drain", "name": "web", "server": f"127.0.0.1:{servers[0].port}"})
+    engine.kill(decision.session, 2.0)  # its bytes are known when it ends: one 40-byte SYN
+    metrics.tick(2.0)  # the numbers are copied on the loop's ticks
+    assert (total("fw_lb_sessions"), total("fw_lb_bytes_total"), total("fw_lb_up")) == (0, 40, 2)
     stats_rows = daemon.stats_sections["virtual_servers"]()
     merged = merge_lb(merge_lb(None, stats_rows), stats_rows)  # two workers alike: counts doubled
     assert sum(s["opened"] for s in merged[0]["real_servers"]) == 2
@@ -167,5 +187,6 @@ def test_fw_run_refuses_virtual_servers_where_it_refuses_nat(tmp_path, extra):
     path.write_text(policy_text([(8080, 1)]))
     result = CliRunner().invoke(main, ["run", "--policy", str(path), *extra])
     assert result.exit_code == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "refused" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{extra[0]} is refused with a policy that translates addresses (virtual_servers)" in result.stderr
 

@@ -125,3 +125,50 @@ def test_passive_ftp_replayed_through_a_port_forward(tmp_path):
             assert b"(172,23,0,9," in bytes(ip[TCP].payload)
             passive += 1
     assert passive == 3 and len(rdpcap(str(written))) == count  # the capture's three 227 replies
+
+
+def test_replay_fields_and_write_for_drops_errors_hairpin_and_untranslated_packets(tmp_path):
+    """A made capture: a translated datagram, one refused (`nat:exhausted`: no `nat`, not
+    written), an ICMP error about the first (related: `nat`, no `translation`), a hairpin SYN
+    (two names joined by `,`), an untranslated SYN (no field, written as it came). The written
+    capture holds exactly the accepted packets, in order, as they left."""
+    from fw.packet import flow_text, parse
+    from tests.packets import icmp_error_pkt, seg, udp_pkt
+
+    frames = [
+        udp_pkt("198.51.100.10:6000", "192.0.2.80:53", b"q"),
+        udp_pkt("198.51.100.11:6001", "192.0.2.81:53", b"q"),
+        icmp_error_pkt("192.0.2.254", "203.0.113.1", 3, 3, udp_pkt("203.0.113.1:5000", "192.0.2.80:53", b"q")),
+        seg("198.51.100.30:41000", "203.0.113.1:8080", "S", seq=1),
+        seg("198.51.100.10:40000", "198.51.100.99:22", "S", seq=1),
+    ]
+    capture, written, policy = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "nat.yaml"
+    packets = [IP(frame) for frame in frames]
+    for n, packet in enumerate(packets):
+        packet.time = 1000 + n / 10
+    wrpcap(str(capture), packets)
+    policy.write_text(textwrap.dedent("""
+        version: 1
+        rules: [{name: all, action: accept}]
+        nat:
+          - {name: web-in, type: dnat, proto: tcp, dst: 203.0.113.1, dport: 8080, to: "198.51.100.20:80"}
+          - {name: hairpin, type: snat, src: 198.51.100.0/24, dst: 198.51.100.20, to: 203.0.113.1}
+          - {name: tiny, type: snat, proto: udp, to: 203.0.113.1, ports: "5000-5000"}
+    """))
+    result = CliRunner().invoke(main, ["replay", str(capture), "--policy", str(policy), "--json",
+                                       "--write", str(written)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    fields = [(row["verdict"], row["reason"], row.get("nat"), row.get("translation")) for row in rows]
+    assert fields == [
+        ("accept", "rule:all", "udp 203.0.113.1:5000 -> 192.0.2.80:53", "nat:tiny"),
+        ("drop", "nat:exhausted", None, None),
+        ("accept", "related:icmp", "icmp 192.0.2.254 -> 198.51.100.10 type 3 code 3", None),
+        ("accept", "rule:all", "tcp 203.0.113.1:41000 -> 198.51.100.20:80", "nat:web-in,nat:hairpin"),
+        ("accept", "rule:all", None, None),
+    ]
+    out = [bytes(packet) for packet in rdpcap(str(written))]
+    for data in out:
+        checked(data)
+    assert [flow_text(parse(data)) for data in out] == [rows[0]["nat"], rows[2]["nat"], rows[3]["nat"], rows[4]["flow"]]
+    assert out[3] == frames[4]

@@ -63,7 +63,9 @@ def test_the_packet_path_never_waits_on_a_hung_redis(nodes, redis_server):
         redis_server.resume()
     times = sorted(seconds for seconds, _ in results)
     assert {verdict for _, verdict in results} == {"accept"}
-    assert times[-1] < 0.05, f"a packet took {times[-1] * 1000:.1f} ms"  # a wait on Redis takes seconds
+    # A wait on the hung Redis takes its 2 s command timeout; a busy machine's scheduler may hold one
+    # packet of 2,500 for ~0.1 s (seen under load), so the bound sits between the two.
+    assert times[-1] < 1.0, f"a packet took {times[-1] * 1000:.1f} ms"
     assert times[len(times) // 2] < 0.001
     assert len(fw1.engine.table) == 2500
 

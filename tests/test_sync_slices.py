@@ -103,3 +103,62 @@ def test_fw_run_takes_the_slice_from_the_node_id_with_sync():
     for node, slices, translates in (("alpha", None, True), ("fw3", None, True), ("alpha", 2, False)):
         with pytest.raises(click.UsageError, match="--node-id"):
             nat_slice_of(config(node), slices, translates)
+
+
+SYNCED_NAT_POLICY = """
+version: 1
+defaults: {action: drop, log: false}
+rules:
+  - {name: ftp-out, action: accept, proto: tcp, src: 198.51.100.0/24, dport: 21, alg: ftp}
+nat:
+  - {name: outbound, type: snat, src: 198.51.100.0/24, to: 203.0.113.1, ports: "20000-20019"}
+"""
+
+
+def test_a_synced_translation_goes_on_at_the_peer_with_its_shift_and_data_port(tmp_path):
+    """HA sync through the tracker (fw.sync.tracker, as Redis would carry it): fw1 opens and
+    translates an FTP control session and rewrites a PORT (two bytes shorter); fw2 learns it and
+    translates it both ways (the reply tuple's key, the shift, the data connection to the
+    announced port), holds its port, and gives it back when the session is removed."""
+    from fw.conntrack.table import flow_key
+    from tests.test_sync_tracker import Side
+
+    nodes = [Side(name, tmp_path, policy=SYNCED_NAT_POLICY, nat_slice=(slice_index(name, 2), 2))
+             for name in ("fw1", "fw2")]
+    fw1, fw2 = nodes
+    client, server, seen = "198.51.100.10:40000", "192.0.2.21:21", "203.0.113.1:20000"
+
+    def left(decision):
+        assert decision.verdict == "accept", decision
+        return parse(next(e.data for e in decision.effects if type(e) is RewritePacket))
+
+    assert left(fw1.packet(seg(client, server, "S", seq=1000), 1.0)).sport == 20000  # fw1's slice
+    fw1.deliver(fw2, 1.0)
+    synack = left(fw2.packet(seg(server, seen, "SA", seq=5000, ack=1001), 1.1))  # found by its reply key
+    assert (synack.dst, synack.dport) == (bytes([198, 51, 100, 10]), 40000)
+    fw2.deliver(fw1, 1.1)
+    left(fw1.packet(seg(client, server, "A", seq=1001, ack=5001), 1.2))
+    line = b"PORT 198,51,100,10,156,64\r\n"
+    assert left(fw1.packet(seg(client, server, "PA", seq=1001, ack=5001, payload=line), 2.0)).payload == \
+        b"PORT 203,0,113,1,156,64\r\n"
+    fw1.deliver(fw2, 2.0)
+    fw1.packet(seg(client, server, "PA", seq=1001, ack=5001, payload=line), 2.1)
+    fw1.deliver(fw2, 2.1)  # news again: fw2 replaces its copy
+    # fw1 fails: fw2 carries on, in the numbers each end sees
+    answer = left(fw2.packet(seg(server, seen, "PA", seq=5001, ack=1026, payload=b"200 ok\r\n"), 3.0))
+    assert (answer.dport, answer.ack) == (40000, 1028)
+    later = left(fw2.packet(seg(client, server, "PA", seq=1028, ack=5009, payload=b"RETR f\r\n"), 3.1))
+    assert (later.src, later.sport, later.seq) == (bytes([203, 0, 113, 1]), 20000, 1026)
+    data = fw2.packet(seg("192.0.2.21:20", "203.0.113.1:40000", "S", seq=77), 3.2)
+    assert data.reason == "related:ftp"
+    assert (left(data).dst, left(data).dport) == (bytes([198, 51, 100, 10]), 40000)
+    # fw2's own new sessions take its own slice beside the synced one
+    other = left(fw2.packet(seg("198.51.100.11:20000", server, "S", seq=1), 3.3))
+    assert 20010 <= other.sport <= 20019
+    assert len(fw2.engine.table) == 3 and len(fw2.engine.table.sessions) == 6  # each under two keys
+    # removed at fw1 (killed): gone at fw2 too, under both keys
+    control = fw1.engine.table.sessions[flow_key(6, bytes([198, 51, 100, 10]), bytes([192, 0, 2, 21]), 40000, 21)]
+    fw1.effects(fw1.engine.kill(control, 4.0))
+    fw1.deliver(fw2, 4.0)
+    assert len(fw2.engine.table) == 2 and len(fw2.engine.table.sessions) == 4
+    assert fw2.packet(seg(server, seen, "A", seq=5009, ack=1034), 4.2).reason == "invalid:no-session"

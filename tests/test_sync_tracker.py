@@ -33,11 +33,11 @@ T0 = 1000.0  # engine time
 class Side:
     """One node: an engine and its tracker; what it emitted waits in `outbox`."""
 
-    def __init__(self, name: str, tmp_path, offset: float = 1_790_000_000.0):
-        path = tmp_path / "policy.yaml"
-        path.write_text(textwrap.dedent(POLICY))
+    def __init__(self, name: str, tmp_path, offset: float = 1_790_000_000.0, policy: str = POLICY, **config):
+        path = tmp_path / f"policy-{name}.yaml"
+        path.write_text(textwrap.dedent(policy))
         self.name = name
-        self.engine = Engine(load_policy(path), EngineConfig(events=False))
+        self.engine = Engine(load_policy(path), EngineConfig(events=False, **config))
         self.outbox: list = []
         self.effects = Effects(None, None)  # the daemon's dispatcher: the tracker learns from effects
         self.tracker = SessionSync(self.engine, name, self._emit, lambda: offset, dispatch=self.effects)

@@ -263,11 +263,12 @@ def _translation(policy, fail_open: bool, queue_range: tuple[int, int]) -> bool:
     to another worker than its session's)."""
     if not getattr(policy, "translates", False):
         return False
+    keys = " and ".join(key for key in ("nat", "virtual_servers") if getattr(policy, key, None))
     if fail_open:
-        raise Failure("--fail-open is refused with a policy that translates addresses (nat): "
+        raise Failure(f"--fail-open is refused with a policy that translates addresses ({keys}): "
                       "untranslated traffic would leak while no daemon listens", 2)
     if queue_range[0] != queue_range[1]:
-        raise Failure("--queues is refused with a policy that translates addresses (nat): "
+        raise Failure(f"--queues is refused with a policy that translates addresses ({keys}): "
                       "use one queue (--queue N)", 2)
     return True
 
@@ -338,7 +339,9 @@ def stats_command(as_json: bool, zero: bool) -> None:
     lines.append("errors: " + (", ".join(f"{k} {v}" for k, v in errors.items()) or "none"))
     if "nat" in stats:
         nat = stats["nat"]
-        lines.append(f"nat: {nat['partial_checksums']} partial checksums computed, {nat['tcp_gso_partial']} "
+        trips = (f"queue trips {nat['first_pass']} before routing, {nat['second_pass']} after (second pass), "
+                 f"{nat['one_pass']} after routing only; ") if "one_pass" in nat else ""
+        lines.append(f"nat: {trips}{nat['partial_checksums']} partial checksums computed, {nat['tcp_gso_partial']} "
                      f"TCP GSO packets left to the kernel, {nat['route_lookups']} route lookups")
     if "sync" in stats:
         from fw.sync import stats_line

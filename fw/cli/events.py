@@ -1,4 +1,5 @@
-"""`fw events`: the daemon's session and drop events as they happen, as `conntrack -E` shows them.
+"""`fw events`: the daemon's session, drop and load-balancer events as they happen, as `conntrack -E`
+shows them.
 
 The daemon keeps its recent events in a ring (fw.feed); `fw events` prints those (filtered by type
 and time), and with `--follow` stays connected and prints each new one as the daemon publishes it,
@@ -15,9 +16,9 @@ import click
 
 from fw.cli.common import Failure, parse_time, styled
 
-TYPES = ("new", "update", "destroy", "drop")
+TYPES = ("new", "update", "destroy", "drop", "lb")
 LABELS = {"new": ("[NEW]", "green"), "update": ("[UPDATE]", "cyan"), "destroy": ("[DESTROY]", "yellow"),
-          "drop": ("[DROP]", "red"), "lost": ("[LOST]", "magenta")}
+          "drop": ("[DROP]", "red"), "lb": ("[LB]", "blue"), "lost": ("[LOST]", "magenta")}
 
 
 def _types(values: tuple[str, ...]) -> list[str] | None:
@@ -31,11 +32,12 @@ def _types(values: tuple[str, ...]) -> list[str] | None:
 @click.command("events")
 @click.option("--follow", "-f", is_flag=True, help="Stay connected and print new events as they come (Ctrl-C ends).")
 @click.option("--type", "types", multiple=True, metavar="T",
-              help="Only events of type T: new, update, destroy, drop (repeat, or comma-separated).")
+              help="Only events of type T: new, update, destroy, drop, lb (repeat, or comma-separated).")
 @click.option("--since", metavar="T", help="Only events since T: 30s, 10m, 2h ago, or an ISO 8601 time.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events_command(follow: bool, types: tuple[str, ...], since: str | None, as_json: bool) -> None:
-    """Show the daemon's events: sessions opened, changing state and ending, and dropped packets.
+    """Show the daemon's events: sessions opened, changing state and ending, dropped packets, and
+    real servers of virtual servers going down, up, drained or enabled (lb).
 
     Without --follow, the recent events the daemon keeps (the last 4096); with it, also every new
     one, until Ctrl-C. Drops beyond 50 a second are summed per reason once a second.
@@ -80,6 +82,10 @@ def event_line(event: dict) -> str:
         return styled(f"{'':12} {label:>9}", fg=colour) + f" {event['count']} events (this reader was too slow)"
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"])) + f".{int(event['time'] % 1 * 1000):03d}"
     words = [styled(f"{label:>9}", fg=colour), event.get("proto") or "-"]
+    if kind == "lb":
+        old = f" (was {event['old']})" if event.get("old") else ""
+        return (f"{stamp} {words[0]} {event.get('virtual_server')} {event.get('real_server')} "
+                f"{event.get('state')}{old}: {event.get('why')}")
     if kind == "drop":
         if event.get("summary"):
             return f"{stamp} {words[0]} {event['count']} more packets reason={event['reason']}"

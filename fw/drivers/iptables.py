@@ -5,10 +5,13 @@ policy that translates (NAT), the mangle-table chains FW-PREROUTING and FW-POSTR
 IPv6), and one jump rule into each from its built-in chain, inserted first. With NAT the first pass
 is FW-PREROUTING (before routing: every packet that arrives, but loopback and the replies of the
 firewall's own connections), replacing FW-FORWARD; FW-POSTROUTING queues only the packets the first
-pass marked (`Hooking.nat_mark`), the second pass of translated sessions (fw/engine_nat_passes.py). Every rule it writes
-carries the comment `fw-daemon` (the tag). Each change is one `iptables-restore -w --noflush`
-transaction per family, built from what `iptables-save` shows at that moment: a restore that
-deletes a missing rule fails whole, so only rules that are there are deleted, verbatim as saved.
+pass marked (`Hooking.nat_mark`), the second pass of translated sessions (fw/engine_nat_passes.py);
+with `Hooking.one_pass_mark` FW-POSTROUTING saves that bit into the connmark when the first pass
+asked, and FW-PREROUTING lets the later packets of such a connection by, marked for FW-POSTROUTING
+only (`unjudged_mark`: the engine judges them there, in one trip). Every rule it writes carries
+the comment `fw-daemon` (the tag). Each change is one `iptables-restore -w --noflush` transaction
+per family, built from what `iptables-save` shows at that moment: a restore that deletes a missing
+rule fails whole, so only rules that are there are deleted, verbatim as saved.
 
 Ownership: a rule is ours if it carries the tag and jumps to one of our chains (or sits in one); a
 chain is ours if it has one of our names, is not empty and every rule in it carries the tag. A chain
@@ -67,6 +70,8 @@ class Hooking:
     offload: bool = False  # the fast path of fw.drivers.offload before the queue
     offload_mark: int = 0x40000000  # connmark bit of offloaded connections
     nat_mark: int = 0  # NAT: the packet mark bit of the second pass (FW-POSTROUTING queues only those)
+    one_pass_mark: int = 0  # NAT: connmark bit "after routing only" (packet mark: save it), 0: off
+    unjudged_mark: int = 0  # NAT: packet mark bit of a packet let by before routing, not judged yet
 
     @property
     def first_pass(self) -> str:
@@ -106,8 +111,11 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     rules = []
     if hook == "POSTROUTING":  # the second pass: only what the first marked, never the daemon's own
         nat = f"0x{hooking.nat_mark:x}"
-        return [f"-A {chain} -m mark --mark {mark} {tag} -j RETURN",
-                f"-A {chain} -m mark --mark {nat}/{nat} {tag} {_queue_target(hooking)}"]
+        rules = [f"-A {chain} -m mark --mark {mark} {tag} -j RETURN"]
+        if hooking.one_pass_mark:  # the first pass asked: this direction's next packets skip it
+            one = f"0x{hooking.one_pass_mark:x}"
+            rules.append(f"-A {chain} -m mark --mark {one}/{one} {tag} -j CONNMARK --or-mark {one}")
+        return rules + [f"-A {chain} -m mark --mark {nat}/{nat} {tag} {_queue_target(hooking)}"]
     if hook == "ERRORS":  # the firewall's own ICMP errors (quoting a packet between the NAT passes)
         proto, match, types = ICMP_ERROR_TYPES[family]
         # The kernel will not queue an error whose conntrack entry (its packet's) is unconfirmed and
@@ -142,6 +150,15 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     # A conntrack match (no target: it only counts) makes the kernel track this namespace and so
     # reassemble fragments (nf_defrag) before they reach our queue: the engine sees whole packets.
     rules.append(f"-A {chain} -m conntrack --ctstate {ALL_CTSTATES} {tag}")
+    if hooking.one_pass_mark and hook == "PREROUTING":
+        # A session direction that needs only the after-routing half (its connmark bit, saved by
+        # FW-POSTROUTING when the engine asked): not queued here, but marked for the queue after
+        # routing, where the engine does the whole job once (fw.engine_nat_passes ONE_PASS). Not
+        # ICMP errors (RELATED) and never a packet for the firewall itself (it would reach no queue).
+        one, bits = f"0x{hooking.one_pass_mark:x}", f"0x{hooking.nat_mark | hooking.unjudged_mark:x}"
+        skip = (f"-A {chain} -m connmark --mark {one}/{one} -m conntrack --ctstate NEW,ESTABLISHED "
+                f"--ctdir ORIGINAL -m addrtype ! --dst-type LOCAL {tag}")
+        rules += [f"{skip} -j MARK --or-mark {bits}", f"{skip} -j RETURN"]
     if hooking.offload and hook == hooking.first_pass:
         # The fast path (fw.drivers.offload): an offloaded connection's packets, as long as the kernel's
         # own tracker finds them valid, skip the queue; SYN and FIN still reach the engine, and so do

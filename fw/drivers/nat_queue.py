@@ -5,9 +5,12 @@ How it works. The queue is fw.drivers.nfqueue_socket's SocketQueue (netfilterque
 the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
 - the hook: PREROUTING is the first pass (`BEFORE_ROUTING`, or `TO_FIREWALL` when the route of its
   destination is local, broadcast or multicast); POSTROUTING the second (`AFTER_ROUTING`), which
-  only marked packets reach (fw.drivers.iptables); an ICMP error at OUTPUT is the firewall's own
-  (`FROM_FIREWALL`: mangle OUTPUT queues those); INPUT and OUTPUT (--hooks) the engine's one pass
-  (with NAT, the firewall's own ICMP errors are not judged by --hooks output: they pass);
+  only marked packets reach (fw.drivers.iptables), or the only one (`ONE_PASS`) for a packet the
+  rules let by before routing (its mark has UNJUDGED_MARK: its connection's direction needs only
+  the source half; the input interface is the kernel's indev there too); an ICMP error at OUTPUT
+  is the firewall's own (`FROM_FIREWALL`: mangle OUTPUT queues those); INPUT and OUTPUT (--hooks)
+  the engine's one pass (with NAT, the firewall's own ICMP errors are not judged by --hooks
+  output: they pass);
 - before routing the output interface is not known yet: the engine gets the route's (rules may
   match `oif`), from fw.drivers.routes (cached, forgotten every second); the engine's `Nat.route`
   input is the same lookup, for a new session's translated destination and masquerade's address;
@@ -17,21 +20,45 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
   it is segmented in software (tcp4_gso_segment / tcp6_gso_segment), which writes the
   pseudo-header again and has each segment's checksum completed, so the pass over 64 KiB is spared;
 - the SetMark of the first pass is OR-ed into the packet's mark (other bits are the operator's);
+- the kernel conntrack entries (ctnetlink, fire and forget, `KernelEntries`): a packet dropped as
+  `nat:first-pass` has its entry's ONE_PASS_MARK bit cleared (its next packet goes round the first
+  pass); and when a TCP session whose original direction may take one pass becomes established,
+  the entry its SYN made is deleted: the kernel's tracker holds it in SYN_SENT (it never sees the
+  translated replies) and finds every later packet of the client invalid, which leaves them no
+  entry and no connmark; the next one makes a new entry, picked up mid-stream (valid), on which
+  the bit is saved;
+- per hook, the trips counted (`first_pass`, `second_pass`, `one_pass` in `fw stats` `nat`);
 - a packet longer than the copy range (a GRO packet above 65,531 bytes) cannot be rewritten (the
   verdict would cut it): the engine drops it as `nat:rewrite`, counted here as `nat_too_long`.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
 
+from fw.conntrack.tcp import TcpState
+from fw.decision import SessionChanged
 from fw.drivers.nfqueue import PacketHandler
-from fw.engine_nat_passes import AFTER_ROUTING, BEFORE_ROUTING, FROM_FIREWALL, TO_FIREWALL
+from fw.engine_nat_passes import (
+    AFTER_ROUTING,
+    BEFORE_ROUTING,
+    FIRST_PASS_REASON,
+    FROM_FIREWALL,
+    ONE_PASS,
+    ONE_PASS_ASKED,
+    ONE_PASS_MARK,
+    TO_FIREWALL,
+    UNJUDGED_MARK,
+)
 
 NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 3, 4
-TCP = 6
+TCP, UDP = 6, 17
+IPCTNL_MSG_CT_DELETE = 2
+# ICMP echo in a ctnetlink tuple: CTA_PROTO_ICMP(V6)_ID, _TYPE, _CODE attributes; the request's type
+ICMP_ECHO = {1: (4, 5, 6, 8), 58: (7, 8, 9, 128)}
 ICMP_ERRORS = {1: frozenset((3, 11, 12)), 58: frozenset((1, 2, 3, 4))}
 
 
@@ -44,12 +71,15 @@ class NatPacketHandler(PacketHandler):
         self.routes = routes
         routes.names = self.ifname
         engine.nat.route = routes.route
-        self.counters: Counter = Counter()  # partial_checksums (computed whole), tcp_gso_partial (left), nat_too_long
+        # partial_checksums (computed whole), tcp_gso_partial (left), nat_too_long; trips per hook
+        self.counters: Counter = Counter()
+        self.kernel = KernelEntries()
 
     def stats(self) -> dict:
-        """The `nat` section of `fw stats`: checksum states seen, route lookups made."""
-        return {**{key: 0 for key in ("partial_checksums", "tcp_gso_partial", "nat_too_long")}, **self.counters,
-                "route_lookups": self.routes.lookups}
+        """The `nat` section of `fw stats`: checksum states seen, trips per hook, route lookups made."""
+        keys = ("partial_checksums", "tcp_gso_partial", "nat_too_long", "first_pass", "second_pass", "one_pass")
+        return {**{key: 0 for key in keys}, **self.counters, "route_lookups": self.routes.lookups,
+                **self.kernel.stats()}
 
     def judge(self, packet, data: bytes):
         hook = packet.hook
@@ -60,15 +90,32 @@ class NatPacketHandler(PacketHandler):
             else:
                 partial = True
                 self.counters["partial_checksums"] += 1
+        counters = self.counters
         if hook == NF_INET_POST_ROUTING:
-            decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev),
-                                           hook=AFTER_ROUTING, partial=partial)
+            if packet.get_mark() & UNJUDGED_MARK:
+                counters["one_pass"] += 1
+                names = self._ifnames
+                try:  # ifname(), written out for the names already known
+                    iif, oif = names[packet.indev], names[packet.outdev]
+                except KeyError:
+                    iif, oif = self.ifname(packet.indev), self.ifname(packet.outdev)
+                decision = self.engine.process(data, self.clock(), iif, oif, hook=ONE_PASS, partial=partial)
+                if decision.reason == FIRST_PASS_REASON:
+                    self.kernel.clear(data, ONE_PASS_MARK)
+            else:
+                counters["second_pass"] += 1
+                decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev),
+                                               hook=AFTER_ROUTING, partial=partial)
         elif hook == NF_INET_PRE_ROUTING:
+            counters["first_pass"] += 1
             route = self.routes.of_packet(data)
             local = route is not None and route.local
             decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
                                            None if route is None else route.oif,
                                            hook=TO_FIREWALL if local else BEFORE_ROUTING, partial=partial)
+            effects = decision.effects
+            if effects and effects[-1] is ONE_PASS_ASKED and decision.packet.proto == TCP:
+                self._established(decision)
         elif hook == NF_INET_LOCAL_OUT and _icmp_error(data):
             decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev), hook=FROM_FIREWALL)
         else:
@@ -76,6 +123,17 @@ class NatPacketHandler(PacketHandler):
         if packet.truncated and decision.reason == "nat:rewrite":
             self.counters["nat_too_long"] += 1
         return decision
+
+    def _established(self, decision) -> None:
+        """A TCP session whose original direction may take one pass just became established: the
+        kernel entry of its SYN goes (module docstring)."""
+        for effect in decision.effects:
+            if type(effect) is SessionChanged and effect.session.state is TcpState.ESTABLISHED:
+                session = effect.session
+                binding = session.extra.nat
+                if binding.forward is None and binding.after[0] is not None:
+                    self.kernel.delete(binding.family, binding.proto, *binding.orig)
+                return
 
     @staticmethod
     def new_mark(packet, mark: int) -> int:
@@ -85,6 +143,74 @@ class NatPacketHandler(PacketHandler):
     def forget_interfaces(self) -> None:
         super().forget_interfaces()
         self.routes.forget()
+
+
+class KernelEntries:
+    """The kernel conntrack entries of the one-pass bit (module docstring): ctnetlink requests sent
+    without waiting, the socket opened on first use; failures (an entry already gone) read back and
+    counted on the next request."""
+
+    def __init__(self):
+        self.conntrack = None
+        self.counters: Counter = Counter()  # kernel_entries_deleted, kernel_bits_cleared, kernel_errors
+
+    def stats(self) -> dict:
+        return {"kernel_entries_deleted": self.counters["deleted"], "kernel_bits_cleared": self.counters["cleared"],
+                "kernel_errors": sum(self.conntrack.errors.values()) if self.conntrack is not None else 0}
+
+    def _send(self, kind: int, family: int, body: bytes) -> None:
+        from fw.drivers import offload  # noqa: PLC0415  (ctnetlink: only once a request is needed)
+
+        if self.conntrack is None:
+            self.conntrack = offload.Conntrack()
+        conntrack = self.conntrack
+        conntrack.drain()
+        conntrack.send(offload.message(kind, offload.NLM_F_REQUEST | offload.NLM_F_ACK, conntrack.next_seq(),
+                                       offload.AF[family], body))
+
+    def delete(self, family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> None:
+        from fw.drivers import offload  # noqa: PLC0415
+
+        self.counters["deleted"] += 1
+        self._send(IPCTNL_MSG_CT_DELETE, family, offload._nested(
+            offload.CTA_TUPLE_ORIG, offload.tuple_attrs(family, proto, src, dst, sport, dport)))
+
+    def clear(self, data: bytes, bit: int) -> None:
+        """Clear `bit` in the connmark of the entry whose original tuple is this packet's."""
+        from fw.drivers import offload  # noqa: PLC0415
+
+        found = _kernel_tuple(data)
+        if found is None:
+            return
+        family, tuple_attrs = found
+        self.counters["cleared"] += 1
+        body = offload._nested(offload.CTA_TUPLE_ORIG, tuple_attrs)
+        body += offload._attr(offload.CTA_MARK, struct.pack("!I", 0))
+        body += offload._attr(offload.CTA_MARK_MASK, struct.pack("!I", bit))
+        self._send(offload.IPCTNL_MSG_CT_NEW, family, body)
+
+
+def _kernel_tuple(data: bytes) -> tuple[int, bytes] | None:
+    """(family, CTA_TUPLE_ORIG contents) of the kernel entry a packet makes (TCP, UDP, ICMP echo)."""
+    from fw.drivers import offload  # noqa: PLC0415
+    from fw.packet import MalformedPacket, parse  # noqa: PLC0415
+
+    try:
+        pkt = parse(data)
+    except MalformedPacket:
+        return None
+    family, proto = (4 if data[0] >> 4 == 4 else 6), pkt.proto
+    if proto == TCP or proto == UDP:
+        return family, offload.tuple_attrs(family, proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+    if proto not in ICMP_ECHO or pkt.icmp_type != ICMP_ECHO[proto][3]:
+        return None
+    ident, kind, code, _ = ICMP_ECHO[proto]
+    v4 = family == 4
+    addresses = offload._attr(offload.CTA_IP_V4_SRC if v4 else offload.CTA_IP_V6_SRC, pkt.src)
+    addresses += offload._attr(offload.CTA_IP_V4_DST if v4 else offload.CTA_IP_V6_DST, pkt.dst)
+    fields = offload._attr(offload.CTA_PROTO_NUM, bytes([proto])) + offload._attr(ident, struct.pack("!H", pkt.icmp_id))
+    fields += offload._attr(kind, bytes([pkt.icmp_type])) + offload._attr(code, bytes([pkt.icmp_code]))
+    return family, offload._nested(offload.CTA_TUPLE_IP, addresses) + offload._nested(offload.CTA_TUPLE_PROTO, fields)
 
 
 def _icmp_error(data: bytes) -> bool:

@@ -32,6 +32,8 @@ COMPILED: list[str] = [
     "fw/lb/hashing.py",
     "fw/lb/servers.py",
     "fw/lb/maglev.py",
+    "fw/drivers/nfqueue.py",
+    "fw/drivers/nfqueue_socket.py",
 ]
 
 
@@ -55,14 +57,16 @@ def build(strict: bool) -> int:
     """Cythonize and build COMPILED in place; a failure leaves that module pure (or fails with --strict)."""
     try:
         from Cython.Build import cythonize
-        from setuptools import Distribution
+        from setuptools import Distribution, Extension
     except ImportError as error:
         print(f"build_compiled: {error}: fw stays pure Python", file=sys.stderr)
         return 1 if strict else 0
     failed = []
     for source in COMPILED:
         try:
-            modules = cythonize([source], build_dir="build/cython", quiet=True,
+            # Named by path: a folder without __init__.py (fw/drivers) would make it a top-level module.
+            extension = Extension(source.removesuffix(".py").replace("/", "."), [source])
+            modules = cythonize([extension], build_dir="build/cython", quiet=True,
                                 compiler_directives={"language_level": 3})
             dist = Distribution({"ext_modules": modules, "script_args": ["build_ext", "--inplace", "-q"]})
             dist.parse_command_line()

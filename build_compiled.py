@@ -9,12 +9,15 @@ the same checkout runs and tests the pure-Python modules too (`make test-pure`).
 
 A module that fails to compile is reported and left pure (a machine without a C compiler still
 runs fw); `--strict` makes that an error (CI). `--clean` removes the extension modules.
-The generated C sources go to build/cython/ (not committed).
+The generated C sources go to build/cython/, the objects to build/temp/ and build/lib/ (not
+committed); each module is then moved into place with os.replace, so a running fw keeps the file it
+loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +42,8 @@ COMPILED: list[str] = [
     "fw/lb/hashing.py",
     "fw/lb/servers.py",
     "fw/lb/maglev.py",
+    "fw/drivers/nfqueue.py",
+    "fw/drivers/nfqueue_socket.py",
 ]
 
 
@@ -58,27 +63,46 @@ def clean() -> int:
     return 0
 
 
+def _build(sources: list[str]) -> None:
+    """Compile `sources` into build/lib, then move each extension module beside its source with
+    os.replace: a process that has the old one loaded keeps its file (no rewrite in place)."""
+    from Cython.Build import cythonize
+    from setuptools import Distribution, Extension
+
+    # Named by path: a folder without __init__.py (fw/drivers) would make it a top-level module.
+    extensions = [Extension(source.removesuffix(".py").replace("/", "."), [source]) for source in sources]
+    modules = cythonize(extensions, build_dir="build/cython", quiet=True, nthreads=os.cpu_count() or 1,
+                        compiler_directives={"language_level": 3})
+    dist = Distribution({"ext_modules": modules, "script_args": [
+        "-q", "build_ext", "--build-lib", "build/lib", "--build-temp", "build/temp",
+        "--parallel", str(os.cpu_count() or 1)]})
+    dist.parse_command_line()
+    dist.run_commands()
+    command = dist.get_command_obj("build_ext")
+    for module in modules:
+        built = Path(command.get_ext_fullpath(module.name))
+        os.replace(built, ROOT / built.relative_to(command.build_lib))
+
+
 def build(strict: bool) -> int:
-    """Cythonize and build COMPILED in place; a failure leaves that module pure (or fails with --strict)."""
+    """Cythonize and build COMPILED; if that fails, module by module: a failure leaves that module
+    pure (or fails with --strict)."""
     try:
-        from Cython.Build import cythonize
-        from setuptools import Distribution
+        import Cython  # noqa: F401
+        import setuptools  # noqa: F401
     except ImportError as error:
         print(f"build_compiled: {error}: fw stays pure Python", file=sys.stderr)
         return 1 if strict else 0
     failed = []
-    for source in COMPILED:
-        try:
-            modules = cythonize([source], build_dir="build/cython", quiet=True,
-                                compiler_directives={"language_level": 3,
-                                                     # annotations are hints here; types come from the .pxd
-                                                     "annotation_typing": False})
-            dist = Distribution({"ext_modules": modules, "script_args": ["build_ext", "--inplace", "-q"]})
-            dist.parse_command_line()
-            dist.run_commands()
-        except (Exception, SystemExit) as error:  # noqa: BLE001 - any build failure leaves the module pure
-            failed.append(source)
-            print(f"build_compiled: {source} not compiled ({error}): it stays pure Python", file=sys.stderr)
+    try:
+        _build(COMPILED)
+    except (Exception, SystemExit):  # noqa: BLE001 - find which: one at a time
+        for source in COMPILED:
+            try:
+                _build([source])
+            except (Exception, SystemExit) as error:  # noqa: BLE001 - any build failure leaves the module pure
+                failed.append(source)
+                print(f"build_compiled: {source} not compiled ({error}): it stays pure Python", file=sys.stderr)
     print(f"build_compiled: {len(COMPILED) - len(failed)} of {len(COMPILED)} modules compiled")
     return 1 if failed and strict else 0
 
@@ -88,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="a module that does not compile is an error")
     parser.add_argument("--clean", action="store_true", help="remove the extension modules (fw runs pure)")
     args = parser.parse_args(argv)
-    import os
     os.chdir(ROOT)
     return clean() if args.clean else build(args.strict)
 

@@ -23,7 +23,11 @@ Workloads (the established ones: 500 TCP flows after their handshakes, data and 
   packets: netlink messages as the kernel sends them (NFQUEUE packet messages) go through the
   NFQUEUE driver (netfilterqueue's, fw.drivers.nfqueue; or fw.drivers.nfqueue_socket), a
   PacketHandler, the engine, and the batched accept verdicts sent to a real queue bound in a
-  private network namespace (root; run under `unshare -n`, which --callgrind does).
+  private network namespace (root; run under `unshare -n`, which --callgrind does);
+- `driver-stub`, `socket-driver-stub`: the same with an engine that accepts every packet at once
+  (bench/replay_queue.StubEngine): the driver, the PacketHandler and the verdicts without the engine;
+- `driver-bare`, `socket-driver-bare`: the driver and its verdicts alone (a callback that leaves
+  every packet to the batch accept, no PacketHandler).
 """
 
 from __future__ import annotations
@@ -145,10 +149,13 @@ def run_new_maglev(count: int) -> None:
     run_new_web(count, policy=load_policy(vs_policy(100, Path(tempfile.mkdtemp()))))
 
 
-def run_driver(count: int, kind: str) -> None:
+def run_driver(count: int, kind: str, part: str = "") -> None:
     from bench import replay_queue  # noqa: PLC0415
 
     setup, traffic = established_packets()
+    if part:  # "stub": an engine that accepts at once; "bare": no handler either
+        replay_queue.run(kind, replay_queue.StubEngine(), traffic, count, bare=part == "bare")
+        return
     eng = engine()
     for data in setup:
         eng.process(data, 1000.0)
@@ -165,6 +172,10 @@ WORKLOADS = {
     "new-maglev": run_new_maglev,
     "driver": lambda count: run_driver(count, "netfilterqueue"),
     "socket-driver": lambda count: run_driver(count, "socket"),
+    "driver-stub": lambda count: run_driver(count, "netfilterqueue", "stub"),
+    "socket-driver-stub": lambda count: run_driver(count, "socket", "stub"),
+    "driver-bare": lambda count: run_driver(count, "netfilterqueue", "bare"),
+    "socket-driver-bare": lambda count: run_driver(count, "socket", "bare"),
 }
 
 
@@ -173,7 +184,7 @@ def instructions(workload: str, count: int, cache: Path) -> int:
     with tempfile.TemporaryDirectory() as folder:
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out",
                 sys.executable, "-m", "bench.instructions", workload, str(count)]
-        if workload.endswith("driver"):
+        if "driver" in workload:
             argv = ["unshare", "-n", *argv]
         done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parent.parent,
                               env={**os.environ, "PYTHONHASHSEED": "0", CACHE_ENV: str(cache)})

@@ -13,14 +13,27 @@ from __future__ import annotations
 
 import socket
 
-from fw.drivers.nfqueue import NETLINK_NETFILTER, PacketHandler, Queue, QueueOptions
+from fw.decision import ACCEPT, Decision
+from fw.drivers.nfqueue import ACCEPT_LATER, NETLINK_NETFILTER, PacketHandler, Queue, QueueOptions
 from fw.drivers.nfqueue_socket import SocketQueue, packet_message
 
 QUEUE = 7
 REPLAY = 5_000  # messages sent whatever `count` (the set-up stays the same)
 
 
-def run(kind: str, engine, traffic: list[bytes], count: int) -> None:
+class StubEngine:
+    """An engine that accepts every packet as established at once: what the handler costs without it."""
+
+    def __init__(self):
+        self.decision = Decision(ACCEPT, "established")
+
+    def process(self, data, now, iif=None, oif=None, **_):
+        return self.decision
+
+
+def run(kind: str, engine, traffic: list[bytes], count: int, bare: bool = False) -> None:
+    """Replay `count` packets through the driver `kind` and a PacketHandler on `engine` (bare: no
+    handler, a callback that leaves every packet to the batch accept: the driver alone)."""
     if count > REPLAY:
         raise SystemExit(f"at most {REPLAY} packets")
 
@@ -30,7 +43,9 @@ def run(kind: str, engine, traffic: list[bytes], count: int) -> None:
     handler = PacketHandler(engine, False, lambda effects: None, failed)
     handler.accept_later = True
     options = QueueOptions()
-    queue = Queue(QUEUE, handler, options) if kind == "netfilterqueue" else SocketQueue(QUEUE, handler, options)
+    seen = []
+    callback = (lambda packet: seen.append(packet.id) or ACCEPT_LATER) if bare else handler
+    queue = Queue(QUEUE, callback, options) if kind == "netfilterqueue" else SocketQueue(QUEUE, callback, options)
     portid = queue._sock.getsockname()[0]
     sender = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     sender.bind((0, 0))
@@ -42,7 +57,7 @@ def run(kind: str, engine, traffic: list[bytes], count: int) -> None:
         if not done:
             raise RuntimeError(f"the queue ran dry after {handled} packets")
         handled += done
-    accepted = handler.verdicts.accepted["established"]  # the handler counts the verdicts it gives
+    accepted = len(seen) if bare else handler.verdicts.accepted["established"]  # the verdicts given
     queue.close()
     sender.close()
     if handler.errors:

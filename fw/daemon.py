@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from fw import compiled_modules
 from fw.drivers import iptables
 from fw.drivers.control import (
     ControlError,
@@ -68,10 +69,27 @@ class DaemonConfig:
     sync: dict | None = None  # --sync, for the workers of --queues (fw.sync.SyncConfig.for_worker())
     nat_slice: tuple[int, int] = (0, 1)  # (node, nodes): this node's share of NAT port ranges (--sync)
     nat: bool = False  # the policy translates: two passes (mangle PREROUTING/POSTROUTING), fw/engine_nat_passes.py
+    # The NFQUEUE binding: "socket" (fw.drivers.nfqueue_socket), "netfilterqueue" (fw.drivers.nfqueue.Queue),
+    # "auto": the cheaper one of this build (queue_class()). NAT always needs the socket binding.
+    binding: str = "auto"
 
     @property
     def mode(self) -> str:
         return "fail-open" if self.fail_open else "fail-closed"
+
+
+def queue_class_for(binding: str = "auto") -> type:
+    """The queue class of a binding (DaemonConfig.binding). "auto": our own netlink binding
+    (SocketQueue) when it is compiled, where it costs the least per packet; netfilterqueue's Queue
+    in a pure-Python run (FW_PURE=1, no C compiler), where its C parser is cheaper
+    (docs/performance.md, "Per-packet cost in instructions")."""
+    if binding == "netfilterqueue":
+        return Queue
+    from fw.drivers import nfqueue_socket  # noqa: PLC0415
+
+    if binding == "socket" or nfqueue_socket.__name__ in compiled_modules():
+        return nfqueue_socket.SocketQueue
+    return Queue
 
 
 class DaemonError(Exception):
@@ -282,7 +300,7 @@ class Daemon(DaemonBase):
             self.control = ControlServer(self.handle, config.control_address)
             eve = EveLog(config.log_path) if config.log_path else None
             self.effects = Effects(RawSender(config.mark), eve)
-            queue_class = Queue
+            queue_class = queue_class_for(config.binding)
             if config.nat:  # the NAT passes need the hook and the checksum state: our own binding
                 from fw.drivers.nat_queue import NatPacketHandler  # noqa: PLC0415
                 from fw.drivers.nfqueue_socket import SocketQueue  # noqa: PLC0415

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """What the engine answers for one packet: a verdict, a reason, and effects for the driver.
 
 A Decision is built once per packet, so it is a plain `__slots__` class; the state name and flow

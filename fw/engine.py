@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The SPI engine: packet bytes, the time and the session table in; a Decision out.
 
 How it works, per packet: parse (a broken packet is dropped as `malformed`); a non-first fragment

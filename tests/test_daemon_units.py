@@ -291,3 +291,17 @@ def test_a_session_line_reads_like_conntrack():
     assert session_line(session) == (
         "udp      17  29 UNREPLIED src=198.51.100.10 dst=203.0.113.10 sport=5353 dport=53 packets=1 bytes=60 "
         "src=203.0.113.10 dst=198.51.100.10 sport=53 dport=5353 packets=0 bytes=0 rule=allow-dns")
+
+
+def test_the_daemon_binds_with_the_cheaper_binding_of_its_build():
+    """auto: our own netlink binding when it is compiled (make install), netfilterqueue in a pure run
+    (FW_PURE=1: make test-pure runs this test there too); a binding by name whatever the build."""
+    from fw import compiled_modules  # noqa: PLC0415
+    from fw.daemon import queue_class_for  # noqa: PLC0415
+    from fw.drivers.nfqueue import Queue  # noqa: PLC0415
+    from fw.drivers.nfqueue_socket import SocketQueue  # noqa: PLC0415
+
+    compiled = "fw.drivers.nfqueue_socket" in compiled_modules()
+    assert queue_class_for("auto") is (SocketQueue if compiled else Queue)
+    assert queue_class_for("socket") is SocketQueue
+    assert queue_class_for("netfilterqueue") is Queue

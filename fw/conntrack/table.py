@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The session table: one record per tracked flow, found in one dict lookup from either direction.
 
 How it works: a session is stored once, under a canonical key `(proto, low_addr, high_addr,

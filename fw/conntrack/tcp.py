@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """TCP connection tracking, ported from Linux's nf_conntrack_proto_tcp.c. Pure: no I/O, no clock.
 
 How it works. A packet's flags pick one of six classes (`flag_class`, the kernel's

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False, boundscheck=False, wraparound=False
 """NFQUEUE on a plain netlink socket, without netfilterqueue/libnetfilter_queue: a drop-in `Queue`.
 
 How it works. `SocketQueue(number, callback, options)` offers what fw.drivers.nfqueue.Queue offers
@@ -7,14 +8,18 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
 - Binding: one NETLINK_NETFILTER socket; NFQNL_CFG_CMD_BIND for the queue, then the same
   NFQNL_MSG_CONFIG as the other driver (copy mode and range, queue length, flags GSO and FAIL_OPEN),
   each acknowledged before we go on (EBUSY: another process holds the queue).
-- Reading: recvmmsg(2) through ctypes, up to `batch_recv` netlink datagrams (one packet each) a
-  syscall, into one buffer of slots of the copy range plus headers; a datagram's length and
-  MSG_TRUNC come from the mmsghdr array with one `iter_unpack`. Each packet message's attributes
-  are read with `unpack_from` at their offsets: NFQA_PACKET_HDR (id, hw protocol, hook),
-  NFQA_MARK, NFQA_IFINDEX_INDEV/OUTDEV (and PHYS*), NFQA_SKB_INFO (CSUMNOTREADY, GSO,
-  CSUM_NOTVERIFIED), NFQA_CAP_LEN (the packet's length when the copy range cut it), NFQA_PAYLOAD
-  (copied out once, as bytes: the engine keeps it and fw.sync may hold the packet past the drain).
-  Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
+- Reading: recvmmsg(2), up to `batch_recv` netlink datagrams (one packet each) a syscall, into one
+  buffer of slots of the copy range plus headers; each datagram's length and MSG_TRUNC come from
+  the mmsghdr array. Each packet message's attributes are read at their offsets: NFQA_PACKET_HDR
+  (id, hw protocol, hook), NFQA_MARK, NFQA_IFINDEX_INDEV/OUTDEV (and PHYS*), NFQA_SKB_INFO
+  (CSUMNOTREADY, GSO, CSUM_NOTVERIFIED), NFQA_CAP_LEN (the packet's length when the copy range cut
+  it), NFQA_PAYLOAD (copied out once, as bytes: the engine keeps it and fw.sync may hold the packet
+  past the drain).
+- Compiled (build_compiled.py, with nfqueue_socket.pxd: the daemon's default binding then), the
+  classes are extension types with C fields, recvmmsg is called from C on the ctypes arrays'
+  address and the attributes are read byte by byte from a typed memoryview of the buffer; the pure
+  module calls recvmmsg through ctypes and reads with `unpack_from` (`cython.compiled` picks).
+- Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT; each a template whose lengths, id, verdict and mark
   are written in place, as building them attribute by attribute cost NAT's two passes a few us a
@@ -37,9 +42,17 @@ import errno
 import os
 import socket
 import struct
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+
+try:
+    import cython
+except ImportError:  # fw runs without Cython installed: this module is then always the pure one
+
+    class cython:  # noqa: N801  (what the module asks of Cython's shadow module)
+        compiled = False
 
 from fw.drivers.nfqueue import (
     ACCEPT_LATER,
@@ -55,6 +68,7 @@ from fw.drivers.nfqueue import (
     _attr,
     config_flags,
     config_message,
+    per_packet,
     read_queue_counters,
 )
 
@@ -76,19 +90,22 @@ MAX_DATAGRAM = 160 * 1024
 HEADROOM = 1024  # room in a receive slot for the netlink headers and the attributes before the payload
 
 _NLMSG = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH").unpack_from
-_U32 = struct.Struct("!I").unpack_from
-_PACKET_HDR = struct.Struct("!IHB").unpack_from
 _VERDICT_INTO = struct.Struct("!II").pack_into
 _U32_INTO = struct.Struct("!I").pack_into
 _NLMSG_LEN_INTO = struct.Struct("=I").pack_into
 _NLA_LEN_INTO = struct.Struct("=H").pack_into
 _PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
 _ERROR = struct.Struct("=i8xI").unpack_from  # errno, then the request's nlmsghdr: its seq
-_new = object.__new__
-# The 32-bit attributes a packet message may carry besides the interfaces, by the field they fill.
-_RARE = {NFQA_MARK: "mark", NFQA_SKB_INFO: "skb_info", NFQA_CAP_LEN: "cap_len",
-         NFQA_IFINDEX_PHYSINDEV: "physindev", NFQA_IFINDEX_PHYSOUTDEV: "physoutdev"}
+_NLMSG_HEAD = struct.Struct("=IH").unpack_from  # (the pure module's reads; compiled, bytes are indexed)
+_NLA = struct.Struct("=HH").unpack_from
+_U32 = struct.Struct("!I").unpack_from
+_LITTLE = sys.byteorder == "little"  # netlink's headers are in host order, the attributes' values in network order
+# The hot path's constants under private names, which the pxd makes C integers (the public names stay
+# Python's: compiled, a comparison with a module global is a dictionary lookup and a conversion).
+_PACKET_KIND, _NLMSG_ERROR, _TYPE_MASK = PACKET_KIND, NLMSG_ERROR, NLA_TYPE_MASK
+_PAYLOAD, _PACKET_HDR, _INDEV, _OUTDEV = NFQA_PAYLOAD, NFQA_PACKET_HDR, NFQA_IFINDEX_INDEV, NFQA_IFINDEX_OUTDEV
+_MARK, _SKB_INFO, _CAP_LEN = NFQA_MARK, NFQA_SKB_INFO, NFQA_CAP_LEN
+_PHYSINDEV, _PHYSOUTDEV = NFQA_IFINDEX_PHYSINDEV, NFQA_IFINDEX_PHYSOUTDEV
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -166,7 +183,10 @@ _recvmmsg.restype = ctypes.c_int
 
 
 class _Receiver:
-    """Up to `count` datagrams per recvmmsg(2) into slots of `slot` bytes of one buffer."""
+    """Up to `count` datagrams per recvmmsg(2) into slots of `slot` bytes of one buffer.
+
+    The mmsghdr and iovec arrays are ctypes objects, made once; compiled, recvmmsg is called from C
+    on their address and the lengths read from them (the pxd's inline helpers), else through ctypes."""
 
     def __init__(self, fd: int, count: int, slot: int):
         self.fd, self.count, self.slot = fd, count, slot
@@ -183,27 +203,36 @@ class _Receiver:
         self.enobufs = 0
         self.truncated = 0
 
-    def receive(self, most: int) -> list[tuple[int, int]]:
-        """[(offset, length)] of the datagrams read (at most `most`); [] when none is waiting."""
+    def receive(self, most: int) -> int:
+        """How many datagrams were read (at most `most`) into slots 0, 1...; 0 when none is waiting."""
+        count = most if most < self.count else self.count
         while True:
-            got = _recvmmsg(self.fd, self.address, most if most < self.count else self.count,
-                            socket.MSG_DONTWAIT, None)
+            if cython.compiled:
+                got = _c_recvmmsg(self.fd, self.address, count)  # noqa: F821  (the pxd's)
+                code = -got if got < 0 else 0
+            else:
+                got = _recvmmsg(self.fd, self.address, count, socket.MSG_DONTWAIT, None)
+                code = ctypes.get_errno() if got < 0 else 0
             if got >= 0:
-                break
-            code = ctypes.get_errno()
+                return got
             if code == errno.ENOBUFS:
                 self.enobufs += 1
                 continue
             if code in (errno.EAGAIN, errno.EINTR):
-                return []
+                return 0
             raise OSError(code, os.strerror(code))
-        slot, found = self.slot, []
-        for i, (flags, length) in enumerate(_MMSG_RESULT.iter_unpack(self.header_view[:got * _MMSG_SIZE])):
+
+    def length(self, index: int) -> int:
+        """The length of datagram `index` of the last receive; -1 if it was cut (counted)."""
+        if cython.compiled:
+            length = _c_length(self.address, index)  # noqa: F821  (the pxd's)
+        else:
+            flags, length = _MMSG_RESULT.unpack_from(self.header_view, index * _MMSG_SIZE)
             if flags & MSG_TRUNC:
-                self.truncated += 1  # cannot happen with slots of the copy range + HEADROOM
-                continue
-            found.append((i * slot, length))
-        return found
+                length = -1
+        if length < 0:
+            self.truncated += 1  # cannot happen with slots of the copy range + HEADROOM
+        return length
 
 
 # -- packets -------------------------------------------------------------------------------------
@@ -277,6 +306,8 @@ class SocketQueue:
         self.number = number
         self.options = options
         self.callback = callback
+        self._handle = per_packet(callback)  # what _packet calls
+        self._verdict_batch = options.verdict_batch
         self.batches = 0  # NFQNL_MSG_VERDICT_BATCH messages sent
         self.sends = 0  # datagrams of verdicts sent
         self.netlink_errors: Counter = Counter()
@@ -285,7 +316,7 @@ class SocketQueue:
         self._out = bytearray()  # verdicts not yet sent
         self._draining = False
         self._pending: list[bytes] = []  # packet messages read while waiting for an ack
-        self._template = bytearray(verdict_message(number, 0, 0))
+        self._template = bytes(verdict_message(number, 0, 0))
         self._batch_template = bytes(verdict_message(number, 0, NF_ACCEPT, batch=True))
         # With a mark, a payload, both: the same messages with the fields filled in place (verdict()).
         self._mark_template = bytes(verdict_message(number, 0, 0, 0))
@@ -298,6 +329,7 @@ class SocketQueue:
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, options.rcvbuf)
             slot = (min(options.copy_range, 0xFFFF) + HEADROOM + 7) & ~7
             self._receiver = _Receiver(self._sock.fileno(), max(1, min(batch_recv, options.budget)), slot)
+            self._data = self._receiver.buffer  # compiled: a typed memoryview of it (the pxd)
             self._request(command_message(number, self._next_seq(), NFQNL_CFG_CMD_BIND), "bind")
             self.configure()
         except BaseException:
@@ -350,71 +382,111 @@ class SocketQueue:
         """Handle the packets waiting (at most `budget`); returns how many were handled."""
         left = budget or self.options.budget
         handled = 0
+        receiver = self._receiver
         self._draining = True
         try:
-            while self._pending and left > 0:
+            while self._pending and left > 0:  # read while waiting for an ack: into slot 0, then as read
                 message = self._pending.pop(0)
-                handled += self._messages(memoryview(message), 0, len(message))
+                if len(message) <= receiver.slot:
+                    receiver.buffer[:len(message)] = message
+                    handled += self._messages(0, len(message))
                 left -= 1
-            receive = self._receiver.receive
-            view = self._receiver.view
+            slot = receiver.slot
             while left > 0:
-                found = receive(left)
-                if not found:
+                got = receiver.receive(left)
+                if not got:
                     break
-                for offset, length in found:
-                    handled += self._messages(view, offset, length)
-                left -= len(found)
+                for i in range(got):
+                    length = receiver.length(i)
+                    if length >= 0:
+                        handled += self._messages(i * slot, length)
+                left -= got
         finally:
             self._draining = False
             self.accept_waiting()
         return handled
 
-    def _messages(self, view, offset: int, length: int) -> int:
-        """Handle the netlink messages of one datagram; returns how many were packets."""
+    def _messages(self, offset: int, length: int) -> int:
+        """Handle the netlink messages of one datagram in the receive buffer; returns how many were packets."""
+        data = self._data
         end = offset + length
         packets = 0
         while offset + 16 <= end:
-            size, kind = _NLMSG.unpack_from(view, offset)[:2]
+            if not cython.compiled:  # in Python, unpack_from is cheaper than indexing byte by byte
+                size, kind = _NLMSG_HEAD(data, offset)
+            elif _LITTLE:
+                size = data[offset] | data[offset + 1] << 8 | data[offset + 2] << 16 | data[offset + 3] << 24
+                kind = data[offset + 4] | data[offset + 5] << 8
+            else:
+                size = data[offset] << 24 | data[offset + 1] << 16 | data[offset + 2] << 8 | data[offset + 3]
+                kind = data[offset + 4] << 8 | data[offset + 5]
             if size < 16 or offset + size > end:
                 self.netlink_errors["malformed"] += 1
                 break
-            if kind == PACKET_KIND:
-                self._packet(view, offset + 20, offset + size)
+            if kind == _PACKET_KIND:
+                self._packet(offset + 20, offset + size)
                 packets += 1
-            elif kind == NLMSG_ERROR:
-                code = _ERROR(view, offset + 16)[0]
+            elif kind == _NLMSG_ERROR:
+                code = _ERROR(self._receiver.view, offset + 16)[0]
                 if code:
                     self.netlink_errors[errno.errorcode.get(-code, str(-code))] += 1
             offset += (size + 3) & ~3
         return packets
 
-    def _packet(self, view, at: int, end: int) -> None:
-        p = _new(NfPacket)
+    def _packet(self, at: int, end: int) -> None:
+        """One packet message's attributes (from `at` to `end`) into an NfPacket, to the callback."""
+        data = self._data
+        p = NfPacket.__new__(NfPacket)
         p.mark = p.indev = p.outdev = p.physindev = p.physoutdev = p.skb_info = 0
         p.cap_len = p.new_mark = p.new_payload = None
         p.payload = b""
         p.queue = self
         while at + 4 <= end:
-            size, kind = _NLA(view, at)
-            kind &= NLA_TYPE_MASK
-            if kind == NFQA_PAYLOAD:
-                p.payload = view[at + 4:at + size].tobytes()
-            elif kind == NFQA_PACKET_HDR:
-                p.id, p.hw_protocol, p.hook = _PACKET_HDR(view, at + 4)
-            elif kind == NFQA_IFINDEX_INDEV:
-                p.indev = _U32(view, at + 4)[0]
-            elif kind == NFQA_IFINDEX_OUTDEV:
-                p.outdev = _U32(view, at + 4)[0]
-            elif kind in _RARE:
-                setattr(p, _RARE[kind], _U32(view, at + 4)[0])
-            if size < 4:
+            if not cython.compiled:
+                size, kind = _NLA(data, at)
+                kind &= _TYPE_MASK
+            elif _LITTLE:
+                size = data[at] | data[at + 1] << 8
+                kind = (data[at + 2] | data[at + 3] << 8) & _TYPE_MASK
+            else:
+                size = data[at] << 8 | data[at + 1]
+                kind = (data[at + 2] << 8 | data[at + 3]) & _TYPE_MASK
+            if size < 4 or at + size > end:
                 break
+            if kind == _PAYLOAD:
+                if cython.compiled:
+                    p.payload = _c_bytes(data, at + 4, at + size)  # noqa: F821  (the pxd's)
+                else:
+                    p.payload = self._receiver.view[at + 4:at + size].tobytes()
+            elif size >= 8:  # the others are 32-bit values, the header's first field too
+                if cython.compiled:
+                    value = data[at + 4] << 24 | data[at + 5] << 16 | data[at + 6] << 8 | data[at + 7]
+                else:
+                    value = _U32(data, at + 4)[0]
+                if kind == _PACKET_HDR:
+                    p.id = value
+                    if size >= 11:
+                        p.hw_protocol = data[at + 8] << 8 | data[at + 9]
+                        p.hook = data[at + 10]
+                elif kind == _INDEV:
+                    p.indev = value
+                elif kind == _OUTDEV:
+                    p.outdev = value
+                elif kind == _MARK:
+                    p.mark = value
+                elif kind == _SKB_INFO:
+                    p.skb_info = value
+                elif kind == _CAP_LEN:
+                    p.cap_len = value
+                elif kind == _PHYSINDEV:
+                    p.physindev = value
+                elif kind == _PHYSOUTDEV:
+                    p.physoutdev = value
             at += (size + 3) & ~3
-        if self.callback(p) is ACCEPT_LATER:
+        if self._handle(p) is ACCEPT_LATER:
             self._accept_through = p.id
             self._given += 1
-            if self._given >= self.options.verdict_batch:
+            if self._given >= self._verdict_batch:
                 self.accept_waiting()
 
     # -- verdicts out ------------------------------------------------------------------------------

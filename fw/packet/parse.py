@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Parse L3 bytes (IPv4 or IPv6) into a Packet, or raise MalformedPacket.
 
 How it works: one pass with precompiled `struct` unpackers over the bytes, no copies (`payload`

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The rule index: the first matching rule without scanning every rule for each new session.
 
 How it works: rules are grouped by (protocol, family), built lazily on the first packet of that

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The checked policy: Rule, TimeoutOverride and Policy, with first-match lookup and timeouts.
 
 How it works: a `Selector` holds what a rule (or a timeout override) matches, already compiled:

@@ -1,0 +1,17 @@
+# Types for the compiled build of nfqueue.py (build_compiled.py; Cython's pure-Python mode): the
+# PacketHandler, called for every packet, becomes an extension type with C fields (a Python
+# subclass such as fw.drivers.nat_queue's NatPacketHandler still overrides `judge` and `new_mark`).
+cimport cython as cy  # not `cython`: the module binds that name (a stand-in without Cython)
+
+
+cdef class PacketHandler:
+    cdef public object engine, fail_verdict, on_effects, on_error, clock, errors, verdicts
+    cdef public object redirect, observe, defer
+    cdef public dict _ifnames
+    cdef public bint accept_later
+
+    cpdef judge(self, packet, data)
+
+
+@cy.locals(items=dict)
+cdef _count(counter, key)

@@ -47,10 +47,8 @@ from types import FunctionType
 
 try:
     import cython
-except ImportError:  # fw runs without Cython installed: this module is then always the pure one
-
-    class cython:  # noqa: N801  (what the module asks of Cython's shadow module)
-        compiled = False
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
 
 
 from fw.decision import ACCEPT, DROP, RewritePacket, SetMark, Verdicts

@@ -49,10 +49,8 @@ from collections.abc import Callable
 
 try:
     import cython
-except ImportError:  # fw runs without Cython installed: this module is then always the pure one
-
-    class cython:  # noqa: N801  (what the module asks of Cython's shadow module)
-        compiled = False
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
 
 from fw.drivers.nfqueue import (
     ACCEPT_LATER,

@@ -236,10 +236,13 @@ def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_
     # the masqueraded connection's client packets (at least SYN, ACK, request, FIN, ACK) are translated
     # after routing: the first ones in a second pass (SYN, ACK: the kernel entry of the SYN is then
     # deleted; the request: its new entry takes the one-pass bit), the later ones in their only trip,
-    # after routing; the server's replies only before routing (their destination is all that changes)
+    # after routing; the server's replies only before routing (their destination is all that changes).
+    # The deletion is sent without waiting: on a loaded machine it may land after this short
+    # connection's last packet, and every client packet takes two trips (seen once in the suite);
+    # test_a_masqueraded_udp_flow_takes_one_trip_once_its_first_datagram_asked checks the one-pass trips.
     one = after["nat"]["one_pass"] - trips["one_pass"]
     assert second == after["nat"]["second_pass"] - trips["second_pass"]
-    assert 3 <= second <= 6 and one >= 1 and 5 <= second + one <= 12, (accepted, after["nat"])
+    assert 3 <= second <= 12 and 5 <= second + one <= 12, (accepted, after["nat"])
     assert after["nat"]["kernel_entries_deleted"] > trips["kernel_entries_deleted"]
     assert after["nat"]["kernel_errors"] == 0 and "nat:first-pass" not in after["drops"]
     assert "nat:no-session" not in after["drops"] and "nat:rewrite" not in after["drops"]

@@ -240,15 +240,7 @@ def test_without_the_alg_the_login_works_and_the_data_syn_is_dropped(
     assert not (received / "download.bin").exists() or (received / "download.bin").stat().st_size == 0
     assert {command.split(" ")[0] for command in server.data_commands()} == {case.verb}
 
-    # The data connection's sender may still be retrying its SYN (backing off): read the counters
-    # and the events in a moment between two retries, when both say the same.
-    deadline = time.monotonic() + 10
-    while True:
-        stats = running.stats()
-        drops = running.events("drop")
-        if running.stats()["drops"] == stats["drops"] == {"default": len(drops)} or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    stats, drops = settled_drops(running)
     assert "related:ftp" not in stats["packets"]["by_verdict"]["accept"]
     assert stats["drops"]["default"] >= 1
     assert set(stats["drops"]) == {"default"}
@@ -271,16 +263,28 @@ ELSEWHERE4 = "203.0.113.11"  # an address of the server's network that is not th
 OTHER_CLIENT4 = "198.51.100.66"  # an address of the client's network that is not the client
 
 
+def settled_drops(running: Firewall) -> tuple[dict, list]:
+    """The daemon's stats and its drop events, read in a moment when they agree: a data connection's
+    sender may still be retrying its SYN (backing off), and a retry between the two reads would
+    count in one and not the other."""
+    deadline = time.monotonic() + 10
+    while True:
+        stats = running.stats()
+        drops = running.events("drop")
+        if running.stats()["drops"] == stats["drops"] == {"default": len(drops)} or time.monotonic() > deadline:
+            return stats, drops
+        time.sleep(0.2)
+
+
 def assert_refused_and_dropped(running: Firewall, command: str, source: str, destination: str) -> None:
     """The ALG refused each announcement as a bounce (RFC 2577) and each data SYN hit the default."""
-    stats = running.stats()
+    stats, drops = settled_drops(running)
     refused = stats["engine"].get("alg_refused:bounce", 0)
     assert refused >= 1 and stats["engine"].get("expectations", 0) == 0
     assert [(event["ftp"]["refused"], event["ftp"]["command"]) for event in running.events("ftp")] == [
         ("bounce", command)] * refused
     assert "related:ftp" not in stats["packets"]["by_verdict"]["accept"]
     assert set(stats["drops"]) == {"default"}
-    drops = running.events("drop")
     assert len(drops) == stats["drops"]["default"] >= 1
     for event in drops:
         assert (event["src_ip"], event["dest_ip"], event["fw"]["reason"]) == (source, destination, "default")

@@ -84,16 +84,7 @@ def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool)
         return Decision(ACCEPT, TO_FIREWALL_REASON)
     if hook != BEFORE_ROUTING and hook != TO_FIREWALL:
         raise ValueError(f"unknown hook {hook!r}")
-    if not engine.nat.two_passes:
-        use_two_passes(engine)
-    engine.partial = partial
-    try:
-        decision = engine.process(data, now, iif, oif)
-    finally:
-        engine.partial = False
-    session = decision.session
-    extra = session.extra if session is not None else None
-    binding = extra.nat if extra is not None else None
+    decision, extra, binding = _judged(engine, data, now, iif, oif, partial)
     if binding is None or decision.verdict != ACCEPT:
         return decision
     pkt = decision.packet
@@ -110,8 +101,9 @@ def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool)
     return decision
 
 
-def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decision:
-    """A packet not judged before routing: judged here, and its source half applied (module docstring)."""
+def _judged(engine, data: bytes, now: float, iif, oif, partial: bool):
+    """The one pass of replay on a packet as it arrived (`partial`: its checksum state): the
+    Decision, and its session's Extra and NAT binding (None where there is none)."""
     if not engine.nat.two_passes:
         use_two_passes(engine)
     engine.partial = partial
@@ -122,6 +114,12 @@ def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decisi
     session = decision.session
     extra = session.extra if session is not None else None
     binding = extra.nat if extra is not None else None
+    return decision, extra, binding
+
+
+def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decision:
+    """A packet not judged before routing: judged here, and its source half applied (module docstring)."""
+    decision, extra, binding = _judged(engine, data, now, iif, oif, partial)
     if binding is None or decision.verdict != ACCEPT:
         return decision
     pkt = decision.packet
@@ -131,7 +129,7 @@ def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decisi
             or binding.ftp is not None or extra.alg is not None:
         engine.counters["nat_first_pass_needed"] += 1
         kept = tuple(e for e in decision.effects if type(e) is not RewritePacket and type(e) is not SetMark)
-        return Decision(DROP, FIRST_PASS_REASON, pkt, session, kept)
+        return Decision(DROP, FIRST_PASS_REASON, pkt, decision.session, kept)
     after = binding.after[0 if original else 1]
     if after is None:  # nothing changes after routing either (a session the policy no longer translates this way)
         return decision
@@ -145,7 +143,7 @@ def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decisi
             decision.effects = effects[:at] + effects[at + 1:] + (RewritePacket(after.apply(base, parse(base))),)
     except (RewriteError, MalformedPacket):
         engine.counters["nat_rewrite_errors"] += 1
-        return Decision(DROP, "nat:rewrite", pkt, session)
+        return Decision(DROP, "nat:rewrite", pkt, decision.session)
     return decision
 
 

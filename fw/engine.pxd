@@ -4,3 +4,4 @@
 from fw.conntrack.table cimport Session, TcpSession
 from fw.packet.parse cimport Packet
 from fw.conntrack.tcp cimport tcp_update, timeout_key as tcp_timeout_key
+from fw.decision cimport Decision, SessionOpened

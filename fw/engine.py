@@ -64,6 +64,7 @@ from fw.conntrack.table import (
     Session,
     SessionTable,
     TcpSession,
+    untrack,
 )
 from fw.conntrack.tcp import DEFAULT_TIMEOUTS, tcp_update
 from fw.conntrack.tcp import timeout_key as tcp_timeout_key
@@ -423,6 +424,8 @@ class Engine:
             _count(counters, "nat_sessions")
         if size + 1 > self.adaptive_start:  # len(table): one session more
             self._rescale()
+        if session.extra is None:
+            untrack(session)  # no cycle can pass through it: the cycle collector leaves it alone
         opened = SessionOpened.__new__(SessionOpened)  # SessionOpened(session) without its __init__ call
         opened.session = session
         effects = evicted + (opened,)

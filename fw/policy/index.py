@@ -20,6 +20,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.policy.intervals import FAMILY_MAX, PORT_MAX
 from fw.policy.schema import PORT_PROTOCOLS
 
@@ -54,6 +59,7 @@ class RuleIndex:
         self._groups: dict[tuple[int, int], object] = {}
         self._end = len(self.rules)
 
+    @cython.locals(level=Level)
     def match(self, pkt, iif=None, oif=None):
         node = self._groups.get((pkt.proto, pkt.family))
         if node is None:
@@ -62,15 +68,16 @@ class RuleIndex:
         dst = int.from_bytes(pkt.dst, "big")
         best, limit = None, self._end
         while type(node) is Level:
-            dimension = node.dimension
+            level = node  # compiled: its fields read from C
+            dimension = level.dimension
             value = pkt.dport if dimension is DPORT else dst if dimension is DST else src
-            for rule in node.segments[bisect_right(node.bounds, value) - 1]:
+            for rule in level.segments[bisect_right(level.bounds, value) - 1]:
                 if rule.index >= limit:
                     break
                 if rule.matches(pkt, src, dst, iif, oif):
                     best, limit = rule, rule.index
                     break
-            node = node.rest
+            node = level.rest
         for rule in node:
             if rule.index >= limit:
                 break

@@ -64,8 +64,8 @@ class RuleIndex:
         node = self._groups.get((pkt.proto, pkt.family))
         if node is None:
             node = self.group(pkt.proto, pkt.family)
-        src = int.from_bytes(pkt.src, "big")
-        dst = int.from_bytes(pkt.dst, "big")
+        src = address_int(pkt.src)
+        dst = address_int(pkt.dst)
         best, limit = None, self._end
         while type(node) is Level:
             level = node  # compiled: its fields read from C
@@ -138,6 +138,15 @@ class RuleIndex:
         frozen = [tuple(s) if s else empty for s in segments]
         indexed = {r.index for r in narrow}
         return Level(dimension, bounds, frozen, None), [r for r in rules if r.index not in indexed]
+
+
+def address_int(address: bytes) -> int:
+    """int.from_bytes(address, "big"); compiled, an IPv4 address is read in C (no method call)."""
+    if cython.compiled and address.__class__ is bytes and len(address) == 4:
+        raw = address
+        value = raw[0]  # a C unsigned long: the shifts do not overflow
+        return value << 24 | raw[1] << 16 | raw[2] << 8 | raw[3]
+    return int.from_bytes(address, "big")
 
 
 def _intervals(rule, dimension, family):

@@ -26,7 +26,9 @@ that came forwarded goes through `process_forwarded`: judged here, whoever owns 
 
 Compiled (build_compiled.py), the hot methods' locals are typed (`@cython.locals`, the classes from
 fw/engine.pxd; nothing when pure): the established TCP path reads the Packet and the TcpSession
-as C structs and calls the tracker in C.
+as C structs and calls the tracker in C; a new session (`open_session`) reads the Engine's
+attributes once, makes its Decision and SessionOpened (extension types, fw/decision.pxd) without
+`__init__`, and leaves a session without `extra` to reference counting (table.untrack).
 
 Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
 expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; NAT in

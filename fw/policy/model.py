@@ -7,6 +7,8 @@ frozensets, interface names (a trailing '+' matches a prefix). `matches(pkt, src
 takes the addresses as ints, computed once per lookup. `Policy.match` asks the `RuleIndex`
 (index.py); `Policy.timeouts_for` resolves a new session's timeouts in SPEC's order and caches the
 merged table per (rule, override) pair. A Policy is not changed after loading; swap it whole.
+Compiled (model.pxd), Selector, Rule and TimeoutOverride are extension types: `matches` reads
+their fields from C and tests interval membership with one bisect (`_within`).
 """
 
 from __future__ import annotations

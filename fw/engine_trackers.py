@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The engine's trackers besides TCP's: UDP and protocols without one (nf_conntrack's generic),
 ICMP echo and ICMP errors, and non-first fragments.
 
@@ -25,6 +26,7 @@ GENERIC_TIMEOUT = 600  # nf_conntrack_generic's default, for protocols without a
 FRAGMENT_MEMORY = 30.0  # seconds a first fragment's id stays tied to its session
 FRAGMENTS_KEPT = 4096  # fragment ids remembered before the stale ones are swept
 ESTABLISHED = "established"
+_new_decision = object.__new__  # datagram's established Decision, its slots filled without an __init__ frame
 
 
 def count(pkt, session: Session, original: bool, now: float) -> None:
@@ -75,14 +77,20 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
         timeout = session.profile.timeouts["udp_stream" if session.state is REPLIED else "udp"]
     else:
         timeout = GENERIC_TIMEOUT
-    engine.table.touch(session, now + timeout * engine.timeout_scale)
+    deadline = now + timeout * engine.timeout_scale
+    session.deadline = deadline  # engine.table.touch, written out (as the engine's TCP path)
+    if deadline < session.slot - 1:
+        engine.table.reschedule(session)
     session.last_seen = now
     if extra is not None:
         if extra.nat is not None:
             return engine.translate(Decision(ACCEPT, ESTABLISHED, pkt, session, effects), extra.nat, original, now)
         if extra.alg is not None:
             effects = effects + engine.feed_alg(session, pkt, original, now)
-    return Decision(ACCEPT, ESTABLISHED, pkt, session, effects)
+    decision = _new_decision(Decision)  # Decision(ACCEPT, ...) without its __init__ call
+    decision.verdict, decision.reason, decision.packet, decision.session = ACCEPT, ESTABLISHED, pkt, session
+    decision.effects = effects
+    return decision
 
 
 def icmp(engine, pkt, now: float, iif, oif) -> Decision:

@@ -409,6 +409,10 @@ def ratios(rows: dict[str, dict]) -> dict:
         x, y = rows.get(a, {}).get(metric), rows.get(b, {}).get(metric)
         return round(x / y, 3) if x and y else None
 
+    def cpu_ratio(a: str, b: str):  # CPU per datagram at the loss-free rate, all of it (firewall + rest)
+        x, y = (cpu_per_datagram(rows.get(path, {})) for path in (a, b))
+        return round(x / y, 3) if x and y else None
+
     return {
         "tcp: fw run / bare loop GSO (target >= 0.8)": ratio("tcp_gbit", "fw run", "bare loop GSO"),
         "udp: fw run / bare loop GSO (target >= 0.75)": ratio("udp_pps", "fw run", "bare loop GSO"),
@@ -429,11 +433,21 @@ def ratios(rows: dict[str, dict]) -> dict:
         "tcp: fw run / kernel forwarding": ratio("tcp_gbit", "fw run", "kernel forwarding"),
         "tcp: kernel conntrack / kernel forwarding": ratio("tcp_gbit", "kernel conntrack", "kernel forwarding"),
         "udp: fw run / kernel conntrack": ratio("udp_pps", "fw run", "kernel conntrack"),
+        "udp: CPU per datagram, fw run / kernel conntrack": cpu_ratio("fw run", "kernel conntrack"),
         "udp: kernel conntrack / kernel forwarding": ratio("udp_pps", "kernel conntrack", "kernel forwarding"),
         "udp flood: fw run / bare loop GSO": ratio("udp_flood_pps", "fw run", "bare loop GSO"),
         "udp flood: fw run --queues 0-1 / fw run": ratio("udp_flood_pps", "fw run --queues 0-1", "fw run"),
         "udp flood: bare loop 2 queues / 1 queue": ratio("udp_flood_pps", "bare loop GSO, 2 queues", "bare loop GSO"),
     }
+
+
+def cpu_per_datagram(row: dict) -> float | None:
+    """All the CPU per datagram at a path's loss-free rate (us): its firewall's processes and the
+    rest (the sender and the kernel's work outside them), together."""
+    cpu = row.get("udp_cpu") or {}
+    if cpu.get("firewall_us_per_packet") is None or cpu.get("other_us_per_packet") is None:
+        return None
+    return round(cpu["firewall_us_per_packet"] + cpu["other_us_per_packet"], 2)
 
 
 def latency_added(rows: dict[str, dict]) -> dict:

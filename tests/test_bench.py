@@ -48,9 +48,11 @@ def test_quick_bench_prints_the_table_and_writes_json(tmp_path: Path):
 def test_live_ratios_are_taken_between_paths_of_the_run():
     rows = {
         "kernel forwarding": {"tcp_gbit": 10.0, "udp_pps": 100000, "ping": {"median_ms": 0.05, "p99_ms": 0.1}},
-        "kernel conntrack": {"tcp_gbit": 8.0, "udp_pps": 90000, "ping": {"median_ms": 0.06, "p99_ms": 0.12}},
+        "kernel conntrack": {"tcp_gbit": 8.0, "udp_pps": 90000, "ping": {"median_ms": 0.06, "p99_ms": 0.12},
+                             "udp_cpu": {"firewall_us_per_packet": 0.0, "other_us_per_packet": 5.0}},
         "bare loop GSO": {"tcp_gbit": 5.0, "udp_pps": 60000, "ping": {"median_ms": 0.1, "p99_ms": 0.3}},
-        "fw run": {"tcp_gbit": 4.5, "udp_pps": 40000, "ping": {"median_ms": 0.15, "p99_ms": 0.5}},
+        "fw run": {"tcp_gbit": 4.5, "udp_pps": 40000, "ping": {"median_ms": 0.15, "p99_ms": 0.5},
+                   "udp_cpu": {"firewall_us_per_packet": 5.5, "other_us_per_packet": 7.0}},
         "fw run --queues 0-1": {"tcp_gbit": 4.0, "udp_pps": 60000, "ping": {"median_ms": 0.2, "p99_ms": 0.6}},
         "fw run --offload": {"error": "failed"},
         live_bench.LB_PATH: {"tcp_gbit": 3.5, "udp_pps": 42000, "ping": {"median_ms": 0.16, "p99_ms": 0.5}},
@@ -64,6 +66,7 @@ def test_live_ratios_are_taken_between_paths_of_the_run():
     assert ratios["udp: fw run --queues 0-1 / fw run (target >= 1.4)"] == 1.5
     assert ratios["tcp: fw run --offload / kernel conntrack (target >= 0.9)"] is None  # that path failed
     assert ratios["tcp: kernel conntrack / kernel forwarding"] == 0.8
+    assert ratios["udp: CPU per datagram, fw run / kernel conntrack"] == 2.5  # (5.5 + 7.0) / (0.0 + 5.0)
     added = live_bench.latency_added(rows)
     assert added["kernel forwarding"] == {"median_ms": 0.0, "p99_ms": 0.0}
     assert added["fw run"] == {"median_ms": 0.1, "p99_ms": 0.4}

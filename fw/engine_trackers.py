@@ -10,6 +10,9 @@ reply, then REPLIED (a SessionChanged). ICMP: echo request/reply pairs are a ses
 identifier; an error is `related:icmp` when the header it quotes belongs to a session; other
 informational types are judged by the rules alone, untracked (as nf_conntrack). A non-first
 fragment follows the session its first fragment opened or joined, for FRAGMENT_MEMORY seconds.
+Compiled (build_compiled.py, with engine_trackers.pxd), `datagram`, every UDP packet's path, reads
+its packet's and session's C fields directly and builds its established Decision without an
+`__init__` call, as the engine's TCP fast path does.
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ COMPILED: list[str] = [
     "fw/lb/maglev.py",
     "fw/drivers/nfqueue.py",
     "fw/drivers/nfqueue_socket.py",
+    "fw/drivers/nat_queue.py",  # the NAT daemon's handler (fw/drivers/nat_queue.pxd), its route cache
+    "fw/drivers/routes.py",
+    "fw/engine_nat_passes.py",  # the live NAT passes around Engine.process
 ]
 
 

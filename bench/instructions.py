@@ -27,7 +27,17 @@ Workloads (the established ones: 500 TCP flows after their handshakes, data and 
 - `driver-stub`, `socket-driver-stub`: the same with an engine that accepts every packet at once
   (bench/replay_queue.StubEngine): the driver, the PacketHandler and the verdicts without the engine;
 - `driver-bare`, `socket-driver-bare`: the driver and its verdicts alone (a callback that leaves
-  every packet to the batch accept, no PacketHandler).
+  every packet to the batch accept, no PacketHandler);
+- `socket-driver-nat`: the NAT daemon's per-packet path for translated established packets
+  (`nat-established`'s source translation): SocketQueue, fw.drivers.nat_queue's NatPacketHandler
+  with fw.drivers.routes (the kernel's answers, in the private namespace: the translated address is
+  the firewall's own) and the engine's passes, each packet with the hook and mark the kernel gives
+  it: the clients' packets after routing only (the one pass, mark NAT_MARK | UNJUDGED_MARK), the
+  replies to the translated address before routing (for the firewall: its destination rewritten);
+  each leaves with a verdict carrying its new payload. The handshakes go through the handler too;
+- `socket-driver-nat-gso`: the same with 64,000 bytes of data per client packet, GSO with a partial
+  checksum (NFQA_SKB_GSO | CSUMNOTREADY) as iperf3's bulk reaches the queue (at most 200 packets):
+  what the copies of a 64 KiB translated packet cost in user space.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from pathlib import Path
 
 FLOWS = 500
 POOL = 12_000  # packets built for every run, whatever COUNT
+GSO_PAYLOAD = 64_000  # a GSO packet's data (the copy range is 65,535 bytes with the headers)
 
 
 # The packets, built once per --callgrind run for its two child runs (a file of this process's own).
@@ -56,11 +67,14 @@ def build_packets() -> dict:
 
     setup, traffic = established_stream(flows=FLOWS, rounds=POOL // (2 * FLOWS))
     nat_setup, nat_traffic = established_stream(flows=FLOWS, rounds=POOL // (2 * FLOWS), seen=NAT_ADDRESS)
+    from bench.engine_bench import established_stream as stream  # noqa: PLC0415
+
+    gso_setup, gso_traffic = stream(flows=10, rounds=10, seen=NAT_ADDRESS, payload=b"x" * GSO_PAYLOAD)
     syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80 if i % 2 else 443, 1000, 0, SYN)
             for i in range(POOL // 2)]
     web_syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80, 1000, 0, SYN) for i in range(POOL // 2)]
     return {"setup": setup, "traffic": traffic, "syns": syns, "nat_setup": nat_setup, "nat_traffic": nat_traffic,
-            "web_syns": web_syns}
+            "web_syns": web_syns, "gso_setup": gso_setup, "gso_traffic": gso_traffic}
 
 
 def packets() -> dict:
@@ -162,6 +176,40 @@ def run_driver(count: int, kind: str, part: str = "") -> None:
     replay_queue.run(kind, eng, traffic, count)
 
 
+def run_nat_driver(count: int, gso: bool = False) -> None:
+    """`socket-driver-nat(-gso)` (module docstring)."""
+    import subprocess  # noqa: PLC0415
+
+    from bench import replay_queue  # noqa: PLC0415
+    from bench.engine_bench import NAT_ADDRESS, NAT_ENTRY, SERVER  # noqa: PLC0415
+    from fw.drivers.nat_queue import NatPacketHandler  # noqa: PLC0415
+    from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO, NfPacket  # noqa: PLC0415
+    from fw.drivers.routes import Routes  # noqa: PLC0415
+    from fw.engine_nat_passes import NAT_MARK, UNJUDGED_MARK  # noqa: PLC0415
+
+    for command in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{NAT_ADDRESS}/32", "dev", "lo"],
+                    ["ip", "route", "add", f"{SERVER}/32", "dev", "lo"]):  # private namespace (unshare -n)
+        subprocess.run(command, check=True, capture_output=True)
+    built = packets()
+    setup, traffic = (built["gso_setup"], built["gso_traffic"]) if gso else (built["nat_setup"], built["nat_traffic"])
+    eng = engine(extra=NAT_ENTRY)
+    routes = Routes()
+    handler = NatPacketHandler(eng, False, lambda effects: None, replay_queue.failed, routes)
+    handler.accept_later = True
+    server = bytes(int(part) for part in SERVER.split("."))
+    for data in setup:  # the handshakes: the first pass before routing, as the kernel queues them
+        packet = NfPacket()
+        packet.hook, packet.indev, packet.payload = 0, 1, data
+        packet.mark = packet.outdev = packet.skb_info = 0
+        packet.cap_len = None
+        handler.judge(packet, data)
+    from_client = {"hook": 4, "mark": NAT_MARK | UNJUDGED_MARK,
+                   "skb_info": NFQA_SKB_GSO | NFQA_SKB_CSUMNOTREADY if gso else 0}
+    messages = [(data, from_client if data[16:20] == server else {"hook": 0, "outdev": 0}) for data in traffic]
+    replay_queue.run("socket", eng, messages, count, handler=handler)
+    routes.close()
+
+
 WORKLOADS = {
     "parse": run_parse,
     "established": run_established,
@@ -176,6 +224,8 @@ WORKLOADS = {
     "socket-driver-stub": lambda count: run_driver(count, "socket", "stub"),
     "driver-bare": lambda count: run_driver(count, "netfilterqueue", "bare"),
     "socket-driver-bare": lambda count: run_driver(count, "socket", "bare"),
+    "socket-driver-nat": run_nat_driver,
+    "socket-driver-nat-gso": lambda count: run_nat_driver(count, gso=True),
 }
 
 

@@ -60,11 +60,11 @@ cdef class NfPacket:
 cdef class SocketQueue:
     cdef public int number
     cdef public object options, callback, netlink_errors, _sock, _handle, _accept_through
-    cdef public Py_ssize_t batches, sends
+    cdef public Py_ssize_t batches, sends, _gathered
     cdef public int _given, _verdict_batch
     cdef public bint _draining
     cdef public bytearray _out
-    cdef public list _pending
+    cdef public list _pending, _parts
     cdef public bytes _template, _batch_template, _mark_template, _payload_head, _mark_payload_head
     cdef public long long _seq
     cdef public _Receiver _receiver

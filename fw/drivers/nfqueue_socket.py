@@ -23,7 +23,9 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT; each a template whose lengths, id, verdict and mark
   are written in place, as building them attribute by attribute cost NAT's two passes a few us a
-  packet) to one buffer, which goes to the kernel in one send
+  packet) to one buffer, which goes to the kernel in one send (a payload of GATHER_FROM bytes or
+  more is not copied in: the buffer's parts and the payloads between them go in one sendmsg, as
+  iovecs, which spares a rewritten 64 KiB GSO packet a copy and the buffer's reallocations)
   when `verdict_batch` packets have one and at the end of every drain, or before it would pass
   MAX_DATAGRAM bytes (rewritten 64 KiB packets). Accepts the callback leaves
   to the queue (ACCEPT_LATER) become one NFQNL_MSG_VERDICT_BATCH "accept every packet up to id N",
@@ -85,6 +87,7 @@ DEFAULT_OPTIONS = QueueOptions()
 # A netlink datagram longer than the socket's send buffer (net.core.wmem_default, 208 KiB here)
 # fails with EMSGSIZE: verdicts with payloads (NAT) are sent before the buffer would reach this.
 MAX_DATAGRAM = 160 * 1024
+GATHER_FROM = 4096  # a new payload this long is not copied into the verdict buffer but sent where it is
 HEADROOM = 1024  # room in a receive slot for the netlink headers and the attributes before the payload
 
 _NLMSG = struct.Struct("=IHHII")
@@ -312,6 +315,8 @@ class SocketQueue:
         self._accept_through: int | None = None  # highest packet id waiting for the batch accept
         self._given = 0  # packets with a verdict in _out or waiting for the batch accept
         self._out = bytearray()  # verdicts not yet sent
+        self._parts: list = []  # before _out, with large payloads between: sent with sendmsg (verdict())
+        self._gathered = 0  # bytes in _parts
         self._draining = False
         self._pending: list[bytes] = []  # packet messages read while waiting for an ack
         self._template = bytes(verdict_message(number, 0, 0))
@@ -505,18 +510,24 @@ class SocketQueue:
             head = self._payload_head if mark is None else self._mark_payload_head
             size = len(head) + len(payload)
             padded = (size + 3) & ~3
-            if len(out) + padded > MAX_DATAGRAM:  # NAT's 64 KiB payloads: a datagram's size is capped
+            if self._gathered + len(out) + padded > MAX_DATAGRAM:  # NAT's 64 KiB payloads: a datagram's size is capped
                 self._send_out()
                 out = self._out
             start = len(out)
             out += head
-            out += payload
-            out += _PADDING[padded - size]
             _NLMSG_LEN_INTO(out, start, padded)
             _NLA_LEN_INTO(out, start + len(head) - 4, 4 + len(payload))
             _VERDICT_INTO(out, start + 24, verdict, packet.id)
             if mark is not None:
                 _U32_INTO(out, start + 36, mark)
+            if len(payload) < GATHER_FROM:
+                out += payload
+                out += _PADDING[padded - size]
+            else:  # sent from where it is (sendmsg's iovecs): no copy of a 64 KiB GSO packet into the buffer
+                self._parts.append(out)
+                self._parts.append(payload)
+                self._gathered += len(out) + len(payload)
+                self._out = bytearray(_PADDING[padded - size])
         self._given += 1
         if not self._draining or self._given >= self.options.verdict_batch:
             self.accept_waiting()
@@ -531,7 +542,13 @@ class SocketQueue:
         self._send_out()
 
     def _send_out(self) -> None:
-        if self._out:
+        if self._parts:
+            parts, self._parts, self._gathered = self._parts, [], 0
+            parts.append(self._out)
+            self._out, self._given = bytearray(), 0
+            self._sock.sendmsg(parts)
+            self.sends += 1
+        elif self._out:
             out, self._out, self._given = self._out, bytearray(), 0
             self._sock.send(out)
             self.sends += 1

@@ -37,7 +37,9 @@ Workloads (the established ones: 500 TCP flows after their handshakes, data and 
   each leaves with a verdict carrying its new payload. The handshakes go through the handler too;
 - `socket-driver-nat-gso`: the same with 64,000 bytes of data per client packet, GSO with a partial
   checksum (NFQA_SKB_GSO | CSUMNOTREADY) as iperf3's bulk reaches the queue (at most 200 packets):
-  what the copies of a 64 KiB translated packet cost in user space.
+  what the copies of a 64 KiB translated packet cost in user space;
+- `socket-driver-nat-udp`: 64-byte UDP datagrams of 500 flows to the server (the live bench's flood),
+  after each flow's first datagram: all after routing only (the one pass), each translated.
 """
 
 from __future__ import annotations
@@ -69,12 +71,14 @@ def build_packets() -> dict:
     nat_setup, nat_traffic = established_stream(flows=FLOWS, rounds=POOL // (2 * FLOWS), seen=NAT_ADDRESS)
     from bench.engine_bench import established_stream as stream  # noqa: PLC0415
 
+    udp = [build.udp(client_address(i % FLOWS), SERVER, 10000 + i % FLOWS, 5201, b"u" * 64) for i in range(POOL // 2)]
     gso_setup, gso_traffic = stream(flows=10, rounds=10, seen=NAT_ADDRESS, payload=b"x" * GSO_PAYLOAD)
     syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80 if i % 2 else 443, 1000, 0, SYN)
             for i in range(POOL // 2)]
     web_syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80, 1000, 0, SYN) for i in range(POOL // 2)]
     return {"setup": setup, "traffic": traffic, "syns": syns, "nat_setup": nat_setup, "nat_traffic": nat_traffic,
-            "web_syns": web_syns, "gso_setup": gso_setup, "gso_traffic": gso_traffic}
+            "web_syns": web_syns, "gso_setup": gso_setup, "gso_traffic": gso_traffic,
+            "udp_setup": udp[:FLOWS], "udp_traffic": udp[FLOWS:]}
 
 
 def packets() -> dict:
@@ -176,8 +180,8 @@ def run_driver(count: int, kind: str, part: str = "") -> None:
     replay_queue.run(kind, eng, traffic, count)
 
 
-def run_nat_driver(count: int, gso: bool = False) -> None:
-    """`socket-driver-nat(-gso)` (module docstring)."""
+def run_nat_driver(count: int, kind: str = "") -> None:
+    """`socket-driver-nat(-gso, -udp)` (module docstring)."""
     import subprocess  # noqa: PLC0415
 
     from bench import replay_queue  # noqa: PLC0415
@@ -191,8 +195,9 @@ def run_nat_driver(count: int, gso: bool = False) -> None:
                     ["ip", "route", "add", f"{SERVER}/32", "dev", "lo"]):  # private namespace (unshare -n)
         subprocess.run(command, check=True, capture_output=True)
     built = packets()
-    setup, traffic = (built["gso_setup"], built["gso_traffic"]) if gso else (built["nat_setup"], built["nat_traffic"])
-    eng = engine(extra=NAT_ENTRY)
+    setup, traffic = built[f"{kind or 'nat'}_setup"], built[f"{kind or 'nat'}_traffic"]
+    udp_rule = "  - {name: udp, action: accept, proto: udp, src: 198.51.100.0/24, dport: 5201}\n"
+    eng = engine(extra=udp_rule + NAT_ENTRY if kind == "udp" else NAT_ENTRY)
     routes = Routes()
     handler = NatPacketHandler(eng, False, lambda effects: None, replay_queue.failed, routes)
     handler.accept_later = True
@@ -204,7 +209,7 @@ def run_nat_driver(count: int, gso: bool = False) -> None:
         packet.cap_len = None
         handler.judge(packet, data)
     from_client = {"hook": 4, "mark": NAT_MARK | UNJUDGED_MARK,
-                   "skb_info": NFQA_SKB_GSO | NFQA_SKB_CSUMNOTREADY if gso else 0}
+                   "skb_info": NFQA_SKB_GSO | NFQA_SKB_CSUMNOTREADY if kind == "gso" else 0}
     messages = [(data, from_client if data[16:20] == server else {"hook": 0, "outdev": 0}) for data in traffic]
     replay_queue.run("socket", eng, messages, count, handler=handler)
     routes.close()
@@ -225,7 +230,8 @@ WORKLOADS = {
     "driver-bare": lambda count: run_driver(count, "netfilterqueue", "bare"),
     "socket-driver-bare": lambda count: run_driver(count, "socket", "bare"),
     "socket-driver-nat": run_nat_driver,
-    "socket-driver-nat-gso": lambda count: run_nat_driver(count, gso=True),
+    "socket-driver-nat-gso": lambda count: run_nat_driver(count, "gso"),
+    "socket-driver-nat-udp": lambda count: run_nat_driver(count, "udp"),
 }
 
 

@@ -44,6 +44,10 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
   driver clears the entry's bit, so the next one goes round the first pass.
 ICMP errors: the outer source (the router, hidden behind the translated address) changes in the
 second pass, the rest in the first.
+Compiled (build_compiled.py; engine_nat_passes.pxd): the passes' packet and binding are typed
+(C field reads), `_ports` and `_quoted` are C functions; `TO_FIREWALL`'s test of whether a packet
+is the NAT's finds a session's TCP/UDP packet (IPv4, no options, not a fragment) by its bytes
+without parsing it (Engine.process parses it next).
 """
 
 from __future__ import annotations

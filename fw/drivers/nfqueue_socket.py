@@ -22,8 +22,8 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
 - Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT; each a template whose lengths, id, verdict and mark
-  are written in place (compiled, byte by byte: `_put_verdict`...), as building them attribute by attribute cost NAT's two passes a few us a
-  packet) to one buffer, which goes to the kernel in one send (a payload of GATHER_FROM bytes or
+  are written in place (compiled, byte by byte: `_put_verdict`...), as building them attribute by
+  attribute cost NAT's two passes a few us a packet) to one buffer, which goes to the kernel in one send (a payload of GATHER_FROM bytes or
   more is not copied in: the buffer's parts and the payloads between them go in one sendmsg, as
   iovecs, which spares a rewritten 64 KiB GSO packet a copy and the buffer's reallocations)
   when `verdict_batch` packets have one and at the end of every drain, or before it would pass

@@ -23,15 +23,15 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT; each a template whose lengths, id, verdict and mark
   are written in place (compiled, byte by byte: `_put_verdict`...), as building them attribute by
-  attribute cost NAT's two passes a few us a packet) to one buffer, which goes to the kernel in one send (a payload of GATHER_FROM bytes or
-  more is not copied in: the buffer's parts and the payloads between them go in one sendmsg, as
-  iovecs, which spares a rewritten 64 KiB GSO packet a copy and the buffer's reallocations)
-  when `verdict_batch` packets have one and at the end of every drain, or before it would pass
-  MAX_DATAGRAM bytes (rewritten 64 KiB packets). Accepts the callback leaves
-  to the queue (ACCEPT_LATER) become one NFQNL_MSG_VERDICT_BATCH "accept every packet up to id N",
-  appended after the single verdicts before it, so the kernel, which handles a datagram's messages
-  in order, has dropped those first. A verdict given outside a drain (fw.sync's held packets) is
-  sent at once.
+  attribute cost NAT's two passes a few us a packet) to one buffer, which goes to the kernel in one
+  send when `verdict_batch` packets have one and at the end of every drain, or before it would pass
+  MAX_DATAGRAM bytes (rewritten 64 KiB packets). A payload of GATHER_FROM bytes or more is not
+  copied in: the buffer's parts and the payloads between them go in one sendmsg, as iovecs, which
+  spares a rewritten 64 KiB GSO packet a copy and the buffer's reallocations. Accepts the callback
+  leaves to the queue (ACCEPT_LATER) become one NFQNL_MSG_VERDICT_BATCH "accept every packet up to
+  id N", appended after the single verdicts before it, so the kernel, which handles a datagram's
+  messages in order, has dropped those first. A verdict given outside a drain (fw.sync's held
+  packets) is sent at once.
 - A payload shorter than the packet (`cap_len` set) is fine for an accept or drop: a verdict
   without NFQA_PAYLOAD leaves the packet as it is in the kernel. A verdict with a payload replaces
   the packet (a shorter one truncates it), so rewriting needs the whole packet.

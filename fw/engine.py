@@ -60,6 +60,7 @@ from fw.conntrack.table import (
     RELATED,
     REVERSED,
     SEEN_REPLY,
+    Extra,
     Session,
     SessionTable,
     TcpSession,
@@ -80,8 +81,9 @@ from fw.decision import (
     SessionClosed,
     SessionOpened,
 )
+from fw.engine_nat import Binding
 from fw.events import session_event, verdict_event
-from fw.nat.rewrite import RewriteError
+from fw.nat.rewrite import RewriteError, Translation
 from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
 from fw.packet.parse import Packet
@@ -215,7 +217,7 @@ class Engine:
         return Decision(verdict, reason, pkt, session, effects)
 
     @cython.locals(pkt=Packet, session=TcpSession, side=cython.long, sport=cython.long, dport=cython.long,
-                   deadline=cython.double)
+                   deadline=cython.double, extra=Extra, binding=Binding, translation=Translation)
     def _tcp(self, pkt, now, iif, oif) -> Decision:
         # The hot path: an established TCP packet. flow_key and the counting are written out
         # here on purpose (a Python call costs as much as a window check).

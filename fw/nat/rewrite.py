@@ -38,6 +38,11 @@ from __future__ import annotations
 from struct import Struct
 from typing import NamedTuple
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.decision import RewritePacket
 from fw.packet.checksum import checksum_of_sum, pseudo_header_sum, udp_fold, update_sum, word_sum
 from fw.packet.constants import ICMP_QUERIES, ICMPV6_QUERIES
@@ -47,7 +52,7 @@ _PORTS = Struct("!HH")
 _read16 = _U16.unpack_from
 _write16 = _U16.pack_into
 _from_bytes = int.from_bytes
-_new_effect = RewritePacket.__new__
+_BIG = 2048  # bytes beyond which the pure build joins a memoryview of the rest (no second copy)
 
 # family -> (source address offset, length); the destination follows the source directly.
 _ADDRESS_AT = {4: (12, 4), 6: (8, 16)}
@@ -154,24 +159,28 @@ class Translation:
         path's whole rewrite in one call (the effect made without an `__init__` frame)."""
         if packet.l4_offset != self.bare or packet.is_fragment or len(data) < packet.ip_len:
             new = self._unusual(data, packet, partial)
-        elif self.family == 4:
-            before, ip_check, between, check = _UNPACK4[self.udp](data)
-            if partial:
-                check = self._whole(data, packet.ip_len, check)
-            elif check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
-                check = (check + self.l4_delta) % 0xFFFF or self.zero
-            new = _PACK4[self.udp](before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check) \
-                + data[self.end:]
+        elif cython.compiled and type(data) is bytes:
+            new = _c_translated(self, data, packet.ip_len, partial)  # noqa: F821  (the pxd's)
         else:
-            before, between, check = _UNPACK6[self.udp](data)
-            if partial:
-                check = self._whole(data, packet.ip_len, check)
-            elif check or not self.udp:
-                check = (check + self.l4_delta) % 0xFFFF or self.zero
-            new = _PACK6[self.udp](before, self.header, between, check) + data[self.end:]
-        effect = _new_effect(RewritePacket)
+            if self.family == 4:
+                before, ip_check, between, check = _UNPACK4[self.udp](data)
+                if partial:
+                    check = self._whole(data, packet.ip_len, check)
+                elif check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
+                    check = (check + self.l4_delta) % 0xFFFF or self.zero
+                head = _PACK4[self.udp](before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check)
+            else:
+                before, between, check = _UNPACK6[self.udp](data)
+                if partial:
+                    check = self._whole(data, packet.ip_len, check)
+                elif check or not self.udp:
+                    check = (check + self.l4_delta) % 0xFFFF or self.zero
+                head = _PACK6[self.udp](before, self.header, between, check)
+            # A GSO packet's payload copied once (the join reads a view; `+` of a slice copies twice).
+            new = head + data[self.end:] if len(data) <= _BIG else b"".join((head, memoryview(data)[self.end:]))
+        effect = RewritePacket.__new__(RewritePacket)
         effect.data = new
-        return effects + (effect,)
+        return effects + (effect,) if effects else (effect,)
 
     def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
         """`data` translated: the bytes of `leave`'s RewritePacket."""

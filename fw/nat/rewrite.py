@@ -30,7 +30,11 @@ truncate it in the kernel), an address of the other family.
 A session's two compiled directions (`Translation`) are made together by `pair` (one checksum
 difference, negated for the reply). build_compiled.py compiles this module (fw/nat/rewrite.pxd:
 Translation a final cdef class of numbers and one bytes object, so the cyclic collector does not
-track it, and `leave` typed); it runs unchanged as Python (FW_PURE=1).
+track it, and `leave` typed); it runs unchanged as Python (FW_PURE=1). Compiled, `leave` rewrites
+a bare TCP/UDP packet in C (the pxd's `_c_translated`: one new bytes object, the packet copied
+into it once, the header and both checksums written in place, a partial checksum summed in C) and
+makes its RewritePacket (fw/decision.pxd) without a Python call; the Python code of `leave` is the
+pure build's, which copies a large (GSO) packet's payload once too (a join over a memoryview).
 """
 
 from __future__ import annotations
@@ -117,10 +121,12 @@ class Translation:
     `leave(data, packet, effects, partial=False)` gives `effects` and a RewritePacket with the
     translated bytes of `data` (parsed as `packet`, a packet of this session direction: the lookup
     guarantees it carries `old`); `apply` gives the bytes alone. Every packet of a translated
-    session comes here, so the common case is short: a complete TCP/UDP packet with a
-    bare IP header (no IPv4 options, no IPv6 extension headers) costs one struct unpack of its head,
-    one pack and one concatenation with the rest; the structs are shared by every session of a
-    kind (a session's own data is this object and its `header`, so little memory per packet).
+    session comes here, so the common case is short: a TCP/UDP packet with a bare IP header (no
+    IPv4 options, no IPv6 extension headers) is, compiled, one copy and a few C stores
+    (`_c_translated`, module docstring); pure, one struct unpack of its head, one pack and one
+    concatenation with the rest (a join over a memoryview beyond `_BIG` bytes: the payload of a
+    64 KiB GSO packet copied once); the structs are shared by every session of a kind (a
+    session's own data is this object and its `header`, so little memory per packet).
     A partial checksum (`partial`) is computed whole in the same pass (`_whole`: one `word_sum` over
     the segment as it came, corrected by constants). IPv4 options or IPv6 extension headers take a
     `bytes.join` of slices (`_unusual`); anything else (a fragment, a packet the capture cut, other

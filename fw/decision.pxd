@@ -1,8 +1,17 @@
-# Cython types for fw/decision.py (build_compiled.py; the .py runs unchanged without them).
-# RewritePacket is a C struct of one field: a translated packet's effect made by fw/nat/rewrite.py's
-# compiled path without a Python call (the type's tp_new) and filled with one C store; untracked
-# by the cyclic collector, so the effect every translated packet makes does not bring collections on.
+# The types of fw/decision.py when compiled (build_compiled.py; Cython's "pure Python mode":
+# decision.py stays ordinary Python and runs as it is with FW_PURE=1). A Decision and the effect a
+# new session always makes (SessionOpened) are extension types: the engine (fw/engine.pxd cimports
+# them) makes them without a Python-level __init__ call and stores their fields in C.
+# RewritePacket too: a translated packet's effect, made by fw/nat/rewrite.py's compiled path without
+# a Python call (the type's tp_new) and filled with one C store; untracked by the cyclic collector,
+# so the effect every translated packet makes does not bring collections on.
 cimport cython
+
+cdef class Decision:
+    cdef public object verdict, reason, packet, session, effects
+
+cdef class SessionOpened:
+    cdef public object session
 
 
 @cython.final

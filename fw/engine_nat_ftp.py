@@ -17,11 +17,15 @@ How it works, per accepted segment of a translated FTP control session (`segment
    ack and SACK blocks shifted (`SeqAdj.adjust`), every later segment both ways too.
 A segment that starts with an announcing line's first part is dropped (counted `nat_alg_split`):
 the sender sends the line again, whole; one that has complete lines before it is cut after them
-(counted too). A malformed announcement or no free port: the segment is
-dropped as `nat:alg-rewrite` (counted, and logged as an ALG refusal: an `ftp` event whose
-`refused` is `nat:alg-rewrite`); the control session goes on. `track_view` gives the TCP
-tracker the segment's ack and SACK in the sender's own sequence space, as Linux's tcp_in_window
-takes the seqadj offset off, so the windows stay consistent.
+(counted too). A malformed announcement (a PORT, EPRT, 227 or 229 whose argument does not parse)
+announces nothing: it leaves as it is (only the headers translated, the shift of earlier rewrites
+applied), opens nothing, and is counted `nat_alg_rewrite` and logged as an ALG refusal (an `ftp`
+event whose `refused` is `nat:alg-rewrite`); the ALG, fed the line, refuses it as `malformed` as it
+does without NAT, and the receiver answers it (a server's 500/501): the control session goes on.
+No free port for the data connection (or an IPv6 address for a PORT/227): the segment is dropped
+as `nat:alg-rewrite` (counted and logged the same way), as nf_nat_ftp drops a packet it cannot
+mangle. `track_view` gives the TCP tracker the segment's ack and SACK in the sender's own sequence
+space, as Linux's tcp_in_window takes the seqadj offset off, so the windows stay consistent.
 """
 
 from __future__ import annotations
@@ -63,14 +67,12 @@ def segment(engine, decision, binding, original: bool, now: float):
             engine.counters["nat_alg_split"] += 1
             return _drop(decision, REASON)
         except AlgRewriteError as exc:
-            engine.counters["nat_alg_rewrite"] += 1
-            if engine.config.events and session.alg is not None:  # an `ftp` event, as ALG refusals
-                from fw.engine import alg_refusal_event  # (fw.engine imports this module)
-
-                refusal = Refusal(REASON, exc.command, shorten(exc.detail.encode(errors="replace")))
-                decision.effects = decision.effects + (LogEvent(alg_refusal_event(session, refusal, now)),)
+            _refused(engine, decision, exc, now)
             return _drop(decision, REASON)
         if result is not None:
+            for exc in result.malformed:  # left as they are: the receiver answers them
+                _refused(engine, decision, exc, now, "; left as it is")
+        if result is not None and result.line is not payload:
             if len(result.line) - result.delta < len(payload):  # a split line's first part cut off
                 engine.counters["nat_alg_split"] += 1
             payload = result.line
@@ -94,6 +96,17 @@ def segment(engine, decision, binding, original: bool, now: float):
         return _drop(decision, "nat:rewrite")
     decision.effects = decision.effects + (RewritePacket(data),)
     return decision
+
+
+def _refused(engine, decision, exc, now: float, note: str = "") -> None:
+    """Count an announcement NAT did not rewrite; log it as an ALG refusal (an `ftp` event)."""
+    engine.counters["nat_alg_rewrite"] += 1
+    session = decision.session
+    if engine.config.events and session.alg is not None:
+        from fw.engine import alg_refusal_event  # (fw.engine imports this module)
+
+        refusal = Refusal(REASON, exc.command, shorten((exc.detail + note).encode(errors="replace")))
+        decision.effects = decision.effects + (LogEvent(alg_refusal_event(session, refusal, now)),)
 
 
 def _drop(decision, reason: str):

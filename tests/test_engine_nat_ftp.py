@@ -165,16 +165,74 @@ def test_a_split_227_from_a_forwarded_server_is_dropped_then_rewritten_whole(eng
     assert tcp(whole).load == b"227 Entering Passive Mode (203,0,113,1,200,10).\r\n"
 
 
-def test_malformed_port_dropped_control_goes_on(engine):
+def ftp_events(decision) -> list[tuple[str, str, str]]:
+    return [(e.event["ftp"]["refused"], e.event["ftp"]["command"], e.event["ftp"]["detail"])
+            for e in decision.effects if type(e) is LogEvent and e.event["event_type"] == "ftp"]
+
+
+def test_a_malformed_port_leaves_as_it_is_and_the_control_session_goes_on(engine):
+    """Nothing to rewrite in it: the line leaves unchanged (headers translated), opens nothing, is
+    counted and logged (NAT's refusal and the ALG's, as without NAT); the server's 501 comes back,
+    and the client's next PORT is rewritten as usual."""
     open_control(engine)
-    bad = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"PORT 1,2,3\r\n"))
-    assert (bad.verdict, bad.reason) == ("drop", "nat:alg-rewrite")
+    line = b"PORT 1,2,3\r\n"
+    bad = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=line))
+    assert (bad.verdict, bad.reason) == ("accept", "established")
+    sent = leaves(bad, "tcp 203.0.113.1:40000 -> 192.0.2.21:21")[TCP]
+    assert (sent.load, sent.seq) == (line, 1001)
+    assert not engine.expectations
+    assert (engine.counters["nat_alg_rewrite"], engine.counters["alg_refused:malformed"]) == (1, 1)
+    assert ftp_events(bad) == [("nat:alg-rewrite", "PORT", "not h1,h2,h3,h4,p1,p2; left as it is"),
+                               ("malformed", "PORT", "not h1,h2,h3,h4,p1,p2: PORT 1,2,3")]
+    assert [e.event["src_ip"] for e in bad.effects if type(e) is LogEvent] == ["198.51.100.10"] * 2
+    answer = run(engine, seg(S, T, "PA", seq=5001, ack=1001 + len(line), payload=b"501 Illegal PORT command.\r\n"))
+    assert answer.verdict == "accept" and tcp(answer).ack == 1001 + len(line)   # nothing shifted
+    good = run(engine, seg(C, S, "PA", seq=1001 + len(line), ack=5028, payload=PORT))
+    assert (tcp(good).load, tcp(good).seq) == (PORT_OUT, 1001 + len(line))
+    assert engine.counters["nat_alg_rewrite"] == 1 and len(engine.expectations) == 1
+
+
+def test_a_malformed_line_after_a_rewrite_is_shifted_and_a_good_one_behind_it_rewritten(engine):
+    """Earlier rewrites' shift applies to the malformed line's segment too; in a segment of several
+    lines the malformed one stays as it is and the well-formed PORT behind it is rewritten."""
+    open_control(engine)
+    run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    after = 1001 + len(PORT)
+    payload = b"EPRT |3|1.2.3.4|5|\r\n" + PORT
+    both = run(engine, seg(C, S, "PA", seq=after, ack=5001, payload=payload))
+    assert both.verdict == "accept"
+    assert (tcp(both).load, tcp(both).seq) == (b"EPRT |3|1.2.3.4|5|\r\n" + PORT_OUT, after + DELTA)
     assert engine.counters["nat_alg_rewrite"] == 1
-    (event,) = [e.event for e in bad.effects if type(e) is LogEvent]
-    assert (event["event_type"], event["ftp"]["refused"], event["ftp"]["command"]) == ("ftp", "nat:alg-rewrite", "PORT")
-    assert event["src_ip"] == "198.51.100.10" and event["ftp"]["detail"] == "not h1,h2,h3,h4,p1,p2"
-    fine = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"NOOP\r\n"))
-    assert tcp(fine).load == b"NOOP\r\n"
+    assert [refused for refused, *_ in ftp_events(both)] == ["nat:alg-rewrite", "malformed"]
+
+
+def test_a_malformed_227_from_a_forwarded_server_leaves_as_it_is(engine):
+    passive_to_the_forwarded_server(engine, b"PASV\r\n")
+    line = b"227 Entering Passive Mode (198,51,100,20,300,10).\r\n"
+    reply = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1007, payload=line))
+    assert reply.verdict == "accept" and tcp(reply).load == line
+    leaves(reply, "tcp 203.0.113.1:21 -> 192.0.2.7:5555")
+    assert not engine.expectations and engine.counters["nat_alg_rewrite"] == 1
+    assert [(refused, command) for refused, command, _ in ftp_events(reply)] == [
+        ("nat:alg-rewrite", "PASV"), ("malformed", "PASV")]
+
+
+def test_no_free_data_port_drops_the_announcement(engine):
+    """A rewrite that cannot be done (another control session's expectations hold every port from
+    the server to 203.0.113.1): the segment is dropped as nat:alg-rewrite, counted and logged,
+    nothing recorded; the client's next line goes on."""
+    from fw.alg import ALGS, Expectation
+
+    session = open_control(engine)
+    other = open_control(engine, client="198.51.100.11:40000")
+    server, translated = bytes([192, 0, 2, 21]), bytes([203, 0, 113, 1])
+    for port in range(1024, 65536):
+        engine.expectations.expect(other, Expectation(4, server, translated, port, command="PORT"), ALGS["ftp"], 0.0)
+    bad = run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=PORT))
+    assert (bad.verdict, bad.reason) == ("drop", "nat:alg-rewrite")
+    assert engine.counters["nat_alg_rewrite"] == 1 and session.nat.ports is None and not session.expectations
+    assert ftp_events(bad) == [("nat:alg-rewrite", "PORT", "no translated port free for the data connection")]
+    assert tcp(run(engine, seg(C, S, "PA", seq=1001, ack=5001, payload=b"NOOP\r\n"))).load == b"NOOP\r\n"
 
 
 def test_port_of_another_address_is_not_rewritten_and_refused(engine):
@@ -266,11 +324,16 @@ def test_a_reload_without_nat_keeps_open_sessions_translated(engine, tmp_path):
     assert fresh.verdict == "accept" and out(fresh) is None
 
 
-def test_extended_passive_through_a_port_forward(engine):
+def passive_to_the_forwarded_server(engine, command: bytes) -> None:
+    """The outside client's control session with the forwarded server, and its PASV or EPSV."""
     run(engine, seg(OUTSIDE, PUBLIC, "S", seq=1000))
     run(engine, seg(INSIDE, OUTSIDE, "SA", seq=5000, ack=1001))
     run(engine, seg(OUTSIDE, PUBLIC, "A", seq=1001, ack=5001))
-    run(engine, seg(OUTSIDE, PUBLIC, "PA", seq=1001, ack=5001, payload=b"EPSV\r\n"))
+    run(engine, seg(OUTSIDE, PUBLIC, "PA", seq=1001, ack=5001, payload=command))
+
+
+def test_extended_passive_through_a_port_forward(engine):
+    passive_to_the_forwarded_server(engine, b"EPSV\r\n")
     line = b"229 Entering Extended Passive Mode (|||50001|)\r\n"
     reply = run(engine, seg(INSIDE, OUTSIDE, "PA", seq=5001, ack=1007, payload=line))
     assert tcp(reply).load == line and engine.counters["alg_refused"] == 0

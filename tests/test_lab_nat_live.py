@@ -10,8 +10,9 @@ checked is what each end sees: curl through masquerade (the server sees the fire
 both port forwards (the servers see the real client, the client its forwarded address), echo and a
 traceroute (the firewall's own hop, then the server's port unreachable translated back to the
 client), lftp active and passive through masquerade and through the port forward (5 MB, sha256
-equal on both sides). Every transfer's checksums are checked by the receiving kernels themselves:
-a wrong one is dropped, and the transfer would stall.
+equal on both sides), a malformed PORT through masquerade answered by vsftpd. Every transfer's
+checksums are checked by the receiving kernels themselves: a wrong one is dropped, and the
+transfer would stall.
 """
 
 from __future__ import annotations
@@ -219,6 +220,44 @@ def test_lftp_through_nat(nat_lab, ftp_server, tmp_path, address, port, passive,
     assert all(command.startswith(announced) for command in commands), commands
     if port == 2121 and passive and ":" not in address:  # 227 names 198.51.100.1, not 203.0.113.11
         assert engine.get("nat_alg_rewrites", 0) > before.get("nat_alg_rewrites", 0)
+
+
+# A raw FTP client: each command sent after the previous reply, the replies printed as JSON.
+RAW_FTP = """
+import json, socket, sys
+conn = socket.create_connection((sys.argv[1], 21), timeout=8)
+lines = conn.makefile("rb")
+def reply():
+    first = line = lines.readline()
+    while line and (line[3:4] == b"-" or line[:3] != first[:3]):
+        line = lines.readline()
+    return line.decode(errors="replace").strip()
+replies = [reply()]
+try:
+    for command in sys.argv[2:]:
+        conn.sendall(command.encode() + b"\\r\\n")
+        replies.append(reply())
+except OSError as error:
+    replies.append(repr(error))
+print(json.dumps(replies))
+"""
+
+
+def test_a_malformed_port_through_masquerade_is_answered_and_the_control_session_goes_on(nat_lab, ftp_server):
+    """A PORT NAT cannot read leaves as it is (nothing to rewrite, nothing opened): vsftpd sees it
+    and answers it, and the next commands get their answers. (Dropped, the client would send the
+    same line again and again, and wait.)"""
+    server, _served = ftp_server
+    before = nat_lab.stats()["engine"]
+    done = nat_lab.lab.run("client", [sys.executable, "-c", RAW_FTP, SERVER[4], "USER anonymous", "PORT 1,2,3",
+                                      "NOOP", "QUIT"], timeout=30)  # fmt: skip
+    replies = json.loads(done.stdout)
+    assert [reply[:3] for reply in replies] == ["220", "230", replies[2][:3], "200", "221"], replies
+    assert replies[2][:3] in ("500", "501"), replies  # vsftpd: 500 Illegal PORT command.
+    assert "PORT 1,2,3" in server.commands()  # as the client sent it
+    engine = nat_lab.stats()["engine"]
+    assert engine.get("nat_alg_rewrite", 0) == before.get("nat_alg_rewrite", 0) + 1
+    assert engine.get("alg_refused:malformed", 0) == before.get("alg_refused:malformed", 0) + 1
 
 
 def test_translated_packets_take_the_second_pass_and_others_do_not(nat_lab, tmp_path):

@@ -13,6 +13,7 @@ from fw.nat.ftp import (
     REASON,
     AlgRewriteError,
     FtpNatSession,
+    MalformedAnnouncement,
     SplitAnnouncement,
     find_announcement,
     rewrite_line,
@@ -175,6 +176,21 @@ def test_a_session_refuses_when_no_port_is_free_and_on_a_split_line():
     with pytest.raises(SplitAnnouncement):
         session.segment(0, 1, b"EPRT |1|198.51", Chooser())
     assert session.seqadj.to_tuple() == ((0, 0, 0), (0, 0, 0))
+
+
+def test_a_session_passes_malformed_lines_and_rewrites_a_good_one_behind_them():
+    session, choose = FtpNatSession(4), Chooser()
+    bad = b"PORT 1,2,3\r\n"
+    alone = session.segment(0, 1, bad, choose)
+    assert (alone.line, alone.delta, alone.announcement) == (bad, 0, None) and alone.line is bad
+    assert [(error.command, type(error)) for error in alone.malformed] == [("PORT", MalformedAnnouncement)]
+    assert not choose.calls and session.seqadj.to_tuple() == ((0, 0, 0), (0, 0, 0))
+    both = session.segment(0, 13, bad + b"PORT 198,51,100,10,156,64\r\n", choose)
+    assert both.line == bad + b"PORT 192,0,2,1,156,65\r\n" and len(both.malformed) == 1 and len(choose.calls) == 1
+    reply = session.segment(1, 1, b"227 (198,51,100,10,300,1)\r\n", choose)
+    assert reply.line == b"227 (198,51,100,10,300,1)\r\n" and reply.malformed[0].command == "PASV"
+    with pytest.raises(MalformedAnnouncement):  # without a list to collect them in: raised
+        find_announcement(bad, True)
 
 
 def test_a_session_forgets_old_segments():

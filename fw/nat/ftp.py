@@ -19,8 +19,15 @@ An announcement without its line end in the segment (a command split across segm
 `SplitAnnouncement`, for the engine to drop the segment (counted) so that the sender retransmits the
 whole line; a line that may still become one ("PO") counts.
 
-Failures raise `AlgRewriteError` (a malformed announcement, a PORT/227 that cannot carry an IPv6
-address): the engine drops the segment with reason `nat:alg-rewrite`; the control session goes on.
+A malformed announcement (a PORT, EPRT, 227 or 229 line whose argument does not parse) is no
+announcement: nothing can be rewritten in it and no data connection follows from it. `FtpNatSession`
+passes it on as it is (`LineRewrite.malformed` says why) and goes on to the segment's next lines; the
+engine sends the segment on unchanged but for its headers, counted, and the server answers the line
+(500/501) as it would without NAT: the control session goes on. Without a collecting list,
+`find_announcement` raises it (`MalformedAnnouncement`). A rewrite that cannot be done (no
+translated port free, a PORT/227 that cannot carry an IPv6 address) raises `AlgRewriteError`: the
+engine drops the segment with reason `nat:alg-rewrite`, as nf_nat_ftp drops a packet it cannot
+mangle.
 """
 
 from __future__ import annotations
@@ -50,6 +57,10 @@ class AlgRewriteError(ValueError):
         super().__init__(f"{command}: {detail}")
         self.command = command
         self.detail = detail
+
+
+class MalformedAnnouncement(AlgRewriteError):
+    """A PORT, EPRT, 227 or 229 line whose argument does not parse: passed on as it is (docstring)."""
 
 
 class SplitAnnouncement(AlgRewriteError):
@@ -97,7 +108,8 @@ class Announcement:
 class LineRewrite:
     line: bytes          # the rewritten line (or payload)
     delta: int           # len(new) - len(old): the seqadj correction (SeqAdj.record)
-    announcement: Announcement | None  # what the line announced before (None: only cut)
+    announcement: Announcement | None  # what the line announced before (None: only cut, or nothing)
+    malformed: tuple[MalformedAnnouncement, ...] = ()  # announcing lines left as they are
 
 
 class FtpNatSession:
@@ -110,10 +122,12 @@ class FtpNatSession:
     `seqadj`. A retransmission (same direction, seq and payload) gets the same rewrite again
     without a second `choose`, so it leaves identical. A payload ending in the first part of an
     announcing line loses that part (cut, not a shift: the sender sends it again); the result's
-    `line` is the payload to send (fw.nat.rewrite.with_payload). The engine then shifts every
-    segment of the session with `seqadj.shift` (the rewritten one included). Raises
-    AlgRewriteError (malformed, or nothing free) and SplitAnnouncement when the segment starts
-    with the announcing line's first part (drop it, counted; the sender sends it again whole).
+    `line` is the payload to send (fw.nat.rewrite.with_payload). Malformed announcing lines are
+    skipped, left as they are, and listed in the result's `malformed` (with `line` the payload
+    itself when nothing else changed). The engine then shifts every segment of the session with
+    `seqadj.shift` (the rewritten one included). Raises AlgRewriteError when nothing is free and
+    SplitAnnouncement when the segment starts with the announcing line's first part (drop it,
+    counted; the sender sends it again whole).
     """
 
     __slots__ = ("family", "seqadj", "_done")
@@ -129,19 +143,22 @@ class FtpNatSession:
         if done is not None and done[0] == payload:
             return done[1]
         kept = payload
+        malformed: list[MalformedAnnouncement] = []
         try:
-            found = find_announcement(payload, direction == 0, self.family)
+            found = find_announcement(payload, direction == 0, self.family, malformed)
         except SplitAnnouncement as split:
             if not split.offset:
                 raise
             kept = payload[:split.offset]           # the complete lines go, the rest comes again
-            found = find_announcement(kept, direction == 0, self.family)
+            found = find_announcement(kept, direction == 0, self.family, malformed)
         if found is None:
-            return None if kept is payload else LineRewrite(kept, 0, None)
+            return None if kept is payload and not malformed else LineRewrite(kept, 0, None, tuple(malformed))
         target = choose(found)
         if target is None:
             raise AlgRewriteError(found.command, "no translated port free for the data connection")
         result = found.rewrite(kept, *target)
+        if malformed:
+            result = LineRewrite(result.line, result.delta, found, tuple(malformed))
         self.seqadj.record(direction, seq, result.delta)
         self._done[direction, seq] = (payload, result)
         if len(self._done) > REMEMBERED:
@@ -158,21 +175,30 @@ class FtpNatSession:
         return cls(data["family"], SeqAdj.from_tuple(data["seqadj"]))
 
 
-def find_announcement(payload: bytes, from_client: bool, family: int = 4) -> Announcement | None:
+def find_announcement(payload: bytes, from_client: bool, family: int = 4,
+                      malformed: list | None = None) -> Announcement | None:
     """The first announcement among the complete lines of a segment's payload, or None.
 
     Client lines are read as commands (PORT, EPRT), server lines as replies (227, 229); `family`
-    is the control session's, for a 229. Raises AlgRewriteError (malformed) or SplitAnnouncement
-    (the payload ends in the first part of an announcing line, wherever the complete ones are).
+    is the control session's, for a 229. A malformed announcing line raises MalformedAnnouncement,
+    or, given a `malformed` list, is appended to it and skipped. Raises SplitAnnouncement when the
+    payload ends in the first part of an announcing line, wherever the complete ones are.
     """
     tail = payload.rfind(b"\n") + 1
     command = _may_announce(payload[tail:], from_client)
     if command:
         raise SplitAnnouncement(command, "line end not in this segment", tail)
     start = 0
+    read = _command if from_client else _reply
     while start < tail:
         newline = payload.find(b"\n", start)
-        found = (_command if from_client else _reply)(payload, start, newline + 1, family)
+        try:
+            found = read(payload, start, newline + 1, family)
+        except MalformedAnnouncement as error:
+            if malformed is None:
+                raise
+            malformed.append(error)
+            found = None
         if found is not None:
             return found
         start = newline + 1
@@ -201,7 +227,7 @@ def _command(payload: bytes, start: int, end: int, family: int) -> Announcement 
     try:
         announced = (port_argument if verb == "PORT" else eprt_argument)(payload[arg_start:arg_end])
     except BadArgument as error:
-        raise AlgRewriteError(verb, str(error)) from None
+        raise MalformedAnnouncement(verb, str(error)) from None
     return Announcement(verb, *announced, arg_start, arg_end)
 
 
@@ -216,7 +242,7 @@ def _reply(payload: bytes, start: int, end: int, family: int) -> Announcement | 
             return Announcement("PASV", announced_family, address, port, start + first, start + last)
         port, (first, last) = extended_passive_span(line)
     except BadArgument as error:
-        raise AlgRewriteError("PASV" if reply.group(1) == b"227" else "EPSV", str(error)) from None
+        raise MalformedAnnouncement("PASV" if reply.group(1) == b"227" else "EPSV", str(error)) from None
     return Announcement("EPSV", family, None, port, start + first, start + last)
 
 

@@ -19,5 +19,5 @@ cpdef tuple pair(int family, int proto, tuple orig, tuple reply)
 
 
 @cython.locals(made=Translation)
-cdef Translation _made(int family, int proto, bint udp, int zero, int bare, int end, bytes header, int ip_delta,
-                       int l4_delta, int ports)
+cpdef Translation _made(int family, int proto, bint udp, int zero, int bare, int end, bytes header, int ip_delta,
+                        int l4_delta, int ports)

@@ -29,6 +29,7 @@ COMPILED: list[str] = [
     "fw/conntrack/table.py",
     "fw/conntrack/tcp.py",
     "fw/engine.py",
+    "fw/engine_trackers.py",  # UDP's established path (fw/engine_trackers.pxd)
     "fw/decision.py",
     "fw/policy/index.py",
     "fw/policy/model.py",
@@ -44,6 +45,7 @@ COMPILED: list[str] = [
     "fw/lb/maglev.py",
     "fw/drivers/nfqueue.py",
     "fw/drivers/nfqueue_socket.py",
+    "fw/rule_counters.py",  # fw run's per-packet observe hook (fw.records)
 ]
 
 

@@ -27,7 +27,11 @@ Workloads (the established ones: 500 TCP flows after their handshakes, data and 
 - `driver-stub`, `socket-driver-stub`: the same with an engine that accepts every packet at once
   (bench/replay_queue.StubEngine): the driver, the PacketHandler and the verdicts without the engine;
 - `driver-bare`, `socket-driver-bare`: the driver and its verdicts alone (a callback that leaves
-  every packet to the batch accept, no PacketHandler).
+  every packet to the batch accept, no PacketHandler);
+- `socket-driver-udp`: the live bench's small-packet flood as `fw run` handles it: 64-byte UDP
+  datagrams of 500 established flows (one way, as the bench's server never answers) through
+  SocketQueue, the PacketHandler with `fw run`'s per-rule counters (fw.metrics.RuleCounters as its
+  `observe`, which fw.records hooks in) and the engine's UDP path.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import tempfile
 from pathlib import Path
 
 FLOWS = 500
+UDP_PORT, UDP_PAYLOAD = 9000, 64  # the live bench's flood (bench/live_bench.py)
+UDP_RULE = f"  - {{name: bench-udp, action: accept, proto: udp, src: 198.51.100.0/24, dport: {UDP_PORT}}}\n"
 POOL = 12_000  # packets built for every run, whatever COUNT
 
 
@@ -59,8 +65,10 @@ def build_packets() -> dict:
     syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80 if i % 2 else 443, 1000, 0, SYN)
             for i in range(POOL // 2)]
     web_syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80, 1000, 0, SYN) for i in range(POOL // 2)]
+    udp_setup = [build.udp(client_address(i), SERVER, 1024 + i, UDP_PORT, bytes(UDP_PAYLOAD)) for i in range(FLOWS)]
+    udp_traffic = udp_setup * (POOL // FLOWS)
     return {"setup": setup, "traffic": traffic, "syns": syns, "nat_setup": nat_setup, "nat_traffic": nat_traffic,
-            "web_syns": web_syns}
+            "web_syns": web_syns, "udp_setup": udp_setup, "udp_traffic": udp_traffic}
 
 
 def packets() -> dict:
@@ -162,6 +170,17 @@ def run_driver(count: int, kind: str, part: str = "") -> None:
     replay_queue.run(kind, eng, traffic, count)
 
 
+def run_socket_driver_udp(count: int) -> None:
+    from bench import replay_queue  # noqa: PLC0415
+    from fw.metrics import RuleCounters  # noqa: PLC0415
+
+    built = packets()
+    eng = engine(extra=UDP_RULE)  # the rule after the others: the policy's rules list goes on
+    for data in built["udp_setup"]:
+        eng.process(data, 1000.0)
+    replay_queue.run("socket", eng, built["udp_traffic"], count, observe=RuleCounters().count)
+
+
 WORKLOADS = {
     "parse": run_parse,
     "established": run_established,
@@ -176,6 +195,7 @@ WORKLOADS = {
     "socket-driver-stub": lambda count: run_driver(count, "socket", "stub"),
     "driver-bare": lambda count: run_driver(count, "netfilterqueue", "bare"),
     "socket-driver-bare": lambda count: run_driver(count, "socket", "bare"),
+    "socket-driver-udp": run_socket_driver_udp,
 }
 
 

@@ -31,9 +31,10 @@ class StubEngine:
         return self.decision
 
 
-def run(kind: str, engine, traffic: list[bytes], count: int, bare: bool = False) -> None:
+def run(kind: str, engine, traffic: list[bytes], count: int, bare: bool = False, observe=None) -> None:
     """Replay `count` packets through the driver `kind` and a PacketHandler on `engine` (bare: no
-    handler, a callback that leaves every packet to the batch accept: the driver alone)."""
+    handler, a callback that leaves every packet to the batch accept: the driver alone; observe:
+    the handler's hook, as fw.records sets it in `fw run`)."""
     if count > REPLAY:
         raise SystemExit(f"at most {REPLAY} packets")
 
@@ -42,6 +43,7 @@ def run(kind: str, engine, traffic: list[bytes], count: int, bare: bool = False)
 
     handler = PacketHandler(engine, False, lambda effects: None, failed)
     handler.accept_later = True
+    handler.observe = observe
     options = QueueOptions()
     seen = []
     callback = (lambda packet: seen.append(packet.id) or ACCEPT_LATER) if bare else handler

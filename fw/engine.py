@@ -26,7 +26,9 @@ that came forwarded goes through `process_forwarded`: judged here, whoever owns 
 
 Compiled (build_compiled.py), the hot methods' locals are typed (`@cython.locals`, the classes from
 fw/engine.pxd; nothing when pure): the established TCP path reads the Packet and the TcpSession
-as C structs and calls the tracker in C.
+as C structs and calls the tracker in C; a new session (`open_session`) reads the Engine's
+attributes once, makes its Decision and SessionOpened (extension types, fw/decision.pxd) without
+`__init__`, and leaves a session without `extra` to reference counting (table.untrack).
 
 Where the parts are: TCP's hot path, opening sessions (expectations, policy, floods, eviction),
 expiry and removal here; UDP, ICMP and fragments in fw/engine_trackers.py; NAT in
@@ -55,6 +57,7 @@ from fw.conntrack.rule_limits import COUNTED, LogLimits, RuleLimits
 from fw.conntrack.table import (
     ASSURED,
     HALF_OPEN,
+    LIBERAL,
     LOOSE,
     OFFLOADED,
     RELATED,
@@ -63,9 +66,9 @@ from fw.conntrack.table import (
     Session,
     SessionTable,
     TcpSession,
-    orientation,
+    untrack,
 )
-from fw.conntrack.tcp import tcp_update
+from fw.conntrack.tcp import DEFAULT_TIMEOUTS, tcp_update
 from fw.conntrack.tcp import timeout_key as tcp_timeout_key
 from fw.decision import (
     ACCEPT,
@@ -95,7 +98,13 @@ EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at le
 GENERIC_TIMEOUT = engine_trackers.GENERIC_TIMEOUT
 ESTABLISHED = engine_trackers.ESTABLISHED
 datagram, icmp = engine_trackers.datagram, engine_trackers.icmp
-_new_decision = object.__new__  # the established path fills its Decision's slots itself (no __init__ frame)
+
+
+def _count(counter: Counter, key) -> None:
+    """counter[key] += 1. Compiled, with the dict's own C calls (a Counter's item assignment goes
+    through its Python-level slots, as Counter defines __delitem__: ~1,000 instructions)."""
+    items = cython.cast(dict, counter) if cython.compiled else counter
+    items[key] = items.get(key, 0) + 1
 
 
 class EngineConfig:
@@ -215,7 +224,7 @@ class Engine:
         return Decision(verdict, reason, pkt, session, effects)
 
     @cython.locals(pkt=Packet, session=TcpSession, side=cython.long, sport=cython.long, dport=cython.long,
-                   deadline=cython.double)
+                   deadline=cython.double, decision=Decision)
     def _tcp(self, pkt, now, iif, oif) -> Decision:
         # The hot path: an established TCP packet. flow_key and the counting are written out
         # here on purpose (a Python call costs as much as a window check).
@@ -262,7 +271,7 @@ class Engine:
                     session.reply_packets += 1
                     session.reply_bytes += pkt.ip_len
                 session.last_seen = now
-                decision = _new_decision(Decision)  # Decision(ACCEPT, ...) without its __init__ call
+                decision = Decision.__new__(Decision)  # Decision(ACCEPT, ...) without its __init__ call
                 decision.verdict = ACCEPT
                 decision.reason = ESTABLISHED
                 decision.packet = pkt
@@ -319,101 +328,130 @@ class Engine:
 
     # -- opening sessions ---------------------------------------------------------------------
 
+    @cython.locals(pkt=Packet, session=Session, tcp_session=TcpSession, decision=Decision, size=cython.Py_ssize_t,
+                   timeout=cython.double)
     def open_session(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
         """A packet with no session: an expectation admits it, else the policy decides; a session
         (of `state`, TCP: `track`) is made for what is accepted, room made in a full table."""
+        # Every new session comes here: the Engine's attributes are read once each, the counters
+        # are counted with the dict's own calls (_count), the Decision made without __init__.
         expectation = self.expectations.take(pkt, now) if self.expectations else None
+        policy = self.policy
+        log = False
         if expectation is not None:
             rule, reason, verdict = None, expectation.spec.reason, ACCEPT
         else:
-            rule = self.policy.match(pkt, iif, oif)
+            rule = policy.match(pkt, iif, oif)
             if rule is None:
-                action, reason, log = self.policy.default_action, "default", self.policy.default_log
+                action, reason, log = policy.default_action, "default", policy.default_log
             else:
                 action, reason, log = rule.action, "rule:" + rule.name, rule.log
             if action != "accept":
                 return self._refuse(pkt, action, reason, log, now)
-            if self.limits.active:
-                refused = self.limits.admit(pkt.src, now)
+            limits = self.limits
+            if limits.active:
+                refused = limits.admit(pkt.src, now)
                 if refused is not None:
                     return self._flood(pkt, refused, now)
             if rule is not None and rule.limit is not None and not self.rule_limits.admit(rule, pkt.src, now):
                 return self._refuse(pkt, rule.limit.over, "limit:" + rule.name, log, now)
             verdict = ACCEPT
+        table = self.table
+        counters = self.counters
         evicted = NO_EFFECTS
-        if len(self.table) >= self.max_sessions:
+        size = len(table)
+        if size >= self.max_sessions:
             evicted = self._make_room(now)
             if not evicted:
                 return self._verdict(DROP, "table-full", pkt)
+            size = len(table)
         binding = None
         if expectation is not None:
             parent_nat = expectation.parent.nat
             if parent_nat is not None:
-                binding = engine_nat.follow_session(self.table.sessions, parent_nat, pkt, sport, dport)
-        elif self.nat.active:
-            binding = self.nat.bind(pkt, sport, dport, iif, oif, self.table.sessions, now)
-            if binding is engine_nat.EXHAUSTED:
-                self.counters["nat_exhausted"] += 1
-                if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit
-                    evicted = evicted + (LogEvent(verdict_event(pkt, DROP, engine_nat.EXHAUSTED, now)),)
-                return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
-            if binding.__class__ is engine_lb.AllDown:  # a virtual server with no real server up
-                self.counters["lb_all_down"] += 1
-                refused = self._refuse(pkt, binding.action, binding.reason, log, now)
-                refused.effects = evicted + refused.effects
-                return refused
+                binding = engine_nat.follow_session(table.sessions, parent_nat, pkt, sport, dport)
+        else:
+            nat = self.nat
+            if nat.active:
+                binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
+                if binding is engine_nat.EXHAUSTED:
+                    _count(counters, "nat_exhausted")
+                    if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit
+                        evicted = evicted + (LogEvent(verdict_event(pkt, DROP, engine_nat.EXHAUSTED, now)),)
+                    return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
+                if binding.__class__ is engine_lb.AllDown:  # a virtual server with no real server up
+                    _count(counters, "lb_all_down")
+                    refused = self._refuse(pkt, binding.action, binding.reason, log, now)
+                    refused.effects = evicted + refused.effects
+                    return refused
         if binding is not None and pkt.is_fragment:
             engine_nat.release(binding)
-            self.counters["nat_fragments"] += 1
+            _count(counters, "nat_fragments")
             return self._verdict(DROP, "fragment", pkt, None, evicted)
         session = self._new_session(pkt, key, state, now, sport, track)
-        table = self.table
         if expectation is not None:
             parent = expectation.parent
             session.parent = parent
             session.flags |= RELATED
-            session.profile = table.profile(parent.rule, self.policy.revision, parent.timeouts,
+            session.profile = table.profile(parent.rule, policy.revision, parent.timeouts,
                                             parent.rst_on_timeout)  # fmt: skip
         else:
-            timeouts, rst_on_timeout = self._timeouts_for(rule, pkt)
-            session.profile = table.profile(rule.name if rule is not None else None, self.policy.revision,
+            timeouts, rst_on_timeout = policy.timeouts_for(rule, pkt, DEFAULT_TIMEOUTS)
+            session.profile = table.profile(rule.name if rule is not None else None, policy.revision,
                                             timeouts, rst_on_timeout)  # fmt: skip
-            if rule is not None and rule.alg:
-                session.alg = ALGS[rule.alg].create(Peers(pkt.family, pkt.src, pkt.dst, sport, dport))
-            if rule is not None and rule.limit is not None:
-                self.rule_limits.opened(rule, session)
+            if rule is not None:
+                if rule.alg:
+                    session.alg = ALGS[rule.alg].create(Peers(pkt.family, pkt.src, pkt.dst, sport, dport))
+                if rule.limit is not None:
+                    self.rule_limits.opened(rule, session)
         if track is not None:
+            tcp_session = session
             if state in EMBRYONIC and self.limits.active:
                 session.flags |= HALF_OPEN
                 self.limits.half_open_started(pkt.src, now)
-            elif track.liberal:
+            elif session.flags & LIBERAL:  # the track's `liberal`, copied with its fields
                 session.flags |= LOOSE
-                self.counters["loose_pickups"] += 1
-        session.deadline = now + self._timeout(session) * self.timeout_scale
+                _count(counters, "loose_pickups")
+            timeouts = session.profile.timeouts
+            timeout = timeouts[tcp_timeout_key(tcp_session, timeouts)]  # Engine._timeout for TCP, written out
+        else:
+            timeout = self._timeout(session)
+        session.deadline = now + timeout * self.timeout_scale
         session.orig_packets = 1
         session.orig_bytes = pkt.ip_len
-        self.table.add(session)
-        self.counters["inserts"] += 1
+        table.add(session)
+        _count(counters, "inserts")
         if binding is not None:
-            self.nat.opened(session, binding, self.table)  # its keys, its ALG's view (fw/engine_nat.py)
-            self.counters["nat_sessions"] += 1
-        if len(self.table) > self.adaptive_start:
+            self.nat.opened(session, binding, table)  # its keys, its ALG's view (fw/engine_nat.py)
+            _count(counters, "nat_sessions")
+        if size + 1 > self.adaptive_start:  # len(table): one session more
             self._rescale()
-        effects = evicted + (SessionOpened(session),)
+        if session.extra is None:
+            untrack(session)  # no cycle can pass through it: the cycle collector leaves it alone
+        opened = SessionOpened.__new__(SessionOpened)  # SessionOpened(session) without its __init__ call
+        opened.session = session
+        effects = evicted + (opened,)
         if self.config.events and (expectation is not None or (log and self.log_limits.allow(reason, now))):
             effects += (LogEvent(session_event("new", session, now, reason)),)
-        decision = self._verdict(verdict, reason, pkt, session, effects)
+        decision = Decision.__new__(Decision)  # Decision(verdict, ...) without its __init__ call
+        decision.verdict = verdict
+        decision.reason = reason
+        decision.packet = pkt
+        decision.session = session
+        decision.effects = effects
         if binding is not None:
             return self.translate(decision, binding, True, now)
-        if session.alg is not None and (pkt.payload_len or pkt.proto != TCP):
+        extra = session.extra
+        if extra is not None and extra.alg is not None and (pkt.payload_len or pkt.proto != TCP):
             decision.effects = effects + self.feed_alg(session, pkt, True, now)
         return decision
 
+    @cython.locals(pkt=Packet, flags=cython.long)
     def _new_session(self, pkt, key: tuple, state, now: float, sport: int, track) -> Session:
         """A session for the flow `key` opened by `pkt`, its values shared where they can be."""
-        flags = orientation(key, pkt.src, sport)
-        setdefault = self.table.interned()
         proto, low, high, low_port, high_port = key
+        flags = 0 if low == pkt.src and low_port == sport else REVERSED  # orientation(key, pkt.src, sport)
+        setdefault = self.table.interned()
         key = (proto, setdefault(low, low), setdefault(high, high), setdefault(low_port, low_port),
                setdefault(high_port, high_port))  # fmt: skip
         if track is None:

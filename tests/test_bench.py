@@ -48,9 +48,11 @@ def test_quick_bench_prints_the_table_and_writes_json(tmp_path: Path):
 def test_live_ratios_are_taken_between_paths_of_the_run():
     rows = {
         "kernel forwarding": {"tcp_gbit": 10.0, "udp_pps": 100000, "ping": {"median_ms": 0.05, "p99_ms": 0.1}},
-        "kernel conntrack": {"tcp_gbit": 8.0, "udp_pps": 90000, "ping": {"median_ms": 0.06, "p99_ms": 0.12}},
+        "kernel conntrack": {"tcp_gbit": 8.0, "udp_pps": 90000, "ping": {"median_ms": 0.06, "p99_ms": 0.12},
+                             "udp_cpu": {"firewall_us_per_packet": 0.0, "other_us_per_packet": 5.0}},
         "bare loop GSO": {"tcp_gbit": 5.0, "udp_pps": 60000, "ping": {"median_ms": 0.1, "p99_ms": 0.3}},
-        "fw run": {"tcp_gbit": 4.5, "udp_pps": 40000, "ping": {"median_ms": 0.15, "p99_ms": 0.5}},
+        "fw run": {"tcp_gbit": 4.5, "udp_pps": 40000, "ping": {"median_ms": 0.15, "p99_ms": 0.5},
+                   "udp_cpu": {"firewall_us_per_packet": 5.5, "other_us_per_packet": 7.0}},
         "fw run --queues 0-1": {"tcp_gbit": 4.0, "udp_pps": 60000, "ping": {"median_ms": 0.2, "p99_ms": 0.6}},
         "fw run --offload": {"error": "failed"},
         live_bench.LB_PATH: {"tcp_gbit": 3.5, "udp_pps": 42000, "ping": {"median_ms": 0.16, "p99_ms": 0.5}},
@@ -64,6 +66,7 @@ def test_live_ratios_are_taken_between_paths_of_the_run():
     assert ratios["udp: fw run --queues 0-1 / fw run (target >= 1.4)"] == 1.5
     assert ratios["tcp: fw run --offload / kernel conntrack (target >= 0.9)"] is None  # that path failed
     assert ratios["tcp: kernel conntrack / kernel forwarding"] == 0.8
+    assert ratios["udp: CPU per datagram, fw run / kernel conntrack"] == 2.5  # (5.5 + 7.0) / (0.0 + 5.0)
     added = live_bench.latency_added(rows)
     assert added["kernel forwarding"] == {"median_ms": 0.0, "p99_ms": 0.0}
     assert added["fw run"] == {"median_ms": 0.1, "p99_ms": 0.4}
@@ -82,13 +85,45 @@ def test_the_live_part_says_why_it_cannot_run_unprivileged():
 
 
 def test_cpu_use_splits_the_busy_cores_between_the_firewall_and_the_rest():
-    before = live_bench.CpuSample(at=10.0, busy=100.0, idle=50.0, firewall=40.0, received=1_000)
-    after = live_bench.CpuSample(at=12.0, busy=103.0, idle=51.0, firewall=41.6, received=201_000)
+    before = live_bench.CpuSample(at=10.0, busy=100.0, idle=50.0, firewall=40.0, received=1_000,
+                                  firewall_system=30.0)
+    after = live_bench.CpuSample(at=12.0, busy=103.0, idle=51.0, firewall=41.6, received=201_000,
+                                 firewall_system=30.6)
     cpu = live_bench.cpu_use(before, after)
     assert cpu == {"received_pps": 100_000, "firewall_cores": 0.8, "other_cores": 0.7, "idle_cores": 0.5,
-                   "firewall_us_per_packet": 8.0, "other_us_per_packet": 7.0}
+                   "firewall_us_per_packet": 8.0, "other_us_per_packet": 7.0,
+                   "firewall_user_us_per_packet": 5.0, "firewall_system_us_per_packet": 3.0}
+    os.stat("/")  # a syscall or two of our own: some system time
     sample = live_bench.CpuSample.take([os.getpid()], 0)  # this machine's /proc
     assert sample.firewall > 0 and sample.busy >= sample.firewall and sample.idle >= 0
+    assert 0 <= sample.firewall_system <= sample.firewall
+
+
+def _search(capacity: int) -> list[dict]:
+    """The loss-free search's trials against a path that passes every rate up to `capacity`."""
+    trials: list[dict] = []
+    offered = live_bench.UDP_OFFERED_PPS
+    while offered is not None:
+        trials.append({"offered": offered, "passed": offered <= capacity})
+        offered = live_bench.next_offered(trials)
+    return trials
+
+
+def test_the_loss_free_search_goes_above_the_flood_when_the_path_is_faster():
+    """Below the flood's rate the search bisects as it did (to 2% of the flood's rate); above it,
+    it doubles until a step loses, then bisects, so a fast path is measured, not capped at the
+    flood's rate; a path faster than the top is reported as the top, with every step passed."""
+    for capacity in (127_000, 317_000, 950_000):
+        trials = _search(capacity)
+        best = max(trial["offered"] for trial in trials if trial["passed"])
+        lost = min(trial["offered"] for trial in trials if not trial["passed"])
+        assert best <= capacity < lost, (capacity, trials)
+        assert lost - best <= max(lost, live_bench.UDP_OFFERED_PPS) * live_bench.UDP_SEARCH_PRECISION, trials
+        assert len(trials) <= live_bench.UDP_SEARCH_STEPS
+    assert _search(127_000)[0] == {"offered": live_bench.UDP_OFFERED_PPS, "passed": False}
+    capped = _search(10**9)
+    assert all(trial["passed"] for trial in capped)
+    assert capped[-1]["offered"] == live_bench.UDP_SEARCH_TOP_PPS
 
 
 def test_the_virtual_server_path_balances_the_stream_and_every_flood_port():

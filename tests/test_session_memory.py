@@ -103,3 +103,18 @@ def test_an_established_session_costs_at_most_600_bytes(engine):
     finally:
         tracemalloc.stop()
     assert len(engine.table) == 5000 and per_session <= 600, per_session
+
+
+def test_a_new_session_without_extra_is_left_to_reference_counting_and_one_with_extra_is_not(engine):
+    """Compiled, a new session without `extra` (and its key) is untracked by the cycle collector
+    (fw.conntrack.table.untrack: it cannot be in a cycle); given an Extra it is tracked again, so a
+    cycle through its ALG or parent can still be collected. Pure, every session stays tracked."""
+    session = engine.process(seg("198.51.100.7:40000", SERVER, "S", seq=100), 100.0).session
+    assert session.extra is None
+    compiled = "fw.engine" in compiled_modules() and "fw.conntrack.table" in compiled_modules()
+    assert gc.is_tracked(session) is not compiled
+    if compiled:
+        assert not gc.is_tracked(session.key)
+    session.owner = "peer"  # an Extra: a cycle through it can be collected
+    assert gc.is_tracked(session)
+    assert gc.is_tracked(engine.process(seg("198.51.100.7:40001", SERVER, "S", seq=100), 100.0).session) is not compiled

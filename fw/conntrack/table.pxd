@@ -28,3 +28,12 @@ cdef class TcpSession(Session):
 
 @cython.locals(liberal=long)
 cpdef copy_fields(TcpSession target, TcpSession source)
+
+# The cycle collector's tracking (Python.h): a session without `extra` holds only a tuple of bytes
+# and ints, a state and a shared Profile, so it cannot be part of a cycle (`untrack`).
+cdef extern from "Python.h":
+    void PyObject_GC_Track(object)
+    void PyObject_GC_UnTrack(object)
+    bint PyObject_GC_IsTracked(object)
+
+cpdef untrack(Session session)

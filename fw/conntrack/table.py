@@ -124,6 +124,18 @@ def copy_fields(target, source) -> None:
     target.flags = (target.flags & ~liberal) | (source.flags & liberal)
 
 
+def untrack(session: Session) -> None:
+    """Leave a new session without `extra`, and its key tuple, to reference counting alone: the
+    cycle collector then neither counts them towards its next collection nor walks them in it (a
+    full collection walks every tracked object: the whole table). Safe because such a session
+    cannot be part of a cycle (its key holds bytes and ints, its state and Profile no session);
+    given an Extra (`_extra_field`: an ALG, a parent, an owner), it is tracked again. Compiled
+    only (the pure build keeps the collector's default)."""
+    if cython.compiled:
+        PyObject_GC_UnTrack(session.key)  # noqa: F821 - table.pxd's (Python.h)
+        PyObject_GC_UnTrack(session)  # noqa: F821
+
+
 def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple:
     """The canonical key of the flow this packet belongs to (the same for both directions)."""
     if src < dst or (src == dst and sport <= dport):
@@ -188,6 +200,8 @@ def _extra_field(name: str) -> property:
             if value is None:
                 return
             extra = session.extra = Extra()
+            if cython.compiled and not PyObject_GC_IsTracked(session):  # noqa: F821 - table.pxd's
+                PyObject_GC_Track(session)  # noqa: F821 - its Extra may lead back to it: tracked again (untrack)
         setattr(extra, name, value)
 
     return property(get, set_, doc=f"The session's {name} (kept in `extra`), or None.")

@@ -20,6 +20,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.policy.intervals import FAMILY_MAX, PORT_MAX
 from fw.policy.schema import PORT_PROTOCOLS
 
@@ -54,23 +59,25 @@ class RuleIndex:
         self._groups: dict[tuple[int, int], object] = {}
         self._end = len(self.rules)
 
+    @cython.locals(level=Level)
     def match(self, pkt, iif=None, oif=None):
         node = self._groups.get((pkt.proto, pkt.family))
         if node is None:
             node = self.group(pkt.proto, pkt.family)
-        src = int.from_bytes(pkt.src, "big")
-        dst = int.from_bytes(pkt.dst, "big")
+        src = address_int(pkt.src)
+        dst = address_int(pkt.dst)
         best, limit = None, self._end
         while type(node) is Level:
-            dimension = node.dimension
+            level = node  # compiled: its fields read from C
+            dimension = level.dimension
             value = pkt.dport if dimension is DPORT else dst if dimension is DST else src
-            for rule in node.segments[bisect_right(node.bounds, value) - 1]:
+            for rule in level.segments[bisect_right(level.bounds, value) - 1]:
                 if rule.index >= limit:
                     break
                 if rule.matches(pkt, src, dst, iif, oif):
                     best, limit = rule, rule.index
                     break
-            node = node.rest
+            node = level.rest
         for rule in node:
             if rule.index >= limit:
                 break
@@ -131,6 +138,15 @@ class RuleIndex:
         frozen = [tuple(s) if s else empty for s in segments]
         indexed = {r.index for r in narrow}
         return Level(dimension, bounds, frozen, None), [r for r in rules if r.index not in indexed]
+
+
+def address_int(address: bytes) -> int:
+    """int.from_bytes(address, "big"); compiled, an IPv4 address is read in C (no method call)."""
+    if cython.compiled and address.__class__ is bytes and len(address) == 4:
+        raw = address
+        value = raw[0]  # a C unsigned long: the shifts do not overflow
+        return value << 24 | raw[1] << 16 | raw[2] << 8 | raw[3]
+    return int.from_bytes(address, "big")
 
 
 def _intervals(rule, dimension, family):

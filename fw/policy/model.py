@@ -7,10 +7,13 @@ frozensets, interface names (a trailing '+' matches a prefix). `matches(pkt, src
 takes the addresses as ints, computed once per lookup. `Policy.match` asks the `RuleIndex`
 (index.py); `Policy.timeouts_for` resolves a new session's timeouts in SPEC's order and caches the
 merged table per (rule, override) pair. A Policy is not changed after loading; swap it whole.
+Compiled (model.pxd), Selector, Rule and TimeoutOverride are extension types: `matches` reads
+their fields from C and tests interval membership with one bisect (`_within`).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from types import MappingProxyType
 
 from fw.policy.index import RuleIndex
@@ -47,18 +50,21 @@ class Selector:
 
     def matches(self, pkt, src: int, dst: int, iif: str | None, oif: str | None) -> bool:
         """Does the packet (with its addresses as ints and its interfaces) match?"""
-        if self.proto is not None and pkt.proto != self.proto:
+        proto = self.proto
+        if proto is not None and pkt.proto != proto:
             return False
         family = pkt.family
         if family not in self.families:
             return False
-        if self.src is not None and src not in self.src.by_family[family]:
+        addresses = self.src
+        if addresses is not None and not _within(addresses.by_family[family], src):
             return False
-        if self.dst is not None and dst not in self.dst.by_family[family]:
+        addresses = self.dst
+        if addresses is not None and not _within(addresses.by_family[family], dst):
             return False
-        if self.dport is not None and pkt.dport not in self.dport:
+        if self.dport is not None and not _within(self.dport, pkt.dport):
             return False
-        if self.sport is not None and pkt.sport not in self.sport:
+        if self.sport is not None and not _within(self.sport, pkt.sport):
             return False
         if self.icmp_type is not None and pkt.icmp_type not in self.icmp_type:
             return False
@@ -87,6 +93,14 @@ class Selector:
     def interface_bound(self) -> bool:
         """Does matching depend on the packet's interfaces (iif, oif, from_zone, to_zone)?"""
         return not (self.iif is None and self.oif is None and self.from_zone is None and self.to_zone is None)
+
+
+def _within(intervals, value) -> bool:
+    """`value in intervals` (an IntervalSet of fw.policy.intervals), its bisect written out: compiled,
+    a C call instead of the class's Python-level __contains__."""
+    starts = intervals.starts
+    i = bisect_right(starts, value) - 1
+    return i >= 0 and value <= intervals.ends[i]
 
 
 def _interface_matches(name: str, prefix: str | None, given: str | None) -> bool:

@@ -1,0 +1,10 @@
+# Types for the compiled build of engine_trackers.py (build_compiled.py; Cython's pure-Python mode):
+# `datagram`, every UDP packet's path (the live bench's small-packet flood), reads and writes the
+# session's C fields directly, as the engine's TCP fast path does.
+import cython
+from fw.conntrack.table cimport Session
+from fw.packet.parse cimport Packet
+
+
+@cython.locals(session=Session, side=long, deadline=double)
+cpdef datagram(engine, Packet pkt, sport, dport, double now, iif, oif)

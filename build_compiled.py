@@ -46,6 +46,9 @@ COMPILED: list[str] = [
     "fw/drivers/nfqueue.py",
     "fw/drivers/nfqueue_socket.py",
     "fw/rule_counters.py",  # fw run's per-packet observe hook (fw.records)
+    "fw/drivers/nat_queue.py",  # the NAT daemon's handler (fw/drivers/nat_queue.pxd), its route cache
+    "fw/drivers/routes.py",
+    "fw/engine_nat_passes.py",  # the live NAT passes around Engine.process
 ]
 
 

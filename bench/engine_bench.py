@@ -59,11 +59,11 @@ def handshake(client: str, sport: int, isn: int = 1000, server_isn: int = 5000, 
     ]
 
 
-def established_stream(flows: int, rounds: int, seen: str | None = None) -> tuple[list[bytes], list[bytes]]:
+def established_stream(flows: int, rounds: int, seen: str | None = None, payload: bytes = b"x" * 100,
+                       ) -> tuple[list[bytes], list[bytes]]:
     """Handshakes for `flows` flows, then `rounds` data/ack exchanges on each, interleaved
     (`seen`: the clients' translated address, to which the server replies)."""
     setup, traffic = [], []
-    payload = b"x" * 100
     for f in range(flows):
         setup += handshake(client_address(f), 10000 + f, seen=seen)
     for r in range(rounds):

@@ -31,7 +31,19 @@ Workloads (the established ones: 500 TCP flows after their handshakes, data and 
 - `socket-driver-udp`: the live bench's small-packet flood as `fw run` handles it: 64-byte UDP
   datagrams of 500 established flows (one way, as the bench's server never answers) through
   SocketQueue, the PacketHandler with `fw run`'s per-rule counters (fw.metrics.RuleCounters as its
-  `observe`, which fw.records hooks in) and the engine's UDP path.
+  `observe`, which fw.records hooks in) and the engine's UDP path;
+- `socket-driver-nat`: the NAT daemon's per-packet path for translated established packets
+  (`nat-established`'s source translation): SocketQueue, fw.drivers.nat_queue's NatPacketHandler
+  with fw.drivers.routes (the kernel's answers, in the private namespace: the translated address is
+  the firewall's own) and the engine's passes, each packet with the hook and mark the kernel gives
+  it: the clients' packets after routing only (the one pass, mark NAT_MARK | UNJUDGED_MARK), the
+  replies to the translated address before routing (for the firewall: its destination rewritten);
+  each leaves with a verdict carrying its new payload. The handshakes go through the handler too;
+- `socket-driver-nat-gso`: the same with 64,000 bytes of data per client packet, GSO with a partial
+  checksum (NFQA_SKB_GSO | CSUMNOTREADY) as iperf3's bulk reaches the queue (at most 200 packets):
+  what the copies of a 64 KiB translated packet cost in user space;
+- `socket-driver-nat-udp`: 64-byte UDP datagrams of 500 flows to the server (the live bench's flood),
+  after each flow's first datagram: all after routing only (the one pass), each translated.
 """
 
 from __future__ import annotations
@@ -49,6 +61,7 @@ FLOWS = 500
 UDP_PORT, UDP_PAYLOAD = 9000, 64  # the live bench's flood (bench/live_bench.py)
 UDP_RULE = f"  - {{name: bench-udp, action: accept, proto: udp, src: 198.51.100.0/24, dport: {UDP_PORT}}}\n"
 POOL = 12_000  # packets built for every run, whatever COUNT
+GSO_PAYLOAD = 64_000  # a GSO packet's data (the copy range is 65,535 bytes with the headers)
 
 
 # The packets, built once per --callgrind run for its two child runs (a file of this process's own).
@@ -62,13 +75,19 @@ def build_packets() -> dict:
 
     setup, traffic = established_stream(flows=FLOWS, rounds=POOL // (2 * FLOWS))
     nat_setup, nat_traffic = established_stream(flows=FLOWS, rounds=POOL // (2 * FLOWS), seen=NAT_ADDRESS)
+    from bench.engine_bench import established_stream as stream  # noqa: PLC0415
+
+    udp = [build.udp(client_address(i % FLOWS), SERVER, 10000 + i % FLOWS, 5201, b"u" * 64) for i in range(POOL // 2)]
+    gso_setup, gso_traffic = stream(flows=10, rounds=10, seen=NAT_ADDRESS, payload=b"x" * GSO_PAYLOAD)
     syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80 if i % 2 else 443, 1000, 0, SYN)
             for i in range(POOL // 2)]
     web_syns = [build.tcp(client_address(i), SERVER, 1024 + i % 60000, 80, 1000, 0, SYN) for i in range(POOL // 2)]
     udp_setup = [build.udp(client_address(i), SERVER, 1024 + i, UDP_PORT, bytes(UDP_PAYLOAD)) for i in range(FLOWS)]
     udp_traffic = udp_setup * (POOL // FLOWS)
     return {"setup": setup, "traffic": traffic, "syns": syns, "nat_setup": nat_setup, "nat_traffic": nat_traffic,
-            "web_syns": web_syns, "udp_setup": udp_setup, "udp_traffic": udp_traffic}
+            "web_syns": web_syns, "udp_setup": udp_setup, "udp_traffic": udp_traffic,
+            "gso_setup": gso_setup, "gso_traffic": gso_traffic,
+            "nat_udp_setup": udp[:FLOWS], "nat_udp_traffic": udp[FLOWS:]}
 
 
 def packets() -> dict:
@@ -181,6 +200,42 @@ def run_socket_driver_udp(count: int) -> None:
     replay_queue.run("socket", eng, built["udp_traffic"], count, observe=RuleCounters().count)
 
 
+def run_nat_driver(count: int, kind: str = "") -> None:
+    """`socket-driver-nat(-gso, -udp)` (module docstring)."""
+    import subprocess  # noqa: PLC0415
+
+    from bench import replay_queue  # noqa: PLC0415
+    from bench.engine_bench import NAT_ADDRESS, NAT_ENTRY, SERVER  # noqa: PLC0415
+    from fw.drivers.nat_queue import NatPacketHandler  # noqa: PLC0415
+    from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO, NfPacket  # noqa: PLC0415
+    from fw.drivers.routes import Routes  # noqa: PLC0415
+    from fw.engine_nat_passes import NAT_MARK, UNJUDGED_MARK  # noqa: PLC0415
+
+    for command in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{NAT_ADDRESS}/32", "dev", "lo"],
+                    ["ip", "route", "add", f"{SERVER}/32", "dev", "lo"]):  # private namespace (unshare -n)
+        subprocess.run(command, check=True, capture_output=True)
+    built = packets()
+    prefix = {"": "nat", "gso": "gso", "udp": "nat_udp"}[kind]
+    setup, traffic = built[f"{prefix}_setup"], built[f"{prefix}_traffic"]
+    udp_rule = "  - {name: udp, action: accept, proto: udp, src: 198.51.100.0/24, dport: 5201}\n"
+    eng = engine(extra=udp_rule + NAT_ENTRY if kind == "udp" else NAT_ENTRY)
+    routes = Routes()
+    handler = NatPacketHandler(eng, False, lambda effects: None, replay_queue.failed, routes)
+    handler.accept_later = True
+    server = bytes(int(part) for part in SERVER.split("."))
+    for data in setup:  # the handshakes: the first pass before routing, as the kernel queues them
+        packet = NfPacket()
+        packet.hook, packet.indev, packet.payload = 0, 1, data
+        packet.mark = packet.outdev = packet.skb_info = 0
+        packet.cap_len = None
+        handler.judge(packet, data)
+    from_client = {"hook": 4, "mark": NAT_MARK | UNJUDGED_MARK,
+                   "skb_info": NFQA_SKB_GSO | NFQA_SKB_CSUMNOTREADY if kind == "gso" else 0}
+    messages = [(data, from_client if data[16:20] == server else {"hook": 0, "outdev": 0}) for data in traffic]
+    replay_queue.run("socket", eng, messages, count, handler=handler)
+    routes.close()
+
+
 WORKLOADS = {
     "parse": run_parse,
     "established": run_established,
@@ -196,6 +251,9 @@ WORKLOADS = {
     "driver-bare": lambda count: run_driver(count, "netfilterqueue", "bare"),
     "socket-driver-bare": lambda count: run_driver(count, "socket", "bare"),
     "socket-driver-udp": run_socket_driver_udp,
+    "socket-driver-nat": run_nat_driver,
+    "socket-driver-nat-gso": lambda count: run_nat_driver(count, "gso"),
+    "socket-driver-nat-udp": lambda count: run_nat_driver(count, "udp"),
 }
 
 

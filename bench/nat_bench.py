@@ -4,7 +4,8 @@ How it works: packets are built once with fw.packet.build; each figure is the be
 loops (perf_counter) of `parse`, of `rewrite` (addresses and ports, incremental checksum, and
 with the partial-checksum mode's full recompute), of `SeqAdj.adjust`, and of `Pool.allocate` on a
 pool filled to 90% (each allocation released again, so the fill stays). `translate` is the
-established path (a session's compiled `Translation`), `rewrite` the general one. Run:
+established path (a session's compiled `Translation`; `translate_partial` with a partial checksum
+computed whole), `rewrite` the general one. Run:
 `python -m bench.nat_bench` (add `--json` for machine-readable output). Not part of the tests.
 """
 
@@ -57,6 +58,10 @@ def packet_figures(size: int, count: int) -> dict[str, float]:
         for _ in range(n):
             translation.apply(data, packet)
 
+    def translate_partial_loop(n):
+        for _ in range(n):
+            translation.apply(data, packet, True)
+
     def partial_loop(n):
         for _ in range(n):
             rewrite(data, packet, manip, partial=True)
@@ -66,7 +71,8 @@ def packet_figures(size: int, count: int) -> dict[str, float]:
             adj.adjust(data, packet, 0)
 
     return {name: best_per_call(loop, count) * 1e6 for name, loop in (
-        ("parse_us", parse_loop), ("translate_us", translate_loop), ("rewrite_us", rewrite_loop),
+        ("parse_us", parse_loop), ("translate_us", translate_loop),
+        ("translate_partial_us", translate_partial_loop), ("rewrite_us", rewrite_loop),
         ("rewrite_partial_us", partial_loop), ("seqadj_us", seqadj_loop))}
 
 

@@ -31,17 +31,20 @@ class StubEngine:
         return self.decision
 
 
-def run(kind: str, engine, traffic: list[bytes], count: int, bare: bool = False, observe=None) -> None:
+def failed(where, exc, data):
+    raise RuntimeError(f"{where}: {exc!r}")
+
+
+def run(kind: str, engine, traffic: list, count: int, bare: bool = False, handler=None, observe=None) -> None:
     """Replay `count` packets through the driver `kind` and a PacketHandler on `engine` (bare: no
-    handler, a callback that leaves every packet to the batch accept: the driver alone; observe:
-    the handler's hook, as fw.records sets it in `fw run`)."""
+    handler, a callback that leaves every packet to the batch accept: the driver alone; `handler`:
+    this one instead, fw.drivers.nat_queue's; observe: the handler's hook, as fw.records sets it in
+    `fw run`). A packet of `traffic` is its bytes, or (bytes, the packet_message keywords the kernel
+    would give it: hook, mark, skb_info...)."""
     if count > REPLAY:
         raise SystemExit(f"at most {REPLAY} packets")
-
-    def failed(where, exc, data):
-        raise RuntimeError(f"{where}: {exc!r}")
-
-    handler = PacketHandler(engine, False, lambda effects: None, failed)
+    if handler is None:
+        handler = PacketHandler(engine, False, lambda effects: None, failed)
     handler.accept_later = True
     handler.observe = observe
     options = QueueOptions()
@@ -52,16 +55,18 @@ def run(kind: str, engine, traffic: list[bytes], count: int, bare: bool = False,
     sender = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     sender.bind((0, 0))
     for number, data in enumerate(traffic[:REPLAY], 1):
-        sender.sendto(packet_message(QUEUE, number, data, indev=1, outdev=1), (portid, 0))
+        data, attributes = (data, {}) if isinstance(data, bytes) else data
+        sender.sendto(packet_message(QUEUE, number, data, **{"indev": 1, "outdev": 1, **attributes}), (portid, 0))
     handled = 0
     while handled < count:
         done = queue.drain(min(options.budget, count - handled))
         if not done:
             raise RuntimeError(f"the queue ran dry after {handled} packets")
         handled += done
-    accepted = len(seen) if bare else handler.verdicts.accepted["established"]  # the verdicts given
+    accepted = len(seen) if bare else sum(handler.verdicts.accepted.values())  # the verdicts given
+    dropped = {} if bare else dict(handler.verdicts.dropped)
     queue.close()
     sender.close()
     if handler.errors:
         raise RuntimeError(f"handler errors: {dict(handler.errors)}")
-    assert accepted >= count
+    assert accepted >= count and not dropped, f"{accepted} accepted, dropped: {dropped}"

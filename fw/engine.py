@@ -63,6 +63,7 @@ from fw.conntrack.table import (
     RELATED,
     REVERSED,
     SEEN_REPLY,
+    Extra,
     Session,
     SessionTable,
     TcpSession,
@@ -83,8 +84,9 @@ from fw.decision import (
     SessionClosed,
     SessionOpened,
 )
+from fw.engine_nat import Binding
 from fw.events import session_event, verdict_event
-from fw.nat.rewrite import RewriteError
+from fw.nat.rewrite import RewriteError, Translation
 from fw.packet import MalformedPacket, parse
 from fw.packet import build as pktbuild
 from fw.packet.parse import Packet
@@ -224,7 +226,8 @@ class Engine:
         return Decision(verdict, reason, pkt, session, effects)
 
     @cython.locals(pkt=Packet, session=TcpSession, side=cython.long, sport=cython.long, dport=cython.long,
-                   deadline=cython.double, decision=Decision)
+                   deadline=cython.double, decision=Decision, extra=Extra, binding=Binding,
+                   translation=Translation)
     def _tcp(self, pkt, now, iif, oif) -> Decision:
         # The hot path: an established TCP packet. flow_key and the counting are written out
         # here on purpose (a Python call costs as much as a window check).
@@ -239,16 +242,16 @@ class Engine:
         session = self.table.sessions.get(key)
         if session is not None:
             extra = session.extra
-            if extra is not None and extra.owner in self.forward_to:
+            if extra is not None and extra.owner is not None and extra.owner in self.forward_to:
                 return self.elsewhere(pkt, session)
             if extra is not None and extra.nat is not None:  # translated: the key it came by says the way
                 binding = extra.nat
-                if key == session.key and binding.alias is not None:
-                    original = session.flags & REVERSED == side or None  # (d -> c): not as it arrives
-                elif binding.alias is not None:
-                    original = False if side == binding.alias_side else None
-                else:
+                if binding.alias is None:
                     original = binding.direction(src, dst, sport, dport)
+                elif key == session.key:
+                    original = session.flags & REVERSED == side or None  # (d -> c): not as it arrives
+                else:
+                    original = False if side == binding.alias_side else None
                 if original is None:
                     return Decision(DROP, "invalid:state", pkt, session)
                 if binding.ftp is not None:
@@ -276,23 +279,27 @@ class Engine:
                 decision.reason = ESTABLISHED
                 decision.packet = pkt
                 decision.session = session
-                decision.effects = effects
-                if extra is not None:
-                    binding = extra.nat
-                    if binding is not None:
-                        if binding.ftp is not None or extra.alg is not None:
-                            return self.translate(decision, binding, original, now)
-                        translation = binding.forward if original else binding.backward
-                        if translation is None:  # the live daemon's two passes: nothing before routing
-                            return decision
-                        try:  # translate()'s common case, written out (every packet of the session)
-                            decision.effects = translation.leave(self._data, pkt, effects, self.partial)
-                        except RewriteError:
-                            return self.translate(decision, binding, original, now)
-                        return decision
+                if extra is None:
+                    decision.effects = effects
+                    return decision
+                binding = extra.nat
+                if binding is None:
+                    decision.effects = effects
                     if extra.alg is not None and pkt.payload_len:
                         decision.effects = effects + self.feed_alg(session, pkt, original, now)
-                return decision
+                    return decision
+                if binding.ftp is None and extra.alg is None:  # translate()'s common case, written out
+                    translation = binding.forward if original else binding.backward
+                    if translation is None:  # the live daemon's two passes: nothing before routing
+                        decision.effects = effects
+                        return decision
+                    try:  # (pkt.data: the bytes parsed, the engine's `data`)
+                        decision.effects = translation.leave(pkt.data, pkt, effects, self.partial)
+                        return decision
+                    except RewriteError:
+                        pass  # translate() counts it and drops the packet
+                decision.effects = effects
+                return self.translate(decision, binding, original, now)
             if problem is not tcpmod.REOPEN:
                 return Decision(DROP, problem, pkt, session)
             closed = self._close(session, now, "reopen")

@@ -1,12 +1,17 @@
 # Cython types for fw/engine_nat.py (build_compiled.py; the .py runs unchanged without them).
+# A binding's two Translations are typed: the engine's established path (fw/engine.py's `_tcp`)
+# reads them and calls `leave` in C.
 cimport cython
 from fw.nat.rewrite cimport Translation, _made
 from fw.packet.parse cimport Packet
 from fw.engine_lb cimport Choice
 
+from fw.nat.rewrite cimport Translation
+
 
 @cython.final
 cdef class Binding:
-    cdef public object ftp, alias, forward, backward, after, mid, names, held, ports, middle, lb
+    cdef public object ftp, alias, after, mid, names, held, ports, middle, lb
+    cdef public Translation forward, backward
     cdef public tuple orig, reply
     cdef public int alias_side, proto, family

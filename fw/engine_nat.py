@@ -31,7 +31,9 @@ A new translated session is on the new-session path, so its binding is made chea
 are sorted by kind when the policy is loaded (`dnats`, `snats`, `sources`; none of a kind: no scan),
 the names made without a join, the reply key and orientation written out, both Translations made
 at once by fw.nat.rewrite.pair, and `opened` puts it in place in one call. build_compiled.py
-compiles this module (fw/engine_nat.pxd: Binding a final cdef class); it runs unchanged as Python.
+compiles this module (fw/engine_nat.pxd: Binding a final cdef class, its `forward` and `backward`
+typed Translations, so that fw/engine.py's established TCP path, which types the session's Extra,
+the Binding and the Translation, reaches the rewrite in C); it runs unchanged as Python.
 """
 
 from __future__ import annotations

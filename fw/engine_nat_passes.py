@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The live daemon's NAT: each packet of a translated session in two passes, before and after routing.
 
 Why two passes (SPEC "Translation"): the kernel drops before routing a packet whose source is one of
@@ -43,14 +44,25 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
   driver clears the entry's bit, so the next one goes round the first pass.
 ICMP errors: the outer source (the router, hidden behind the translated address) changes in the
 second pass, the rest in the first.
+Compiled (build_compiled.py; engine_nat_passes.pxd): the passes' packet and binding are typed
+(C field reads), `_ports` and `_quoted` are C functions; `TO_FIREWALL`'s test of whether a packet
+is the NAT's finds a session's TCP/UDP packet (IPv4, no options, not a fragment) by its bytes
+without parsing it (Engine.process parses it next).
 """
 
 from __future__ import annotations
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.conntrack.table import flow_key
 from fw.decision import ACCEPT, DROP, Decision, RewritePacket, SetMark
+from fw.engine_nat import Binding
 from fw.nat.rewrite import Manip, RewriteError, rewrite
 from fw.packet import MalformedPacket, parse
+from fw.packet.parse import Packet
 
 BEFORE_ROUTING = "prerouting"
 TO_FIREWALL = "prerouting-local"
@@ -72,6 +84,7 @@ ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4
 ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}
 
 
+@cython.locals(pkt=Packet, binding=Binding)
 def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool) -> Decision:
     """One packet at one of the live hooks (module docstring)."""
     if hook == ONE_PASS:
@@ -117,6 +130,7 @@ def _judged(engine, data: bytes, now: float, iif, oif, partial: bool):
     return decision, extra, binding
 
 
+@cython.locals(pkt=Packet, binding=Binding)
 def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decision:
     """A packet not judged before routing: judged here, and its source half applied (module docstring)."""
     decision, extra, binding = _judged(engine, data, now, iif, oif, partial)
@@ -181,7 +195,7 @@ def _rewrite_at(effects: tuple) -> int | None:
     return None
 
 
-def _ports(pkt) -> tuple[int, int]:
+def _ports(pkt: Packet) -> tuple[int, int]:
     proto = pkt.proto
     if proto == TCP or proto == UDP:
         return pkt.sport, pkt.dport
@@ -190,7 +204,7 @@ def _ports(pkt) -> tuple[int, int]:
     return 0, 0
 
 
-def _quoted(pkt) -> tuple:
+def _quoted(pkt: Packet) -> tuple:
     inner = pkt.inner
     if inner.proto == ICMP or inner.proto == ICMPV6:
         return inner.src, inner.dst, inner.icmp_id, inner.icmp_id
@@ -207,9 +221,17 @@ def _error_source_changes(binding, pkt) -> bool:
     return False
 
 
+@cython.locals(pkt=Packet)
 def _concerns_nat(engine, data: bytes, iif) -> bool:
     """Whether a packet for the firewall's own address is the NAT's: a reply to a translated
-    address, a data connection an ALG expects, a virtual server's, or a `dnat` entry's (a port forward)."""
+    address, a data connection an ALG expects, a virtual server's, or a `dnat` entry's (a port forward).
+    The common case, a session's TCP or UDP packet (IPv4 without options, not a fragment), is found
+    by its bytes; the rest parsed (Engine.process parses it again: the cost of a second parse)."""
+    if len(data) >= 24 and data[0] == 0x45 and (data[9] == TCP or data[9] == UDP) and not (data[6] & 0x3F or data[7]):
+        session = engine.table.sessions.get(flow_key(data[9], data[12:16], data[16:20], data[20] << 8 | data[21],
+                                                     data[22] << 8 | data[23]))
+        if session is not None:
+            return session.nat is not None
     try:
         pkt = parse(data)
     except MalformedPacket:
@@ -230,6 +252,7 @@ def _concerns_nat(engine, data: bytes, iif) -> bool:
     return bool(engine.nat.entries) and engine.nat.destination(pkt, dport, iif)[0] is not None
 
 
+@cython.locals(pkt=Packet, binding=Binding)
 def after_routing(engine, data: bytes, partial: bool) -> Decision:
     """A marked packet after routing: its source half (module docstring)."""
     try:

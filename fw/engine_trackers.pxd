@@ -3,8 +3,9 @@
 # session's C fields directly, as the engine's TCP fast path does.
 import cython
 from fw.conntrack.table cimport Session
+from fw.decision cimport Decision
 from fw.packet.parse cimport Packet
 
 
-@cython.locals(session=Session, side=long, deadline=double)
+@cython.locals(session=Session, side=long, deadline=double, decision=Decision)
 cpdef datagram(engine, Packet pkt, sport, dport, double now, iif, oif)

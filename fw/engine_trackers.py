@@ -29,7 +29,6 @@ GENERIC_TIMEOUT = 600  # nf_conntrack_generic's default, for protocols without a
 FRAGMENT_MEMORY = 30.0  # seconds a first fragment's id stays tied to its session
 FRAGMENTS_KEPT = 4096  # fragment ids remembered before the stale ones are swept
 ESTABLISHED = "established"
-_new_decision = object.__new__  # datagram's established Decision, its slots filled without an __init__ frame
 
 
 def count(pkt, session: Session, original: bool, now: float) -> None:
@@ -90,7 +89,7 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
             return engine.translate(Decision(ACCEPT, ESTABLISHED, pkt, session, effects), extra.nat, original, now)
         if extra.alg is not None:
             effects = effects + engine.feed_alg(session, pkt, original, now)
-    decision = _new_decision(Decision)  # Decision(ACCEPT, ...) without its __init__ call
+    decision = Decision.__new__(Decision)  # Decision(ACCEPT, ...) without its __init__ call (an extension type compiled)
     decision.verdict, decision.reason, decision.packet, decision.session = ACCEPT, ESTABLISHED, pkt, session
     decision.effects = effects
     return decision

@@ -188,3 +188,23 @@ def test_the_engine_reads_its_routes_from_the_snapshot_the_driver_keeps(tmp_path
     refused = judge.engine.process(seg("198.51.100.10:40001", "192.0.2.81:80", "S", seq=1), 101.0, "lan", "wan",
                                    hook="prerouting", partial=False)
     assert refused.reason == "nat:exhausted"
+
+
+def test_a_known_destination_is_read_by_number_without_asking_again(tmp_path):
+    """The handler reads an IPv4 packet's route from `Routes.by_v4` (for addresses above
+    127.255.255.255 too: compiled, the key is an unsigned long); `of_packet` (a slice, a tuple, a
+    round trip for a new one) only for a destination not seen yet; `forget` empties both."""
+    judge = handler(tmp_path)
+    asked = []
+    of_packet = judge.routes.of_packet
+    judge.routes.of_packet = lambda data: asked.append(data[16:20]) or of_packet(data)
+    for sport in (40000, 40001, 40002):
+        syn = FakePacket(seg(f"198.51.100.10:{sport}", "203.0.113.80:80", "S", seq=1), hook=0)
+        judge(syn)
+        assert syn.verdict == "accept" and syn.new_mark & NAT_MARK  # routed out by wan: masqueraded
+    assert asked == [bytes([203, 0, 113, 80])]
+    assert judge.routes.by_v4 == {0xCB007150: Route("wan", PUBLIC, False)}
+    judge.forget_interfaces()
+    assert judge.routes.by_v4 == {}
+    judge(FakePacket(seg("198.51.100.10:40003", "203.0.113.80:80", "S", seq=1), hook=0))
+    assert len(asked) == 2

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The queue callback of a daemon that translates (NAT): the hook, the route and the checksum state
 of each packet given to the engine's two passes (fw/engine_nat_passes.py).
 
@@ -32,6 +33,13 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
 - per hook, the trips counted (`first_pass`, `second_pass`, `one_pass` in `fw stats` `nat`);
 - a packet longer than the copy range (a GRO packet above 65,531 bytes) cannot be rewritten (the
   verdict would cut it): the engine drops it as `nat:rewrite`, counted here as `nat_too_long`.
+Compiled (build_compiled.py, with nat_queue.pxd; fw/engine_nat_passes.py and fw/drivers/routes.py
+are compiled too), NatPacketHandler is an extension type deriving from nfqueue's PacketHandler: the
+queue reaches `judge` through the C method table, the counters are C integers (a Counter's
+`c[k] += 1` costs ~1,000 instructions), the packet's fields are read directly (`skb_info`, `mark`),
+and an IPv4 destination's route is read from `Routes.by_v4` by the address as a number (no slice,
+tuple or bytes hash; `of_packet` only for a destination not asked yet). docs/performance.md ("The
+NAT daemon's path compiled") has the instructions per packet before and after.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from collections.abc import Callable
 from fw.conntrack.tcp import TcpState
 from fw.decision import SessionChanged
 from fw.drivers.nfqueue import PacketHandler
+from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO
 from fw.engine_nat_passes import (
     AFTER_ROUTING,
     BEFORE_ROUTING,
@@ -71,61 +80,70 @@ class NatPacketHandler(PacketHandler):
                  clock: Callable[[], float] = time.monotonic):
         super().__init__(engine, fail_open, on_effects, on_error, clock)
         self.routes = routes
+        self._by_v4 = routes.by_v4  # (cleared in place by `forget`, never replaced)
         routes.names = self.ifname
         engine.nat.routes = routes.table  # the engine's route input: a snapshot the driver keeps
         self._targets = None  # the engine's Nat.route_targets pinned in `routes`
-        # partial_checksums (computed whole), tcp_gso_partial (left), nat_too_long; trips per hook
-        self.counters: Counter = Counter()
+        self.partial_checksums = 0  # partial checksums computed whole
+        self.tcp_gso_partial = 0  # partial checksums of TCP GSO packets (left: software segmentation)
+        self.nat_too_long = 0  # packets above the copy range the engine would not rewrite
+        self.first_pass = self.second_pass = self.one_pass = 0  # trips per hook
         self.kernel = KernelEntries()
 
     def stats(self) -> dict:
         """The `nat` section of `fw stats`: checksum states seen, trips per hook, route lookups made."""
-        keys = ("partial_checksums", "tcp_gso_partial", "nat_too_long", "first_pass", "second_pass", "one_pass")
-        return {**{key: 0 for key in keys}, **self.counters, "route_lookups": self.routes.lookups,
-                **self.kernel.stats()}
+        return {"partial_checksums": self.partial_checksums, "tcp_gso_partial": self.tcp_gso_partial,
+                "nat_too_long": self.nat_too_long, "first_pass": self.first_pass,
+                "second_pass": self.second_pass, "one_pass": self.one_pass,
+                "route_lookups": self.routes.lookups, **self.kernel.stats()}
 
     def judge(self, packet, data: bytes):
         hook = packet.hook
         partial = False
-        if packet.checksum_not_ready:
-            if packet.gso and _proto(data) == TCP:
-                self.counters["tcp_gso_partial"] += 1
+        if packet.skb_info & NFQA_SKB_CSUMNOTREADY:
+            if packet.skb_info & NFQA_SKB_GSO and _proto(data) == TCP:
+                self.tcp_gso_partial += 1
             else:
                 partial = True
-                self.counters["partial_checksums"] += 1
-        counters = self.counters
+                self.partial_checksums += 1
+        engine = self.engine
         if hook == NF_INET_POST_ROUTING:
-            if packet.get_mark() & UNJUDGED_MARK:
-                counters["one_pass"] += 1
+            if packet.mark & UNJUDGED_MARK:
+                self.one_pass += 1
                 names = self._ifnames
                 try:  # ifname(), written out for the names already known
                     iif, oif = names[packet.indev], names[packet.outdev]
                 except KeyError:
                     iif, oif = self.ifname(packet.indev), self.ifname(packet.outdev)
                 self._route(data)  # a session opened here again (masquerade) reads its route in the snapshot
-                decision = self.engine.process(data, self.clock(), iif, oif, hook=ONE_PASS, partial=partial)
+                decision = engine.process(data, self.clock(), iif, oif, ONE_PASS, partial)
                 if decision.reason == FIRST_PASS_REASON:
                     self.kernel.clear(data, ONE_PASS_MARK)
             else:
-                counters["second_pass"] += 1
-                decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev),
-                                               hook=AFTER_ROUTING, partial=partial)
+                self.second_pass += 1
+                decision = engine.process(data, self.clock(), None, self.ifname(packet.outdev), AFTER_ROUTING,
+                                          partial)
         elif hook == NF_INET_PRE_ROUTING:
-            counters["first_pass"] += 1
+            self.first_pass += 1
             route = self._route(data)
-            local = route is not None and route.local
-            decision = self.engine.process(data, self.clock(), self.ifname(packet.indev),
-                                           None if route is None else route.oif,
-                                           hook=TO_FIREWALL if local else BEFORE_ROUTING, partial=partial)
+            try:  # ifname(), written out for the names already known
+                iif = self._ifnames[packet.indev]
+            except KeyError:
+                iif = self.ifname(packet.indev)
+            if route is None:
+                decision = engine.process(data, self.clock(), iif, None, BEFORE_ROUTING, partial)
+            else:
+                decision = engine.process(data, self.clock(), iif, route.oif,
+                                          TO_FIREWALL if route.local else BEFORE_ROUTING, partial)
             effects = decision.effects
             if effects and effects[-1] is ONE_PASS_ASKED and decision.packet.proto == TCP:
                 self._established(decision)
         elif hook == NF_INET_LOCAL_OUT and _icmp_error(data):
-            decision = self.engine.process(data, self.clock(), None, self.ifname(packet.outdev), hook=FROM_FIREWALL)
+            decision = engine.process(data, self.clock(), None, self.ifname(packet.outdev), FROM_FIREWALL, False)
         else:
-            return super().judge(packet, data)
-        if packet.truncated and decision.reason == "nat:rewrite":
-            self.counters["nat_too_long"] += 1
+            return PacketHandler.judge(self, packet, data)
+        if decision.reason == "nat:rewrite" and packet.truncated:
+            self.nat_too_long += 1
         return decision
 
     def _route(self, data: bytes):
@@ -136,6 +154,12 @@ class NatPacketHandler(PacketHandler):
         if targets is not self._targets:
             self._targets = targets
             self.routes.pin(targets)
+        if len(data) >= 20 and data[0] >> 4 == 4:  # IPv4: the cache by number (fw.drivers.routes), no slice
+            key = data[16]  # (compiled: a C unsigned long, so the shift cannot overflow a C int)
+            try:
+                return self._by_v4[key << 24 | data[17] << 16 | data[18] << 8 | data[19]]
+            except KeyError:
+                pass
         return self.routes.of_packet(data)
 
     def _established(self, decision) -> None:

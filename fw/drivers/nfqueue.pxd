@@ -1,6 +1,7 @@
 # Types for the compiled build of nfqueue.py (build_compiled.py; Cython's pure-Python mode): the
 # PacketHandler, called for every packet, becomes an extension type with C fields (a Python
-# subclass such as fw.drivers.nat_queue's NatPacketHandler still overrides `judge` and `new_mark`).
+# subclass may still override `judge` and `new_mark`; fw.drivers.nat_queue's NatPacketHandler is an
+# extension type deriving from it, nat_queue.pxd).
 cimport cython as cy  # not `cython`: the module binds that name (a stand-in without Cython)
 
 

@@ -35,6 +35,12 @@ cdef inline long _c_length(size_t address, int index) noexcept:
     return header.msg_len
 
 
+cdef int _put_verdict(bytearray out, Py_ssize_t at, unsigned int verdict, unsigned int packet_id) except -1
+cdef int _put_be32(bytearray out, Py_ssize_t at, unsigned int value) except -1
+cdef int _put_lengths(bytearray out, Py_ssize_t start, unsigned int length, Py_ssize_t nla_at,
+                      unsigned int nla_length) except -1
+
+
 cdef inline bytes _c_bytes(const unsigned char[:] data, Py_ssize_t start, Py_ssize_t end):
     return PyBytes_FromStringAndSize(<const char *>&data[start], end - start)
 
@@ -60,11 +66,11 @@ cdef class NfPacket:
 cdef class SocketQueue:
     cdef public int number
     cdef public object options, callback, netlink_errors, _sock, _handle, _accept_through
-    cdef public Py_ssize_t batches, sends
+    cdef public Py_ssize_t batches, sends, _gathered
     cdef public int _given, _verdict_batch
     cdef public bint _draining
     cdef public bytearray _out
-    cdef public list _pending
+    cdef public list _pending, _parts
     cdef public bytes _template, _batch_template, _mark_template, _payload_head, _mark_payload_head
     cdef public long long _seq
     cdef public _Receiver _receiver

@@ -22,14 +22,16 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
 - Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT; each a template whose lengths, id, verdict and mark
-  are written in place, as building them attribute by attribute cost NAT's two passes a few us a
-  packet) to one buffer, which goes to the kernel in one send
-  when `verdict_batch` packets have one and at the end of every drain, or before it would pass
-  MAX_DATAGRAM bytes (rewritten 64 KiB packets). Accepts the callback leaves
-  to the queue (ACCEPT_LATER) become one NFQNL_MSG_VERDICT_BATCH "accept every packet up to id N",
-  appended after the single verdicts before it, so the kernel, which handles a datagram's messages
-  in order, has dropped those first. A verdict given outside a drain (fw.sync's held packets) is
-  sent at once.
+  are written in place (compiled, byte by byte: `_put_verdict`...), as building them attribute by
+  attribute cost NAT's two passes a few us a packet) to one buffer, which goes to the kernel in one
+  send when `verdict_batch` packets have one and at the end of every drain, or before it would pass
+  MAX_DATAGRAM bytes (rewritten 64 KiB packets). A payload of GATHER_FROM bytes or more is not
+  copied in: the buffer's parts and the payloads between them go in one sendmsg, as iovecs, which
+  spares a rewritten 64 KiB GSO packet a copy and the buffer's reallocations. Accepts the callback
+  leaves to the queue (ACCEPT_LATER) become one NFQNL_MSG_VERDICT_BATCH "accept every packet up to
+  id N", appended after the single verdicts before it, so the kernel, which handles a datagram's
+  messages in order, has dropped those first. A verdict given outside a drain (fw.sync's held
+  packets) is sent at once.
 - A payload shorter than the packet (`cap_len` set) is fine for an accept or drop: a verdict
   without NFQA_PAYLOAD leaves the packet as it is in the kernel. A verdict with a payload replaces
   the packet (a shorter one truncates it), so rewriting needs the whole packet.
@@ -85,6 +87,7 @@ DEFAULT_OPTIONS = QueueOptions()
 # A netlink datagram longer than the socket's send buffer (net.core.wmem_default, 208 KiB here)
 # fails with EMSGSIZE: verdicts with payloads (NAT) are sent before the buffer would reach this.
 MAX_DATAGRAM = 160 * 1024
+GATHER_FROM = 4096  # a new payload this long is not copied into the verdict buffer but sent where it is
 HEADROOM = 1024  # room in a receive slot for the netlink headers and the attributes before the payload
 
 _NLMSG = struct.Struct("=IHHII")
@@ -104,6 +107,52 @@ _PACKET_KIND, _NLMSG_ERROR, _TYPE_MASK = PACKET_KIND, NLMSG_ERROR, NLA_TYPE_MASK
 _PAYLOAD, _PACKET_HDR, _INDEV, _OUTDEV = NFQA_PAYLOAD, NFQA_PACKET_HDR, NFQA_IFINDEX_INDEV, NFQA_IFINDEX_OUTDEV
 _MARK, _SKB_INFO, _CAP_LEN = NFQA_MARK, NFQA_SKB_INFO, NFQA_CAP_LEN
 _PHYSINDEV, _PHYSOUTDEV = NFQA_IFINDEX_PHYSINDEV, NFQA_IFINDEX_PHYSOUTDEV
+
+
+def _put_verdict(out: bytearray, at: int, verdict: int, packet_id: int) -> int:
+    """NFQA_VERDICT_HDR's two values (network order) at `at`. Compiled (the pxd's C function): byte
+    stores; a `pack_into` call cost ~500 instructions, four of them a translated packet's verdict."""
+    if cython.compiled:
+        _put_be32(out, at, verdict)
+        _put_be32(out, at + 4, packet_id)
+    else:
+        _VERDICT_INTO(out, at, verdict, packet_id)
+    return 0
+
+
+def _put_be32(out: bytearray, at: int, value: int) -> int:
+    """A 32-bit attribute value (network order) at `at`."""
+    if cython.compiled:
+        out[at] = value >> 24 & 0xFF
+        out[at + 1] = value >> 16 & 0xFF
+        out[at + 2] = value >> 8 & 0xFF
+        out[at + 3] = value & 0xFF
+    else:
+        _U32_INTO(out, at, value)
+    return 0
+
+
+def _put_lengths(out: bytearray, start: int, length: int, nla_at: int, nla_length: int) -> int:
+    """A verdict message's nlmsg_len (32 bits) at `start` and its NFQA_PAYLOAD's nla_len (16 bits)
+    at `nla_at`, in host order."""
+    if not cython.compiled:
+        _NLMSG_LEN_INTO(out, start, length)
+        _NLA_LEN_INTO(out, nla_at, nla_length)
+    elif _LITTLE:
+        out[start] = length & 0xFF
+        out[start + 1] = length >> 8 & 0xFF
+        out[start + 2] = length >> 16 & 0xFF
+        out[start + 3] = length >> 24 & 0xFF
+        out[nla_at] = nla_length & 0xFF
+        out[nla_at + 1] = nla_length >> 8 & 0xFF
+    else:
+        out[start] = length >> 24 & 0xFF
+        out[start + 1] = length >> 16 & 0xFF
+        out[start + 2] = length >> 8 & 0xFF
+        out[start + 3] = length & 0xFF
+        out[nla_at] = nla_length >> 8 & 0xFF
+        out[nla_at + 1] = nla_length & 0xFF
+    return 0
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -257,7 +306,7 @@ class NfPacket:
 
     def set_payload(self, data: bytes) -> None:
         """The packet leaves as these bytes (NAT); its whole copy is needed (see `truncated`)."""
-        self.new_payload = bytes(data)
+        self.new_payload = data if type(data) is bytes else bytes(data)  # (bytes(b) is a call for nothing)
 
     @property
     def truncated(self) -> bool:
@@ -312,6 +361,8 @@ class SocketQueue:
         self._accept_through: int | None = None  # highest packet id waiting for the batch accept
         self._given = 0  # packets with a verdict in _out or waiting for the batch accept
         self._out = bytearray()  # verdicts not yet sent
+        self._parts: list = []  # before _out, with large payloads between: sent with sendmsg (verdict())
+        self._gathered = 0  # bytes in _parts
         self._draining = False
         self._pending: list[bytes] = []  # packet messages read while waiting for an ack
         self._template = bytes(verdict_message(number, 0, 0))
@@ -496,27 +547,32 @@ class SocketQueue:
         if payload is None:
             if mark is None:
                 out += self._template
-                _VERDICT_INTO(out, len(out) - 8, verdict, packet.id)
+                _put_verdict(out, len(out) - 8, verdict, packet.id)
             else:
                 out += self._mark_template
-                _VERDICT_INTO(out, len(out) - 16, verdict, packet.id)
-                _U32_INTO(out, len(out) - 4, mark)
+                _put_verdict(out, len(out) - 16, verdict, packet.id)
+                _put_be32(out, len(out) - 4, mark)
         else:
             head = self._payload_head if mark is None else self._mark_payload_head
             size = len(head) + len(payload)
             padded = (size + 3) & ~3
-            if len(out) + padded > MAX_DATAGRAM:  # NAT's 64 KiB payloads: a datagram's size is capped
+            if self._gathered + len(out) + padded > MAX_DATAGRAM:  # NAT's 64 KiB payloads: a datagram's size is capped
                 self._send_out()
                 out = self._out
             start = len(out)
             out += head
-            out += payload
-            out += _PADDING[padded - size]
-            _NLMSG_LEN_INTO(out, start, padded)
-            _NLA_LEN_INTO(out, start + len(head) - 4, 4 + len(payload))
-            _VERDICT_INTO(out, start + 24, verdict, packet.id)
+            _put_lengths(out, start, padded, start + len(head) - 4, 4 + len(payload))
+            _put_verdict(out, start + 24, verdict, packet.id)
             if mark is not None:
-                _U32_INTO(out, start + 36, mark)
+                _put_be32(out, start + 36, mark)
+            if len(payload) < GATHER_FROM:
+                out += payload
+                out += _PADDING[padded - size]
+            else:  # sent from where it is (sendmsg's iovecs): no copy of a 64 KiB GSO packet into the buffer
+                self._parts.append(out)
+                self._parts.append(payload)
+                self._gathered += len(out) + len(payload)
+                self._out = bytearray(_PADDING[padded - size])
         self._given += 1
         if not self._draining or self._given >= self.options.verdict_batch:
             self.accept_waiting()
@@ -525,13 +581,19 @@ class SocketQueue:
         """Send the verdicts given so far and the batch accept of the packets left to us, in one datagram."""
         if self._accept_through is not None:
             self._out += self._batch_template
-            _VERDICT_INTO(self._out, len(self._out) - 8, NF_ACCEPT, self._accept_through)
+            _put_verdict(self._out, len(self._out) - 8, NF_ACCEPT, self._accept_through)
             self._accept_through = None
             self.batches += 1
         self._send_out()
 
     def _send_out(self) -> None:
-        if self._out:
+        if self._parts:
+            parts, self._parts, self._gathered = self._parts, [], 0
+            parts.append(self._out)
+            self._out, self._given = bytearray(), 0
+            self._sock.sendmsg(parts)
+            self.sends += 1
+        elif self._out:
             out, self._out, self._given = self._out, bytearray(), 0
             self._sock.send(out)
             self.sends += 1

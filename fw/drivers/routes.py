@@ -92,6 +92,9 @@ class Routes:
         self._sock = None  # the netlink socket, opened at the first question
         self._seq = 0
         self._cache: dict[tuple[int, bytes], Route | None] = {}
+        # The IPv4 answers again, by the address as a number: a packet's destination read without a
+        # slice, a tuple or a bytes hash (fw.drivers.nat_queue reads it; cleared in place, never replaced).
+        self.by_v4: dict[int, Route | None] = {}
         # The engine's snapshot (Nat.routes): the same answers as (oif, src), None when not routed out.
         self.table: dict[tuple[int, bytes], tuple[str | None, bytes | None] | None] = {}
         self._pinned: frozenset = frozenset()  # (family, dst) kept in the snapshot across `forget`
@@ -111,6 +114,8 @@ class Routes:
     def _store(self, key: tuple[int, bytes]) -> Route | None:
         found = self._cache[key] = self._ask(*key)
         self.table[key] = None if found is None or found.local else (found.oif, found.src)
+        if key[0] == 4 and len(key[1]) == 4:
+            self.by_v4[int.from_bytes(key[1], "big")] = found
         return found
 
     def pin(self, targets) -> None:
@@ -157,6 +162,7 @@ class Routes:
         pinned destinations are asked again at once: the engine reads them without asking)."""
         self._cache.clear()
         self.table.clear()
+        self.by_v4.clear()
         for key in self._pinned:
             self._store(key)
 

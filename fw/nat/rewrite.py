@@ -30,13 +30,22 @@ truncate it in the kernel), an address of the other family.
 A session's two compiled directions (`Translation`) are made together by `pair` (one checksum
 difference, negated for the reply). build_compiled.py compiles this module (fw/nat/rewrite.pxd:
 Translation a final cdef class of numbers and one bytes object, so the cyclic collector does not
-track it, and `leave` typed); it runs unchanged as Python (FW_PURE=1).
+track it, and `leave` typed); it runs unchanged as Python (FW_PURE=1). Compiled, `leave` rewrites
+a bare TCP/UDP packet in C (the pxd's `_c_translated`: one new bytes object, the packet copied
+into it once, the header and both checksums written in place, a partial checksum summed in C) and
+makes its RewritePacket (fw/decision.pxd) without a Python call; the Python code of `leave` is the
+pure build's, which copies a large (GSO) packet's payload once too (a join over a memoryview).
 """
 
 from __future__ import annotations
 
 from struct import Struct
 from typing import NamedTuple
+
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
 
 from fw.decision import RewritePacket
 from fw.packet.checksum import checksum_of_sum, pseudo_header_sum, udp_fold, update_sum, word_sum
@@ -47,7 +56,7 @@ _PORTS = Struct("!HH")
 _read16 = _U16.unpack_from
 _write16 = _U16.pack_into
 _from_bytes = int.from_bytes
-_new_effect = RewritePacket.__new__
+_BIG = 2048  # bytes beyond which the pure build joins a memoryview of the rest (no second copy)
 
 # family -> (source address offset, length); the destination follows the source directly.
 _ADDRESS_AT = {4: (12, 4), 6: (8, 16)}
@@ -112,10 +121,12 @@ class Translation:
     `leave(data, packet, effects, partial=False)` gives `effects` and a RewritePacket with the
     translated bytes of `data` (parsed as `packet`, a packet of this session direction: the lookup
     guarantees it carries `old`); `apply` gives the bytes alone. Every packet of a translated
-    session comes here, so the common case is short: a complete TCP/UDP packet with a
-    bare IP header (no IPv4 options, no IPv6 extension headers) costs one struct unpack of its head,
-    one pack and one concatenation with the rest; the structs are shared by every session of a
-    kind (a session's own data is this object and its `header`, so little memory per packet).
+    session comes here, so the common case is short: a TCP/UDP packet with a bare IP header (no
+    IPv4 options, no IPv6 extension headers) is, compiled, one copy and a few C stores
+    (`_c_translated`, module docstring); pure, one struct unpack of its head, one pack and one
+    concatenation with the rest (a join over a memoryview beyond `_BIG` bytes: the payload of a
+    64 KiB GSO packet copied once); the structs are shared by every session of a kind (a
+    session's own data is this object and its `header`, so little memory per packet).
     A partial checksum (`partial`) is computed whole in the same pass (`_whole`: one `word_sum` over
     the segment as it came, corrected by constants). IPv4 options or IPv6 extension headers take a
     `bytes.join` of slices (`_unusual`); anything else (a fragment, a packet the capture cut, other
@@ -154,24 +165,28 @@ class Translation:
         path's whole rewrite in one call (the effect made without an `__init__` frame)."""
         if packet.l4_offset != self.bare or packet.is_fragment or len(data) < packet.ip_len:
             new = self._unusual(data, packet, partial)
-        elif self.family == 4:
-            before, ip_check, between, check = _UNPACK4[self.udp](data)
-            if partial:
-                check = self._whole(data, packet.ip_len, check)
-            elif check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
-                check = (check + self.l4_delta) % 0xFFFF or self.zero
-            new = _PACK4[self.udp](before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check) \
-                + data[self.end:]
+        elif cython.compiled and type(data) is bytes:
+            new = _c_translated(self, data, packet.ip_len, partial)  # noqa: F821  (the pxd's)
         else:
-            before, between, check = _UNPACK6[self.udp](data)
-            if partial:
-                check = self._whole(data, packet.ip_len, check)
-            elif check or not self.udp:
-                check = (check + self.l4_delta) % 0xFFFF or self.zero
-            new = _PACK6[self.udp](before, self.header, between, check) + data[self.end:]
-        effect = _new_effect(RewritePacket)
+            if self.family == 4:
+                before, ip_check, between, check = _UNPACK4[self.udp](data)
+                if partial:
+                    check = self._whole(data, packet.ip_len, check)
+                elif check or not self.udp:  # a zero UDP checksum (none) stays zero; a computed 0 is 0xFFFF
+                    check = (check + self.l4_delta) % 0xFFFF or self.zero
+                head = _PACK4[self.udp](before, (ip_check + self.ip_delta) % 0xFFFF, self.header, between, check)
+            else:
+                before, between, check = _UNPACK6[self.udp](data)
+                if partial:
+                    check = self._whole(data, packet.ip_len, check)
+                elif check or not self.udp:
+                    check = (check + self.l4_delta) % 0xFFFF or self.zero
+                head = _PACK6[self.udp](before, self.header, between, check)
+            # A GSO packet's payload copied once (the join reads a view; `+` of a slice copies twice).
+            new = head + data[self.end:] if len(data) <= _BIG else b"".join((head, memoryview(data)[self.end:]))
+        effect = RewritePacket.__new__(RewritePacket)
         effect.data = new
-        return effects + (effect,)
+        return effects + (effect,) if effects else (effect,)
 
     def apply(self, data: bytes, packet, partial: bool = False) -> bytes:
         """`data` translated: the bytes of `leave`'s RewritePacket."""

@@ -37,9 +37,17 @@ from __future__ import annotations
 
 import ipaddress
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.lb.maglev import DEFAULT_BUDGET
+from fw.lb.schedulers import maglev_pick
+from fw.lb.servers import RealServer
 from fw.lb.service import VirtualServers
 from fw.nat.ports import Pool
+from fw.packet.parse import Packet
 
 TCP, UDP = 6, 17
 ALL_DOWN = "lb:all-down"
@@ -50,9 +58,15 @@ FULL_NAT_PORTS = (1024, 32767)
 
 
 class Choice:
-    """A real server for a new session: its address and port, and what the binding keeps."""
+    """A real server for a new session: its address and port, and what the binding keeps. Made
+    once per (virtual server, real server) and kept on the RealServer (`choice`), with what every
+    session to that server has in common: the destination it is translated to (`dst`, `dport`)
+    and the checksum differences of that change (`ip_delta`, `l4_delta`: RFC 1624's old - new sum
+    of the changed words, mod 0xFFFF; the client's own address and port are in both the old and
+    the new tuple, so they cancel), so that a session without source translation needs no
+    arithmetic on addresses (fw/engine_nat.py, `_destination_only`)."""
 
-    __slots__ = ("spec", "server", "names", "key", "link")
+    __slots__ = ("spec", "server", "names", "key", "link", "full_nat", "dst", "dport", "ip_delta", "l4_delta")
 
     def __init__(self, spec, server, balancer=None):
         self.spec = spec
@@ -60,6 +74,27 @@ class Choice:
         self.names = f"lb:{spec.name}:{server.name}"
         self.key = (spec.name, server.name)
         self.link = (balancer, self.key)  # a binding's `lb`, shared by the server's sessions
+        self.full_nat = bool(spec.full_nat)
+        self.dst, self.dport = server.packed, server.port
+        vip = ipaddress.ip_address(spec.address).packed
+        address_delta = int.from_bytes(vip, "big") - int.from_bytes(server.packed, "big")
+        self.ip_delta = address_delta % 0xFFFF if len(vip) == 4 else 0
+        self.l4_delta = (address_delta + spec.port - server.port) % 0xFFFF
+
+
+class Service:
+    """One virtual server as `choose` finds it: its spec, balancer, what refuses a session when no
+    real server is available, and for maglev without persistence the scheduler itself (`maglev`:
+    its pick is called without going through the balancer)."""
+
+    __slots__ = ("spec", "balancer", "refuse", "maglev")
+
+    def __init__(self, spec, balancer):
+        self.spec = spec
+        self.balancer = balancer
+        self.refuse = REFUSE[spec.when_all_down]
+        scheduler = balancer.scheduler
+        self.maglev = scheduler if balancer.affinity is None and scheduler.name == "maglev" else None
 
 
 class AllDown:
@@ -83,8 +118,7 @@ class LoadBalancer:
         self.services = VirtualServers(())
         self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
         self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
-        self.choices: dict = {}  # RealServer -> its Choice (made once per configuration)
-        self.at: dict = {}  # (packed address, proto, port) -> (spec, Balancer): `choose`'s one lookup
+        self.at: dict = {}  # (packed address, proto, port) -> Service: `choose`'s one lookup
         self.active = False
 
     def configure(self, specs) -> None:
@@ -108,31 +142,35 @@ class LoadBalancer:
                 key = (spec.family, packed)
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
                                                          node=self.node, nodes=self.nodes)
-        self.services, self.pools, self.choices = services, pools, {}
+        self.services, self.pools = services, pools
         self.at = {(ipaddress.ip_address(spec.address).packed, spec.proto, spec.port):
-                   (spec, services.balancers[spec.name]) for spec in services.specs.values()}
+                   Service(spec, services.balancers[spec.name]) for spec in services.specs.values()}
         self.active = bool(len(services))
 
+    @cython.locals(pkt=Packet, service=Service, server=RealServer, choice=Choice)
     def choose(self, pkt, sport: int, dport: int, now: float):
         """None (no virtual server here), a Choice, or an AllDown."""
         proto = pkt.proto
         if proto != TCP and proto != UDP:
             return None
-        found = self.at.get((pkt.dst, proto, dport))
-        if found is None:
+        service = self.at.get((pkt.dst, proto, dport))
+        if service is None:
             return None
-        spec, balancer = found
-        if balancer.affinity is None:  # balancer.choose without persistence, written out
-            server = balancer.scheduler.pick(pkt.src, sport)
+        if service.maglev is not None:  # balancer.choose without persistence, written out
+            server = maglev_pick(service.maglev, pkt.src, sport)
         else:
-            server = balancer.choose(pkt.src, sport, now)
+            balancer = service.balancer
+            if balancer.affinity is None:
+                server = balancer.scheduler.pick(pkt.src, sport)
+            else:
+                server = balancer.choose(pkt.src, sport, now)
         if server is None:
-            return REFUSE[spec.when_all_down]
+            return service.refuse
         server.active += 1  # balancer.opened(server)
         server.opened += 1
-        choice = self.choices.get(server)
-        if choice is None:
-            choice = self.choices[server] = Choice(spec, server, self)
+        choice = server.choice
+        if choice is None or choice.link[0] is not self:  # made once per server (a reload makes new servers)
+            choice = server.choice = Choice(service.spec, server, self)
         return choice
 
     def serves(self, pkt, dport: int) -> bool:

@@ -2,6 +2,9 @@
 # A binding's two Translations are typed: the engine's established path (fw/engine.py's `_tcp`)
 # reads them and calls `leave` in C.
 cimport cython
+from fw.nat.rewrite cimport Translation, _made
+from fw.packet.parse cimport Packet
+from fw.engine_lb cimport Choice
 
 from fw.nat.rewrite cimport Translation
 

@@ -38,17 +38,28 @@ the Binding and the Translation, reaches the rewrite in C); it runs unchanged as
 
 from __future__ import annotations
 
+from struct import Struct
+
 from fw import engine_nat_ftp
 from fw.conntrack.table import REVERSED, Extra, flow_key
 from fw.decision import DROP
-from fw.engine_lb import AllDown, LoadBalancer
+from fw.engine_lb import AllDown, Choice, LoadBalancer
 from fw.nat.ftp import FtpNatSession
 from fw.nat.ports import Pool
-from fw.nat.rewrite import Manip, RewriteError, Translation, pair, rewrite
+from fw.nat.rewrite import Manip, RewriteError, Translation, _made, pair, rewrite
+from fw.packet.parse import Packet
+
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
 
 _KEEP = Manip()
+# A translated direction's new addresses and ports (a Translation's `header`), one pack per family.
+_HEADER4 = Struct("!4s4sHH").pack
+_HEADER6 = Struct("!16s16sHH").pack
 
-TCP, ICMP, ICMPV6 = 6, 1, 58
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 EXHAUSTED = "nat:exhausted"
 
 
@@ -261,27 +272,40 @@ class Nat:
             return None, pkt.dst, dport
         return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
 
+    @cython.locals(picked=Choice)
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
         """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
         an engine_lb.AllDown (a virtual server with no real server available)."""
-        choice = self.lb.choose(pkt, sport, dport, now) if self.lb.active else None
+        lb = self.lb
+        choice = lb.choose(pkt, sport, dport, now) if lb.active else None
         dnat = None
+        # No entry that could translate the source: a dnat or a virtual server changes the
+        # destination only, and its binding is made by `_destination_only`.
+        keep_source = not (self.sources if self.routes is not None else self.snats)
         if choice is not None:  # a virtual server at this destination: its real server (SPEC: first)
             if choice.__class__ is AllDown:
                 return choice
-            server = choice.server
-            new_dst, new_dport = server.packed, server.port
-        elif self.dnats:
+            picked = choice
+            if keep_source and not picked.full_nat:
+                binding = _destination_only(pkt, sport, dport, picked.dst, picked.dport, picked.names,
+                                            picked.ip_delta, picked.l4_delta, sessions)
+            else:
+                binding = self._source(pkt, sport, dport, iif, oif, sessions, None, picked, picked.dst, picked.dport)
+            if binding is EXHAUSTED:
+                lb.closed(picked.key, 0)  # not opened after all
+            else:
+                binding.lb = picked.link  # (self.lb, choice.key), one tuple per server
+            return binding
+        if self.dnats:
             dnat, new_dst, new_dport = self.destination(pkt, dport, iif)
+            if dnat is not None and keep_source and (pkt.proto == TCP or pkt.proto == UDP):
+                address_delta = int.from_bytes(pkt.dst, "big") - int.from_bytes(new_dst, "big")
+                return _destination_only(pkt, sport, dport, new_dst, new_dport, "nat:" + dnat.name,
+                                         address_delta % 0xFFFF if pkt.family == 4 else 0,
+                                         (address_delta + dport - new_dport) % 0xFFFF, sessions)
         else:
             new_dst, new_dport = pkt.dst, dport
-        binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport)
-        if choice is not None:
-            if binding.__class__ is Binding:
-                binding.lb = choice.link  # (self.lb, choice.key), one tuple per server
-            else:
-                self.lb.closed(choice.key, 0)  # not opened after all
-        return binding
+        return self._source(pkt, sport, dport, iif, oif, sessions, dnat, None, new_dst, new_dport)
 
     def _source(self, pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport):
         """The source half of `bind`, on the translated destination: a Binding, None or EXHAUSTED."""
@@ -405,6 +429,53 @@ class Nat:
         _s, address, _sp, port = binding.reply
         pool.claim(binding.proto, address, port)
         binding.held = (pool, binding.proto, address, port, name)
+
+
+@cython.locals(pkt=Packet, binding=Binding, proto=cython.long, family=cython.long, udp=cython.bint,
+               bare=cython.long, end=cython.long, zero=cython.long)
+def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, ip_delta: int, l4_delta: int,
+                      sessions: dict):
+    """The Binding of a TCP or UDP session whose destination d:dp becomes s:sp, its source c:cp
+    kept (a virtual server's real server, a dnat entry without snat), or EXHAUSTED when the reply
+    tuple is another session's. The same Binding as `Binding(proto, family, (c, d, cp, dp),
+    (s, c, sp, cp), names)`, made without its arithmetic: `ip_delta` and `l4_delta` are the
+    original direction's checksum differences (the reply's are their negations; a virtual server
+    knows them once per real server), the reply's key is the one the free-tuple check looked up
+    (none when nothing changes), each direction's new header one struct pack, and the fields are
+    set without an `__init__` call."""
+    proto, family, c, d = pkt.proto, pkt.family, pkt.src, pkt.dst
+    # The reply's key (flow_key written out) and the side a reply packet is on.
+    if new_dst < c or (new_dst == c and new_dport <= sport):
+        alias, side = (proto, new_dst, c, new_dport, sport), 0
+    else:
+        alias, side = (proto, c, new_dst, sport, new_dport), REVERSED
+    if alias in sessions:
+        return EXHAUSTED  # the untranslated source is in use toward the new destination
+    udp = proto == UDP
+    bare = 20 if family == 4 else 40
+    end = bare + (8 if udp else 18)
+    zero = 0xFFFF if udp else 0
+    pack = _HEADER4 if family == 4 else _HEADER6
+    binding = Binding.__new__(Binding)
+    binding.proto = proto
+    binding.family = family
+    binding.orig = (c, d, sport, dport)
+    binding.reply = (new_dst, c, new_dport, sport)
+    binding.names = names
+    binding.held = None
+    binding.ftp = None
+    binding.ports = None
+    binding.alias = None if new_dst == d and new_dport == dport else alias  # the reply's key is the session's own
+    binding.alias_side = side
+    binding.forward = _made(family, proto, udp, zero, bare, end, pack(c, new_dst, sport, new_dport),
+                            ip_delta, l4_delta, sport + dport)
+    binding.backward = _made(family, proto, udp, zero, bare, end, pack(d, c, dport, sport),
+                             -ip_delta % 0xFFFF, -l4_delta % 0xFFFF, new_dport + sport)
+    binding.middle = None
+    binding.after = None
+    binding.mid = None
+    binding.lb = None
+    return binding
 
 
 def _pool_name(name: str, kind: str, family: int) -> str:

@@ -19,6 +19,7 @@ SOURCE = b"fw-lb-source"
 
 
 _HASHERS: dict[bytes, object] = {}  # purpose -> an empty BLAKE2b state with its personalisation
+_FLOW = blake2b(digest_size=8, person=FLOW)  # flow_hash's
 
 
 def stable_hash(data: bytes, purpose: bytes) -> int:
@@ -30,6 +31,13 @@ def stable_hash(data: bytes, purpose: bytes) -> int:
         base = _HASHERS[purpose] = blake2b(digest_size=8, person=purpose)
     hasher = base.copy()
     hasher.update(data)
+    return int.from_bytes(hasher.digest(), "little")
+
+
+def flow_hash(src: bytes, sport: int) -> int:
+    """`stable_hash(flow_key(src, sport), FLOW)`: the number a flow is placed by (Maglev's slot)."""
+    hasher = _FLOW.copy()
+    hasher.update(src + sport.to_bytes(2, "big"))
     return int.from_bytes(hasher.digest(), "little")
 
 

@@ -20,6 +20,13 @@ whole, and until then the old one answers.
 
 from __future__ import annotations
 
+from array import array
+
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.lb.hashing import OFFSET, SKIP, stable_hash
 from fw.lb.servers import RealServer
 
@@ -34,11 +41,12 @@ def permutation(name: str, size: int) -> tuple[int, int]:
 
 
 class MaglevTable:
-    """A finished lookup table: `slots[i]` is an index into `servers` (empty when no server)."""
+    """A finished lookup table: `slots[i]` is an index into `servers` (an array of C ints; empty when
+    no server)."""
 
     __slots__ = ("servers", "slots", "size")
 
-    def __init__(self, servers: tuple[RealServer, ...], slots: list[int], size: int):
+    def __init__(self, servers: tuple[RealServer, ...], slots, size: int):
         self.servers = servers
         self.slots = slots
         self.size = size
@@ -67,7 +75,9 @@ class MaglevBuilder:
             raise ValueError("a Maglev table holds servers with weight > 0 only")
         count = len(self.servers)
         params = [permutation(s.name, size) for s in self.servers]
-        self._slots = [-1] * size if count else []
+        # An array of C ints, not a list: nothing for the cyclic collector to traverse (a list of
+        # 65,537 slots would be visited by every full collection while the table is in use).
+        self._slots = array("i", [-1]) * size if count else array("i")
         self._position = [offset for offset, _ in params]
         self._skip = [skip for _, skip in params]
         self._weights = [s.weight for s in self.servers]
@@ -82,6 +92,8 @@ class MaglevBuilder:
     def done(self) -> bool:
         return self.filled >= self.size
 
+    @cython.locals(slots="int[:]", size=cython.long, pos=cython.long, skip=cython.long, work=cython.long,
+                   limit=cython.long, probed=cython.long, nxt=cython.long)
     def step(self, budget: int = DEFAULT_BUDGET) -> bool:
         """At most about `budget` probes of work; True when the table is full."""
         slots, size, position, skips = self._slots, self.size, self._position, self._skip

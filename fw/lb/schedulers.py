@@ -29,7 +29,7 @@ from itertools import accumulate
 from math import gcd
 from operator import attrgetter
 
-from fw.lb.hashing import FLOW, SOURCE, stable_hash
+from fw.lb.hashing import SOURCE, flow_hash, stable_hash
 from fw.lb.maglev import DEFAULT_BUDGET, MaglevBuilder, MaglevTable, default_table_size
 from fw.lb.servers import RealServer, in_order
 
@@ -217,14 +217,7 @@ class Maglev(Scheduler):
             self.builder = None
 
     def pick(self, src: bytes, sport: int) -> RealServer | None:
-        table = self.table
-        if not table.servers:
-            return None
-        slot = stable_hash(src + sport.to_bytes(2, "big"), FLOW) % table.size  # hashing.flow_key, written out
-        server = table.servers[table.slots[slot]]
-        if server.up and server.weight > 0 and self.by_name.get(server.name) is server:  # available
-            return server
-        return self._fall_through(table, slot)
+        return maglev_pick(self, src, sport)
 
     def _fall_through(self, table: MaglevTable, slot: int) -> RealServer | None:
         """While a new table is being built: the next slot whose server may take the flow."""
@@ -236,6 +229,22 @@ class Maglev(Scheduler):
             if server.available and self.by_name.get(server.name) is server:
                 return server
         return None  # only servers the old table does not know are available: wait for the new one
+
+
+def maglev_pick(maglev: Maglev, src: bytes, sport: int) -> RealServer | None:
+    """`Maglev.pick`, a function (the engine's load balancer calls it directly, fw/engine_lb.py):
+    the flow's slot in the table, its server if that one may take the flow (up, weight > 0, and
+    still configured: a reload's carried table names a removed server's old object), else the
+    fall-through."""
+    table: MaglevTable = maglev.table
+    servers = table.servers
+    if not servers:
+        return None
+    slot = flow_hash(src, sport) % table.size
+    server: RealServer = servers[table.slots[slot]]
+    if server.up and server.weight > 0 and maglev.by_name.get(server.name) is server:  # available
+        return server
+    return maglev._fall_through(table, slot)
 
 
 def carried(table: MaglevTable, servers) -> MaglevTable:

@@ -17,7 +17,7 @@ import ipaddress
 class RealServer:
     """One real server of a virtual server, in one worker."""
 
-    __slots__ = ("address", "packed", "family", "port", "name", "order", "weight", "up", "active", "opened")
+    __slots__ = ("address", "packed", "family", "port", "name", "order", "weight", "up", "active", "opened", "choice")
 
     def __init__(self, address: str, port: int, weight: int = 1, up: bool = True):
         if not 0 < port < 65536:
@@ -35,6 +35,7 @@ class RealServer:
         self.up = up
         self.active = 0
         self.opened = 0
+        self.choice = None  # the engine's load balancer's fw.engine_lb.Choice for this server, once made
 
     @property
     def available(self) -> bool:

@@ -31,8 +31,8 @@ cpdef tuple pair(int family, int proto, tuple orig, tuple reply)
 
 
 @cy.locals(made=Translation)
-cdef Translation _made(int family, int proto, bint udp, int zero, int bare, int end, bytes header, int ip_delta,
-                       int l4_delta, int ports)
+cpdef Translation _made(int family, int proto, bint udp, int zero, int bare, int end, bytes header, int ip_delta,
+                        int l4_delta, int ports)
 
 
 cdef inline uint64_t _c_sum(const unsigned char *p, Py_ssize_t size) noexcept nogil:

@@ -89,7 +89,7 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
             return engine.translate(Decision(ACCEPT, ESTABLISHED, pkt, session, effects), extra.nat, original, now)
         if extra.alg is not None:
             effects = effects + engine.feed_alg(session, pkt, original, now)
-    decision = Decision.__new__(Decision)  # Decision(ACCEPT, ...) without its __init__ call (an extension type compiled)
+    decision = Decision.__new__(Decision)  # Decision(ACCEPT, ...) without its __init__ call
     decision.verdict, decision.reason, decision.packet, decision.session = ACCEPT, ESTABLISHED, pkt, session
     decision.effects = effects
     return decision

@@ -317,10 +317,6 @@ class NfPacket:
     def gso(self) -> bool:
         return bool(self.skb_info & NFQA_SKB_GSO)
 
-    @property
-    def checksum_not_ready(self) -> bool:
-        return bool(self.skb_info & NFQA_SKB_CSUMNOTREADY)
-
     def accept(self) -> None:
         self._verdict(NF_ACCEPT)
 

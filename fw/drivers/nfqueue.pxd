@@ -3,6 +3,8 @@
 # subclass may still override `judge` and `new_mark`; fw.drivers.nat_queue's NatPacketHandler is an
 # extension type deriving from it, nat_queue.pxd).
 cimport cython as cy  # not `cython`: the module binds that name (a stand-in without Cython)
+from fw.decision cimport Decision
+from fw.rule_counters cimport RuleCounters
 
 
 cdef class PacketHandler:
@@ -10,7 +12,11 @@ cdef class PacketHandler:
     cdef public object redirect, observe, defer
     cdef public dict _ifnames
     cdef public bint accept_later
+    cdef public object _observed
+    cdef public RuleCounters _counters
 
+    @cy.locals(decision=Decision, applied=int)
+    cpdef handle(self, packet, data)
     cpdef judge(self, packet, data)
 
 

@@ -53,6 +53,7 @@ except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
 
 from fw.decision import ACCEPT, DROP, RewritePacket, SetMark, Verdicts
 from fw.packet.constants import PROTO_NAMES
+from fw.rule_counters import RuleCounters
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -337,6 +338,7 @@ class PacketHandler:
         self.redirect: Callable | None = None
         # observe(decision): told of every decision (per-rule counters of fw.metrics), if set.
         self.observe: Callable | None = None
+        self._observed = self._counters = None  # the observe hook seen last; its RuleCounters if it is one
         # defer(packet, data, decision) -> bool: True if it keeps the packet and gives its verdict
         # later itself (fw.sync holds a packet that waits for a peer's session; owner forwarding
         # sends it to its owner). Returning False it may have replaced the decision's verdict,
@@ -349,12 +351,26 @@ class PacketHandler:
 
     def __call__(self, packet) -> str | None:
         """The packet's verdict, given; or ACCEPT_LATER, returned (see accept_later)."""
-        data = b""
         try:
             data = packet.get_payload()
+        except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
+            return self._fail(packet, b"", "engine", exc)
+        return self.handle(packet, data)
+
+    def handle(self, packet, data: bytes) -> str | None:
+        """__call__ with the packet's bytes in hand (fw.drivers.nfqueue_socket calls it, from C when
+        compiled). Compiled, `decision` is a typed Decision: its fields are read in C, and a
+        RuleCounters `observe` is called directly (`_counters`)."""
+        try:
             decision = self.judge(packet, data)
-            if self.observe is not None:
-                self.observe(decision)
+            observe = self.observe
+            if observe is not None:
+                if observe is not self._observed:  # set (or changed) since the last packet
+                    self._observe_with(observe)
+                if self._counters is not None:
+                    self._counters.count(decision)
+                else:
+                    observe(decision)
         except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
             return self._fail(packet, data, "engine", exc)
         later = None
@@ -384,6 +400,12 @@ class PacketHandler:
                 self.errors["effects"] += 1
                 self.on_error("effects", exc, data)
         return later
+
+    def _observe_with(self, observe) -> None:
+        """`observe` is a RuleCounters' count (fw.records): call that directly, not through the bound method."""
+        owner = getattr(observe, "__self__", None)
+        self._counters = owner if isinstance(owner, RuleCounters) and observe == owner.count else None
+        self._observed = observe
 
     def judge(self, packet, data: bytes):
         """The engine's Decision for the packet (fw.drivers.nat_queue adds the NAT passes' inputs)."""

@@ -28,7 +28,9 @@ its limits:
 - Kernel counters (queue_dropped: queue full; user_dropped: socket buffer full) come from
   /proc/net/netfilter/nfnetlink_queue.
 - Compiled (build_compiled.py), nfqueue.pxd makes PacketHandler an extension type with C fields: the
-  per-packet handler costs about a third of the interpreted one (docs/performance.md).
+  per-packet handler costs about a third of the interpreted one (docs/performance.md). Its
+  `handle(packet, payload)` (what fw.drivers.nfqueue_socket calls, from C) reads the Decision's
+  fields in C and calls a RuleCounters `observe` hook (fw.records) directly.
 """
 
 from __future__ import annotations

@@ -313,6 +313,13 @@ def read_queue_counters(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
 # -- the verdict for each packet --------------------------------------------------------------------
 
 
+class PacketInterfaces:
+    """A queued packet's interfaces (ifindexes). fw.drivers.nfqueue_socket's NfPacket derives from
+    it: compiled, PacketHandler.judge reads them as C fields, not through attribute lookups."""
+
+    __slots__ = ("indev", "outdev")
+
+
 class PacketHandler:
     """The queue callback: packet bytes, the time and the interfaces into the engine, a verdict out.
 
@@ -335,6 +342,8 @@ class PacketHandler:
         self.errors: Counter = Counter()  # "engine", "effects", "verdict": failures by where
         self.verdicts = Verdicts()  # final verdicts by reason (errors: reason "error")
         self._ifnames: dict[int, str | None] = {0: None}
+        self._last_indev = self._last_outdev = -1  # the last packet's interfaces and their names (judge)
+        self._last_iif = self._last_oif = None
         # redirect(packet, decision) -> bool: another verdict for a packet the engine drops (fw.workers
         # hands an ICMP error whose session it does not hold to the next queue); True if it gave one.
         self.redirect: Callable | None = None
@@ -411,11 +420,20 @@ class PacketHandler:
 
     def judge(self, packet, data: bytes):
         """The engine's Decision for the packet (fw.drivers.nat_queue adds the NAT passes' inputs)."""
-        names = self._ifnames
-        try:  # ifname(), written out for the names already known
-            iif, oif = names[packet.indev], names[packet.outdev]
-        except KeyError:
-            iif, oif = self.ifname(packet.indev), self.ifname(packet.outdev)
+        if cython.compiled and isinstance(packet, PacketInterfaces):  # an NfPacket: C fields
+            fields = cython.cast(PacketInterfaces, packet)
+            indev, outdev = fields.indev, fields.outdev
+        else:
+            indev, outdev = packet.indev, packet.outdev
+        if indev == self._last_indev and outdev == self._last_outdev:  # as the packet before
+            iif, oif = self._last_iif, self._last_oif
+        else:
+            names = self._ifnames
+            try:  # ifname(), written out for the names already known
+                iif, oif = names[indev], names[outdev]
+            except KeyError:
+                iif, oif = self.ifname(indev), self.ifname(outdev)
+            self._last_indev, self._last_outdev, self._last_iif, self._last_oif = indev, outdev, iif, oif
         return self.engine.process(data, self.clock(), iif, oif)
 
     @staticmethod
@@ -467,6 +485,7 @@ class PacketHandler:
 
     def forget_interfaces(self) -> None:
         """Interfaces come and go and ifindexes are reused: the daemon calls this every second."""
+        self._last_indev = -1  # judge's names of the last packet's interfaces
         if len(self._ifnames) > 1:
             self._ifnames = {0: None}
 

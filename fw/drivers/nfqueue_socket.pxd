@@ -5,7 +5,7 @@
 cimport cython as cy  # not `cython`: the .py binds that name (a stand-in without Cython)
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno as c_errno
-from fw.drivers.nfqueue cimport PacketHandler
+from fw.drivers.nfqueue cimport PacketHandler, PacketInterfaces
 
 cdef extern from "<sys/socket.h>":
     struct msghdr:
@@ -59,8 +59,8 @@ cdef class _Receiver:
     cpdef long length(self, int index) noexcept
 
 
-cdef class NfPacket:
-    cdef public unsigned int id, hw_protocol, hook, mark, indev, outdev, physindev, physoutdev, skb_info
+cdef class NfPacket(PacketInterfaces):
+    cdef public unsigned int id, hw_protocol, hook, mark, physindev, physoutdev, skb_info
     cdef public object cap_len, payload, queue, new_mark, new_payload
 
 

@@ -69,6 +69,7 @@ from fw.drivers.nfqueue import (
     NLMSG_ERROR,
     SO_RCVBUFFORCE,
     PacketHandler,
+    PacketInterfaces,
     QueueError,
     QueueOptions,
     _attr,
@@ -291,10 +292,11 @@ class _Receiver:
 # -- packets -------------------------------------------------------------------------------------
 
 
-class NfPacket:
-    """One queued packet: what the kernel told of it, and its verdict (given once)."""
+class NfPacket(PacketInterfaces):
+    """One queued packet: what the kernel told of it, and its verdict (given once). Its `indev` and
+    `outdev` are PacketInterfaces' (fw.drivers.nfqueue: the handler reads them as C fields)."""
 
-    __slots__ = ("id", "hw_protocol", "hook", "mark", "indev", "outdev", "physindev", "physoutdev",
+    __slots__ = ("id", "hw_protocol", "hook", "mark", "physindev", "physoutdev",
                  "skb_info", "cap_len", "payload", "queue", "new_mark", "new_payload")  # fmt: skip
 
     def get_payload(self) -> bytes:

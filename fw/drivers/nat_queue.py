@@ -31,6 +31,10 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
   entry and no connmark; the next one makes a new entry, picked up mid-stream (valid), on which
   the bit is saved;
 - per hook, the trips counted (`first_pass`, `second_pass`, `one_pass` in `fw stats` `nat`);
+- with the kernel holding bindings (fw.drivers.nat_kernel, `bindings`): an accepted packet of a
+  session whose binding the kernel holds, but whose own kernel entry is another one (its packet
+  mark lacks KERNEL_NAT_MARK: it was queued before the switch, or the entry went away), would
+  leave untranslated: `KernelBindings.stale` drops it (counted; TCP sends it again);
 - a packet longer than the copy range (a GRO packet above 65,531 bytes) cannot be rewritten (the
   verdict would cut it): the engine drops it as `nat:rewrite`, counted here as `nat_too_long`.
 Compiled (build_compiled.py, with nat_queue.pxd; fw/engine_nat_passes.py and fw/drivers/routes.py
@@ -50,9 +54,10 @@ from collections import Counter
 from collections.abc import Callable
 
 from fw.conntrack.tcp import TcpState
-from fw.decision import SessionChanged
+from fw.decision import ACCEPT, SessionChanged
 from fw.drivers.nfqueue import PacketHandler
 from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO
+from fw.engine_nat import KERNEL_HELD
 from fw.engine_nat_passes import (
     AFTER_ROUTING,
     BEFORE_ROUTING,
@@ -66,6 +71,7 @@ from fw.engine_nat_passes import (
 )
 
 NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 3, 4
+KERNEL_NAT_MARK = 0x04000000  # fw.drivers.nat_kernel's: the packet's kernel entry holds its binding
 TCP, UDP = 6, 17
 IPCTNL_MSG_CT_DELETE = 2
 # ICMP echo in a ctnetlink tuple: CTA_PROTO_ICMP(V6)_ID, _TYPE, _CODE attributes; the request's type
@@ -89,13 +95,15 @@ class NatPacketHandler(PacketHandler):
         self.nat_too_long = 0  # packets above the copy range the engine would not rewrite
         self.first_pass = self.second_pass = self.one_pass = 0  # trips per hook
         self.kernel = KernelEntries()
+        self.bindings = None  # fw.drivers.nat_kernel.KernelBindings, when the kernel holds bindings
 
     def stats(self) -> dict:
         """The `nat` section of `fw stats`: checksum states seen, trips per hook, route lookups made."""
         return {"partial_checksums": self.partial_checksums, "tcp_gso_partial": self.tcp_gso_partial,
                 "nat_too_long": self.nat_too_long, "first_pass": self.first_pass,
                 "second_pass": self.second_pass, "one_pass": self.one_pass,
-                "route_lookups": self.routes.lookups, **self.kernel.stats()}
+                "route_lookups": self.routes.lookups, **self.kernel.stats(),
+                **(self.bindings.stats() if self.bindings is not None else {})}
 
     def judge(self, packet, data: bytes):
         hook = packet.hook
@@ -144,6 +152,10 @@ class NatPacketHandler(PacketHandler):
             return PacketHandler.judge(self, packet, data)
         if decision.reason == "nat:rewrite" and packet.truncated:
             self.nat_too_long += 1
+        if self.bindings is not None and not packet.mark & KERNEL_NAT_MARK and decision.verdict == ACCEPT:
+            session = decision.session
+            if session is not None and session.nat is not None and session.nat.kernel == KERNEL_HELD:
+                return self.bindings.stale(decision)
         return decision
 
     def _route(self, data: bytes):

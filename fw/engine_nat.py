@@ -241,6 +241,10 @@ class Nat:
         # The live daemon's input (fw.drivers.nat_kernel): True when the driver can give the kernel
         # a bare session's binding; the two passes then emit KernelNat once it is established.
         self.kernel_bindings = False
+        # Per packet (the driver's input, as `Engine.partial`): its kernel conntrack entry holds its
+        # session's binding (the packet mark's KERNEL_NAT_MARK). A packet of a session the kernel
+        # translates whose entry is another one (queued before the switch) is still rewritten here.
+        self.kernel_packet = False
 
     def configure(self, entries, virtual_servers=()) -> None:
         self.lb.configure(virtual_servers)
@@ -422,29 +426,21 @@ class Nat:
 
     def kernel_translates(self, session) -> bool:
         """The driver's word that the kernel conntrack entry of `session` holds its binding (after a
-        KernelNat): from now on its packets are tracked as always but accepted without a rewrite
-        (no Translation left: no RewritePacket, no mark for the second pass). Node-local: neither in
-        snapshots nor in HA sync. False when the session is no longer that binding's."""
+        KernelNat): from now on its packets whose kernel entry is that one (`kernel_packet`) are
+        tracked as always but accepted without a rewrite (no RewritePacket, no mark for the second
+        pass). Node-local: neither in snapshots nor in HA sync. False when not asked."""
         binding = session.nat
         if binding is None or binding.kernel != KERNEL_ASKED:
             return False
         binding.kernel = KERNEL_HELD
-        binding.forward = binding.backward = None
-        if binding.after is not None:
-            binding.after = (None, None)
         return True
 
     def kernel_lost(self, session) -> None:
         """The kernel no longer holds the binding (its entry went away while the session lives): the
         engine rewrites the packets again, and may ask once more."""
         binding = session.nat
-        if binding is None or binding.kernel != KERNEL_HELD:
-            return
-        binding.kernel = KERNEL_NO
-        binding.forward, binding.backward = pair(binding.family, binding.proto, binding.orig, binding.reply)
-        if binding.mid is not None:
-            binding.mid = None
-            binding.split()
+        if binding is not None and binding.kernel == KERNEL_HELD:
+            binding.kernel = KERNEL_NO
 
     def claim(self, binding: Binding) -> None:
         """A restored or synced binding: its pool port handed out again (its entry still exists),
@@ -588,6 +584,8 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
         decision.effects = decision.effects + engine.feed_alg(decision.session, pkt, original, now)
     translation = binding.forward if original else binding.backward
     if translation is None:  # two passes: nothing to change before routing
+        return decision
+    if binding.kernel == KERNEL_HELD and engine.nat.kernel_packet:  # the kernel rewrites it (fw.drivers.nat_kernel)
         return decision
     try:
         decision.effects = translation.leave(engine.data, pkt, decision.effects, engine.partial)

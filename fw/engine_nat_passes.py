@@ -47,12 +47,14 @@ second pass, the rest in the first.
 The kernel's binding (`Nat.kernel_bindings`, set by fw.drivers.nat_kernel): once a bare session
 (no ALG, no FTP rewriting) is established (TCP) or has seen a reply (UDP), the first pass or the
 one pass that sees it so adds a `KernelNat` effect (once: `Binding.kernel`). The driver gives the
-kernel conntrack entry the same binding and answers `Nat.kernel_translates`: the binding then has
-no Translation left, so the session's packets are judged where they were (the untranslated tuples
-as they arrive, before the kernel's nat hooks) and accepted as they are, without a new payload
-and without a mark for the second pass; the kernel's nat hooks rewrite them after the verdict (in
-place: a GSO packet stays one, its checksum partial). ICMP errors are still translated here (the
-kernel's own translation of them writes the same values again).
+kernel conntrack entry the same binding and answers `Nat.kernel_translates`. From then on a packet
+whose own kernel entry is that one (`Nat.kernel_packet`, the driver's per-packet input from the
+packet mark) is judged where it was (the untranslated tuples as they arrive, before the kernel's
+nat hooks) and accepted as it is, without a new payload and without a mark for the second pass;
+the kernel's nat hooks rewrite it after the verdict (in place: a GSO packet stays one, its checksum
+partial). A packet queued before the switch (its entry is an older one, without the binding) is
+rewritten here as before. ICMP errors are still translated here (the kernel's own translation of
+them writes the same values again).
 Compiled (build_compiled.py; engine_nat_passes.pxd): the passes' packet and binding are typed
 (C field reads), `_ports` and `_quoted` are C functions; `TO_FIREWALL`'s test of whether a packet
 is the NAT's finds a session's TCP/UDP packet (IPv4, no options, not a fragment) by its bytes
@@ -69,7 +71,7 @@ except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
 from fw.conntrack.table import SEEN_REPLY, flow_key
 from fw.conntrack.tcp import TcpState
 from fw.decision import ACCEPT, DROP, Decision, KernelNat, RewritePacket, SetMark
-from fw.engine_nat import KERNEL_ASKED, KERNEL_NO, Binding
+from fw.engine_nat import KERNEL_ASKED, KERNEL_HELD, KERNEL_NO, Binding
 from fw.nat.rewrite import Manip, RewriteError, rewrite
 from fw.packet import MalformedPacket, parse
 from fw.packet.parse import Packet
@@ -115,6 +117,8 @@ def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool)
         return _error_before_routing(decision, binding)
     if binding.kernel == KERNEL_NO and engine.nat.kernel_bindings:
         _ask_kernel(decision, extra, binding)
+    elif binding.kernel == KERNEL_HELD and engine.nat.kernel_packet:
+        return decision  # the kernel rewrites it after the verdict: no second pass
     after = binding.after
     if after[0] is None and after[1] is None:
         return decision
@@ -158,6 +162,8 @@ def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decisi
         return Decision(DROP, FIRST_PASS_REASON, pkt, decision.session, kept)
     if binding.kernel == KERNEL_NO and engine.nat.kernel_bindings:
         _ask_kernel(decision, extra, binding)
+    elif binding.kernel == KERNEL_HELD and engine.nat.kernel_packet:
+        return decision  # the kernel rewrites it after the verdict
     after = binding.after[0 if original else 1]
     if after is None:  # nothing changes after routing either (a session the policy no longer translates this way)
         return decision
@@ -317,7 +323,7 @@ def after_routing(engine, data: bytes, partial: bool) -> Decision:
         after = binding.after[1]
     else:
         return Decision(DROP, "invalid:state", pkt, session)
-    if after is None:
+    if after is None or (binding.kernel == KERNEL_HELD and engine.nat.kernel_packet):
         return Decision(ACCEPT, AFTER_REASON, pkt, session)
     try:
         new = after.apply(data, pkt, partial)

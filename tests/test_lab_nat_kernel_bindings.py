@@ -1,13 +1,13 @@
 """The kernel holds established sessions' NAT bindings (fw.drivers.nat_kernel), live.
 
-One lab (prefix `nk`), one daemon: masquerade toward the server, a port forward (the firewall's lan
-address port 8081 to the server's 8080) and a virtual server (the lan address port 8090 to the
-server's 8080), and a port forward into the client side (the firewall's wan address port 8082 to
-the client's 8080: the destination only). A few MB go through each (TCP, IPv4; masquerade IPv6 too) and UDP datagrams through
-masquerade: the data arrives intact (sha256), the `nat` counters of `fw stats` say the kernel made
-the bindings, and `conntrack -L` in the firewall's namespace shows the translated entry (its reply
-tuple the translated one) while the flow runs. When the daemon exits, no entry it made and none
-of its rules is left.
+One lab (prefix `nk`), one daemon: masquerade toward the server, a port forward (the firewall's lan address port
+8081 to the server's 8080) and a virtual server (the lan address port 8090 to the server's 8080),
+and a port forward into the client side (the firewall's wan address port 8082 to the client's 8080:
+the destination only). A few MB go through each (TCP, IPv4; masquerade IPv6 too) and UDP datagrams
+through masquerade: the data arrives intact (sha256), the `nat` counters of `fw stats` say the
+kernel made the bindings, and `conntrack -L` in the firewall's namespace shows the translated entry
+(its reply tuple the translated one) while the flow runs. When the daemon exits, no entry it made
+and none of its rules is left.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
             for t in types]
     if hook == "PREROUTING" and hooking.kernel_nat_mark:
         # A packet whose kernel entry holds its NAT binding says so in its mark (fw.drivers.nat_kernel:
-        # a packet of a session the kernel translates whose entry is another one is not accepted as it is).
+        # fw rewrites a packet of such a session whose entry is another one, queued before the switch).
         kernel = f"0x{hooking.kernel_nat_mark:x}"
         rules.append(f"-A {chain} -m connmark --mark {kernel}/{kernel} {tag} -j MARK --or-mark {kernel}")
     if hook == "PREROUTING":

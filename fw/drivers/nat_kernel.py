@@ -31,15 +31,14 @@ ctnetlink socket, in one go (the kernel answers netlink requests while they are 
   A failure (EEXIST: a packet made an entry in between; no nat module) is counted, the session
   stays rewritten in user space.
 - A packet queued before the switch (or after its entry went away) belongs to another kernel entry,
-  which holds no binding: accepted as it is it would leave untranslated. The rules copy the connmark
-  bit into the packet mark (FW-PREROUTING), and the driver drops an accepted packet of a held
-  session without it (`stale`, counted `kernel_binding_stale_drops`; TCP sends it again).
-- Not given to the kernel: a session whose fw timeout is longer than the kernel's for that state
-  (nf_conntrack_udp_timeout_stream, nf_conntrack_tcp_timeout_established): the kernel's entry
-  would go first and the next packet pass untranslated (`kernel_bindings_refused`).
-SessionClosed (expiry, RST/FIN timeouts, kill, reload) deletes the entry; once a second the entries
-with KERNEL_NAT_MARK are read back: a session whose entry the kernel no longer has is rewritten in
-user space again (`Nat.kernel_lost`, counted `kernel_bindings_lost`). `close` (the daemon's exit)
+  which holds no binding: accepted as it is it would leave untranslated. So the rules copy the
+  connmark bit into the packet mark (FW-PREROUTING), and the driver tells the engine per packet
+  (`Nat.kernel_packet`): only a packet whose own entry holds the binding goes unrewritten.
+SessionClosed (expiry, RST/FIN timeouts, kill, reload) deletes the entry. The kernel may drop its
+entry first (its own timeouts: nf_conntrack_udp_timeout_stream may be shorter than the policy's):
+the next packet makes a new entry without the bit, which fw rewrites as before (`kernel_packet`);
+once a second the entries with KERNEL_NAT_MARK are read back, and a session whose entry the kernel
+no longer has may ask again (`Nat.kernel_lost`, counted `kernel_bindings_lost`). `close` (the daemon's exit)
 deletes every entry it made. The flag is node-local (not in snapshots or HA sync): a restored or
 adopted session asks again. Counters: the `nat` section of `fw stats` (`kernel_bindings_*`).
 """
@@ -52,12 +51,11 @@ import struct
 from collections import Counter
 from pathlib import Path
 
-from fw.decision import DROP, KernelNat, SessionClosed, SetMark
+from fw.decision import KernelNat, SessionClosed
 from fw.drivers import nat_queue, offload
 from fw.engine_nat_passes import ONE_PASS_MARK
 
 KERNEL_NAT_MARK = nat_queue.KERNEL_NAT_MARK  # connmark bit of the entries made here (packet mark: copied)
-STALE_REASON = "nat:kernel-stale"
 TCP, UDP = 6, 17
 IPCTNL_MSG_CT_DELETE = 2
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
@@ -70,8 +68,8 @@ TCP_CONNTRACK_ESTABLISHED = 3
 IP_CT_TCP_FLAG_BE_LIBERAL = 0x08
 SYNC_INTERVAL = 1.0
 SYSCTL = Path("/proc/sys/net/netfilter")
-KERNEL_TIMEOUT = {TCP: ("nf_conntrack_tcp_timeout_established", "tcp_established", 432000),
-                  UDP: ("nf_conntrack_udp_timeout_stream", "udp_stream", 120)}
+KERNEL_TIMEOUT = {TCP: ("nf_conntrack_tcp_timeout_established", 432000),
+                  UDP: ("nf_conntrack_udp_timeout_stream", 120)}
 
 
 def nat_range(family: int, address: bytes, port: int) -> bytes:
@@ -111,7 +109,7 @@ def create_body(binding, mark: int, timeout: int) -> bytes:
 
 def kernel_timeout(proto: int) -> int:
     """The kernel's timeout of an established entry (its sysctl; the default when unreadable)."""
-    name, _key, default = KERNEL_TIMEOUT[proto]
+    name, default = KERNEL_TIMEOUT[proto]
     try:
         return int((SYSCTL / name).read_text())
     except (OSError, ValueError):
@@ -137,9 +135,8 @@ class KernelBindings:
     def stats(self) -> dict:
         c = self.counters
         return {"kernel_bindings_made": c["made"], "kernel_bindings_failed": c["failed"],
-                "kernel_bindings_refused": c["refused"], "kernel_bindings_lost": c["lost"],
-                "kernel_bindings_active": len(self.active),
-                "kernel_binding_stale_drops": c["stale"], "kernel_binding_errors": dict(self.errors)}
+                "kernel_bindings_lost": c["lost"],
+                "kernel_bindings_active": len(self.active), "kernel_binding_errors": dict(self.errors)}
 
     def _socket(self) -> offload.Conntrack:
         if self.conntrack is None:
@@ -152,11 +149,7 @@ class KernelBindings:
         if binding is None or session.key in self.active or session.slot == -1:
             return
         proto = binding.proto
-        _name, key, _default = KERNEL_TIMEOUT[proto]
         timeout = self.timeouts[proto]
-        if session.timeouts.get(key, 0) * self.engine.timeout_scale > timeout:
-            self.counters["refused"] += 1  # the kernel's entry would go first (module docstring)
-            return
         mark = KERNEL_NAT_MARK
         if binding.after is not None and binding.forward is None and binding.after[0] is not None:
             mark |= ONE_PASS_MARK  # the client's direction takes one pass after routing (as before)
@@ -187,14 +180,6 @@ class KernelBindings:
             self.active[session.key] = session
         else:
             self._delete(binding)
-
-    def stale(self, decision):
-        """An accepted packet of a session the kernel translates, whose kernel entry is not the one
-        holding the binding (nat_queue's judge): it would leave untranslated, so it is dropped."""
-        self.counters["stale"] += 1
-        decision.verdict, decision.reason = DROP, STALE_REASON
-        decision.effects = tuple(effect for effect in decision.effects if type(effect) is not SetMark)
-        return decision
 
     @staticmethod
     def _answer(conntrack: offload.Conntrack, seq: int) -> int:

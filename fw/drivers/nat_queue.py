@@ -31,10 +31,10 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
   entry and no connmark; the next one makes a new entry, picked up mid-stream (valid), on which
   the bit is saved;
 - per hook, the trips counted (`first_pass`, `second_pass`, `one_pass` in `fw stats` `nat`);
-- with the kernel holding bindings (fw.drivers.nat_kernel, `bindings`): an accepted packet of a
-  session whose binding the kernel holds, but whose own kernel entry is another one (its packet
-  mark lacks KERNEL_NAT_MARK: it was queued before the switch, or the entry went away), would
-  leave untranslated: `KernelBindings.stale` drops it (counted; TCP sends it again);
+- with the kernel holding bindings (fw.drivers.nat_kernel, `bindings`): whether the packet's own
+  kernel entry holds its session's binding (the packet mark's KERNEL_NAT_MARK, copied from the
+  connmark by the rules) is the engine's per-packet input `Nat.kernel_packet`: such a packet is
+  accepted without a rewrite; one queued before the switch (another entry) is rewritten as before;
 - a packet longer than the copy range (a GRO packet above 65,531 bytes) cannot be rewritten (the
   verdict would cut it): the engine drops it as `nat:rewrite`, counted here as `nat_too_long`.
 Compiled (build_compiled.py, with nat_queue.pxd; fw/engine_nat_passes.py and fw/drivers/routes.py
@@ -54,10 +54,9 @@ from collections import Counter
 from collections.abc import Callable
 
 from fw.conntrack.tcp import TcpState
-from fw.decision import ACCEPT, SessionChanged
+from fw.decision import SessionChanged
 from fw.drivers.nfqueue import PacketHandler
 from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO
-from fw.engine_nat import KERNEL_HELD
 from fw.engine_nat_passes import (
     AFTER_ROUTING,
     BEFORE_ROUTING,
@@ -115,6 +114,7 @@ class NatPacketHandler(PacketHandler):
                 partial = True
                 self.partial_checksums += 1
         engine = self.engine
+        engine.nat.kernel_packet = packet.mark & KERNEL_NAT_MARK != 0  # its entry holds the binding
         if hook == NF_INET_POST_ROUTING:
             if packet.mark & UNJUDGED_MARK:
                 self.one_pass += 1
@@ -152,10 +152,6 @@ class NatPacketHandler(PacketHandler):
             return PacketHandler.judge(self, packet, data)
         if decision.reason == "nat:rewrite" and packet.truncated:
             self.nat_too_long += 1
-        if self.bindings is not None and not packet.mark & KERNEL_NAT_MARK and decision.verdict == ACCEPT:
-            session = decision.session
-            if session is not None and session.nat is not None and session.nat.kernel == KERNEL_HELD:
-                return self.bindings.stale(decision)
         return decision
 
     def _route(self, data: bytes):

@@ -45,7 +45,8 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
 ICMP errors: the outer source (the router, hidden behind the translated address) changes in the
 second pass, the rest in the first.
 The kernel's binding (`Nat.kernel_bindings`, set by fw.drivers.nat_kernel): once a bare session
-(no ALG, no FTP rewriting) is established (TCP) or has seen a reply (UDP), the first pass or the
+(no ALG, no FTP rewriting) is established (TCP) or carried UDP_KERNEL_PACKETS datagrams (UDP,
+either way: a flow, not a query and its answer), the first pass or the
 one pass that sees it so adds a `KernelNat` effect (once: `Binding.kernel`). The driver gives the
 kernel conntrack entry the same binding and answers `Nat.kernel_translates`. From then on a packet
 whose own kernel entry is that one (`Nat.kernel_packet`, the driver's per-packet input from the
@@ -68,7 +69,7 @@ try:
 except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
     from fw import cython_shadow as cython
 
-from fw.conntrack.table import SEEN_REPLY, flow_key
+from fw.conntrack.table import flow_key
 from fw.conntrack.tcp import TcpState
 from fw.decision import ACCEPT, DROP, Decision, KernelNat, RewritePacket, SetMark
 from fw.engine_nat import KERNEL_ASKED, KERNEL_HELD, KERNEL_NO, Binding
@@ -94,6 +95,9 @@ FROM_FIREWALL_REASON = "from-firewall"
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
 ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}
+# A UDP session is given to the kernel once it carried this many datagrams (either way): not a DNS
+# query and its answer (three netlink requests for two packets), but a flow, one-way ones included.
+UDP_KERNEL_PACKETS = 4
 
 
 @cython.locals(pkt=Packet, binding=Binding)
@@ -184,8 +188,8 @@ def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decisi
 @cython.locals(binding=Binding)
 def _ask_kernel(decision: Decision, extra, binding) -> None:
     """A bare translated session (no ALG, no FTP rewriting and so no seqadj) that is established
-    (TCP) or has seen a reply (UDP): a KernelNat effect, once; the driver makes the kernel's entry
-    hold the binding and answers `Nat.kernel_translates` (fw.drivers.nat_kernel)."""
+    (TCP) or carried UDP_KERNEL_PACKETS datagrams (UDP): a KernelNat effect, once; the driver makes
+    the kernel's entry hold the binding and answers `Nat.kernel_translates` (fw.drivers.nat_kernel)."""
     if binding.ftp is not None or extra.alg is not None:
         return
     session = decision.session
@@ -193,7 +197,7 @@ def _ask_kernel(decision: Decision, extra, binding) -> None:
     if proto == TCP:
         if session.state is not TcpState.ESTABLISHED:
             return
-    elif proto != UDP or not session.flags & SEEN_REPLY:
+    elif proto != UDP or session.orig_packets + session.reply_packets < UDP_KERNEL_PACKETS:
         return
     binding.kernel = KERNEL_ASKED
     decision.effects = decision.effects + (KernelNat(session),)

@@ -90,15 +90,19 @@ def test_a_lost_kernel_entry_asks_again(tmp_path):
     assert RewritePacket in kinds(out) and KernelNat in kinds(out)  # rewritten, and asked again
 
 
-def test_udp_is_asked_for_once_it_has_seen_a_reply_and_port_forwards_too(tmp_path):
+def test_udp_is_asked_for_after_four_datagrams_not_for_a_query_and_its_answer(tmp_path):
     engine = make_engine(tmp_path)
     engine.nat.kernel_bindings = True
-    client = "192.0.2.7:3000"
+    client = "192.0.2.7:3000"  # a port forward (dns-in): the destination translated
     query = first(engine, udp_pkt(client, f"{PUBLIC}:53", b"q"))
-    assert KernelNat not in kinds(query)
     answer = first(engine, udp_pkt("198.51.100.20:53", client, b"a"))
-    assert KernelNat in kinds(answer)
-    assert answer.session.nat.dnat and not answer.session.nat.snat
+    again = first(engine, udp_pkt(client, f"{PUBLIC}:53", b"q2"))
+    assert all(KernelNat not in kinds(d) for d in (query, answer, again))
+    fourth = first(engine, udp_pkt("198.51.100.20:53", client, b"a2"))
+    assert KernelNat in kinds(fourth)
+    assert fourth.session.nat.dnat and not fourth.session.nat.snat
+    one_way = [first(engine, udp_pkt("198.51.100.10:5000", "192.0.2.80:9000", b"x")) for _ in range(4)]
+    assert [KernelNat in kinds(d) for d in one_way] == [False, False, False, True]  # masqueraded, no reply
 
 
 def test_the_flag_is_not_in_snapshots(tmp_path):

@@ -11,7 +11,7 @@ conntrack lookup (-200) and before its nat hooks (DNAT -100, SNAT +100), which t
 in the namespace (fw.drivers.iptables: tagged `nat` chains, a RETURN each, when the policy
 translates; an entry without a binding gets the kernel's null binding: nothing changes). The
 engine (fw/engine_nat_passes.py) emits `KernelNat(session)` once a bare session (no ALG, no FTP
-rewriting: no seqadj) is established (TCP) or has seen a reply (UDP); `on_ready` then, on its own
+rewriting: no seqadj) is established (TCP) or carried 4 datagrams (UDP); `on_ready` then, on its own
 ctnetlink socket, in one go (the kernel answers netlink requests while they are sent):
 - deletes the kernel's entries that would clash: the one the client's packets made (orig c:cp ->
   d:dp) and the one the replies made (orig s:sp -> t:tp: the kernel never saw the translated

@@ -33,7 +33,10 @@ ctnetlink socket, in one go (the kernel answers netlink requests while they are 
 - A packet queued before the switch (or after its entry went away) belongs to another kernel entry,
   which holds no binding: accepted as it is it would leave untranslated. So the rules copy the
   connmark bit into the packet mark (FW-PREROUTING), and the driver tells the engine per packet
-  (`Nat.kernel_packet`): only a packet whose own entry holds the binding goes unrewritten.
+  (`Nat.kernel_packet`): only a packet whose own entry holds the binding goes unrewritten. The
+  other way round, a packet whose entry has the bit while its session's binding is not held (a
+  reopened tuple whose old entry the kernel kept) is dropped and the entry deleted (`stale`,
+  counted `kernel_binding_stale_drops`).
 SessionClosed (expiry, RST/FIN timeouts, kill, reload) deletes the entry. The kernel may drop its
 entry first (its own timeouts: nf_conntrack_udp_timeout_stream may be shorter than the policy's):
 the next packet makes a new entry without the bit, which fw rewrites as before (`kernel_packet`);
@@ -51,11 +54,12 @@ import struct
 from collections import Counter
 from pathlib import Path
 
-from fw.decision import KernelNat, SessionClosed
+from fw.decision import DROP, KernelNat, SessionClosed
 from fw.drivers import nat_queue, offload
 from fw.engine_nat_passes import ONE_PASS_MARK
 
 KERNEL_NAT_MARK = nat_queue.KERNEL_NAT_MARK  # connmark bit of the entries made here (packet mark: copied)
+STALE_REASON = "nat:kernel-stale"
 TCP, UDP = 6, 17
 IPCTNL_MSG_CT_DELETE = 2
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
@@ -135,7 +139,7 @@ class KernelBindings:
     def stats(self) -> dict:
         c = self.counters
         return {"kernel_bindings_made": c["made"], "kernel_bindings_failed": c["failed"],
-                "kernel_bindings_lost": c["lost"],
+                "kernel_bindings_lost": c["lost"], "kernel_binding_stale_drops": c["stale"],
                 "kernel_bindings_active": len(self.active), "kernel_binding_errors": dict(self.errors)}
 
     def _socket(self) -> offload.Conntrack:
@@ -180,6 +184,24 @@ class KernelBindings:
             self.active[session.key] = session
         else:
             self._delete(binding)
+
+    def stale(self, decision, data: bytes):
+        """A packet whose kernel entry holds a binding its session does not (nat_queue's judge): the
+        kernel would rewrite it with that binding after fw's verdict. Dropped, and the entry
+        deleted: the sender's next try makes a new one."""
+        self.counters["stale"] += 1
+        decision.verdict, decision.reason = DROP, STALE_REASON
+        found = nat_queue._kernel_tuple(data)
+        if found is not None:
+            conntrack = self._socket()
+            family, tuple_attrs = found
+            try:
+                body = offload._nested(offload.CTA_TUPLE_ORIG, tuple_attrs)
+                conntrack.send(offload.message(IPCTNL_MSG_CT_DELETE, offload.NLM_F_REQUEST, conntrack.next_seq(),
+                                               offload.AF[family], body))
+            except OSError:
+                self.counters["delete_errors"] += 1
+        return decision
 
     @staticmethod
     def _answer(conntrack: offload.Conntrack, seq: int) -> int:

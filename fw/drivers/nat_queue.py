@@ -35,6 +35,9 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
   kernel entry holds its session's binding (the packet mark's KERNEL_NAT_MARK, copied from the
   connmark by the rules) is the engine's per-packet input `Nat.kernel_packet`: such a packet is
   accepted without a rewrite; one queued before the switch (another entry) is rewritten as before;
+  a packet whose entry holds a binding its session does not (an older session's entry the kernel
+  kept for a reopened tuple) is dropped and that entry deleted (`KernelBindings.stale`): the
+  kernel would apply the old binding on top of fw's rewrite;
 - a packet longer than the copy range (a GRO packet above 65,531 bytes) cannot be rewritten (the
   verdict would cut it): the engine drops it as `nat:rewrite`, counted here as `nat_too_long`.
 Compiled (build_compiled.py, with nat_queue.pxd; fw/engine_nat_passes.py and fw/drivers/routes.py
@@ -57,6 +60,7 @@ from fw.conntrack.tcp import TcpState
 from fw.decision import SessionChanged
 from fw.drivers.nfqueue import PacketHandler
 from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO
+from fw.engine_nat import KERNEL_HELD
 from fw.engine_nat_passes import (
     AFTER_ROUTING,
     BEFORE_ROUTING,
@@ -152,6 +156,10 @@ class NatPacketHandler(PacketHandler):
             return PacketHandler.judge(self, packet, data)
         if decision.reason == "nat:rewrite" and packet.truncated:
             self.nat_too_long += 1
+        if packet.mark & KERNEL_NAT_MARK and decision.session is not None and self.bindings is not None:
+            binding = decision.session.nat
+            if binding is not None and binding.kernel != KERNEL_HELD and decision.verdict == "accept":
+                return self.bindings.stale(decision, data)  # an older entry's binding would apply on top
         return decision
 
     def _route(self, data: bytes):

@@ -84,7 +84,7 @@ from fw.decision import (
     SessionClosed,
     SessionOpened,
 )
-from fw.engine_nat import Binding
+from fw.engine_nat import KERNEL_HELD, Binding
 from fw.engine_trackers import datagram  # compiled: cimported (engine.pxd), a C call
 from fw.events import session_event, verdict_event
 from fw.nat.rewrite import RewriteError, Translation
@@ -291,7 +291,9 @@ class Engine:
                     return decision
                 if binding.ftp is None and extra.alg is None:  # translate()'s common case, written out
                     translation = binding.forward if original else binding.backward
-                    if translation is None:  # the live daemon's two passes: nothing before routing
+                    # the live daemon's two passes: nothing before routing; or the packet's kernel
+                    # entry holds the binding (fw.drivers.nat_kernel): the kernel rewrites it
+                    if translation is None or (binding.kernel == KERNEL_HELD and self.nat.kernel_packet):
                         decision.effects = effects
                         return decision
                     try:  # (pkt.data: the bytes parsed, the engine's `data`)

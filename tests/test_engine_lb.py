@@ -350,3 +350,21 @@ def test_a_reload_answers_from_the_old_maglev_table_while_the_new_one_is_built()
     while not engine.nat.lb.work():
         pass
     assert scheduler.builder is None and gone not in scheduler.table.counts()
+
+
+def test_full_nat_does_not_hand_a_released_port_straight_back():
+    """A full_nat session reset and expired (CLOSE: 10 s) leaves fw's table long before the real
+    server's TIME_WAIT of an earlier connection on that tuple may end (60 s on Linux): the next
+    client gets the following port, not the one just released; the range is reused in turn."""
+    engine = engine_for(policy_text((1,), "rr", "full_nat: true"))
+    server = "203.0.113.21:8080"
+    first = syn(engine, "198.51.100.10", 40000)
+    assert first.session.nat.reply[3] == 1024
+    assert engine.process(seg(server, f"{VIP}:1024", "SA", seq=5000, ack=1001), 1.1).verdict == "accept"
+    assert engine.process(seg("198.51.100.10:40000", f"{VIP}:80", "R", seq=1001), 1.2).verdict == "accept"
+    engine.expire(30.0)
+    assert len(engine.table) == 0  # port 1024 released
+    second = syn(engine, "198.51.100.10", 40002, now=31.0)
+    assert second.verdict == "accept" and second.session.nat.reply[3] == 1025
+    third = syn(engine, "198.51.100.10", 40004, now=31.1)
+    assert third.session.nat.reply[3] == 1026

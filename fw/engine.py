@@ -388,9 +388,10 @@ class Engine:
                 binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
                 if binding is engine_nat.EXHAUSTED and track is not None and nat.clash is not None:
                     # The client reused its port toward another address of the same real server
-                    # while our earlier session of that tuple is finished (TIME_WAIT, CLOSE): it
-                    # gives way to the SYN, as conntrack reopens a TIME_WAIT entry; bound again.
-                    holder = table.sessions.get(nat.clash)
+                    # while our earlier session of that tuple (on the wire, or between the live
+                    # passes: Nat.middle) is finished (TIME_WAIT, CLOSE): it gives way to the SYN,
+                    # as conntrack reopens a TIME_WAIT entry; bound again.
+                    holder = nat.middle.get(nat.clash) or table.sessions.get(nat.clash)
                     if holder is not None and holder.proto == TCP and holder.state in FINISHED:
                         evicted = evicted + (self._close(holder, now, "reopen"),)
                         binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)

@@ -17,8 +17,9 @@ matching dnat entry"), and only for a TCP or UDP session the rules accepted:
 A balanced session keeps its real server in its NAT Binding (`binding.lb`: this object and the
 (virtual server, real server) names) for its whole life, whatever health, drain or the scheduler do
 later. Counts per real server are engine state the driver reads (`status`, `counters`): `opened`
-when the binding is made, `active` until the session is released (`closed`, which also adds the
-session's bytes, both directions, to the server's `bytes`: bytes are known when a session ends).
+when the binding is made (a choice whose binding finds its tuple taken is `refused`: not
+counted), `active` until the session is released (`closed`, which also adds the session's bytes,
+both directions, to the server's `bytes`: bytes are known when a session ends).
 The names, not the objects, identify a server, so a reload (new balancers) keeps the counts of
 servers it keeps, and a session whose server left the policy is only forgotten.
 
@@ -188,6 +189,17 @@ class LoadBalancer:
         if server is not None and server.active > 0:
             server.active -= 1
         self.closed_bytes[key] = self.closed_bytes.get(key, 0) + session_bytes
+
+    def refused(self, key: tuple) -> None:
+        """`choose` picked this server, but the session was not made (its binding found its tuple
+        taken: NAT's EXHAUSTED): neither opened nor active. The SYN's next try (or the engine's
+        own second bind, after a finished session gave way) chooses again and counts then."""
+        server = self._server(key)
+        if server is not None:
+            if server.active > 0:
+                server.active -= 1
+            if server.opened > 0:
+                server.opened -= 1
 
     def adopted(self, key: tuple) -> None:
         """A balanced session restored from a snapshot or taken from an HA peer: counted active."""

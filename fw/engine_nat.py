@@ -235,8 +235,9 @@ class Nat:
         self.routes = None
         self.route_targets: frozenset = frozenset()  # (family, address) of every dnat target and real server
         self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
-        # The reply key a destination-only binding found taken (EXHAUSTED): the engine retires a
-        # finished TCP session holding it for a new SYN (as conntrack reopens from TIME_WAIT).
+        # The key a binding found taken (EXHAUSTED: a destination-only binding's reply key, or the
+        # tuple between the live passes, `_between_taken`): the engine retires a finished TCP
+        # session holding it for a new SYN (as conntrack reopens from TIME_WAIT).
         self.clash: tuple | None = None
         self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
         self.lb = LoadBalancer(node, nodes)
@@ -305,10 +306,14 @@ class Nat:
                                             picked.ip_delta, picked.l4_delta, sessions)
                 if binding is EXHAUSTED:
                     self.clash = flow_key(pkt.proto, picked.dst, pkt.src, picked.dport, sport)
+                elif self.middle and self._between_taken(binding, sessions):
+                    binding = EXHAUSTED
             else:
                 binding = self._source(pkt, sport, dport, iif, oif, sessions, None, picked, picked.dst, picked.dport)
+                if binding is not EXHAUSTED and self._between_taken(binding, sessions):
+                    binding = EXHAUSTED
             if binding is EXHAUSTED:
-                lb.closed(picked.key, 0)  # not opened after all
+                lb.refused(picked.key)  # not opened after all: neither counted opened nor active
             else:
                 binding.lb = picked.link  # (self.lb, choice.key), one tuple per server
             return binding
@@ -321,10 +326,40 @@ class Nat:
                                             (address_delta + dport - new_dport) % 0xFFFF, sessions)
                 if binding is EXHAUSTED:
                     self.clash = flow_key(pkt.proto, new_dst, pkt.src, new_dport, sport)
+                elif self.middle and self._between_taken(binding, sessions):
+                    return EXHAUSTED
                 return binding
         else:
             new_dst, new_dport = pkt.dst, dport
-        return self._source(pkt, sport, dport, iif, oif, sessions, dnat, None, new_dst, new_dport)
+        binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, None, new_dst, new_dport)
+        if binding is not None and binding is not EXHAUSTED and self._between_taken(binding, sessions):
+            return EXHAUSTED
+        return binding
+
+    def _between_taken(self, binding: Binding, sessions: dict) -> bool:
+        """Whether another session's packets carry the new binding's tuple between the live passes,
+        (c, s, cp, sp): after routing a marked packet is found by that tuple alone
+        (fw.engine_nat_passes), so two sessions sharing it would take each other's source half.
+        A binding that keeps one end has it as one of its own keys; one that translates both
+        (full_nat, dnat with snat: a `middle` key) shares it with a session from the same client
+        port to the same real server whose source is kept (its reply key), for example. Then the
+        new binding is refused (its port released; `clash` names the tuple, which the engine may
+        take from a finished session). Only the live daemon (two passes) has `middle` keys; the
+        rest is checked in replay too, so that both decide alike."""
+        proto = binding.proto
+        if proto != TCP and proto != UDP:
+            return False
+        key = _between_key(binding)
+        holder = self.middle.get(key)
+        if holder is None:
+            holder = sessions.get(key)
+            if holder is not None and (holder.nat is None or _between_key(holder.nat) != key):
+                holder = None  # it has the tuple on the wire, not between the passes
+        if holder is None:
+            return False
+        self.clash = key
+        release(binding)
+        return True
 
     def _source(self, pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport):
         """The source half of `bind`, on the translated destination: a Binding, None or EXHAUSTED."""
@@ -514,6 +549,13 @@ def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, 
     binding.lb = None
     binding.kernel = KERNEL_NO
     return binding
+
+
+def _between_key(binding: Binding) -> tuple:
+    """The key of the tuple a TCP or UDP binding's packets carry between the live passes (c, s, cp, sp)."""
+    c, _d, cp, _dp = binding.orig
+    s, _t, sp, _tp = binding.reply
+    return flow_key(binding.proto, c, s, cp, sp)
 
 
 def _pool_name(name: str, kind: str, family: int) -> str:

@@ -22,9 +22,10 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
 - `TO_FIREWALL`: the same, for a packet routed to the firewall's own address; one that belongs to
   no session, meets no expectation and no `dnat` entry is not the NAT's (the firewall's own
   traffic, judged by the INPUT hook if any): accepted untouched, reason `to-firewall`.
-- `AFTER_ROUTING` (marked packets only): one lookup by the `between` tuple (the session's own keys,
-  and for hairpin sessions `Nat.middle`), the source half applied (`after`), nothing tracked or
-  counted again: reason `nat:after-routing`. A marked packet whose session went away between the
+- `AFTER_ROUTING` (marked packets only): one lookup by the `between` tuple (for hairpin sessions
+  `Nat.middle`, else the session's own keys; no two translated sessions share that tuple: a new
+  binding that would is refused, `Nat._between_taken`), the source half applied (`after`),
+  nothing tracked or counted again: reason `nat:after-routing`. A marked packet whose session went away between the
   passes is dropped (`nat:no-session`): it must not leave half translated.
 - `FROM_FIREWALL`: an ICMP error the firewall itself sends while forwarding (fragmentation needed,
   time exceeded: mangle OUTPUT). It quotes the packet as it was between the passes; its sender
@@ -312,7 +313,8 @@ def after_routing(engine, data: bytes, partial: bool) -> Decision:
         key = (proto, src, dst, sport, dport)
     else:
         key = (proto, dst, src, dport, sport)
-    session = engine.table.sessions.get(key) or engine.nat.middle.get(key)
+    middle = engine.nat.middle  # first: the table may hold the tuple as an untranslated session's
+    session = (middle.get(key) if middle else None) or engine.table.sessions.get(key)
     binding = session.nat if session is not None else None
     if binding is None:
         engine.counters["nat_lost_between_passes"] += 1
@@ -372,7 +374,7 @@ def own_error(engine, data: bytes) -> Decision:
         return Decision(ACCEPT, FROM_FIREWALL_REASON, pkt)
     src, dst, sport, dport = quoted = _quoted(pkt)
     key = flow_key(pkt.inner.proto, src, dst, sport, dport)
-    session = engine.table.sessions.get(key) or engine.nat.middle.get(key)
+    session = engine.nat.middle.get(key) or engine.table.sessions.get(key)
     binding = session.nat if session is not None else None
     if binding is None:
         return Decision(ACCEPT, FROM_FIREWALL_REASON, pkt)

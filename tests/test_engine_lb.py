@@ -370,22 +370,27 @@ def test_full_nat_does_not_hand_a_released_port_straight_back():
     assert third.session.nat.reply[3] == 1026
 
 
+def with_second_virtual_server(name: str, address: str, port: int, full_nat: bool = False) -> str:
+    """policy_text's one server (rr) behind VIP:80, and a second virtual server over the same real server."""
+    return policy_text((1,), "rr") + textwrap.indent(textwrap.dedent(f"""\
+          - name: {name}
+            address: "{address}"
+            proto: tcp
+            port: {port}
+            scheduler: rr
+            full_nat: {str(full_nat).lower()}
+            real_servers:
+              - {{address: 203.0.113.21, port: 8080}}
+        """), "  ")
+
+
 def test_a_syn_takes_the_real_server_tuple_of_a_finished_session_as_conntrack_reopens():
     """A client reuses its port toward another virtual address of the same real server while our
     session of that tuple (real server -> client) is in TIME_WAIT: the SYN is not `nat:exhausted`,
     the finished session gives way (SessionClosed "reopen"), as a kernel entry in TIME_WAIT does."""
     from fw.decision import SessionClosed
 
-    text = policy_text((1,), "rr") + textwrap.indent(textwrap.dedent("""\
-          - name: alt
-            address: "203.0.113.101"
-            proto: tcp
-            port: 8088
-            scheduler: rr
-            real_servers:
-              - {address: 203.0.113.21, port: 8080}
-        """), "  ")
-    engine = engine_for(text)
+    engine = engine_for(with_second_virtual_server("alt", "203.0.113.101", 8088))
     client, server = "198.51.100.10:40000", "203.0.113.21:8080"
     assert opened_on(syn(engine, "198.51.100.10", 40000)) == server
     steps = [(client, f"{VIP}:80", "A", 1001, 5001), (client, f"{VIP}:80", "FA", 1001, 5001),
@@ -402,3 +407,61 @@ def test_a_syn_takes_the_real_server_tuple_of_a_finished_session_as_conntrack_re
     reply = engine.process(seg(server, client, "SA", seq=9000, ack=1001), 2.1)
     [back] = [e.data for e in reply.effects if isinstance(e, RewritePacket)]
     assert reply.session is again.session and flow_text(parse(back)).startswith("tcp 203.0.113.101:8088 ->")
+
+
+def test_a_session_refused_for_a_taken_tuple_is_not_counted_opened():
+    """A SYN whose real-server tuple a live session holds is `nat:exhausted`: the server `choose`
+    picked counts it neither opened nor active. Once that session is finished, the SYN's next try
+    closes it and binds again (two binds): one session, counted once."""
+    engine = engine_for(with_second_virtual_server("alt", "203.0.113.101", 8088))
+    client, server = "198.51.100.10:40000", "203.0.113.21:8080"
+
+    def counts() -> dict:
+        return {(row["name"], s["server"]): (s["opened"], s["active"])
+                for row in engine.nat.lb.status() for s in row["real_servers"]}
+
+    assert opened_on(syn(engine, "198.51.100.10", 40000)) == server
+    engine.process(seg(server, client, "SA", seq=5000, ack=1001), 1.1)
+    engine.process(seg(client, f"{VIP}:80", "A", seq=1001, ack=5001), 1.2)
+    refused = syn(engine, "198.51.100.10", 40000, now=1.3, vip="203.0.113.101", port=8088)
+    assert (refused.verdict, refused.reason) == ("drop", "nat:exhausted")
+    assert counts() == {("web", server): (1, 1), ("alt", server): (0, 0)}
+    steps = [(client, f"{VIP}:80", "FA", 1001, 5001), (server, client, "FA", 5001, 1002),
+             (client, f"{VIP}:80", "A", 1002, 5002)]
+    for at, (src, dst, flags, seq, ack) in enumerate(steps):
+        engine.process(seg(src, dst, flags, seq=seq, ack=ack), 1.4 + at / 10)
+    again = syn(engine, "198.51.100.10", 40000, now=2.0, vip="203.0.113.101", port=8088)
+    assert again.verdict == "accept" and again.session.nat.names == f"lb:alt:{server}"
+    assert counts() == {("web", server): (1, 0), ("alt", server): (1, 1)}
+
+
+def test_a_full_nat_session_is_not_taken_between_the_passes_for_a_two_arm_one():
+    """Between the live daemon's passes a full_nat session's packets carry (client, real server):
+    the tuple a two-arm session from the same client port to the same real server has. After
+    routing a packet is found by that tuple alone, so no two sessions may share it: the second is
+    `nat:exhausted` while the first lives, and takes the tuple once it is finished (as a SYN
+    reopens TIME_WAIT). Without that, the full_nat SYN left with the client's source."""
+    from fw.decision import SessionClosed
+    from tests.test_engine_nat_passes import TwoPasses
+
+    passes = TwoPasses(engine_for(with_second_virtual_server("one-arm", VIP, 81, full_nat=True)))
+    client, server = "198.51.100.10:40000", "203.0.113.21:8080"
+    first, _, leaving = passes(seg(client, f"{VIP}:80", "S", seq=1000), 1.0)
+    assert flow_text(parse(leaving)) == f"tcp {client} -> {server}"
+    passes(seg(server, client, "SA", seq=5000, ack=1001), 1.1)
+    passes(seg(client, f"{VIP}:80", "A", seq=1001, ack=5001), 1.2)
+    refused, _, _ = passes(seg(client, f"{VIP}:81", "S", seq=7000), 1.3)
+    assert (refused.verdict, refused.reason) == ("drop", "nat:exhausted")
+    steps = [(client, f"{VIP}:80", "FA", 1001, 5001), (server, client, "FA", 5001, 1002),
+             (client, f"{VIP}:80", "A", 1002, 5002)]
+    for at, (src, dst, flags, seq, ack) in enumerate(steps):
+        passes(seg(src, dst, flags, seq=seq, ack=ack), 1.4 + at / 10)
+    assert first.session.state_name == "TIME_WAIT"
+    again, between, leaving = passes(seg(client, f"{VIP}:81", "S", seq=7000), 2.0)
+    assert again.verdict == "accept" and again.session.nat.names == f"lb:one-arm:{server}"
+    assert [e.why for e in again.effects if isinstance(e, SessionClosed)] == ["reopen"]
+    assert flow_text(parse(between)) == f"tcp {client} -> {server}"
+    assert flow_text(parse(leaving)).startswith(f"tcp {VIP}:")  # replay's full_nat source: the virtual address
+    # and the other way round: a two-arm SYN while the full_nat session lives
+    other, _, _ = passes(seg(client, f"{VIP}:80", "S", seq=9000), 2.1)
+    assert (other.verdict, other.reason) == ("drop", "nat:exhausted")

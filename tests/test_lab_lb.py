@@ -195,6 +195,26 @@ def lb_lab(lab_prefix, tmp_path_factory):
         assert process is None or status == 0, f"fw run exited with {status}"
 
 
+@pytest.fixture(autouse=True)
+def diagnosis(request, lb_lab):
+    """A failed test prints what the daemon saw: its drops with reasons, its counters, the sessions
+    still open to the real servers, and the kernel's entries holding bindings (cheap, on failure only)."""
+    yield
+    from tests.conftest import node_failed
+
+    if not node_failed(request.node):
+        return
+    kernel = lb_lab.lab.run(lb_lab.lab.firewall, ["conntrack", "-L"], check=False).stdout
+    parts = {"fw events --type drop": lb_lab.fw("events", "--type", "drop"),
+             "fw stats --json": lb_lab.fw("stats", "--json"),
+             "fw sessions (not TIME_WAIT)": lb_lab.fw("sessions"),
+             "conntrack -L (not TIME_WAIT)": kernel}
+    for title, text in parts.items():
+        if "TIME_WAIT" in title:
+            text = "\n".join(line for line in text.splitlines() if "TIME_WAIT" not in line)
+        sys.stderr.write(f"--- {title} ---\n{text[-20000:]}\n")
+
+
 def test_a_thousand_requests_spread_by_weight(lb_lab):
     before = {name: row["opened"] for name, row in lb_lab.lb().items()}
     result = lb_lab.requests(1000)

@@ -98,6 +98,7 @@ NOBODY: frozenset = frozenset()
 SYN, RST, ACK = 2, 4, 16
 EMBRYONIC = frozenset((tcpmod.TcpState.SYN_SENT, tcpmod.TcpState.SYN_RECV, tcpmod.TcpState.SYN_SENT2))
 FINISHED = frozenset((tcpmod.TcpState.TIME_WAIT, tcpmod.TcpState.CLOSE))  # a SYN may take its tuple
+SYN_ACK_RST_FIN, TCP_SYN_BIT = 0x17, 0x02  # the TCP flags that tell a bare SYN, and its bit
 EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at least one session)
 GENERIC_TIMEOUT = engine_trackers.GENERIC_TIMEOUT
 ESTABLISHED = engine_trackers.ESTABLISHED
@@ -229,7 +230,7 @@ class Engine:
 
     @cython.locals(pkt=Packet, session=TcpSession, side=cython.long, sport=cython.long, dport=cython.long,
                    deadline=cython.double, decision=Decision, extra=Extra, binding=Binding,
-                   translation=Translation)
+                   translation=Translation, reused=cython.bint)
     def _tcp(self, pkt, now, iif, oif) -> Decision:
         # The hot path: an established TCP packet. flow_key and the counting are written out
         # here on purpose (a Python call costs as much as a window check).
@@ -258,10 +259,17 @@ class Engine:
                     return Decision(DROP, "invalid:state", pkt, session)
                 if binding.ftp is not None:
                     engine_nat_ftp.track_view(binding, pkt, original)
+                # A new connection (a bare SYN) on a finished balanced session's tuple is scheduled
+                # afresh, as IPVS's conn_reuse_mode does; the tracker would let a SYN the kernel's
+                # rules do not reopen (after the server's RST) go to the old real server, which may
+                # be down or drained by now.
+                reused = original and binding.lb is not None and session.state in FINISHED \
+                    and pkt.flags & SYN_ACK_RST_FIN == TCP_SYN_BIT
             else:
                 original = session.flags & REVERSED == side
+                reused = False
             old_state = session.state
-            problem = tcp_update(session, pkt, original)
+            problem = tcpmod.REOPEN if reused else tcp_update(session, pkt, original)
             if problem is None:
                 effects = NO_EFFECTS if session.state is old_state else self._tcp_state(session, old_state, original)
                 timeouts = session.profile.timeouts

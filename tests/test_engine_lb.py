@@ -465,3 +465,23 @@ def test_a_full_nat_session_is_not_taken_between_the_passes_for_a_two_arm_one():
     # and the other way round: a two-arm SYN while the full_nat session lives
     other, _, _ = passes(seg(client, f"{VIP}:80", "S", seq=9000), 2.1)
     assert (other.verdict, other.reason) == ("drop", "nat:exhausted")
+
+
+def test_a_syn_on_a_balanced_session_the_server_reset_is_scheduled_afresh():
+    """A client port reused while our session of it is in CLOSE after the real server's RST: the
+    tracker (as the kernel's) would let the SYN pass on the old session, to the old real server,
+    drained by now. Scheduled afresh instead, as IPVS's conn_reuse_mode: the session reopens."""
+    from fw.decision import SessionClosed
+
+    engine = engine_for(policy_text((1, 1), "rr"))
+    client = "198.51.100.10:40001"
+    first = syn(engine, "198.51.100.10", 40001, 1.0)
+    old = opened_on(first)
+    engine.process(seg(old, client, "SA", seq=5000, ack=1001), 1.1)
+    engine.process(seg(client, f"{VIP}:80", "A", seq=1001, ack=5001), 1.2)
+    engine.process(seg(old, client, "R", seq=5001), 1.3)
+    assert first.session.state_name == "CLOSE"
+    engine.nat.lb.drain("web", old)
+    again = syn(engine, "198.51.100.10", 40001, 2.0)
+    assert again.session is not first.session and opened_on(again) != old
+    assert [e.why for e in again.effects if isinstance(e, SessionClosed)] == ["reopen"]

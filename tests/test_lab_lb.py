@@ -85,12 +85,14 @@ virtual_servers:
     real_servers:
       - {{address: "2001:db8:2::10", port: 5353}}
 """
-# The client: N requests, one connection each; prints {"names": {name: count}, "errors": n}.
+# The client: N requests, one connection each; prints {"names": {name: count}, "errors": n}. A request
+# fails when its connection is refused or reset, or its answer cut short (a server killed between the
+# header and the body: IncompleteRead).
 CLIENT = r"""
 import collections, http.client, json, sys, time
 host, count, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 port = int(sys.argv[4]) if len(sys.argv) > 4 else 80
-names, errors = collections.Counter(), 0
+names, errors, size = collections.Counter(), 0, 0
 for _ in range(count):
     try:
         connection = http.client.HTTPConnection(host, port, timeout=10)
@@ -101,7 +103,7 @@ for _ in range(count):
         if path.startswith("/slow/"):
             size = len(body)
         names[" ".join(body.decode().split("\n")[:2]) if path == "/peer" else body.decode().split("\n")[0]] += 1
-    except OSError as error:
+    except (OSError, http.client.HTTPException) as error:  # refused, reset, or cut short (IncompleteRead)
         errors += 1
         print(repr(error), file=sys.stderr)
         print(time.time(), repr(error), file=sys.stderr)

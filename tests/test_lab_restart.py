@@ -4,13 +4,15 @@ an established connection goes on; without it the same connection's packets are 
 A restart under load (`fw stop --keep-rules`, then `fw run`): a transfer through masquerade, and one
 through a port forward, runs across it and arrives intact; the rules stayed (fail-closed: the packets
 of the gap were dropped and retransmitted) and the new daemon adopted the binding the kernel held.
-The same restart with SIGTERM (the rules removed for a moment) loses the connection: a client packet
-of the gap reaches the server untranslated, which resets it.
+The same restart with a plain stop (`fw stop`, as SIGTERM: the rules removed for a moment) loses the
+connection: a client packet of the gap reaches the server untranslated, which resets it. SIGUSR2 is
+`fw stop --keep-rules`: the filter rules stay too (`kept-sigusr2`).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,7 @@ import time
 
 import pytest
 
+from fw.drivers.nat_kernel import KERNEL_NAT_MARK
 from tests import netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
@@ -79,9 +82,12 @@ nat:
 """
 
 
-@pytest.mark.parametrize(("keep_snapshot", "text"), [(True, POLICY), (False, POLICY), (True, MASQUERADE)],
-                         ids=["kept", "lost", "kept-masquerade"])
-def test_an_established_connection_survives_a_restart(lab, daemon, tmp_path, private_state, keep_snapshot, text):
+@pytest.mark.parametrize(("keep_snapshot", "text", "signum"), [
+    (True, POLICY, signal.SIGTERM), (False, POLICY, signal.SIGTERM), (True, MASQUERADE, signal.SIGTERM),
+    (True, POLICY, signal.SIGUSR2),
+], ids=["kept", "lost", "kept-masquerade", "kept-sigusr2"])
+def test_an_established_connection_survives_a_restart(lab, daemon, tmp_path, private_state, keep_snapshot, text,
+                                                      signum):
     policy = tmp_path / "policy.yaml"
     policy.write_text(text)
     first = daemon(policy)
@@ -92,7 +98,10 @@ def test_an_established_connection_survives_a_restart(lab, daemon, tmp_path, pri
         try:
             assert say(client, "before") == "before"
             quiet(first)
-            assert first.stop() == 0  # SIGTERM: rules removed, the session table saved
+            first.process.send_signal(signum)  # SIGTERM: rules removed, the session table saved
+            assert first.process.wait(10) == 0
+            rules = lab.run(lab.firewall, ["iptables-save", "-t", "filter"]).stdout
+            assert ("-j FW-FORWARD" in rules) == (signum == signal.SIGUSR2)  # SIGUSR2: kept for a restart
             snapshots = list(private_state.glob("sessions-*.jsonl"))
             assert len(snapshots) == 1 and '"dport": 7002' in snapshots[0].read_text()
             if not keep_snapshot:
@@ -157,8 +166,8 @@ def moved(daemon_, packets: int, timeout: float = 15.0) -> dict:
 @pytest.mark.parametrize(("text", "address", "port", "stop"), [
     (MASQUERADE, "203.0.113.10", 7002, "keep-rules"),
     (PORT_FORWARD, "198.51.100.1", 8081, "keep-rules"),
-    (MASQUERADE, "203.0.113.10", 7002, "sigterm"),
-], ids=["masquerade", "port-forward", "masquerade-sigterm-loses-it"])
+    (MASQUERADE, "203.0.113.10", 7002, "plain"),
+], ids=["masquerade", "port-forward", "masquerade-plain-stop-loses-it"])
 def test_a_transfer_through_nat_goes_on_across_a_restart(lab, daemon, tmp_path, text, address, port, stop):
     policy = tmp_path / "policy.yaml"
     policy.write_text(text)
@@ -174,10 +183,10 @@ def test_a_transfer_through_nat_goes_on_across_a_restart(lab, daemon, tmp_path, 
             assert first.process.wait(5) == 0
             kept = first.lab.run(first.lab.firewall, ["iptables-save", "-t", "mangle"]).stdout
             assert "-j FW-PREROUTING" in kept  # still there: the gap's packets dropped, not passed untranslated
-        else:
-            assert first.stop() == 0  # rules removed: the gap's packets pass untranslated
+        else:  # as SIGTERM: rules removed, the gap's packets pass untranslated
+            assert "its rules are removed" in first.fw("stop").stdout and first.process.wait(5) == 0
         second = daemon(policy)
-        if stop == "sigterm":  # a packet of the gap passed untranslated: the server reset the client
+        if stop == "plain":  # a packet of the gap passed untranslated: the server reset the client
             errors = sender.communicate(timeout=30)[1]
             assert sender.returncode != 0 and "ConnectionResetError" in errors, errors
             return
@@ -194,3 +203,11 @@ def test_a_transfer_through_nat_goes_on_across_a_restart(lab, daemon, tmp_path, 
     assert stats["nat"]["kernel_bindings_adopted"] == 1  # the binding the kernel kept was taken over
     assert stats["nat"]["kernel_binding_stale_drops"] == 0
     assert stats["drops"] == {}
+    # No daemon comes back: `fw cleanup` removes the kept rules and the kernel's bindings
+    second.fw("stop", "--keep-rules")
+    held = ["conntrack", "-L", "-m", f"{KERNEL_NAT_MARK}/{KERNEL_NAT_MARK}"]
+    assert "mark=" in lab.run(lab.firewall, held).stdout
+    cleaned = second.fw("cleanup").stdout
+    assert "chain FW-PREROUTING" in cleaned and "1 kernel conntrack entries holding a NAT binding" in cleaned
+    assert "FW-" not in lab.run(lab.firewall, ["iptables-save"]).stdout
+    assert "mark=" not in lab.run(lab.firewall, held).stdout

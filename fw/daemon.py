@@ -229,10 +229,13 @@ class DaemonBase:
             one_pass_mark=ONE_PASS_MARK if nat else 0, unjudged_mark=UNJUDGED_MARK if nat else 0,
             kernel_nat_mark=KERNEL_NAT_MARK if nat and config.kernel_nat else 0),
             config.backend)
+        kept_by = iptables.kept_by()  # the last run stopped for a restart (`fw stop --keep-rules`)
         stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
-        if stale:
-            log.warning("took over from %d rules and chains an earlier run left (stopped for a restart, "
-                        "or crashed): replaced in one transaction per table", len(stale))
+        if stale and kept_by is not None:
+            log.info("took over the %d rules and chains fw (pid %d) kept for this restart, in one commit per table",
+                     len(stale), kept_by)
+        elif stale:
+            log.warning("removed %d rules and chains left by an earlier run", len(stale))
 
     def _remove_rules(self) -> None:
         if self.rules is not None and self.keep_rules:

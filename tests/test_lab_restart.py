@@ -12,6 +12,7 @@ connection: a client packet of the gap reaches the server untranslated, which re
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -200,6 +201,7 @@ def test_a_transfer_through_nat_goes_on_across_a_restart(lab, daemon, tmp_path, 
             sender.wait(5)
         sink.stop()
     assert received == sent  # intact: every byte, in order
+    assert re.search(r"took over the \d+ rules and chains fw \(pid \d+\) kept for this restart", second.log_text())
     assert stats["nat"]["kernel_bindings_adopted"] == 1  # the binding the kernel kept was taken over
     assert stats["nat"]["kernel_binding_stale_drops"] == 0
     assert stats["drops"] == {}

@@ -452,8 +452,8 @@ def _without_comments(text: str) -> list[str]:
 @pytest.mark.netns
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 def test_a_new_run_takes_over_rules_kept_for_a_restart_in_one_commit_and_removes_them_exactly(ns, backend):
-    """The first run exits without removing its rules (as `fw stop --keep-rules`); `fw cleanup
-    --unless-kept` leaves them; the next run takes them over in one transaction per table (no moment
+    """The first run exits without removing its rules (as `fw stop --keep-rules`); `fw cleanup`
+    leaves them; the next run takes them over in one transaction per table (no moment
     without our jump: fail-closed stays closed), ends with exactly its own ruleset, and its removal
     leaves the namespace as it was (nft, in a fresh namespace: even the table and base chains the
     first run had made, from the state file; legacy: an operator's rules in every table)."""
@@ -466,7 +466,7 @@ def test_a_new_run_takes_over_rules_kept_for_a_restart_in_one_commit_and_removes
     ns.python(NAT_INSTALL.format(backend=backend, after=KEEP))  # exits, its rules kept
     kept = ns.save(backend)
     assert kept.count("-j FW-PREROUTING") == 2 and kept.count(":FW-NAT-OUTPUT") == 2
-    left = ns.run(*fw_command("cleanup", "--unless-kept")).stdout
+    left = ns.run(*fw_command("cleanup")).stdout
     assert "kept for a restart stay" in left and ns.save(backend) == kept
     out = ns.python(TAKE_OVER.format(backend=backend, after="")).stdout
     replaced, scripts, saved = out.split("\n", 2)

@@ -205,11 +205,15 @@ def test_a_transfer_through_nat_goes_on_across_a_restart(lab, daemon, tmp_path, 
     assert stats["nat"]["kernel_bindings_adopted"] == 1  # the binding the kernel kept was taken over
     assert stats["nat"]["kernel_binding_stale_drops"] == 0
     assert stats["drops"] == {}
-    # No daemon comes back: `fw cleanup` removes the kept rules and the kernel's bindings
+    # No daemon comes back: `fw cleanup` (the unit's ExecStopPost) leaves the kept rules and bindings
+    # for the next run; `fw cleanup --all` removes them
     second.fw("stop", "--keep-rules")
     held = ["conntrack", "-L", "-m", f"{KERNEL_NAT_MARK}/{KERNEL_NAT_MARK}"]
     assert "mark=" in lab.run(lab.firewall, held).stdout
-    cleaned = second.fw("cleanup").stdout
+    assert "kept for a restart stay" in second.fw("cleanup").stdout
+    assert "-j FW-PREROUTING" in lab.run(lab.firewall, ["iptables-save"]).stdout
+    assert "mark=" in lab.run(lab.firewall, held).stdout
+    cleaned = second.fw("cleanup", "--all").stdout
     assert "chain FW-PREROUTING" in cleaned and "1 kernel conntrack entries holding a NAT binding" in cleaned
     assert "FW-" not in lab.run(lab.firewall, ["iptables-save"]).stdout
     assert "mark=" not in lab.run(lab.firewall, held).stdout

@@ -439,15 +439,15 @@ def stop_command(keep_rules: bool, timeout: float) -> None:
 
 
 @click.command("cleanup")
-@click.option("--unless-kept", is_flag=True,
-              help="Leave the rules a daemon kept for a restart (fw stop --keep-rules) in place.")
-def cleanup_command(unless_kept: bool) -> None:
-    """Remove every iptables rule and chain a daemon left in this network namespace (crashed, or
-    stopped with `fw stop --keep-rules`), and the kernel NAT bindings it left.
+@click.option("--all", "everything", is_flag=True,
+              help="Also remove the rules a daemon kept for a restart (fw stop --keep-rules).")
+def cleanup_command(everything: bool) -> None:
+    """Remove every iptables rule and chain a crashed daemon left in this network namespace, and the
+    kernel NAT bindings it left.
 
     For systemd's ExecStopPost. Refuses while a daemon runs here; touches nothing that is not ours.
-    With --unless-kept it leaves everything while the last daemon's note says it stopped for a
-    restart (the next `fw run` takes its rules over).
+    The rules of a daemon stopped for a restart (`fw stop --keep-rules`) stay, for the next `fw run`
+    to take over, unless --all: so the unit's ExecStopPost does not reopen the gap a restart closes.
 
     Example: fw cleanup
     """
@@ -458,8 +458,9 @@ def cleanup_command(unless_kept: bool) -> None:
         raise Failure("fw cleanup must run as root")
     if daemon_running():
         raise Failure("a fw daemon is running in this network namespace: stop it instead")
-    if unless_kept and (pid := kept_by()) is not None:
-        click.echo(f"the rules fw (pid {pid}) kept for a restart stay, for the next fw run")
+    if not everything and (pid := kept_by()) is not None:
+        click.echo(f"the rules fw (pid {pid}) kept for a restart stay for the next fw run "
+                   "(fw cleanup --all removes them)")
         return
     from fw.drivers.nat_kernel import delete_left
 

@@ -29,8 +29,8 @@ once empty, so that the ruleset is exactly as it was before.
 A restart (`fw stop --keep-rules`): the stopping daemon leaves its rules and notes that it did
 (`note_kept`: kept.json beside the state file, with its pid); the next run's `install_over_stale`
 takes them over as it does a crashed run's (one commit per table: no moment without our jumps) and
-forgets the note; `fw cleanup` removes them and the note (`--unless-kept`: leaves both while the
-note is there, for a service manager's stop hook).
+forgets the note; `fw cleanup` leaves them while the note is there (it is systemd's stop hook),
+`fw cleanup --all` removes them and the note.
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ answering server's name counted). Checked, on what the client and the EVE log se
   through the two-arm one, the client's);
 - UDP virtual servers over IPv4 and IPv6 (port 53 to an echo server's 5353);
 - a virtual server on the firewall's own lan address.
+The client has 512 ephemeral ports, so its ports are reused while fw still holds their finished
+sessions: a new connection on a finished session's tuple is scheduled afresh, and no two
+translated sessions share a tuple between the daemon's two passes (a full_nat one and a two-arm
+one from the same client port to web1). A failed test prints the daemon's drops, counters and
+sessions, and the kernel's entries.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ VIP = "203.0.113.100"
 VIP6 = "2001:db8:2::100"
 INTERVAL, TIMEOUT, RISE, FALL = 0.5, 0.25, 2, 2
 DURING = 200  # requests running across a server's death
+CLIENT_PORTS = "40000 40511"  # the client's ephemeral ports (fixture: reused within the module)
 SERVERS = {"web1": ("203.0.113.21", 1), "web2": ("203.0.113.22", 2), "web3": ("203.0.113.23", 3)}
 POLICY = f"""\
 version: 1
@@ -170,6 +176,10 @@ def lb_lab(lab_prefix, tmp_path_factory):
     process, servers = None, {}
     try:
         built.up()
+        # ~1,400 connections over 512 ports: the client reuses its ports while fw still holds their
+        # finished sessions (TIME_WAIT, CLOSE), toward the same and other virtual servers of the
+        # same real servers, as a busy client does; this module's flakes came from such reuse.
+        built.run("client", ["sysctl", "-qw", f"net.ipv4.ip_local_port_range={CLIENT_PORTS}"])
         for name, (address, _weight) in SERVERS.items():
             built.run("server", ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
             servers[name] = Backend("http", address, 8080, name=name, netns=built.namespace("server")).start()

@@ -2,11 +2,18 @@
 `Nat.kernel_translates`, `Nat.kernel_lost`): the KernelNat effect once a bare session is ready, and
 from the driver's answer on, accepts without a rewrite and without a mark for the packets whose
 kernel entry holds the binding (`Nat.kernel_packet`), the others rewritten as before; the
-binding's flag is not in snapshots."""
+binding's flag is not in snapshots. The driver with `--offload` (fw.drivers.nat_kernel's `offload`,
+a fake ctnetlink socket): the entry is made offloaded too, and deleted on close."""
 
 from __future__ import annotations
 
-from fw.decision import KernelNat, RewritePacket, SetMark
+import struct
+
+from fw.conntrack.table import OFFLOADED
+from fw.decision import KernelNat, RewritePacket, SessionClosed, SetMark
+from fw.drivers import offload
+from fw.drivers.nat_kernel import KERNEL_NAT_MARK, KernelBindings
+from fw.drivers.offload import OffloadService
 from fw.engine_nat import KERNEL_ASKED, KERNEL_HELD, KERNEL_NO, Binding
 from fw.engine_nat_passes import BEFORE_ROUTING, ONE_PASS
 from tests.packets import seg, udp_pkt
@@ -113,3 +120,85 @@ def test_the_flag_is_not_in_snapshots(tmp_path):
     binding = ack.session.nat
     restored = Binding.from_dict(binding.proto, binding.family, binding.to_dict())
     assert "kernel" not in binding.to_dict() and restored.kernel == KERNEL_NO
+
+
+class FakeConntrack:
+    """fw.drivers.offload.Conntrack without the kernel: the messages sent, an acknowledgement (0)
+    for each request that asks for one, and the mark updates."""
+
+    def __init__(self):
+        self.sent: list[bytes] = []
+        self.marks: list[tuple] = []
+        self.seq = 0
+        self.sock = self
+        self._answers: list[bytes] = []
+        self.errors: dict = {}
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+        _length, _kind, flags, seq = struct.unpack_from("=IHHI", data)
+        if flags & offload.NLM_F_ACK:
+            self._answers.append(struct.pack("=IHHII", 20, offload.NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", 0))
+
+    def recv(self, _size: int, _flags: int = 0) -> bytes:
+        if not self._answers:
+            raise BlockingIOError
+        return self._answers.pop(0)
+
+    def drain(self) -> None:
+        self._answers.clear()
+
+    def set_mark(self, session, mark: int, mask: int) -> None:
+        self.marks.append((session.key, mark, mask))
+
+
+def created_mark(message: bytes) -> int:
+    """The CTA_MARK of an IPCTNL_MSG_CT_NEW message."""
+    top = offload.attributes(message[16:], 4)
+    return struct.unpack("!I", top[offload.CTA_MARK])[0]
+
+
+def test_with_offload_the_kernels_entry_is_made_offloaded_and_deleted_on_close(tmp_path):
+    """--offload (fw.drivers.nat_kernel `offload`): the entry holding the binding is created with the
+    offload bit too, the session is offloaded (liberal, read back by the offload service), and its
+    close deletes the entry (no mark update on an entry that is going)."""
+    engine = make_engine(tmp_path)
+    engine.nat.kernel_bindings = True
+    bindings = KernelBindings(engine, conntrack=FakeConntrack())
+    service = OffloadService(engine, conntrack=FakeConntrack())
+    bindings.offload = service
+    *_, ack = handshake(engine)
+    session = ack.session
+    bindings.on_ready(KernelNat(session))
+    [create] = [m for m in bindings.conntrack.sent if struct.unpack_from("=IHH", m)[2] & offload.NLM_F_ACK]
+    assert created_mark(create) & (KERNEL_NAT_MARK | offload.OFFLOAD_MARK) == KERNEL_NAT_MARK | offload.OFFLOAD_MARK
+    assert session.nat.kernel == KERNEL_HELD and session.flags & OFFLOADED and session.liberal
+    assert service.offloaded == {session.key: session} and service.stats()["offloaded_translated"] == 1
+    sent = len(bindings.conntrack.sent)
+    service.on_closed(SessionClosed(session, "expired"))
+    bindings.on_closed(SessionClosed(session, "expired"))
+    assert service.offloaded == {} and service.conntrack.marks == []  # the entry is deleted, not unmarked
+    assert len(bindings.conntrack.sent) == sent + 1 and bindings.active == {}
+
+
+def test_without_offload_or_with_exact_resets_the_entry_is_not_offloaded(tmp_path):
+    engine = make_engine(tmp_path)
+    engine.nat.kernel_bindings = True
+    bindings = KernelBindings(engine, conntrack=FakeConntrack())
+    *_, ack = handshake(engine)
+    bindings.on_ready(KernelNat(ack.session))
+    [create] = [m for m in bindings.conntrack.sent if struct.unpack_from("=IHH", m)[2] & offload.NLM_F_ACK]
+    assert not created_mark(create) & offload.OFFLOAD_MARK and not ack.session.flags & OFFLOADED
+    other = make_engine(tmp_path)
+    other.nat.kernel_bindings = True
+    bindings = KernelBindings(other, conntrack=FakeConntrack())
+    bindings.offload = OffloadService(other, conntrack=FakeConntrack())
+    *_, ack = handshake(other)
+    ack.session.rst_on_timeout = True  # its RST needs sequence numbers the kernel does not give back
+    bindings.on_ready(KernelNat(ack.session))
+    assert ack.session.nat.kernel == KERNEL_HELD and not ack.session.flags & OFFLOADED
+    assert bindings.offload.offloaded == {}

@@ -111,6 +111,13 @@ def create_body(binding, mark: int, timeout: int) -> bytes:
     return body
 
 
+def offloadable(session) -> bool:
+    """Whether `--offload` may pass a kernel-held session's packets (fw.engine.may_offload's terms
+    but the binding, which the kernel applies: TCP, no ALG, no rst_on_timeout)."""
+    extra = session.extra
+    return session.tcp is not None and not session.rst_on_timeout and (extra is None or extra.alg is None)
+
+
 def kernel_timeout(proto: int) -> int:
     """The kernel's timeout of an established entry (its sysctl; the default when unreadable)."""
     name, default = KERNEL_TIMEOUT[proto]
@@ -126,6 +133,7 @@ class KernelBindings:
     def __init__(self, engine, conntrack: offload.Conntrack | None = None):
         self.engine = engine
         self.conntrack = conntrack
+        self.offload = None  # fw.drivers.offload.OffloadService with --offload (fw.runner sets it)
         self.counters: Counter = Counter()  # made, failed, refused, deleted, lost
         self.errors: Counter = Counter()  # errno names of failed creations
         self.active: dict[tuple, object] = {}  # session key -> session whose binding the kernel holds
@@ -157,6 +165,9 @@ class KernelBindings:
         mark = KERNEL_NAT_MARK
         if binding.after is not None and binding.forward is None and binding.after[0] is not None:
             mark |= ONE_PASS_MARK  # the client's direction takes one pass after routing (as before)
+        offloaded = self.offload is not None and offloadable(session)
+        if offloaded:
+            mark |= offload.OFFLOAD_MARK  # --offload: the entry is made offloaded (module docstring)
         conntrack = self._socket()
         family = binding.family
         c, d, cp, dp = binding.orig
@@ -182,6 +193,8 @@ class KernelBindings:
         if self.engine.nat.kernel_translates(session):
             self.counters["made"] += 1
             self.active[session.key] = session
+            if offloaded:
+                self.offload.offloaded_here(session)
         else:
             self._delete(binding)
 

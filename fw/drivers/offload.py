@@ -258,10 +258,21 @@ class OffloadService:
         self.offloaded[session.key] = session
         self.counters["offloaded"] += 1
 
+    def offloaded_here(self, session) -> None:
+        """fw.drivers.nat_kernel made the entry of a translated session with the bit (and the
+        binding) itself: kept and read back like the others; on close that entry is deleted there."""
+        if session.key in self.offloaded or session.slot == -1:
+            return
+        session.liberal = True  # its window record ages while the kernel passes its packets
+        session.flags |= OFFLOADED
+        self.offloaded[session.key] = session
+        self.counters["offloaded"] += 1
+        self.counters["offloaded_translated"] += 1
+
     def on_closed(self, effect: SessionClosed) -> None:
         session = effect.session
-        if self.offloaded.get(session.key) is session:
-            self._forget(session.key, session, clear=True)
+        if self.offloaded.get(session.key) is session:  # (a translated one's entry is deleted by nat_kernel)
+            self._forget(session.key, session, clear=session.nat is None)
 
     def stats(self) -> dict:
         return {"active": len(self.offloaded), **self.counters, "netlink_errors": dict(self.conntrack.errors)}

@@ -44,6 +44,12 @@ once a second the entries with KERNEL_NAT_MARK are read back, and a session whos
 no longer has may ask again (`Nat.kernel_lost`, counted `kernel_bindings_lost`). `close` (the daemon's exit)
 deletes every entry it made. The flag is node-local (not in snapshots or HA sync): a restored or
 adopted session asks again. Counters: the `nat` section of `fw stats` (`kernel_bindings_*`).
+
+With `--offload` (`offload`: fw.runner gives it the OffloadService) a session `offloadable` (TCP,
+no ALG, no rst_on_timeout) gets its entry made with the offload bit too, and the offload service
+takes it in (`offloaded_here`): the rules' fast path (before the one-pass rules) accepts its
+ESTABLISHED packets without SYN/FIN/RST in mangle PREROUTING, and the kernel's nat hooks translate
+them with the same binding; what still reaches the queue is judged as above.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ on expiry must carry exactly the receiver's RCV.NXT (RFC 5961); kernel conntrack
 sequence numbers back (CTA_PROTOINFO_TCP has flags and window scales only), so exactness would be
 lost. For the same reason the engine makes an offloaded session's record liberal (as the kernel
 does when a flowtable hands a flow back): a FIN after megabytes the engine did not see is out of
-its old window.
+its old window. A translated session is not offloaded by the engine (the kernel would pass its
+packets untranslated) but by fw.drivers.nat_kernel, once the kernel holds its binding: the entry
+it makes carries the bit from the start and `offloaded_here` takes the session in; on close that
+entry is deleted there, so no bit is cleared here.
 
 OffloadService consumes SessionClosed: the mark of an offloaded session the engine removed
 (expired, killed, closed, reopened, evicted) is cleared at once, so later packets reach the engine

@@ -137,6 +137,8 @@ def test_a_translated_session_survives_its_firewall_killed_and_started_again(clu
             client.stdin.close()
             client.kill()
             client.wait(5)
+    print(f"\nHA lab, snat: fw1 killed, fw2 took over, fw1 back: {(before, during, after)}; fw1 again: nat "
+          f"{ {k: v for k, v in stats['nat'].items() if k.startswith('kernel')} }")
     peers = {line.partition(" from ")[2] for line in (before, during, after)}
     assert [line.partition(" from ")[0] for line in (before, during, after)] == ["before", "during", "after"], \
         (before, during, after)

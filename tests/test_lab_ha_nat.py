@@ -37,16 +37,18 @@ pytestmark = [pytest.mark.netns, pytest.mark.root]
 module_cluster, cluster = more.module_cluster, more.cluster  # the fixtures: one lab and redis for the module
 
 SHARED = "100.64.0.1"  # the cluster's translated address: routed to the firewalls, held by neither
+SHARED6 = "2001:db8:64::1"
 POLICY = f"""\
 version: 1
 defaults: {{action: drop, log: false}}
 sets:
-  clients: [198.51.100.0/24]
+  clients: [198.51.100.0/24, "2001:db8:1::/64"]
 rules:
   - {{name: allow-web, action: accept, proto: tcp, src: $clients, dport: 8080}}
   - {{name: echo, action: accept, proto: tcp, src: $clients, dport: 7002}}
 nat:
-  - {{name: shared, type: snat, src: $clients, to: {SHARED}}}
+  - {{name: shared, type: snat, src: 198.51.100.0/24, to: {SHARED}}}
+  - {{name: shared6, type: snat, src: "2001:db8:1::/64", to: "{SHARED6}"}}
 """
 MASQUERADE = """\
 version: 1
@@ -82,22 +84,22 @@ def test_fetches_through_a_shared_snat_address_on_asymmetric_paths(cluster, tmp_
     (site / "page.txt").write_text(body)
     results = []
     with netns.http_server(lab, site, port=8080, lifetime=60):
-        for _ in range(10):
-            done = netns.curl(lab, netns.url("203.0.113.10", 8080, "/page.txt"), max_time=8,
+        for server in ["203.0.113.10"] * 8 + ["2001:db8:2::10"] * 4:
+            done = netns.curl(lab, netns.url(server, 8080, "/page.txt"), max_time=8,
                               extra=("-w", "\n%{time_total}"))
             text, _, seconds = done.stdout.rpartition("\n")
             results.append((done.returncode, text == body, float(seconds or 8)))
     one, two = cluster.stats(fw1), cluster.stats(fw2)
     sessions = [s for s in cluster.sessions(fw2) if s["rule"] == "allow-web"]
     worst = max(seconds for _, _, seconds in results)
-    print(f"\nHA lab, 10 fetches through snat {SHARED}: worst {worst * 1000:.0f} ms; fw2 held "
+    print(f"\nHA lab, 12 fetches through snat {SHARED} and {SHARED6}: worst {worst * 1000:.0f} ms; fw2 held "
           f"{two['sync']['hold']['held']}, wait {two['sync']['hold']['wait']}")
     record_property("ha_nat_worst_fetch_ms", round(worst * 1000))
-    assert [(code, same) for code, same, _ in results] == [(0, True)] * 10, results
-    assert one["packets"]["by_verdict"]["accept"]["rule:allow-web"] == 10
+    assert [(code, same) for code, same, _ in results] == [(0, True)] * 12, results
+    assert one["packets"]["by_verdict"]["accept"]["rule:allow-web"] == 12
     assert "rule:allow-web" not in two["packets"]["by_verdict"]["accept"]  # replies only through fw2
-    assert len(sessions) == 10 and {s["owner"] for s in sessions} == {"fw1"}
-    assert {s["reply"]["dst"] for s in sessions} == {SHARED}  # fw2 holds fw1's bindings
+    assert len(sessions) == 12 and {s["owner"] for s in sessions} == {"fw1"}
+    assert sorted(s["reply"]["dst"] for s in sessions) == [SHARED] * 8 + [SHARED6] * 4  # fw2 holds fw1's bindings
     assert all(s["reply"]["dport"] in FIRST_SLICE for s in sessions)  # ports from fw1's slice
     assert two["nat"]["first_pass"] > 0  # fw2 translated the replies back
     assert two["drops"].get("invalid:no-session", 0) == 0, two["sync"]["hold"]
@@ -108,14 +110,17 @@ def test_fetches_through_a_shared_snat_address_on_asymmetric_paths(cluster, tmp_
 
 
 def test_a_translated_session_survives_its_firewall_killed_and_started_again(cluster):
+    """With `--sync-defer` (a pair of its own): the connection's SYN waits for Redis, and leaves
+    with the mark and payload it was given (translated), as an accepted packet does."""
     lab = cluster.lab
-    fw1, fw2 = nat_pair(cluster)
+    fw1, fw2 = cluster.pair("nat-defer", "--sync-defer", policy=POLICY)
     with netns.Background(lab, "server", [sys.executable, "-c", ECHO_SERVER], lifetime=90, capture=False):
         netns.wait_for_port(lab, "server", 7002)
         client = lab.popen("client", [sys.executable, "-c", ECHO_CLIENT], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, text=True)
         try:
             before = say(client, "before")
+            deferred = cluster.stats(fw1)["sync"]["defer"]["deferred"]
             fw1.process.kill()  # a crash: its rules stay (fail-closed), its kernel entries too
             fw1.process.wait(5)
             cluster.route("client", "fw2")
@@ -127,12 +132,12 @@ def test_a_translated_session_survives_its_firewall_killed_and_started_again(clu
             cluster.wait_for(fw1_dead, timeout=10)
             during = say(client, "during")  # fw2 translates both ways now, with fw1's binding
             owners_during = [s["owner"] for s in cluster.sessions(fw2) if s["rule"] == "echo"]
-            again = cluster.start("fw1", cluster="nat", policy=POLICY)
+            again = cluster.start("fw1", "--sync-defer", cluster="nat-defer", policy=POLICY)
             cluster.wait_peers(again, fw2)
             restored = [s for s in cluster.sessions(again) if s["rule"] == "echo"]
             cluster.route("client", "fw1")
             after = say(client, "after")
-            stats = cluster.stats(again)
+            stats, two = cluster.stats(again), cluster.stats(fw2)
         finally:
             client.stdin.close()
             client.kill()
@@ -148,6 +153,8 @@ def test_a_translated_session_survives_its_firewall_killed_and_started_again(clu
     assert [s["reply"]["dst"] for s in restored] == [SHARED]  # fw1's table came back from Redis
     assert stats["sync"]["snapshot_sessions"] >= 1
     assert stats["drops"].get("invalid:no-session", 0) == 0
+    assert deferred >= 1  # the SYN, which then left translated: fw2 never saw an untranslated reply
+    assert two["drops"].get("invalid:state", 0) == 0 and two["sync"]["hold"]["dropped"] == 0, two["sync"]["hold"]
 
 
 def conntrack_bits(lab, firewall: str) -> list[str]:

@@ -1,14 +1,16 @@
 """NAT in the HA lab (fw.sync.lab: client -> fw1 -> server, server -> fw2 -> client, Redis on the
 sync link), one lab and one redis-server for the module (tests/test_lab_ha_more.py's fixtures):
-- `--sync` with an `snat` to a shared address (100.64.0.1, on neither firewall: the server's route
-  to it is its default, fw2): fw1 translates the client's packets, fw2 the replies, from the
-  binding fw1 announced. HTTP fetches pass without a retransmission: a reply held at fw2 for the
-  session's news is released by the news (its tuple is the binding's reply key, not the
-  session's) and leaves translated (judged again through the NAT handler, its new payload given);
-- the same session across a failure: fw1 killed mid-stream, the client's route moved to fw2 (which
-  claims the session and translates the client's packets with the same address and port: fw1's
-  slice of the port range), then fw1 started again (its table from Redis) and the route back:
-  the server sees one peer throughout;
+- `--sync` with an `snat` to a shared address (100.64.0.1 and 2001:db8:64::1, on neither
+  firewall: the server's route to it is its default, fw2): fw1 translates the client's packets,
+  fw2 the replies, from the binding fw1 announced. HTTP fetches pass without a retransmission: a
+  reply held at fw2 for the session's news is released by the news (its tuple is the binding's
+  reply key, not the session's) and leaves translated (judged again through the NAT handler, its
+  new payload given); with `--offload` on both, a 20 MB download is whole and each node offloads
+  its direction once its kernel entry holds the binding;
+- the same session across a failure, with `--sync-defer` (the SYN, deferred, leaves translated):
+  fw1 killed mid-stream, the client's route moved to fw2 (which claims the session and translates
+  the client's packets with the same address and port: fw1's slice of the port range), then fw1
+  started again (its table from Redis) and the route back: the server sees one peer throughout;
 - `--offload` with masquerade on one firewall (both directions through fw1, no sync): once the
   kernel holds an established session's binding (fw.drivers.nat_kernel) the session is offloaded
   too (the entry made with both bits): a 20 MB download is whole (sha256), the `offload` counters
@@ -71,17 +73,17 @@ ECHO_SERVER = textwrap.dedent("""
         while data := connection.recv(1000):
             connection.sendall(data.strip() + f" from {peer[0]}:{peer[1]}\\n".encode())
 """)
-def nat_pair(cluster):
-    return cluster.pair("nat", policy=POLICY)
-
-
 def test_fetches_through_a_shared_snat_address_on_asymmetric_paths(cluster, tmp_path, record_property):
+    """Then, with `--offload` on both: a 20 MB download, each node offloading its direction once its
+    kernel entry holds the binding (fw1 the client's ACKs, fw2 the server's data)."""
     lab = cluster.lab
-    fw1, fw2 = nat_pair(cluster)
+    fw1, fw2 = cluster.pair("nat", "--offload", policy=POLICY)
     site = tmp_path / "site"
     site.mkdir()
     body = "translated by one firewall, back by the other\n" * 100
     (site / "page.txt").write_text(body)
+    data = hashlib.shake_128(b"through two firewalls, offloaded").digest(BULK)
+    (site / "bulk.bin").write_bytes(data)
     results = []
     with netns.http_server(lab, site, port=8080, lifetime=60):
         for server in ["203.0.113.10"] * 8 + ["2001:db8:2::10"] * 4:
@@ -89,11 +91,19 @@ def test_fetches_through_a_shared_snat_address_on_asymmetric_paths(cluster, tmp_
                               extra=("-w", "\n%{time_total}"))
             text, _, seconds = done.stdout.rpartition("\n")
             results.append((done.returncode, text == body, float(seconds or 8)))
-    one, two = cluster.stats(fw1), cluster.stats(fw2)
-    sessions = [s for s in cluster.sessions(fw2) if s["rule"] == "allow-web"]
+        one, two = cluster.stats(fw1), cluster.stats(fw2)
+        sessions = [s for s in cluster.sessions(fw2) if s["rule"] == "allow-web"]
+        bulk = netns.curl(lab, netns.url("203.0.113.10", 8080, "/bulk.bin"), max_time=60,
+                          extra=("-o", str(tmp_path / "bulk.bin")))
+    after = [cluster.stats(fw) for fw in (fw1, fw2)]
+    trips = [sum(s["nat"][k] - b["nat"][k] for k in ("first_pass", "second_pass", "one_pass"))
+             for s, b in zip(after, (one, two), strict=True)]
+    offloaded = [s["offload"].get("offloaded_translated", 0) - b["offload"].get("offloaded_translated", 0)
+                 for s, b in zip(after, (one, two), strict=True)]
     worst = max(seconds for _, _, seconds in results)
     print(f"\nHA lab, 12 fetches through snat {SHARED} and {SHARED6}: worst {worst * 1000:.0f} ms; fw2 held "
-          f"{two['sync']['hold']['held']}, wait {two['sync']['hold']['wait']}")
+          f"{two['sync']['hold']['held']}, wait {two['sync']['hold']['wait']}; then 20 MB offloaded "
+          f"{offloaded}, queue trips {trips} (fw1, fw2)")
     record_property("ha_nat_worst_fetch_ms", round(worst * 1000))
     assert [(code, same) for code, same, _ in results] == [(0, True)] * 12, results
     assert one["packets"]["by_verdict"]["accept"]["rule:allow-web"] == 12
@@ -107,6 +117,9 @@ def test_fetches_through_a_shared_snat_address_on_asymmetric_paths(cluster, tmp_
     # A reply held for its session's news (fw2 heard of it after the server answered) is released
     # by the news and leaves translated: no retransmission (1 s), no wait for the hold's end (1 s).
     assert worst < 0.9, results
+    assert bulk.returncode == 0, bulk.stderr
+    assert hashlib.sha256((tmp_path / "bulk.bin").read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert min(offloaded) >= 1 and max(trips) < 50, (offloaded, trips)  # the handshake and the close
 
 
 def test_a_translated_session_survives_its_firewall_killed_and_started_again(cluster):

@@ -3,12 +3,14 @@
 from the driver's answer on, accepts without a rewrite and without a mark for the packets whose
 kernel entry holds the binding (`Nat.kernel_packet`), the others rewritten as before; the
 binding's flag is not in snapshots. The driver with `--offload` (fw.drivers.nat_kernel's `offload`,
-a fake ctnetlink socket): the entry is made offloaded too, and deleted on close."""
+a fake ctnetlink socket): the entry is made offloaded too, and deleted on close; an HA peer's copy
+that replaces the session takes the entry over."""
 
 from __future__ import annotations
 
 import struct
 
+from fw.conntrack import serial
 from fw.conntrack.table import OFFLOADED
 from fw.decision import KernelNat, RewritePacket, SessionClosed, SetMark
 from fw.drivers import offload
@@ -202,3 +204,40 @@ def test_without_offload_or_with_exact_resets_the_entry_is_not_offloaded(tmp_pat
     bindings.on_ready(KernelNat(ack.session))
     assert ack.session.nat.kernel == KERNEL_HELD and not ack.session.flags & OFFLOADED
     assert bindings.offload.offloaded == {}
+
+
+def test_a_peers_copy_that_replaces_the_session_takes_its_entry_over(tmp_path):
+    """HA sync: a peer's news replaces the session (Engine.adopt, SessionClosed 'replaced'); the copy
+    has the same binding, so it takes the kernel entry over (offloaded still): nothing deleted, the
+    packets in flight keep passing. A copy with another binding does not."""
+    engine = make_engine(tmp_path)
+    engine.nat.kernel_bindings = True
+    bindings = KernelBindings(engine, conntrack=FakeConntrack())
+    bindings.offload = service = OffloadService(engine, conntrack=FakeConntrack())
+    *_, ack = handshake(engine)
+    old = ack.session
+    bindings.on_ready(KernelNat(old))
+    sent = len(bindings.conntrack.sent)
+
+    def replace(session):
+        copy = serial.session_from_dict(serial.session_to_dict(session, 0.0), 0.0)
+        for effect in engine.adopt(copy, 101.0):
+            if type(effect) is SessionClosed:
+                bindings.on_closed(effect)
+                service.on_closed(effect)
+        return copy
+
+    new = replace(old)
+    assert len(bindings.conntrack.sent) == sent and service.conntrack.marks == []  # the entry stays as it is
+    assert new.nat.kernel == KERNEL_HELD and bindings.active == {new.key: new}
+    assert service.offloaded == {new.key: new} and new.flags & OFFLOADED and new.liberal
+    assert bindings.stats()["kernel_bindings_carried"] == 1 and bindings.stats()["kernel_bindings_made"] == 1
+    engine.nat.kernel_packet = True
+    out = engine.process(seg(C, S, "PA", seq=101, ack=301, payload=b"x"), 102.0, None, "wan", hook=ONE_PASS)
+    assert out.verdict == "accept" and RewritePacket not in kinds(out)  # the kernel translates it
+    other = serial.session_to_dict(new, 0.0)
+    other["nat"]["reply"][3] += 1  # (another translated port: not the entry's binding)
+    for effect in engine.adopt(serial.session_from_dict(other, 0.0), 103.0):
+        if type(effect) is SessionClosed:
+            bindings.on_closed(effect)
+    assert len(bindings.conntrack.sent) == sent + 1 and bindings.active == {}  # deleted

@@ -7,7 +7,10 @@ sync link), one lab and one redis-server for the module (tests/test_lab_ha_more.
   reply key, not the session's) and leaves translated (judged again through the NAT handler, its
   new payload given); with `--offload` on both, a 20 MB download is whole and each node offloads
   its direction once its kernel entry holds the binding;
-- the same session across a failure, with `--sync-defer` (the SYN, deferred, leaves translated):
+- a connection half-closed by the client (fw1 announces FIN_WAIT) while the server sends more
+  through fw2: fw2's copy, replaced by the news, hands its kernel entry over (the lines stay
+  offloaded, not rewritten in user space);
+- a translated connection across a failure, with `--sync-defer` (the SYN, deferred, leaves translated):
   fw1 killed mid-stream, the client's route moved to fw2 (which claims the session and translates
   the client's packets with the same address and port: fw1's slice of the port range), then fw1
   started again (its table from Redis) and the route back: the server sees one peer throughout;
@@ -40,6 +43,7 @@ module_cluster, cluster = more.module_cluster, more.cluster  # the fixtures: one
 
 SHARED = "100.64.0.1"  # the cluster's translated address: routed to the firewalls, held by neither
 SHARED6 = "2001:db8:64::1"
+BURST = 30  # lines the burst server sends after the client's FIN, 50 ms apart
 POLICY = f"""\
 version: 1
 defaults: {{action: drop, log: false}}
@@ -48,6 +52,7 @@ sets:
 rules:
   - {{name: allow-web, action: accept, proto: tcp, src: $clients, dport: 8080}}
   - {{name: echo, action: accept, proto: tcp, src: $clients, dport: 7002}}
+  - {{name: burst, action: accept, proto: tcp, src: $clients, dport: 7003}}
 nat:
   - {{name: shared, type: snat, src: 198.51.100.0/24, to: {SHARED}}}
   - {{name: shared6, type: snat, src: "2001:db8:1::/64", to: "{SHARED6}"}}
@@ -65,9 +70,39 @@ nat:
 FIRST_SLICE = range(1024, 33280)  # fw1's half of 1024-65535 (--nat-slices 2: docs/sync.md)
 BULK = 20 * 2**20 + 333
 # The echo server of tests/test_lab_ha.py, answering with the peer it sees: "LINE from ADDRESS:PORT".
+# "ready" to the client's request (while the session is established: fw2's kernel entry is made),
+# then after the client's FIN, BURST lines and the server's FIN.
+BURST_SERVER = textwrap.dedent(f"""
+    import socket, time
+    listener = socket.create_server(("", 7003))
+    connection, _ = listener.accept()
+    with connection:
+        connection.recv(1000)
+        connection.sendall(b"ready\\n")
+        while connection.recv(1000):
+            pass
+        for n in range({BURST}):
+            connection.sendall(b"line %d\\n" % n)
+            time.sleep(0.05)
+""")
+BURST_CLIENT = textwrap.dedent("""
+    import socket, time
+    sock = socket.create_connection(("203.0.113.10", 7003), timeout=3)
+    sock.settimeout(10)
+    sock.sendall(b"go\\n")
+    data = sock.recv(1000)
+    time.sleep(0.3)
+    sock.shutdown(socket.SHUT_WR)
+    try:
+        while chunk := sock.recv(1000):
+            data += chunk
+    except OSError as error:
+        print(type(error).__name__)
+    print(len(data.splitlines()))
+""")
 ECHO_SERVER = textwrap.dedent("""
-    import socket
-    listener = socket.create_server(("", 7002))
+    import socket, sys
+    listener = socket.create_server(("", int(sys.argv[1])))
     connection, peer = listener.accept()
     with connection:
         while data := connection.recv(1000):
@@ -103,7 +138,7 @@ def test_fetches_through_a_shared_snat_address_on_asymmetric_paths(cluster, tmp_
     worst = max(seconds for _, _, seconds in results)
     print(f"\nHA lab, 12 fetches through snat {SHARED} and {SHARED6}: worst {worst * 1000:.0f} ms; fw2 held "
           f"{two['sync']['hold']['held']}, wait {two['sync']['hold']['wait']}; then 20 MB offloaded "
-          f"{offloaded}, queue trips {trips} (fw1, fw2)")
+          f"{offloaded}, queue trips {trips} (fw1, fw2); drops {[s['drops'] for s in after]}")
     record_property("ha_nat_worst_fetch_ms", round(worst * 1000))
     assert [(code, same) for code, same, _ in results] == [(0, True)] * 12, results
     assert one["packets"]["by_verdict"]["accept"]["rule:allow-web"] == 12
@@ -122,12 +157,33 @@ def test_fetches_through_a_shared_snat_address_on_asymmetric_paths(cluster, tmp_
     assert min(offloaded) >= 1 and max(trips) < 50, (offloaded, trips)  # the handshake and the close
 
 
+def test_peer_news_hands_the_kernel_entry_to_the_new_copy(cluster):
+    """The client sends its request and its FIN through fw1, which announces the new state; fw2
+    applies it by replacing its copy (Engine.adopt) while the server sends BURST more lines through
+    it. The copy takes fw2's kernel entry (binding, offload) over: the lines pass in the kernel. (Before
+    the fix, fw2 deleted the entry: every later line took the queue, rewritten in user space.)"""
+    lab = cluster.lab
+    fw1, fw2 = cluster.pair("nat", "--offload", policy=POLICY)
+    with netns.Background(lab, "server", [sys.executable, "-c", BURST_SERVER], lifetime=60, capture=False):
+        netns.wait_for_port(lab, "server", 7003)
+        before = cluster.stats(fw2)
+        done = lab.run("client", [sys.executable, "-c", BURST_CLIENT], check=False, timeout=30)
+    after = cluster.stats(fw2)
+    nat = {k: after["nat"].get(k, 0) - before["nat"].get(k, 0)
+           for k in ("first_pass", "kernel_bindings_made", "kernel_bindings_carried", "kernel_binding_stale_drops")}
+    print(f"\nHA lab, snat: {BURST} lines after the client's FIN, fw2: {nat}")
+    assert done.stdout.split() == [str(BURST + 1)], done.stdout + done.stderr
+    assert nat["kernel_bindings_made"] == 1 and nat["kernel_bindings_carried"] >= 1, nat
+    assert nat["first_pass"] < BURST // 2, nat  # the handshake, the server's FIN: not the lines
+    assert nat["kernel_binding_stale_drops"] == 0
+
+
 def test_a_translated_session_survives_its_firewall_killed_and_started_again(cluster):
     """With `--sync-defer` (a pair of its own): the connection's SYN waits for Redis, and leaves
     with the mark and payload it was given (translated), as an accepted packet does."""
     lab = cluster.lab
     fw1, fw2 = cluster.pair("nat-defer", "--sync-defer", policy=POLICY)
-    with netns.Background(lab, "server", [sys.executable, "-c", ECHO_SERVER], lifetime=90, capture=False):
+    with netns.Background(lab, "server", [sys.executable, "-c", ECHO_SERVER, "7002"], lifetime=90, capture=False):
         netns.wait_for_port(lab, "server", 7002)
         client = lab.popen("client", [sys.executable, "-c", ECHO_CLIENT], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, text=True)

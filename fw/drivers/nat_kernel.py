@@ -37,7 +37,11 @@ ctnetlink socket, in one go (the kernel answers netlink requests while they are 
   other way round, a packet whose entry has the bit while its session's binding is not held (a
   reopened tuple whose old entry the kernel kept) is dropped and the entry deleted (`stale`,
   counted `kernel_binding_stale_drops`).
-SessionClosed (expiry, RST/FIN timeouts, kill, reload) deletes the entry. The kernel may drop its
+SessionClosed (expiry, RST/FIN timeouts, kill, reload) deletes the entry; but an HA peer's news that
+replaces the session (`replaced`: Engine.adopt, at every state change and refresh the peer
+announces) hands the entry to the new copy when its binding is the same (`_carry`, counted
+`kernel_bindings_carried`; offloaded if the old one was), so packets in flight are not dropped as
+stale and the entry is not made again. The kernel may drop its
 entry first (its own timeouts: nf_conntrack_udp_timeout_stream may be shorter than the policy's):
 the next packet makes a new entry without the bit, which fw rewrites as before (`kernel_packet`);
 once a second the entries with KERNEL_NAT_MARK are read back, and a session whose entry the kernel
@@ -60,8 +64,10 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from fw.conntrack.table import OFFLOADED
 from fw.decision import DROP, KernelNat, SessionClosed
 from fw.drivers import nat_queue, offload
+from fw.engine_nat import KERNEL_ASKED, KERNEL_NO
 from fw.engine_nat_passes import ONE_PASS_MARK
 
 KERNEL_NAT_MARK = nat_queue.KERNEL_NAT_MARK  # connmark bit of the entries made here (packet mark: copied)
@@ -152,7 +158,8 @@ class KernelBindings:
 
     def stats(self) -> dict:
         c = self.counters
-        return {"kernel_bindings_made": c["made"], "kernel_bindings_failed": c["failed"],
+        return {"kernel_bindings_made": c["made"], "kernel_bindings_carried": c["carried"],
+                "kernel_bindings_failed": c["failed"],
                 "kernel_bindings_lost": c["lost"], "kernel_binding_stale_drops": c["stale"],
                 "kernel_bindings_active": len(self.active), "kernel_binding_errors": dict(self.errors)}
 
@@ -252,7 +259,28 @@ class KernelBindings:
         session = effect.session
         if self.active.get(session.key) is session:
             del self.active[session.key]
-            self._delete(session.nat)
+            if effect.why != "replaced" or not self._carry(session):
+                self._delete(session.nat)
+
+    def _carry(self, old) -> bool:
+        """An HA peer's news replaced a session whose entry holds its binding (Engine.adopt: every
+        state change and refresh the peer announces): the new copy, with the same binding, takes
+        the entry over, offloaded if the old one was. Deleting it instead dropped the packets in
+        flight (their mark still says the entry holds the binding: `stale`) and made it again."""
+        new = self.engine.table.sessions.get(old.key)
+        if new is None or new is old or new.slot == -1 or new.nat is None:
+            return False
+        binding, before = new.nat, old.nat
+        if binding.orig != before.orig or binding.reply != before.reply or binding.kernel != KERNEL_NO:
+            return False
+        binding.kernel = KERNEL_ASKED  # (as a KernelNat would: the entry is there already)
+        if not self.engine.nat.kernel_translates(new):
+            return False
+        self.active[new.key] = new
+        self.counters["carried"] += 1
+        if self.offload is not None and old.flags & OFFLOADED:
+            self.offload.replaced(old, new)
+        return True
 
     def tick(self, now: float) -> None:
         if self.conntrack is None or now < self.next_sync:

@@ -272,6 +272,15 @@ class OffloadService:
         self.counters["offloaded"] += 1
         self.counters["offloaded_translated"] += 1
 
+    def replaced(self, old, new) -> None:
+        """fw.drivers.nat_kernel handed an offloaded translated session's entry to the copy an HA
+        peer's news put in its place: that copy is the offloaded one now."""
+        if self.offloaded.get(old.key) is not old:
+            return
+        new.liberal = True
+        new.flags |= OFFLOADED
+        self.offloaded[new.key] = new
+
     def on_closed(self, effect: SessionClosed) -> None:
         session = effect.session
         if self.offloaded.get(session.key) is session:  # (a translated one's entry is deleted by nat_kernel)

@@ -45,5 +45,5 @@ def attach(daemon, records) -> None:
         daemon.stats_sections["offload"] = service.stats
         bindings = getattr(daemon.handler, "bindings", None)  # NAT: the kernel holds established bindings
         if bindings is not None:
-            bindings.offload = service  # so a kernel-held translated session is offloaded too
+            bindings.use_offload(service)  # so a kernel-held translated session is offloaded too
     records.attach(daemon)

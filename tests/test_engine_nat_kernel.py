@@ -2,9 +2,11 @@
 `Nat.kernel_translates`, `Nat.kernel_lost`): the KernelNat effect once a bare session is ready, and
 from the driver's answer on, accepts without a rewrite and without a mark for the packets whose
 kernel entry holds the binding (`Nat.kernel_packet`), the others rewritten as before; the
-binding's flag is not in snapshots. The driver with `--offload` (fw.drivers.nat_kernel's `offload`,
-a fake ctnetlink socket): the entry is made offloaded too, and deleted on close; an HA peer's copy
-that replaces the session takes the entry over."""
+binding's flag is not in snapshots; after a restart the kernel's kept entries give it back
+(`KernelBindings.adopt`). The driver with `--offload` (fw.drivers.nat_kernel's `offload`, a fake
+ctnetlink socket): the entry is made offloaded too, and deleted on close; an HA peer's copy that
+replaces the session takes the entry over; an entry a restart adopted with the offload bit is
+offloaded again."""
 
 from __future__ import annotations
 
@@ -125,6 +127,65 @@ def test_the_flag_is_not_in_snapshots(tmp_path):
 
 
 class FakeConntrack:
+    """The kernel's entries with KERNEL_NAT_MARK as a dump gives them; what is sent is kept."""
+
+    def __init__(self, entries):
+        self.entries, self.sent = entries, []
+
+    def dump(self, mark, mask):
+        assert mark == mask == KERNEL_NAT_MARK
+        return self.entries
+
+    def send(self, data):
+        self.sent.append(data)
+
+    def next_seq(self):
+        return len(self.sent)
+
+    def drain(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def entry(tuple4):
+    found = offload.Entry()
+    found.family, found.proto, found.mark = 4, 6, KERNEL_NAT_MARK
+    (found.src, found.dst, found.sport, found.dport) = tuple4
+    return found
+
+
+def test_after_a_restart_a_restored_session_whose_kernel_entry_was_kept_is_held_again(tmp_path):
+    """fw.drivers.nat_kernel `adopt`: the daemon before the restart kept its entries (`fw stop
+    --keep-rules`); the next one, from the snapshot and the kernel's dump, holds the binding again:
+    no new KernelNat, no rewrite, not `nat:kernel-stale`; an entry no session owns is deleted."""
+    old = make_engine(tmp_path)
+    old.nat.kernel_bindings = True
+    *_, ack = handshake(old)
+    old.nat.kernel_translates(ack.session)
+    engine = make_engine(tmp_path)
+    assert engine.restore(old.snapshot(0.0), 100.5, 0.0) == 1
+    engine.nat.kernel_bindings = True
+    [session] = list(engine.sessions)
+    assert session.nat.kernel == KERNEL_NO  # (node-local: not in the snapshot)
+    orphan = (bytes([198, 51, 100, 11]), bytes([192, 0, 2, 80]), 40001, 80)
+    conntrack = FakeConntrack([entry(session.nat.orig), entry(orphan)])
+    bindings = KernelBindings(engine, conntrack)
+    assert bindings.adopt() == 1
+    assert session.nat.kernel == KERNEL_HELD and bindings.active == {session.key: session}
+    assert bindings.stats()["kernel_bindings_orphans"] == 1 and len(conntrack.sent) == 1  # its delete
+    assert orphan[0] in conntrack.sent[0] and session.nat.orig[0] not in conntrack.sent[0]
+    engine.nat.kernel_packet = True
+    out = engine.process(seg(C, S, "PA", seq=101, ack=301, payload=b"x"), 101.0, None, "wan", hook=ONE_PASS)
+    assert out.verdict == "accept" and out.session is session
+    assert RewritePacket not in kinds(out) and KernelNat not in kinds(out)
+    bindings.keep_for_restart()
+    bindings.close()  # stopping for a restart again: the entry stays
+    assert len(conntrack.sent) == 1
+
+
+class AckingConntrack:
     """fw.drivers.offload.Conntrack without the kernel: the messages sent, an acknowledgement (0)
     for each request that asks for one, and the mark updates."""
 
@@ -170,8 +231,8 @@ def test_with_offload_the_kernels_entry_is_made_offloaded_and_deleted_on_close(t
     close deletes the entry (no mark update on an entry that is going)."""
     engine = make_engine(tmp_path)
     engine.nat.kernel_bindings = True
-    bindings = KernelBindings(engine, conntrack=FakeConntrack())
-    service = OffloadService(engine, conntrack=FakeConntrack())
+    bindings = KernelBindings(engine, conntrack=AckingConntrack())
+    service = OffloadService(engine, conntrack=AckingConntrack())
     bindings.offload = service
     *_, ack = handshake(engine)
     session = ack.session
@@ -190,15 +251,15 @@ def test_with_offload_the_kernels_entry_is_made_offloaded_and_deleted_on_close(t
 def test_without_offload_or_with_exact_resets_the_entry_is_not_offloaded(tmp_path):
     engine = make_engine(tmp_path)
     engine.nat.kernel_bindings = True
-    bindings = KernelBindings(engine, conntrack=FakeConntrack())
+    bindings = KernelBindings(engine, conntrack=AckingConntrack())
     *_, ack = handshake(engine)
     bindings.on_ready(KernelNat(ack.session))
     [create] = [m for m in bindings.conntrack.sent if struct.unpack_from("=IHH", m)[2] & offload.NLM_F_ACK]
     assert not created_mark(create) & offload.OFFLOAD_MARK and not ack.session.flags & OFFLOADED
     other = make_engine(tmp_path)
     other.nat.kernel_bindings = True
-    bindings = KernelBindings(other, conntrack=FakeConntrack())
-    bindings.offload = OffloadService(other, conntrack=FakeConntrack())
+    bindings = KernelBindings(other, conntrack=AckingConntrack())
+    bindings.offload = OffloadService(other, conntrack=AckingConntrack())
     *_, ack = handshake(other)
     ack.session.rst_on_timeout = True  # its RST needs sequence numbers the kernel does not give back
     bindings.on_ready(KernelNat(ack.session))
@@ -212,8 +273,8 @@ def test_a_peers_copy_that_replaces_the_session_takes_its_entry_over(tmp_path):
     packets in flight keep passing. A copy with another binding does not."""
     engine = make_engine(tmp_path)
     engine.nat.kernel_bindings = True
-    bindings = KernelBindings(engine, conntrack=FakeConntrack())
-    bindings.offload = service = OffloadService(engine, conntrack=FakeConntrack())
+    bindings = KernelBindings(engine, conntrack=AckingConntrack())
+    bindings.offload = service = OffloadService(engine, conntrack=AckingConntrack())
     *_, ack = handshake(engine)
     old = ack.session
     bindings.on_ready(KernelNat(old))
@@ -241,3 +302,25 @@ def test_a_peers_copy_that_replaces_the_session_takes_its_entry_over(tmp_path):
         if type(effect) is SessionClosed:
             bindings.on_closed(effect)
     assert len(bindings.conntrack.sent) == sent + 1 and bindings.active == {}  # deleted
+
+
+def test_an_entry_a_restart_adopted_offloaded_is_the_offload_services_again(tmp_path):
+    """The run before offloaded the session (its entry has both bits) and stopped for a restart: the
+    next one adopts the entry (before the offload service exists) and `use_offload` gives the session
+    to the service, so that its deadline follows the kernel's (else its expiry would end a flow the
+    kernel still passes)."""
+    old = make_engine(tmp_path)
+    old.nat.kernel_bindings = True
+    *_, ack = handshake(old)
+    old.nat.kernel_translates(ack.session)
+    engine = make_engine(tmp_path)
+    engine.restore(old.snapshot(0.0), 100.5, 0.0)
+    engine.nat.kernel_bindings = True
+    [session] = list(engine.sessions)
+    kept = entry(session.nat.orig)
+    kept.mark |= offload.OFFLOAD_MARK
+    bindings = KernelBindings(engine, FakeConntrack([kept]))
+    assert bindings.adopt() == 1
+    service = OffloadService(engine, conntrack=AckingConntrack())
+    bindings.use_offload(service)
+    assert service.offloaded == {session.key: session} and session.flags & OFFLOADED and session.liberal

@@ -263,8 +263,9 @@ class Engine:
                 # afresh, as IPVS's conn_reuse_mode does; the tracker would let a SYN the kernel's
                 # rules do not reopen (after the server's RST) go to the old real server, which may
                 # be down or drained by now.
-                reused = original and binding.lb is not None and session.state in FINISHED \
-                    and pkt.flags & SYN_ACK_RST_FIN == TCP_SYN_BIT
+                reused = False
+                if binding.lb is not None and original and pkt.flags & SYN_ACK_RST_FIN == TCP_SYN_BIT:
+                    reused = session.state in FINISHED
             else:
                 original = session.flags & REVERSED == side
                 reused = False

@@ -306,12 +306,11 @@ class Nat:
                                             picked.ip_delta, picked.l4_delta, sessions)
                 if binding is EXHAUSTED:
                     self.clash = flow_key(pkt.proto, picked.dst, pkt.src, picked.dport, sport)
-                elif self.middle and self._between_taken(binding, sessions):
+                elif self.middle and self._between_taken(pkt.proto, pkt.src, picked.dst, sport, picked.dport,
+                                                         sessions, False):
                     binding = EXHAUSTED
             else:
                 binding = self._source(pkt, sport, dport, iif, oif, sessions, None, picked, picked.dst, picked.dport)
-                if binding is not EXHAUSTED and self._between_taken(binding, sessions):
-                    binding = EXHAUSTED
             if binding is EXHAUSTED:
                 lb.refused(picked.key)  # not opened after all: neither counted opened nor active
             else:
@@ -326,39 +325,38 @@ class Nat:
                                             (address_delta + dport - new_dport) % 0xFFFF, sessions)
                 if binding is EXHAUSTED:
                     self.clash = flow_key(pkt.proto, new_dst, pkt.src, new_dport, sport)
-                elif self.middle and self._between_taken(binding, sessions):
+                elif self.middle and self._between_taken(pkt.proto, pkt.src, new_dst, sport, new_dport, sessions,
+                                                         False):
                     return EXHAUSTED
                 return binding
         else:
             new_dst, new_dport = pkt.dst, dport
-        binding = self._source(pkt, sport, dport, iif, oif, sessions, dnat, None, new_dst, new_dport)
-        if binding is not None and binding is not EXHAUSTED and self._between_taken(binding, sessions):
-            return EXHAUSTED
-        return binding
+        return self._source(pkt, sport, dport, iif, oif, sessions, dnat, None, new_dst, new_dport)
 
-    def _between_taken(self, binding: Binding, sessions: dict) -> bool:
-        """Whether another session's packets carry the new binding's tuple between the live passes,
-        (c, s, cp, sp): after routing a marked packet is found by that tuple alone
+    def _between_taken(self, proto, c: bytes, s: bytes, cp: int, sp: int, sessions: dict, both: bool) -> bool:
+        """Whether another translated session's packets carry (c, s, cp, sp), the tuple a new
+        binding's carry between the live passes (client and real server, before the source is
+        translated): after routing a marked packet is found by that tuple alone
         (fw.engine_nat_passes), so two sessions sharing it would take each other's source half.
-        A binding that keeps one end has it as one of its own keys; one that translates both
-        (full_nat, dnat with snat: a `middle` key) shares it with a session from the same client
-        port to the same real server whose source is kept (its reply key), for example. Then the
-        new binding is refused (its port released; `clash` names the tuple, which the engine may
-        take from a finished session). Only the live daemon (two passes) has `middle` keys; the
-        rest is checked in replay too, so that both decide alike."""
-        proto = binding.proto
+        A binding that keeps one end (`both` False) has it as one of its own keys: only another
+        binding's `middle` key can hold it. One that translates both (full_nat, dnat with snat)
+        keeps it as a `middle` key, and it may also be the reply key of a session from the same
+        client port to the same real server that keeps its source (two-arm). Then the new session
+        is refused (`clash` names the tuple; the engine may take it from a finished session).
+        Only the live daemon (two passes) has `middle` keys; the table is checked in replay too,
+        so that both decide alike. TCP and UDP (an echo's id is in both port places)."""
         if proto != TCP and proto != UDP:
             return False
-        key = _between_key(binding)
-        holder = self.middle.get(key)
-        if holder is None:
+        key = flow_key(proto, c, s, cp, sp)
+        middle = self.middle
+        holder = middle.get(key) if middle else None
+        if holder is None and both:
             holder = sessions.get(key)
             if holder is not None and (holder.nat is None or _between_key(holder.nat) != key):
                 holder = None  # it has the tuple on the wire, not between the passes
         if holder is None:
             return False
         self.clash = key
-        release(binding)
         return True
 
     def _source(self, pkt, sport, dport, iif, oif, sessions, dnat, choice, new_dst, new_dport):
@@ -393,6 +391,8 @@ class Nat:
             address, port, held = pkt.src, sport, None
             if flow_key(proto, new_dst, address, new_dport, port) in sessions:
                 return EXHAUSTED  # the untranslated source is in use toward the new destination
+            if self.middle and self._between_taken(proto, address, new_dst, port, new_dport, sessions, False):
+                return EXHAUSTED
             if choice is not None:
                 names = choice.names
             else:
@@ -404,6 +404,11 @@ class Nat:
             def taken(candidate: bytes, number: int) -> bool:
                 return flow_key(proto, new_dst, candidate, number if echo else new_dport, number) in sessions
 
+            if dnat is not None or choice is not None:  # both ends: (c, s, cp, sp) between the passes
+                if self._between_taken(proto, pkt.src, new_dst, sport, new_dport, sessions, True):
+                    return EXHAUSTED
+            elif self.middle and self._between_taken(proto, pkt.src, new_dst, sport, new_dport, sessions, False):
+                return EXHAUSTED
             found = pool.allocate(proto, pkt.src, sport, taken, masquerade)
             if found is None:
                 return EXHAUSTED
@@ -431,6 +436,8 @@ class Nat:
         def taken(candidate: bytes, number: int) -> bool:
             return flow_key(proto, new_dst, candidate, new_dport, number) in sessions
 
+        if self._between_taken(proto, pkt.src, new_dst, sport, new_dport, sessions, True):
+            return EXHAUSTED
         found = pool.allocate(proto, pkt.src, sport, taken, address)
         if found is None:
             return EXHAUSTED

@@ -37,17 +37,10 @@ from __future__ import annotations
 
 import ipaddress
 
-try:
-    import cython
-except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
-    from fw import cython_shadow as cython
-
 from fw.lb.maglev import DEFAULT_BUDGET
 from fw.lb.schedulers import maglev_pick
-from fw.lb.servers import RealServer
 from fw.lb.service import VirtualServers
 from fw.nat.ports import Pool
-from fw.packet.parse import Packet
 
 TCP, UDP = 6, 17
 ALL_DOWN = "lb:all-down"
@@ -68,7 +61,7 @@ class Choice:
 
     __slots__ = ("spec", "server", "names", "key", "link", "full_nat", "dst", "dport", "ip_delta", "l4_delta")
 
-    def __init__(self, spec, server, balancer=None):
+    def __init__(self, spec, server, balancer=None, vip: bytes | None = None):
         self.spec = spec
         self.server = server
         self.names = f"lb:{spec.name}:{server.name}"
@@ -76,7 +69,8 @@ class Choice:
         self.link = (balancer, self.key)  # a binding's `lb`, shared by the server's sessions
         self.full_nat = bool(spec.full_nat)
         self.dst, self.dport = server.packed, server.port
-        vip = ipaddress.ip_address(spec.address).packed
+        if vip is None:
+            vip = ipaddress.ip_address(spec.address).packed
         address_delta = int.from_bytes(vip, "big") - int.from_bytes(server.packed, "big")
         self.ip_delta = address_delta % 0xFFFF if len(vip) == 4 else 0
         self.l4_delta = (address_delta + spec.port - server.port) % 0xFFFF
@@ -143,11 +137,16 @@ class LoadBalancer:
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
                                                          node=self.node, nodes=self.nodes)
         self.services, self.pools = services, pools
-        self.at = {(ipaddress.ip_address(spec.address).packed, spec.proto, spec.port):
-                   Service(spec, services.balancers[spec.name]) for spec in services.specs.values()}
+        at = {}
+        for spec in services.specs.values():
+            vip = ipaddress.ip_address(spec.address).packed
+            balancer = services.balancers[spec.name]
+            at[(vip, spec.proto, spec.port)] = Service(spec, balancer)
+            for server in balancer.servers:  # what every session to a server shares, made at load
+                server.choice = Choice(spec, server, self, vip)
+        self.at = at
         self.active = bool(len(services))
 
-    @cython.locals(pkt=Packet, service=Service, server=RealServer, choice=Choice)
     def choose(self, pkt, sport: int, dport: int, now: float):
         """None (no virtual server here), a Choice, or an AllDown."""
         proto = pkt.proto
@@ -168,8 +167,8 @@ class LoadBalancer:
             return service.refuse
         server.active += 1  # balancer.opened(server)
         server.opened += 1
-        choice = server.choice
-        if choice is None or choice.link[0] is not self:  # made once per server (a reload makes new servers)
+        choice = server.choice  # made by `configure` (a reload makes new servers)
+        if choice is None:  # a server added since (a test's scheduler.add)
             choice = server.choice = Choice(service.spec, server, self)
         return choice
 

@@ -4,7 +4,7 @@
 cimport cython
 from fw.nat.rewrite cimport Translation, _made
 from fw.packet.parse cimport Packet
-from fw.engine_lb cimport Choice
+from fw.engine_lb cimport Choice, LoadBalancer
 
 from fw.nat.rewrite cimport Translation
 

@@ -272,7 +272,7 @@ class Nat:
             return None, pkt.dst, dport
         return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
 
-    @cython.locals(picked=Choice)
+    @cython.locals(picked=Choice, lb=LoadBalancer)
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
         """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
         an engine_lb.AllDown (a virtual server with no real server available)."""

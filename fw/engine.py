@@ -336,7 +336,7 @@ class Engine:
     # -- opening sessions ---------------------------------------------------------------------
 
     @cython.locals(pkt=Packet, session=Session, tcp_session=TcpSession, decision=Decision, size=cython.Py_ssize_t,
-                   timeout=cython.double)
+                   timeout=cython.double, bound=Binding, translation=Translation)
     def open_session(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
         """A packet with no session: an expectation admits it, else the policy decides; a session
         (of `state`, TCP: `track`) is made for what is accepted, room made in a full table."""
@@ -447,6 +447,16 @@ class Engine:
         decision.session = session
         decision.effects = effects
         if binding is not None:
+            bound = binding
+            if bound.ftp is None and session.extra.alg is None:  # translate()'s common case, written out
+                translation = bound.forward
+                if translation is None:  # the live daemon's two passes: nothing before routing
+                    return decision
+                try:
+                    decision.effects = translation.leave(pkt.data, pkt, effects, self.partial)
+                    return decision
+                except RewriteError:
+                    pass  # translate() counts it and drops the packet
             return self.translate(decision, binding, True, now)
         extra = session.extra
         if extra is not None and extra.alg is not None and (pkt.payload_len or pkt.proto != TCP):

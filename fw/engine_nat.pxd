@@ -2,9 +2,13 @@
 # A binding's two Translations are typed: the engine's established path (fw/engine.py's `_tcp`)
 # reads them and calls `leave` in C.
 cimport cython
-from fw.nat.rewrite cimport Translation, _made
+from fw.nat.rewrite cimport Translation, _made, _c_header
 from fw.packet.parse cimport Packet
 from fw.engine_lb cimport Choice, LoadBalancer
+from fw.conntrack.table cimport Extra, Session, untrack
+
+cdef extern from "Python.h":  # `settled`: the cycle collector's tracking
+    void PyObject_GC_UnTrack(object)
 
 from fw.nat.rewrite cimport Translation
 

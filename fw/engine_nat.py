@@ -41,7 +41,7 @@ from __future__ import annotations
 from struct import Struct
 
 from fw import engine_nat_ftp
-from fw.conntrack.table import REVERSED, Extra, flow_key
+from fw.conntrack.table import REVERSED, Extra, Session, flow_key, untrack
 from fw.decision import DROP
 from fw.engine_lb import AllDown, Choice, LoadBalancer
 from fw.nat.ftp import FtpNatSession
@@ -384,15 +384,21 @@ class Nat:
         reply = (new_dst, found[0], new_dport, found[1])
         return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
 
+    @cython.locals(session=Session, binding=Binding, extra=Extra)
     def opened(self, session, binding: Binding, table) -> None:
         """A new session's binding in place: in its `extra`, its reply key in the table, its
-        passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state)."""
+        passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state).
+        A session no cycle can pass through is left to reference counting (`settled`)."""
         extra = session.extra
         if extra is None:
             extra = session.extra = Extra()
         extra.nat = binding
-        if binding.alias is not None:
-            table.add_alias(session, binding.alias)
+        alias = binding.alias
+        if alias is not None:  # table.add_alias, written out
+            sessions = table.sessions
+            if alias not in sessions:
+                sessions[alias] = session
+                table.aliases += 1
         if self.two_passes:
             self.remember(session, binding)
         alg = extra.alg
@@ -400,6 +406,8 @@ class Nat:
             alg.peers.translated = binding.peers()
             if alg.name == "ftp":
                 binding.ftp = FtpNatSession(binding.family)
+        elif extra.parent is None and binding.middle is None:
+            settled(session, extra, binding)
 
     def remember(self, session, binding: Binding) -> None:
         """A new or adopted session's binding in the live daemon's two passes: split, and for
@@ -432,7 +440,8 @@ class Nat:
 
 
 @cython.locals(pkt=Packet, binding=Binding, proto=cython.long, family=cython.long, udp=cython.bint,
-               bare=cython.long, end=cython.long, zero=cython.long)
+               bare=cython.long, end=cython.long, zero=cython.long, ip_delta=cython.long, l4_delta=cython.long,
+               forward=bytes, backward=bytes)
 def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, ip_delta: int, l4_delta: int,
                       sessions: dict):
     """The Binding of a TCP or UDP session whose destination d:dp becomes s:sp, its source c:cp
@@ -455,7 +464,6 @@ def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, 
     bare = 20 if family == 4 else 40
     end = bare + (8 if udp else 18)
     zero = 0xFFFF if udp else 0
-    pack = _HEADER4 if family == 4 else _HEADER6
     binding = Binding.__new__(Binding)
     binding.proto = proto
     binding.family = family
@@ -467,15 +475,33 @@ def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, 
     binding.ports = None
     binding.alias = None if new_dst == d and new_dport == dport else alias  # the reply's key is the session's own
     binding.alias_side = side
-    binding.forward = _made(family, proto, udp, zero, bare, end, pack(c, new_dst, sport, new_dport),
-                            ip_delta, l4_delta, sport + dport)
-    binding.backward = _made(family, proto, udp, zero, bare, end, pack(d, c, dport, sport),
-                             -ip_delta % 0xFFFF, -l4_delta % 0xFFFF, new_dport + sport)
+    if cython.compiled and len(new_dst) == len(c) == len(d):  # the two headers made in C
+        forward = _c_header(c, new_dst, sport, new_dport)  # noqa: F821 - fw/nat/rewrite.pxd's
+        backward = _c_header(d, c, dport, sport)  # noqa: F821
+    else:
+        pack = _HEADER4 if family == 4 else _HEADER6
+        forward, backward = pack(c, new_dst, sport, new_dport), pack(d, c, dport, sport)
+    binding.forward = _made(family, proto, udp, zero, bare, end, forward, ip_delta, l4_delta, sport + dport)
+    binding.backward = _made(family, proto, udp, zero, bare, end, backward, -ip_delta % 0xFFFF, -l4_delta % 0xFFFF,
+                             new_dport + sport)
     binding.middle = None
     binding.after = None
     binding.mid = None
     binding.lb = None
     return binding
+
+
+def settled(session, extra, binding: Binding) -> None:
+    """Leave a new translated session without an ALG, a parent or a hairpin key (the common NAT or
+    balanced session), its Extra and its Binding to reference counting, as table.untrack does for
+    a session without `extra`: none of them can lead back to the session (the binding holds tuples
+    of bytes and ints, Translations, its pool and its LoadBalancer, which hold no session; an owner
+    set later is a node number), so the cycle collector need not count them towards its next
+    collection nor walk them in every full one (the whole table). Compiled only, as untrack."""
+    if cython.compiled:
+        untrack(session)
+        PyObject_GC_UnTrack(extra)  # noqa: F821 - engine_nat.pxd's (Python.h)
+        PyObject_GC_UnTrack(binding)  # noqa: F821
 
 
 def _pool_name(name: str, kind: str, family: int) -> str:

@@ -31,25 +31,35 @@ cdef extern from *:
         0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
         0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
     };
+    #define FW_ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+    #define FW_G(r, i, a, b, c, d) do { \
+        a = a + b + m[fw_blake2b_sigma[r][2 * i]]; d = FW_ROTR64(d ^ a, 32); c = c + d; b = FW_ROTR64(b ^ c, 24); \
+        a = a + b + m[fw_blake2b_sigma[r][2 * i + 1]]; d = FW_ROTR64(d ^ a, 16); c = c + d; b = FW_ROTR64(b ^ c, 63); \
+    } while (0)
+    #define FW_ROUND(r) do { \
+        FW_G(r, 0, v0, v4, v8, v12); FW_G(r, 1, v1, v5, v9, v13); FW_G(r, 2, v2, v6, v10, v14); \
+        FW_G(r, 3, v3, v7, v11, v15); FW_G(r, 4, v0, v5, v10, v15); FW_G(r, 5, v1, v6, v11, v12); \
+        FW_G(r, 6, v2, v7, v8, v13); FW_G(r, 7, v3, v4, v9, v14); \
+    } while (0)
+    /* RFC 7693 3.2's F of the last (and only) block `m`, `size` bytes counted, for a digest of 8
+       bytes without key (parameter block 0x01010008) and the personalisation words p0, p1: the
+       digest's word h0 ^ v0 ^ v8. The rounds written out: sigma's indices are constants and
+       v0..v15 stay in registers. */
+    static unsigned long long fw_blake2b_last(const unsigned long long *m, unsigned long long size,
+                                              unsigned long long p0, unsigned long long p1) {
+        const unsigned long long h0 = fw_blake2b_iv[0] ^ 0x01010008ULL;
+        unsigned long long v0 = h0, v1 = fw_blake2b_iv[1], v2 = fw_blake2b_iv[2], v3 = fw_blake2b_iv[3];
+        unsigned long long v4 = fw_blake2b_iv[4], v5 = fw_blake2b_iv[5];
+        unsigned long long v6 = fw_blake2b_iv[6] ^ p0, v7 = fw_blake2b_iv[7] ^ p1;
+        unsigned long long v8 = fw_blake2b_iv[0], v9 = fw_blake2b_iv[1], v10 = fw_blake2b_iv[2];
+        unsigned long long v11 = fw_blake2b_iv[3], v12 = fw_blake2b_iv[4] ^ size, v13 = fw_blake2b_iv[5];
+        unsigned long long v14 = ~fw_blake2b_iv[6], v15 = fw_blake2b_iv[7];
+        FW_ROUND(0); FW_ROUND(1); FW_ROUND(2); FW_ROUND(3); FW_ROUND(4); FW_ROUND(5);
+        FW_ROUND(6); FW_ROUND(7); FW_ROUND(8); FW_ROUND(9); FW_ROUND(10); FW_ROUND(11);
+        return h0 ^ v0 ^ v8;
+    }
     """
-    const unsigned char fw_blake2b_sigma[12][16]
-    const unsigned long long fw_blake2b_iv[8]
-
-
-cdef inline uint64_t _rotr(uint64_t x, int n) noexcept nogil:
-    return (x >> n) | (x << (64 - n))
-
-
-cdef inline void _g(uint64_t *v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept nogil:
-    """RFC 7693 3.1's mixing function G."""
-    v[a] = v[a] + v[b] + x
-    v[d] = _rotr(v[d] ^ v[a], 32)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 24)
-    v[a] = v[a] + v[b] + y
-    v[d] = _rotr(v[d] ^ v[a], 16)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 63)
+    uint64_t fw_blake2b_last(const uint64_t *m, uint64_t size, uint64_t p0, uint64_t p1) nogil
 
 
 cdef inline uint64_t _c_blake2b64(const unsigned char *data, Py_ssize_t size,
@@ -58,37 +68,14 @@ cdef inline uint64_t _c_blake2b64(const unsigned char *data, Py_ssize_t size,
     as hashlib pads it), read as a little-endian number: the one compression of the last block
     (RFC 7693 3.2, counter `size`, final flag set), of which the first output word is the digest."""
     cdef uint64_t m[16]
-    cdef uint64_t v[16]
-    cdef uint64_t h0
     cdef unsigned char padded[16]
     cdef uint64_t p[2]
-    cdef const unsigned char *s
-    cdef int i, r
     memset(m, 0, sizeof(m))
     memcpy(m, data, size)  # the words are little-endian: x86-64's order (a big-endian machine swaps)
     memset(padded, 0, 16)
     memcpy(padded, person, person_size)
     memcpy(p, padded, 16)
-    for i in range(8):
-        v[i] = fw_blake2b_iv[i]
-        v[i + 8] = fw_blake2b_iv[i]
-    v[0] ^= 0x01010008  # the parameter block: digest 8 bytes, no key, fanout 1, depth 1
-    v[6] ^= p[0]
-    v[7] ^= p[1]
-    h0 = v[0]
-    v[12] ^= <uint64_t>size  # the byte counter (low word; the high one stays 0)
-    v[14] = ~v[14]  # the last block
-    for r in range(12):
-        s = fw_blake2b_sigma[r]
-        _g(v, 0, 4, 8, 12, m[s[0]], m[s[1]])
-        _g(v, 1, 5, 9, 13, m[s[2]], m[s[3]])
-        _g(v, 2, 6, 10, 14, m[s[4]], m[s[5]])
-        _g(v, 3, 7, 11, 15, m[s[6]], m[s[7]])
-        _g(v, 0, 5, 10, 15, m[s[8]], m[s[9]])
-        _g(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
-        _g(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
-        _g(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
-    return h0 ^ v[0] ^ v[8]
+    return fw_blake2b_last(m, <uint64_t>size, p[0], p[1])
 
 
 cdef inline uint64_t _c_flow_hash(bytes src, long sport) noexcept:

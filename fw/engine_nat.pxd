@@ -19,3 +19,10 @@ cdef class Binding:
     cdef public Translation forward, backward
     cdef public tuple orig, reply
     cdef public int alias_side, proto, family
+
+
+# A Binding that changes the destination only (a real server, a dnat entry): called in C by `bind`.
+@cython.locals(binding=Binding, proto=long, family=long, udp=bint, bare=long, end=long, zero=long,
+               forward=bytes, backward=bytes)
+cpdef object _destination_only(Packet pkt, object sport, object dport, bytes new_dst, object new_dport, object names,
+                               long ip_delta, long l4_delta, dict sessions)

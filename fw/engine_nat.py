@@ -47,7 +47,6 @@ from fw.engine_lb import AllDown, Choice, LoadBalancer
 from fw.nat.ftp import FtpNatSession
 from fw.nat.ports import Pool
 from fw.nat.rewrite import Manip, RewriteError, Translation, _made, pair, rewrite
-from fw.packet.parse import Packet
 
 try:
     import cython
@@ -390,8 +389,8 @@ class Nat:
         passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state).
         A session no cycle can pass through is left to reference counting (`settled`)."""
         extra = session.extra
-        if extra is None:
-            extra = session.extra = Extra()
+        if extra is None:  # compiled, an Extra's fields start as None without its __init__ call
+            extra = session.extra = Extra.__new__(Extra) if cython.compiled else Extra()
         extra.nat = binding
         alias = binding.alias
         if alias is not None:  # table.add_alias, written out
@@ -439,9 +438,6 @@ class Nat:
         binding.held = (pool, binding.proto, address, port, name)
 
 
-@cython.locals(pkt=Packet, binding=Binding, proto=cython.long, family=cython.long, udp=cython.bint,
-               bare=cython.long, end=cython.long, zero=cython.long, ip_delta=cython.long, l4_delta=cython.long,
-               forward=bytes, backward=bytes)
 def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, ip_delta: int, l4_delta: int,
                       sessions: dict):
     """The Binding of a TCP or UDP session whose destination d:dp becomes s:sp, its source c:cp

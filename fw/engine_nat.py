@@ -393,11 +393,8 @@ class Nat:
             extra = session.extra = Extra.__new__(Extra) if cython.compiled else Extra()
         extra.nat = binding
         alias = binding.alias
-        if alias is not None:  # table.add_alias, written out
-            sessions = table.sessions
-            if alias not in sessions:
-                sessions[alias] = session
-                table.aliases += 1
+        if alias is not None and table.sessions.setdefault(alias, session) is session:  # table.add_alias
+            table.aliases += 1
         if self.two_passes:
             self.remember(session, binding)
         alg = extra.alg

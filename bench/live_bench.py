@@ -265,6 +265,9 @@ class Bench:
                              "queue_trips": stats["packets"]["total"],  # NAT: both passes counted
                              "overflows": sum(q["overflows"] for q in stats["queues"].values()),
                              "offloaded": stats.get("offload", {}).get("offloaded", 0)}
+            if "kernel_bindings_made" in stats.get("nat", {}):  # NAT: sessions the kernel translated
+                row["daemon"]["kernel_bindings"] = {key: stats["nat"][f"kernel_bindings_{key}"]
+                                                    for key in ("made", "failed", "lost")}
             if stats.get("virtual_servers"):  # LB_PATH: sessions opened per real server, all ports
                 row["daemon"]["real_servers_opened"] = opened_per_real_server(stats["virtual_servers"])
                 print(f"  {'':28} sessions opened per real server: {row['daemon']['real_servers_opened']}", flush=True)

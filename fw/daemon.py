@@ -69,6 +69,8 @@ class DaemonConfig:
     sync: dict | None = None  # --sync, for the workers of --queues (fw.sync.SyncConfig.for_worker())
     nat_slice: tuple[int, int] = (0, 1)  # (node, nodes): this node's share of NAT port ranges (--sync)
     nat: bool = False  # the policy translates: two passes (mangle PREROUTING/POSTROUTING), fw/engine_nat_passes.py
+    # NAT: established bare sessions' bindings held by the kernel's conntrack entries (fw.drivers.nat_kernel)
+    kernel_nat: bool = True
     # The NFQUEUE binding: "socket" (fw.drivers.nfqueue_socket), "netfilterqueue" (fw.drivers.nfqueue.Queue),
     # "auto": the cheaper one of this build (queue_class()). NAT always needs the socket binding.
     binding: str = "auto"
@@ -206,13 +208,15 @@ class DaemonBase:
 
     def _install_rules(self) -> None:
         config = self.config
+        from fw.drivers.nat_kernel import KERNEL_NAT_MARK  # noqa: PLC0415
         from fw.engine_nat_passes import NAT_MARK, ONE_PASS_MARK, UNJUDGED_MARK  # noqa: PLC0415
 
         nat = bool(config.nat)
         self.rules = iptables.Installation(iptables.Hooking(
             queues=config.queues, hooks=config.hooks, fail_open=config.fail_open, mark=config.mark,
             families=config.families, offload=config.offload, nat_mark=NAT_MARK if nat else 0,
-            one_pass_mark=ONE_PASS_MARK if nat else 0, unjudged_mark=UNJUDGED_MARK if nat else 0),
+            one_pass_mark=ONE_PASS_MARK if nat else 0, unjudged_mark=UNJUDGED_MARK if nat else 0,
+            kernel_nat_mark=KERNEL_NAT_MARK if nat and config.kernel_nat else 0),
             config.backend)
         stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
         if stale:
@@ -309,6 +313,13 @@ class Daemon(DaemonBase):
                 self.routes = Routes()
                 self.handler = NatPacketHandler(self.engine, config.fail_open, self.effects, self._packet_error,
                                                 self.routes)
+                if config.kernel_nat:  # the kernel holds established sessions' bindings
+                    from fw.drivers.nat_kernel import KernelBindings  # noqa: PLC0415
+
+                    self.handler.bindings = KernelBindings(self.engine)
+                    self.handler.bindings.attach(self.effects)
+                    self.services.append(self.handler.bindings)
+                    self.engine.nat.kernel_bindings = True
                 self.stats_sections["nat"] = self.handler.stats
                 queue_class = SocketQueue
             else:

@@ -19,3 +19,8 @@ cdef class SessionOpened:
 @cython.no_gc  # its one field holds bytes: no cycle goes through it (the collector need not track it)
 cdef class RewritePacket:
     cdef public object data
+
+
+# The packet handler's verdict counters (fw/drivers/nfqueue.pxd types its field): read as C fields.
+cdef class Verdicts:
+    cdef public object accepted, dropped

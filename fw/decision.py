@@ -18,6 +18,9 @@ for a packet that merely passes (the established path allocates nothing but its 
   `reopen`, `replaced`, `killed`, or a driver's word (`peer-removed`, `offload-reset`).
 - `OffloadSession(session)`: the kernel may pass this session's packets from now on (only when
   `EngineConfig.offload` asks for it).
+- `KernelNat(session)`: a translated session is ready for the kernel to hold its binding (the
+  live NAT daemon, `Nat.kernel_bindings`): fw.drivers.nat_kernel makes the kernel conntrack entry
+  and answers `Nat.kernel_translates`; from then on its packets are accepted without a rewrite.
 - `RewritePacket(data)`: the packet must leave as these bytes (NAT).
 - `SetMark(mark)`: the verdict carries this packet mark.
 - `ForwardToOwner(node)`: the packet belongs to a session that `node` decides (HA owner
@@ -104,6 +107,18 @@ class OffloadSession:
         return f"OffloadSession({self.session!r})"
 
 
+class KernelNat:
+    """A bare translated session is established: the kernel may hold its NAT binding (fw.drivers.nat_kernel)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session):
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"KernelNat({self.session!r})"
+
+
 class RewritePacket:
     """The packet leaves as these L3 bytes instead of its own (NAT). A plain `__slots__` class, as
     the session effects: every packet of a translated session makes one (a frozen dataclass's
@@ -140,6 +155,7 @@ class ForwardToOwner:
 
 
 SESSION_EFFECTS = (SessionOpened, SessionChanged, SessionClosed, OffloadSession)
+NODE_EFFECTS = (KernelNat,)  # this node's kernel only: never synced
 
 
 class Verdicts:

@@ -4,6 +4,7 @@
 from fw.conntrack.table cimport Extra, Session, TcpSession, untrack
 from fw.engine_nat cimport Binding
 from fw.nat.rewrite cimport Translation
-from fw.packet.parse cimport Packet
+from fw.packet.parse cimport Packet, parse
 from fw.conntrack.tcp cimport tcp_update, timeout_key as tcp_timeout_key
 from fw.decision cimport Decision, SessionOpened
+from fw.engine_trackers cimport datagram

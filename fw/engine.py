@@ -84,12 +84,13 @@ from fw.decision import (
     SessionClosed,
     SessionOpened,
 )
-from fw.engine_nat import Binding
+from fw.engine_nat import KERNEL_HELD, Binding
+from fw.engine_trackers import datagram  # compiled: cimported (engine.pxd), a C call
 from fw.events import session_event, verdict_event
 from fw.nat.rewrite import RewriteError, Translation
-from fw.packet import MalformedPacket, parse
+from fw.packet import MalformedPacket
 from fw.packet import build as pktbuild
-from fw.packet.parse import Packet
+from fw.packet.parse import Packet, parse  # compiled: parse cimported (engine.pxd), a C call
 from fw.policy.recheck import refused_by
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
@@ -99,7 +100,7 @@ EMBRYONIC = frozenset((tcpmod.TcpState.SYN_SENT, tcpmod.TcpState.SYN_RECV, tcpmo
 EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at least one session)
 GENERIC_TIMEOUT = engine_trackers.GENERIC_TIMEOUT
 ESTABLISHED = engine_trackers.ESTABLISHED
-datagram, icmp = engine_trackers.datagram, engine_trackers.icmp
+icmp = engine_trackers.icmp
 
 
 def _count(counter: Counter, key) -> None:
@@ -183,7 +184,7 @@ class Engine:
 
     # -- the packet path ----------------------------------------------------------------------
 
-    @cython.locals(pkt=Packet, proto=cython.long)
+    @cython.locals(pkt=Packet, proto=cython.long, decision=Decision)
     def process(self, data: bytes, now: float, iif: str | None = None, oif: str | None = None,
                 hook: str | None = None, partial: bool = False) -> Decision:
         """One packet. `hook` None: the one pass of replay and of a daemon without NAT; the live
@@ -290,7 +291,9 @@ class Engine:
                     return decision
                 if binding.ftp is None and extra.alg is None:  # translate()'s common case, written out
                     translation = binding.forward if original else binding.backward
-                    if translation is None:  # the live daemon's two passes: nothing before routing
+                    # the live daemon's two passes: nothing before routing; or the packet's kernel
+                    # entry holds the binding (fw.drivers.nat_kernel): the kernel rewrites it
+                    if translation is None or (binding.kernel == KERNEL_HELD and self.nat.kernel_packet):
                         decision.effects = effects
                         return decision
                     try:  # (pkt.data: the bytes parsed, the engine's `data`)

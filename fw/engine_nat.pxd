@@ -18,7 +18,7 @@ cdef class Binding:
     cdef public object ftp, alias, after, mid, names, held, ports, middle, lb
     cdef public Translation forward, backward
     cdef public tuple orig, reply
-    cdef public int alias_side, proto, family
+    cdef public int alias_side, proto, family, kernel
 
 
 # A Binding that changes the destination only (a real server, a dnat entry): called in C by `bind`.

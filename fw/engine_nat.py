@@ -60,6 +60,9 @@ _HEADER6 = Struct("!16s16sHH").pack
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 EXHAUSTED = "nat:exhausted"
+# Binding.kernel: the live daemon's kernel conntrack entry (fw.drivers.nat_kernel) holds the
+# binding: not asked yet, asked (a KernelNat effect went out), or held (the engine rewrites nothing).
+KERNEL_NO, KERNEL_ASKED, KERNEL_HELD = 0, 1, 2
 
 
 class _Translated:
@@ -83,7 +86,7 @@ class Binding:
 
     # What every packet reads first, in the object's first cache line.
     __slots__ = ("ftp", "alias", "alias_side", "forward", "backward", "after", "mid", "proto", "family", "orig",
-                 "reply", "names", "held", "ports", "middle", "lb")
+                 "reply", "names", "held", "ports", "middle", "lb", "kernel")
 
     def __init__(self, proto: int, family: int, orig: tuple, reply: tuple, names: str, held=None):
         self.proto = proto
@@ -110,6 +113,7 @@ class Binding:
         self.after = None  # two passes (`split`): per direction the source half, or None
         self.mid = None  # two passes: per direction the tuple between the passes
         self.lb: tuple | None = None  # a balanced session: (LoadBalancer, (virtual server, real server))
+        self.kernel = KERNEL_NO  # whether the kernel holds the binding (live daemon, node-local)
 
     @property
     def dnat(self) -> bool:
@@ -233,6 +237,13 @@ class Nat:
         self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
         self.lb = LoadBalancer(node, nodes)
         self.active = False  # anything to translate: nat entries or virtual servers
+        # The live daemon's input (fw.drivers.nat_kernel): True when the driver can give the kernel
+        # a bare session's binding; the two passes then emit KernelNat once it is established.
+        self.kernel_bindings = False
+        # Per packet (the driver's input, as `Engine.partial`): its kernel conntrack entry holds its
+        # session's binding (the packet mark's KERNEL_NAT_MARK). A packet of a session the kernel
+        # translates whose entry is another one (queued before the switch) is still rewritten here.
+        self.kernel_packet = False
 
     def configure(self, entries, virtual_servers=()) -> None:
         self.lb.configure(virtual_servers)
@@ -417,6 +428,24 @@ class Nat:
             self.middle[key] = session
             binding.middle = (self.middle, key)
 
+    def kernel_translates(self, session) -> bool:
+        """The driver's word that the kernel conntrack entry of `session` holds its binding (after a
+        KernelNat): from now on its packets whose kernel entry is that one (`kernel_packet`) are
+        tracked as always but accepted without a rewrite (no RewritePacket, no mark for the second
+        pass). Node-local: neither in snapshots nor in HA sync. False when not asked."""
+        binding = session.nat
+        if binding is None or binding.kernel != KERNEL_ASKED:
+            return False
+        binding.kernel = KERNEL_HELD
+        return True
+
+    def kernel_lost(self, session) -> None:
+        """The kernel no longer holds the binding (its entry went away while the session lives): the
+        engine rewrites the packets again, and may ask once more."""
+        binding = session.nat
+        if binding is not None and binding.kernel == KERNEL_HELD:
+            binding.kernel = KERNEL_NO
+
     def claim(self, binding: Binding) -> None:
         """A restored or synced binding: its pool port handed out again (its entry still exists),
         a balanced one counted on its real server."""
@@ -481,6 +510,7 @@ def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, 
     binding.after = None
     binding.mid = None
     binding.lb = None
+    binding.kernel = KERNEL_NO
     return binding
 
 
@@ -573,6 +603,8 @@ def translate(engine, decision, binding: Binding, original: bool, now: float):
         decision.effects = decision.effects + engine.feed_alg(decision.session, pkt, original, now)
     translation = binding.forward if original else binding.backward
     if translation is None:  # two passes: nothing to change before routing
+        return decision
+    if binding.kernel == KERNEL_HELD and engine.nat.kernel_packet:  # the kernel rewrites it (fw.drivers.nat_kernel)
         return decision
     try:
         decision.effects = translation.leave(engine.data, pkt, decision.effects, engine.partial)

@@ -44,6 +44,18 @@ How it works. `Engine.process(data, now, iif, oif, hook=, partial=)` comes here 
   driver clears the entry's bit, so the next one goes round the first pass.
 ICMP errors: the outer source (the router, hidden behind the translated address) changes in the
 second pass, the rest in the first.
+The kernel's binding (`Nat.kernel_bindings`, set by fw.drivers.nat_kernel): once a bare session
+(no ALG, no FTP rewriting) is established (TCP) or carried UDP_KERNEL_PACKETS datagrams (UDP,
+either way: a flow, not a query and its answer), the first pass or the
+one pass that sees it so adds a `KernelNat` effect (once: `Binding.kernel`). The driver gives the
+kernel conntrack entry the same binding and answers `Nat.kernel_translates`. From then on a packet
+whose own kernel entry is that one (`Nat.kernel_packet`, the driver's per-packet input from the
+packet mark) is judged where it was (the untranslated tuples as they arrive, before the kernel's
+nat hooks) and accepted as it is, without a new payload and without a mark for the second pass;
+the kernel's nat hooks rewrite it after the verdict (in place: a GSO packet stays one, its checksum
+partial). A packet queued before the switch (its entry is an older one, without the binding) is
+rewritten here as before. ICMP errors are still translated here (the kernel's own translation of
+them writes the same values again).
 Compiled (build_compiled.py; engine_nat_passes.pxd): the passes' packet and binding are typed
 (C field reads), `_ports` and `_quoted` are C functions; `TO_FIREWALL`'s test of whether a packet
 is the NAT's finds a session's TCP/UDP packet (IPv4, no options, not a fragment) by its bytes
@@ -58,8 +70,9 @@ except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
     from fw import cython_shadow as cython
 
 from fw.conntrack.table import flow_key
-from fw.decision import ACCEPT, DROP, Decision, RewritePacket, SetMark
-from fw.engine_nat import Binding
+from fw.conntrack.tcp import TcpState
+from fw.decision import ACCEPT, DROP, Decision, KernelNat, RewritePacket, SetMark
+from fw.engine_nat import KERNEL_ASKED, KERNEL_HELD, KERNEL_NO, Binding
 from fw.nat.rewrite import Manip, RewriteError, rewrite
 from fw.packet import MalformedPacket, parse
 from fw.packet.parse import Packet
@@ -82,6 +95,9 @@ FROM_FIREWALL_REASON = "from-firewall"
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
 ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}
+# A UDP session is given to the kernel once it carried this many datagrams (either way): not a DNS
+# query and its answer (three netlink requests for two packets), but a flow, one-way ones included.
+UDP_KERNEL_PACKETS = 4
 
 
 @cython.locals(pkt=Packet, binding=Binding)
@@ -103,6 +119,10 @@ def process(engine, data: bytes, now: float, iif, oif, hook: str, partial: bool)
     pkt = decision.packet
     if pkt.inner is not None and pkt.proto in ICMP_ERRORS and pkt.icmp_type in ICMP_ERRORS[pkt.proto]:
         return _error_before_routing(decision, binding)
+    if binding.kernel == KERNEL_NO and engine.nat.kernel_bindings:
+        _ask_kernel(decision, extra, binding)
+    elif binding.kernel == KERNEL_HELD and engine.nat.kernel_packet:
+        return decision  # the kernel rewrites it after the verdict: no second pass
     after = binding.after
     if after[0] is None and after[1] is None:
         return decision
@@ -144,6 +164,10 @@ def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decisi
         engine.counters["nat_first_pass_needed"] += 1
         kept = tuple(e for e in decision.effects if type(e) is not RewritePacket and type(e) is not SetMark)
         return Decision(DROP, FIRST_PASS_REASON, pkt, decision.session, kept)
+    if binding.kernel == KERNEL_NO and engine.nat.kernel_bindings:
+        _ask_kernel(decision, extra, binding)
+    elif binding.kernel == KERNEL_HELD and engine.nat.kernel_packet:
+        return decision  # the kernel rewrites it after the verdict
     after = binding.after[0 if original else 1]
     if after is None:  # nothing changes after routing either (a session the policy no longer translates this way)
         return decision
@@ -159,6 +183,24 @@ def one_pass(engine, data: bytes, now: float, iif, oif, partial: bool) -> Decisi
         engine.counters["nat_rewrite_errors"] += 1
         return Decision(DROP, "nat:rewrite", pkt, decision.session)
     return decision
+
+
+@cython.locals(binding=Binding)
+def _ask_kernel(decision: Decision, extra, binding) -> None:
+    """A bare translated session (no ALG, no FTP rewriting and so no seqadj) that is established
+    (TCP) or carried UDP_KERNEL_PACKETS datagrams (UDP): a KernelNat effect, once; the driver makes
+    the kernel's entry hold the binding and answers `Nat.kernel_translates` (fw.drivers.nat_kernel)."""
+    if binding.ftp is not None or extra.alg is not None:
+        return
+    session = decision.session
+    proto = binding.proto
+    if proto == TCP:
+        if session.state is not TcpState.ESTABLISHED:
+            return
+    elif proto != UDP or session.orig_packets + session.reply_packets < UDP_KERNEL_PACKETS:
+        return
+    binding.kernel = KERNEL_ASKED
+    decision.effects = decision.effects + (KernelNat(session),)
 
 
 def use_two_passes(engine) -> None:
@@ -285,7 +327,7 @@ def after_routing(engine, data: bytes, partial: bool) -> Decision:
         after = binding.after[1]
     else:
         return Decision(DROP, "invalid:state", pkt, session)
-    if after is None:
+    if after is None or (binding.kernel == KERNEL_HELD and engine.nat.kernel_packet):
         return Decision(ACCEPT, AFTER_REASON, pkt, session)
     try:
         new = after.apply(data, pkt, partial)

@@ -52,7 +52,8 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
     else:
         key = (proto, dst, src, dport, sport)
         side = REVERSED
-    session = engine.table.sessions.get(key)
+    sessions = engine.table.sessions  # compiled: a typed dict, whose get is a C call (the pxd)
+    session = sessions.get(key)
     if session is None:
         return engine.open_session(pkt, key, UNREPLIED, now, iif, oif, sport, dport)
     extra = session.extra
@@ -76,10 +77,13 @@ def datagram(engine, pkt, sport: int, dport: int, now: float, iif, oif) -> Decis
             session.flags |= SEEN_REPLY | ASSURED
             effects = (SessionChanged(session, UNREPLIED),)
     if proto == UDP:
-        timeout = session.profile.timeouts["udp_stream" if session.state is REPLIED else "udp"]
+        profile = session.profile
+        timeouts = profile.timeouts  # (a mappingproxy; compiled, the profile a C field)
+        timeout = timeouts["udp_stream" if session.state is REPLIED else "udp"]
     else:
         timeout = GENERIC_TIMEOUT
-    deadline = now + timeout * engine.timeout_scale
+    scale = engine.timeout_scale
+    deadline = now + timeout * scale
     session.deadline = deadline  # engine.table.touch, written out (as the engine's TCP path)
     if deadline < session.slot - 1:
         engine.table.reschedule(session)

@@ -25,9 +25,12 @@ class RuleCounters:
 
     def count(self, decision) -> None:
         """Add one decision: the per-packet cost of per-rule counters."""
-        session = decision.session
+        d = decision  # compiled: a Decision (the pxd), whose fields are read in C
+        if d is None:
+            raise TypeError("RuleCounters.count: a Decision, not None")
+        session = d.session
         if session is None:
-            reason = decision.reason
+            reason = d.reason
             if not reason.startswith(("rule:", "limit:")):
                 return
             rule, opened = reason.partition(":")[2], False
@@ -36,15 +39,14 @@ class RuleCounters:
             rule = profile.rule
             if rule is None:
                 return
-            reason = decision.reason
+            reason = d.reason
             opened = reason != "established" and (reason.startswith("rule:") or (
                 reason.startswith("related:") and reason != "related:icmp"))
-        try:
-            entry = self.rules[rule]
-        except KeyError:
+        entry = self.rules.get(rule)
+        if entry is None:
             entry = self.rules[rule] = [0, 0, 0]
         entry[0] += 1
-        packet = decision.packet
+        packet = d.packet
         if packet is not None:
             entry[1] += packet.ip_len
         if opened:

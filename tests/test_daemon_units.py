@@ -134,6 +134,53 @@ def test_accepts_are_left_to_the_queue_unless_a_hold_may_keep_packets(engine_pol
     assert errors == []
 
 
+def test_the_observe_hook_sees_every_decision_and_may_change_between_packets(engine_policy):
+    """`fw run`'s per-rule counters (a RuleCounters' count: called directly when compiled), then
+    another hook in its place, then none: each packet goes to the hook set when it arrives."""
+    from fw.rule_counters import RuleCounters
+
+    handler, errors, _ = handler_for(Engine(engine_policy))
+    counters, other = RuleCounters(), RuleCounters()
+    seen = []
+    syn = seg("198.51.100.10:40000", "203.0.113.10:80", "S", seq=1)
+    handler.observe = counters.count
+    handler(StandInPacket(syn))
+    handler.handle(StandInPacket(syn), syn)  # what fw.drivers.nfqueue_socket calls: the payload in hand
+    handler.observe = other.count
+    handler(StandInPacket(syn))
+    handler.observe = seen.append
+    handler(StandInPacket(syn))
+    handler.observe = None
+    handler(StandInPacket(syn))
+    assert counters.totals() == {"allow-web": (2, 2 * len(syn), 1)}
+    assert other.totals() == {"allow-web": (1, len(syn), 0)}
+    assert [(d.verdict, d.reason) for d in seen] == [("accept", "established")]
+    assert handler.verdicts.accepted == {"rule:allow-web": 1, "established": 4} and errors == []
+
+
+def test_each_packet_reaches_the_engine_with_its_own_interface_names(engine_policy):
+    """judge keeps the last packet's names: a packet of other interfaces, or after
+    forget_interfaces (an ifindex reused), is looked up again."""
+    class Recording(Engine):
+        def process(self, data, now, iif=None, oif=None):
+            seen.append((iif, oif))
+            return super().process(data, now, iif, oif)
+
+    seen = []
+    handler, errors, _ = handler_for(Recording(engine_policy))
+    syn = seg("198.51.100.10:40000", "203.0.113.10:80", "S", seq=1)
+    for indev, outdev in [(1, 0), (1, 0), (0, 1), (1, 1), (1, 1)]:
+        handler(StandInPacket(syn, indev=indev, outdev=outdev))
+    handler._ifnames[1] = "renamed"  # as if the ifindex now named another interface
+    handler(StandInPacket(syn, indev=1, outdev=1))
+    handler.forget_interfaces()
+    handler._ifnames[1] = "renamed"
+    handler(StandInPacket(syn, indev=1, outdev=1))
+    assert seen == [("lo", None), ("lo", None), (None, "lo"), ("lo", "lo"), ("lo", "lo"), ("lo", "lo"),
+                    ("renamed", "renamed")]
+    assert errors == []
+
+
 TRUNCATED_SYN = seg("198.51.100.10:40000", "203.0.113.10:80", "S")[:30]  # TCP header cut short
 
 

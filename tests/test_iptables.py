@@ -353,10 +353,29 @@ def test_nat_queues_everything_before_routing_and_only_marked_packets_after():
     assert NAT_HOOKING.first_pass == "PREROUTING" and Hooking().first_pass == "FORWARD"
 
 
+def test_kernel_bindings_register_the_nat_hooks_and_keep_their_entries_queued():
+    """fw.drivers.nat_kernel: the nat table's chains (only there for the kernel's hooks), the
+    connmark bit copied into the packet mark, and entries with it not exempt as the firewall's own."""
+    hooking = Hooking(hooks=NAT_HOOKING.hooks, nat_mark=0x20000000, one_pass_mark=0x10000000,
+                      unjudged_mark=0x08000000, kernel_nat_mark=0x04000000)
+    tag = "-m comment --comment fw-daemon"
+    script = install_script(hooking, 4)
+    nat = script[script.index("*nat"):].splitlines()
+    assert nat[1:5] == [f":FW-NAT-{hook} - [0:0]" for hook in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")]
+    assert f"-A FW-NAT-POSTROUTING {tag} -j RETURN" in nat
+    assert f"-I POSTROUTING 1 {tag} -j FW-NAT-POSTROUTING" in nat and f"-I INPUT 1 {tag} -j FW-NAT-INPUT" in nat
+    before = chain_rules(hooking, "PREROUTING", 4)
+    assert before[0] == f"-A FW-PREROUTING -m connmark --mark 0x4000000/0x4000000 {tag} -j MARK --or-mark 0x4000000"
+    local = "-A FW-PREROUTING -m addrtype --dst-type LOCAL -m connmark ! --mark 0x4000000/0x4000000 -m conntrack"
+    assert f"{local} --ctstate ESTABLISHED {tag} -j RETURN" in before
+    assert "*nat" not in install_script(NAT_HOOKING, 4)  # off: no nat table
+
+
 NAT_INSTALL = """
 from fw.drivers.iptables import Hooking, Installation
 rules = Installation(Hooking(hooks=("INPUT", "PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000,
-                             one_pass_mark=0x10000000, unjudged_mark=0x08000000), "{backend}")
+                             one_pass_mark=0x10000000, unjudged_mark=0x08000000, kernel_nat_mark=0x04000000),
+                     "{backend}")
 rules.install()
 print("installed", flush=True)
 {after}
@@ -367,11 +386,12 @@ print("installed", flush=True)
 @pytest.mark.netns
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 def test_nat_rules_go_exactly_and_a_killed_runs_with_fw_cleanup(ns, backend):
-    """(An operator's mangle rule, kept: iptables-legacy cannot remove a table once it exists.)"""
+    """(An operator's mangle and nat rules, kept: iptables-legacy cannot remove a table once it exists.)"""
     add_foreign_rules(ns, backend)
     for tool in (f"iptables-{backend}", f"ip6tables-{backend}"):
         for chain in ("PREROUTING", "OUTPUT"):
             ns.run(tool, "-t", "mangle", "-A", chain, "-m", "comment", "--comment", "operator", "-j", "RETURN")
+        ns.run(tool, "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "operator", "-j", "RETURN")
     before = ns.save(backend)
     during = ns.python(NAT_INSTALL.format(backend=backend, after=f"""
 import subprocess
@@ -383,6 +403,9 @@ rules.remove()
            "--comment operator -j RETURN" in during
     assert "-A INPUT -m comment --comment fw-daemon -j FW-INPUT" in during
     assert during.count("CONNMARK --set-xmark 0x10000000/0x10000000") == 2  # IPv4 and IPv6 took them
+    # the kernel's nat hooks registered (fw.drivers.nat_kernel): tagged chains in the nat table
+    assert during.count("-A POSTROUTING -m comment --comment fw-daemon -j FW-NAT-POSTROUTING") == 2
+    assert during.count("-A FW-NAT-PREROUTING -m comment --comment fw-daemon -j RETURN") == 2
     assert ns.save(backend) == before
     process = ns.popen(sys.executable, "-c", NAT_INSTALL.format(backend=backend, after="import time; time.sleep(60)"))
     try:
@@ -393,6 +416,7 @@ rules.remove()
     assert ":FW-POSTROUTING" in ns.save(backend)
     done = ns.run(*fw_command("cleanup")).stdout
     assert "chain FW-PREROUTING" in done and "chain FW-INPUT" in done and "chain FW-ERRORS" in done
+    assert "chain FW-NAT-OUTPUT" in done
     assert ns.save(backend) == before
 
 

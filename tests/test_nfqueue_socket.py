@@ -133,9 +133,21 @@ sender.sendto(packet_message(5, 2, b"\x60" * 128, hw_protocol=0x86DD, skb_info=N
                              cap_len=60000), (port, 0))
 sender.sendto(packet_message(5, 3, b"x"), (port, 0))
 handled = queue.drain()
-print(json.dumps(dict(got=got, handled=handled, sends=queue.sends, batches=queue.batches,
-                      errors=dict(queue.netlink_errors))))
 queue.close()
+
+# A PacketHandler is called through its `handle` (the payload in hand), unless a subclass has its own __call__.
+from fw.drivers.nfqueue import PacketHandler
+class Own(PacketHandler):
+    def __call__(self, packet):
+        return super().__call__(packet)
+handlers = {}
+for name, callback in [("plain", PacketHandler(None, False, print, print)), ("own", Own(None, False, print, print)),
+                       ("function", judge)]:
+    other = SocketQueue(6, callback)
+    handlers[name] = other._handler is callback
+    other.close()
+print(json.dumps(dict(got=got, handled=handled, sends=queue.sends, batches=queue.batches,
+                      errors=dict(queue.netlink_errors), handlers=handlers)))
 """
 
 
@@ -154,3 +166,4 @@ def test_every_attribute_is_read_and_a_drains_verdicts_leave_in_one_datagram(lab
     assert result["sends"] == 1 and result["batches"] == 1  # the drop and the batch accept, one datagram
     # The kernel has no such packets: it answers the drop and the batch with ENOENT, read by the next drain.
     assert set(result["errors"]) <= {"ENOENT"}
+    assert result["handlers"] == {"plain": True, "own": False, "function": False}

@@ -58,6 +58,15 @@ def test_ipv4_tcp_every_field():
     assert (p.payload_len, p.payload) == (5, b"GET /")
 
 
+@pytest.mark.parametrize("seq, ack", [(0xFFFFFFF0, 0x80000001), (0x7FFFFFFF, 0xFFFFFFFF), (0x80000000, 0)])
+def test_fast_path_reads_every_bit_of_ports_and_sequence_numbers(seq, ack):
+    """The fast path (compiled: read byte by byte as C integers) keeps the high bits: no sign."""
+    p = parse(seg(f"{C}:65535", f"{S}:32768", "A", seq=seq, ack=ack, win=65535))
+    assert (p.sport, p.dport, p.seq, p.ack, p.window) == (65535, 32768, seq, ack, 65535)
+    u = parse(udp_pkt(f"{C}:65534", f"{S}:65535", payload=b"x" * 64))
+    assert (u.src, u.dst, u.sport, u.dport, u.payload_len, u.payload_end) == (CB, SB, 65534, 65535, 64, 28 + 64)
+
+
 @pytest.mark.parametrize("letters, bits", [
     ("F", FIN), ("S", SYN), ("R", RST), ("P", PSH), ("A", ACK), ("U", URG), ("E", ECE), ("C", CWR),
     ("SAEC", SYN | ACK | ECE | CWR), ("FSRPAUEC", 0xFF),

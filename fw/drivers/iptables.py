@@ -9,7 +9,11 @@ pass marked (`Hooking.nat_mark`), the second pass of translated sessions (fw/eng
 with `Hooking.one_pass_mark` FW-POSTROUTING saves that bit into the connmark when the first pass
 asked, and FW-PREROUTING lets the later packets of such a connection by, marked for FW-POSTROUTING
 only (`unjudged_mark`: the engine judges them there, in one trip). Every rule it writes carries
-the comment `fw-daemon` (the tag). Each change is one `iptables-restore -w --noflush` transaction
+the comment `fw-daemon` (the tag). With `Hooking.kernel_nat_mark` (fw.drivers.nat_kernel: the kernel
+holds established sessions' bindings) the `nat` table gets FW-NAT-PREROUTING, -INPUT, -OUTPUT and
+-POSTROUTING (one tagged RETURN each, jumped to from the built-ins): they only register the kernel's
+nat hooks in the namespace; entries without a binding get the kernel's null binding (no change).
+Each change is one `iptables-restore -w --noflush` transaction
 per family, built from what `iptables-save` shows at that moment: a restore that deletes a missing
 rule fails whole, so only rules that are there are deleted, verbatim as saved.
 
@@ -34,16 +38,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TAG = "fw-daemon"
-HOOKS = ("FORWARD", "INPUT", "OUTPUT", "PREROUTING", "POSTROUTING", "ERRORS")
+NAT_HOOKS = ("NAT-PREROUTING", "NAT-INPUT", "NAT-OUTPUT", "NAT-POSTROUTING")  # the kernel's nat hooks
+HOOKS = ("FORWARD", "INPUT", "OUTPUT", "PREROUTING", "POSTROUTING", "ERRORS", *NAT_HOOKS)
 CHAIN_OF_HOOK = {hook: f"FW-{hook}" for hook in HOOKS}
-BUILTIN_OF_HOOK = {"ERRORS": "OUTPUT"}  # the firewall's own ICMP errors, in mangle OUTPUT (NAT)
+# the firewall's own ICMP errors, in mangle OUTPUT (NAT); the nat table's chains
+BUILTIN_OF_HOOK = {"ERRORS": "OUTPUT", **{hook: hook[4:] for hook in NAT_HOOKS}}
 OUR_CHAINS = frozenset(CHAIN_OF_HOOK.values())
-TABLES = ("filter", "mangle")
+TABLES = ("filter", "mangle", "nat")
 TABLE_OF_HOOK = {"FORWARD": "filter", "INPUT": "filter", "OUTPUT": "filter",
-                 "PREROUTING": "mangle", "POSTROUTING": "mangle", "ERRORS": "mangle"}
+                 "PREROUTING": "mangle", "POSTROUTING": "mangle", "ERRORS": "mangle",
+                 **{hook: "nat" for hook in NAT_HOOKS}}
 ICMP_ERROR_TYPES = {4: ("icmp", "icmp", (3, 11, 12)), 6: ("ipv6-icmp", "icmp6", (1, 2, 3, 4))}
 BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
-           "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")}
+           "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+           "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
 CHAINS_OF_TABLE = {table: frozenset(CHAIN_OF_HOOK[h] for h in HOOKS if TABLE_OF_HOOK[h] == table)
                    for table in TABLES}
 BACKENDS = ("nft", "legacy")
@@ -72,6 +80,12 @@ class Hooking:
     nat_mark: int = 0  # NAT: the packet mark bit of the second pass (FW-POSTROUTING queues only those)
     one_pass_mark: int = 0  # NAT: connmark bit "after routing only" (packet mark: save it), 0: off
     unjudged_mark: int = 0  # NAT: packet mark bit of a packet let by before routing, not judged yet
+    kernel_nat_mark: int = 0  # NAT: connmark bit of entries holding a binding (fw.drivers.nat_kernel), 0: off
+
+    @property
+    def installed(self) -> tuple[str, ...]:
+        """The hooks whose chains are installed: `hooks`, and with kernel bindings the nat table's."""
+        return self.hooks + NAT_HOOKS if self.kernel_nat_mark else self.hooks
 
     @property
     def first_pass(self) -> str:
@@ -116,6 +130,8 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
             one = f"0x{hooking.one_pass_mark:x}"
             rules.append(f"-A {chain} -m mark --mark {one}/{one} {tag} -j CONNMARK --or-mark {one}")
         return rules + [f"-A {chain} -m mark --mark {nat}/{nat} {tag} {_queue_target(hooking)}"]
+    if hook in NAT_HOOKS:  # only there to register the kernel's nat hooks (fw.drivers.nat_kernel)
+        return [f"-A {chain} {tag} -j RETURN"]
     if hook == "ERRORS":  # the firewall's own ICMP errors (quoting a packet between the NAT passes)
         proto, match, types = ICMP_ERROR_TYPES[family]
         # The kernel will not queue an error whose conntrack entry (its packet's) is unconfirmed and
@@ -128,6 +144,11 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
                 f"-A {chain} -m conntrack ! --ctstatus CONFIRMED {tag} -j RETURN"] + [
             f"-A {chain} -p {proto} -m {match} --{match.replace('6', 'v6')}-type {t} {tag} {_queue_target(hooking)}"
             for t in types]
+    if hook == "PREROUTING" and hooking.kernel_nat_mark:
+        # A packet whose kernel entry holds its NAT binding says so in its mark (fw.drivers.nat_kernel:
+        # fw rewrites a packet of such a session whose entry is another one, queued before the switch).
+        kernel = f"0x{hooking.kernel_nat_mark:x}"
+        rules.append(f"-A {chain} -m connmark --mark {kernel}/{kernel} {tag} -j MARK --or-mark {kernel}")
     if hook == "PREROUTING":
         rules.append(f"-A {chain} -i lo {tag} -j RETURN")
         rules.append(f"-A {chain} -m connmark --mark {mark} {tag} -j RETURN")
@@ -136,6 +157,9 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
         # leave), and ICMP errors about one are RELATED in the ORIGINAL direction: only those in
         # the REPLY direction (about the firewall's own packets) skip the queue.
         local = f"-A {chain} -m addrtype --dst-type LOCAL -m conntrack"
+        if hooking.kernel_nat_mark:  # an entry holding a NAT binding is ESTABLISHED too: still queued
+            kernel = f"0x{hooking.kernel_nat_mark:x}"
+            local = f"-A {chain} -m addrtype --dst-type LOCAL -m connmark ! --mark {kernel}/{kernel} -m conntrack"
         rules.append(f"{local} --ctstate ESTABLISHED {tag} -j RETURN")
         rules.append(f"{local} --ctstate RELATED --ctdir REPLY {tag} -j RETURN")
     if hook == "INPUT":
@@ -183,9 +207,9 @@ def install_script(hooking: Hooking, family: int, replacing: FilterTable | dict 
     if isinstance(replacing, FilterTable):
         replacing = {replacing.name: replacing}
     lines: list[str] = []
-    chains = {CHAIN_OF_HOOK[hook] for hook in hooking.hooks}
+    chains = {CHAIN_OF_HOOK[hook] for hook in hooking.installed}
     for table in TABLES:
-        hooks = [hook for hook in hooking.hooks if TABLE_OF_HOOK[hook] == table]
+        hooks = [hook for hook in hooking.installed if TABLE_OF_HOOK[hook] == table]
         old_table = (replacing or {}).get(table)
         jumps = old_table.our_jumps() if old_table is not None else []
         old = sorted(c for c in old_table.ours() if c not in chains) if old_table is not None else []
@@ -300,7 +324,7 @@ class Tool:
         return self.save_all()[table]
 
     def save_all(self) -> dict[str, FilterTable]:
-        """Our tables (filter, mangle) from one iptables-save."""
+        """Our tables (filter, mangle, nat) from one iptables-save."""
         # Not `-t filter`: iptables-legacy-save would instantiate a missing table and
         # iptables-nft-save would print one that is not there.
         text = self._run([self.base + "-save"])
@@ -411,7 +435,7 @@ class Installation:
         if stale and not replace_stale:
             raise IptablesError(f"{tool}: rules of another fw run are installed (run `fw cleanup`)")
         if self.backend == "nft":
-            for name in sorted({TABLE_OF_HOOK[hook] for hook in self.hooking.hooks}):
+            for name in sorted({TABLE_OF_HOOK[hook] for hook in self.hooking.installed}):
                 self._note_created(tool, tables[name], stale, previous)
             _write_state({"backend": self.backend, "created": self.created})
         self.installed.append(tool)  # before the restore: a half-done install is still removed
@@ -421,7 +445,7 @@ class Installation:
     def _note_created(self, tool: Tool, table: FilterTable, stale: list, previous: dict) -> None:
         """What iptables-nft will create for our jumps in `table` (and a crashed run had created)."""
         key = state_key(tool.family, table.name)
-        hooks = {builtin_of(hook) for hook in self.hooking.hooks if TABLE_OF_HOOK[hook] == table.name}
+        hooks = {builtin_of(hook) for hook in self.hooking.installed if TABLE_OF_HOOK[hook] == table.name}
         base = tool.nft_base_chains(table.name) if table.present else set()
         created = {"table": not table.present, "chains": sorted(hooks - base) if base is not None else []}
         if stale and previous.get("backend") == self.backend:

@@ -6,7 +6,7 @@ from fw.drivers.nfqueue cimport PacketHandler
 
 
 cdef class NatPacketHandler(PacketHandler):
-    cdef public object routes, _targets, kernel
+    cdef public object routes, _targets, kernel, bindings
     cdef public dict _by_v4
     cdef public Py_ssize_t partial_checksums, tcp_gso_partial, nat_too_long, first_pass, second_pass, one_pass
 

@@ -31,6 +31,13 @@ the hook nor NFQA_SKB_INFO). Per packet, from what the kernel says of it:
   entry and no connmark; the next one makes a new entry, picked up mid-stream (valid), on which
   the bit is saved;
 - per hook, the trips counted (`first_pass`, `second_pass`, `one_pass` in `fw stats` `nat`);
+- with the kernel holding bindings (fw.drivers.nat_kernel, `bindings`): whether the packet's own
+  kernel entry holds its session's binding (the packet mark's KERNEL_NAT_MARK, copied from the
+  connmark by the rules) is the engine's per-packet input `Nat.kernel_packet`: such a packet is
+  accepted without a rewrite; one queued before the switch (another entry) is rewritten as before;
+  a packet whose entry holds a binding its session does not (an older session's entry the kernel
+  kept for a reopened tuple) is dropped and that entry deleted (`KernelBindings.stale`): the
+  kernel would apply the old binding on top of fw's rewrite;
 - a packet longer than the copy range (a GRO packet above 65,531 bytes) cannot be rewritten (the
   verdict would cut it): the engine drops it as `nat:rewrite`, counted here as `nat_too_long`.
 Compiled (build_compiled.py, with nat_queue.pxd; fw/engine_nat_passes.py and fw/drivers/routes.py
@@ -53,6 +60,7 @@ from fw.conntrack.tcp import TcpState
 from fw.decision import SessionChanged
 from fw.drivers.nfqueue import PacketHandler
 from fw.drivers.nfqueue_socket import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO
+from fw.engine_nat import KERNEL_HELD
 from fw.engine_nat_passes import (
     AFTER_ROUTING,
     BEFORE_ROUTING,
@@ -66,6 +74,7 @@ from fw.engine_nat_passes import (
 )
 
 NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 3, 4
+KERNEL_NAT_MARK = 0x04000000  # fw.drivers.nat_kernel's: the packet's kernel entry holds its binding
 TCP, UDP = 6, 17
 IPCTNL_MSG_CT_DELETE = 2
 # ICMP echo in a ctnetlink tuple: CTA_PROTO_ICMP(V6)_ID, _TYPE, _CODE attributes; the request's type
@@ -89,13 +98,15 @@ class NatPacketHandler(PacketHandler):
         self.nat_too_long = 0  # packets above the copy range the engine would not rewrite
         self.first_pass = self.second_pass = self.one_pass = 0  # trips per hook
         self.kernel = KernelEntries()
+        self.bindings = None  # fw.drivers.nat_kernel.KernelBindings, when the kernel holds bindings
 
     def stats(self) -> dict:
         """The `nat` section of `fw stats`: checksum states seen, trips per hook, route lookups made."""
         return {"partial_checksums": self.partial_checksums, "tcp_gso_partial": self.tcp_gso_partial,
                 "nat_too_long": self.nat_too_long, "first_pass": self.first_pass,
                 "second_pass": self.second_pass, "one_pass": self.one_pass,
-                "route_lookups": self.routes.lookups, **self.kernel.stats()}
+                "route_lookups": self.routes.lookups, **self.kernel.stats(),
+                **(self.bindings.stats() if self.bindings is not None else {})}
 
     def judge(self, packet, data: bytes):
         hook = packet.hook
@@ -107,6 +118,7 @@ class NatPacketHandler(PacketHandler):
                 partial = True
                 self.partial_checksums += 1
         engine = self.engine
+        engine.nat.kernel_packet = packet.mark & KERNEL_NAT_MARK != 0  # its entry holds the binding
         if hook == NF_INET_POST_ROUTING:
             if packet.mark & UNJUDGED_MARK:
                 self.one_pass += 1
@@ -144,6 +156,10 @@ class NatPacketHandler(PacketHandler):
             return PacketHandler.judge(self, packet, data)
         if decision.reason == "nat:rewrite" and packet.truncated:
             self.nat_too_long += 1
+        if packet.mark & KERNEL_NAT_MARK and decision.session is not None and self.bindings is not None:
+            binding = decision.session.nat
+            if binding is not None and binding.kernel != KERNEL_HELD and decision.verdict == "accept":
+                return self.bindings.stale(decision, data)  # an older entry's binding would apply on top
         return decision
 
     def _route(self, data: bytes):

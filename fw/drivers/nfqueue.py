@@ -28,7 +28,9 @@ its limits:
 - Kernel counters (queue_dropped: queue full; user_dropped: socket buffer full) come from
   /proc/net/netfilter/nfnetlink_queue.
 - Compiled (build_compiled.py), nfqueue.pxd makes PacketHandler an extension type with C fields: the
-  per-packet handler costs about a third of the interpreted one (docs/performance.md).
+  per-packet handler costs about a third of the interpreted one (docs/performance.md). Its
+  `handle(packet, payload)` (what fw.drivers.nfqueue_socket calls, from C) reads the Decision's
+  fields in C and calls a RuleCounters `observe` hook (fw.records) directly.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
 
 from fw.decision import ACCEPT, DROP, RewritePacket, SetMark, Verdicts
 from fw.packet.constants import PROTO_NAMES
+from fw.rule_counters import RuleCounters
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -310,6 +313,13 @@ def read_queue_counters(path: str = PROC_QUEUES) -> dict[int, dict[str, int]]:
 # -- the verdict for each packet --------------------------------------------------------------------
 
 
+class PacketInterfaces:
+    """A queued packet's interfaces (ifindexes). fw.drivers.nfqueue_socket's NfPacket derives from
+    it: compiled, PacketHandler.judge reads them as C fields, not through attribute lookups."""
+
+    __slots__ = ("indev", "outdev")
+
+
 class PacketHandler:
     """The queue callback: packet bytes, the time and the interfaces into the engine, a verdict out.
 
@@ -332,11 +342,14 @@ class PacketHandler:
         self.errors: Counter = Counter()  # "engine", "effects", "verdict": failures by where
         self.verdicts = Verdicts()  # final verdicts by reason (errors: reason "error")
         self._ifnames: dict[int, str | None] = {0: None}
+        self._last_indev = self._last_outdev = -1  # the last packet's interfaces and their names (judge)
+        self._last_iif = self._last_oif = None
         # redirect(packet, decision) -> bool: another verdict for a packet the engine drops (fw.workers
         # hands an ICMP error whose session it does not hold to the next queue); True if it gave one.
         self.redirect: Callable | None = None
         # observe(decision): told of every decision (per-rule counters of fw.metrics), if set.
         self.observe: Callable | None = None
+        self._observed = self._counters = None  # the observe hook seen last; its RuleCounters if it is one
         # defer(packet, data, decision) -> bool: True if it keeps the packet and gives its verdict
         # later itself (fw.sync holds a packet that waits for a peer's session; owner forwarding
         # sends it to its owner). Returning False it may have replaced the decision's verdict,
@@ -349,12 +362,26 @@ class PacketHandler:
 
     def __call__(self, packet) -> str | None:
         """The packet's verdict, given; or ACCEPT_LATER, returned (see accept_later)."""
-        data = b""
         try:
             data = packet.get_payload()
+        except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
+            return self._fail(packet, b"", "engine", exc)
+        return self.handle(packet, data)
+
+    def handle(self, packet, data: bytes) -> str | None:
+        """__call__ with the packet's bytes in hand (fw.drivers.nfqueue_socket calls it, from C when
+        compiled). Compiled, `decision` is a typed Decision: its fields are read in C, and a
+        RuleCounters `observe` is called directly (`_counters`)."""
+        try:
             decision = self.judge(packet, data)
-            if self.observe is not None:
-                self.observe(decision)
+            observe = self.observe
+            if observe is not None:
+                if observe is not self._observed:  # set (or changed) since the last packet
+                    self._observe_with(observe)
+                if self._counters is not None:
+                    self._counters.count(decision)
+                else:
+                    observe(decision)
         except Exception as exc:  # noqa: BLE001  (the packet loop survives everything)
             return self._fail(packet, data, "engine", exc)
         later = None
@@ -385,13 +412,28 @@ class PacketHandler:
                 self.on_error("effects", exc, data)
         return later
 
+    def _observe_with(self, observe) -> None:
+        """`observe` is a RuleCounters' count (fw.records): call that directly, not through the bound method."""
+        owner = getattr(observe, "__self__", None)
+        self._counters = owner if isinstance(owner, RuleCounters) and observe == owner.count else None
+        self._observed = observe
+
     def judge(self, packet, data: bytes):
         """The engine's Decision for the packet (fw.drivers.nat_queue adds the NAT passes' inputs)."""
-        names = self._ifnames
-        try:  # ifname(), written out for the names already known
-            iif, oif = names[packet.indev], names[packet.outdev]
-        except KeyError:
-            iif, oif = self.ifname(packet.indev), self.ifname(packet.outdev)
+        if cython.compiled and isinstance(packet, PacketInterfaces):  # an NfPacket: C fields
+            fields = cython.cast(PacketInterfaces, packet)
+            indev, outdev = fields.indev, fields.outdev
+        else:
+            indev, outdev = packet.indev, packet.outdev
+        if indev == self._last_indev and outdev == self._last_outdev:  # as the packet before
+            iif, oif = self._last_iif, self._last_oif
+        else:
+            names = self._ifnames
+            try:  # ifname(), written out for the names already known
+                iif, oif = names[indev], names[outdev]
+            except KeyError:
+                iif, oif = self.ifname(indev), self.ifname(outdev)
+            self._last_indev, self._last_outdev, self._last_iif, self._last_oif = indev, outdev, iif, oif
         return self.engine.process(data, self.clock(), iif, oif)
 
     @staticmethod
@@ -443,6 +485,7 @@ class PacketHandler:
 
     def forget_interfaces(self) -> None:
         """Interfaces come and go and ifindexes are reused: the daemon calls this every second."""
+        self._last_indev = -1  # judge's names of the last packet's interfaces
         if len(self._ifnames) > 1:
             self._ifnames = {0: None}
 

@@ -5,6 +5,7 @@
 cimport cython as cy  # not `cython`: the .py binds that name (a stand-in without Cython)
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno as c_errno
+from fw.drivers.nfqueue cimport PacketHandler, PacketInterfaces
 
 cdef extern from "<sys/socket.h>":
     struct msghdr:
@@ -58,8 +59,8 @@ cdef class _Receiver:
     cpdef long length(self, int index) noexcept
 
 
-cdef class NfPacket:
-    cdef public unsigned int id, hw_protocol, hook, mark, indev, outdev, physindev, physoutdev, skb_info
+cdef class NfPacket(PacketInterfaces):
+    cdef public unsigned int id, hw_protocol, hook, mark, physindev, physoutdev, skb_info
     cdef public object cap_len, payload, queue, new_mark, new_payload
 
 
@@ -74,10 +75,11 @@ cdef class SocketQueue:
     cdef public bytes _template, _batch_template, _mark_template, _payload_head, _mark_payload_head
     cdef public long long _seq
     cdef public _Receiver _receiver
+    cdef public PacketHandler _handler
     cdef const unsigned char[:] _data
 
     @cy.locals(left=Py_ssize_t, handled=Py_ssize_t, receiver=_Receiver, slot=Py_ssize_t, got=int, i=int,
-                   length=long)
+                   length=long, asked=int)
     cpdef int drain(self, budget=*) except -1
 
     @cy.locals(end=Py_ssize_t, packets=int, size=cy.uint, kind=int)

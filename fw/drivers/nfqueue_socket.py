@@ -10,7 +10,10 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
   each acknowledged before we go on (EBUSY: another process holds the queue).
 - Reading: recvmmsg(2), up to `batch_recv` netlink datagrams (one packet each) a syscall, into one
   buffer of slots of the copy range plus headers; each datagram's length and MSG_TRUNC come from
-  the mmsghdr array. Each packet message's attributes are read at their offsets: NFQA_PACKET_HDR
+  the mmsghdr array. A drain ends when a recvmmsg returns fewer than it asked for (the socket was
+  empty then: the poll loop wakes us again), not after one more that fails with EAGAIN: at the
+  small-packet bench's rate that was one syscall in five of the daemon's. Each packet message's
+  attributes are read at their offsets: NFQA_PACKET_HDR
   (id, hw protocol, hook), NFQA_MARK, NFQA_IFINDEX_INDEV/OUTDEV (and PHYS*), NFQA_SKB_INFO
   (CSUMNOTREADY, GSO, CSUM_NOTVERIFIED), NFQA_CAP_LEN (the packet's length when the copy range cut
   it), NFQA_PAYLOAD (copied out once, as bytes: the engine keeps it and fw.sync may hold the packet
@@ -19,6 +22,8 @@ and fw.workers (id, indev, outdev, get_payload, get_mark, set_mark, set_payload,
   classes are extension types with C fields, recvmmsg is called from C on the ctypes arrays'
   address and the attributes are read byte by byte from a typed memoryview of the buffer; the pure
   module calls recvmmsg through ctypes and reads with `unpack_from` (`cython.compiled` picks).
+  A PacketHandler callback (fw.drivers.nfqueue) is called through its `handle(packet, payload)`,
+  from C, not through its __call__ slot (an argument tuple and a method lookup for the payload).
 - Netlink errors and acks in the stream are counted, never handed on; ENOBUFS is counted.
 - Verdicts are not sent one by one: each is appended (a 32-byte message from a template, 40 with a
   mark; with a new payload, NFQA_PAYLOAD: NAT; each a template whose lengths, id, verdict and mark
@@ -63,6 +68,8 @@ from fw.drivers.nfqueue import (
     NLM_F_REQUEST,
     NLMSG_ERROR,
     SO_RCVBUFFORCE,
+    PacketHandler,
+    PacketInterfaces,
     QueueError,
     QueueOptions,
     _attr,
@@ -285,10 +292,11 @@ class _Receiver:
 # -- packets -------------------------------------------------------------------------------------
 
 
-class NfPacket:
-    """One queued packet: what the kernel told of it, and its verdict (given once)."""
+class NfPacket(PacketInterfaces):
+    """One queued packet: what the kernel told of it, and its verdict (given once). Its `indev` and
+    `outdev` are PacketInterfaces' (fw.drivers.nfqueue: the handler reads them as C fields)."""
 
-    __slots__ = ("id", "hw_protocol", "hook", "mark", "indev", "outdev", "physindev", "physoutdev",
+    __slots__ = ("id", "hw_protocol", "hook", "mark", "physindev", "physoutdev",
                  "skb_info", "cap_len", "payload", "queue", "new_mark", "new_payload")  # fmt: skip
 
     def get_payload(self) -> bytes:
@@ -350,6 +358,10 @@ class SocketQueue:
         self.options = options
         self.callback = callback
         self._handle = per_packet(callback)  # what _packet calls
+        # A PacketHandler whose __call__ is its own: _packet calls its `handle` with the payload (compiled:
+        # a C call, not the type's __call__ slot with an argument tuple).
+        self._handler = callback if (isinstance(callback, PacketHandler)
+                                     and type(callback).__call__ is PacketHandler.__call__) else None
         self._verdict_batch = options.verdict_batch
         self.batches = 0  # NFQNL_MSG_VERDICT_BATCH messages sent
         self.sends = 0  # datagrams of verdicts sent
@@ -438,7 +450,8 @@ class SocketQueue:
                 left -= 1
             slot = receiver.slot
             while left > 0:
-                got = receiver.receive(left)
+                asked = left if left < receiver.count else receiver.count
+                got = receiver.receive(asked)
                 if not got:
                     break
                 for i in range(got):
@@ -446,6 +459,8 @@ class SocketQueue:
                     if length >= 0:
                         handled += self._messages(i * slot, length)
                 left -= got
+                if got < asked:  # the socket was empty: not another recvmmsg only to hear EAGAIN
+                    break
         finally:
             self._draining = False
             self.accept_waiting()
@@ -528,7 +543,7 @@ class SocketQueue:
                 elif kind == _PHYSOUTDEV:
                     p.physoutdev = value
             at += (size + 3) & ~3
-        if self._handle(p) is ACCEPT_LATER:
+        if (self._handle(p) if self._handler is None else self._handler.handle(p, p.payload)) is ACCEPT_LATER:
             self._accept_through = p.id
             self._given += 1
             if self._given >= self._verdict_batch:

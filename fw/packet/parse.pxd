@@ -3,6 +3,7 @@
 # C integers: the compiled tracker (fw/conntrack/tcp.pxd) reads them without a Python object each.
 # Fields that may be None (options, ICMP type/code, inner) and the bytes stay Python objects.
 import cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 cdef class Packet:
     cdef public long family, proto, ip_len, l4_offset, frag_offset, frag_id, sport, dport
@@ -14,6 +15,21 @@ cdef class Packet:
 
 @cython.locals(n=Py_ssize_t, vihl=long, total=long, frag=long, proto=long, sport=long, dport=long,
                seq="long long", ack="long long", data_offset=long, flags=long, window=long, end=long, hl=long,
-               length=long, p=Packet)
+               length=long, p=Packet, b="const unsigned char *")
 cpdef Packet parse(object data)
 
+
+cdef inline const unsigned char *_c_chars(bytes data) noexcept:
+    """The bytes' own buffer (parse's fast path reads the headers from it)."""
+    return <const unsigned char *>PyBytes_AS_STRING(data)
+
+
+cdef inline bytes _c_slice(const unsigned char *b, Py_ssize_t at):
+    """The 4 bytes at `at` (an IPv4 address) as a bytes object."""
+    return PyBytes_FromStringAndSize(<const char *>b + at, 4)
+
+
+
+cdef inline unsigned int _c_be32(const unsigned char *b, Py_ssize_t at) noexcept:
+    """The 32-bit unsigned integer at `at`, in network order."""
+    return (<unsigned int>b[at]) << 24 | (<unsigned int>b[at + 1]) << 16 | (<unsigned int>b[at + 2]) << 8 | b[at + 3]

@@ -16,7 +16,7 @@ install:
 PURE_TESTS := tests/test_alg_ftp.py tests/test_alg_tftp.py tests/test_compiled_build.py \
 	tests/test_core_imports.py tests/test_engine.py tests/test_engine_effects.py \
 	tests/test_engine_fuzz.py tests/test_engine_lb.py tests/test_engine_nat.py \
-	tests/test_engine_nat_ftp.py tests/test_engine_nat_passes.py tests/test_engine_owner.py \
+	tests/test_engine_nat_ftp.py tests/test_engine_nat_kernel.py tests/test_engine_nat_passes.py tests/test_engine_owner.py \
 	tests/test_gso.py tests/test_lb_schedulers.py tests/test_lifetime.py tests/test_nat_checksum.py \
 	tests/test_nat_ftp.py tests/test_nat_ports.py tests/test_nat_rewrite.py tests/test_nat_seqadj.py \
 	tests/test_offload.py tests/test_packet.py tests/test_packet_fuzz.py tests/test_packet_ttl.py \

@@ -155,7 +155,6 @@ class ForwardToOwner:
 
 
 SESSION_EFFECTS = (SessionOpened, SessionChanged, SessionClosed, OffloadSession)
-NODE_EFFECTS = (KernelNat,)  # this node's kernel only: never synced
 
 
 class Verdicts:

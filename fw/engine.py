@@ -97,6 +97,7 @@ TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 NOBODY: frozenset = frozenset()
 SYN, RST, ACK = 2, 4, 16
 EMBRYONIC = frozenset((tcpmod.TcpState.SYN_SENT, tcpmod.TcpState.SYN_RECV, tcpmod.TcpState.SYN_SENT2))
+FINISHED = frozenset((tcpmod.TcpState.TIME_WAIT, tcpmod.TcpState.CLOSE))  # a SYN may take its tuple
 EVICTION_BATCH = 0.01  # share of the table freed at once when it is full (at least one session)
 GENERIC_TIMEOUT = engine_trackers.GENERIC_TIMEOUT
 ESTABLISHED = engine_trackers.ESTABLISHED
@@ -383,7 +384,16 @@ class Engine:
         else:
             nat = self.nat
             if nat.active:
+                nat.clash = None
                 binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
+                if binding is engine_nat.EXHAUSTED and track is not None and nat.clash is not None:
+                    # The client reused its port toward another address of the same real server
+                    # while our earlier session of that tuple is finished (TIME_WAIT, CLOSE): it
+                    # gives way to the SYN, as conntrack reopens a TIME_WAIT entry; bound again.
+                    holder = table.sessions.get(nat.clash)
+                    if holder is not None and holder.proto == TCP and holder.state in FINISHED:
+                        evicted = evicted + (self._close(holder, now, "reopen"),)
+                        binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
                 if binding is engine_nat.EXHAUSTED:
                     _count(counters, "nat_exhausted")
                     if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit

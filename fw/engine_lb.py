@@ -26,7 +26,9 @@ full_nat's source: SPEC says "the firewall's address". The engine has no routes,
 virtual server's own address (an address the firewall answers for, from the policy); the live
 daemon's NAT passes give routes, and then it is the route's preferred source toward the real
 server, as masquerade's. The port comes from a pool per virtual address over FULL_NAT_PORTS
-(the client's port kept when it is in that range and free, else the next free one).
+(the client's port kept when it is in that range and free, else the next free one after the last
+handed out: `rotate`, so that a released port is not reused at once toward a real server whose
+TIME_WAIT may still hold the tuple).
 
 Nothing here reads a clock or does I/O: `now` comes with the packet; health (`apply`), drain and
 enable, `work` (Maglev tables rebuilt in slices) and `expire` (persistence) are the driver's calls,
@@ -135,7 +137,7 @@ class LoadBalancer:
                 packed = ipaddress.ip_address(spec.address).packed
                 key = (spec.family, packed)
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
-                                                         node=self.node, nodes=self.nodes)
+                                                         node=self.node, nodes=self.nodes, rotate=True)
         self.services, self.pools = services, pools
         at = {}
         for spec in services.specs.values():

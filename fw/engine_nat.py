@@ -234,6 +234,9 @@ class Nat:
         self.routes = None
         self.route_targets: frozenset = frozenset()  # (family, address) of every dnat target and real server
         self.middle: dict[tuple, object] = {}  # hairpin sessions by their `between` key (two passes)
+        # The reply key a destination-only binding found taken (EXHAUSTED): the engine retires a
+        # finished TCP session holding it for a new SYN (as conntrack reopens from TIME_WAIT).
+        self.clash: tuple | None = None
         self.two_passes = False  # the live daemon's NAT (fw.engine_nat_passes.use_two_passes)
         self.lb = LoadBalancer(node, nodes)
         self.active = False  # anything to translate: nat entries or virtual servers
@@ -299,6 +302,8 @@ class Nat:
             if keep_source and not picked.full_nat:
                 binding = _destination_only(pkt, sport, dport, picked.dst, picked.dport, picked.names,
                                             picked.ip_delta, picked.l4_delta, sessions)
+                if binding is EXHAUSTED:
+                    self.clash = flow_key(pkt.proto, picked.dst, pkt.src, picked.dport, sport)
             else:
                 binding = self._source(pkt, sport, dport, iif, oif, sessions, None, picked, picked.dst, picked.dport)
             if binding is EXHAUSTED:
@@ -310,9 +315,12 @@ class Nat:
             dnat, new_dst, new_dport = self.destination(pkt, dport, iif)
             if dnat is not None and keep_source and (pkt.proto == TCP or pkt.proto == UDP):
                 address_delta = int.from_bytes(pkt.dst, "big") - int.from_bytes(new_dst, "big")
-                return _destination_only(pkt, sport, dport, new_dst, new_dport, "nat:" + dnat.name,
-                                         address_delta % 0xFFFF if pkt.family == 4 else 0,
-                                         (address_delta + dport - new_dport) % 0xFFFF, sessions)
+                binding = _destination_only(pkt, sport, dport, new_dst, new_dport, "nat:" + dnat.name,
+                                            address_delta % 0xFFFF if pkt.family == 4 else 0,
+                                            (address_delta + dport - new_dport) % 0xFFFF, sessions)
+                if binding is EXHAUSTED:
+                    self.clash = flow_key(pkt.proto, new_dst, pkt.src, new_dport, sport)
+                return binding
         else:
             new_dst, new_dport = pkt.dst, dport
         return self._source(pkt, sport, dport, iif, oif, sessions, dnat, None, new_dst, new_dport)

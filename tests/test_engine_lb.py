@@ -350,3 +350,55 @@ def test_a_reload_answers_from_the_old_maglev_table_while_the_new_one_is_built()
     while not engine.nat.lb.work():
         pass
     assert scheduler.builder is None and gone not in scheduler.table.counts()
+
+
+def test_full_nat_does_not_hand_a_released_port_straight_back():
+    """A full_nat session reset and expired (CLOSE: 10 s) leaves fw's table long before the real
+    server's TIME_WAIT of an earlier connection on that tuple may end (60 s on Linux): the next
+    client gets the following port, not the one just released; the range is reused in turn."""
+    engine = engine_for(policy_text((1,), "rr", "full_nat: true"))
+    server = "203.0.113.21:8080"
+    first = syn(engine, "198.51.100.10", 40000)
+    assert first.session.nat.reply[3] == 1024
+    assert engine.process(seg(server, f"{VIP}:1024", "SA", seq=5000, ack=1001), 1.1).verdict == "accept"
+    assert engine.process(seg("198.51.100.10:40000", f"{VIP}:80", "R", seq=1001), 1.2).verdict == "accept"
+    engine.expire(30.0)
+    assert len(engine.table) == 0  # port 1024 released
+    second = syn(engine, "198.51.100.10", 40002, now=31.0)
+    assert second.verdict == "accept" and second.session.nat.reply[3] == 1025
+    third = syn(engine, "198.51.100.10", 40004, now=31.1)
+    assert third.session.nat.reply[3] == 1026
+
+
+def test_a_syn_takes_the_real_server_tuple_of_a_finished_session_as_conntrack_reopens():
+    """A client reuses its port toward another virtual address of the same real server while our
+    session of that tuple (real server -> client) is in TIME_WAIT: the SYN is not `nat:exhausted`,
+    the finished session gives way (SessionClosed "reopen"), as a kernel entry in TIME_WAIT does."""
+    from fw.decision import SessionClosed
+
+    text = policy_text((1,), "rr") + textwrap.indent(textwrap.dedent("""\
+          - name: alt
+            address: "203.0.113.101"
+            proto: tcp
+            port: 8088
+            scheduler: rr
+            real_servers:
+              - {address: 203.0.113.21, port: 8080}
+        """), "  ")
+    engine = engine_for(text)
+    client, server = "198.51.100.10:40000", "203.0.113.21:8080"
+    assert opened_on(syn(engine, "198.51.100.10", 40000)) == server
+    steps = [(client, f"{VIP}:80", "A", 1001, 5001), (client, f"{VIP}:80", "FA", 1001, 5001),
+             (server, client, "FA", 5001, 1002), (client, f"{VIP}:80", "A", 1002, 5002)]
+    engine.process(seg(server, client, "SA", seq=5000, ack=1001), 1.1)
+    for at, (src, dst, flags, seq, ack) in enumerate(steps):
+        engine.process(seg(src, dst, flags, seq=seq, ack=ack), 1.2 + at / 10)
+    [old] = list({id(s): s for s in engine.table.sessions.values() if s.nat is not None}.values())
+    assert old.state_name == "TIME_WAIT"
+    again = syn(engine, "198.51.100.10", 40000, now=2.0, vip="203.0.113.101", port=8088)
+    assert again.verdict == "accept" and again.session is not old
+    assert again.session.nat.names == f"lb:alt:{server}"
+    assert [e.why for e in again.effects if isinstance(e, SessionClosed)] == ["reopen"]
+    reply = engine.process(seg(server, client, "SA", seq=9000, ack=1001), 2.1)
+    [back] = [e.data for e in reply.effects if isinstance(e, RewritePacket)]
+    assert reply.session is again.session and flow_text(parse(back)).startswith("tcp 203.0.113.101:8088 ->")

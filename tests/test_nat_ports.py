@@ -63,6 +63,19 @@ def test_exhaustion_then_release():
     assert pool.allocate(TCP, CLIENT, 6000, nothing_taken) == (A1, 5001)
 
 
+def test_rotate_hands_a_released_port_out_again_only_after_the_rest_of_the_range():
+    """full_nat's pools: the search goes on after the last port handed out, wrapping."""
+    pool = Pool(4, A1, ports=(5000, 5003), rotate=True)
+    assert pool.allocate(TCP, CLIENT, 40000, nothing_taken) == (A1, 5000)
+    pool.release(TCP, A1, 5000)
+    got = [pool.allocate(TCP, CLIENT, 40000, nothing_taken) for _ in range(3)]
+    assert got == [(A1, 5001), (A1, 5002), (A1, 5003)]
+    assert pool.allocate(TCP, CLIENT, 40000, {(A1, 5000)}) is None  # wrapped: 5000 taken in the table
+    assert pool.allocate(TCP, CLIENT, 40000, nothing_taken) == (A1, 5000)
+    assert pool.allocate(UDP, CLIENT, 40000, nothing_taken) == (A1, 5000)  # per protocol
+    assert pool.allocate(TCP, CLIENT, 5002, {(A1, 5002)}) is None  # a kept port's search is as before (all held)
+
+
 def test_protocols_are_separate_and_icmp_ids_use_the_whole_range():
     pool = Pool(4, A1)
     assert pool.allocate(TCP, CLIENT, 40000, nothing_taken) == (A1, 40000)

@@ -19,6 +19,13 @@ The choice, deterministic (the same calls in the same order give the same answer
    and that is not `taken`.
 Nothing free at any address: `allocate` returns None (the engine drops with `nat:exhausted`).
 
+`Pool(..., rotate=True)` (full_nat's pools, fw/engine_lb.py): when the original port is not kept,
+the search starts after the last port this pool handed out at that address instead of at the
+range's start, so a port a session just released is handed out again only after the rest of the
+range (as Linux spreads connect()'s ports). The pool only knows whether the firewall's table
+holds a tuple; the real server may still hold it in TIME_WAIT (60 s on Linux, longer than fw's
+CLOSE timeout of 10 s), and a SYN reusing that tuple then meets the old connection's ACK.
+
 `taken(address, port) -> bool` says whether the session table already holds the translated
 5-tuple (the engine knows the peer and protocol); a set of (address, port) pairs works too.
 Ports handed out are the pool's until `release`; after a restart or an HA sync the engine calls
@@ -42,10 +49,11 @@ ICMP_PROTOS = frozenset((1, 58))
 class Pool:
     """One nat entry's translated addresses and ports (see the module docstring)."""
 
-    __slots__ = ("family", "_first", "_count", "_ranges", "_free", "_refs")
+    __slots__ = ("family", "_first", "_count", "_ranges", "_free", "_refs", "_next")
 
     def __init__(self, family: int, first: bytes | None = None, last: bytes | None = None,
-                 ports: tuple[int, int] | None = None, node: int = 0, nodes: int = 1) -> None:
+                 ports: tuple[int, int] | None = None, node: int = 0, nodes: int = 1,
+                 rotate: bool = False) -> None:
         if not 0 <= node < nodes:
             raise ValueError(f"node {node} is not among {nodes} nodes")
         self.family = family
@@ -60,6 +68,8 @@ class Pool:
         }
         self._free: dict[tuple[int, bytes], bytearray] = {}
         self._refs: dict[tuple[int, bytes, int], int] = {}
+        # rotate: (proto, address) -> index in the range after the last port handed out there
+        self._next: dict[tuple[int, bytes], int] | None = {} if rotate else None
 
     def port_range(self, proto: int) -> tuple[int, int]:
         """The (first, last) port or identifier this node hands out for `proto`."""
@@ -122,11 +132,17 @@ class Pool:
         if lo <= port <= hi and not is_taken(address, port):
             return port
         free = self._bitmap(proto, address)
-        start = min(max(port + 1, lo), hi + 1) - lo if lo <= port <= hi else 0
+        rotating = self._next
+        if lo <= port <= hi:
+            start = min(max(port + 1, lo), hi + 1) - lo
+        else:
+            start = 0 if rotating is None else rotating.get((proto, address), 0)
         for begin, end in ((start, len(free)), (0, start)):
             index = free.find(1, begin, end)
             while index >= 0:
                 if not is_taken(address, lo + index):
+                    if rotating is not None:
+                        rotating[proto, address] = index + 1
                     return lo + index
                 index = free.find(1, index + 1, end)
         return None

@@ -2,7 +2,7 @@
 # stays ordinary Python and runs as it is with FW_PURE=1). The hot paths' locals are typed with
 # `@cython.locals` in engine.py (methods of a Python class); the classes they name come from here.
 from fw.conntrack.table cimport Extra, Session, TcpSession, untrack
-from fw.engine_nat cimport Binding
+from fw.engine_nat cimport Binding, Nat
 from fw.nat.rewrite cimport Translation
 from fw.packet.parse cimport Packet, parse
 from fw.conntrack.tcp cimport tcp_update, timeout_key as tcp_timeout_key

@@ -47,7 +47,7 @@ try:
 except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
     from fw import cython_shadow as cython
 
-from fw import engine_lb, engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
+from fw import engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
@@ -84,7 +84,8 @@ from fw.decision import (
     SessionClosed,
     SessionOpened,
 )
-from fw.engine_nat import KERNEL_HELD, Binding
+from fw.engine_lb import AllDown
+from fw.engine_nat import EXHAUSTED, KERNEL_HELD, Binding, Nat
 from fw.engine_trackers import datagram  # compiled: cimported (engine.pxd), a C call
 from fw.events import session_event, verdict_event
 from fw.nat.rewrite import RewriteError, Translation
@@ -340,7 +341,7 @@ class Engine:
     # -- opening sessions ---------------------------------------------------------------------
 
     @cython.locals(pkt=Packet, session=Session, tcp_session=TcpSession, decision=Decision, size=cython.Py_ssize_t,
-                   timeout=cython.double, bound=Binding, translation=Translation)
+                   timeout=cython.double, bound=Binding, translation=Translation, nat=Nat)
     def open_session(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
         """A packet with no session: an expectation admits it, else the policy decides; a session
         (of `state`, TCP: `track`) is made for what is accepted, room made in a full table."""
@@ -377,16 +378,16 @@ class Engine:
                 return self._verdict(DROP, "table-full", pkt)
             size = len(table)
         binding = None
+        nat = self.nat
         if expectation is not None:
             parent_nat = expectation.parent.nat
             if parent_nat is not None:
                 binding = engine_nat.follow_session(table.sessions, parent_nat, pkt, sport, dport)
         else:
-            nat = self.nat
             if nat.active:
                 nat.clash = None
                 binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
-                if binding is engine_nat.EXHAUSTED and track is not None and nat.clash is not None:
+                if binding is EXHAUSTED and track is not None and nat.clash is not None:
                     # The client reused its port toward another address of the same real server
                     # while our earlier session of that tuple is finished (TIME_WAIT, CLOSE): it
                     # gives way to the SYN, as conntrack reopens a TIME_WAIT entry; bound again.
@@ -394,12 +395,12 @@ class Engine:
                     if holder is not None and holder.proto == TCP and holder.state in FINISHED:
                         evicted = evicted + (self._close(holder, now, "reopen"),)
                         binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
-                if binding is engine_nat.EXHAUSTED:
+                if binding is EXHAUSTED:
                     _count(counters, "nat_exhausted")
                     if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit
-                        evicted = evicted + (LogEvent(verdict_event(pkt, DROP, engine_nat.EXHAUSTED, now)),)
-                    return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
-                if binding.__class__ is engine_lb.AllDown:  # a virtual server with no real server up
+                        evicted = evicted + (LogEvent(verdict_event(pkt, DROP, EXHAUSTED, now)),)
+                    return self._verdict(DROP, EXHAUSTED, pkt, None, evicted)
+                if binding.__class__ is AllDown:  # a virtual server with no real server up
                     _count(counters, "lb_all_down")
                     refused = self._refuse(pkt, binding.action, binding.reason, log, now)
                     refused.effects = evicted + refused.effects
@@ -442,7 +443,7 @@ class Engine:
         table.add(session)
         _count(counters, "inserts")
         if binding is not None:
-            self.nat.opened(session, binding, table)  # its keys, its ALG's view (fw/engine_nat.py)
+            nat.opened(session, binding, table)  # its keys, its ALG's view (fw/engine_nat.py)
             _count(counters, "nat_sessions")
         if size + 1 > self.adaptive_start:  # len(table): one session more
             self._rescale()

@@ -10,7 +10,6 @@ from fw.conntrack.table cimport Extra, Session, untrack
 cdef extern from "Python.h":  # `settled`: the cycle collector's tracking
     void PyObject_GC_UnTrack(object)
 
-from fw.nat.rewrite cimport Translation
 
 
 @cython.final
@@ -26,3 +25,21 @@ cdef class Binding:
                forward=bytes, backward=bytes)
 cpdef object _destination_only(Packet pkt, object sport, object dport, bytes new_dst, object new_dport, object names,
                                long ip_delta, long l4_delta, dict sessions)
+
+
+# The engine's NAT: a new session's `bind` and `opened` are C calls from Engine.open_session (its
+# local typed Nat), the fields they read C fields.
+@cython.final
+cdef class Nat:
+    cdef public object node, nodes, routes, route_targets, clash
+    cdef public tuple entries, dnats, snats, sources
+    cdef public dict pools, by_name, middle
+    cdef public LoadBalancer lb
+    cdef public bint active, two_passes, kernel_bindings, kernel_packet
+
+    @cython.locals(picked=Choice, lb=LoadBalancer, bound=Binding)
+    cpdef object bind(self, Packet pkt, object sport, object dport, object iif, object oif, dict sessions,
+                      double now=*)
+
+    @cython.locals(extra=Extra)
+    cpdef opened(self, Session session, Binding binding, object table)

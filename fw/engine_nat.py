@@ -41,9 +41,9 @@ from __future__ import annotations
 from struct import Struct
 
 from fw import engine_nat_ftp
-from fw.conntrack.table import REVERSED, Extra, Session, flow_key, untrack
+from fw.conntrack.table import REVERSED, Extra, flow_key, untrack
 from fw.decision import DROP
-from fw.engine_lb import AllDown, Choice, LoadBalancer
+from fw.engine_lb import AllDown, LoadBalancer
 from fw.nat.ftp import FtpNatSession
 from fw.nat.ports import Pool
 from fw.nat.rewrite import Manip, RewriteError, Translation, _made, pair, rewrite
@@ -285,7 +285,6 @@ class Nat:
             return None, pkt.dst, dport
         return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
 
-    @cython.locals(picked=Choice, lb=LoadBalancer)
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
         """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
         an engine_lb.AllDown (a virtual server with no real server available)."""
@@ -309,7 +308,8 @@ class Nat:
             if binding is EXHAUSTED:
                 lb.closed(picked.key, 0)  # not opened after all
             else:
-                binding.lb = picked.link  # (self.lb, choice.key), one tuple per server
+                bound = binding  # (compiled: a Binding's C field)
+                bound.lb = picked.link  # (self.lb, choice.key), one tuple per server
             return binding
         if self.dnats:
             dnat, new_dst, new_dport = self.destination(pkt, dport, iif)
@@ -402,7 +402,6 @@ class Nat:
         reply = (new_dst, found[0], new_dport, found[1])
         return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
 
-    @cython.locals(session=Session, binding=Binding, extra=Extra)
     def opened(self, session, binding: Binding, table) -> None:
         """A new session's binding in place: in its `extra`, its reply key in the table, its
         passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state).

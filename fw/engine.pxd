@@ -8,3 +8,7 @@ from fw.packet.parse cimport Packet, parse
 from fw.conntrack.tcp cimport tcp_update, timeout_key as tcp_timeout_key
 from fw.decision cimport Decision, SessionOpened
 from fw.engine_trackers cimport datagram
+
+
+# `counter[key] += 1` with the dict's own C calls, called in C (no Python call per count).
+cdef void _count(object counter, object key)

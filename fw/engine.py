@@ -341,7 +341,7 @@ class Engine:
     # -- opening sessions ---------------------------------------------------------------------
 
     @cython.locals(pkt=Packet, session=Session, tcp_session=TcpSession, decision=Decision, size=cython.Py_ssize_t,
-                   timeout=cython.double, bound=Binding, translation=Translation, nat=Nat)
+                   timeout=cython.double, bound=Binding, translation=Translation, nat=Nat, extra=Extra)
     def open_session(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
         """A packet with no session: an expectation admits it, else the policy decides; a session
         (of `state`, TCP: `track`) is made for what is accepted, room made in a full table."""
@@ -460,9 +460,10 @@ class Engine:
         decision.packet = pkt
         decision.session = session
         decision.effects = effects
+        extra = session.extra
         if binding is not None:
             bound = binding
-            if bound.ftp is None and session.extra.alg is None:  # translate()'s common case, written out
+            if bound.ftp is None and extra.alg is None:  # translate()'s common case, written out
                 translation = bound.forward
                 if translation is None:  # the live daemon's two passes: nothing before routing
                     return decision
@@ -472,7 +473,6 @@ class Engine:
                 except RewriteError:
                     pass  # translate() counts it and drops the packet
             return self.translate(decision, binding, True, now)
-        extra = session.extra
         if extra is not None and extra.alg is not None and (pkt.payload_len or pkt.proto != TCP):
             decision.effects = effects + self.feed_alg(session, pkt, True, now)
         return decision

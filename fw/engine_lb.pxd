@@ -18,6 +18,9 @@ cdef class Choice:
 @cython.final
 cdef class Service:
     cdef public object spec, balancer, refuse, maglev
+    cdef public bytes vip
+    cdef public long proto
+    cdef public dict by_name
 
 
 @cython.final
@@ -26,5 +29,5 @@ cdef class LoadBalancer:
     cdef public dict at
     cdef public bint active
 
-    @cython.locals(service=Service, server=RealServer, choice=Choice, proto=long)
+    @cython.locals(service=Service, server=RealServer, choice=Choice, proto=long, here=tuple, dst=bytes)
     cpdef object choose(self, Packet pkt, object sport, object dport, double now)

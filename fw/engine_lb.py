@@ -79,18 +79,22 @@ class Choice:
 
 
 class Service:
-    """One virtual server as `choose` finds it: its spec, balancer, what refuses a session when no
-    real server is available, and for maglev without persistence the scheduler itself (`maglev`:
+    """One virtual server as `choose` finds it: its packed address and proto (`choose` finds the
+    services by port first), spec, balancer, what refuses a session when no real server is
+    available, and for maglev without persistence the scheduler itself and its `by_name` (`maglev`:
     its pick is called without going through the balancer)."""
 
-    __slots__ = ("spec", "balancer", "refuse", "maglev")
+    __slots__ = ("vip", "proto", "spec", "balancer", "refuse", "maglev", "by_name")
 
-    def __init__(self, spec, balancer):
+    def __init__(self, spec, balancer, vip: bytes):
+        self.vip = vip
+        self.proto = spec.proto
         self.spec = spec
         self.balancer = balancer
         self.refuse = REFUSE[spec.when_all_down]
         scheduler = balancer.scheduler
         self.maglev = scheduler if balancer.affinity is None and scheduler.name == "maglev" else None
+        self.by_name = scheduler.by_name if self.maglev is not None else None
 
 
 class AllDown:
@@ -114,7 +118,7 @@ class LoadBalancer:
         self.services = VirtualServers(())
         self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
         self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
-        self.at: dict = {}  # (packed address, proto, port) -> Service: `choose`'s one lookup
+        self.at: dict = {}  # port -> (Service, ...) there: `choose`'s one lookup (an int's hash)
         self.active = False
 
     def configure(self, specs) -> None:
@@ -139,11 +143,11 @@ class LoadBalancer:
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
                                                          node=self.node, nodes=self.nodes, rotate=True)
         self.services, self.pools = services, pools
-        at = {}
+        at: dict[int, tuple] = {}
         for spec in services.specs.values():
             vip = ipaddress.ip_address(spec.address).packed
             balancer = services.balancers[spec.name]
-            at[(vip, spec.proto, spec.port)] = Service(spec, balancer)
+            at[spec.port] = at.get(spec.port, ()) + (Service(spec, balancer, vip),)
             for server in balancer.servers:  # what every session to a server shares, made at load
                 server.choice = Choice(spec, server, self, vip)
         self.at = at
@@ -154,11 +158,17 @@ class LoadBalancer:
         proto = pkt.proto
         if proto != TCP and proto != UDP:
             return None
-        service = self.at.get((pkt.dst, proto, dport))
-        if service is None:
+        here = self.at.get(dport)
+        if here is None:
+            return None
+        dst = pkt.dst
+        for service in here:  # (one, unless virtual servers at other addresses share the port)
+            if service.proto == proto and service.vip == dst:
+                break
+        else:
             return None
         if service.maglev is not None:  # balancer.choose without persistence, written out
-            server = maglev_pick(service.maglev, pkt.src, sport)
+            server = maglev_pick(service.maglev, pkt.src, sport, service.by_name)
         else:
             balancer = service.balancer
             if balancer.affinity is None:

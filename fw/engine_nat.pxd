@@ -22,7 +22,7 @@ cdef class Binding:
 
 # A Binding that changes the destination only (a real server, a dnat entry): called in C by `bind`.
 @cython.locals(binding=Binding, proto=long, family=long, udp=bint, bare=long, end=long, zero=long,
-               forward=bytes, backward=bytes)
+               forward=bytes, backward=bytes, number=long, number_back=long)
 cpdef object _destination_only(Packet pkt, object sport, object dport, bytes new_dst, object new_dport, object names,
                                long ip_delta, long l4_delta, dict sessions)
 
@@ -41,5 +41,9 @@ cdef class Nat:
     cpdef object bind(self, Packet pkt, object sport, object dport, object iif, object oif, dict sessions,
                       double now=*)
 
-    @cython.locals(extra=Extra)
+    @cython.locals(extra=Extra, sessions=dict)
     cpdef opened(self, Session session, Binding binding, object table)
+
+
+# A new session left to reference counting: called in C by `opened`.
+cpdef void settled(Session session, Extra extra, Binding binding)

@@ -411,7 +411,8 @@ class Nat:
             extra = session.extra = Extra.__new__(Extra) if cython.compiled else Extra()
         extra.nat = binding
         alias = binding.alias
-        if alias is not None and table.sessions.setdefault(alias, session) is session:  # table.add_alias
+        sessions = table.sessions  # (compiled: the dict's own setdefault, in C)
+        if alias is not None and sessions.setdefault(alias, session) is session:  # table.add_alias
             table.aliases += 1
         if self.two_passes:
             self.remember(session, binding)
@@ -510,9 +511,11 @@ def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, 
     else:
         pack = _HEADER4 if family == 4 else _HEADER6
         forward, backward = pack(c, new_dst, sport, new_dport), pack(d, c, dport, sport)
-    binding.forward = _made(family, proto, udp, zero, bare, end, forward, ip_delta, l4_delta, sport + dport)
+    number, number_back = sport, dport  # (compiled: C integers, their sums without int objects)
+    binding.forward = _made(family, proto, udp, zero, bare, end, forward, ip_delta, l4_delta, number + number_back)
+    number_back = new_dport
     binding.backward = _made(family, proto, udp, zero, bare, end, backward, -ip_delta % 0xFFFF, -l4_delta % 0xFFFF,
-                             new_dport + sport)
+                             number_back + number)
     binding.middle = None
     binding.after = None
     binding.mid = None

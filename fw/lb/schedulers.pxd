@@ -9,8 +9,8 @@ from fw.lb.hashing cimport flow_hash, _c_flow_hash
 from fw.lb.maglev cimport MaglevTable
 
 
-@cython.locals(server=RealServer, slot=Py_ssize_t, table=MaglevTable)
-cpdef object maglev_pick(object maglev, bytes src, object sport)
+@cython.locals(server=RealServer, slot=Py_ssize_t, table=MaglevTable, by_name=dict)
+cpdef object maglev_pick(object maglev, bytes src, object sport, dict by_name=*)
 
 
 cdef inline Py_ssize_t _c_flow_slot(bytes src, long sport, Py_ssize_t size) noexcept:

@@ -236,11 +236,11 @@ class Maglev(Scheduler):
         return None  # only servers the old table does not know are available: wait for the new one
 
 
-def maglev_pick(maglev: Maglev, src: bytes, sport: int) -> RealServer | None:
-    """`Maglev.pick`, a function (the engine's load balancer calls it directly, fw/engine_lb.py):
-    the flow's slot in the table, its server if that one may take the flow (up, weight > 0, and
-    still configured: a reload's carried table names a removed server's old object), else the
-    fall-through."""
+def maglev_pick(maglev: Maglev, src: bytes, sport: int, by_name: dict | None = None) -> RealServer | None:
+    """`Maglev.pick`, a function (the engine's load balancer calls it directly, fw/engine_lb.py,
+    with the scheduler's `by_name`, a dict it never replaces): the flow's slot in the table, its
+    server if that one may take the flow (up, weight > 0, and still configured: a reload's carried
+    table names a removed server's old object), else the fall-through."""
     table: MaglevTable = maglev.table
     servers = table.servers
     if not servers:
@@ -251,7 +251,9 @@ def maglev_pick(maglev: Maglev, src: bytes, sport: int) -> RealServer | None:
     else:
         slot = flow_hash(src, sport) % table.size
         server = servers[table.slots[slot]]
-    if server.up and server.weight > 0 and maglev.by_name.get(server.name) is server:  # available
+    if by_name is None:
+        by_name = maglev.by_name  # (compiled: the dict's own get, in C)
+    if server.up and server.weight > 0 and by_name.get(server.name) is server:  # available
         return server
     return maglev._fall_through(table, slot)
 

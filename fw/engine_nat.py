@@ -530,11 +530,17 @@ def settled(session, extra, binding: Binding) -> None:
     a session without `extra`: none of them can lead back to the session (the binding holds tuples
     of bytes and ints, Translations, its pool and its LoadBalancer, which hold no session; an owner
     set later is a node number), so the cycle collector need not count them towards its next
-    collection nor walk them in every full one (the whole table). Compiled only, as untrack."""
+    collection nor walk them in every full one (the whole table). Its tuples of bytes and ints
+    (`orig`, `reply`, the reply's key), which the collector would walk once and then untrack, are
+    untracked too. Compiled only, as untrack."""
     if cython.compiled:
         untrack(session)
         PyObject_GC_UnTrack(extra)  # noqa: F821 - engine_nat.pxd's (Python.h)
         PyObject_GC_UnTrack(binding)  # noqa: F821
+        PyObject_GC_UnTrack(binding.orig)  # noqa: F821
+        PyObject_GC_UnTrack(binding.reply)  # noqa: F821
+        if binding.alias is not None:
+            PyObject_GC_UnTrack(binding.alias)  # noqa: F821
 
 
 def _pool_name(name: str, kind: str, family: int) -> str:

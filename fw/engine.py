@@ -341,7 +341,8 @@ class Engine:
     # -- opening sessions ---------------------------------------------------------------------
 
     @cython.locals(pkt=Packet, session=Session, tcp_session=TcpSession, decision=Decision, size=cython.Py_ssize_t,
-                   timeout=cython.double, bound=Binding, translation=Translation, nat=Nat, extra=Extra)
+                   timeout=cython.double, bound=Binding, translation=Translation, nat=Nat, extra=Extra,
+                   sessions=dict)
     def open_session(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
         """A packet with no session: an expectation admits it, else the policy decides; a session
         (of `state`, TCP: `track`) is made for what is accepted, room made in a full table."""
@@ -378,29 +379,32 @@ class Engine:
                 return self._verdict(DROP, "table-full", pkt)
             size = len(table)
         binding = None
+        sessions = None  # the table's dict, read once when a binding may be made
         nat = self.nat
         if expectation is not None:
             parent_nat = expectation.parent.nat
             if parent_nat is not None:
-                binding = engine_nat.follow_session(table.sessions, parent_nat, pkt, sport, dport)
+                sessions = table.sessions
+                binding = engine_nat.follow_session(sessions, parent_nat, pkt, sport, dport)
         else:
             if nat.active:
                 nat.clash = None
-                binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
+                sessions = table.sessions
+                binding = nat.bind(pkt, sport, dport, iif, oif, sessions, now)
                 if binding is EXHAUSTED and track is not None and nat.clash is not None:
                     # The client reused its port toward another address of the same real server
                     # while our earlier session of that tuple is finished (TIME_WAIT, CLOSE): it
                     # gives way to the SYN, as conntrack reopens a TIME_WAIT entry; bound again.
-                    holder = table.sessions.get(nat.clash)
+                    holder = sessions.get(nat.clash)
                     if holder is not None and holder.proto == TCP and holder.state in FINISHED:
                         evicted = evicted + (self._close(holder, now, "reopen"),)
-                        binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
+                        binding = nat.bind(pkt, sport, dport, iif, oif, sessions, now)
                 if binding is EXHAUSTED:
                     _count(counters, "nat_exhausted")
                     if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit
                         evicted = evicted + (LogEvent(verdict_event(pkt, DROP, EXHAUSTED, now)),)
                     return self._verdict(DROP, EXHAUSTED, pkt, None, evicted)
-                if binding.__class__ is AllDown:  # a virtual server with no real server up
+                if type(binding) is AllDown:  # a virtual server with no real server up
                     _count(counters, "lb_all_down")
                     refused = self._refuse(pkt, binding.action, binding.reason, log, now)
                     refused.effects = evicted + refused.effects
@@ -443,7 +447,7 @@ class Engine:
         table.add(session)
         _count(counters, "inserts")
         if binding is not None:
-            nat.opened(session, binding, table)  # its keys, its ALG's view (fw/engine_nat.py)
+            nat.opened(session, binding, table, sessions)  # its keys, its ALG's view (fw/engine_nat.py)
             _count(counters, "nat_sessions")
         if size + 1 > self.adaptive_start:  # len(table): one session more
             self._rescale()

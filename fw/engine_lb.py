@@ -2,10 +2,11 @@
 """The engine's load balancer: a new session to a virtual server gets a real server, for life.
 
 How it works. `LoadBalancer` holds the policy's virtual servers in this engine (one
-fw.lb.service.VirtualServers: a Balancer per virtual server, found by destination in one dict
-lookup). NAT's destination decision (fw/engine_nat.py, `Nat.bind`) asks `choose` first, as SPEC
-says ("the virtual_servers entry whose address, proto and port the packet targets, else the first
-matching dnat entry"), and only for a TCP or UDP session the rules accepted:
+fw.lb.service.VirtualServers: a Balancer per virtual server; `choose` finds one by the packet's
+destination port in one dict of ints, then compares address and proto). NAT's destination
+decision (fw/engine_nat.py, `Nat.bind`) asks `choose` first, as SPEC says ("the virtual_servers
+entry whose address, proto and port the packet targets, else the first matching dnat entry"), and
+only for a TCP or UDP session the rules accepted:
 
 - no virtual server at that address, proto and port: None, NAT goes on with its dnat entries;
 - a real server (scheduler, persistence, drained and down servers skipped): a `Choice` whose

@@ -42,7 +42,7 @@ cdef class Nat:
                       double now=*)
 
     @cython.locals(extra=Extra, sessions=dict)
-    cpdef opened(self, Session session, Binding binding, object table)
+    cpdef opened(self, Session session, Binding binding, object table, dict sessions=*)
 
 
 # A new session left to reference counting: called in C by `opened`.

@@ -33,7 +33,8 @@ the names made without a join, the reply key and orientation written out, both T
 at once by fw.nat.rewrite.pair, and `opened` puts it in place in one call. build_compiled.py
 compiles this module (fw/engine_nat.pxd: Binding a final cdef class, its `forward` and `backward`
 typed Translations, so that fw/engine.py's established TCP path, which types the session's Extra,
-the Binding and the Translation, reaches the rewrite in C); it runs unchanged as Python.
+the Binding and the Translation, reaches the rewrite in C; Nat a final cdef class whose `bind` and
+`opened` Engine.open_session calls in C); it runs unchanged as Python.
 """
 
 from __future__ import annotations
@@ -402,7 +403,7 @@ class Nat:
         reply = (new_dst, found[0], new_dport, found[1])
         return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
 
-    def opened(self, session, binding: Binding, table) -> None:
+    def opened(self, session, binding: Binding, table, sessions: dict | None = None) -> None:
         """A new session's binding in place: in its `extra`, its reply key in the table, its
         passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state).
         A session no cycle can pass through is left to reference counting (`settled`)."""
@@ -411,7 +412,8 @@ class Nat:
             extra = session.extra = Extra.__new__(Extra) if cython.compiled else Extra()
         extra.nat = binding
         alias = binding.alias
-        sessions = table.sessions  # (compiled: the dict's own setdefault, in C)
+        if sessions is None:  # (the engine gives table.sessions; compiled: the dict's own setdefault, in C)
+            sessions = table.sessions
         if alias is not None and sessions.setdefault(alias, session) is session:  # table.add_alias
             table.aliases += 1
         if self.two_passes:

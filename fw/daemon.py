@@ -4,11 +4,18 @@ How it works. Start-up, in this order, undone in reverse on any failure: bind th
 (the per-namespace lock), remove rules a crashed run left, bind the queue(s) and configure them,
 open the raw sockets and the event log, install our iptables rules, listen on the control socket.
 Then one poll loop: queue readiness -> a batch of packets through the engine (PacketHandler);
-control clients -> answers; a signal (SIGTERM/SIGINT: stop, SIGHUP: reload and reopen the log)
-arrives as a byte on a wake-up socket and is handled between two batches, so a policy swap falls
-between two packets; once a second `engine.expire(now)` and the kernel's queue counters.
+control clients -> answers; a signal (SIGTERM/SIGINT: stop, SIGHUP: reload and reopen the log,
+SIGUSR2: stop for a restart) arrives as a byte on a wake-up socket and is handled between two
+batches, so a policy swap falls between two packets; once a second `engine.expire(now)` and the
+kernel's queue counters.
 Stopping removes our rules first (traffic falls back to the host's own ruleset), gives a verdict to
-the packets still queued, then closes the rest.
+the packets still queued, then closes the rest. Stopping for a restart (SIGUSR2, `fw stop
+--keep-rules`: `keep_rules`) leaves the rules in place, fail-closed: with no listener the kernel
+drops what they queue (a translating policy never has --queue-bypass) and TCP retransmits it once
+the next `fw run` has bound the queue; the services keep what the kernel holds for the next run
+(`keep_for_restart`: fw.drivers.nat_kernel's entries) and the snapshot is taken as always. The next
+run swaps the kept rules for its own in one transaction per table (fw.drivers.iptables
+`install_over_stale`), so no packet crosses unjudged, or untranslated, in between.
 
 Later options slot in as more things the loop watches (`Loop.watch`) or ticks (`Daemon.services`):
 a metrics server, a sync socket; `--queues A-B` binds several queues into the same loop.
@@ -46,6 +53,7 @@ log = logging.getLogger("fw.daemon")
 
 TICK_SECONDS = 1.0
 REPORTS_PER_MINUTE = 20  # error reports of one kind written before the rest are only counted
+RESTART_DRAIN = 2048  # packets given a verdict at a stop for a restart (the rules still queue more)
 EFFECT_COUNTERS = ("packets_sent", "send_errors", "events_logged", "events_unlogged")
 
 
@@ -170,6 +178,7 @@ class DaemonBase:
         self.rules: iptables.Installation | None = None
         self._stop = False
         self._reload = False
+        self.keep_rules = False  # stopping for a restart: our rules (and the kernel's bindings) stay
         self._wake_r, self._wake_w = socket.socketpair()
 
     @property
@@ -181,7 +190,7 @@ class DaemonBase:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(signum, self._on_signal)
         self.loop.watch(self._wake_r.fileno(), select.POLLIN, self._drain_wakeups)
 
@@ -189,7 +198,7 @@ class DaemonBase:
         if signum == signal.SIGHUP:
             self._reload = True
         else:
-            self._stop = True
+            self.stop(keep_rules=signum == signal.SIGUSR2)
 
     def _drain_wakeups(self, _events) -> None:
         try:
@@ -203,7 +212,9 @@ class DaemonBase:
         self._wake_r.close()
         self._wake_w.close()
 
-    def stop(self) -> None:
+    def stop(self, keep_rules: bool = False) -> None:
+        """Stop after this batch; `keep_rules`: for a restart (the rules stay, fail-closed)."""
+        self.keep_rules = self.keep_rules or keep_rules
         self._stop = True
 
     def _install_rules(self) -> None:
@@ -218,11 +229,23 @@ class DaemonBase:
             one_pass_mark=ONE_PASS_MARK if nat else 0, unjudged_mark=UNJUDGED_MARK if nat else 0,
             kernel_nat_mark=KERNEL_NAT_MARK if nat and config.kernel_nat else 0),
             config.backend)
+        kept_by = iptables.kept_by()  # the last run stopped for a restart (`fw stop --keep-rules`)
         stale = self.rules.install_over_stale()  # no moment without rules (fail-closed stays so)
-        if stale:
+        if stale and kept_by is not None:
+            log.info("took over the %d rules and chains fw (pid %d) kept for this restart, in one commit per table",
+                     len(stale), kept_by)
+        elif stale:
             log.warning("removed %d rules and chains left by an earlier run", len(stale))
 
     def _remove_rules(self) -> None:
+        if self.rules is not None and self.keep_rules:
+            log.info("stopping for a restart: our rules stay (fail-closed: what they queue is dropped "
+                     "until `fw run` takes them over, or `fw cleanup` removes them)")
+            self.rules = None
+            try:
+                iptables.note_kept(os.getpid())
+            except OSError as exc:
+                log.error("cannot note the rules kept for a restart: %s", exc)
         if self.rules is not None:
             try:
                 self.rules.remove()
@@ -247,6 +270,9 @@ class DaemonBase:
             return {"ok": True, "killed": self.kill(selected, request.get("filter"))}
         if command == "reload":
             return self.reload(request.get("path"), dry_run=bool(request.get("dry_run")))
+        if command == "stop":
+            self.stop(keep_rules=bool(request.get("keep_rules")))
+            return {"ok": True, **self.pid_info(), "keep_rules": self.keep_rules}
         if command in self.commands:
             return self.commands[command](request)
         return error_answer(f"unknown command {command!r}", 2)
@@ -320,6 +346,9 @@ class Daemon(DaemonBase):
                     self.handler.bindings.attach(self.effects)
                     self.services.append(self.handler.bindings)
                     self.engine.nat.kernel_bindings = True
+                    if self.handler.bindings.adopt():  # a restart: the entries the last run kept
+                        log.info("the kernel still holds the bindings of %d restored sessions",
+                                 self.handler.bindings.counters["adopted"])
                 self.stats_sections["nat"] = self.handler.stats
                 queue_class = SocketQueue
             else:
@@ -355,14 +384,19 @@ class Daemon(DaemonBase):
                 f"({self.engine.policy.summary()}); control {self.control.name}")
 
     def close(self) -> None:
-        """Remove our rules, give the packets still queued a verdict, close everything."""
+        """Remove our rules (not for a restart), give the packets still queued a verdict, close everything."""
         self._remove_rules()
         for service in self.services:  # packets a service keeps (fw.sync's hold): verdicts while the queue is open
             release = getattr(service, "release_held", None)
             if release is not None:
                 release()
+            keep = getattr(service, "keep_for_restart", None)
+            if keep is not None and self.keep_rules:
+                keep()
         for queue in self.queues:
-            self._drain(queue, budget=100_000)
+            # With our rules gone nothing more arrives; kept (a restart), packets go on arriving:
+            # only what waits now, the rest is dropped by the kernel once we unbind (fail-closed).
+            self._drain(queue, budget=RESTART_DRAIN if self.keep_rules else 100_000)
             queue.close()
         self.queues = []
         for service in reversed(self.services):

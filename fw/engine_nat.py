@@ -449,6 +449,15 @@ class Nat:
         binding.kernel = KERNEL_HELD
         return True
 
+    def kernel_adopt(self, session) -> bool:
+        """A restored session whose kernel entry, kept by the daemon before a restart, still holds
+        its binding (fw.drivers.nat_kernel `adopt`): held, as after `kernel_translates`."""
+        binding = session.nat
+        if binding is None or binding.ftp is not None or binding.kernel == KERNEL_HELD:
+            return False
+        binding.kernel = KERNEL_HELD
+        return True
+
     def kernel_lost(self, session) -> None:
         """The kernel no longer holds the binding (its entry went away while the session lives): the
         engine rewrites the packets again, and may ask once more."""

@@ -2,11 +2,14 @@
 `Nat.kernel_translates`, `Nat.kernel_lost`): the KernelNat effect once a bare session is ready, and
 from the driver's answer on, accepts without a rewrite and without a mark for the packets whose
 kernel entry holds the binding (`Nat.kernel_packet`), the others rewritten as before; the
-binding's flag is not in snapshots."""
+binding's flag is not in snapshots; after a restart the kernel's kept entries give it back
+(`KernelBindings.adopt`)."""
 
 from __future__ import annotations
 
 from fw.decision import KernelNat, RewritePacket, SetMark
+from fw.drivers import offload
+from fw.drivers.nat_kernel import KERNEL_NAT_MARK, KernelBindings
 from fw.engine_nat import KERNEL_ASKED, KERNEL_HELD, KERNEL_NO, Binding
 from fw.engine_nat_passes import BEFORE_ROUTING, ONE_PASS
 from tests.packets import seg, udp_pkt
@@ -113,3 +116,62 @@ def test_the_flag_is_not_in_snapshots(tmp_path):
     binding = ack.session.nat
     restored = Binding.from_dict(binding.proto, binding.family, binding.to_dict())
     assert "kernel" not in binding.to_dict() and restored.kernel == KERNEL_NO
+
+
+class FakeConntrack:
+    """The kernel's entries with KERNEL_NAT_MARK as a dump gives them; what is sent is kept."""
+
+    def __init__(self, entries):
+        self.entries, self.sent = entries, []
+
+    def dump(self, mark, mask):
+        assert mark == mask == KERNEL_NAT_MARK
+        return self.entries
+
+    def send(self, data):
+        self.sent.append(data)
+
+    def next_seq(self):
+        return len(self.sent)
+
+    def drain(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def entry(tuple4):
+    found = offload.Entry()
+    found.family, found.proto, found.mark = 4, 6, KERNEL_NAT_MARK
+    (found.src, found.dst, found.sport, found.dport) = tuple4
+    return found
+
+
+def test_after_a_restart_a_restored_session_whose_kernel_entry_was_kept_is_held_again(tmp_path):
+    """fw.drivers.nat_kernel `adopt`: the daemon before the restart kept its entries (`fw stop
+    --keep-rules`); the next one, from the snapshot and the kernel's dump, holds the binding again:
+    no new KernelNat, no rewrite, not `nat:kernel-stale`; an entry no session owns is deleted."""
+    old = make_engine(tmp_path)
+    old.nat.kernel_bindings = True
+    *_, ack = handshake(old)
+    old.nat.kernel_translates(ack.session)
+    engine = make_engine(tmp_path)
+    assert engine.restore(old.snapshot(0.0), 100.5, 0.0) == 1
+    engine.nat.kernel_bindings = True
+    [session] = list(engine.sessions)
+    assert session.nat.kernel == KERNEL_NO  # (node-local: not in the snapshot)
+    orphan = (bytes([198, 51, 100, 11]), bytes([192, 0, 2, 80]), 40001, 80)
+    conntrack = FakeConntrack([entry(session.nat.orig), entry(orphan)])
+    bindings = KernelBindings(engine, conntrack)
+    assert bindings.adopt() == 1
+    assert session.nat.kernel == KERNEL_HELD and bindings.active == {session.key: session}
+    assert bindings.stats()["kernel_bindings_orphans"] == 1 and len(conntrack.sent) == 1  # its delete
+    assert orphan[0] in conntrack.sent[0] and session.nat.orig[0] not in conntrack.sent[0]
+    engine.nat.kernel_packet = True
+    out = engine.process(seg(C, S, "PA", seq=101, ack=301, payload=b"x"), 101.0, None, "wan", hook=ONE_PASS)
+    assert out.verdict == "accept" and out.session is session
+    assert RewritePacket not in kinds(out) and KernelNat not in kinds(out)
+    bindings.keep_for_restart()
+    bindings.close()  # stopping for a restart again: the entry stays
+    assert len(conntrack.sent) == 1

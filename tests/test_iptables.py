@@ -425,3 +425,62 @@ rules.remove()
 def test_a_fresh_nft_namespace_is_empty_again_after_nat_rules(ns):
     ns.python(NAT_INSTALL.format(backend="nft", after="rules.remove()"))
     assert ns.run("nft", "list", "ruleset").stdout == ""
+
+
+# A second run (`fw run` after `fw stop --keep-rules`) that takes over the rules the first kept: each
+# restore it runs is recorded, then its ruleset printed, then its rules removed.
+TAKE_OVER = NAT_INSTALL.replace("rules.install()", """
+import subprocess
+from fw.drivers import iptables
+scripts = []
+restore = iptables.Tool.restore
+iptables.Tool.restore = lambda tool, script: (scripts.append(script), restore(tool, script))[1]
+print(len(rules.install_over_stale()), iptables.kept_by())
+print(repr(scripts))""").replace('print("installed", flush=True)', """
+for tool in ("iptables-{backend}-save", "ip6tables-{backend}-save"):
+    print(subprocess.run([tool], capture_output=True, text=True).stdout)
+rules.remove()""")
+KEEP = "import os; from fw.drivers.iptables import note_kept; note_kept(os.getpid())"  # as fw.daemon does
+
+
+def _without_comments(text: str) -> list[str]:
+    return [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines()
+            if line and not line.startswith("#")]
+
+
+@pytest.mark.root
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_a_new_run_takes_over_rules_kept_for_a_restart_in_one_commit_and_removes_them_exactly(ns, backend):
+    """The first run exits without removing its rules (as `fw stop --keep-rules`); `fw cleanup`
+    leaves them; the next run takes them over in one transaction per table (no moment
+    without our jump: fail-closed stays closed), ends with exactly its own ruleset, and its removal
+    leaves the namespace as it was (nft, in a fresh namespace: even the table and base chains the
+    first run had made, from the state file; legacy: an operator's rules in every table)."""
+    if backend == "legacy":  # (iptables-legacy cannot remove a table: make them exist before)
+        add_foreign_rules(ns, backend)
+        for tool in (f"iptables-{backend}", f"ip6tables-{backend}"):
+            ns.run(tool, "-t", "mangle", "-A", "PREROUTING", "-m", "comment", "--comment", "operator", "-j", "RETURN")
+            ns.run(tool, "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "operator", "-j", "RETURN")
+    before = ns.save(backend)
+    ns.python(NAT_INSTALL.format(backend=backend, after=KEEP))  # exits, its rules kept
+    kept = ns.save(backend)
+    assert kept.count("-j FW-PREROUTING") == 2 and kept.count(":FW-NAT-OUTPUT") == 2
+    left = ns.run(*fw_command("cleanup")).stdout
+    assert "kept for a restart stay" in left and ns.save(backend) == kept
+    out = ns.python(TAKE_OVER.format(backend=backend, after="")).stdout
+    replaced, scripts, saved = out.split("\n", 2)
+    assert replaced == f"{2 * (8 + 8)} None"  # per family 8 jumps and 8 chains (filter INPUT, mangle's 3,
+    scripts = eval(scripts)  # noqa: S307  (our own repr)             nat's 4); the note is gone
+    assert len(scripts) == 2  # one restore per family, one commit per table in it
+    for script in scripts:
+        for table, body in re.findall(r"^\*(\w+)\n(.*?)^COMMIT$", script, re.M | re.S):
+            deleted = re.findall(r"^-D (\S+) .* -j (FW-\S+)$", body, re.M)
+            inserted = re.findall(r"^-I (\S+) 1 .* -j (FW-\S+)$", body, re.M)
+            assert deleted and sorted(deleted) == sorted(inserted), (table, body)  # old and new jump: one commit
+    # exactly the ruleset the first run had (its jumps replaced, not doubled), then nothing of ours
+    assert _without_comments(saved) == _without_comments(kept)
+    assert ns.save(backend) == before
+    if backend == "nft":
+        assert ns.run("nft", "list", "ruleset").stdout == ""
+    assert ns.run(*fw_command("cleanup")).stdout.strip() == "nothing to clean up"

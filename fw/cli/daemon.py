@@ -72,7 +72,8 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
     """Run the firewall daemon: packets from NFQUEUE through the engine, verdicts back to the kernel.
 
     It installs its own chains (FW-FORWARD, ...) with one jump from each hooked chain, for IPv4 and
-    IPv6, and removes them on SIGTERM/SIGINT. A policy that translates (nat) is hooked before and
+    IPv6, and removes them on SIGTERM/SIGINT; SIGUSR2 (`fw stop --keep-rules`) stops it for a restart,
+    its rules kept (fail-closed) for the next `fw run` to take over. A policy that translates (nat) is hooked before and
     after routing instead (mangle PREROUTING/POSTROUTING), without --fail-open or --queues.
     SIGHUP reloads the policy and reopens the log. Fail-closed unless --fail-open. One daemon per
     network namespace. Sessions are snapshotted on exit (and every minute) and restored on start;
@@ -145,7 +146,11 @@ def run_command(policy_path, db, queue, queues, fail_open, log_path, metrics_lis
         daemon.run()
     finally:
         daemon.close()
-        click.echo("fw stopped; its rules are removed", err=True)
+        click.echo(STOPPED_KEEPING if daemon.keep_rules else "fw stopped; its rules are removed", err=True)
+
+
+STOPPED_KEEPING = ("fw stopped for a restart; its rules stay: traffic through the queue is dropped until "
+                   "`fw run` takes them over or `fw cleanup` removes them")
 
 
 def _daemon(config, policy, store, loader, listen):
@@ -400,30 +405,77 @@ def _dry_run_report(answer: dict) -> None:
     click.echo(f"a re-check would close {len(sessions)} sessions (reload_recheck is {mode})")
 
 
+@click.command("stop")
+@click.option("--keep-rules", is_flag=True,
+              help="Stop for a restart: keep the rules (fail-closed) and the kernel's NAT bindings "
+                   "for the next fw run.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True,
+              help="Seconds to wait for the daemon to exit.")
+def stop_command(keep_rules: bool, timeout: float) -> None:
+    """Stop the daemon of this network namespace (as SIGTERM, or with --keep-rules as SIGUSR2) and
+    wait until it has exited.
+
+    With --keep-rules its rules stay in place: what they queue is dropped while no daemon listens
+    (TCP retransmits it), and the next `fw run` takes them over in one transaction, restores the
+    sessions and adopts the NAT bindings the kernel still holds: a restart loses no connection, even
+    a translated one. If no daemon comes back, traffic through the queue stays stopped until
+    `fw run` or `fw cleanup`.
+
+    Example: fw stop --keep-rules && fw run --policy /etc/fw/policy.yaml
+    """
+    import time
+
+    from fw.drivers.control import daemon_running
+
+    answer = _ask({"command": "stop", "keep_rules": keep_rules})
+    deadline = time.monotonic() + timeout
+    while daemon_running():
+        if time.monotonic() > deadline:
+            raise Failure(f"the daemon (pid {answer['pid']}) did not exit within {timeout:g} s")
+        time.sleep(0.05)
+    click.echo(f"fw (pid {answer['pid']}) stopped; "
+               + ("its rules stay for the next `fw run` (until then traffic through the queue is dropped)"
+                  if keep_rules else "its rules are removed"))
+
+
 @click.command("cleanup")
-def cleanup_command() -> None:
-    """Remove every iptables rule and chain a crashed daemon left in this network namespace.
+@click.option("--all", "everything", is_flag=True,
+              help="Also remove the rules a daemon kept for a restart (fw stop --keep-rules).")
+def cleanup_command(everything: bool) -> None:
+    """Remove every iptables rule and chain a crashed daemon left in this network namespace, and the
+    kernel NAT bindings it left.
 
     For systemd's ExecStopPost. Refuses while a daemon runs here; touches nothing that is not ours.
+    The rules of a daemon stopped for a restart (`fw stop --keep-rules`) stay, for the next `fw run`
+    to take over, unless --all: so the unit's ExecStopPost does not reopen the gap a restart closes.
 
     Example: fw cleanup
     """
     from fw.drivers.control import daemon_running
-    from fw.drivers.iptables import IptablesError, cleanup
+    from fw.drivers.iptables import IptablesError, cleanup, kept_by
 
     if os.geteuid() != 0:
         raise Failure("fw cleanup must run as root")
     if daemon_running():
         raise Failure("a fw daemon is running in this network namespace: stop it instead")
+    if not everything and (pid := kept_by()) is not None:
+        click.echo(f"the rules fw (pid {pid}) kept for a restart stay for the next fw run "
+                   "(fw cleanup --all removes them)")
+        return
+    from fw.drivers.nat_kernel import delete_left
+
     try:
         removed = cleanup()
     except IptablesError as error:
         raise Failure(str(error)) from None
+    bindings = delete_left()  # after the rules: with them gone nothing would judge those packets
+    if bindings:
+        removed.append(f"{bindings} kernel conntrack entries holding a NAT binding")
     for item in removed:
         click.echo(f"removed {item}")
     if not removed:
         click.echo("nothing to clean up")
 
 
-COMMANDS = [run_command, sessions_group, stats_command, reload_command, cleanup_command]
+COMMANDS = [run_command, sessions_group, stats_command, reload_command, stop_command, cleanup_command]
 

@@ -25,6 +25,12 @@ Backends: install uses the host's `iptables` (nft or legacy, as `iptables -V` sa
 cleanup looks at both. iptables-nft creates the `filter` table and base chains on first use; what
 we caused to be created is written to a state file under /run/fw/<netns inode>/ and deleted again
 once empty, so that the ruleset is exactly as it was before.
+
+A restart (`fw stop --keep-rules`): the stopping daemon leaves its rules and notes that it did
+(`note_kept`: kept.json beside the state file, with its pid); the next run's `install_over_stale`
+takes them over as it does a crashed run's (one commit per table: no moment without our jumps) and
+forgets the note; `fw cleanup` leaves them while the note is there (it is systemd's stop hook),
+`fw cleanup --all` removes them and the note.
 """
 
 from __future__ import annotations
@@ -382,7 +388,27 @@ def _write_state(state: dict) -> None:
     tmp.replace(path)
 
 
+def kept_path() -> Path:
+    return RUN_DIR / str(netns_inode()) / "kept.json"
+
+
+def note_kept(pid: int) -> None:
+    """A daemon stops for a restart: its rules stay, for the next run to take over."""
+    path = kept_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps({"pid": pid}))
+
+
+def kept_by() -> int | None:
+    """The pid of the daemon that stopped for a restart and kept its rules here, or None."""
+    try:
+        return int(json.loads(kept_path().read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _forget_state() -> None:
+    kept_path().unlink(missing_ok=True)
     path = state_path()
     path.unlink(missing_ok=True)
     try:
@@ -422,6 +448,7 @@ class Installation:
         """Install in place of whatever a crashed run left (the daemon's start): the host backend's
         leftovers go in our install's commit, the other backend's after. Returns what was removed."""
         stale = self.install(replace_stale=True)
+        kept_path().unlink(missing_ok=True)  # a restart's rules: taken over
         return stale + cleanup(tuple(b for b in BACKENDS if b != self.backend))
 
     def _install_family(self, tool: Tool, replace_stale: bool, previous: dict) -> list[str]:

@@ -42,8 +42,16 @@ entry first (its own timeouts: nf_conntrack_udp_timeout_stream may be shorter th
 the next packet makes a new entry without the bit, which fw rewrites as before (`kernel_packet`);
 once a second the entries with KERNEL_NAT_MARK are read back, and a session whose entry the kernel
 no longer has may ask again (`Nat.kernel_lost`, counted `kernel_bindings_lost`). `close` (the daemon's exit)
-deletes every entry it made. The flag is node-local (not in snapshots or HA sync): a restored or
-adopted session asks again. Counters: the `nat` section of `fw stats` (`kernel_bindings_*`).
+deletes every entry it made. The flag is node-local (not in snapshots or HA sync): a session adopted
+from an HA peer asks again.
+A restart (fw.daemon `keep_rules`: `fw stop --keep-rules`, SIGUSR2) is the same node: `keep_for_restart`
+leaves the entries (the kernel goes on holding the bindings; their packets are still queued by the
+kept rules, and dropped while no daemon listens), and the next daemon's `adopt`, before its first
+packet, reads the entries with KERNEL_NAT_MARK back: a restored session whose entry is there is held
+again (`Nat.kernel_adopt`, counted `kernel_bindings_adopted`: its packets are not `nat:kernel-stale`),
+an entry no session owns is deleted (`kernel_bindings_orphans`), a restored session without one asks
+again. `fw cleanup` deletes whatever entries with the bit are left (`delete_left`).
+Counters: the `nat` section of `fw stats` (`kernel_bindings_*`).
 """
 
 from __future__ import annotations
@@ -131,6 +139,7 @@ class KernelBindings:
         self.active: dict[tuple, object] = {}  # session key -> session whose binding the kernel holds
         self.next_sync = 0.0
         self.timeouts = {proto: kernel_timeout(proto) for proto in KERNEL_TIMEOUT}
+        self.keep = False  # stopping for a restart: the entries stay for the next daemon (`adopt`)
 
     def attach(self, effects) -> None:
         effects.on(KernelNat, self.on_ready)
@@ -140,7 +149,8 @@ class KernelBindings:
         c = self.counters
         return {"kernel_bindings_made": c["made"], "kernel_bindings_failed": c["failed"],
                 "kernel_bindings_lost": c["lost"], "kernel_binding_stale_drops": c["stale"],
-                "kernel_bindings_active": len(self.active), "kernel_binding_errors": dict(self.errors)}
+                "kernel_bindings_active": len(self.active), "kernel_bindings_adopted": c["adopted"],
+                "kernel_bindings_orphans": c["orphans"], "kernel_binding_errors": dict(self.errors)}
 
     def _socket(self) -> offload.Conntrack:
         if self.conntrack is None:
@@ -256,12 +266,65 @@ class KernelBindings:
                 self.engine.nat.kernel_lost(session)
                 self.counters["lost"] += 1
 
+    def adopt(self) -> int:
+        """At start, before the first packet: the entries a daemon stopped for a restart left (module
+        docstring). A restored session whose entry is there is held again; an entry no session owns
+        goes. Returns how many were adopted."""
+        try:
+            entries = self._socket().dump(KERNEL_NAT_MARK, KERNEL_NAT_MARK)
+        except (offload.ConntrackError, OSError):
+            self.counters["sync_errors"] += 1
+            return 0
+        sessions = self.engine.table.sessions  # by key (a translated session's reply key too)
+        for entry in entries:
+            session = sessions.get(entry.key)
+            if session is not None and session.key == entry.key and self.engine.nat.kernel_adopt(session):
+                self.active[session.key] = session
+                self.counters["adopted"] += 1
+            elif session is None or self.active.get(session.key) is not session:
+                _delete_entry(self.conntrack, entry)
+                self.counters["orphans"] += 1
+        self.conntrack.drain()
+        return self.counters["adopted"]
+
+    def keep_for_restart(self) -> None:
+        """The daemon stops for a restart: `close` leaves the entries to the next one."""
+        self.keep = True
+
     def close(self) -> None:
-        """The daemon exits: every entry it made goes (their packets would pass translated unjudged)."""
-        for session in list(self.active.values()):
-            self._delete(session.nat)
+        """The daemon exits: every entry it made goes (their packets would pass translated unjudged),
+        unless it stops for a restart (`keep_for_restart`)."""
+        if not self.keep:
+            for session in list(self.active.values()):
+                self._delete(session.nat)
         self.active.clear()
         if self.conntrack is not None:
             self.conntrack.drain()
             self.conntrack.close()
             self.conntrack = None
+
+
+def _delete_entry(conntrack: offload.Conntrack, entry) -> None:
+    """Delete a dumped entry by its original tuple (fire and forget)."""
+    attrs = offload.tuple_attrs(entry.family, entry.proto, entry.src, entry.dst, entry.sport, entry.dport)
+    conntrack.send(offload.message(IPCTNL_MSG_CT_DELETE, offload.NLM_F_REQUEST, conntrack.next_seq(),
+                                   offload.AF[entry.family], offload._nested(offload.CTA_TUPLE_ORIG, attrs)))
+
+
+def delete_left() -> int:
+    """`fw cleanup`: delete the entries with KERNEL_NAT_MARK a daemon left (stopped for a restart, or
+    crashed) in this network namespace; how many. 0 when conntrack cannot be asked."""
+    try:
+        conntrack = offload.Conntrack()
+    except OSError:
+        return 0
+    try:
+        entries = conntrack.dump(KERNEL_NAT_MARK, KERNEL_NAT_MARK)
+        for entry in entries:
+            _delete_entry(conntrack, entry)
+        conntrack.drain()
+        return len(entries)
+    except (offload.ConntrackError, OSError):
+        return 0
+    finally:
+        conntrack.close()

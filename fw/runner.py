@@ -43,4 +43,7 @@ def attach(daemon, records) -> None:
         service.attach(daemon.effects)
         daemon.services.append(service)
         daemon.stats_sections["offload"] = service.stats
+        bindings = getattr(daemon.handler, "bindings", None)  # NAT: the kernel holds established bindings
+        if bindings is not None:
+            bindings.use_offload(service)  # so a kernel-held translated session is offloaded too
     records.attach(daemon)

@@ -278,6 +278,8 @@ def _tcp_send(args) -> dict:
     data = random.Random(args.seed).randbytes(args.bytes)
     with socket.create_connection((args.address, args.port), timeout=args.timeout) as connection:
         connection.sendall(data)
+        if args.hold:  # the connection stays open (established) until a line on stdin
+            sys.stdin.readline()
         connection.shutdown(socket.SHUT_WR)
         connection.recv(1)  # wait for the peer to close: everything was read
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--count", type=int, default=1)
         sub.add_argument("--payload", action="append", default=[])
+        sub.add_argument("--hold", action="store_true", help="tcp-send: close only after a line on stdin")
         sub.set_defaults(function=function)
     args = parser.parse_args(argv)
     print(json.dumps(args.function(args)), flush=True)

@@ -371,6 +371,19 @@ def test_kernel_bindings_register_the_nat_hooks_and_keep_their_entries_queued():
     assert "*nat" not in install_script(NAT_HOOKING, 4)  # off: no nat table
 
 
+
+def test_with_offload_an_offloaded_connection_is_accepted_before_the_one_pass_rules():
+    """A translated session the kernel holds the binding of may be offloaded (fw.drivers.nat_kernel)
+    while its client's direction has the one-pass bit: its packets are accepted before they would
+    be marked for the queue after routing (SYN, FIN and RST still go round)."""
+    hooking = Hooking(hooks=NAT_HOOKING.hooks, nat_mark=0x20000000, one_pass_mark=0x10000000,
+                      unjudged_mark=0x08000000, kernel_nat_mark=0x04000000, offload=True)
+    before = chain_rules(hooking, "PREROUTING", 4)
+    offloaded = [i for i, rule in enumerate(before) if "0x40000000/0x40000000" in rule and rule.endswith("-j ACCEPT")]
+    one_pass = [i for i, rule in enumerate(before) if "--mark 0x10000000/0x10000000" in rule]
+    assert len(offloaded) == 2 and len(one_pass) == 2 and max(offloaded) < min(one_pass)
+    assert before[-1].endswith("-j NFQUEUE --queue-num 0")
+
 NAT_INSTALL = """
 from fw.drivers.iptables import Hooking, Installation
 rules = Installation(Hooking(hooks=("INPUT", "PREROUTING", "POSTROUTING", "ERRORS"), nat_mark=0x20000000,

@@ -95,19 +95,20 @@ def nk_lab(tmp_path_factory):
 def _bulk(running: Running, address: str, port: int, seed: int, sender_name: str = "client",
           sink_name: str = "server") -> tuple[dict, str]:
     """BULK bytes from the client to address:port (the server's sink on 8080): what was sent, what
-    arrived, and `conntrack -L` of the firewall while the connection was still open."""
+    arrived, and `conntrack -L` of the firewall while the connection was still open (the sender
+    holds it open, all sent, until the entry is seen or 20 s have passed)."""
     lab = running.lab
     sink = netns.tcp_sink(lab, 8080, name=sink_name, lifetime=30)
     sender = lab.popen(sender_name, netns.script("tcp-send", "--address", address, "--port", port, "--bytes", BULK,
-                                              "--seed", seed, "--timeout", 20),
-                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                              "--seed", seed, "--timeout", 20, "--hold"),
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     entries = ""
     deadline = time.monotonic() + 20
     family = "ipv6" if ":" in address else "ipv4"
     while sender.poll() is None and time.monotonic() < deadline \
             and not any(_mark(line) & KERNEL_NAT_MARK and f"dport={port} " in line for line in entries.splitlines()):
         entries = running.conntrack("-p", "tcp", "-f", family)
-    out, err = sender.communicate(timeout=30)
+    out, err = sender.communicate(b"close\n", timeout=30)
     assert sender.returncode == 0, err
     sent = json.loads(out)
     received = sink.json()

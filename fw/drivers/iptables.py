@@ -180,6 +180,17 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
     # A conntrack match (no target: it only counts) makes the kernel track this namespace and so
     # reassemble fragments (nf_defrag) before they reach our queue: the engine sees whole packets.
     rules.append(f"-A {chain} -m conntrack --ctstate {ALL_CTSTATES} {tag}")
+    if hooking.offload and hook == hooking.first_pass:
+        # The fast path (fw.drivers.offload): an offloaded connection's packets, as long as the kernel's
+        # own tracker finds them valid, skip the queue; SYN and FIN still reach the engine, and so do
+        # RSTs the kernel finds out of window (a valid RST ends the flow; the daemon reads that back).
+        # Before the one-pass rules: a translated session whose kernel entry holds its binding may be
+        # offloaded (fw.drivers.nat_kernel) while its client's direction has the one-pass bit.
+        off = f"-m connmark --mark 0x{hooking.offload_mark:x}/0x{hooking.offload_mark:x}"
+        rules.append(f"-A {chain} -p tcp {off} -m conntrack --ctstate ESTABLISHED "
+                     f"-m tcp --tcp-flags SYN,FIN,RST NONE {tag} -j ACCEPT")
+        rules.append(f"-A {chain} -p tcp {off} -m conntrack --ctstate ESTABLISHED "
+                     f"-m tcp --tcp-flags SYN,FIN,RST RST {tag} -j ACCEPT")
     if hooking.one_pass_mark and hook == "PREROUTING":
         # A session direction that needs only the after-routing half (its connmark bit, saved by
         # FW-POSTROUTING when the engine asked): not queued here, but marked for the queue after
@@ -189,15 +200,6 @@ def chain_rules(hooking: Hooking, hook: str, family: int) -> list[str]:
         skip = (f"-A {chain} -m connmark --mark {one}/{one} -m conntrack --ctstate NEW,ESTABLISHED "
                 f"--ctdir ORIGINAL -m addrtype ! --dst-type LOCAL {tag}")
         rules += [f"{skip} -j MARK --or-mark {bits}", f"{skip} -j RETURN"]
-    if hooking.offload and hook == hooking.first_pass:
-        # The fast path (fw.drivers.offload): an offloaded connection's packets, as long as the kernel's
-        # own tracker finds them valid, skip the queue; SYN and FIN still reach the engine, and so do
-        # RSTs the kernel finds out of window (a valid RST ends the flow; the daemon reads that back).
-        off = f"-m connmark --mark 0x{hooking.offload_mark:x}/0x{hooking.offload_mark:x}"
-        rules.append(f"-A {chain} -p tcp {off} -m conntrack --ctstate ESTABLISHED "
-                     f"-m tcp --tcp-flags SYN,FIN,RST NONE {tag} -j ACCEPT")
-        rules.append(f"-A {chain} -p tcp {off} -m conntrack --ctstate ESTABLISHED "
-                     f"-m tcp --tcp-flags SYN,FIN,RST RST {tag} -j ACCEPT")
     rules.append(f"-A {chain} {tag} {_queue_target(hooking)}")
     return rules
 

@@ -37,13 +37,17 @@ ctnetlink socket, in one go (the kernel answers netlink requests while they are 
   other way round, a packet whose entry has the bit while its session's binding is not held (a
   reopened tuple whose old entry the kernel kept) is dropped and the entry deleted (`stale`,
   counted `kernel_binding_stale_drops`).
-SessionClosed (expiry, RST/FIN timeouts, kill, reload) deletes the entry. The kernel may drop its
+SessionClosed (expiry, RST/FIN timeouts, kill, reload) deletes the entry; but an HA peer's news that
+replaces the session (`replaced`: Engine.adopt, at every state change and refresh the peer
+announces) hands the entry to the new copy when its binding is the same (`_carry`, counted
+`kernel_bindings_carried`; offloaded if the old one was), so packets in flight are not dropped as
+stale and the entry is not made again. The kernel may drop its
 entry first (its own timeouts: nf_conntrack_udp_timeout_stream may be shorter than the policy's):
 the next packet makes a new entry without the bit, which fw rewrites as before (`kernel_packet`);
 once a second the entries with KERNEL_NAT_MARK are read back, and a session whose entry the kernel
 no longer has may ask again (`Nat.kernel_lost`, counted `kernel_bindings_lost`). `close` (the daemon's exit)
 deletes every entry it made. The flag is node-local (not in snapshots or HA sync): a session adopted
-from an HA peer asks again.
+from an HA peer asks again (unless it replaces ours: `_carry`, above).
 A restart (fw.daemon `keep_rules`: `fw stop --keep-rules`, SIGUSR2) is the same node: `keep_for_restart`
 leaves the entries (the kernel goes on holding the bindings; their packets are still queued by the
 kept rules, and dropped while no daemon listens), and the next daemon's `adopt`, before its first
@@ -52,6 +56,13 @@ again (`Nat.kernel_adopt`, counted `kernel_bindings_adopted`: its packets are no
 an entry no session owns is deleted (`kernel_bindings_orphans`), a restored session without one asks
 again. `fw cleanup` deletes whatever entries with the bit are left (`delete_left`).
 Counters: the `nat` section of `fw stats` (`kernel_bindings_*`).
+
+With `--offload` (`offload`: fw.runner gives it the OffloadService) a session `offloadable` (TCP,
+no ALG, no rst_on_timeout) gets its entry made with the offload bit too, and the offload service
+takes it in (`offloaded_here`): the rules' fast path (before the one-pass rules) accepts its
+ESTABLISHED packets without SYN/FIN/RST in mangle PREROUTING, and the kernel's nat hooks translate
+them with the same binding; what still reaches the queue is judged as above. An entry a restart
+adopts with the offload bit is offloaded again once the offload service is there (`use_offload`).
 """
 
 from __future__ import annotations
@@ -62,8 +73,10 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from fw.conntrack.table import OFFLOADED
 from fw.decision import DROP, KernelNat, SessionClosed
 from fw.drivers import nat_queue, offload
+from fw.engine_nat import KERNEL_ASKED, KERNEL_NO
 from fw.engine_nat_passes import ONE_PASS_MARK
 
 KERNEL_NAT_MARK = nat_queue.KERNEL_NAT_MARK  # connmark bit of the entries made here (packet mark: copied)
@@ -119,6 +132,13 @@ def create_body(binding, mark: int, timeout: int) -> bytes:
     return body
 
 
+def offloadable(session) -> bool:
+    """Whether `--offload` may pass a kernel-held session's packets (fw.engine.may_offload's terms
+    but the binding, which the kernel applies: TCP, no ALG, no rst_on_timeout)."""
+    extra = session.extra
+    return session.tcp is not None and not session.rst_on_timeout and (extra is None or extra.alg is None)
+
+
 def kernel_timeout(proto: int) -> int:
     """The kernel's timeout of an established entry (its sysctl; the default when unreadable)."""
     name, default = KERNEL_TIMEOUT[proto]
@@ -134,6 +154,8 @@ class KernelBindings:
     def __init__(self, engine, conntrack: offload.Conntrack | None = None):
         self.engine = engine
         self.conntrack = conntrack
+        self.offload = None  # fw.drivers.offload.OffloadService with --offload (fw.runner: use_offload)
+        self.adopted_offloaded: list = []  # sessions whose entry a restart adopted with the offload bit
         self.counters: Counter = Counter()  # made, failed, refused, deleted, lost
         self.errors: Counter = Counter()  # errno names of failed creations
         self.active: dict[tuple, object] = {}  # session key -> session whose binding the kernel holds
@@ -147,7 +169,8 @@ class KernelBindings:
 
     def stats(self) -> dict:
         c = self.counters
-        return {"kernel_bindings_made": c["made"], "kernel_bindings_failed": c["failed"],
+        return {"kernel_bindings_made": c["made"], "kernel_bindings_carried": c["carried"],
+                "kernel_bindings_failed": c["failed"],
                 "kernel_bindings_lost": c["lost"], "kernel_binding_stale_drops": c["stale"],
                 "kernel_bindings_active": len(self.active), "kernel_bindings_adopted": c["adopted"],
                 "kernel_bindings_orphans": c["orphans"], "kernel_binding_errors": dict(self.errors)}
@@ -167,6 +190,9 @@ class KernelBindings:
         mark = KERNEL_NAT_MARK
         if binding.after is not None and binding.forward is None and binding.after[0] is not None:
             mark |= ONE_PASS_MARK  # the client's direction takes one pass after routing (as before)
+        offloaded = self.offload is not None and offloadable(session)
+        if offloaded:
+            mark |= offload.OFFLOAD_MARK  # --offload: the entry is made offloaded (module docstring)
         conntrack = self._socket()
         family = binding.family
         c, d, cp, dp = binding.orig
@@ -192,6 +218,8 @@ class KernelBindings:
         if self.engine.nat.kernel_translates(session):
             self.counters["made"] += 1
             self.active[session.key] = session
+            if offloaded:
+                self.offload.offloaded_here(session)
         else:
             self._delete(binding)
 
@@ -243,7 +271,28 @@ class KernelBindings:
         session = effect.session
         if self.active.get(session.key) is session:
             del self.active[session.key]
-            self._delete(session.nat)
+            if effect.why != "replaced" or not self._carry(session):
+                self._delete(session.nat)
+
+    def _carry(self, old) -> bool:
+        """An HA peer's news replaced a session whose entry holds its binding (Engine.adopt: every
+        state change and refresh the peer announces): the new copy, with the same binding, takes
+        the entry over, offloaded if the old one was. Deleting it instead dropped the packets in
+        flight (their mark still says the entry holds the binding: `stale`) and made it again."""
+        new = self.engine.table.sessions.get(old.key)
+        if new is None or new is old or new.slot == -1 or new.nat is None:
+            return False
+        binding, before = new.nat, old.nat
+        if binding.orig != before.orig or binding.reply != before.reply or binding.kernel != KERNEL_NO:
+            return False
+        binding.kernel = KERNEL_ASKED  # (as a KernelNat would: the entry is there already)
+        if not self.engine.nat.kernel_translates(new):
+            return False
+        self.active[new.key] = new
+        self.counters["carried"] += 1
+        if self.offload is not None and old.flags & OFFLOADED:
+            self.offload.replaced(old, new)
+        return True
 
     def tick(self, now: float) -> None:
         if self.conntrack is None or now < self.next_sync:
@@ -281,11 +330,30 @@ class KernelBindings:
             if session is not None and session.key == entry.key and self.engine.nat.kernel_adopt(session):
                 self.active[session.key] = session
                 self.counters["adopted"] += 1
+                if entry.mark & offload.OFFLOAD_MARK:
+                    self.adopted_offloaded.append(session)  # the kernel still passes it: use_offload
             elif session is None or self.active.get(session.key) is not session:
                 _delete_entry(self.conntrack, entry)
                 self.counters["orphans"] += 1
         self.conntrack.drain()
         return self.counters["adopted"]
+
+    def use_offload(self, service) -> None:
+        """--offload (fw.runner, after the daemon started): translated sessions are offloaded once
+        held, and those whose entry a restart adopted with the bit are the service's again (else
+        their deadline would not follow the kernel's, and expiry would end a flow the kernel passes)."""
+        self.offload = service
+        for session in self.adopted_offloaded:
+            if self.active.get(session.key) is not session:
+                continue
+            if offloadable(session):
+                service.offloaded_here(session)
+            else:  # (the policy now asks for exact resets): its packets must reach the engine again
+                try:
+                    self._socket().set_mark(session, 0, offload.OFFLOAD_MARK)
+                except OSError:
+                    self.counters["delete_errors"] += 1
+        self.adopted_offloaded = []
 
     def keep_for_restart(self) -> None:
         """The daemon stops for a restart: `close` leaves the entries to the next one."""

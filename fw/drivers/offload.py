@@ -15,7 +15,10 @@ on expiry must carry exactly the receiver's RCV.NXT (RFC 5961); kernel conntrack
 sequence numbers back (CTA_PROTOINFO_TCP has flags and window scales only), so exactness would be
 lost. For the same reason the engine makes an offloaded session's record liberal (as the kernel
 does when a flowtable hands a flow back): a FIN after megabytes the engine did not see is out of
-its old window.
+its old window. A translated session is not offloaded by the engine (the kernel would pass its
+packets untranslated) but by fw.drivers.nat_kernel, once the kernel holds its binding: the entry
+it makes carries the bit from the start and `offloaded_here` takes the session in; on close that
+entry is deleted there, so no bit is cleared here.
 
 OffloadService consumes SessionClosed: the mark of an offloaded session the engine removed
 (expired, killed, closed, reopened, evicted) is cleared at once, so later packets reach the engine
@@ -258,10 +261,30 @@ class OffloadService:
         self.offloaded[session.key] = session
         self.counters["offloaded"] += 1
 
+    def offloaded_here(self, session) -> None:
+        """fw.drivers.nat_kernel made the entry of a translated session with the bit (and the
+        binding) itself: kept and read back like the others; on close that entry is deleted there."""
+        if session.key in self.offloaded or session.slot == -1:
+            return
+        session.liberal = True  # its window record ages while the kernel passes its packets
+        session.flags |= OFFLOADED
+        self.offloaded[session.key] = session
+        self.counters["offloaded"] += 1
+        self.counters["offloaded_translated"] += 1
+
+    def replaced(self, old, new) -> None:
+        """fw.drivers.nat_kernel handed an offloaded translated session's entry to the copy an HA
+        peer's news put in its place: that copy is the offloaded one now."""
+        if self.offloaded.get(old.key) is not old:
+            return
+        new.liberal = True
+        new.flags |= OFFLOADED
+        self.offloaded[new.key] = new
+
     def on_closed(self, effect: SessionClosed) -> None:
         session = effect.session
-        if self.offloaded.get(session.key) is session:
-            self._forget(session.key, session, clear=True)
+        if self.offloaded.get(session.key) is session:  # (a translated one's entry is deleted by nat_kernel)
+            self._forget(session.key, session, clear=session.nat is None)
 
     def stats(self) -> dict:
         return {"active": len(self.offloaded), **self.counters, "netlink_errors": dict(self.conntrack.errors)}

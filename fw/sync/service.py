@@ -15,7 +15,13 @@ refusing rule (a reply that a rule would refuse, e.g. UDP, before its session ar
 while a peer has been heard from (or the first snapshot is loading), within `--sync-hold-ms`, and
 within the queue's bounds (count, bytes; beyond them the packet is dropped at once, counted).
 When a peer's announcement of the packet's flow arrives, its held packets are judged again by
-the engine, oldest first; at the deadline all the rest are judged a last time. Holding a packet
+the engine, oldest first; at the deadline all the rest are judged a last time. A translated
+session's reply arrives with its translated tuple (the session's NAT alias key, fw/engine_nat.py):
+its announcement releases the packets held under either key. With NAT (the engine judging in two
+passes, fw/engine_nat_passes.py) a held packet is judged again through the handler's own `judge`
+(its hook, checksum state and kernel entry) and leaves with the new mark and payload of that
+judgement (`_on_packet`), as it would have at once; a deferred first packet (`--sync-defer`) gets
+its mark and payload when it is deferred, and they go with its verdict. Holding a packet
 also asks the peers for its session (fw.sync.tracker: `request`), in case no news is coming. A held
 packet's verdict is counted once, when it is given for good (the packet handler's `verdicts`, with
 the reason of the judgement that decided it). With `--sync-defer` the
@@ -244,6 +250,8 @@ class SyncService:
         if not self.held.add(held):
             self.counters["hold_full"] += 1
             return False
+        if decision.verdict == ACCEPT and decision.effects:  # NAT: its mark and payload go with the verdict
+            self.handler._on_packet(packet, decision.effects)
         self.counters["deferred"] += 1
         self.alarm.set(held.deadline)
         return True
@@ -337,6 +345,10 @@ class SyncService:
             return
         if key is not None:
             waiting = self.held.for_key(key)
+            session = self.engine.table.sessions.get(key) if message.type == "session" else None
+            binding = session.nat if session is not None else None
+            if binding is not None and binding.alias is not None:
+                waiting += self.held.for_key(binding.alias)  # replies to the translated address
             if message.type == "session" and message.body.get("expectations") and len(self.held):
                 waiting += self.held.for_hosts(key[1], key[2])  # data connections they admit
             for held in waiting:
@@ -356,7 +368,10 @@ class SyncService:
         session arrived, it still does not pass and has time left: then it waits on)."""
         handler = self.handler
         try:
-            decision = self.engine.process(held.data, now, held.iif, held.oif)
+            if self.engine.nat.two_passes:  # NAT: the hook and the packet's state matter (module docstring)
+                decision = handler.judge(held.packet, held.data)
+            else:
+                decision = self.engine.process(held.data, now, held.iif, held.oif)
         except Exception as exc:  # noqa: BLE001
             handler.errors["engine"] += 1
             handler.verdicts.count(handler.fail_verdict, "error")
@@ -373,6 +388,12 @@ class SyncService:
             self.held.put_back(held)  # not decided yet: nothing counted; what happened to sessions is told
             self._effects(held, tuple(e for e in decision.effects if type(e) in SESSION_EFFECTS))
             return
+        if verdict == ACCEPT and decision.effects:
+            try:
+                handler._on_packet(held.packet, decision.effects)  # NAT: its new mark and payload
+            except Exception as exc:  # noqa: BLE001
+                handler.errors["verdict"] += 1
+                handler.on_error("verdict", exc, held.data)
         self._verdict(held, verdict)
         handler.verdicts.count(verdict, decision.reason)
         if verdict == ACCEPT:

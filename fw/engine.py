@@ -47,7 +47,7 @@ try:
 except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
     from fw import cython_shadow as cython
 
-from fw import engine_lb, engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
+from fw import engine_nat, engine_nat_ftp, engine_nat_passes, engine_state, engine_trackers
 from fw.alg import ALGS, Peers, Refusal
 from fw.conntrack import tcp as tcpmod
 from fw.conntrack.expect import Expectations
@@ -84,7 +84,8 @@ from fw.decision import (
     SessionClosed,
     SessionOpened,
 )
-from fw.engine_nat import KERNEL_HELD, Binding
+from fw.engine_lb import AllDown
+from fw.engine_nat import EXHAUSTED, KERNEL_HELD, Binding, Nat
 from fw.engine_trackers import datagram  # compiled: cimported (engine.pxd), a C call
 from fw.events import session_event, verdict_event
 from fw.nat.rewrite import RewriteError, Translation
@@ -349,7 +350,8 @@ class Engine:
     # -- opening sessions ---------------------------------------------------------------------
 
     @cython.locals(pkt=Packet, session=Session, tcp_session=TcpSession, decision=Decision, size=cython.Py_ssize_t,
-                   timeout=cython.double)
+                   timeout=cython.double, bound=Binding, translation=Translation, nat=Nat, extra=Extra,
+                   sessions=dict)
     def open_session(self, pkt, key, state, now, iif, oif, sport, dport, track=None) -> Decision:
         """A packet with no session: an expectation admits it, else the policy decides; a session
         (of `state`, TCP: `track`) is made for what is accepted, room made in a full table."""
@@ -386,30 +388,33 @@ class Engine:
                 return self._verdict(DROP, "table-full", pkt)
             size = len(table)
         binding = None
+        sessions = None  # the table's dict, read once when a binding may be made
+        nat = self.nat
         if expectation is not None:
             parent_nat = expectation.parent.nat
             if parent_nat is not None:
-                binding = engine_nat.follow_session(table.sessions, parent_nat, pkt, sport, dport)
+                sessions = table.sessions
+                binding = engine_nat.follow_session(sessions, parent_nat, pkt, sport, dport)
         else:
-            nat = self.nat
             if nat.active:
                 nat.clash = None
-                binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
-                if binding is engine_nat.EXHAUSTED and track is not None and nat.clash is not None:
+                sessions = table.sessions
+                binding = nat.bind(pkt, sport, dport, iif, oif, sessions, now)
+                if binding is EXHAUSTED and track is not None and nat.clash is not None:
                     # The client reused its port toward another address of the same real server
                     # while our earlier session of that tuple (on the wire, or between the live
                     # passes: Nat.middle) is finished (TIME_WAIT, CLOSE): it gives way to the SYN,
                     # as conntrack reopens a TIME_WAIT entry; bound again.
-                    holder = nat.middle.get(nat.clash) or table.sessions.get(nat.clash)
+                    holder = nat.middle.get(nat.clash) or sessions.get(nat.clash)
                     if holder is not None and holder.proto == TCP and holder.state in FINISHED:
                         evicted = evicted + (self._close(holder, now, "reopen"),)
-                        binding = nat.bind(pkt, sport, dport, iif, oif, table.sessions, now)
-                if binding is engine_nat.EXHAUSTED:
+                        binding = nat.bind(pkt, sport, dport, iif, oif, sessions, now)
+                if binding is EXHAUSTED:
                     _count(counters, "nat_exhausted")
                     if self.config.events and self.log_limits.allow(reason, now):  # the rule's log_limit
-                        evicted = evicted + (LogEvent(verdict_event(pkt, DROP, engine_nat.EXHAUSTED, now)),)
-                    return self._verdict(DROP, engine_nat.EXHAUSTED, pkt, None, evicted)
-                if binding.__class__ is engine_lb.AllDown:  # a virtual server with no real server up
+                        evicted = evicted + (LogEvent(verdict_event(pkt, DROP, EXHAUSTED, now)),)
+                    return self._verdict(DROP, EXHAUSTED, pkt, None, evicted)
+                if type(binding) is AllDown:  # a virtual server with no real server up
                     _count(counters, "lb_all_down")
                     refused = self._refuse(pkt, binding.action, binding.reason, log, now)
                     refused.effects = evicted + refused.effects
@@ -452,7 +457,7 @@ class Engine:
         table.add(session)
         _count(counters, "inserts")
         if binding is not None:
-            self.nat.opened(session, binding, table)  # its keys, its ALG's view (fw/engine_nat.py)
+            nat.opened(session, binding, table, sessions)  # its keys, its ALG's view (fw/engine_nat.py)
             _count(counters, "nat_sessions")
         if size + 1 > self.adaptive_start:  # len(table): one session more
             self._rescale()
@@ -469,9 +474,19 @@ class Engine:
         decision.packet = pkt
         decision.session = session
         decision.effects = effects
-        if binding is not None:
-            return self.translate(decision, binding, True, now)
         extra = session.extra
+        if binding is not None:
+            bound = binding
+            if bound.ftp is None and extra.alg is None:  # translate()'s common case, written out
+                translation = bound.forward
+                if translation is None:  # the live daemon's two passes: nothing before routing
+                    return decision
+                try:
+                    decision.effects = translation.leave(pkt.data, pkt, effects, self.partial)
+                    return decision
+                except RewriteError:
+                    pass  # translate() counts it and drops the packet
+            return self.translate(decision, binding, True, now)
         if extra is not None and extra.alg is not None and (pkt.payload_len or pkt.proto != TCP):
             decision.effects = effects + self.feed_alg(session, pkt, True, now)
         return decision

@@ -2,10 +2,11 @@
 """The engine's load balancer: a new session to a virtual server gets a real server, for life.
 
 How it works. `LoadBalancer` holds the policy's virtual servers in this engine (one
-fw.lb.service.VirtualServers: a Balancer per virtual server, found by destination in one dict
-lookup). NAT's destination decision (fw/engine_nat.py, `Nat.bind`) asks `choose` first, as SPEC
-says ("the virtual_servers entry whose address, proto and port the packet targets, else the first
-matching dnat entry"), and only for a TCP or UDP session the rules accepted:
+fw.lb.service.VirtualServers: a Balancer per virtual server; `choose` finds one by the packet's
+destination port in one dict of ints, then compares address and proto). NAT's destination
+decision (fw/engine_nat.py, `Nat.bind`) asks `choose` first, as SPEC says ("the virtual_servers
+entry whose address, proto and port the packet targets, else the first matching dnat entry"), and
+only for a TCP or UDP session the rules accepted:
 
 - no virtual server at that address, proto and port: None, NAT goes on with its dnat entries;
 - a real server (scheduler, persistence, drained and down servers skipped): a `Choice` whose
@@ -40,17 +41,10 @@ from __future__ import annotations
 
 import ipaddress
 
-try:
-    import cython
-except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
-    from fw import cython_shadow as cython
-
 from fw.lb.maglev import DEFAULT_BUDGET
 from fw.lb.schedulers import maglev_pick
-from fw.lb.servers import RealServer
 from fw.lb.service import VirtualServers
 from fw.nat.ports import Pool
-from fw.packet.parse import Packet
 
 TCP, UDP = 6, 17
 ALL_DOWN = "lb:all-down"
@@ -71,7 +65,7 @@ class Choice:
 
     __slots__ = ("spec", "server", "names", "key", "link", "full_nat", "dst", "dport", "ip_delta", "l4_delta")
 
-    def __init__(self, spec, server, balancer=None):
+    def __init__(self, spec, server, balancer=None, vip: bytes | None = None):
         self.spec = spec
         self.server = server
         self.names = f"lb:{spec.name}:{server.name}"
@@ -79,25 +73,30 @@ class Choice:
         self.link = (balancer, self.key)  # a binding's `lb`, shared by the server's sessions
         self.full_nat = bool(spec.full_nat)
         self.dst, self.dport = server.packed, server.port
-        vip = ipaddress.ip_address(spec.address).packed
+        if vip is None:
+            vip = ipaddress.ip_address(spec.address).packed
         address_delta = int.from_bytes(vip, "big") - int.from_bytes(server.packed, "big")
         self.ip_delta = address_delta % 0xFFFF if len(vip) == 4 else 0
         self.l4_delta = (address_delta + spec.port - server.port) % 0xFFFF
 
 
 class Service:
-    """One virtual server as `choose` finds it: its spec, balancer, what refuses a session when no
-    real server is available, and for maglev without persistence the scheduler itself (`maglev`:
+    """One virtual server as `choose` finds it: its packed address and proto (`choose` finds the
+    services by port first), spec, balancer, what refuses a session when no real server is
+    available, and for maglev without persistence the scheduler itself and its `by_name` (`maglev`:
     its pick is called without going through the balancer)."""
 
-    __slots__ = ("spec", "balancer", "refuse", "maglev")
+    __slots__ = ("vip", "proto", "spec", "balancer", "refuse", "maglev", "by_name")
 
-    def __init__(self, spec, balancer):
+    def __init__(self, spec, balancer, vip: bytes):
+        self.vip = vip
+        self.proto = spec.proto
         self.spec = spec
         self.balancer = balancer
         self.refuse = REFUSE[spec.when_all_down]
         scheduler = balancer.scheduler
         self.maglev = scheduler if balancer.affinity is None and scheduler.name == "maglev" else None
+        self.by_name = scheduler.by_name if self.maglev is not None else None
 
 
 class AllDown:
@@ -121,7 +120,7 @@ class LoadBalancer:
         self.services = VirtualServers(())
         self.pools: dict[tuple, Pool] = {}  # (family, packed VIP) -> full_nat's source pool
         self.closed_bytes: dict[tuple, int] = {}  # (vs, server) -> bytes of its ended sessions
-        self.at: dict = {}  # (packed address, proto, port) -> Service: `choose`'s one lookup
+        self.at: dict = {}  # port -> (Service, ...) there: `choose`'s one lookup (an int's hash)
         self.active = False
 
     def configure(self, specs) -> None:
@@ -146,21 +145,32 @@ class LoadBalancer:
                 pools[key] = self.pools.get(key) or Pool(spec.family, packed, packed, FULL_NAT_PORTS,
                                                          node=self.node, nodes=self.nodes, rotate=True)
         self.services, self.pools = services, pools
-        self.at = {(ipaddress.ip_address(spec.address).packed, spec.proto, spec.port):
-                   Service(spec, services.balancers[spec.name]) for spec in services.specs.values()}
+        at: dict[int, tuple] = {}
+        for spec in services.specs.values():
+            vip = ipaddress.ip_address(spec.address).packed
+            balancer = services.balancers[spec.name]
+            at[spec.port] = at.get(spec.port, ()) + (Service(spec, balancer, vip),)
+            for server in balancer.servers:  # what every session to a server shares, made at load
+                server.choice = Choice(spec, server, self, vip)
+        self.at = at
         self.active = bool(len(services))
 
-    @cython.locals(pkt=Packet, service=Service, server=RealServer, choice=Choice)
     def choose(self, pkt, sport: int, dport: int, now: float):
         """None (no virtual server here), a Choice, or an AllDown."""
         proto = pkt.proto
         if proto != TCP and proto != UDP:
             return None
-        service = self.at.get((pkt.dst, proto, dport))
-        if service is None:
+        here = self.at.get(dport)
+        if here is None:
+            return None
+        dst = pkt.dst
+        for service in here:  # (one, unless virtual servers at other addresses share the port)
+            if service.proto == proto and service.vip == dst:
+                break
+        else:
             return None
         if service.maglev is not None:  # balancer.choose without persistence, written out
-            server = maglev_pick(service.maglev, pkt.src, sport)
+            server = maglev_pick(service.maglev, pkt.src, sport, service.by_name)
         else:
             balancer = service.balancer
             if balancer.affinity is None:
@@ -171,8 +181,8 @@ class LoadBalancer:
             return service.refuse
         server.active += 1  # balancer.opened(server)
         server.opened += 1
-        choice = server.choice
-        if choice is None or choice.link[0] is not self:  # made once per server (a reload makes new servers)
+        choice = server.choice  # made by `configure` (a reload makes new servers)
+        if choice is None:  # a server added since (a test's scheduler.add)
             choice = server.choice = Choice(service.spec, server, self)
         return choice
 

@@ -33,7 +33,8 @@ the names made without a join, the reply key and orientation written out, both T
 at once by fw.nat.rewrite.pair, and `opened` puts it in place in one call. build_compiled.py
 compiles this module (fw/engine_nat.pxd: Binding a final cdef class, its `forward` and `backward`
 typed Translations, so that fw/engine.py's established TCP path, which types the session's Extra,
-the Binding and the Translation, reaches the rewrite in C); it runs unchanged as Python.
+the Binding and the Translation, reaches the rewrite in C; Nat a final cdef class whose `bind` and
+`opened` Engine.open_session calls in C); it runs unchanged as Python.
 """
 
 from __future__ import annotations
@@ -41,13 +42,12 @@ from __future__ import annotations
 from struct import Struct
 
 from fw import engine_nat_ftp
-from fw.conntrack.table import REVERSED, Extra, flow_key
+from fw.conntrack.table import REVERSED, Extra, flow_key, untrack
 from fw.decision import DROP
-from fw.engine_lb import AllDown, Choice, LoadBalancer
+from fw.engine_lb import AllDown, LoadBalancer
 from fw.nat.ftp import FtpNatSession
 from fw.nat.ports import Pool
 from fw.nat.rewrite import Manip, RewriteError, Translation, _made, pair, rewrite
-from fw.packet.parse import Packet
 
 try:
     import cython
@@ -287,7 +287,6 @@ class Nat:
             return None, pkt.dst, dport
         return dnat, dnat.to_first, dport if dnat.to_port is None else dnat.to_port
 
-    @cython.locals(picked=Choice)
     def bind(self, pkt, sport: int, dport: int, iif, oif, sessions: dict, now: float = 0.0):
         """The binding of a new session the rules accepted, None (nothing applies), EXHAUSTED, or
         an engine_lb.AllDown (a virtual server with no real server available)."""
@@ -314,7 +313,8 @@ class Nat:
             if binding is EXHAUSTED:
                 lb.refused(picked.key)  # not opened after all: neither counted opened nor active
             else:
-                binding.lb = picked.link  # (self.lb, choice.key), one tuple per server
+                bound = binding  # (compiled: a Binding's C field)
+                bound.lb = picked.link  # (self.lb, choice.key), one tuple per server
             return binding
         if self.dnats:
             dnat, new_dst, new_dport = self.destination(pkt, dport, iif)
@@ -445,15 +445,19 @@ class Nat:
         reply = (new_dst, found[0], new_dport, found[1])
         return Binding(proto, pkt.family, (pkt.src, pkt.dst, sport, dport), reply, choice.names, held)
 
-    def opened(self, session, binding: Binding, table) -> None:
+    def opened(self, session, binding: Binding, table, sessions: dict | None = None) -> None:
         """A new session's binding in place: in its `extra`, its reply key in the table, its
-        passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state)."""
+        passes (`remember`), and an ALG's view of the translated ends (FTP: its rewriting state).
+        A session no cycle can pass through is left to reference counting (`settled`)."""
         extra = session.extra
-        if extra is None:
-            extra = session.extra = Extra()
+        if extra is None:  # compiled, an Extra's fields start as None without its __init__ call
+            extra = session.extra = Extra.__new__(Extra) if cython.compiled else Extra()
         extra.nat = binding
-        if binding.alias is not None:
-            table.add_alias(session, binding.alias)
+        alias = binding.alias
+        if sessions is None:  # (the engine gives table.sessions; compiled: the dict's own setdefault, in C)
+            sessions = table.sessions
+        if alias is not None and sessions.setdefault(alias, session) is session:  # table.add_alias
+            table.aliases += 1
         if self.two_passes:
             self.remember(session, binding)
         alg = extra.alg
@@ -461,6 +465,8 @@ class Nat:
             alg.peers.translated = binding.peers()
             if alg.name == "ftp":
                 binding.ftp = FtpNatSession(binding.family)
+        elif extra.parent is None and binding.middle is None:
+            settled(session, extra, binding)
 
     def remember(self, session, binding: Binding) -> None:
         """A new or adopted session's binding in the live daemon's two passes: split, and for
@@ -519,8 +525,6 @@ class Nat:
         binding.held = (pool, binding.proto, address, port, name)
 
 
-@cython.locals(pkt=Packet, binding=Binding, proto=cython.long, family=cython.long, udp=cython.bint,
-               bare=cython.long, end=cython.long, zero=cython.long)
 def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, ip_delta: int, l4_delta: int,
                       sessions: dict):
     """The Binding of a TCP or UDP session whose destination d:dp becomes s:sp, its source c:cp
@@ -543,7 +547,6 @@ def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, 
     bare = 20 if family == 4 else 40
     end = bare + (8 if udp else 18)
     zero = 0xFFFF if udp else 0
-    pack = _HEADER4 if family == 4 else _HEADER6
     binding = Binding.__new__(Binding)
     binding.proto = proto
     binding.family = family
@@ -555,10 +558,17 @@ def _destination_only(pkt, sport, dport, new_dst: bytes, new_dport, names: str, 
     binding.ports = None
     binding.alias = None if new_dst == d and new_dport == dport else alias  # the reply's key is the session's own
     binding.alias_side = side
-    binding.forward = _made(family, proto, udp, zero, bare, end, pack(c, new_dst, sport, new_dport),
-                            ip_delta, l4_delta, sport + dport)
-    binding.backward = _made(family, proto, udp, zero, bare, end, pack(d, c, dport, sport),
-                             -ip_delta % 0xFFFF, -l4_delta % 0xFFFF, new_dport + sport)
+    if cython.compiled and len(new_dst) == len(c) == len(d):  # the two headers made in C
+        forward = _c_header(c, new_dst, sport, new_dport)  # noqa: F821 - fw/nat/rewrite.pxd's
+        backward = _c_header(d, c, dport, sport)  # noqa: F821
+    else:
+        pack = _HEADER4 if family == 4 else _HEADER6
+        forward, backward = pack(c, new_dst, sport, new_dport), pack(d, c, dport, sport)
+    number, number_back = sport, dport  # (compiled: C integers, their sums without int objects)
+    binding.forward = _made(family, proto, udp, zero, bare, end, forward, ip_delta, l4_delta, number + number_back)
+    number_back = new_dport
+    binding.backward = _made(family, proto, udp, zero, bare, end, backward, -ip_delta % 0xFFFF, -l4_delta % 0xFFFF,
+                             number_back + number)
     binding.middle = None
     binding.after = None
     binding.mid = None
@@ -572,6 +582,25 @@ def _between_key(binding: Binding) -> tuple:
     c, _d, cp, _dp = binding.orig
     s, _t, sp, _tp = binding.reply
     return flow_key(binding.proto, c, s, cp, sp)
+
+
+def settled(session, extra, binding: Binding) -> None:
+    """Leave a new translated session without an ALG, a parent or a hairpin key (the common NAT or
+    balanced session), its Extra and its Binding to reference counting, as table.untrack does for
+    a session without `extra`: none of them can lead back to the session (the binding holds tuples
+    of bytes and ints, Translations, its pool and its LoadBalancer, which hold no session; an owner
+    set later is a node number), so the cycle collector need not count them towards its next
+    collection nor walk them in every full one (the whole table). Its tuples of bytes and ints
+    (`orig`, `reply`, the reply's key), which the collector would walk once and then untrack, are
+    untracked too. Compiled only, as untrack."""
+    if cython.compiled:
+        untrack(session)
+        PyObject_GC_UnTrack(extra)  # noqa: F821 - engine_nat.pxd's (Python.h)
+        PyObject_GC_UnTrack(binding)  # noqa: F821
+        PyObject_GC_UnTrack(binding.orig)  # noqa: F821
+        PyObject_GC_UnTrack(binding.reply)  # noqa: F821
+        if binding.alias is not None:
+            PyObject_GC_UnTrack(binding.alias)  # noqa: F821
 
 
 def _pool_name(name: str, kind: str, family: int) -> str:

@@ -29,6 +29,11 @@ from itertools import accumulate
 from math import gcd
 from operator import attrgetter
 
+try:
+    import cython
+except ImportError:  # no Cython: this module runs pure (as with FW_PURE=1)
+    from fw import cython_shadow as cython
+
 from fw.lb.hashing import SOURCE, flow_hash, stable_hash
 from fw.lb.maglev import DEFAULT_BUDGET, MaglevBuilder, MaglevTable, default_table_size
 from fw.lb.servers import RealServer, in_order
@@ -231,18 +236,24 @@ class Maglev(Scheduler):
         return None  # only servers the old table does not know are available: wait for the new one
 
 
-def maglev_pick(maglev: Maglev, src: bytes, sport: int) -> RealServer | None:
-    """`Maglev.pick`, a function (the engine's load balancer calls it directly, fw/engine_lb.py):
-    the flow's slot in the table, its server if that one may take the flow (up, weight > 0, and
-    still configured: a reload's carried table names a removed server's old object), else the
-    fall-through."""
+def maglev_pick(maglev: Maglev, src: bytes, sport: int, by_name: dict | None = None) -> RealServer | None:
+    """`Maglev.pick`, a function (the engine's load balancer calls it directly, fw/engine_lb.py,
+    with the scheduler's `by_name`, a dict it never replaces): the flow's slot in the table, its
+    server if that one may take the flow (up, weight > 0, and still configured: a reload's carried
+    table names a removed server's old object), else the fall-through."""
     table: MaglevTable = maglev.table
     servers = table.servers
     if not servers:
         return None
-    slot = flow_hash(src, sport) % table.size
-    server: RealServer = servers[table.slots[slot]]
-    if server.up and server.weight > 0 and maglev.by_name.get(server.name) is server:  # available
+    if cython.compiled:  # the flow's hash as a C number, the slot read from the array's C ints
+        slot = _c_flow_slot(src, sport, table.size)  # noqa: F821  (the pxd's)
+        server = servers[_c_slot(table.slots, slot)]  # noqa: F821
+    else:
+        slot = flow_hash(src, sport) % table.size
+        server = servers[table.slots[slot]]
+    if by_name is None:
+        by_name = maglev.by_name  # (compiled: the dict's own get, in C)
+    if server.up and server.weight > 0 and by_name.get(server.name) is server:  # available
         return server
     return maglev._fall_through(table, slot)
 

@@ -201,9 +201,7 @@ class KernelBindings:
         try:
             conntrack.drain()
             for tuple4 in ((c, d, cp, dp), (s, t, sp, tp)):  # the client's entry, the replies' entry
-                conntrack.send(offload.message(IPCTNL_MSG_CT_DELETE, offload.NLM_F_REQUEST, conntrack.next_seq(), af,
-                                               offload._nested(offload.CTA_TUPLE_ORIG,
-                                                               offload.tuple_attrs(family, proto, *tuple4))))
+                send_delete(conntrack, family, offload.tuple_attrs(family, proto, *tuple4))
             seq = conntrack.next_seq()
             conntrack.send(offload.message(offload.IPCTNL_MSG_CT_NEW, offload.NLM_F_REQUEST | offload.NLM_F_ACK
                                            | NLM_F_CREATE | NLM_F_EXCL, seq, af,
@@ -234,9 +232,7 @@ class KernelBindings:
             conntrack = self._socket()
             family, tuple_attrs = found
             try:
-                body = offload._nested(offload.CTA_TUPLE_ORIG, tuple_attrs)
-                conntrack.send(offload.message(IPCTNL_MSG_CT_DELETE, offload.NLM_F_REQUEST, conntrack.next_seq(),
-                                               offload.AF[family], body))
+                send_delete(conntrack, family, tuple_attrs)
             except OSError:
                 self.counters["delete_errors"] += 1
         return decision
@@ -259,10 +255,7 @@ class KernelBindings:
     def _delete(self, binding) -> None:
         conntrack = self._socket()
         try:
-            conntrack.send(offload.message(IPCTNL_MSG_CT_DELETE, offload.NLM_F_REQUEST, conntrack.next_seq(),
-                                           offload.AF[binding.family],
-                                           offload._nested(offload.CTA_TUPLE_ORIG, offload.tuple_attrs(
-                                               binding.family, binding.proto, *binding.orig))))
+            send_delete(conntrack, binding.family, offload.tuple_attrs(binding.family, binding.proto, *binding.orig))
             self.counters["deleted"] += 1
         except OSError:
             self.counters["delete_errors"] += 1
@@ -372,11 +365,16 @@ class KernelBindings:
             self.conntrack = None
 
 
-def _delete_entry(conntrack: offload.Conntrack, entry) -> None:
-    """Delete a dumped entry by its original tuple (fire and forget)."""
-    attrs = offload.tuple_attrs(entry.family, entry.proto, entry.src, entry.dst, entry.sport, entry.dport)
+def send_delete(conntrack: offload.Conntrack, family: int, tuple_attrs: bytes) -> None:
+    """Ask the kernel to delete the entry whose original tuple is `tuple_attrs` (fire and forget)."""
     conntrack.send(offload.message(IPCTNL_MSG_CT_DELETE, offload.NLM_F_REQUEST, conntrack.next_seq(),
-                                   offload.AF[entry.family], offload._nested(offload.CTA_TUPLE_ORIG, attrs)))
+                                   offload.AF[family], offload._nested(offload.CTA_TUPLE_ORIG, tuple_attrs)))
+
+
+def _delete_entry(conntrack: offload.Conntrack, entry) -> None:
+    """Delete a dumped entry by its original tuple."""
+    send_delete(conntrack, entry.family,
+                offload.tuple_attrs(entry.family, entry.proto, entry.src, entry.dst, entry.sport, entry.dport))
 
 
 def delete_left() -> int:

@@ -392,7 +392,7 @@ class PacketHandler:
                 pass  # kept: its verdict comes later
             elif decision.verdict == ACCEPT:  # (a defer hook may have judged it again: owner forwarding)
                 _count(self.verdicts.accepted, decision.reason)
-                if effects and (applied := self._on_packet(packet, effects)):
+                if effects and (applied := self.apply_effects(packet, effects)):
                     packet.accept()  # changed: not in a batch, which would send the original
                 elif self.accept_later and self.defer is None:
                     later = ACCEPT_LATER
@@ -441,8 +441,9 @@ class PacketHandler:
         """The mark a SetMark gives the packet (fw.drivers.nat_queue keeps the packet's other bits)."""
         return mark
 
-    def _on_packet(self, packet, effects) -> int:
-        """Apply SetMark and RewritePacket to the packet; how many there were (0: unchanged)."""
+    def apply_effects(self, packet, effects) -> int:
+        """Apply SetMark and RewritePacket to the packet; how many there were (0: unchanged). Also
+        for a packet fw.sync held and judged later."""
         applied = 0
         for effect in effects:
             kind = type(effect)

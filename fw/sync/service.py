@@ -20,7 +20,7 @@ session's reply arrives with its translated tuple (the session's NAT alias key, 
 its announcement releases the packets held under either key. With NAT (the engine judging in two
 passes, fw/engine_nat_passes.py) a held packet is judged again through the handler's own `judge`
 (its hook, checksum state and kernel entry) and leaves with the new mark and payload of that
-judgement (`_on_packet`), as it would have at once; a deferred first packet (`--sync-defer`) gets
+judgement (`apply_effects`), as it would have at once; a deferred first packet (`--sync-defer`) gets
 its mark and payload when it is deferred, and they go with its verdict. Holding a packet
 also asks the peers for its session (fw.sync.tracker: `request`), in case no news is coming. A held
 packet's verdict is counted once, when it is given for good (the packet handler's `verdicts`, with
@@ -251,7 +251,7 @@ class SyncService:
             self.counters["hold_full"] += 1
             return False
         if decision.verdict == ACCEPT and decision.effects:  # NAT: its mark and payload go with the verdict
-            self.handler._on_packet(packet, decision.effects)
+            self.handler.apply_effects(packet, decision.effects)
         self.counters["deferred"] += 1
         self.alarm.set(held.deadline)
         return True
@@ -390,7 +390,7 @@ class SyncService:
             return
         if verdict == ACCEPT and decision.effects:
             try:
-                handler._on_packet(held.packet, decision.effects)  # NAT: its new mark and payload
+                handler.apply_effects(held.packet, decision.effects)  # NAT: its new mark and payload
             except Exception as exc:  # noqa: BLE001
                 handler.errors["verdict"] += 1
                 handler.on_error("verdict", exc, held.data)
